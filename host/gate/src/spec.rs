@@ -1,0 +1,259 @@
+//! Output tables as the manifest declares them: finite domains, bounded
+//! measures, and the statistics to release.
+
+use serde::{Deserialize, Serialize};
+
+/// Most dimensions a table may have.
+pub const MAX_DIMENSIONS: usize = 8;
+/// Most cells (product of domain sizes) a table may have.
+pub const MAX_CELLS: usize = 1 << 20;
+
+/// An output table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSpec {
+    pub name: String,
+    pub description: String,
+    pub dimensions: Vec<Dimension>,
+    pub measures: Vec<Measure>,
+    pub statistics: Vec<Statistic>,
+    /// The plugin asks for per-dimension totals and a grand total.
+    pub margins: bool,
+}
+
+/// A group key with a finite, declared domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dimension {
+    pub name: String,
+    pub domain: Domain,
+}
+
+/// Every value a dimension can take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Domain {
+    /// Code i is the i-th label.
+    Labels(Vec<String>),
+    /// Ascending edges; code i is `[edges[i], edges[i + 1])`.
+    Buckets(Vec<f64>),
+}
+
+impl Domain {
+    /// How many codes the domain has.
+    pub fn len(&self) -> usize {
+        match self {
+            Domain::Labels(labels) => labels.len(),
+            Domain::Buckets(edges) => edges.len().saturating_sub(1),
+        }
+    }
+
+    /// Whether the domain has no codes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The label of a code: the label itself, or the bucket as `[lo, hi)`.
+    pub fn label(&self, code: usize) -> String {
+        match self {
+            Domain::Labels(labels) => labels[code].clone(),
+            Domain::Buckets(edges) => format!("[{}, {})", edges[code], edges[code + 1]),
+        }
+    }
+}
+
+/// A numeric measure and the bounds every contribution is clamped to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measure {
+    pub name: String,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+/// A statistic released per cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    /// Distinct entities.
+    Count,
+    /// Sum of a measure.
+    Sum(String),
+    /// Sum of a measure over distinct entities.
+    Mean(String),
+    /// Sum of the first measure over the sum of the second.
+    Ratio(String, String),
+}
+
+impl Statistic {
+    /// The column name of this statistic in a released table.
+    pub fn column_name(&self) -> String {
+        match self {
+            Statistic::Count => "count".to_owned(),
+            Statistic::Sum(m) => format!("sum({m})"),
+            Statistic::Mean(m) => format!("mean({m})"),
+            Statistic::Ratio(a, b) => format!("ratio({a}/{b})"),
+        }
+    }
+}
+
+/// Why a table spec was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("table `{table}`: {detail}")]
+    Invalid { table: String, detail: String },
+    #[error("two output tables are named `{0}`")]
+    DuplicateTable(String),
+}
+
+impl TableSpec {
+    /// How many cells the table has (product of domain sizes).
+    pub fn cell_count(&self) -> usize {
+        self.dimensions.iter().map(|d| d.domain.len()).product()
+    }
+
+    /// The index of a measure by name.
+    pub fn measure_index(&self, name: &str) -> Option<usize> {
+        self.measures.iter().position(|m| m.name == name)
+    }
+
+    /// Check everything the gate relies on.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |detail: String| SpecError::Invalid { table: self.name.clone(), detail };
+        if !is_name(&self.name) {
+            return Err(invalid("the table name must be 1-64 letters, digits, `_` or `-`".into()));
+        }
+        if self.dimensions.is_empty() || self.dimensions.len() > MAX_DIMENSIONS {
+            return Err(invalid(format!("needs 1 to {MAX_DIMENSIONS} dimensions")));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut cells: usize = 1;
+        for d in &self.dimensions {
+            if !is_name(&d.name) || !names.insert(d.name.as_str()) {
+                return Err(invalid(format!("dimension name `{}` is invalid or repeated", d.name)));
+            }
+            match &d.domain {
+                Domain::Labels(labels) => {
+                    let distinct: std::collections::BTreeSet<_> = labels.iter().collect();
+                    if distinct.len() != labels.len() || labels.iter().any(|l| l.is_empty() || l.len() > 256) {
+                        return Err(invalid(format!("dimension `{}` has empty, long or repeated labels", d.name)));
+                    }
+                }
+                Domain::Buckets(edges) => {
+                    if !edges.iter().all(|e| e.is_finite()) || !edges.windows(2).all(|w| w[0] < w[1]) {
+                        return Err(invalid(format!("dimension `{}` needs finite, strictly ascending edges", d.name)));
+                    }
+                }
+            }
+            if d.domain.is_empty() {
+                return Err(invalid(format!("dimension `{}` has an empty domain", d.name)));
+            }
+            cells = cells.saturating_mul(d.domain.len());
+        }
+        if cells > MAX_CELLS {
+            return Err(invalid(format!("has {cells} cells, more than {MAX_CELLS}")));
+        }
+        if self.measures.len() > crate::MAX_MEASURES {
+            return Err(invalid(format!("declares more than {} measures", crate::MAX_MEASURES)));
+        }
+        for m in &self.measures {
+            if !is_name(&m.name) || !names.insert(m.name.as_str()) {
+                return Err(invalid(format!("measure name `{}` is invalid or repeated", m.name)));
+            }
+            if !(m.lower.is_finite() && m.upper.is_finite() && m.lower <= m.upper) {
+                return Err(invalid(format!("measure `{}` needs finite bounds with lower <= upper", m.name)));
+            }
+        }
+        if self.statistics.is_empty() {
+            return Err(invalid("releases no statistic".into()));
+        }
+        for s in &self.statistics {
+            let refs: &[&String] = match s {
+                Statistic::Count => &[],
+                Statistic::Sum(m) | Statistic::Mean(m) => &[m],
+                Statistic::Ratio(a, b) => &[a, b],
+            };
+            if let Some(missing) = refs.iter().find(|m| self.measure_index(m).is_none()) {
+                return Err(invalid(format!("statistic {} names no declared measure `{missing}`", s.column_name())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validate a set of tables: each on its own, and their names unique.
+pub fn validate_tables(tables: &[TableSpec]) -> Result<(), SpecError> {
+    let mut names = std::collections::BTreeSet::new();
+    for t in tables {
+        t.validate()?;
+        if !names.insert(t.name.as_str()) {
+            return Err(SpecError::DuplicateTable(t.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Names that are safe in paths, CSV headers and logs.
+pub(crate) fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec() -> TableSpec {
+        TableSpec {
+            name: "t".into(),
+            description: String::new(),
+            dimensions: vec![Dimension { name: "region".into(), domain: Domain::Labels(vec!["n".into(), "s".into()]) }],
+            measures: vec![Measure { name: "fuel".into(), lower: 0.0, upper: 10.0 }],
+            statistics: vec![Statistic::Count, Statistic::Sum("fuel".into())],
+            margins: false,
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_passes() {
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_the_reason() {
+        let cases: Vec<(fn(&mut TableSpec), &str)> = vec![
+            (|s| s.dimensions.clear(), "dimensions"),
+            (|s| s.dimensions[0].domain = Domain::Labels(vec![]), "empty domain"),
+            (|s| s.dimensions[0].domain = Domain::Labels(vec!["a".into(), "a".into()]), "repeated labels"),
+            (|s| s.dimensions[0].domain = Domain::Buckets(vec![0.0, 0.0]), "ascending"),
+            (|s| s.dimensions[0].domain = Domain::Buckets(vec![0.0, f64::INFINITY]), "finite"),
+            (|s| s.measures[0].upper = -1.0, "bounds"),
+            (|s| s.measures[0].lower = f64::NAN, "bounds"),
+            (|s| s.statistics = vec![Statistic::Sum("nope".into())], "no declared measure"),
+            (|s| s.statistics.clear(), "no statistic"),
+            (|s| s.name = "../etc".into(), "table name"),
+            (
+                |s| {
+                    let big = Domain::Buckets((0..=1100).map(f64::from).collect());
+                    s.dimensions = vec![
+                        Dimension { name: "a".into(), domain: big.clone() },
+                        Dimension { name: "b".into(), domain: big },
+                    ];
+                },
+                "more than",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "`{err}` should mention `{expected}`");
+        }
+    }
+
+    #[test]
+    fn duplicate_table_names_are_refused() {
+        assert_eq!(validate_tables(&[spec(), spec()]), Err(SpecError::DuplicateTable("t".into())));
+    }
+
+    #[test]
+    fn bucket_labels_are_half_open_ranges() {
+        assert_eq!(Domain::Buckets(vec![16.0, 25.0, 35.0]).label(1), "[25, 35)");
+    }
+}
