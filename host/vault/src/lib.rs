@@ -1,1 +1,50 @@
-//! placeholder
+//! kanon's tenant data: typed schemas, the input readers, columnar tables and
+//! keyed pseudonyms.
+//!
+//! Architecture invariant: clear `entity` and `identifier` values never leave
+//! this crate. A [`Scan`] hands them out only as per-run keyed pseudonyms
+//! ([`PseudonymKey`]); the one way to read them in clear is the owning
+//! tenant's export, which later work adds here.
+//!
+//! Today tables live in memory, read from CSV; encrypted chunked storage
+//! replaces [`Table`]'s storage without changing [`Scan`]'s output.
+
+mod csv_reader;
+mod pseudonym;
+mod scan;
+mod schema;
+mod table;
+mod timestamp;
+
+pub use csv_reader::{CsvOptions, read_csv, read_csv_file};
+pub use pseudonym::PseudonymKey;
+pub use scan::{Batch, BatchColumn, BatchValues, Scan, ScanError};
+pub use schema::{Classification, ColumnType, Field, Schema};
+pub use table::{Column, ColumnData, Table, TableBuilder};
+pub use timestamp::parse_timestamp;
+
+/// Why reading input failed: names the file, and where known the row (1-based,
+/// header excluded), the line and the column.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{source_name}{}: {detail}", location(.row, .line, .column))]
+pub struct IngestError {
+    pub source_name: String,
+    pub row: Option<u64>,
+    pub line: Option<u64>,
+    pub column: Option<String>,
+    pub detail: String,
+}
+
+fn location(row: &Option<u64>, line: &Option<u64>, column: &Option<String>) -> String {
+    let mut out = String::new();
+    if let Some(row) = row {
+        out.push_str(&format!(", row {row}"));
+    }
+    if let Some(line) = line {
+        out.push_str(&format!(" (line {line})"));
+    }
+    if let Some(column) = column {
+        out.push_str(&format!(", column `{column}`"));
+    }
+    out
+}

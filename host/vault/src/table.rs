@@ -1,0 +1,172 @@
+//! Columnar tables: typed vectors, text as a first-seen-order dictionary plus
+//! codes, nulls as a validity bitmap.
+
+use std::collections::HashMap;
+
+use crate::schema::{ColumnType, Schema};
+
+/// A dataset's rows, column-wise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub name: String,
+    pub schema: Schema,
+    pub rows: usize,
+    pub columns: Vec<Column>,
+}
+
+/// One column's values and nulls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub data: ColumnData,
+    /// LSB-first, 1 = present; `None` when the column has no nulls. A null
+    /// row holds a default value (0, false, code of "").
+    pub validity: Option<Vec<u8>>,
+}
+
+/// Typed values of one column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnData {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    Bool(Vec<bool>),
+    Timestamp(Vec<i64>),
+    /// `entries` are in the order rows first used them, so the codes of rows
+    /// `0..r` are always below the number of distinct values in those rows:
+    /// a sequential scan's new dictionary entries form one contiguous range.
+    Text { entries: Vec<String>, codes: Vec<u32> },
+}
+
+impl Column {
+    /// Whether `row` holds a value.
+    pub fn is_valid(&self, row: usize) -> bool {
+        self.validity.as_ref().is_none_or(|bits| bits[row / 8] & (1 << (row % 8)) != 0)
+    }
+}
+
+/// Builds a [`Table`] row by row; the readers drive it.
+#[derive(Debug)]
+pub struct TableBuilder {
+    name: String,
+    schema: Schema,
+    rows: usize,
+    columns: Vec<ColumnBuilder>,
+}
+
+#[derive(Debug)]
+struct ColumnBuilder {
+    data: ColumnData,
+    dictionary: HashMap<String, u32>,
+    nulls: Vec<usize>,
+}
+
+impl TableBuilder {
+    /// An empty table with this schema.
+    pub fn new(name: impl Into<String>, schema: Schema) -> Self {
+        let columns = schema
+            .fields
+            .iter()
+            .map(|f| ColumnBuilder {
+                data: match f.column_type {
+                    ColumnType::Int => ColumnData::Int(Vec::new()),
+                    ColumnType::Float => ColumnData::Float(Vec::new()),
+                    ColumnType::Bool => ColumnData::Bool(Vec::new()),
+                    ColumnType::Timestamp => ColumnData::Timestamp(Vec::new()),
+                    ColumnType::Text => ColumnData::Text { entries: Vec::new(), codes: Vec::new() },
+                },
+                dictionary: HashMap::new(),
+                nulls: Vec::new(),
+            })
+            .collect();
+        Self { name: name.into(), schema, rows: 0, columns }
+    }
+
+    /// The schema being built.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Append a null to `column`.
+    pub fn push_null(&mut self, column: usize) {
+        let c = &mut self.columns[column];
+        c.nulls.push(self.rows);
+        match &mut c.data {
+            ColumnData::Int(v) | ColumnData::Timestamp(v) => v.push(0),
+            ColumnData::Float(v) => v.push(0.0),
+            ColumnData::Bool(v) => v.push(false),
+            ColumnData::Text { .. } => Self::push_text_into(c, ""),
+        }
+    }
+
+    /// Append an int or timestamp.
+    pub fn push_i64(&mut self, column: usize, value: i64) {
+        match &mut self.columns[column].data {
+            ColumnData::Int(v) | ColumnData::Timestamp(v) => v.push(value),
+            other => panic!("push_i64 on {other:?}"),
+        }
+    }
+
+    /// Append a float.
+    pub fn push_f64(&mut self, column: usize, value: f64) {
+        match &mut self.columns[column].data {
+            ColumnData::Float(v) => v.push(value),
+            other => panic!("push_f64 on {other:?}"),
+        }
+    }
+
+    /// Append a bool.
+    pub fn push_bool(&mut self, column: usize, value: bool) {
+        match &mut self.columns[column].data {
+            ColumnData::Bool(v) => v.push(value),
+            other => panic!("push_bool on {other:?}"),
+        }
+    }
+
+    /// Append a text value.
+    pub fn push_text(&mut self, column: usize, value: &str) {
+        Self::push_text_into(&mut self.columns[column], value);
+    }
+
+    fn push_text_into(c: &mut ColumnBuilder, value: &str) {
+        let ColumnData::Text { entries, codes } = &mut c.data else { panic!("push_text on {:?}", c.data) };
+        let code = match c.dictionary.get(value) {
+            Some(&code) => code,
+            None => {
+                let code = entries.len() as u32;
+                entries.push(value.to_owned());
+                c.dictionary.insert(value.to_owned(), code);
+                code
+            }
+        };
+        codes.push(code);
+    }
+
+    /// Mark the current row complete: every column got exactly one value.
+    pub fn end_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// Rows completed so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The finished table.
+    pub fn finish(self) -> Table {
+        let rows = self.rows;
+        let columns = self
+            .columns
+            .into_iter()
+            .map(|c| {
+                let validity = (!c.nulls.is_empty()).then(|| {
+                    let mut bits = vec![0xffu8; rows.div_ceil(8)];
+                    for &row in &c.nulls {
+                        bits[row / 8] &= !(1 << (row % 8));
+                    }
+                    bits
+                });
+                Column { data: c.data, validity }
+            })
+            .collect();
+        Table { name: self.name, schema: self.schema, rows, columns }
+    }
+}

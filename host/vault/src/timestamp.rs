@@ -1,0 +1,101 @@
+//! RFC 3339 timestamps and plain dates, to microseconds since the epoch.
+
+/// Parse `YYYY-MM-DD`, or `YYYY-MM-DD[T ]HH:MM:SS[.frac][Z|±HH:MM]` (no
+/// offset means UTC), into microseconds since 1970-01-01T00:00:00Z.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(part.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    let mut micros = days_from_civil(year, month, day) * 86_400 * 1_000_000;
+    if b.len() == 10 {
+        return Some(micros);
+    }
+    if !(b[10] == b'T' || b[10] == b' ') || b.len() < 19 || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    micros += ((hour * 60 + minute) * 60 + second) * 1_000_000;
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &text[start..i.min(start + 6)];
+        micros += frac.parse::<i64>().ok()? * 10i64.pow(6 - frac.len() as u32);
+    }
+    match b.get(i) {
+        None => Some(micros),
+        Some(b'Z' | b'z') if i + 1 == b.len() => Some(micros),
+        Some(&sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
+            let (oh, om) = (digits(i + 1..i + 3)?, digits(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let offset = (oh * 60 + om) * 60 * 1_000_000;
+            Some(if sign == b'+' { micros - offset } else { micros + offset })
+        }
+        _ => None,
+    }
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timestamp;
+
+    #[test]
+    fn parses_dates_and_rfc3339() {
+        assert_eq!(parse_timestamp("1970-01-01"), Some(0));
+        assert_eq!(parse_timestamp("1970-01-02T00:00:01Z"), Some(86_401_000_000));
+        assert_eq!(parse_timestamp("2024-02-29 12:00:00"), Some(1_709_208_000_000_000));
+        assert_eq!(parse_timestamp("2024-02-29T13:00:00+01:00"), Some(1_709_208_000_000_000));
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00.25Z"), Some(250_000));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_timestamp() {
+        for bad in ["2023-02-29", "2024-13-01", "2024-01-01T25:00:00", "yesterday", "2024-01-01T00:00:00.Z", "12"] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+}
