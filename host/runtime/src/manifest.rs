@@ -1,0 +1,383 @@
+//! The manifest as the host keeps it: read from the plugin at upload,
+//! validated, approved by the tenant, and enforced on every run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kanon_gate::{Dimension, Domain, Measure, SpecError, Statistic, TableSpec};
+use kanon_vault::{Classification, ColumnType, Table};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bindings::types as wit;
+
+/// Bounds on a manifest's size, so a hostile one cannot bloat the registry.
+const MAX_INPUTS: usize = 32;
+const MAX_COLUMNS: usize = 256;
+const MAX_OUTPUTS: usize = 32;
+const MAX_PARAMS: usize = 64;
+const MAX_TEXT: usize = 4096;
+
+/// What a plugin reads and emits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub inputs: Vec<DatasetNeed>,
+    pub outputs: Vec<TableSpec>,
+    pub params: Vec<ParamSpec>,
+}
+
+/// A dataset a plugin reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetNeed {
+    pub name: String,
+    pub columns: Vec<ColumnNeed>,
+}
+
+/// A column a plugin reads, with the type it expects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnNeed {
+    pub name: String,
+    pub column_type: PluginColumnType,
+}
+
+/// A column's type as the plugin sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginColumnType {
+    Int,
+    Float,
+    Boolean,
+    Text,
+    Timestamp,
+    /// An `entity` or `identifier` column, as pseudonyms.
+    Pseudonym,
+}
+
+impl PluginColumnType {
+    /// How a stored column appears to plugins.
+    pub fn of(column_type: ColumnType, classification: Classification) -> Self {
+        if classification.is_pseudonymised() {
+            return Self::Pseudonym;
+        }
+        match column_type {
+            ColumnType::Int => Self::Int,
+            ColumnType::Float => Self::Float,
+            ColumnType::Bool => Self::Boolean,
+            ColumnType::Text => Self::Text,
+            ColumnType::Timestamp => Self::Timestamp,
+        }
+    }
+}
+
+/// A run parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    pub name: String,
+    pub param_type: ParamType,
+    pub description: String,
+    /// `None`: the parameter is required.
+    pub default: Option<Value>,
+}
+
+/// A parameter's JSON type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    Int,
+    Float,
+    Boolean,
+    Text,
+}
+
+impl ParamType {
+    fn accepts(self, value: &Value) -> bool {
+        match self {
+            ParamType::Int => value.is_i64() || value.is_u64(),
+            ParamType::Float => value.is_number(),
+            ParamType::Boolean => value.is_boolean(),
+            ParamType::Text => value.is_string(),
+        }
+    }
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest: {0}")]
+    Invalid(String),
+    #[error("manifest: {0}")]
+    Table(#[from] SpecError),
+}
+
+/// Why a run's parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    #[error("params are not a JSON object: {0}")]
+    NotAnObject(String),
+    #[error("param `{0}` is not declared by the plugin")]
+    Unknown(String),
+    #[error("param `{0}` is required")]
+    Missing(String),
+    #[error("param `{name}` must be of type {expected:?}")]
+    WrongType { name: String, expected: ParamType },
+}
+
+/// Why the granted data does not fit what the manifest reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataMismatch {
+    #[error("the plugin reads dataset `{0}`, which the run was not given")]
+    MissingDataset(String),
+    #[error("dataset `{dataset}` has no column `{column}`")]
+    MissingColumn { dataset: String, column: String },
+    #[error("dataset `{dataset}`, column `{column}`: the plugin expects {expected:?}, the data is {found:?}")]
+    WrongType { dataset: String, column: String, expected: PluginColumnType, found: PluginColumnType },
+    #[error("dataset `{0}` has no entity column")]
+    NoEntity(String),
+}
+
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Manifest {
+    /// Convert and validate what the plugin's `manifest()` returned.
+    pub(crate) fn from_wit(m: wit::Manifest) -> Result<Self, ManifestError> {
+        let params = m
+            .params
+            .into_iter()
+            .map(|p| {
+                let default = match p.default {
+                    None => None,
+                    Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                        ManifestError::Invalid(format!("param `{}`: default is not JSON: {e}", p.name))
+                    })?),
+                };
+                Ok(ParamSpec {
+                    name: p.name,
+                    param_type: match p.type_ {
+                        wit::ParamType::Int => ParamType::Int,
+                        wit::ParamType::Float => ParamType::Float,
+                        wit::ParamType::Boolean => ParamType::Boolean,
+                        wit::ParamType::Text => ParamType::Text,
+                    },
+                    description: p.description,
+                    default,
+                })
+            })
+            .collect::<Result<_, ManifestError>>()?;
+        let manifest = Manifest {
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            inputs: m
+                .inputs
+                .into_iter()
+                .map(|d| DatasetNeed {
+                    name: d.name,
+                    columns: d
+                        .columns
+                        .into_iter()
+                        .map(|c| ColumnNeed {
+                            name: c.name,
+                            column_type: match c.type_ {
+                                wit::ColumnType::Int => PluginColumnType::Int,
+                                wit::ColumnType::Float => PluginColumnType::Float,
+                                wit::ColumnType::Boolean => PluginColumnType::Boolean,
+                                wit::ColumnType::Text => PluginColumnType::Text,
+                                wit::ColumnType::Timestamp => PluginColumnType::Timestamp,
+                                wit::ColumnType::Pseudonym => PluginColumnType::Pseudonym,
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
+            outputs: m.outputs.into_iter().map(table_from_wit).collect(),
+            params,
+        };
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Check everything the host relies on.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |s: String| Err(ManifestError::Invalid(s));
+        if !is_name(&self.name) {
+            return invalid("the plugin name must be 1-64 letters, digits, `_` or `-`".into());
+        }
+        if self.version.is_empty() || self.version.len() > 64 || self.description.len() > MAX_TEXT {
+            return invalid("version must be 1-64 characters and the description at most 4 KiB".into());
+        }
+        if self.inputs.len() > MAX_INPUTS || self.outputs.is_empty() || self.outputs.len() > MAX_OUTPUTS {
+            return invalid(format!("needs at most {MAX_INPUTS} inputs and 1 to {MAX_OUTPUTS} outputs"));
+        }
+        for (i, d) in self.inputs.iter().enumerate() {
+            if !is_name(&d.name) || self.inputs[..i].iter().any(|o| o.name == d.name) {
+                return invalid(format!("dataset name `{}` is invalid or repeated", d.name));
+            }
+            if d.columns.is_empty() || d.columns.len() > MAX_COLUMNS {
+                return invalid(format!("dataset `{}` must read 1 to {MAX_COLUMNS} columns", d.name));
+            }
+            for (j, c) in d.columns.iter().enumerate() {
+                if c.name.is_empty() || c.name.len() > 256 || d.columns[..j].iter().any(|o| o.name == c.name) {
+                    return invalid(format!("dataset `{}`: column `{}` is invalid or repeated", d.name, c.name));
+                }
+            }
+        }
+        kanon_gate::validate_tables(&self.outputs)?;
+        if self.params.len() > MAX_PARAMS {
+            return invalid(format!("declares more than {MAX_PARAMS} params"));
+        }
+        for (i, p) in self.params.iter().enumerate() {
+            if !is_name(&p.name) || self.params[..i].iter().any(|o| o.name == p.name) || p.description.len() > MAX_TEXT {
+                return invalid(format!("param `{}` is invalid or repeated", p.name));
+            }
+            if let Some(default) = &p.default
+                && !p.param_type.accepts(default)
+            {
+                return invalid(format!("param `{}`: default does not have type {:?}", p.name, p.param_type));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check a run's params against the declaration and fill in defaults:
+    /// the plugin receives exactly the object returned.
+    pub fn check_params(&self, params: &str) -> Result<String, ParamsError> {
+        let text = if params.trim().is_empty() { "{}" } else { params };
+        let value: Value = serde_json::from_str(text).map_err(|e| ParamsError::NotAnObject(e.to_string()))?;
+        let Value::Object(mut given) = value else {
+            return Err(ParamsError::NotAnObject("found another JSON value".into()));
+        };
+        if let Some(unknown) = given.keys().find(|k| !self.params.iter().any(|p| &p.name == *k)) {
+            return Err(ParamsError::Unknown(unknown.clone()));
+        }
+        for p in &self.params {
+            match given.get(&p.name) {
+                Some(v) if !p.param_type.accepts(v) => {
+                    return Err(ParamsError::WrongType { name: p.name.clone(), expected: p.param_type });
+                }
+                Some(_) => {}
+                None => match &p.default {
+                    Some(default) => {
+                        given.insert(p.name.clone(), default.clone());
+                    }
+                    None => return Err(ParamsError::Missing(p.name.clone())),
+                },
+            }
+        }
+        Ok(Value::Object(given).to_string())
+    }
+
+    /// Check the run's data has every dataset and column the plugin reads,
+    /// with the types it expects.
+    pub fn check_data(&self, datasets: &BTreeMap<String, Arc<Table>>) -> Result<(), DataMismatch> {
+        for need in &self.inputs {
+            let table = datasets.get(&need.name).ok_or_else(|| DataMismatch::MissingDataset(need.name.clone()))?;
+            if table.schema.entity().is_none() {
+                return Err(DataMismatch::NoEntity(need.name.clone()));
+            }
+            for column in &need.columns {
+                let field = table.schema.fields.iter().find(|f| f.name == column.name).ok_or_else(|| {
+                    DataMismatch::MissingColumn { dataset: need.name.clone(), column: column.name.clone() }
+                })?;
+                let found = PluginColumnType::of(field.column_type, field.classification);
+                if found != column.column_type {
+                    return Err(DataMismatch::WrongType {
+                        dataset: need.name.clone(),
+                        column: column.name.clone(),
+                        expected: column.column_type,
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn table_from_wit(t: wit::TableSpec) -> TableSpec {
+    TableSpec {
+        name: t.name,
+        description: t.description,
+        dimensions: t
+            .dimensions
+            .into_iter()
+            .map(|d| Dimension {
+                name: d.name,
+                domain: match d.domain {
+                    wit::Domain::Labels(labels) => Domain::Labels(labels),
+                    wit::Domain::Buckets(edges) => Domain::Buckets(edges),
+                },
+            })
+            .collect(),
+        measures: t.measures.into_iter().map(|m| Measure { name: m.name, lower: m.lower, upper: m.upper }).collect(),
+        statistics: t
+            .statistics
+            .into_iter()
+            .map(|s| match s {
+                wit::Statistic::Count => Statistic::Count,
+                wit::Statistic::Sum(m) => Statistic::Sum(m),
+                wit::Statistic::Mean(m) => Statistic::Mean(m),
+                wit::Statistic::Ratio((a, b)) => Statistic::Ratio(a, b),
+            })
+            .collect(),
+        margins: t.margins,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "p".into(),
+            version: "1".into(),
+            description: String::new(),
+            inputs: vec![],
+            outputs: vec![TableSpec {
+                name: "t".into(),
+                description: String::new(),
+                dimensions: vec![Dimension { name: "d".into(), domain: Domain::Labels(vec!["a".into()]) }],
+                measures: vec![],
+                statistics: vec![Statistic::Count],
+                margins: false,
+            }],
+            params: vec![
+                ParamSpec { name: "factor".into(), param_type: ParamType::Float, description: String::new(), default: Some(2.5.into()) },
+                ParamSpec { name: "year".into(), param_type: ParamType::Int, description: String::new(), default: None },
+            ],
+        }
+    }
+
+    #[test]
+    fn params_are_checked_and_defaults_filled() {
+        let m = manifest();
+        let out: Value = serde_json::from_str(&m.check_params(r#"{"year": 2024}"#).unwrap()).unwrap();
+        assert_eq!(out, serde_json::json!({"factor": 2.5, "year": 2024}));
+        assert_eq!(m.check_params("{}"), Err(ParamsError::Missing("year".into())));
+        assert_eq!(m.check_params(r#"{"year": 1, "x": 1}"#), Err(ParamsError::Unknown("x".into())));
+        assert_eq!(
+            m.check_params(r#"{"year": "2024"}"#),
+            Err(ParamsError::WrongType { name: "year".into(), expected: ParamType::Int })
+        );
+        assert!(matches!(m.check_params("[1]"), Err(ParamsError::NotAnObject(_))));
+        assert!(matches!(m.check_params("{"), Err(ParamsError::NotAnObject(_))));
+    }
+
+    #[test]
+    fn invalid_manifests_are_refused() {
+        let mut m = manifest();
+        m.params[0].default = Some("text".into());
+        assert!(m.validate().unwrap_err().to_string().contains("default does not have type"));
+        let mut m = manifest();
+        m.outputs.clear();
+        assert!(m.validate().is_err());
+        let mut m = manifest();
+        m.name = "a b".into();
+        assert!(m.validate().is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! Loading plugins and running them: the one place a run's life is written
+//! down, from request checks to release.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kanon_gate::{Gate, Policy, Release};
+use kanon_vault::{PseudonymKey, Table};
+use serde::{Deserialize, Serialize};
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store, Trap};
+
+use crate::bindings::{Plugin, PluginPre};
+use crate::cache::{ArtifactCache, CacheOutcome};
+use crate::engine::{EpochTicker, new_engine};
+use crate::manifest::Manifest;
+use crate::sandbox::{Abort, DataState, Grant, StoreState, new_store};
+use crate::{RunError, RunLimits, RuntimeConfig, RuntimeError, UploadError, validate};
+
+/// The sandbox: one engine, one linker, a compiled-artifact cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: ArtifactCache,
+    config: RuntimeConfig,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// A validated, compiled plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    /// blake3 of the component bytes, hex: what tenants approve.
+    pub hash: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// What the plugin declared it reads and emits.
+    pub manifest: Manifest,
+    /// Whether compiling was skipped thanks to the cache.
+    pub cache: CacheOutcome,
+    pre: PluginPre<StoreState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("hash", &self.hash).field("manifest", &self.manifest.name).finish()
+    }
+}
+
+/// One run: the data granted, the params, the policy.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Unique per run: pseudonyms are keyed by it.
+    pub run_id: String,
+    /// The datasets granted to the run, by the names the manifest uses.
+    pub datasets: BTreeMap<String, Arc<Table>>,
+    /// JSON object of parameters.
+    pub params: String,
+    /// The disclosure rules the release answers to.
+    pub policy: Policy,
+    /// The data owner's secret, from which the run's pseudonym key derives.
+    pub tenant_secret: [u8; 32],
+}
+
+/// Why a run failed, as its caller may see it: a class, never the plugin's
+/// own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// The plugin trapped (panic, unreachable, stack overflow, exit).
+    Trap,
+    /// The run passed its deadline.
+    Timeout,
+    /// The run hit its memory cap.
+    Memory,
+    /// The run passed too many bytes, contributions or handles to the host.
+    Limit,
+    /// The plugin broke the gate's contract (unknown entity, code outside a
+    /// domain, malformed batch).
+    ContractViolation,
+    /// The plugin returned an error.
+    PluginError,
+}
+
+impl FailureClass {
+    /// A stable code for scripts and APIs.
+    pub fn code(self) -> &'static str {
+        match self {
+            FailureClass::Trap => "trap",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Memory => "memory",
+            FailureClass::Limit => "limit",
+            FailureClass::ContractViolation => "contract-violation",
+            FailureClass::PluginError => "plugin-error",
+        }
+    }
+}
+
+/// A failed run as its caller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    pub class: FailureClass,
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the plugin run failed ({}); nothing was released", self.class.code())
+    }
+}
+
+impl std::error::Error for RunFailure {}
+
+/// What the plugin said, for the data owner's eyes only: it may carry data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerLog {
+    pub stdout: String,
+    pub stderr: String,
+    /// The trap, host abort or plugin error behind a failure.
+    pub error: Option<String>,
+    /// Requests the host refused (undeclared datasets, columns, tables).
+    pub refusals: Vec<String>,
+}
+
+/// Figures of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    pub duration: Duration,
+    pub instantiation: Duration,
+    pub contributions: u64,
+    pub bytes_to_host: u64,
+    pub dropped_contributions: u64,
+    pub entities_issued: usize,
+    pub peak_memory_bytes: usize,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub plugin_hash: String,
+    /// blake3 of the params as the plugin received them.
+    pub params_hash: String,
+    pub outcome: Result<Release, RunFailure>,
+    pub owner_log: OwnerLog,
+    pub stats: RunStats,
+}
+
+impl Runtime {
+    /// Start the engine, link the plugin world and start the epoch clock.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = new_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| RuntimeError::Link(e.to_string());
+        crate::wasi::add_to_linker(&mut linker).map_err(link)?;
+        crate::data::add_to_linker(&mut linker).map_err(link)?;
+        crate::gate::add_to_linker(&mut linker).map_err(link)?;
+        let ticker = EpochTicker::start(&engine);
+        Ok(Self { cache: ArtifactCache::new(config.cache_dir.clone()), engine, linker, config, _ticker: ticker })
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Validate, compile (or load from cache) and read the manifest of an
+    /// uploaded component. Nothing runs over data here.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedPlugin, UploadError> {
+        validate::check_bytes(bytes, self.config.max_component_bytes)?;
+        let hash = blake3::hash(bytes);
+        let (component, cache) = self
+            .cache
+            .load_or_compile(&self.engine, bytes, &hash)
+            .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
+        validate::check_imports(&self.engine, &component)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
+
+        // The manifest call gets no data and no tables, and a short deadline.
+        let limits = RunLimits { timeout: self.config.manifest_timeout, ..self.config.limits.clone() };
+        let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"manifest") };
+        let gate = Gate::new(Vec::new(), Policy::default()).expect("no tables is valid");
+        let mut store = new_store(&self.engine, StoreState::new(limits, data, gate));
+        let manifest = pre
+            .instantiate(&mut store)
+            .and_then(|plugin| plugin.call_manifest(&mut store))
+            .map_err(|e| {
+                let class = classify(&e, store.data());
+                let (_, stderr) = store.data().output();
+                UploadError::ManifestFailed(format!("{}: {e:#}\n{stderr}", class.code()))
+            })?;
+        let manifest = Manifest::from_wit(manifest)?;
+        Ok(LoadedPlugin { hash: hash.to_hex().to_string(), size: bytes.len(), manifest, cache, pre })
+    }
+
+    /// Run a plugin over the granted data and release what the gate allows.
+    pub fn run(&self, plugin: &LoadedPlugin, request: RunRequest) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        request.policy.validate()?;
+        let params = plugin.manifest.check_params(&request.params)?;
+        plugin.manifest.check_data(&request.datasets)?;
+        let grants = plugin
+            .manifest
+            .inputs
+            .iter()
+            .map(|need| {
+                let table = request.datasets[&need.name].clone();
+                (need.name.clone(), Grant { table, need: need.clone() })
+            })
+            .collect();
+        let key = PseudonymKey::for_run(&request.tenant_secret, request.run_id.as_bytes());
+        let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy.clone()).expect("validated at load");
+        let state = StoreState::new(self.config.limits.clone(), DataState { grants, key }, gate);
+        let mut store = new_store(&self.engine, state);
+
+        let instantiating = Instant::now();
+        let instance = plugin.pre.instantiate(&mut store);
+        let instantiation = instantiating.elapsed();
+        let result = match instance {
+            Ok(instance) => call_run(&instance, &mut store, &params),
+            Err(e) => Err((classify(&e, store.data()), format!("instantiation failed: {e:#}"))),
+        };
+
+        let state = store.data();
+        let (stdout, stderr) = state.output();
+        let (outcome, error) = match result {
+            Ok(()) => (Ok(state.gate.release()), None),
+            Err((class, error)) => (Err(RunFailure { class }), Some(error)),
+        };
+        Ok(RunReport {
+            run_id: request.run_id,
+            plugin_hash: plugin.hash.clone(),
+            params_hash: blake3::hash(params.as_bytes()).to_hex().to_string(),
+            outcome,
+            owner_log: OwnerLog { stdout, stderr, error, refusals: state.meter.refusals.clone() },
+            stats: RunStats {
+                duration: started.elapsed(),
+                instantiation,
+                contributions: state.meter.contributions,
+                bytes_to_host: state.meter.bytes_to_host,
+                dropped_contributions: state.gate.dropped_contributions(),
+                entities_issued: state.issued.len(),
+                peak_memory_bytes: state.limiter.peak_memory,
+            },
+        })
+    }
+
+    /// Instantiate a plugin in a fresh store and drop it: what every run pays
+    /// before the plugin's code starts. For benchmarks.
+    pub fn instantiate_empty(&self, plugin: &LoadedPlugin) -> Result<Duration, String> {
+        let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"bench") };
+        let gate = Gate::new(Vec::new(), Policy::default()).expect("no tables is valid");
+        let start = Instant::now();
+        let mut store = new_store(&self.engine, StoreState::new(self.config.limits.clone(), data, gate));
+        plugin.pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
+        Ok(start.elapsed())
+    }
+}
+
+fn call_run(instance: &Plugin, store: &mut Store<StoreState>, params: &str) -> Result<(), (FailureClass, String)> {
+    match instance.call_run(&mut *store, params) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err((FailureClass::PluginError, message)),
+        Err(e) => Err((classify(&e, store.data()), format!("{e:?}"))),
+    }
+}
+
+/// What ended a run, from the host's own records first, then the trap.
+fn classify(error: &wasmtime::Error, state: &StoreState) -> FailureClass {
+    match &state.meter.abort {
+        Some(Abort::Timeout) => return FailureClass::Timeout,
+        Some(Abort::Limit(_)) => return FailureClass::Limit,
+        Some(Abort::Violation(_)) => return FailureClass::ContractViolation,
+        None => {}
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return FailureClass::Timeout;
+    }
+    if state.limiter.denied {
+        return FailureClass::Memory;
+    }
+    FailureClass::Trap
+}

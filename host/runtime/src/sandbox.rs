@@ -1,0 +1,248 @@
+//! One run's store: its limits, its empty WASI, and the state behind the
+//! data and gate capabilities. A store serves one run and is dropped with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kanon_gate::{Gate, IssuedEntities};
+use kanon_vault::{PseudonymKey, Table};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::{ClosedInputStream, MemoryOutputPipe};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::manifest::DatasetNeed;
+use crate::{RunLimits, engine::EPOCH_TICK};
+
+/// Why the host ended a run from inside a host call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Abort {
+    Timeout,
+    Limit(String),
+    Violation(String),
+}
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abort::Timeout => f.write_str("the run passed its deadline"),
+            Abort::Limit(what) => write!(f, "limit reached: {what}"),
+            Abort::Violation(what) => write!(f, "contract violation: {what}"),
+        }
+    }
+}
+
+/// Counts what a run passes to the host, against its limits.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    pub(crate) limits: RunLimits,
+    pub(crate) deadline: Instant,
+    pub(crate) bytes_to_host: u64,
+    pub(crate) contributions: u64,
+    pub(crate) open_resources: usize,
+    /// The first abort, which classifies the run's failure.
+    pub(crate) abort: Option<Abort>,
+    /// Refused requests (undeclared datasets, columns, tables), for the
+    /// data owner's log.
+    pub(crate) refusals: Vec<String>,
+}
+
+impl Meter {
+    /// End the run: the returned error traps the guest.
+    pub(crate) fn abort(&mut self, abort: Abort) -> wasmtime::Error {
+        let message = abort.to_string();
+        self.abort.get_or_insert(abort);
+        wasmtime::Error::msg(message)
+    }
+
+    /// Every host call checks the wall clock, so a guest that lives inside
+    /// host calls meets the deadline too.
+    pub(crate) fn check_deadline(&mut self) -> wasmtime::Result<()> {
+        if Instant::now() >= self.deadline {
+            return Err(self.abort(Abort::Timeout));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn charge_bytes(&mut self, bytes: u64) -> wasmtime::Result<()> {
+        self.bytes_to_host = self.bytes_to_host.saturating_add(bytes);
+        if self.bytes_to_host > self.limits.max_bytes_to_host {
+            return Err(self.abort(Abort::Limit(format!("more than {} bytes passed to the host", self.limits.max_bytes_to_host))));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn charge_contributions(&mut self, rows: u64) -> wasmtime::Result<()> {
+        self.contributions = self.contributions.saturating_add(rows);
+        if self.contributions > self.limits.max_contributions {
+            return Err(self.abort(Abort::Limit(format!("more than {} contributions", self.limits.max_contributions))));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn open_resource(&mut self) -> wasmtime::Result<()> {
+        if self.open_resources >= self.limits.max_open_resources {
+            return Err(self.abort(Abort::Limit(format!("more than {} open handles", self.limits.max_open_resources))));
+        }
+        self.open_resources += 1;
+        Ok(())
+    }
+
+    pub(crate) fn close_resource(&mut self) {
+        self.open_resources = self.open_resources.saturating_sub(1);
+    }
+
+    pub(crate) fn refuse(&mut self, what: String) {
+        if self.refusals.len() < 100 {
+            self.refusals.push(what);
+        }
+    }
+}
+
+/// Caps linear memory and tables, remembering a refusal so an out-of-memory
+/// trap is classified as such.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    pub(crate) peak_memory: usize,
+    pub(crate) denied: bool,
+}
+
+/// Table elements a component may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// A dataset granted to a run: the table and the columns the manifest reads.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    pub(crate) table: Arc<Table>,
+    pub(crate) need: DatasetNeed,
+}
+
+/// What a run may read, and with which pseudonym key.
+#[derive(Debug)]
+pub(crate) struct DataState {
+    pub(crate) grants: BTreeMap<String, Grant>,
+    pub(crate) key: PseudonymKey,
+}
+
+/// The data of one run's store.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    pub(crate) resources: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) meter: Meter,
+    pub(crate) data: DataState,
+    pub(crate) gate: Gate,
+    pub(crate) issued: IssuedEntities,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.resources }
+    }
+}
+
+/// The wall clock a plugin sees: the run's start, to the second, standing
+/// still. A plugin learns when it ran, nothing finer.
+struct FrozenWallClock(Duration);
+
+impl HostWallClock for FrozenWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A monotonic clock in whole epoch ticks.
+struct CoarseMonotonicClock(Instant);
+
+impl HostMonotonicClock for CoarseMonotonicClock {
+    fn resolution(&self) -> u64 {
+        EPOCH_TICK.as_nanos() as u64
+    }
+    fn now(&self) -> u64 {
+        let tick = EPOCH_TICK.as_nanos();
+        (self.0.elapsed().as_nanos() / tick * tick) as u64
+    }
+}
+
+impl StoreState {
+    pub(crate) fn new(limits: RunLimits, data: DataState, gate: Gate) -> Self {
+        let stdout = MemoryOutputPipe::new(limits.output_bytes);
+        let stderr = MemoryOutputPipe::new(limits.output_bytes);
+        let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        // No arguments, environment, directories or network: the builder
+        // starts empty, and sockets and files are never linked at all.
+        let wasi = WasiCtx::builder()
+            .stdin(ClosedInputStream)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FrozenWallClock(Duration::from_secs(start.as_secs())))
+            .monotonic_clock(CoarseMonotonicClock(Instant::now()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let deadline = Instant::now() + limits.timeout;
+        Self {
+            wasi,
+            resources: ResourceTable::new(),
+            limiter: Limiter { memory_bytes: limits.memory_bytes, peak_memory: 0, denied: false },
+            meter: Meter {
+                limits,
+                deadline,
+                bytes_to_host: 0,
+                contributions: 0,
+                open_resources: 0,
+                abort: None,
+                refusals: Vec::new(),
+            },
+            data,
+            gate,
+            issued: IssuedEntities::new(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// What the plugin wrote to stdout and stderr.
+    pub(crate) fn output(&self) -> (String, String) {
+        let text = |pipe: &MemoryOutputPipe| String::from_utf8_lossy(&pipe.contents()).into_owned();
+        (text(&self.stdout), text(&self.stderr))
+    }
+}
+
+/// A store for one run, with its limits in force.
+pub(crate) fn new_store(engine: &wasmtime::Engine, state: StoreState) -> Store<StoreState> {
+    let timeout = state.meter.limits.timeout;
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    store
+}

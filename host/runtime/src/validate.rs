@@ -1,0 +1,103 @@
+//! Upload validation: what a component may be and what it may import.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::UploadError;
+
+/// Interfaces a plugin may import, per package: kanon's own, and the WASI
+/// that Rust's `wasm32-wasip2` std needs, all of it linked to nothing
+/// (no files, no sockets, no environment).
+const ALLOWED: &[(&str, &str, &[&str])] = &[
+    ("kanon:plugin", "0.1.", &["types", "data", "gate"]),
+    (
+        "wasi:cli",
+        "0.2.",
+        &[
+            "environment",
+            "exit",
+            "stdin",
+            "stdout",
+            "stderr",
+            "terminal-input",
+            "terminal-output",
+            "terminal-stdin",
+            "terminal-stdout",
+            "terminal-stderr",
+        ],
+    ),
+    ("wasi:io", "0.2.", &["error", "poll", "streams"]),
+    ("wasi:clocks", "0.2.", &["wall-clock", "monotonic-clock"]),
+    ("wasi:random", "0.2.", &["random", "insecure", "insecure-seed"]),
+];
+
+const MAGIC: &[u8; 4] = b"\0asm";
+const CORE_MODULE_LAYER: [u8; 4] = [1, 0, 0, 0];
+const COMPONENT_LAYER: [u8; 4] = [0x0d, 0, 1, 0];
+
+/// Refuse what is not a component, or too large, before compiling.
+pub(crate) fn check_bytes(bytes: &[u8], max_bytes: usize) -> Result<(), UploadError> {
+    if bytes.len() > max_bytes {
+        return Err(UploadError::TooLarge { size: bytes.len(), max: max_bytes });
+    }
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(UploadError::NotWasm);
+    }
+    match bytes[4..8].try_into().expect("4 bytes") {
+        COMPONENT_LAYER => Ok(()),
+        CORE_MODULE_LAYER => Err(UploadError::CoreModule),
+        _ => Err(UploadError::NotWasm),
+    }
+}
+
+/// Whether an import name (`ns:pkg/iface@version`) is in the allowed set.
+pub(crate) fn is_allowed_import(name: &str) -> bool {
+    let (path, version) = name.split_once('@').unwrap_or((name, ""));
+    let Some((package, interface)) = path.split_once('/') else { return false };
+    ALLOWED.iter().any(|(p, v, interfaces)| *p == package && version.starts_with(v) && interfaces.contains(&interface))
+}
+
+/// Refuse a compiled component with any import outside the allowed set,
+/// naming the first one.
+pub(crate) fn check_imports(engine: &Engine, component: &Component) -> Result<(), UploadError> {
+    let mut refused: Vec<String> =
+        component.component_type().imports(engine).map(|(name, _)| name.to_owned()).filter(|n| !is_allowed_import(n)).collect();
+    refused.sort();
+    match refused.into_iter().next() {
+        Some(first) => Err(UploadError::RefusedImport(first)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowed_set_is_exact() {
+        for ok in ["kanon:plugin/data@0.1.0", "wasi:cli/stdout@0.2.6", "wasi:io/streams@0.2.0", "wasi:random/random@0.2.3"] {
+            assert!(is_allowed_import(ok), "{ok}");
+        }
+        for refused in [
+            "wasi:filesystem/preopens@0.2.6",
+            "wasi:sockets/tcp@0.2.0",
+            "wasi:http/outgoing-handler@0.2.0",
+            "wasi:cli/stdout@0.3.0",
+            "kanon:plugin/data@0.2.0",
+            "kanon:plugin/admin@0.1.0",
+            "wasi:cli/stdout",
+            "env",
+        ] {
+            assert!(!is_allowed_import(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn bytes_are_checked_before_compiling() {
+        assert_eq!(check_bytes(b"\0asm\x01\0\0\0", 100), Err(UploadError::CoreModule));
+        assert_eq!(check_bytes(b"\0asm\x0d\0\x01\0", 100), Ok(()));
+        assert_eq!(check_bytes(b"PK\x03\x04 not wasm", 100), Err(UploadError::NotWasm));
+        assert_eq!(check_bytes(b"\0as", 100), Err(UploadError::NotWasm));
+        assert_eq!(check_bytes(&[0; 101], 100), Err(UploadError::TooLarge { size: 101, max: 100 }));
+    }
+}
