@@ -25,6 +25,8 @@ pub struct DatasetHandle {
 #[derive(Debug)]
 pub struct ScanHandle {
     scan: Scan,
+    /// Per scanned column: int data read by a plugin that declared float.
+    widen: Vec<bool>,
 }
 
 /// What the data capability's host functions see of a run's store.
@@ -118,6 +120,15 @@ impl HostDataset for DataView<'_> {
             return Ok(Err(DataError::ColumnNotGranted(column.clone())));
         }
         let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let widen = columns
+            .iter()
+            .map(|c| {
+                let declared = grant.need.columns.iter().find(|n| &n.name == c).map(|n| n.column_type);
+                let stored = grant.table.schema.fields.iter().find(|f| &f.name == c);
+                declared == Some(PluginColumnType::Float)
+                    && stored.is_some_and(|f| PluginColumnType::of(f.column_type, f.classification) == PluginColumnType::Int)
+            })
+            .collect();
         let rows = batch_rows.min(MAX_BATCH_ROWS) as usize;
         let scan = match Scan::new(grant.table.clone(), &names, rows, self.state.key.clone()) {
             Ok(scan) => scan,
@@ -125,7 +136,7 @@ impl HostDataset for DataView<'_> {
             Err(e) => return Ok(Err(DataError::InvalidRequest(e.to_string()))),
         };
         self.meter.open_resource()?;
-        Ok(Ok(self.resources.push(ScanHandle { scan })?))
+        Ok(Ok(self.resources.push(ScanHandle { scan, widen })?))
     }
 
     fn drop(&mut self, dataset: Resource<DatasetHandle>) -> wasmtime::Result<()> {
@@ -138,9 +149,11 @@ impl HostDataset for DataView<'_> {
 impl HostScan for DataView<'_> {
     fn next(&mut self, scan: Resource<ScanHandle>) -> wasmtime::Result<Option<Batch>> {
         self.enter(0)?;
-        let Some(batch) = self.resources.get_mut(&scan)?.scan.next_batch() else {
+        let handle = self.resources.get_mut(&scan)?;
+        let Some(batch) = handle.scan.next_batch() else {
             return Ok(None);
         };
+        let widen = &handle.widen;
         // The gate accepts contributions only for entities handed out here.
         for &pseudonym in &batch.new_entities {
             self.issued.issue(pseudonym);
@@ -150,8 +163,10 @@ impl HostScan for DataView<'_> {
             columns: batch
                 .columns
                 .into_iter()
-                .map(|c| Column {
+                .zip(widen)
+                .map(|(c, &widen)| Column {
                     values: match c.values {
+                        BatchValues::Int(v) if widen => ColumnValues::Float(v.into_iter().map(|i| i as f64).collect()),
                         BatchValues::Int(v) => ColumnValues::Int(v),
                         BatchValues::Float(v) => ColumnValues::Float(v),
                         BatchValues::Bool(v) => ColumnValues::Boolean(v),

@@ -72,6 +72,14 @@ impl PluginColumnType {
     }
 }
 
+impl PluginColumnType {
+    /// Whether a plugin expecting `self` can read a column of type `found`:
+    /// the same type, or ints where floats are expected (widened on read).
+    pub fn accepts(self, found: PluginColumnType) -> bool {
+        self == found || (self == Self::Float && found == Self::Int)
+    }
+}
+
 /// A run parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamSpec {
@@ -284,7 +292,7 @@ impl Manifest {
                     DataMismatch::MissingColumn { dataset: need.name.clone(), column: column.name.clone() }
                 })?;
                 let found = PluginColumnType::of(field.column_type, field.classification);
-                if found != column.column_type {
+                if !column.column_type.accepts(found) {
                     return Err(DataMismatch::WrongType {
                         dataset: need.name.clone(),
                         column: column.name.clone(),

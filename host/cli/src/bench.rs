@@ -1,0 +1,239 @@
+//! `kanon bench`: the figures the design targets, measured side by side in
+//! one process.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use emissions_benchmark::kernel::{self, Groups, REGIONS, Trips, UNKNOWN, VEHICLE_CLASSES};
+use kanon_gate::{Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Statistic, TableSpec};
+use kanon_runtime::{Runtime, RuntimeConfig};
+use kanon_vault::{BatchValues, CsvOptions, PseudonymKey, Scan, Table, read_csv};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::{datagen, runner};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Smaller inputs and fewer repetitions: seconds instead of a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object per figure.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut figures = Vec::new();
+    let mut report = |figure: Figure| {
+        if args.json {
+            println!("{}", serde_json::to_string(&figure).expect("serialisable"));
+        } else {
+            println!("{:<34} {:>14.3} {}", figure.name, figure.value, figure.unit);
+        }
+        figures.push(figure);
+    };
+    let (rows, repeats, instantiations, contributions) =
+        if args.quick { (1_000_000, 3, 300, 20_000_000) } else { (4_000_000, 5, 3_000, 100_000_000) };
+
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    group_by(&runtime, rows, repeats, &mut report)?;
+    instantiation(&runtime, instantiations, &mut report)?;
+    compile_cache(&mut report)?;
+    gate(contributions, &mut report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn best_of(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..repeats {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed());
+    }
+    Ok(best)
+}
+
+const TRIP_COLUMNS: [&str; 6] = ["driver_id", "vehicle_class", "region", "distance_km", "load_tonnes", "fuel_litres"];
+
+/// The emissions plugin's whole run in the sandbox, against the same
+/// pipeline natively: same scan batches, same group-by kernel, same gate.
+fn group_by(runtime: &Runtime, rows: usize, repeats: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+    let mut csv = Vec::with_capacity(rows * 64);
+    datagen::trips(&mut csv, rows, 20_000, 3)?;
+    let options = CsvOptions { entity: "driver_id".into(), identifiers: vec![] };
+    let table = Arc::new(read_csv("trips", "generated", csv.as_slice(), &options)?);
+    drop(csv);
+    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+    let datasets: BTreeMap<String, Arc<Table>> = [("trips".to_owned(), table.clone())].into();
+
+    let wasm = best_of(repeats, || {
+        let report = runtime.run(&plugin, runner::local_request(datasets.clone(), "{}".into(), Policy::default()))?;
+        match report.outcome {
+            Ok(_) => Ok(()),
+            Err(failure) => bail!("{failure}: {:?}", report.owner_log.error),
+        }
+    })?;
+    let spec = plugin.manifest.outputs[0].clone();
+    let native = best_of(repeats, || native_group_by(&table, &spec))?;
+
+    let per_s = |d: Duration| rows as f64 / d.as_secs_f64();
+    report(Figure { name: "groupby_wasm_rows_per_s", value: per_s(wasm), unit: "rows/s" });
+    report(Figure { name: "groupby_native_rows_per_s", value: per_s(native), unit: "rows/s" });
+    report(Figure { name: "groupby_wasm_vs_native", value: native.as_secs_f64() / wasm.as_secs_f64(), unit: "ratio" });
+    Ok(())
+}
+
+fn native_group_by(table: &Arc<Table>, spec: &TableSpec) -> anyhow::Result<()> {
+    let key = PseudonymKey::for_run(&rand::random(), b"native");
+    let mut scan = Scan::new(table.clone(), &TRIP_COLUMNS, 1 << 16, key)?;
+    let mut issued = IssuedEntities::new();
+    let (mut classes, mut regions) = (Vec::new(), Vec::new());
+    let mut groups = Groups::default();
+    let extend = |table: &mut Vec<u32>, labels: &[&str], entries: &[String]| {
+        table.extend(entries.iter().map(|e| labels.iter().position(|l| l == e).map_or(UNKNOWN, |c| c as u32)));
+    };
+    while let Some(batch) = scan.next_batch() {
+        batch.new_entities.iter().for_each(|&p| {
+            issued.issue(p);
+        });
+        let [driver, class, region, km, tonnes, litres] = batch.columns.as_slice() else { bail!("six columns") };
+        let (
+            BatchValues::Pseudonym(drivers),
+            BatchValues::Text { new_entries: new_classes, codes: class_codes },
+            BatchValues::Text { new_entries: new_regions, codes: region_codes },
+            BatchValues::Float(km),
+            BatchValues::Float(tonnes),
+            BatchValues::Float(litres),
+        ) = (&driver.values, &class.values, &region.values, &km.values, &tonnes.values, &litres.values)
+        else {
+            bail!("unexpected column types");
+        };
+        extend(&mut classes, &VEHICLE_CLASSES, new_classes);
+        extend(&mut regions, &REGIONS, new_regions);
+        let trips = Trips {
+            drivers,
+            vehicle_class: class_codes,
+            vehicle_class_domain: &classes,
+            region: region_codes,
+            region_domain: &regions,
+            distance_km: km,
+            load_tonnes: tonnes,
+            fuel_litres: litres,
+        };
+        kernel::accumulate(&mut groups, &trips, kernel::DIESEL_KG_CO2_PER_LITRE);
+    }
+    let mut gate = Gate::new(vec![spec.clone()], Policy::default())?;
+    let (mut entities, mut class_keys, mut region_keys, mut co2, mut tkm) = (vec![], vec![], vec![], vec![], vec![]);
+    for ((driver, cell), totals) in groups {
+        let [c, r] = kernel::cell_keys(cell);
+        entities.push(driver);
+        class_keys.push(c);
+        region_keys.push(r);
+        co2.push(totals.co2_kg);
+        tkm.push(totals.tonne_km);
+    }
+    let batch = Contributions { entities: &entities, dimensions: &[&class_keys, &region_keys], measures: &[&co2, &tkm] };
+    gate.contribute(0, &issued, &batch)?;
+    std::hint::black_box(gate.release());
+    Ok(())
+}
+
+fn instantiation(runtime: &Runtime, count: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+    let plugin = runtime.load(kanon_artifacts::ABSENCE_RATE)?;
+    let mut times: Vec<Duration> = (0..count)
+        .map(|_| runtime.instantiate_empty(&plugin).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    report(Figure { name: "instantiate_p50", value: at(0.5), unit: "us" });
+    report(Figure { name: "instantiate_p99", value: at(0.99), unit: "us" });
+    Ok(())
+}
+
+fn compile_cache(report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = || RuntimeConfig { cache_dir: Some(dir.path().to_owned()), ..RuntimeConfig::default() };
+    let timed_load = || -> anyhow::Result<(Duration, kanon_runtime::CacheOutcome)> {
+        // A new runtime each time, as after a restart.
+        let runtime = Runtime::new(config())?;
+        let start = Instant::now();
+        let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+        Ok((start.elapsed(), plugin.cache))
+    };
+    let (cold, first) = timed_load()?;
+    let (warm, second) = timed_load()?;
+    if (first, second) != (kanon_runtime::CacheOutcome::Compiled, kanon_runtime::CacheOutcome::Hit) {
+        bail!("expected a compile then a cache hit, got {first:?} then {second:?}");
+    }
+    report(Figure { name: "load_cold_compile_ms", value: cold.as_secs_f64() * 1e3, unit: "ms" });
+    report(Figure { name: "load_cached_ms", value: warm.as_secs_f64() * 1e3, unit: "ms" });
+    Ok(())
+}
+
+/// Contributions per second through the gate's contract checks and exact
+/// per-entity accumulation, on one core.
+fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+    const ENTITIES: u64 = 200_000;
+    const BATCH: usize = 1 << 16;
+    let labels = |n: usize| Domain::Labels((0..n).map(|i| format!("v{i}")).collect());
+    let spec = TableSpec {
+        name: "bench".into(),
+        description: String::new(),
+        dimensions: vec![
+            Dimension { name: "a".into(), domain: labels(4) },
+            Dimension { name: "b".into(), domain: labels(5) },
+        ],
+        measures: vec![
+            Measure { name: "x".into(), lower: 0.0, upper: 1000.0 },
+            Measure { name: "y".into(), lower: 0.0, upper: 1000.0 },
+        ],
+        statistics: vec![Statistic::Count, Statistic::Sum("x".into()), Statistic::Ratio("x".into(), "y".into())],
+        margins: false,
+    };
+    let mut issued = IssuedEntities::new();
+    let pseudonyms: Vec<u64> = (0..ENTITIES).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555).collect();
+    pseudonyms.iter().for_each(|&p| {
+        issued.issue(p);
+    });
+    // Each entity keeps to one cell, as real data does; rows come in random order.
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut entities = Vec::with_capacity(BATCH);
+    let (mut a, mut b) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+    let (x, y): (Vec<f64>, Vec<f64>) = (0..BATCH).map(|_| (rng.random_range(0.0..1200.0), rng.random_range(1.0..900.0))).unzip();
+    for _ in 0..BATCH {
+        let e = rng.random_range(0..ENTITIES as usize);
+        entities.push(pseudonyms[e]);
+        a.push((e % 4) as u32);
+        b.push((e / 4 % 5) as u32);
+    }
+    let mut gate = Gate::new(vec![spec], Policy::default()).context("bench spec")?;
+    let batches = total.div_ceil(BATCH);
+    let start = Instant::now();
+    for _ in 0..batches {
+        let batch = Contributions { entities: &entities, dimensions: &[&a, &b], measures: &[&x, &y] };
+        gate.contribute(0, &issued, &batch)?;
+    }
+    let release = gate.release();
+    let elapsed = start.elapsed();
+    std::hint::black_box(release);
+    report(Figure {
+        name: "gate_contributions_per_s",
+        value: (batches * BATCH) as f64 / elapsed.as_secs_f64(),
+        unit: "contributions/s",
+    });
+    report(Figure { name: "gate_bytes_per_entity_cell", value: gate.table(0).bytes_per_slot() as f64, unit: "bytes" });
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Released tables for people (aligned text) and for scripts (JSON).
+
+use kanon_gate::{Release, ReleasedTable};
+use kanon_runtime::RunReport;
+use serde_json::json;
+
+/// The release record and tables of a successful run, as JSON.
+pub fn release_json(report: &RunReport, release: &Release) -> serde_json::Value {
+    json!({
+        "run_id": report.run_id,
+        "plugin_hash": report.plugin_hash,
+        "params_hash": report.params_hash,
+        "policy": release.policy,
+        "tables": release.tables,
+    })
+}
+
+/// A released table as aligned text; suppressed cells show `suppressed`.
+pub fn table_text(table: &ReleasedTable) -> String {
+    let mut header: Vec<String> = table.dimensions.clone();
+    header.extend(table.statistics.iter().cloned());
+    let mut rows: Vec<Vec<String>> = vec![header];
+    for cell in &table.cells {
+        let mut row = cell.key.clone();
+        match &cell.values {
+            Some(values) => row.extend(table.statistics.iter().zip(values).map(|(s, v)| number(s, *v))),
+            None => {
+                row.push("suppressed".into());
+                row.extend(std::iter::repeat_n(String::new(), table.statistics.len() - 1));
+            }
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let dims = table.dimensions.len();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, v)| if c < dims { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn number(statistic: &str, value: f64) -> String {
+    if !value.is_finite() {
+        "n/a".into()
+    } else if statistic == "count" {
+        format!("{value:.0}")
+    } else if value.abs() >= 1000.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.4}")
+    }
+}

@@ -1,0 +1,184 @@
+//! `kanon run` and `kanon manifest`: any plugin over local CSV files,
+//! through the same sandbox and gate as every other run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kanon_gate::Policy;
+use kanon_runtime::{LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig};
+use kanon_vault::{CsvOptions, Table, read_csv_file};
+
+use crate::render;
+
+/// Exit code of a run whose plugin failed.
+pub const EXIT_RUN_FAILED: u8 = 3;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plugin component (.wasm, built for wasm32-wasip2).
+    #[arg(long)]
+    plugin: PathBuf,
+    /// A dataset the plugin reads, as NAME=FILE.csv; repeat for more.
+    #[arg(long = "data", value_name = "NAME=FILE", required = true)]
+    data: Vec<String>,
+    /// The entity column (the person or customer group sizes count): COLUMN
+    /// for every dataset, or NAME=COLUMN for one.
+    #[arg(long, value_name = "[NAME=]COLUMN", required = true)]
+    entity: Vec<String>,
+    /// Another identifier column, pseudonymised like the entity: COLUMN or NAME=COLUMN.
+    #[arg(long, value_name = "[NAME=]COLUMN")]
+    identifier: Vec<String>,
+    /// Run parameters as a JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Minimum distinct entities per released cell; only stricter than 10.
+    #[arg(long, default_value_t = Policy::default().min_entities)]
+    min_entities: u32,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also print what the plugin wrote and why it failed. This is the data
+    /// owner's view: use it only on data you hold yourself.
+    #[arg(long)]
+    owner_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// The plugin component (.wasm).
+    plugin: PathBuf,
+}
+
+pub fn runtime(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })?)
+}
+
+pub fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<LoadedPlugin> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    runtime.load(&bytes).with_context(|| format!("plugin {} refused", path.display()))
+}
+
+pub fn manifest(args: ManifestArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let plugin = load(&runtime(cache_dir)?, &args.plugin)?;
+    let out = serde_json::json!({ "hash": plugin.hash, "size": plugin.size, "manifest": plugin.manifest });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Split `NAME=VALUE` per dataset, or a bare `VALUE` for every dataset.
+fn per_dataset(values: &[String], dataset: &str) -> Vec<String> {
+    values
+        .iter()
+        .filter_map(|v| match v.split_once('=') {
+            Some((name, column)) => (name == dataset).then(|| column.to_owned()),
+            None => Some(v.clone()),
+        })
+        .collect()
+}
+
+/// Read `NAME=FILE` CSV datasets with their classifications.
+pub fn read_datasets(
+    data: &[String],
+    entity: &[String],
+    identifier: &[String],
+) -> anyhow::Result<BTreeMap<String, Arc<Table>>> {
+    let mut datasets = BTreeMap::new();
+    for spec in data {
+        let Some((name, file)) = spec.split_once('=') else {
+            bail!("--data takes NAME=FILE.csv, got `{spec}`");
+        };
+        let entities = per_dataset(entity, name);
+        let [entity] = entities.as_slice() else {
+            bail!("dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity {name}=COLUMN)");
+        };
+        let options = CsvOptions { entity: entity.clone(), identifiers: per_dataset(identifier, name) };
+        let table = read_csv_file(name, Path::new(file), &options)?;
+        if datasets.insert(name.to_owned(), Arc::new(table)).is_some() {
+            bail!("dataset `{name}` is given twice");
+        }
+    }
+    Ok(datasets)
+}
+
+pub fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let policy = Policy { min_entities: args.min_entities, ..Policy::default() };
+    if policy.min_entities < Policy::default().min_entities {
+        bail!("--min-entities may only be stricter than the default of {}", Policy::default().min_entities);
+    }
+    let runtime = runtime(cache_dir)?;
+    let plugin = load(&runtime, &args.plugin)?;
+    let datasets = read_datasets(&args.data, &args.entity, &args.identifier)?;
+    let report = runtime.run(&plugin, local_request(datasets, args.params, policy))?;
+    Ok(print_report(&plugin, &report, args.json, args.owner_log))
+}
+
+/// A run request for data this process holds: a fresh secret, so its
+/// pseudonyms link to nothing.
+pub fn local_request(datasets: BTreeMap<String, Arc<Table>>, params: String, policy: Policy) -> RunRequest {
+    let run_id: [u8; 16] = rand::random();
+    RunRequest {
+        run_id: run_id.iter().map(|b| format!("{b:02x}")).collect(),
+        datasets,
+        params,
+        policy,
+        tenant_secret: rand::random(),
+    }
+}
+
+/// Print a run's release (or its failure class) and return the exit code.
+pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner_log: bool) -> ExitCode {
+    let code = match &report.outcome {
+        Ok(release) if json => {
+            println!("{}", render::release_json(report, release));
+            ExitCode::SUCCESS
+        }
+        Ok(release) => {
+            println!("{} {} (plugin {})", plugin.manifest.name, plugin.manifest.version, &plugin.hash[..16]);
+            for table in &release.tables {
+                println!(
+                    "\n{}: {} of {} cells suppressed (k = {})",
+                    table.name,
+                    table.suppressed_cells,
+                    table.cells.len(),
+                    release.policy.min_entities
+                );
+                print!("{}", render::table_text(table));
+            }
+            let s = &report.stats;
+            println!(
+                "\n{} entities, {} contributions, {:.0} ms",
+                s.entities_issued,
+                s.contributions,
+                s.duration.as_secs_f64() * 1000.0
+            );
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            if json {
+                println!("{}", serde_json::json!({ "run_id": report.run_id, "failure": failure.class.code() }));
+            }
+            eprintln!("{failure}");
+            ExitCode::from(EXIT_RUN_FAILED)
+        }
+    };
+    if owner_log {
+        let log = &report.owner_log;
+        eprintln!("--- owner log (data owner only) ---");
+        for (label, text) in [("stdout", &log.stdout), ("stderr", &log.stderr)] {
+            if !text.is_empty() {
+                eprintln!("{label}:\n{text}");
+            }
+        }
+        if let Some(error) = &log.error {
+            eprintln!("error: {error}");
+        }
+        for refusal in &log.refusals {
+            eprintln!("refused: {refusal}");
+        }
+    }
+    code
+}
