@@ -12,7 +12,7 @@ use crate::{ContractViolation, ExcessContributions, IssuedEntities, Policy};
 /// Most measures a table may declare.
 pub const MAX_MEASURES: usize = 16;
 
-const EMPTY: u32 = u32::MAX;
+const EMPTY: i64 = -1;
 
 /// A batch of contributions to one table, column-wise: row i contributes
 /// `measures[m][i]` for `entities[i]` to the cell keyed by `dimensions[d][i]`.
@@ -33,30 +33,41 @@ pub struct TableAccumulator {
     pub(crate) scales: Vec<f64>,
     slots_per_entity: usize,
     excess: ExcessContributions,
-    /// `slots_per_entity` cell indexes per entity, `EMPTY` when unused.
-    pub(crate) cells: Vec<u32>,
-    /// Per slot, one fixed-point sum per measure.
-    pub(crate) sums: Vec<i128>,
+    /// Per entity, `slots_per_entity` slots of `1 + measures` words: the
+    /// cell (`EMPTY` when unused), then the entity's fixed-point sum of each
+    /// measure in that cell. One slot is one contiguous run of memory, so a
+    /// contribution costs one random access.
+    pub(crate) slots: Vec<i64>,
     pub(crate) dropped: u64,
+    /// Per-batch scratch, kept to avoid reallocating.
+    scratch: Scratch,
 }
 
-/// The power of two that maps the largest bound to about 2^52, so every
-/// clamped value converts to an integer without losing more than the bound's
-/// own float precision, and integer sums are order-independent.
+#[derive(Debug, Default)]
+struct Scratch {
+    entities: Vec<u32>,
+    cells: Vec<u32>,
+    values: Vec<i64>,
+}
+
+/// The power of two that maps the largest bound to 2^40: every clamped
+/// contribution becomes an integer with a relative precision of 2^-40 of
+/// the bound, and 2^23 maximal contributions fit one entity's i64 sum.
+/// Integer sums make the release independent of contribution order.
 fn fixed_point_scale(lower: f64, upper: f64) -> f64 {
     let magnitude = lower.abs().max(upper.abs());
     if magnitude == 0.0 {
         return 1.0;
     }
-    2f64.powi(52 - magnitude.log2().ceil() as i32)
+    2f64.powi(40 - magnitude.log2().ceil() as i32)
 }
 
 /// A stable pseudo-random rank of (entity, cell): which cells an entity keeps
-/// when it reaches too many. Lower wins; ties cannot happen between
-/// different cells because the mix is a bijection of distinct inputs.
+/// when it reaches too many. Lower wins; the mix is a bijection, so distinct
+/// cells of one entity never tie.
 #[inline]
-fn rank(pseudonym: u64, cell: u32) -> u64 {
-    let mut z = pseudonym ^ u64::from(cell).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+fn rank(pseudonym: u64, cell: i64) -> u64 {
+    let mut z = pseudonym ^ (cell as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -77,9 +88,9 @@ impl TableAccumulator {
             scales,
             slots_per_entity: policy.max_cells_per_entity as usize,
             excess: policy.excess_contributions,
-            cells: Vec::new(),
-            sums: Vec::new(),
+            slots: Vec::new(),
             dropped: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -88,15 +99,19 @@ impl TableAccumulator {
         &self.spec
     }
 
-    /// Bytes of state per (entity, cell) slot.
-    pub fn bytes_per_slot(&self) -> usize {
-        size_of::<u32>() + self.spec.measures.len() * size_of::<i128>()
+    /// Words per slot: the cell, then one sum per measure.
+    fn stride(&self) -> usize {
+        1 + self.spec.measures.len()
     }
 
-    /// Slots in use per entity (for `entity` in `0..entities`), in slot
-    /// order: the cell each one counts towards.
-    pub(crate) fn slots(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
-        self.cells.iter().enumerate().filter(|(_, c)| **c != EMPTY).map(|(slot, &c)| (slot, c))
+    /// Bytes of state per (entity, cell) slot.
+    pub fn bytes_per_slot(&self) -> usize {
+        self.stride() * size_of::<i64>()
+    }
+
+    /// Slots in use: (cell, the entity's sums in it).
+    pub(crate) fn used_slots(&self) -> impl Iterator<Item = (usize, &[i64])> + '_ {
+        self.slots.chunks_exact(self.stride()).filter(|s| s[0] != EMPTY).map(|s| (s[0] as usize, &s[1..]))
     }
 
     fn violation(&self, detail: String) -> ContractViolation {
@@ -105,14 +120,18 @@ impl TableAccumulator {
 
     /// Add a batch. On a violation the run is over, so what the batch
     /// already added does not matter.
+    ///
+    /// The work goes column by column (resolve entities, compute cells,
+    /// convert values, accumulate) so each pass is a tight loop the CPU can
+    /// pipeline, rather than one loop that waits on every lookup.
     pub fn contribute(&mut self, issued: &IssuedEntities, batch: &Contributions<'_>) -> Result<(), ContractViolation> {
         let rows = batch.entities.len();
-        let measure_count = self.spec.measures.len();
-        if batch.dimensions.len() != self.radix.len() || batch.measures.len() != measure_count {
+        let measures = self.spec.measures.len();
+        if batch.dimensions.len() != self.radix.len() || batch.measures.len() != measures {
             return Err(self.violation(format!(
                 "expected {} dimension and {} measure columns, got {} and {}",
                 self.radix.len(),
-                measure_count,
+                measures,
                 batch.dimensions.len(),
                 batch.measures.len()
             )));
@@ -120,38 +139,80 @@ impl TableAccumulator {
         if batch.dimensions.iter().any(|c| c.len() != rows) || batch.measures.iter().any(|c| c.len() != rows) {
             return Err(self.violation("columns of unequal length".into()));
         }
-        let slots_needed = issued.len() * self.slots_per_entity;
-        if self.cells.len() < slots_needed {
-            self.cells.resize(slots_needed, EMPTY);
-            self.sums.resize(slots_needed * measure_count, 0);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.contribute_with(issued, batch, &mut scratch);
+        self.scratch = scratch;
+        result
+    }
+
+    fn contribute_with(
+        &mut self,
+        issued: &IssuedEntities,
+        batch: &Contributions<'_>,
+        scratch: &mut Scratch,
+    ) -> Result<(), ContractViolation> {
+        let rows = batch.entities.len();
+        let measures = self.spec.measures.len();
+
+        scratch.entities.clear();
+        for &pseudonym in batch.entities {
+            match issued.lookup(pseudonym) {
+                Some(entity) => scratch.entities.push(entity),
+                None => return Err(ContractViolation::UnknownEntity { table: self.spec.name.clone(), pseudonym }),
+            }
         }
 
-        let mut values = [0i128; MAX_MEASURES];
+        scratch.cells.clear();
+        scratch.cells.resize(rows, 0);
+        for (d, codes) in batch.dimensions.iter().enumerate() {
+            let size = self.radix[d];
+            if let Some(&code) = codes.iter().find(|&&c| c >= size) {
+                return Err(self.outside_domain(d, code));
+            }
+            for (cell, &code) in scratch.cells.iter_mut().zip(codes.iter()) {
+                *cell = *cell * size + code;
+            }
+        }
+
+        // Row-major fixed-point values: row i's measures at i * measures.
+        scratch.values.clear();
+        scratch.values.resize(rows * measures, 0);
+        for (m, column) in batch.measures.iter().enumerate() {
+            if column.iter().any(|v| v.is_nan()) {
+                return Err(ContractViolation::NotANumber {
+                    table: self.spec.name.clone(),
+                    measure: self.spec.measures[m].name.clone(),
+                });
+            }
+            let (lower, upper, scale) = (self.lower[m], self.upper[m], self.scales[m]);
+            for (row, &v) in column.iter().enumerate() {
+                scratch.values[row * measures + m] = (v.clamp(lower, upper) * scale).round() as i64;
+            }
+        }
+
+        let slots_needed = issued.len() * self.slots_per_entity * self.stride();
+        if self.slots.len() < slots_needed {
+            let (old, stride) = (self.slots.len(), self.stride());
+            self.slots.resize(slots_needed, 0);
+            self.slots[old..].chunks_exact_mut(stride).for_each(|s| s[0] = EMPTY);
+        }
+        let stride = self.stride();
         for row in 0..rows {
-            let pseudonym = batch.entities[row];
-            let Some(entity) = issued.lookup(pseudonym) else {
-                return Err(ContractViolation::UnknownEntity { table: self.spec.name.clone(), pseudonym });
-            };
-            let mut cell = 0u32;
-            for (d, codes) in batch.dimensions.iter().enumerate() {
-                let code = codes[row];
-                if code >= self.radix[d] {
-                    return Err(self.outside_domain(d, code));
+            let values = &scratch.values[row * measures..(row + 1) * measures];
+            let cell = i64::from(scratch.cells[row]);
+            let entity = scratch.entities[row] as usize;
+            if self.slots_per_entity == 1 {
+                // The default policy's fast path: one slot, no search.
+                let slot = &mut self.slots[entity * stride..(entity + 1) * stride];
+                if slot[0] == cell || slot[0] == EMPTY {
+                    slot[0] = cell;
+                    for (sum, &v) in slot[1..].iter_mut().zip(values) {
+                        *sum = sum.saturating_add(v);
+                    }
+                    continue;
                 }
-                cell = cell * self.radix[d] + code;
             }
-            for (m, column) in batch.measures.iter().enumerate() {
-                let value = column[row];
-                if value.is_nan() {
-                    return Err(ContractViolation::NotANumber {
-                        table: self.spec.name.clone(),
-                        measure: self.spec.measures[m].name.clone(),
-                    });
-                }
-                let clamped = value.clamp(self.lower[m], self.upper[m]);
-                values[m] = (clamped * self.scales[m]).round() as i128;
-            }
-            self.add(entity as usize, pseudonym, cell, &values[..measure_count])?;
+            self.add(entity, batch.entities[row], cell, values)?;
         }
         Ok(())
     }
@@ -167,11 +228,13 @@ impl TableAccumulator {
     }
 
     #[inline]
-    fn add(&mut self, entity: usize, pseudonym: u64, cell: u32, values: &[i128]) -> Result<(), ContractViolation> {
-        let first = entity * self.slots_per_entity;
-        let slots = &self.cells[first..first + self.slots_per_entity];
-        let slot = match slots.iter().position(|&c| c == cell || c == EMPTY) {
-            Some(i) => first + i,
+    fn add(&mut self, entity: usize, pseudonym: u64, cell: i64, values: &[i64]) -> Result<(), ContractViolation> {
+        let stride = self.stride();
+        let first = entity * self.slots_per_entity * stride;
+        let own = &mut self.slots[first..first + self.slots_per_entity * stride];
+        let found = own.chunks_exact(stride).position(|s| s[0] == cell || s[0] == EMPTY);
+        let slot = match found {
+            Some(i) => i,
             None => match self.excess {
                 ExcessContributions::Fail => {
                     return Err(ContractViolation::TooManyCells {
@@ -183,28 +246,27 @@ impl TableAccumulator {
                     // Keep the lowest-ranked cells: the final set is the same
                     // whatever the order, since a cell evicted here ranks
                     // above every kept one and will be refused again later.
-                    let (worst, worst_rank) = slots
-                        .iter()
+                    let (worst, worst_rank) = own
+                        .chunks_exact(stride)
+                        .map(|s| rank(pseudonym, s[0]))
                         .enumerate()
-                        .map(|(i, &c)| (i, rank(pseudonym, c)))
                         .max_by_key(|&(_, r)| r)
                         .expect("at least one slot per entity");
                     self.dropped += 1;
                     if rank(pseudonym, cell) > worst_rank {
                         return Ok(());
                     }
-                    let slot = first + worst;
-                    let m = values.len();
-                    self.sums[slot * m..slot * m + m].fill(0);
-                    self.cells[slot] = EMPTY;
-                    slot
+                    own[worst * stride + 1..(worst + 1) * stride].fill(0);
+                    worst
                 }
             },
         };
-        self.cells[slot] = cell;
-        let m = values.len();
-        for (sum, &v) in self.sums[slot * m..slot * m + m].iter_mut().zip(values) {
-            *sum += v;
+        let slot = &mut own[slot * stride..(slot + 1) * stride];
+        slot[0] = cell;
+        for (sum, &v) in slot[1..].iter_mut().zip(values) {
+            // Saturates only past 2^23 maximal contributions of one entity
+            // to one cell, which the run's contribution cap prevents.
+            *sum = sum.saturating_add(v);
         }
         Ok(())
     }

@@ -1,32 +1,24 @@
 //! The entity pseudonyms the host issued to a run: the only entities the
 //! gate will count.
 
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// Pseudonyms are keyed-hash outputs, already uniform, and only the host
-/// inserts them: hashing them again would buy nothing.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// Entity pseudonyms issued to one run, each with a dense index the gate
 /// uses to keep per-entity state in flat arrays.
-#[derive(Debug, Default, Clone)]
+///
+/// An open-addressing table with linear probing, key and index side by
+/// side: one cache line per lookup, which is what the gate's hot loop waits
+/// on. Pseudonyms are keyed-hash outputs, already uniform, and only the host
+/// inserts them, so their low bits serve as the hash.
+#[derive(Debug, Clone)]
 pub struct IssuedEntities {
-    index: hashbrown::HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+    /// (pseudonym, index + 1); index 0 marks an empty bucket.
+    buckets: Vec<(u64, u32)>,
+    len: usize,
+}
+
+impl Default for IssuedEntities {
+    fn default() -> Self {
+        Self { buckets: vec![(0, 0); 16], len: 0 }
+    }
 }
 
 impl IssuedEntities {
@@ -35,26 +27,64 @@ impl IssuedEntities {
         Self::default()
     }
 
+    #[inline]
+    fn mask(&self) -> usize {
+        self.buckets.len() - 1
+    }
+
     /// Record that `pseudonym` was handed to the plugin; returns its index.
     pub fn issue(&mut self, pseudonym: u64) -> u32 {
-        let next = self.index.len() as u32;
-        *self.index.entry(pseudonym).or_insert(next)
+        if let Some(index) = self.lookup(pseudonym) {
+            return index;
+        }
+        // Keep the load at most one half, so probes stay short.
+        if (self.len + 1) * 2 > self.buckets.len() {
+            let grown = vec![(0, 0); self.buckets.len() * 2];
+            let old = std::mem::replace(&mut self.buckets, grown);
+            for (key, slot) in old.into_iter().filter(|b| b.1 != 0) {
+                self.place(key, slot);
+            }
+        }
+        let index = self.len as u32;
+        self.place(pseudonym, index + 1);
+        self.len += 1;
+        index
+    }
+
+    fn place(&mut self, key: u64, slot: u32) {
+        let mask = self.mask();
+        let mut i = key as usize & mask;
+        while self.buckets[i].1 != 0 {
+            i = (i + 1) & mask;
+        }
+        self.buckets[i] = (key, slot);
     }
 
     /// The index of an issued pseudonym, or `None` if it was never issued.
     #[inline]
     pub fn lookup(&self, pseudonym: u64) -> Option<u32> {
-        self.index.get(&pseudonym).copied()
+        let mask = self.mask();
+        let mut i = pseudonym as usize & mask;
+        loop {
+            let (key, slot) = self.buckets[i];
+            if slot == 0 {
+                return None;
+            }
+            if key == pseudonym {
+                return Some(slot - 1);
+            }
+            i = (i + 1) & mask;
+        }
     }
 
     /// How many distinct entities were issued.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.len
     }
 
     /// Whether none was issued.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len == 0
     }
 }
 
@@ -71,5 +101,20 @@ mod tests {
         assert_eq!(issued.lookup(0xbeef), Some(1));
         assert_eq!(issued.lookup(0xf00d), None);
         assert_eq!(issued.len(), 2);
+    }
+
+    #[test]
+    fn survives_growth_and_colliding_low_bits() {
+        let mut issued = IssuedEntities::new();
+        // Same low bits, different keys; and pseudonym 0 is a valid key.
+        let keys: Vec<u64> = (0..1000u64).map(|i| i << 32).collect();
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(issued.issue(k), i as u32);
+        }
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(issued.lookup(k), Some(i as u32));
+        }
+        assert_eq!(issued.lookup(1), None);
+        assert_eq!(issued.len(), 1000);
     }
 }

@@ -83,11 +83,10 @@ impl Gate {
         let cell_count = spec.cell_count();
         let mut entities = vec![0u64; cell_count];
         let mut totals = vec![0i128; cell_count * measures];
-        for (slot, cell) in table.slots() {
-            let cell = cell as usize;
+        for (cell, sums) in table.used_slots() {
             entities[cell] += 1;
-            for m in 0..measures {
-                totals[cell * measures + m] += table.sums[slot * measures + m];
+            for (total, &sum) in totals[cell * measures..(cell + 1) * measures].iter_mut().zip(sums) {
+                *total += i128::from(sum);
             }
         }
 
