@@ -74,15 +74,15 @@ pub use table::Table;
 pub use bindings::kanon::plugin::data::{Classification, ColumnInfo, DataError};
 pub use bindings::kanon::plugin::gate::GateError;
 pub use bindings::kanon::plugin::types::{
-    ColumnNeed, ColumnType, DatasetNeed, Dimension, Domain, Manifest, Measure, ParamSpec,
-    ParamType, Statistic, TableSpec,
+    ColumnNeed, ColumnType, DatasetNeed, Dimension, Domain, Manifest, Measure, ParamSpec, ParamType,
+    Statistic, TableSpec,
 };
 
 /// Everything a plugin usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Batch, ColumnType, Dataset, Error, LabelCoder, Manifest, ParamType, Plugin, Statistic,
-        Table, TableSpec, buckets, dataset, labels, measure, param,
+        Batch, ColumnType, Dataset, Error, LabelCoder, Manifest, ParamType, Plugin, Statistic, Table,
+        TableSpec, buckets, dataset, labels, measure, param,
     };
 }
 
@@ -182,8 +182,7 @@ pub mod __private {
     /// Parse the params and run the plugin; the error text goes to the host.
     pub fn run<P: crate::Plugin>(params: &str) -> Result<(), String> {
         let params = if params.trim().is_empty() { "{}" } else { params };
-        let params: P::Params =
-            serde_json::from_str(params).map_err(|e| format!("invalid params: {e}"))?;
+        let params: P::Params = serde_json::from_str(params).map_err(|e| format!("invalid params: {e}"))?;
         P::run(params).map_err(|e| e.0)
     }
 }

@@ -6,10 +6,7 @@ use crate::{ColumnNeed, ColumnType, DatasetNeed, Dimension, Domain, Measure, Par
 pub fn dataset(name: &str, columns: &[(&str, ColumnType)]) -> DatasetNeed {
     DatasetNeed {
         name: name.to_owned(),
-        columns: columns
-            .iter()
-            .map(|&(name, type_)| ColumnNeed { name: name.to_owned(), type_ })
-            .collect(),
+        columns: columns.iter().map(|&(name, type_)| ColumnNeed { name: name.to_owned(), type_ }).collect(),
     }
 }
 

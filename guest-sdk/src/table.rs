@@ -19,7 +19,11 @@ impl Table {
     pub fn open(name: &str) -> Result<Self, GateError> {
         Ok(Self {
             inner: gate::open_table(name)?,
-            buffer: gate::Contributions { entities: Vec::new(), dimensions: Vec::new(), measures: Vec::new() },
+            buffer: gate::Contributions {
+                entities: Vec::new(),
+                dimensions: Vec::new(),
+                measures: Vec::new(),
+            },
         })
     }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use emissions_benchmark::kernel::{self, Groups, REGIONS, Trips, UNKNOWN, VEHICLE_CLASSES};
-use kanon_gate::{Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Statistic, TableSpec};
+use kanon_gate::{
+    Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Statistic, TableSpec,
+};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::{BatchValues, CsvOptions, PseudonymKey, Scan, Table, read_csv};
 use rand::rngs::SmallRng;
@@ -66,11 +68,17 @@ fn best_of(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow:
     Ok(best)
 }
 
-const TRIP_COLUMNS: [&str; 6] = ["driver_id", "vehicle_class", "region", "distance_km", "load_tonnes", "fuel_litres"];
+const TRIP_COLUMNS: [&str; 6] =
+    ["driver_id", "vehicle_class", "region", "distance_km", "load_tonnes", "fuel_litres"];
 
 /// The emissions plugin's whole run in the sandbox, against the same
 /// pipeline natively: same scan batches, same group-by kernel, same gate.
-fn group_by(runtime: &Runtime, rows: usize, repeats: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+fn group_by(
+    runtime: &Runtime,
+    rows: usize,
+    repeats: usize,
+    report: &mut impl FnMut(Figure),
+) -> anyhow::Result<()> {
     let mut csv = Vec::with_capacity(rows * 64);
     datagen::trips(&mut csv, rows, 20_000, 3)?;
     let options = CsvOptions { entity: "driver_id".into(), identifiers: vec![] };
@@ -80,7 +88,8 @@ fn group_by(runtime: &Runtime, rows: usize, repeats: usize, report: &mut impl Fn
     let datasets: BTreeMap<String, Arc<Table>> = [("trips".to_owned(), table.clone())].into();
 
     let wasm = best_of(repeats, || {
-        let report = runtime.run(&plugin, runner::local_request(datasets.clone(), "{}".into(), Policy::default()))?;
+        let report =
+            runtime.run(&plugin, runner::local_request(datasets.clone(), "{}".into(), Policy::default()))?;
         match report.outcome {
             Ok(_) => Ok(()),
             Err(failure) => bail!("{failure}: {:?}", report.owner_log.error),
@@ -92,7 +101,11 @@ fn group_by(runtime: &Runtime, rows: usize, repeats: usize, report: &mut impl Fn
     let per_s = |d: Duration| rows as f64 / d.as_secs_f64();
     report(Figure { name: "groupby_wasm_rows_per_s", value: per_s(wasm), unit: "rows/s" });
     report(Figure { name: "groupby_native_rows_per_s", value: per_s(native), unit: "rows/s" });
-    report(Figure { name: "groupby_wasm_vs_native", value: native.as_secs_f64() / wasm.as_secs_f64(), unit: "ratio" });
+    report(Figure {
+        name: "groupby_wasm_vs_native",
+        value: native.as_secs_f64() / wasm.as_secs_f64(),
+        unit: "ratio",
+    });
     Ok(())
 }
 
@@ -103,13 +116,16 @@ fn native_group_by(table: &Arc<Table>, spec: &TableSpec) -> anyhow::Result<()> {
     let (mut classes, mut regions) = (Vec::new(), Vec::new());
     let mut groups = Groups::default();
     let extend = |table: &mut Vec<u32>, labels: &[&str], entries: &[String]| {
-        table.extend(entries.iter().map(|e| labels.iter().position(|l| l == e).map_or(UNKNOWN, |c| c as u32)));
+        table
+            .extend(entries.iter().map(|e| labels.iter().position(|l| l == e).map_or(UNKNOWN, |c| c as u32)));
     };
     while let Some(batch) = scan.next_batch() {
         batch.new_entities.iter().for_each(|&p| {
             issued.issue(p);
         });
-        let [driver, class, region, km, tonnes, litres] = batch.columns.as_slice() else { bail!("six columns") };
+        let [driver, class, region, km, tonnes, litres] = batch.columns.as_slice() else {
+            bail!("six columns")
+        };
         let (
             BatchValues::Pseudonym(drivers),
             BatchValues::Text { new_entries: new_classes, codes: class_codes },
@@ -136,7 +152,8 @@ fn native_group_by(table: &Arc<Table>, spec: &TableSpec) -> anyhow::Result<()> {
         kernel::accumulate(&mut groups, &trips, kernel::DIESEL_KG_CO2_PER_LITRE);
     }
     let mut gate = Gate::new(vec![spec.clone()], Policy::default())?;
-    let (mut entities, mut class_keys, mut region_keys, mut co2, mut tkm) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut entities, mut class_keys, mut region_keys, mut co2, mut tkm) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for ((driver, cell), totals) in groups {
         let [c, r] = kernel::cell_keys(cell);
         entities.push(driver);
@@ -145,7 +162,11 @@ fn native_group_by(table: &Arc<Table>, spec: &TableSpec) -> anyhow::Result<()> {
         co2.push(totals.co2_kg);
         tkm.push(totals.tonne_km);
     }
-    let batch = Contributions { entities: &entities, dimensions: &[&class_keys, &region_keys], measures: &[&co2, &tkm] };
+    let batch = Contributions {
+        entities: &entities,
+        dimensions: &[&class_keys, &region_keys],
+        measures: &[&co2, &tkm],
+    };
     gate.contribute(0, &issued, &batch)?;
     std::hint::black_box(gate.release());
     Ok(())
@@ -200,11 +221,16 @@ fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
             Measure { name: "x".into(), lower: 0.0, upper: 1000.0 },
             Measure { name: "y".into(), lower: 0.0, upper: 1000.0 },
         ],
-        statistics: vec![Statistic::Count, Statistic::Sum("x".into()), Statistic::Ratio("x".into(), "y".into())],
+        statistics: vec![
+            Statistic::Count,
+            Statistic::Sum("x".into()),
+            Statistic::Ratio("x".into(), "y".into()),
+        ],
         margins: false,
     };
     let mut issued = IssuedEntities::new();
-    let pseudonyms: Vec<u64> = (0..ENTITIES).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555).collect();
+    let pseudonyms: Vec<u64> =
+        (0..ENTITIES).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555).collect();
     pseudonyms.iter().for_each(|&p| {
         issued.issue(p);
     });
@@ -212,7 +238,8 @@ fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
     let mut rng = SmallRng::seed_from_u64(5);
     let mut entities = Vec::with_capacity(BATCH);
     let (mut a, mut b) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
-    let (x, y): (Vec<f64>, Vec<f64>) = (0..BATCH).map(|_| (rng.random_range(0.0..1200.0), rng.random_range(1.0..900.0))).unzip();
+    let (x, y): (Vec<f64>, Vec<f64>) =
+        (0..BATCH).map(|_| (rng.random_range(0.0..1200.0), rng.random_range(1.0..900.0))).unzip();
     for _ in 0..BATCH {
         let e = rng.random_range(0..ENTITIES as usize);
         entities.push(pseudonyms[e]);
@@ -234,6 +261,10 @@ fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
         value: (batches * BATCH) as f64 / elapsed.as_secs_f64(),
         unit: "contributions/s",
     });
-    report(Figure { name: "gate_bytes_per_entity_cell", value: gate.table(0).bytes_per_slot() as f64, unit: "bytes" });
+    report(Figure {
+        name: "gate_bytes_per_entity_cell",
+        value: gate.table(0).bytes_per_slot() as f64,
+        unit: "bytes",
+    });
     Ok(())
 }

@@ -20,8 +20,11 @@ fn weighted(rng: &mut SmallRng, weights: &[f64]) -> usize {
     weights.len() - 1
 }
 
+/// A (low, high) range.
+type Range = (f64, f64);
+
 /// Per vehicle class: (km range, tonnes range, litres per 100 km range).
-const CLASS_PROFILE: [((f64, f64), (f64, f64), (f64, f64)); 4] = [
+const CLASS_PROFILE: [(Range, Range, Range); 4] = [
     ((20.0, 150.0), (0.3, 1.5), (9.0, 12.0)),
     ((50.0, 300.0), (2.0, 10.0), (22.0, 30.0)),
     ((100.0, 700.0), (8.0, 26.0), (30.0, 38.0)),
@@ -57,8 +60,14 @@ pub fn trips(out: &mut impl Write, rows: usize, drivers: usize, seed: u64) -> io
 }
 
 /// Departments of the HR data, as the absence-rate plugin declares them.
-const DEPARTMENTS: [(&str, f64); 6] =
-    [("finance", 0.01), ("it", 0.12), ("logistics", 0.30), ("operations", 0.28), ("sales", 0.15), ("support", 0.10)];
+const DEPARTMENTS: [(&str, f64); 6] = [
+    ("finance", 0.01),
+    ("it", 0.12),
+    ("logistics", 0.30),
+    ("operations", 0.28),
+    ("sales", 0.15),
+    ("support", 0.10),
+];
 
 /// One HR record per employee.
 pub fn employees(out: &mut impl Write, rows: usize, seed: u64) -> io::Result<()> {
@@ -70,7 +79,11 @@ pub fn employees(out: &mut impl Write, rows: usize, seed: u64) -> io::Result<()>
         let age = rng.random_range(18..67);
         let contract: f64 = [1872.0, 1664.0, 1248.0, 832.0][weighted(&mut rng, &[0.6, 0.2, 0.15, 0.05])];
         // Most take a few days; some are out for weeks.
-        let days = if rng.random::<f64>() < 0.06 { rng.random_range(15.0..120.0) } else { rng.random_range(0.0..9.0) };
+        let days = if rng.random::<f64>() < 0.06 {
+            rng.random_range(15.0..120.0)
+        } else {
+            rng.random_range(0.0..9.0)
+        };
         let sick = (days * contract / 260.0 * (1.0 + (age as f64 - 40.0) / 200.0)).min(contract);
         let manager = rng.random_range(0..rows.div_ceil(12).max(1));
         writeln!(out, "E{e:06},{department},{age},{contract:.0},{sick:.1},E{manager:06}")?;

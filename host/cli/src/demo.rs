@@ -49,8 +49,16 @@ pub fn run(args: DemoArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
 
     let runtime = runner::runtime(cache_dir)?;
     let bundled: [(&[u8], String, Vec<String>); 2] = [
-        (kanon_artifacts::EMISSIONS_BENCHMARK, format!("trips={}", trips.display()), vec!["driver_id".into()]),
-        (kanon_artifacts::ABSENCE_RATE, format!("employees={}", employees.display()), vec!["employee_id".into()]),
+        (
+            kanon_artifacts::EMISSIONS_BENCHMARK,
+            format!("trips={}", trips.display()),
+            vec!["driver_id".into()],
+        ),
+        (
+            kanon_artifacts::ABSENCE_RATE,
+            format!("employees={}", employees.display()),
+            vec!["employee_id".into()],
+        ),
     ];
     let mut code = ExitCode::SUCCESS;
     for (bytes, data, entity) in bundled {

@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "kanon", version, about = "Run sandboxed analytics plugins over private data; only gated aggregates leave.")]
+#[command(
+    name = "kanon",
+    version,
+    about = "Run sandboxed analytics plugins over private data; only gated aggregates leave."
+)]
 struct Cli {
     /// Where compiled plugins are cached (default: $KANON_CACHE_DIR, else ~/.cache/kanon).
     #[arg(long, global = true, env = "KANON_CACHE_DIR")]

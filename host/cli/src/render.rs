@@ -36,11 +36,17 @@ pub fn table_text(table: &ReleasedTable) -> String {
     let dims = table.dimensions.len();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, v)| if c < dims { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
-            .collect();
+        let line: Vec<String> =
+            row.iter()
+                .enumerate()
+                .map(|(c, v)| {
+                    if c < dims {
+                        format!("{v:<w$}", w = widths[c])
+                    } else {
+                        format!("{v:>w$}", w = widths[c])
+                    }
+                })
+                .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if i == 0 {
@@ -54,9 +60,7 @@ pub fn table_text(table: &ReleasedTable) -> String {
 fn number(statistic: &str, value: f64) -> String {
     if !value.is_finite() {
         "n/a".into()
-    } else if statistic == "count" {
-        format!("{value:.0}")
-    } else if value.abs() >= 1000.0 {
+    } else if statistic == "count" || value.abs() >= 1000.0 {
         format!("{value:.0}")
     } else if value.abs() >= 1.0 {
         format!("{value:.2}")

@@ -93,7 +93,9 @@ pub fn read_datasets(
         };
         let entities = per_dataset(entity, name);
         let [entity] = entities.as_slice() else {
-            bail!("dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity {name}=COLUMN)");
+            bail!(
+                "dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity {name}=COLUMN)"
+            );
         };
         let options = CsvOptions { entity: entity.clone(), identifiers: per_dataset(identifier, name) };
         let table = read_csv_file(name, Path::new(file), &options)?;
@@ -159,7 +161,10 @@ pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner
         }
         Err(failure) => {
             if json {
-                println!("{}", serde_json::json!({ "run_id": report.run_id, "failure": failure.class.code() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "run_id": report.run_id, "failure": failure.class.code() })
+                );
             }
             eprintln!("{failure}");
             ExitCode::from(EXIT_RUN_FAILED)

@@ -124,7 +124,11 @@ impl TableAccumulator {
     /// The work goes column by column (resolve entities, compute cells,
     /// convert values, accumulate) so each pass is a tight loop the CPU can
     /// pipeline, rather than one loop that waits on every lookup.
-    pub fn contribute(&mut self, issued: &IssuedEntities, batch: &Contributions<'_>) -> Result<(), ContractViolation> {
+    pub fn contribute(
+        &mut self,
+        issued: &IssuedEntities,
+        batch: &Contributions<'_>,
+    ) -> Result<(), ContractViolation> {
         let rows = batch.entities.len();
         let measures = self.spec.measures.len();
         if batch.dimensions.len() != self.radix.len() || batch.measures.len() != measures {
@@ -136,7 +140,8 @@ impl TableAccumulator {
                 batch.measures.len()
             )));
         }
-        if batch.dimensions.iter().any(|c| c.len() != rows) || batch.measures.iter().any(|c| c.len() != rows) {
+        if batch.dimensions.iter().any(|c| c.len() != rows) || batch.measures.iter().any(|c| c.len() != rows)
+        {
             return Err(self.violation("columns of unequal length".into()));
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -158,7 +163,12 @@ impl TableAccumulator {
         for &pseudonym in batch.entities {
             match issued.lookup(pseudonym) {
                 Some(entity) => scratch.entities.push(entity),
-                None => return Err(ContractViolation::UnknownEntity { table: self.spec.name.clone(), pseudonym }),
+                None => {
+                    return Err(ContractViolation::UnknownEntity {
+                        table: self.spec.name.clone(),
+                        pseudonym,
+                    });
+                }
             }
         }
 
@@ -228,7 +238,13 @@ impl TableAccumulator {
     }
 
     #[inline]
-    fn add(&mut self, entity: usize, pseudonym: u64, cell: i64, values: &[i64]) -> Result<(), ContractViolation> {
+    fn add(
+        &mut self,
+        entity: usize,
+        pseudonym: u64,
+        cell: i64,
+        values: &[i64],
+    ) -> Result<(), ContractViolation> {
         let stride = self.stride();
         let first = entity * self.slots_per_entity * stride;
         let own = &mut self.slots[first..first + self.slots_per_entity * stride];

@@ -23,11 +23,11 @@ mod policy;
 mod release;
 mod spec;
 
+pub use accumulator::MAX_MEASURES;
 pub use accumulator::{Contributions, TableAccumulator};
 pub use entities::IssuedEntities;
 pub use policy::{ExcessContributions, Policy, PolicyError};
 pub use release::{Gate, Release, ReleasedCell, ReleasedTable};
-pub use accumulator::MAX_MEASURES;
 pub use spec::{
     Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, Measure, SpecError, Statistic, TableSpec, validate_tables,
 };

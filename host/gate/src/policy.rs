@@ -55,7 +55,11 @@ impl Policy {
         if !(1..=Self::MAX_CELLS_PER_ENTITY).contains(&self.max_cells_per_entity) {
             return Err(PolicyError::Invalid {
                 field: "max_cells_per_entity",
-                detail: format!("must be 1 to {}, got {}", Self::MAX_CELLS_PER_ENTITY, self.max_cells_per_entity),
+                detail: format!(
+                    "must be 1 to {}, got {}",
+                    Self::MAX_CELLS_PER_ENTITY,
+                    self.max_cells_per_entity
+                ),
             });
         }
         Ok(())

@@ -74,7 +74,10 @@ impl Gate {
 
     /// Apply the release rules and produce what may leave the host.
     pub fn release(&self) -> Release {
-        Release { policy: self.policy.clone(), tables: self.tables.iter().map(|t| self.release_table(t)).collect() }
+        Release {
+            policy: self.policy.clone(),
+            tables: self.tables.iter().map(|t| self.release_table(t)).collect(),
+        }
     }
 
     fn release_table(&self, table: &TableAccumulator) -> ReleasedTable {
@@ -142,7 +145,11 @@ mod tests {
                 domain: Domain::Labels(vec!["north".into(), "south".into(), "east".into()]),
             }],
             measures: vec![Measure { name: "litres".into(), lower: 0.0, upper: 100.0 }],
-            statistics: vec![Statistic::Count, Statistic::Sum("litres".into()), Statistic::Mean("litres".into())],
+            statistics: vec![
+                Statistic::Count,
+                Statistic::Sum("litres".into()),
+                Statistic::Mean("litres".into()),
+            ],
             margins: false,
         }
     }
@@ -156,7 +163,13 @@ mod tests {
         (issued, ids)
     }
 
-    fn run(gate: &mut Gate, issued: &IssuedEntities, entities: &[u64], codes: &[u32], values: &[f64]) -> Result<(), ContractViolation> {
+    fn run(
+        gate: &mut Gate,
+        issued: &IssuedEntities,
+        entities: &[u64],
+        codes: &[u32],
+        values: &[f64],
+    ) -> Result<(), ContractViolation> {
         gate.contribute(0, issued, &Contributions { entities, dimensions: &[codes], measures: &[values] })
     }
 
@@ -166,7 +179,7 @@ mod tests {
         let mut gate = Gate::new(vec![spec()], Policy::default()).unwrap();
         // 10 entities in north, 9 in south, none in east.
         let codes: Vec<u32> = (0..19).map(|i| u32::from(i >= 10)).collect();
-        run(&mut gate, &issued, &ids, &codes, &vec![10.0; 19]).unwrap();
+        run(&mut gate, &issued, &ids, &codes, &[10.0; 19]).unwrap();
         let table = &gate.release().tables[0];
         assert_eq!(table.cells[0].values, Some(vec![10.0, 100.0, 10.0]));
         assert_eq!(table.cells[1], ReleasedCell { key: vec!["south".into()], values: None });
@@ -196,7 +209,11 @@ mod tests {
         let err = run(&mut gate, &issued, &ids[..2], &[0], &[1.0, 2.0]).unwrap_err();
         assert!(err.to_string().contains("unequal length"), "{err}");
         let err = gate
-            .contribute(0, &issued, &Contributions { entities: &ids[..1], dimensions: &[], measures: &[&[1.0]] })
+            .contribute(
+                0,
+                &issued,
+                &Contributions { entities: &ids[..1], dimensions: &[], measures: &[&[1.0]] },
+            )
             .unwrap_err();
         assert!(err.to_string().contains("expected 1 dimension"), "{err}");
     }

@@ -132,13 +132,20 @@ impl TableSpec {
             match &d.domain {
                 Domain::Labels(labels) => {
                     let distinct: std::collections::BTreeSet<_> = labels.iter().collect();
-                    if distinct.len() != labels.len() || labels.iter().any(|l| l.is_empty() || l.len() > 256) {
-                        return Err(invalid(format!("dimension `{}` has empty, long or repeated labels", d.name)));
+                    if distinct.len() != labels.len() || labels.iter().any(|l| l.is_empty() || l.len() > 256)
+                    {
+                        return Err(invalid(format!(
+                            "dimension `{}` has empty, long or repeated labels",
+                            d.name
+                        )));
                     }
                 }
                 Domain::Buckets(edges) => {
                     if !edges.iter().all(|e| e.is_finite()) || !edges.windows(2).all(|w| w[0] < w[1]) {
-                        return Err(invalid(format!("dimension `{}` needs finite, strictly ascending edges", d.name)));
+                        return Err(invalid(format!(
+                            "dimension `{}` needs finite, strictly ascending edges",
+                            d.name
+                        )));
                     }
                 }
             }
@@ -171,7 +178,10 @@ impl TableSpec {
                 Statistic::Ratio(a, b) => &[a, b],
             };
             if let Some(missing) = refs.iter().find(|m| self.measure_index(m).is_none()) {
-                return Err(invalid(format!("statistic {} names no declared measure `{missing}`", s.column_name())));
+                return Err(invalid(format!(
+                    "statistic {} names no declared measure `{missing}`",
+                    s.column_name()
+                )));
             }
         }
         Ok(())
@@ -192,7 +202,8 @@ pub fn validate_tables(tables: &[TableSpec]) -> Result<(), SpecError> {
 
 /// Names that are safe in paths, CSV headers and logs.
 pub(crate) fn is_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -203,7 +214,10 @@ mod tests {
         TableSpec {
             name: "t".into(),
             description: String::new(),
-            dimensions: vec![Dimension { name: "region".into(), domain: Domain::Labels(vec!["n".into(), "s".into()]) }],
+            dimensions: vec![Dimension {
+                name: "region".into(),
+                domain: Domain::Labels(vec!["n".into(), "s".into()]),
+            }],
             measures: vec![Measure { name: "fuel".into(), lower: 0.0, upper: 10.0 }],
             statistics: vec![Statistic::Count, Statistic::Sum("fuel".into())],
             margins: false,
@@ -217,7 +231,8 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused_with_the_reason() {
-        let cases: Vec<(fn(&mut TableSpec), &str)> = vec![
+        type Mutation = fn(&mut TableSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|s| s.dimensions.clear(), "dimensions"),
             (|s| s.dimensions[0].domain = Domain::Labels(vec![]), "empty domain"),
             (|s| s.dimensions[0].domain = Domain::Labels(vec!["a".into(), "a".into()]), "repeated labels"),

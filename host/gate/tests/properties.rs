@@ -61,8 +61,12 @@ fn release(case: &Case, rows: &[(u64, Vec<u32>, f64)], batch: usize) -> Release 
             (0..case.sizes.len()).map(|d| chunk.iter().map(|r| r.1[d]).collect()).collect();
         let dims: Vec<&[u32]> = dims.iter().map(Vec::as_slice).collect();
         let values: Vec<f64> = chunk.iter().map(|r| r.2).collect();
-        gate.contribute(0, &issued, &Contributions { entities: &entities, dimensions: &dims, measures: &[&values] })
-            .unwrap();
+        gate.contribute(
+            0,
+            &issued,
+            &Contributions { entities: &entities, dimensions: &dims, measures: &[&values] },
+        )
+        .unwrap();
     }
     gate.release()
 }

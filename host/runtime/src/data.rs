@@ -46,7 +46,12 @@ impl HasData for DataCapability {
 
 impl StoreState {
     pub(crate) fn data_view(&mut self) -> DataView<'_> {
-        DataView { state: &self.data, issued: &mut self.issued, resources: &mut self.resources, meter: &mut self.meter }
+        DataView {
+            state: &self.data,
+            issued: &mut self.issued,
+            resources: &mut self.resources,
+            meter: &mut self.meter,
+        }
     }
 }
 
@@ -126,13 +131,17 @@ impl HostDataset for DataView<'_> {
                 let declared = grant.need.columns.iter().find(|n| &n.name == c).map(|n| n.column_type);
                 let stored = grant.table.schema.fields.iter().find(|f| &f.name == c);
                 declared == Some(PluginColumnType::Float)
-                    && stored.is_some_and(|f| PluginColumnType::of(f.column_type, f.classification) == PluginColumnType::Int)
+                    && stored.is_some_and(|f| {
+                        PluginColumnType::of(f.column_type, f.classification) == PluginColumnType::Int
+                    })
             })
             .collect();
         let rows = batch_rows.min(MAX_BATCH_ROWS) as usize;
         let scan = match Scan::new(grant.table.clone(), &names, rows, self.state.key.clone()) {
             Ok(scan) => scan,
-            Err(ScanError::UnknownColumn { column, .. }) => return Ok(Err(DataError::ColumnNotGranted(column))),
+            Err(ScanError::UnknownColumn { column, .. }) => {
+                return Ok(Err(DataError::ColumnNotGranted(column)));
+            }
             Err(e) => return Ok(Err(DataError::InvalidRequest(e.to_string()))),
         };
         self.meter.open_resource()?;
@@ -166,7 +175,9 @@ impl HostScan for DataView<'_> {
                 .zip(widen)
                 .map(|(c, &widen)| Column {
                     values: match c.values {
-                        BatchValues::Int(v) if widen => ColumnValues::Float(v.into_iter().map(|i| i as f64).collect()),
+                        BatchValues::Int(v) if widen => {
+                            ColumnValues::Float(v.into_iter().map(|i| i as f64).collect())
+                        }
                         BatchValues::Int(v) => ColumnValues::Int(v),
                         BatchValues::Float(v) => ColumnValues::Float(v),
                         BatchValues::Bool(v) => ColumnValues::Boolean(v),

@@ -30,7 +30,12 @@ impl HasData for GateCapability {
 
 impl StoreState {
     pub(crate) fn gate_view(&mut self) -> GateView<'_> {
-        GateView { gate: &mut self.gate, issued: &self.issued, resources: &mut self.resources, meter: &mut self.meter }
+        GateView {
+            gate: &mut self.gate,
+            issued: &self.issued,
+            resources: &mut self.resources,
+            meter: &mut self.meter,
+        }
     }
 }
 
@@ -63,7 +68,8 @@ impl HostTable for GateView<'_> {
         let index = self.resources.get(&table)?.index;
         let dimensions: Vec<&[u32]> = batch.dimensions.iter().map(Vec::as_slice).collect();
         let measures: Vec<&[f64]> = batch.measures.iter().map(Vec::as_slice).collect();
-        let contributions = GateBatch { entities: &batch.entities, dimensions: &dimensions, measures: &measures };
+        let contributions =
+            GateBatch { entities: &batch.entities, dimensions: &dimensions, measures: &measures };
         self.gate
             .contribute(index, self.issued, &contributions)
             .map_err(|violation| self.meter.abort(Abort::Violation(violation.to_string())))

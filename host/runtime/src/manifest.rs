@@ -147,7 +147,8 @@ pub enum DataMismatch {
 }
 
 fn is_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl Manifest {
@@ -229,8 +230,12 @@ impl Manifest {
                 return invalid(format!("dataset `{}` must read 1 to {MAX_COLUMNS} columns", d.name));
             }
             for (j, c) in d.columns.iter().enumerate() {
-                if c.name.is_empty() || c.name.len() > 256 || d.columns[..j].iter().any(|o| o.name == c.name) {
-                    return invalid(format!("dataset `{}`: column `{}` is invalid or repeated", d.name, c.name));
+                if c.name.is_empty() || c.name.len() > 256 || d.columns[..j].iter().any(|o| o.name == c.name)
+                {
+                    return invalid(format!(
+                        "dataset `{}`: column `{}` is invalid or repeated",
+                        d.name, c.name
+                    ));
                 }
             }
         }
@@ -239,7 +244,10 @@ impl Manifest {
             return invalid(format!("declares more than {MAX_PARAMS} params"));
         }
         for (i, p) in self.params.iter().enumerate() {
-            if !is_name(&p.name) || self.params[..i].iter().any(|o| o.name == p.name) || p.description.len() > MAX_TEXT {
+            if !is_name(&p.name)
+                || self.params[..i].iter().any(|o| o.name == p.name)
+                || p.description.len() > MAX_TEXT
+            {
                 return invalid(format!("param `{}` is invalid or repeated", p.name));
             }
             if let Some(default) = &p.default
@@ -283,7 +291,8 @@ impl Manifest {
     /// with the types it expects.
     pub fn check_data(&self, datasets: &BTreeMap<String, Arc<Table>>) -> Result<(), DataMismatch> {
         for need in &self.inputs {
-            let table = datasets.get(&need.name).ok_or_else(|| DataMismatch::MissingDataset(need.name.clone()))?;
+            let table =
+                datasets.get(&need.name).ok_or_else(|| DataMismatch::MissingDataset(need.name.clone()))?;
             if table.schema.entity().is_none() {
                 return Err(DataMismatch::NoEntity(need.name.clone()));
             }
@@ -321,7 +330,11 @@ fn table_from_wit(t: wit::TableSpec) -> TableSpec {
                 },
             })
             .collect(),
-        measures: t.measures.into_iter().map(|m| Measure { name: m.name, lower: m.lower, upper: m.upper }).collect(),
+        measures: t
+            .measures
+            .into_iter()
+            .map(|m| Measure { name: m.name, lower: m.lower, upper: m.upper })
+            .collect(),
         statistics: t
             .statistics
             .into_iter()
@@ -355,8 +368,18 @@ mod tests {
                 margins: false,
             }],
             params: vec![
-                ParamSpec { name: "factor".into(), param_type: ParamType::Float, description: String::new(), default: Some(2.5.into()) },
-                ParamSpec { name: "year".into(), param_type: ParamType::Int, description: String::new(), default: None },
+                ParamSpec {
+                    name: "factor".into(),
+                    param_type: ParamType::Float,
+                    description: String::new(),
+                    default: Some(2.5.into()),
+                },
+                ParamSpec {
+                    name: "year".into(),
+                    param_type: ParamType::Int,
+                    description: String::new(),
+                    default: None,
+                },
             ],
         }
     }

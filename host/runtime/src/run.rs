@@ -48,7 +48,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("hash", &self.hash).field("manifest", &self.manifest.name).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("hash", &self.hash)
+            .field("manifest", &self.manifest.name)
+            .finish()
     }
 }
 
@@ -160,7 +163,13 @@ impl Runtime {
         crate::data::add_to_linker(&mut linker).map_err(link)?;
         crate::gate::add_to_linker(&mut linker).map_err(link)?;
         let ticker = EpochTicker::start(&engine);
-        Ok(Self { cache: ArtifactCache::new(config.cache_dir.clone()), engine, linker, config, _ticker: ticker })
+        Ok(Self {
+            cache: ArtifactCache::new(config.cache_dir.clone()),
+            engine,
+            linker,
+            config,
+            _ticker: ticker,
+        })
     }
 
     /// The runtime's configuration.
@@ -178,7 +187,8 @@ impl Runtime {
             .load_or_compile(&self.engine, bytes, &hash)
             .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
         validate::check_imports(&self.engine, &component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            self.linker.instantiate_pre(&component).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
 
         // The manifest call gets no data and no tables, and a short deadline.
@@ -186,10 +196,8 @@ impl Runtime {
         let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"manifest") };
         let gate = Gate::new(Vec::new(), Policy::default()).expect("no tables is valid");
         let mut store = new_store(&self.engine, StoreState::new(limits, data, gate));
-        let manifest = pre
-            .instantiate(&mut store)
-            .and_then(|plugin| plugin.call_manifest(&mut store))
-            .map_err(|e| {
+        let manifest =
+            pre.instantiate(&mut store).and_then(|plugin| plugin.call_manifest(&mut store)).map_err(|e| {
                 let class = classify(&e, store.data());
                 let (_, stderr) = store.data().output();
                 UploadError::ManifestFailed(format!("{}: {e:#}\n{stderr}", class.code()))
@@ -214,7 +222,8 @@ impl Runtime {
             })
             .collect();
         let key = PseudonymKey::for_run(&request.tenant_secret, request.run_id.as_bytes());
-        let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy.clone()).expect("validated at load");
+        let gate =
+            Gate::new(plugin.manifest.outputs.clone(), request.policy.clone()).expect("validated at load");
         let state = StoreState::new(self.config.limits.clone(), DataState { grants, key }, gate);
         let mut store = new_store(&self.engine, state);
 
@@ -262,7 +271,11 @@ impl Runtime {
     }
 }
 
-fn call_run(instance: &Plugin, store: &mut Store<StoreState>, params: &str) -> Result<(), (FailureClass, String)> {
+fn call_run(
+    instance: &Plugin,
+    store: &mut Store<StoreState>,
+    params: &str,
+) -> Result<(), (FailureClass, String)> {
     match instance.call_run(&mut *store, params) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err((FailureClass::PluginError, message)),

@@ -68,7 +68,10 @@ impl Meter {
     pub(crate) fn charge_bytes(&mut self, bytes: u64) -> wasmtime::Result<()> {
         self.bytes_to_host = self.bytes_to_host.saturating_add(bytes);
         if self.bytes_to_host > self.limits.max_bytes_to_host {
-            return Err(self.abort(Abort::Limit(format!("more than {} bytes passed to the host", self.limits.max_bytes_to_host))));
+            return Err(self.abort(Abort::Limit(format!(
+                "more than {} bytes passed to the host",
+                self.limits.max_bytes_to_host
+            ))));
         }
         Ok(())
     }
@@ -76,14 +79,16 @@ impl Meter {
     pub(crate) fn charge_contributions(&mut self, rows: u64) -> wasmtime::Result<()> {
         self.contributions = self.contributions.saturating_add(rows);
         if self.contributions > self.limits.max_contributions {
-            return Err(self.abort(Abort::Limit(format!("more than {} contributions", self.limits.max_contributions))));
+            return Err(self
+                .abort(Abort::Limit(format!("more than {} contributions", self.limits.max_contributions))));
         }
         Ok(())
     }
 
     pub(crate) fn open_resource(&mut self) -> wasmtime::Result<()> {
         if self.open_resources >= self.limits.max_open_resources {
-            return Err(self.abort(Abort::Limit(format!("more than {} open handles", self.limits.max_open_resources))));
+            return Err(self
+                .abort(Abort::Limit(format!("more than {} open handles", self.limits.max_open_resources))));
         }
         self.open_resources += 1;
         Ok(())
@@ -113,7 +118,12 @@ pub(crate) struct Limiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.denied = true;
             return Ok(false);
@@ -122,7 +132,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > MAX_TABLE_ELEMENTS {
             self.denied = true;
             return Ok(false);

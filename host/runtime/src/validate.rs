@@ -54,14 +54,20 @@ pub(crate) fn check_bytes(bytes: &[u8], max_bytes: usize) -> Result<(), UploadEr
 pub(crate) fn is_allowed_import(name: &str) -> bool {
     let (path, version) = name.split_once('@').unwrap_or((name, ""));
     let Some((package, interface)) = path.split_once('/') else { return false };
-    ALLOWED.iter().any(|(p, v, interfaces)| *p == package && version.starts_with(v) && interfaces.contains(&interface))
+    ALLOWED
+        .iter()
+        .any(|(p, v, interfaces)| *p == package && version.starts_with(v) && interfaces.contains(&interface))
 }
 
 /// Refuse a compiled component with any import outside the allowed set,
 /// naming the first one.
 pub(crate) fn check_imports(engine: &Engine, component: &Component) -> Result<(), UploadError> {
-    let mut refused: Vec<String> =
-        component.component_type().imports(engine).map(|(name, _)| name.to_owned()).filter(|n| !is_allowed_import(n)).collect();
+    let mut refused: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|n| !is_allowed_import(n))
+        .collect();
     refused.sort();
     match refused.into_iter().next() {
         Some(first) => Err(UploadError::RefusedImport(first)),
@@ -75,7 +81,12 @@ mod tests {
 
     #[test]
     fn the_allowed_set_is_exact() {
-        for ok in ["kanon:plugin/data@0.1.0", "wasi:cli/stdout@0.2.6", "wasi:io/streams@0.2.0", "wasi:random/random@0.2.3"] {
+        for ok in [
+            "kanon:plugin/data@0.1.0",
+            "wasi:cli/stdout@0.2.6",
+            "wasi:io/streams@0.2.0",
+            "wasi:random/random@0.2.3",
+        ] {
             assert!(is_allowed_import(ok), "{ok}");
         }
         for refused in [

@@ -4,10 +4,10 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::IngestError;
 use crate::schema::{Classification, ColumnType, Field, Schema};
 use crate::table::{Table, TableBuilder};
 use crate::timestamp::parse_timestamp;
-use crate::IngestError;
 
 /// Rows read to infer column types before parsing strictly.
 const INFER_ROWS: usize = 1000;
@@ -35,7 +35,12 @@ pub fn read_csv_file(name: &str, path: &Path, options: &CsvOptions) -> Result<Ta
 }
 
 /// Read CSV from `input` (named `source` in errors) into a table named `name`.
-pub fn read_csv(name: &str, source: &str, input: impl Read, options: &CsvOptions) -> Result<Table, IngestError> {
+pub fn read_csv(
+    name: &str,
+    source: &str,
+    input: impl Read,
+    options: &CsvOptions,
+) -> Result<Table, IngestError> {
     let error = |row: Option<u64>, line: Option<u64>, column: Option<&str>, detail: String| IngestError {
         source_name: source.to_owned(),
         row,
@@ -116,13 +121,23 @@ pub fn read_csv(name: &str, source: &str, input: impl Read, options: &CsvOptions
             let value = raw.trim();
             if value.is_empty() {
                 if i == entity {
-                    return Err(error(Some(row), line, Some(&field.name), "the entity column is empty".into()));
+                    return Err(error(
+                        Some(row),
+                        line,
+                        Some(&field.name),
+                        "the entity column is empty".into(),
+                    ));
                 }
                 builder.push_null(i);
                 continue;
             }
             let bad = |what: ColumnType| {
-                error(Some(row), line, Some(&field.name), format!("expected {what}, found `{}`", truncate(value)))
+                error(
+                    Some(row),
+                    line,
+                    Some(&field.name),
+                    format!("expected {what}, found `{}`", truncate(value)),
+                )
             };
             match field.column_type {
                 ColumnType::Int => {
@@ -130,10 +145,16 @@ pub fn read_csv(name: &str, source: &str, input: impl Read, options: &CsvOptions
                     builder.push_i64(i, v);
                 }
                 ColumnType::Float => {
-                    let v = value.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(ColumnType::Float))?;
+                    let v = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| bad(ColumnType::Float))?;
                     builder.push_f64(i, v);
                 }
-                ColumnType::Bool => builder.push_bool(i, parse_bool(value).ok_or_else(|| bad(ColumnType::Bool))?),
+                ColumnType::Bool => {
+                    builder.push_bool(i, parse_bool(value).ok_or_else(|| bad(ColumnType::Bool))?)
+                }
                 ColumnType::Timestamp => {
                     builder.push_i64(i, parse_timestamp(value).ok_or_else(|| bad(ColumnType::Timestamp))?);
                 }
@@ -276,13 +297,19 @@ mod tests {
         let err = read(&text).unwrap_err();
         assert_eq!(err.row, Some(INFER_ROWS as u64 + 1));
         assert_eq!(err.column.as_deref(), Some("km"));
-        assert!(err.to_string().ends_with("row 1001 (line 1002), column `km`: expected int, found `1.5`"), "{err}");
+        assert!(
+            err.to_string().ends_with("row 1001 (line 1002), column `km`: expected int, found `1.5`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn dictionaries_are_in_first_seen_order() {
         let t = read("driver,region\nd1,south\nd2,north\nd3,south\n").unwrap();
         let ColumnData::Text { entries, codes } = &t.columns[1].data else { panic!() };
-        assert_eq!((entries.as_slice(), codes.as_slice()), (&["south".to_owned(), "north".to_owned()][..], &[0, 1, 0][..]));
+        assert_eq!(
+            (entries.as_slice(), codes.as_slice()),
+            (&["south".to_owned(), "north".to_owned()][..], &[0, 1, 0][..])
+        );
     }
 }

@@ -35,7 +35,10 @@ pub enum BatchValues {
     Timestamp(Vec<i64>),
     /// Codes index the scan's dictionary, which this batch extends by
     /// `new_entries`.
-    Text { new_entries: Vec<String>, codes: Vec<u32> },
+    Text {
+        new_entries: Vec<String>,
+        codes: Vec<u32>,
+    },
     Pseudonym(Vec<u64>),
 }
 
@@ -66,7 +69,12 @@ pub struct Scan {
 
 impl Scan {
     /// Start reading `columns` of `table`, `batch_rows` rows at a time.
-    pub fn new(table: Arc<Table>, columns: &[&str], batch_rows: usize, key: PseudonymKey) -> Result<Self, ScanError> {
+    pub fn new(
+        table: Arc<Table>,
+        columns: &[&str],
+        batch_rows: usize,
+        key: PseudonymKey,
+    ) -> Result<Self, ScanError> {
         if batch_rows == 0 {
             return Err(ScanError::ZeroBatchRows);
         }
@@ -82,7 +90,15 @@ impl Scan {
             indexes.push(index);
         }
         let n = indexes.len();
-        Ok(Self { table, columns: indexes, batch_rows, next_row: 0, key, seen: vec![0; n], pseudonyms: vec![Vec::new(); n] })
+        Ok(Self {
+            table,
+            columns: indexes,
+            batch_rows,
+            next_row: 0,
+            key,
+            seen: vec![0; n],
+            pseudonyms: vec![Vec::new(); n],
+        })
     }
 
     /// Rows not yet read.
@@ -176,7 +192,10 @@ mod tests {
         assert_eq!((b1.rows, b2.rows, b3.rows), (2, 2, 1));
 
         let region = |b: &Batch| b.columns[1].values.clone();
-        assert_eq!(region(&b1), BatchValues::Text { new_entries: vec!["south".into(), "north".into()], codes: vec![0, 1] });
+        assert_eq!(
+            region(&b1),
+            BatchValues::Text { new_entries: vec!["south".into(), "north".into()], codes: vec![0, 1] }
+        );
         assert_eq!(region(&b2), BatchValues::Text { new_entries: vec!["east".into()], codes: vec![2, 0] });
         assert_eq!(region(&b3), BatchValues::Text { new_entries: vec!["west".into()], codes: vec![3] });
 
@@ -198,7 +217,10 @@ mod tests {
             Scan::new(table(), &["salary"], 8, key()).unwrap_err(),
             ScanError::UnknownColumn { dataset: "trips".into(), column: "salary".into() }
         );
-        assert_eq!(Scan::new(table(), &["km", "km"], 8, key()).unwrap_err(), ScanError::DuplicateColumn("km".into()));
+        assert_eq!(
+            Scan::new(table(), &["km", "km"], 8, key()).unwrap_err(),
+            ScanError::DuplicateColumn("km".into())
+        );
         assert_eq!(Scan::new(table(), &["km"], 0, key()).unwrap_err(), ScanError::ZeroBatchRows);
     }
 }

@@ -33,7 +33,10 @@ pub enum ColumnData {
     /// `entries` are in the order rows first used them, so the codes of rows
     /// `0..r` are always below the number of distinct values in those rows:
     /// a sequential scan's new dictionary entries form one contiguous range.
-    Text { entries: Vec<String>, codes: Vec<u32> },
+    Text {
+        entries: Vec<String>,
+        codes: Vec<u32>,
+    },
 }
 
 impl Column {

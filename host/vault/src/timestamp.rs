@@ -94,7 +94,9 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_timestamp() {
-        for bad in ["2023-02-29", "2024-13-01", "2024-01-01T25:00:00", "yesterday", "2024-01-01T00:00:00.Z", "12"] {
+        for bad in
+            ["2023-02-29", "2024-13-01", "2024-01-01T25:00:00", "yesterday", "2024-01-01T00:00:00.Z", "12"]
+        {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
     }

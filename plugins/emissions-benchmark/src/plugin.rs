@@ -41,10 +41,7 @@ impl Plugin for EmissionsBenchmark {
             outputs: vec![TableSpec {
                 name: "co2_intensity".into(),
                 description: "kg CO2 per tonne-km, per driver-weighted cell".into(),
-                dimensions: vec![
-                    labels("vehicle_class", &VEHICLE_CLASSES),
-                    labels("region", &REGIONS),
-                ],
+                dimensions: vec![labels("vehicle_class", &VEHICLE_CLASSES), labels("region", &REGIONS)],
                 // Per driver and cell: a year of trips stays well inside.
                 measures: vec![measure("co2_kg", 0.0, 2.0e6), measure("tonne_km", 0.0, 2.0e7)],
                 statistics: vec![

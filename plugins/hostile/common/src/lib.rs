@@ -35,10 +35,7 @@ pub fn manifest(name: &str) -> Manifest {
 /// The first trip's driver pseudonym and fuel: "one person's value".
 pub fn first_trip() -> Result<(u64, f64), Error> {
     let trips = Dataset::open("trips")?;
-    let batch = trips
-        .scan(&["driver_id", "fuel_litres"])?
-        .next()
-        .ok_or("no trips")?;
+    let batch = trips.scan(&["driver_id", "fuel_litres"])?.next().ok_or("no trips")?;
     Ok((batch.pseudonyms(0)?[0], batch.floats(1)?[0]))
 }
 

@@ -1,0 +1,121 @@
+//! One test per hostile fixture: the exact refusal or failure class, and
+//! that nothing was released and nothing leaked to the caller.
+
+use std::time::Instant;
+
+use kanon_runtime::{FailureClass, RunReport, UploadError};
+use kanon_tests::{load_path, run_on_trips};
+
+// A fixture without a test below fails to compile here.
+macro_rules! has_test {
+    ($name:ident) => {
+        const _: fn() = $name;
+    };
+}
+kanon_artifacts::foreach_hostile_fixture!(has_test);
+
+/// Run a fixture that must fail with `class`; returns the report.
+fn fails_with(path: &str, class: FailureClass) -> RunReport {
+    let plugin = load_path(path).expect("the fixture passes upload");
+    let report = run_on_trips(&plugin);
+    let failure = report.outcome.clone().expect_err("nothing may be released");
+    assert_eq!(failure.class, class, "owner log: {:?}", report.owner_log);
+    // The caller's view is the class alone.
+    let shown = failure.to_string();
+    assert_eq!(shown, format!("the plugin run failed ({}); nothing was released", class.code()));
+    report
+}
+
+#[test]
+fn reads_file() {
+    let err = load_path(kanon_artifacts::READS_FILE).unwrap_err();
+    let UploadError::RefusedImport(import) = &err else { panic!("{err}") };
+    assert!(import.starts_with("wasi:filesystem/"), "{import}");
+    assert!(err.to_string().contains("which plugins may not use"));
+}
+
+#[test]
+fn opens_socket() {
+    let err = load_path(kanon_artifacts::OPENS_SOCKET).unwrap_err();
+    let UploadError::RefusedImport(import) = &err else { panic!("{err}") };
+    assert!(import.starts_with("wasi:sockets/"), "{import}");
+}
+
+#[test]
+fn reads_env() {
+    let report = fails_with(kanon_artifacts::READS_ENV, FailureClass::PluginError);
+    let seen = report.owner_log.error.as_deref().unwrap();
+    assert!(seen.starts_with("saw env=[] args=[] cwd="), "{seen}");
+    assert!(!seen.contains("PATH") && !seen.contains("HOME"), "{seen}");
+}
+
+#[test]
+fn loops_forever() {
+    let start = Instant::now();
+    fails_with(kanon_artifacts::LOOPS_FOREVER, FailureClass::Timeout);
+    assert!(start.elapsed().as_secs() < 10, "the 2 s deadline held: {:?}", start.elapsed());
+}
+
+#[test]
+fn loops_in_host_calls() {
+    let start = Instant::now();
+    let report = fails_with(kanon_artifacts::LOOPS_IN_HOST_CALLS, FailureClass::Timeout);
+    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    assert!(report.owner_log.error.is_some());
+}
+
+#[test]
+fn grows_memory() {
+    let report = fails_with(kanon_artifacts::GROWS_MEMORY, FailureClass::Memory);
+    assert!(report.stats.peak_memory_bytes <= 64 << 20, "{}", report.stats.peak_memory_bytes);
+}
+
+#[test]
+fn floods_host() {
+    let report = fails_with(kanon_artifacts::FLOODS_HOST, FailureClass::Limit);
+    assert!(report.owner_log.error.as_deref().unwrap().contains("bytes passed to the host"));
+    assert!(report.stats.bytes_to_host > 64 << 20);
+}
+
+#[test]
+fn forges_pseudonym() {
+    let report = fails_with(kanon_artifacts::FORGES_PSEUDONYM, FailureClass::ContractViolation);
+    assert!(report.owner_log.error.as_deref().unwrap().contains("was never issued to this run"));
+}
+
+#[test]
+fn code_outside_domain() {
+    let report = fails_with(kanon_artifacts::CODE_OUTSIDE_DOMAIN, FailureClass::ContractViolation);
+    let error = report.owner_log.error.unwrap();
+    assert!(error.contains("is outside the domain of dimension `region` (5 values)"), "{error}");
+}
+
+#[test]
+fn undeclared_dataset() {
+    let report = fails_with(kanon_artifacts::UNDECLARED_DATASET, FailureClass::PluginError);
+    let seen = report.owner_log.error.unwrap();
+    assert!(seen.contains(r#"salaries=Err(DataError::DatasetNotGranted("salaries"))"#), "{seen}");
+    assert!(seen.contains(r#"home_address=Err(DataError::ColumnNotGranted("home_address"))"#), "{seen}");
+    // The schema shows only the declared columns, not vehicle_class etc.
+    assert!(seen.contains(r#"schema=["driver_id", "region", "fuel_litres"]"#), "{seen}");
+    assert_eq!(report.owner_log.refusals.len(), 2, "{:?}", report.owner_log.refusals);
+}
+
+#[test]
+fn undeclared_table() {
+    let report = fails_with(kanon_artifacts::UNDECLARED_TABLE, FailureClass::PluginError);
+    assert!(report.owner_log.error.unwrap().contains(r#"UnknownTable("raw_rows")"#));
+    assert_eq!(report.owner_log.refusals, vec!["opened undeclared table `raw_rows`".to_owned()]);
+}
+
+#[test]
+fn panics_with_data() {
+    let report = fails_with(kanon_artifacts::PANICS_WITH_DATA, FailureClass::Trap);
+    assert!(report.owner_log.stderr.contains("secret fuel="), "{:?}", report.owner_log);
+}
+
+#[test]
+fn error_with_data() {
+    let report = fails_with(kanon_artifacts::ERROR_WITH_DATA, FailureClass::PluginError);
+    assert!(report.owner_log.error.unwrap().starts_with("secret fuel="));
+}

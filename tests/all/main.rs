@@ -1,0 +1,5 @@
+//! kanon's end-to-end tests, in one binary.
+
+mod hostile;
+mod plugins;
+mod upload;

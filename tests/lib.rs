@@ -1,0 +1,77 @@
+//! Helpers for kanon's end-to-end tests.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kanon_gate::Policy;
+use kanon_runtime::{LoadedPlugin, RunLimits, RunReport, RunRequest, Runtime, RuntimeConfig};
+use kanon_vault::{CsvOptions, Table, read_csv};
+
+/// Limits tight enough that the hostile fixtures fail fast.
+pub fn test_limits() -> RunLimits {
+    RunLimits {
+        memory_bytes: 64 << 20,
+        timeout: Duration::from_secs(2),
+        max_bytes_to_host: 64 << 20,
+        ..RunLimits::default()
+    }
+}
+
+/// One runtime for the whole test binary, as one daemon would have.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(RuntimeConfig { limits: test_limits(), ..RuntimeConfig::default() }).expect("runtime")
+    })
+}
+
+/// Load a plugin from a fixture path.
+pub fn load_path(path: &str) -> Result<LoadedPlugin, kanon_runtime::UploadError> {
+    runtime().load(&std::fs::read(path).expect("fixture built by kanon-artifacts"))
+}
+
+/// Trips by 60 drivers: 20 each in north, east and south, 4 in west and
+/// none in central, so west is always suppressed.
+pub fn trips_csv() -> String {
+    let regions = [("north", 20), ("east", 20), ("south", 20), ("west", 4)];
+    let mut csv = String::from("driver_id,vehicle_class,region,distance_km,load_tonnes,fuel_litres\n");
+    let mut driver = 0;
+    for (region, drivers) in regions {
+        for _ in 0..drivers {
+            driver += 1;
+            for trip in 0..3 {
+                let km = 100.0 + f64::from(trip) * 10.0;
+                csv.push_str(&format!("D{driver:03},rigid,{region},{km:.1},5.0,{:.1}\n", km * 0.25));
+            }
+        }
+    }
+    csv
+}
+
+/// A table from CSV text with `entity` as the entity column.
+pub fn table(name: &str, csv: &str, entity: &str) -> Arc<Table> {
+    let options = CsvOptions { entity: entity.into(), identifiers: vec![] };
+    Arc::new(read_csv(name, &format!("{name}.csv"), csv.as_bytes(), &options).expect("test CSV"))
+}
+
+/// The trips dataset, as the fixtures and the emissions plugin read it.
+pub fn trips() -> BTreeMap<String, Arc<Table>> {
+    [("trips".to_owned(), table("trips", &trips_csv(), "driver_id"))].into()
+}
+
+/// A request over `datasets` with default policy.
+pub fn request(datasets: BTreeMap<String, Arc<Table>>, params: &str) -> RunRequest {
+    RunRequest {
+        run_id: "test-run".into(),
+        datasets,
+        params: params.into(),
+        policy: Policy::default(),
+        tenant_secret: [42; 32],
+    }
+}
+
+/// Run a plugin over the trips dataset.
+pub fn run_on_trips(plugin: &LoadedPlugin) -> RunReport {
+    runtime().run(plugin, request(trips(), "{}")).expect("the request fits the plugin")
+}
