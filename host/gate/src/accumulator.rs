@@ -159,8 +159,14 @@ impl TableAccumulator {
         let rows = batch.entities.len();
         let measures = self.spec.measures.len();
 
+        /// How many rows ahead the loops below ask for their memory.
+        const AHEAD: usize = 16;
+
         scratch.entities.clear();
-        for &pseudonym in batch.entities {
+        for (row, &pseudonym) in batch.entities.iter().enumerate() {
+            if let Some(&next) = batch.entities.get(row + AHEAD) {
+                issued.prefetch(next);
+            }
             match issued.lookup(pseudonym) {
                 Some(entity) => scratch.entities.push(entity),
                 None => {
@@ -207,7 +213,11 @@ impl TableAccumulator {
             self.slots[old..].chunks_exact_mut(stride).for_each(|s| s[0] = EMPTY);
         }
         let stride = self.stride();
+        let words_per_entity = self.slots_per_entity * stride;
         for row in 0..rows {
+            if let Some(&next) = scratch.entities.get(row + AHEAD) {
+                crate::prefetch::prefetch(&self.slots[next as usize * words_per_entity]);
+            }
             let values = &scratch.values[row * measures..(row + 1) * measures];
             let cell = i64::from(scratch.cells[row]);
             let entity = scratch.entities[row] as usize;

@@ -77,6 +77,12 @@ impl IssuedEntities {
         }
     }
 
+    /// Hint that `pseudonym` will be looked up soon.
+    #[inline]
+    pub(crate) fn prefetch(&self, pseudonym: u64) {
+        crate::prefetch::prefetch(&self.buckets[pseudonym as usize & self.mask()]);
+    }
+
     /// How many distinct entities were issued.
     pub fn len(&self) -> usize {
         self.len

@@ -20,6 +20,7 @@
 mod accumulator;
 mod entities;
 mod policy;
+mod prefetch;
 mod release;
 mod spec;
 

@@ -193,9 +193,7 @@ impl Runtime {
 
         // The manifest call gets no data and no tables, and a short deadline.
         let limits = RunLimits { timeout: self.config.manifest_timeout, ..self.config.limits.clone() };
-        let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"manifest") };
-        let gate = Gate::new(Vec::new(), Policy::default()).expect("no tables is valid");
-        let mut store = new_store(&self.engine, StoreState::new(limits, data, gate));
+        let mut store = new_store(&self.engine, StoreState::without_data(limits));
         let manifest =
             pre.instantiate(&mut store).and_then(|plugin| plugin.call_manifest(&mut store)).map_err(|e| {
                 let class = classify(&e, store.data());
@@ -262,10 +260,8 @@ impl Runtime {
     /// Instantiate a plugin in a fresh store and drop it: what every run pays
     /// before the plugin's code starts. For benchmarks.
     pub fn instantiate_empty(&self, plugin: &LoadedPlugin) -> Result<Duration, String> {
-        let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"bench") };
-        let gate = Gate::new(Vec::new(), Policy::default()).expect("no tables is valid");
         let start = Instant::now();
-        let mut store = new_store(&self.engine, StoreState::new(self.config.limits.clone(), data, gate));
+        let mut store = new_store(&self.engine, StoreState::without_data(self.config.limits.clone()));
         plugin.pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
         Ok(start.elapsed())
     }

@@ -244,6 +244,14 @@ impl StoreState {
         }
     }
 
+    /// A store that grants no data and declares no tables: for the
+    /// `manifest()` call at upload, and for measuring instantiation.
+    pub(crate) fn without_data(limits: RunLimits) -> Self {
+        let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"no data") };
+        let gate = Gate::new(Vec::new(), kanon_gate::Policy::default()).expect("no tables is valid");
+        Self::new(limits, data, gate)
+    }
+
     /// What the plugin wrote to stdout and stderr.
     pub(crate) fn output(&self) -> (String, String) {
         let text = |pipe: &MemoryOutputPipe| String::from_utf8_lossy(&pipe.contents()).into_owned();
