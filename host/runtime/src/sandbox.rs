@@ -269,3 +269,44 @@ pub(crate) fn new_store(engine: &wasmtime::Engine, state: StoreState) -> Store<S
     store.epoch_deadline_trap();
     store
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter(limits: RunLimits) -> Meter {
+        StoreState::without_data(limits).meter
+    }
+
+    #[test]
+    fn each_cap_aborts_with_its_reason_and_the_first_abort_sticks() {
+        let mut m = meter(RunLimits { max_open_resources: 2, ..RunLimits::default() });
+        m.open_resource().unwrap();
+        m.open_resource().unwrap();
+        assert!(m.open_resource().is_err());
+        assert_eq!(m.abort, Some(Abort::Limit("more than 2 open handles".into())));
+        m.close_resource();
+        assert!(m.check_deadline().is_ok(), "a later check does not replace the first abort");
+
+        let mut m = meter(RunLimits { max_bytes_to_host: 10, ..RunLimits::default() });
+        m.charge_bytes(10).unwrap();
+        assert!(m.charge_bytes(1).is_err());
+        assert!(matches!(m.abort, Some(Abort::Limit(ref what)) if what.contains("bytes")));
+
+        let mut m = meter(RunLimits { max_contributions: 5, ..RunLimits::default() });
+        assert!(m.charge_contributions(6).is_err());
+
+        let mut m = meter(RunLimits { timeout: Duration::ZERO, ..RunLimits::default() });
+        assert!(m.check_deadline().is_err());
+        assert_eq!(m.abort, Some(Abort::Timeout));
+    }
+
+    #[test]
+    fn refusals_are_kept_but_bounded() {
+        let mut m = meter(RunLimits::default());
+        for i in 0..500 {
+            m.refuse(format!("refusal {i}"));
+        }
+        assert_eq!(m.refusals.len(), 100);
+    }
+}
