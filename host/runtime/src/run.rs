@@ -15,7 +15,7 @@ use crate::bindings::{Plugin, PluginPre};
 use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::engine::{EpochTicker, new_engine};
 use crate::manifest::Manifest;
-use crate::sandbox::{Abort, DataState, Grant, StoreState, new_store};
+use crate::sandbox::{Abort, DataState, Grant, StoreState, new_store, truncate};
 use crate::{RunError, RunLimits, RuntimeConfig, RuntimeError, UploadError, validate};
 
 /// The sandbox: one engine, one linker, a compiled-artifact cache.
@@ -237,7 +237,9 @@ impl Runtime {
         let (stdout, stderr) = state.output();
         let (outcome, error) = match result {
             Ok(()) => (Ok(state.gate.release()), None),
-            Err((class, error)) => (Err(RunFailure { class }), Some(error)),
+            Err((class, error)) => {
+                (Err(RunFailure { class }), Some(truncate(error, self.config.limits.output_bytes)))
+            }
         };
         Ok(RunReport {
             run_id: request.run_id,

@@ -100,9 +100,24 @@ impl Meter {
 
     pub(crate) fn refuse(&mut self, what: String) {
         if self.refusals.len() < 100 {
-            self.refusals.push(what);
+            self.refusals.push(truncate(what, 256));
         }
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when
+/// cut: what a plugin says is kept for its owner, but not without bound.
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = text.len() - end;
+        text.truncate(end);
+        text.push_str(&format!("… [{cut} more bytes]"));
+    }
+    text
 }
 
 /// Caps linear memory and tables, remembering a refusal so an out-of-memory
@@ -305,8 +320,15 @@ mod tests {
     fn refusals_are_kept_but_bounded() {
         let mut m = meter(RunLimits::default());
         for i in 0..500 {
-            m.refuse(format!("refusal {i}"));
+            m.refuse(format!("refusal {i} {}", "x".repeat(10_000)));
         }
         assert_eq!(m.refusals.len(), 100);
+        assert!(m.refusals.iter().all(|r| r.len() < 300), "{}", m.refusals[0].len());
+    }
+
+    #[test]
+    fn truncation_respects_characters_and_says_how_much() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        assert_eq!(truncate("ééé".into(), 3), "é… [4 more bytes]");
     }
 }
