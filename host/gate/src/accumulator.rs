@@ -62,6 +62,17 @@ fn fixed_point_scale(lower: f64, upper: f64) -> f64 {
     2f64.powi(40 - magnitude.log2().ceil() as i32)
 }
 
+/// Claim `slot` for `cell` and add one contribution's fixed-point values.
+#[inline]
+fn accumulate(slot: &mut [i64], cell: i64, values: &[i64]) {
+    slot[0] = cell;
+    for (sum, &v) in slot[1..].iter_mut().zip(values) {
+        // Saturates only past 2^23 maximal contributions of one entity to
+        // one cell, which the run's contribution cap prevents.
+        *sum = sum.saturating_add(v);
+    }
+}
+
 /// A stable pseudo-random rank of (entity, cell): which cells an entity keeps
 /// when it reaches too many. Lower wins; the mix is a bijection, so distinct
 /// cells of one entity never tie.
@@ -206,14 +217,14 @@ impl TableAccumulator {
             }
         }
 
-        let slots_needed = issued.len() * self.slots_per_entity * self.stride();
-        if self.slots.len() < slots_needed {
-            let (old, stride) = (self.slots.len(), self.stride());
-            self.slots.resize(slots_needed, 0);
-            self.slots[old..].chunks_exact_mut(stride).for_each(|s| s[0] = EMPTY);
-        }
         let stride = self.stride();
         let words_per_entity = self.slots_per_entity * stride;
+        let words_needed = issued.len() * words_per_entity;
+        if self.slots.len() < words_needed {
+            let old = self.slots.len();
+            self.slots.resize(words_needed, 0);
+            self.slots[old..].chunks_exact_mut(stride).for_each(|s| s[0] = EMPTY);
+        }
         for row in 0..rows {
             if let Some(&next) = scratch.entities.get(row + AHEAD) {
                 crate::prefetch::prefetch(&self.slots[next as usize * words_per_entity]);
@@ -225,10 +236,7 @@ impl TableAccumulator {
                 // The default policy's fast path: one slot, no search.
                 let slot = &mut self.slots[entity * stride..(entity + 1) * stride];
                 if slot[0] == cell || slot[0] == EMPTY {
-                    slot[0] = cell;
-                    for (sum, &v) in slot[1..].iter_mut().zip(values) {
-                        *sum = sum.saturating_add(v);
-                    }
+                    accumulate(slot, cell, values);
                     continue;
                 }
             }
@@ -287,13 +295,7 @@ impl TableAccumulator {
                 }
             },
         };
-        let slot = &mut own[slot * stride..(slot + 1) * stride];
-        slot[0] = cell;
-        for (sum, &v) in slot[1..].iter_mut().zip(values) {
-            // Saturates only past 2^23 maximal contributions of one entity
-            // to one cell, which the run's contribution cap prevents.
-            *sum = sum.saturating_add(v);
-        }
+        accumulate(&mut own[slot * stride..(slot + 1) * stride], cell, values);
         Ok(())
     }
 

@@ -62,16 +62,9 @@ pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>
 
 impl types::Host for DataView<'_> {}
 
-impl DataView<'_> {
-    fn enter(&mut self, bytes: usize) -> wasmtime::Result<()> {
-        self.meter.check_deadline()?;
-        self.meter.charge_bytes(bytes as u64)
-    }
-}
-
 impl data::Host for DataView<'_> {
     fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<DatasetHandle>, DataError>> {
-        self.enter(name.len())?;
+        self.meter.enter_host_call(name.len())?;
         if !self.state.grants.contains_key(&name) {
             self.meter.refuse(format!("opened undeclared dataset `{name}`"));
             return Ok(Err(DataError::DatasetNotGranted(name)));
@@ -83,7 +76,7 @@ impl data::Host for DataView<'_> {
 
 impl HostDataset for DataView<'_> {
     fn schema(&mut self, dataset: Resource<DatasetHandle>) -> wasmtime::Result<Vec<ColumnInfo>> {
-        self.enter(0)?;
+        self.meter.enter_host_call(0)?;
         let grant = &self.state.grants[&self.resources.get(&dataset)?.name];
         let schema = &grant.table.schema;
         // Only the declared columns exist, as far as the plugin can tell.
@@ -117,7 +110,7 @@ impl HostDataset for DataView<'_> {
         columns: Vec<String>,
         batch_rows: u32,
     ) -> wasmtime::Result<Result<Resource<ScanHandle>, DataError>> {
-        self.enter(columns.iter().map(String::len).sum())?;
+        self.meter.enter_host_call(columns.iter().map(String::len).sum())?;
         let name = self.resources.get(&dataset)?.name.clone();
         let grant = &self.state.grants[&name];
         if let Some(column) = columns.iter().find(|c| !grant.need.columns.iter().any(|n| &n.name == *c)) {
@@ -157,7 +150,7 @@ impl HostDataset for DataView<'_> {
 
 impl HostScan for DataView<'_> {
     fn next(&mut self, scan: Resource<ScanHandle>) -> wasmtime::Result<Option<Batch>> {
-        self.enter(0)?;
+        self.meter.enter_host_call(0)?;
         let handle = self.resources.get_mut(&scan)?;
         let Some(batch) = handle.scan.next_batch() else {
             return Ok(None);

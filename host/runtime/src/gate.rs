@@ -45,8 +45,7 @@ pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>
 
 impl gate::Host for GateView<'_> {
     fn open_table(&mut self, name: String) -> wasmtime::Result<Result<Resource<TableHandle>, GateError>> {
-        self.meter.check_deadline()?;
-        self.meter.charge_bytes(name.len() as u64)?;
+        self.meter.enter_host_call(name.len())?;
         let Some(index) = self.gate.table_index(&name) else {
             self.meter.refuse(format!("opened undeclared table `{name}`"));
             return Ok(Err(GateError::UnknownTable(name)));
@@ -58,12 +57,11 @@ impl gate::Host for GateView<'_> {
 
 impl HostTable for GateView<'_> {
     fn contribute(&mut self, table: Resource<TableHandle>, batch: Contributions) -> wasmtime::Result<()> {
-        self.meter.check_deadline()?;
         let rows = batch.entities.len();
         let bytes = rows * 8
             + batch.dimensions.iter().map(|d| d.len() * 4).sum::<usize>()
             + batch.measures.iter().map(|m| m.len() * 8).sum::<usize>();
-        self.meter.charge_bytes(bytes as u64)?;
+        self.meter.enter_host_call(bytes)?;
         self.meter.charge_contributions(rows as u64)?;
         let index = self.resources.get(&table)?.index;
         let dimensions: Vec<&[u32]> = batch.dimensions.iter().map(Vec::as_slice).collect();

@@ -65,6 +65,13 @@ impl Meter {
         Ok(())
     }
 
+    /// What every host call does first: meet the deadline, then pay for the
+    /// bytes the guest passed in.
+    pub(crate) fn enter_host_call(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.check_deadline()?;
+        self.charge_bytes(bytes as u64)
+    }
+
     pub(crate) fn charge_bytes(&mut self, bytes: u64) -> wasmtime::Result<()> {
         self.bytes_to_host = self.bytes_to_host.saturating_add(bytes);
         if self.bytes_to_host > self.limits.max_bytes_to_host {
