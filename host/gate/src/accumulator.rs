@@ -62,6 +62,11 @@ fn fixed_point_scale(lower: f64, upper: f64) -> f64 {
     2f64.powi(40 - magnitude.log2().ceil() as i32)
 }
 
+/// The fixed-point scale of each measure of a table.
+pub(crate) fn fixed_point_scales(spec: &TableSpec) -> Vec<f64> {
+    spec.measures.iter().map(|m| fixed_point_scale(m.lower, m.upper)).collect()
+}
+
 /// Claim `slot` for `cell` and add one contribution's fixed-point values.
 #[inline]
 fn accumulate(slot: &mut [i64], cell: i64, values: &[i64]) {
@@ -90,7 +95,7 @@ impl TableAccumulator {
         let radix = spec.dimensions.iter().map(|d| d.domain.len() as u32).collect();
         let lower: Vec<f64> = spec.measures.iter().map(|m| m.lower).collect();
         let upper: Vec<f64> = spec.measures.iter().map(|m| m.upper).collect();
-        let scales = lower.iter().zip(&upper).map(|(&l, &u)| fixed_point_scale(l, u)).collect();
+        let scales = fixed_point_scales(&spec);
         Self {
             spec,
             radix,
@@ -120,9 +125,12 @@ impl TableAccumulator {
         self.stride() * size_of::<i64>()
     }
 
-    /// Slots in use: (cell, the entity's sums in it).
-    pub(crate) fn used_slots(&self) -> impl Iterator<Item = (usize, &[i64])> + '_ {
-        self.slots.chunks_exact(self.stride()).filter(|s| s[0] != EMPTY).map(|s| (s[0] as usize, &s[1..]))
+    /// Per entity, its used slots: (interior cell, the entity's sums in it).
+    pub(crate) fn entities(&self) -> impl Iterator<Item = impl Iterator<Item = (usize, &[i64])>> + '_ {
+        let stride = self.stride();
+        self.slots.chunks_exact(self.slots_per_entity * stride).map(move |own| {
+            own.chunks_exact(stride).filter(|s| s[0] != EMPTY).map(|s| (s[0] as usize, &s[1..]))
+        })
     }
 
     fn violation(&self, detail: String) -> ContractViolation {
@@ -297,21 +305,5 @@ impl TableAccumulator {
         };
         accumulate(&mut own[slot * stride..(slot + 1) * stride], cell, values);
         Ok(())
-    }
-
-    /// The dimension codes of a cell index.
-    pub fn cell_codes(&self, mut cell: usize) -> Vec<usize> {
-        let mut codes = vec![0; self.radix.len()];
-        for (d, &size) in self.radix.iter().enumerate().rev() {
-            codes[d] = cell % size as usize;
-            cell /= size as usize;
-        }
-        codes
-    }
-
-    /// The labels of a cell index.
-    pub fn cell_labels(&self, cell: usize) -> Vec<String> {
-        let codes = self.cell_codes(cell);
-        self.spec.dimensions.iter().zip(codes).map(|(d, code)| d.domain.label(code)).collect()
     }
 }

@@ -22,16 +22,23 @@ mod entities;
 mod policy;
 mod prefetch;
 mod release;
+mod shape;
 mod spec;
+mod suppression;
+mod tally;
 
 pub use accumulator::MAX_MEASURES;
 pub use accumulator::{Contributions, TableAccumulator};
 pub use entities::IssuedEntities;
-pub use policy::{ExcessContributions, Policy, PolicyError};
-pub use release::{Gate, Release, ReleasedCell, ReleasedTable};
+pub use policy::{Dominance, ExcessContributions, Policy, PolicyError, PolicyLayer};
+pub use release::{
+    Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL, TableRecord,
+    TenantIntake,
+};
 pub use spec::{
     Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, Measure, SpecError, Statistic, TableSpec, validate_tables,
 };
+pub use suppression::MAX_LINKED_CELLS;
 
 /// A contribution that breaks the contract between plugin and gate. Any of
 /// these aborts the run: nothing of it is released.

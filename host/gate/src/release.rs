@@ -1,28 +1,77 @@
-//! Turning accumulated contributions into what may leave the host.
+//! Turning accumulated contributions into what may leave the host: the
+//! release rules, applied in order to every output table of a run.
+//!
+//! 1. Contract (on contribution): host-issued entities, codes inside their
+//!    domains, measures clamped, at most `max_cells_per_entity` cells per
+//!    entity per table ([`crate::TableAccumulator`]).
+//! 2. Primary suppression, per released cell, margins included: fewer than
+//!    `k` entities; a released sum whose `n` largest entities hold more than
+//!    `p%`; and in benchmark runs fewer than `t` tenants, the same (n, p%)
+//!    rule over tenants, or one tenant above its maximum share.
+//! 3. Complementary suppression across linked tables ([`crate::suppression`]).
 
 use serde::{Deserialize, Serialize};
 
-use crate::accumulator::{Contributions, TableAccumulator};
+use crate::accumulator::{Contributions, TableAccumulator, fixed_point_scales};
+use crate::shape::Shape;
 use crate::spec::{SpecError, Statistic, TableSpec, validate_tables};
-use crate::{ContractViolation, IssuedEntities, Policy};
+use crate::suppression::{Family, families, shape};
+use crate::tally::Tally;
+use crate::{ContractViolation, IssuedEntities, Policy, PolicyError};
 
-/// The gate of one run: its output tables and the policy they answer to.
+/// The label of a `total` code in a released key.
+pub const TOTAL_LABEL: &str = "*";
+
+/// Whose data a run sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One tenant's data.
+    #[default]
+    Tenant,
+    /// A vendor benchmark: one isolated instance per opted-in tenant, merged
+    /// here under the tenant rules.
+    Benchmark,
+}
+
+/// The gate of one run: its output tables, the policy they answer to, and
+/// how its tables are linked by arithmetic.
 #[derive(Debug)]
 pub struct Gate {
     policy: Policy,
+    scope: Scope,
+    specs: Vec<TableSpec>,
+    shapes: Vec<Shape>,
+    families: Vec<Family>,
+}
+
+/// Why a gate could not be set up.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// One tenant's contributions to a run's tables: what one isolated plugin
+/// instance fed the gate.
+#[derive(Debug)]
+pub struct TenantIntake {
     tables: Vec<TableAccumulator>,
 }
 
-/// One released cell: its key labels and either its statistics (in the
-/// table's `statistics` order) or nothing, when suppressed. A suppressed cell
-/// carries no reason and no hint of its size.
+/// One released cell: its key labels (`*` for a total) and either its
+/// statistics (in the table's `statistics` order) or nothing, when
+/// suppressed. A suppressed cell carries no reason and no hint of its size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleasedCell {
     pub key: Vec<String>,
     pub values: Option<Vec<f64>>,
 }
 
-/// One released table: every cell of its domain, in key order.
+/// One released table: every cell of its domain (then its totals, when it
+/// asked for margins), in key order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleasedTable {
     pub name: String,
@@ -35,18 +84,54 @@ pub struct ReleasedTable {
 /// What a run releases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Release {
+    pub scope: Scope,
     pub policy: Policy,
     pub tables: Vec<ReleasedTable>,
 }
 
-impl Gate {
-    /// A gate for the given tables under `policy`.
-    pub fn new(tables: Vec<TableSpec>, policy: Policy) -> Result<Self, SpecError> {
-        validate_tables(&tables)?;
-        let tables = tables.into_iter().map(|spec| TableAccumulator::new(spec, &policy)).collect();
-        Ok(Self { policy, tables })
-    }
+/// What the audit log keeps of a release: enough to tell later what ran
+/// under which rules, and nothing of the values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// blake3 of the plugin component, hex.
+    pub plugin_hash: String,
+    /// blake3 of the params as the plugin received them, hex.
+    pub params_hash: String,
+    pub scope: Scope,
+    pub policy: Policy,
+    pub tables: Vec<TableRecord>,
+}
 
+/// Per table: how many cells, how many suppressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub name: String,
+    pub cells: usize,
+    pub suppressed_cells: usize,
+}
+
+impl Release {
+    /// The audit record of this release.
+    pub fn record(&self, plugin_hash: &str, params_hash: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            plugin_hash: plugin_hash.to_owned(),
+            params_hash: params_hash.to_owned(),
+            scope: self.scope,
+            policy: self.policy.clone(),
+            tables: self
+                .tables
+                .iter()
+                .map(|t| TableRecord {
+                    name: t.name.clone(),
+                    cells: t.cells.len(),
+                    suppressed_cells: t.suppressed_cells,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TenantIntake {
     /// The index of a declared table.
     pub fn table_index(&self, name: &str) -> Option<usize> {
         self.tables.iter().position(|t| t.spec.name == name)
@@ -57,7 +142,8 @@ impl Gate {
         &self.tables[index]
     }
 
-    /// Add a batch of contributions to table `index`.
+    /// Add a batch of contributions to table `index`. `issued` holds the
+    /// pseudonyms the host issued to this tenant's instance.
     pub fn contribute(
         &mut self,
         index: usize,
@@ -71,42 +157,122 @@ impl Gate {
     pub fn dropped_contributions(&self) -> u64 {
         self.tables.iter().map(|t| t.dropped).sum()
     }
+}
 
-    /// Apply the release rules and produce what may leave the host.
-    pub fn release(&self) -> Release {
-        Release {
-            policy: self.policy.clone(),
-            tables: self.tables.iter().map(|t| self.release_table(t)).collect(),
+impl Gate {
+    /// A gate for the given tables under `policy`.
+    pub fn new(tables: Vec<TableSpec>, policy: Policy, scope: Scope) -> Result<Self, GateError> {
+        policy.validate()?;
+        validate_tables(&tables)?;
+        let families = families(&tables)?;
+        let shapes = tables.iter().map(shape).collect();
+        Ok(Self { policy, scope, specs: tables, shapes, families })
+    }
+
+    /// The policy the release answers to.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// An empty intake for one tenant's instance.
+    pub fn intake(&self) -> TenantIntake {
+        TenantIntake {
+            tables: self.specs.iter().map(|spec| TableAccumulator::new(spec.clone(), &self.policy)).collect(),
         }
     }
 
-    fn release_table(&self, table: &TableAccumulator) -> ReleasedTable {
-        let spec = &table.spec;
-        let measures = spec.measures.len();
-        let cell_count = spec.cell_count();
-        let mut entities = vec![0u64; cell_count];
-        let mut totals = vec![0i128; cell_count * measures];
-        for (cell, sums) in table.used_slots() {
-            entities[cell] += 1;
-            for (total, &sum) in totals[cell * measures..(cell + 1) * measures].iter_mut().zip(sums) {
-                *total += i128::from(sum);
+    /// Apply the release rules to every tenant's intake and produce what may
+    /// leave the host.
+    pub fn release(&self, intakes: &[TenantIntake]) -> Release {
+        let tallies: Vec<Tally> = (0..self.specs.len())
+            .map(|t| {
+                let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[t]).collect();
+                Tally::new(&self.shapes[t], &tenants, self.policy.dominance.n as usize)
+            })
+            .collect();
+        let mut hidden: Vec<Vec<bool>> =
+            tallies.iter().enumerate().map(|(t, tally)| self.primary(&self.specs[t], tally)).collect();
+
+        for family in &self.families {
+            let mut linked = vec![false; family.cells()];
+            let mut cost = vec![0u64; family.cells()];
+            for &t in &family.members {
+                for cell in 0..self.shapes[t].count() {
+                    let v = family.var_of(t, cell).expect("member");
+                    linked[v] = hidden[t][cell];
+                    cost[v] = tallies[t].entities[cell] + 1;
+                }
+            }
+            family.protect(&mut linked, &cost);
+            for &t in &family.members {
+                for (cell, h) in hidden[t].iter_mut().enumerate() {
+                    *h = linked[family.var_of(t, cell).expect("member")];
+                }
             }
         }
 
-        let k = u64::from(self.policy.min_entities);
-        let mut suppressed_cells = 0;
-        let cells = (0..cell_count)
+        Release {
+            scope: self.scope,
+            policy: self.policy.clone(),
+            tables: (0..self.specs.len()).map(|t| self.released(t, &tallies[t], &hidden[t])).collect(),
+        }
+    }
+
+    /// Primary suppression of every released cell of one table.
+    fn primary(&self, spec: &TableSpec, tally: &Tally) -> Vec<bool> {
+        let policy = &self.policy;
+        let summed = summed_measures(spec);
+        let benchmark = self.scope == Scope::Benchmark;
+        let n = policy.dominance.n as usize;
+        (0..tally.entities.len())
             .map(|cell| {
-                let key = table.cell_labels(cell);
-                if entities[cell] < k {
-                    suppressed_cells += 1;
+                if tally.entities[cell] < u64::from(policy.min_entities) {
+                    return true;
+                }
+                if benchmark && tally.tenants[cell] < policy.min_tenants {
+                    return true;
+                }
+                summed.iter().any(|&m| {
+                    let total = tally.magnitude(cell, m);
+                    policy.dominance.dominated(tally.top_entities(cell, m, n), total)
+                        || benchmark
+                            && (policy.dominance.dominated(tally.top_tenants(cell, m, n), total)
+                                || tally.top_tenants(cell, m, 1) as f64 * 100.0
+                                    > policy.max_tenant_percent * total as f64)
+                })
+            })
+            .collect()
+    }
+
+    fn released(&self, t: usize, tally: &Tally, hidden: &[bool]) -> ReleasedTable {
+        let spec = &self.specs[t];
+        let shape = &self.shapes[t];
+        let scales = fixed_point_scales(spec);
+        let mut codes = Vec::new();
+        let cells = (0..shape.count())
+            .map(|cell| {
+                shape.codes(cell, &mut codes);
+                let key = spec
+                    .dimensions
+                    .iter()
+                    .zip(&codes)
+                    .enumerate()
+                    .map(|(d, (dim, &code))| {
+                        if code == shape.total(d) && shape.margins {
+                            TOTAL_LABEL.to_owned()
+                        } else {
+                            dim.domain.label(code)
+                        }
+                    })
+                    .collect();
+                if hidden[cell] {
                     return ReleasedCell { key, values: None };
                 }
                 let sum = |name: &str| {
                     let m = spec.measure_index(name).expect("validated statistic");
-                    totals[cell * measures + m] as f64 / table.scales[m]
+                    tally.sum(cell, m) as f64 / scales[m]
                 };
-                let count = entities[cell] as f64;
+                let count = tally.entities[cell] as f64;
                 let values = spec
                     .statistics
                     .iter()
@@ -120,15 +286,31 @@ impl Gate {
                 ReleasedCell { key, values: Some(values) }
             })
             .collect();
-
         ReleasedTable {
             name: spec.name.clone(),
             dimensions: spec.dimensions.iter().map(|d| d.name.clone()).collect(),
             statistics: spec.statistics.iter().map(Statistic::column_name).collect(),
             cells,
-            suppressed_cells,
+            suppressed_cells: hidden.iter().filter(|&&h| h).count(),
         }
     }
+}
+
+/// Measures whose sums a table releases (directly or in a mean or ratio).
+fn summed_measures(spec: &TableSpec) -> Vec<usize> {
+    let mut measures: Vec<usize> = spec
+        .statistics
+        .iter()
+        .flat_map(|s| match s {
+            Statistic::Count => vec![],
+            Statistic::Sum(m) | Statistic::Mean(m) => vec![m.as_str()],
+            Statistic::Ratio(a, b) => vec![a.as_str(), b.as_str()],
+        })
+        .filter_map(|m| spec.measure_index(m))
+        .collect();
+    measures.sort_unstable();
+    measures.dedup();
+    measures
 }
 
 #[cfg(test)]
@@ -163,24 +345,31 @@ mod tests {
         (issued, ids)
     }
 
-    fn run(
-        gate: &mut Gate,
+    /// A gate over `spec()` and one tenant's intake.
+    fn tenant_gate(policy: Policy) -> (Gate, TenantIntake) {
+        let gate = Gate::new(vec![spec()], policy, Scope::Tenant).unwrap();
+        let intake = gate.intake();
+        (gate, intake)
+    }
+
+    fn add(
+        intake: &mut TenantIntake,
         issued: &IssuedEntities,
         entities: &[u64],
         codes: &[u32],
         values: &[f64],
     ) -> Result<(), ContractViolation> {
-        gate.contribute(0, issued, &Contributions { entities, dimensions: &[codes], measures: &[values] })
+        intake.contribute(0, issued, &Contributions { entities, dimensions: &[codes], measures: &[values] })
     }
 
     #[test]
     fn cells_below_k_are_suppressed_and_others_released() {
         let (issued, ids) = issued(19);
-        let mut gate = Gate::new(vec![spec()], Policy::default()).unwrap();
+        let (gate, mut intake) = tenant_gate(Policy::default());
         // 10 entities in north, 9 in south, none in east.
         let codes: Vec<u32> = (0..19).map(|i| u32::from(i >= 10)).collect();
-        run(&mut gate, &issued, &ids, &codes, &[10.0; 19]).unwrap();
-        let table = &gate.release().tables[0];
+        add(&mut intake, &issued, &ids, &codes, &[10.0; 19]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
         assert_eq!(table.cells[0].values, Some(vec![10.0, 100.0, 10.0]));
         assert_eq!(table.cells[1], ReleasedCell { key: vec!["south".into()], values: None });
         assert_eq!(table.cells[2].values, None);
@@ -190,63 +379,159 @@ mod tests {
     #[test]
     fn counts_are_distinct_entities_not_rows() {
         let (issued, ids) = issued(5);
-        let mut gate = Gate::new(vec![spec()], Policy::default()).unwrap();
+        let (gate, mut intake) = tenant_gate(Policy::default());
         let many: Vec<u64> = ids.iter().cycle().take(50).copied().collect();
-        run(&mut gate, &issued, &many, &[0; 50], &[1.0; 50]).unwrap();
-        assert_eq!(gate.release().tables[0].cells[0].values, None, "5 entities, 50 rows: below k = 10");
+        add(&mut intake, &issued, &many, &[0; 50], &[1.0; 50]).unwrap();
+        assert_eq!(gate.release(&[intake]).tables[0].cells[0].values, None, "5 entities, 50 rows: below k");
     }
 
     #[test]
     fn contract_violations_name_what_was_wrong() {
         let (issued, ids) = issued(3);
-        let mut gate = Gate::new(vec![spec()], Policy::default()).unwrap();
-        let err = run(&mut gate, &issued, &[12345], &[0], &[1.0]).unwrap_err();
+        let (_, mut intake) = tenant_gate(Policy::default());
+        let err = add(&mut intake, &issued, &[12345], &[0], &[1.0]).unwrap_err();
         assert!(matches!(err, ContractViolation::UnknownEntity { pseudonym: 12345, .. }), "{err}");
-        let err = run(&mut gate, &issued, &ids[..1], &[3], &[1.0]).unwrap_err();
+        let err = add(&mut intake, &issued, &ids[..1], &[3], &[1.0]).unwrap_err();
         assert!(matches!(err, ContractViolation::CodeOutsideDomain { code: 3, size: 3, .. }), "{err}");
-        let err = run(&mut gate, &issued, &ids[..1], &[0], &[f64::NAN]).unwrap_err();
+        let err = add(&mut intake, &issued, &ids[..1], &[0], &[f64::NAN]).unwrap_err();
         assert!(matches!(err, ContractViolation::NotANumber { .. }), "{err}");
-        let err = run(&mut gate, &issued, &ids[..2], &[0], &[1.0, 2.0]).unwrap_err();
+        let err = add(&mut intake, &issued, &ids[..2], &[0], &[1.0, 2.0]).unwrap_err();
         assert!(err.to_string().contains("unequal length"), "{err}");
-        let err = gate
-            .contribute(
-                0,
-                &issued,
-                &Contributions { entities: &ids[..1], dimensions: &[], measures: &[&[1.0]] },
-            )
-            .unwrap_err();
+        let batch = Contributions { entities: &ids[..1], dimensions: &[], measures: &[&[1.0]] };
+        let err = intake.contribute(0, &issued, &batch).unwrap_err();
         assert!(err.to_string().contains("expected 1 dimension"), "{err}");
     }
 
     #[test]
     fn measures_are_clamped_to_their_bounds() {
         let (issued, ids) = issued(10);
-        let mut gate = Gate::new(vec![spec()], Policy::default()).unwrap();
+        // Dominance off, so the clamped outlier is released and visible.
+        let policy = Policy { dominance: crate::Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
+        let (gate, mut intake) = tenant_gate(policy);
         let mut values = vec![50.0; 10];
         values[0] = 1e12;
         values[1] = f64::NEG_INFINITY;
-        run(&mut gate, &issued, &ids, &[0; 10], &values).unwrap();
-        let released = gate.release().tables[0].cells[0].values.clone().unwrap();
+        add(&mut intake, &issued, &ids, &[0; 10], &values).unwrap();
+        let released = gate.release(&[intake]).tables[0].cells[0].values.clone().unwrap();
         assert_eq!(released[1], 8.0 * 50.0 + 100.0 + 0.0);
     }
 
     #[test]
     fn an_entity_counts_towards_at_most_its_cell_limit() {
         let (issued, ids) = issued(10);
-        let mut gate = Gate::new(vec![spec()], Policy::default()).unwrap();
+        let (gate, mut intake) = tenant_gate(Policy::default());
         // Every entity contributes to all three cells.
         for code in 0..3 {
-            run(&mut gate, &issued, &ids, &[code; 10], &[1.0; 10]).unwrap();
+            add(&mut intake, &issued, &ids, &[code; 10], &[1.0; 10]).unwrap();
         }
-        let table = &gate.release().tables[0];
+        assert_eq!(intake.dropped_contributions(), 20);
+        let table = &gate.release(&[intake]).tables[0];
         let counted: f64 = table.cells.iter().map(|c| c.values.as_ref().map_or(0.0, |v| v[0])).sum();
         assert!(counted <= 10.0, "each entity counts once in all, got {counted}");
-        assert_eq!(gate.dropped_contributions(), 20);
 
         let fail = Policy { excess_contributions: ExcessContributions::Fail, ..Policy::default() };
-        let mut gate = Gate::new(vec![spec()], fail).unwrap();
-        run(&mut gate, &issued, &ids[..1], &[0], &[1.0]).unwrap();
-        let err = run(&mut gate, &issued, &ids[..1], &[1], &[1.0]).unwrap_err();
+        let (_, mut intake) = tenant_gate(fail);
+        add(&mut intake, &issued, &ids[..1], &[0], &[1.0]).unwrap();
+        let err = add(&mut intake, &issued, &ids[..1], &[1], &[1.0]).unwrap_err();
         assert!(matches!(err, ContractViolation::TooManyCells { limit: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_sum_held_by_two_entities_is_suppressed() {
+        let (issued, ids) = issued(24);
+        let (gate, mut intake) = tenant_gate(Policy::default());
+        // North: the target and one other hold 91 % over 12 entities.
+        // South: 12 even contributions.
+        let mut values = vec![0.9; 24];
+        values[0] = 81.0;
+        values[1] = 10.0;
+        values[12..].fill(5.0);
+        let codes: Vec<u32> = (0..24).map(|i| u32::from(i >= 12)).collect();
+        add(&mut intake, &issued, &ids, &codes, &values).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        assert_eq!(table.cells[0].values, None, "(2, 90 %) dominated");
+        assert_eq!(table.cells[1].values, Some(vec![12.0, 60.0, 5.0]));
+    }
+
+    #[test]
+    fn benchmark_cells_need_enough_tenants_and_no_dominant_one() {
+        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Benchmark).unwrap();
+        let (issued, ids) = issued(10);
+        // Six tenants. North: 4 entities of each, even. South: 3 entities of
+        // only four tenants. East: 3 entities of each, tenant 0 holding 75
+        // of the 90.
+        let intakes: Vec<TenantIntake> = (0..6)
+            .map(|tenant| {
+                let mut intake = gate.intake();
+                let rows: Vec<usize> = (0..10).filter(|&i| tenant < 4 || !(4..7).contains(&i)).collect();
+                let entities: Vec<u64> = rows.iter().map(|&i| ids[i]).collect();
+                let codes: Vec<u32> = rows
+                    .iter()
+                    .map(|&i| {
+                        if i < 4 {
+                            0
+                        } else if i < 7 {
+                            1
+                        } else {
+                            2
+                        }
+                    })
+                    .collect();
+                let values: Vec<f64> =
+                    rows.iter().map(|&i| if i >= 7 && tenant == 0 { 25.0 } else { 1.0 }).collect();
+                add(&mut intake, &issued, &entities, &codes, &values).unwrap();
+                intake
+            })
+            .collect();
+        let table = &gate.release(&intakes).tables[0];
+        assert_eq!(table.cells[0].values.as_ref().map(|v| v[0]), Some(24.0), "6 tenants, even");
+        assert_eq!(table.cells[1].values, None, "4 tenants < t = 5");
+        assert_eq!(table.cells[2].values, None, "one tenant holds 75 of 90");
+
+        // The same data as one tenant's run has no tenant rules.
+        let single = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
+        let mut intake = single.intake();
+        add(&mut intake, &issued, &ids, &[0; 10], &[1.0; 10]).unwrap();
+        assert!(single.release(&[intake]).tables[0].cells[0].values.is_some());
+    }
+
+    #[test]
+    fn margins_are_released_and_protected() {
+        let mut with_margins = spec();
+        with_margins.margins = true;
+        let gate = Gate::new(vec![with_margins], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(40);
+        let mut intake = gate.intake();
+        // North 20, south 15, east 5 (suppressed): the total minus north and
+        // south would give east away, so one more cell must go.
+        let codes: Vec<u32> = (0..40)
+            .map(|i| {
+                if i < 20 {
+                    0
+                } else if i < 35 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        add(&mut intake, &issued, &ids, &codes, &[1.0; 40]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        assert_eq!(table.cells.len(), 4);
+        assert_eq!(table.cells[3].key, vec!["*".to_owned()]);
+        assert_eq!(table.cells[2].values, None);
+        assert_eq!(table.cells[1].values, None, "south, the cheapest complement, goes too");
+        assert_eq!(table.cells[3].values.as_ref().map(|v| v[0]), Some(40.0));
+        assert_eq!(table.suppressed_cells, 2);
+    }
+
+    #[test]
+    fn release_record_names_what_ran() {
+        let (gate, intake) = tenant_gate(Policy::default());
+        let release = gate.release(&[intake]);
+        let record = release.record("abc", "def");
+        assert_eq!((record.plugin_hash.as_str(), record.params_hash.as_str()), ("abc", "def"));
+        assert_eq!(record.policy, Policy::default());
+        assert_eq!(record.tables, vec![TableRecord { name: "fuel".into(), cells: 3, suppressed_cells: 3 }]);
     }
 }

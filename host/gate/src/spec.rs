@@ -132,10 +132,10 @@ impl TableSpec {
             match &d.domain {
                 Domain::Labels(labels) => {
                     let distinct: std::collections::BTreeSet<_> = labels.iter().collect();
-                    if distinct.len() != labels.len() || labels.iter().any(|l| l.is_empty() || l.len() > 256)
-                    {
+                    let bad = |l: &String| l.is_empty() || l.len() > 256 || l == crate::TOTAL_LABEL;
+                    if distinct.len() != labels.len() || labels.iter().any(bad) {
                         return Err(invalid(format!(
-                            "dimension `{}` has empty, long or repeated labels",
+                            "dimension `{}` has empty, long, repeated or `*` labels (`*` marks totals)",
                             d.name
                         )));
                     }
@@ -235,7 +235,8 @@ mod tests {
         let cases: Vec<(Mutation, &str)> = vec![
             (|s| s.dimensions.clear(), "dimensions"),
             (|s| s.dimensions[0].domain = Domain::Labels(vec![]), "empty domain"),
-            (|s| s.dimensions[0].domain = Domain::Labels(vec!["a".into(), "a".into()]), "repeated labels"),
+            (|s| s.dimensions[0].domain = Domain::Labels(vec!["a".into(), "a".into()]), "repeated"),
+            (|s| s.dimensions[0].domain = Domain::Labels(vec!["a".into(), "*".into()]), "`*` marks totals"),
             (|s| s.dimensions[0].domain = Domain::Buckets(vec![0.0, 0.0]), "ascending"),
             (|s| s.dimensions[0].domain = Domain::Buckets(vec![0.0, f64::INFINITY]), "finite"),
             (|s| s.measures[0].upper = -1.0, "bounds"),

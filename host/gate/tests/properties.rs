@@ -1,7 +1,8 @@
 //! Properties of the gate over random contributions, domains and policies.
 
 use kanon_gate::{
-    Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Release, Statistic, TableSpec,
+    Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Release, Scope, Statistic,
+    TableSpec,
 };
 use proptest::prelude::*;
 
@@ -54,21 +55,23 @@ fn release(case: &Case, rows: &[(u64, Vec<u32>, f64)], batch: usize) -> Release 
     (0..case.entities).for_each(|i| {
         issued.issue(pseudonym(i));
     });
-    let mut gate = Gate::new(vec![spec(&case.sizes)], case.policy.clone()).unwrap();
+    let gate = Gate::new(vec![spec(&case.sizes)], case.policy.clone(), Scope::Tenant).unwrap();
+    let mut intake = gate.intake();
     for chunk in rows.chunks(batch.max(1)) {
         let entities: Vec<u64> = chunk.iter().map(|r| pseudonym(r.0)).collect();
         let dims: Vec<Vec<u32>> =
             (0..case.sizes.len()).map(|d| chunk.iter().map(|r| r.1[d]).collect()).collect();
         let dims: Vec<&[u32]> = dims.iter().map(Vec::as_slice).collect();
         let values: Vec<f64> = chunk.iter().map(|r| r.2).collect();
-        gate.contribute(
-            0,
-            &issued,
-            &Contributions { entities: &entities, dimensions: &dims, measures: &[&values] },
-        )
-        .unwrap();
+        intake
+            .contribute(
+                0,
+                &issued,
+                &Contributions { entities: &entities, dimensions: &dims, measures: &[&values] },
+            )
+            .unwrap();
     }
-    gate.release()
+    gate.release(&[intake])
 }
 
 proptest! {

@@ -1,0 +1,611 @@
+//! Complementary suppression: after the primary rules have hidden some
+//! cells, hide enough others that no hidden cell can be worked out by adding
+//! and subtracting released cells of the same run.
+//!
+//! Released cells are linked by linear relations: a table's margins sum its
+//! interior cells, and a table whose dimensions coarsen another's (same
+//! dimension names; the same labels, or bucket edges that are a subset) sums
+//! that table's cells. Tables so linked form a [`Family`]; the relations of a
+//! family are a matrix `A` with `A x = 0` for the true cell values `x`.
+//!
+//! A hidden cell `j` is exactly determined by the released ones if and only
+//! if the column of `j` in `A`, restricted to hidden cells, is independent of
+//! the other hidden columns (then no change of hidden values that keeps every
+//! relation can move `j`). [`Family::exposed`] finds those cells by exact
+//! Gaussian elimination over the prime field GF(2^61 - 1). The relations are
+//! sums with coefficients ±1; for one- and two-dimensional tables with
+//! margins the matrix is totally unimodular, so every rank is the rational
+//! rank exactly.
+//!
+//! [`Family::protect`] hides more cells until none is exposed: for each exposed
+//! cell it hides the cheapest "hypercube" through it, a pattern of cells with
+//! alternating signs that keeps every relation (in two dimensions, the
+//! corners of a rectangle; in one, a pair), so the hidden cell can move
+//! along it. Cheapest means fewest entities among the cells it newly hides.
+//! The exact check then runs again; if a round makes no progress the whole
+//! family is hidden, which is always safe.
+
+use std::collections::BTreeMap;
+
+use crate::shape::Shape;
+use crate::spec::{Domain, SpecError, TableSpec};
+
+/// Most released cells that margins and nesting may link into one family:
+/// bounds the exact check, which is cubic in the worst case.
+pub const MAX_LINKED_CELLS: usize = 10_000;
+
+/// How a coarser table's cells sum a finer table's interior cells.
+#[derive(Debug, Clone)]
+struct Nesting {
+    /// Family members.
+    fine: usize,
+    coarse: usize,
+    /// Per coarse dimension: the fine dimension it coarsens, and per fine
+    /// code the coarse code it falls in (`None`: outside the coarse range).
+    dims: Vec<(usize, Vec<Option<usize>>)>,
+}
+
+/// Tables of a run linked by margins or nesting, and their relations.
+#[derive(Debug, Clone)]
+pub(crate) struct Family {
+    /// Gate table index of each member.
+    pub members: Vec<usize>,
+    shapes: Vec<Shape>,
+    /// Where each member's cells start among the family's variables.
+    offsets: Vec<usize>,
+    cells: usize,
+    nestings: Vec<Nesting>,
+    /// Each relation: Σ coefficient · x = 0.
+    relations: Vec<Vec<(usize, i8)>>,
+}
+
+/// The coarse code of each fine code, if `coarse` coarsens `fine`.
+fn coarsening(coarse: &Domain, fine: &Domain) -> Option<Vec<Option<usize>>> {
+    match (coarse, fine) {
+        (Domain::Labels(c), Domain::Labels(f)) => {
+            let same = c.len() == f.len() && f.iter().all(|l| c.contains(l));
+            same.then(|| f.iter().map(|l| c.iter().position(|x| x == l)).collect())
+        }
+        (Domain::Buckets(c), Domain::Buckets(f)) => {
+            if !c.iter().all(|edge| f.contains(edge)) {
+                return None;
+            }
+            let bucket = |lo: f64, hi: f64| c.windows(2).position(|w| w[0] <= lo && hi <= w[1]);
+            Some(f.windows(2).map(|w| bucket(w[0], w[1])).collect())
+        }
+        _ => None,
+    }
+}
+
+/// How `coarse` sums `fine`, if every dimension of `coarse` coarsens a
+/// dimension of `fine` of the same name.
+fn nesting(coarse: &TableSpec, fine: &TableSpec) -> Option<Vec<(usize, Vec<Option<usize>>)>> {
+    coarse
+        .dimensions
+        .iter()
+        .map(|cd| {
+            let fd = fine.dimensions.iter().position(|fd| fd.name == cd.name)?;
+            Some((fd, coarsening(&cd.domain, &fine.dimensions[fd].domain)?))
+        })
+        .collect()
+}
+
+/// The shape of a table's released cells.
+pub(crate) fn shape(spec: &TableSpec) -> Shape {
+    Shape { sizes: spec.dimensions.iter().map(|d| d.domain.len()).collect(), margins: spec.margins }
+}
+
+/// Group the tables into families; tables with no relation are left out.
+pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
+    let mut pairs = Vec::new();
+    for (f, fine) in specs.iter().enumerate() {
+        for (c, coarse) in specs.iter().enumerate() {
+            if f != c
+                && let Some(dims) = nesting(coarse, fine)
+            {
+                pairs.push((f, c, dims));
+            }
+        }
+    }
+    // Union-find over tables.
+    let mut root: Vec<usize> = (0..specs.len()).collect();
+    fn find(root: &mut [usize], mut i: usize) -> usize {
+        while root[i] != i {
+            root[i] = root[root[i]];
+            i = root[i];
+        }
+        i
+    }
+    for &(f, c, _) in &pairs {
+        let (a, b) = (find(&mut root, f), find(&mut root, c));
+        root[a] = b;
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for t in 0..specs.len() {
+        let r = find(&mut root, t);
+        groups.entry(r).or_default().push(t);
+    }
+    let mut families = Vec::new();
+    for members in groups.into_values() {
+        if members.len() == 1 && !specs[members[0]].margins {
+            continue;
+        }
+        let shapes: Vec<Shape> = members.iter().map(|&t| shape(&specs[t])).collect();
+        let mut offsets = Vec::new();
+        let mut cells = 0;
+        for s in &shapes {
+            offsets.push(cells);
+            cells += s.count();
+        }
+        if cells > MAX_LINKED_CELLS {
+            let names: Vec<&str> = members.iter().map(|&t| specs[t].name.as_str()).collect();
+            return Err(SpecError::Invalid {
+                table: names.join("`, `"),
+                detail: format!(
+                    "margins and nesting link {cells} released cells, more than the {MAX_LINKED_CELLS} \
+                     the gate can check for recovery by arithmetic"
+                ),
+            });
+        }
+        let member = |t: usize| members.iter().position(|&m| m == t).expect("same family");
+        let nestings = pairs
+            .iter()
+            .filter(|(f, _, _)| members.contains(f))
+            .map(|(f, c, dims)| Nesting { fine: member(*f), coarse: member(*c), dims: dims.clone() })
+            .collect();
+        let mut family = Family { members, shapes, offsets, cells, nestings, relations: Vec::new() };
+        family.relations = family.build_relations();
+        families.push(family);
+    }
+    Ok(families)
+}
+
+/// GF(2^61 - 1): a Mersenne prime, so reduction is a shift and an add.
+mod field {
+    pub const P: u64 = (1 << 61) - 1;
+
+    pub fn add(a: u64, b: u64) -> u64 {
+        let s = a + b;
+        if s >= P { s - P } else { s }
+    }
+
+    pub fn mul(a: u64, b: u64) -> u64 {
+        let x = u128::from(a) * u128::from(b);
+        let s = (x as u64 & P) + (x >> 61) as u64;
+        if s >= P { s - P } else { s }
+    }
+
+    pub fn neg(a: u64) -> u64 {
+        if a == 0 { 0 } else { P - a }
+    }
+
+    pub fn inverse(a: u64) -> u64 {
+        // Fermat: a^(P-2).
+        let (mut base, mut exp, mut acc) = (a, P - 2, 1);
+        while exp > 0 {
+            if exp & 1 == 1 {
+                acc = mul(acc, base);
+            }
+            base = mul(base, base);
+            exp >>= 1;
+        }
+        acc
+    }
+
+    pub fn from_i8(c: i8) -> u64 {
+        if c >= 0 { c as u64 } else { P - u64::from(c.unsigned_abs()) }
+    }
+}
+
+impl Family {
+    /// Family variable of member `m`'s cell.
+    fn var(&self, m: usize, cell: usize) -> usize {
+        self.offsets[m] + cell
+    }
+
+    /// The member and cell of a family variable.
+    fn locate(&self, var: usize) -> (usize, usize) {
+        let m = self.offsets.partition_point(|&o| o <= var) - 1;
+        (m, var - self.offsets[m])
+    }
+
+    /// How many cells the family releases.
+    pub fn cells(&self) -> usize {
+        self.cells
+    }
+
+    /// Family variable of a gate table's released cell.
+    pub fn var_of(&self, table: usize, cell: usize) -> Option<usize> {
+        let m = self.members.iter().position(|&t| t == table)?;
+        Some(self.var(m, cell))
+    }
+
+    fn build_relations(&self) -> Vec<Vec<(usize, i8)>> {
+        let mut relations = Vec::new();
+        let mut codes = Vec::new();
+        // Margins: along each dimension, the codes sum to the total.
+        for (m, shape) in self.shapes.iter().enumerate().filter(|(_, s)| s.margins) {
+            for d in 0..shape.sizes.len() {
+                let stride = shape.stride(d);
+                for start in 0..shape.count() {
+                    shape.codes(start, &mut codes);
+                    if codes[d] != 0 {
+                        continue;
+                    }
+                    relations.push(
+                        (0..shape.radix(d))
+                            .map(|v| {
+                                let sign = if v == shape.total(d) { -1 } else { 1 };
+                                (self.var(m, start + v * stride), sign)
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+        // Nesting: each coarse cell is the sum of the fine interior cells it
+        // covers.
+        let mut covering = Vec::new();
+        for nest in &self.nestings {
+            let coarse = &self.shapes[nest.coarse];
+            let first = relations.len();
+            relations.extend((0..coarse.count()).map(|b| vec![(self.var(nest.coarse, b), -1)]));
+            for a in self.interior_cells(nest.fine) {
+                if let Some(b) = self.image(nest, a, &mut codes) {
+                    coarse.covering(b, &mut covering);
+                    for &c in &covering {
+                        relations[first + c].push((self.var(nest.fine, a), 1));
+                    }
+                }
+            }
+        }
+        relations
+    }
+
+    /// Member `m`'s interior cells (released-cell indices).
+    fn interior_cells(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
+        let shape = &self.shapes[m];
+        let interior: usize = shape.sizes.iter().product();
+        (0..interior).map(|i| shape.from_interior(i))
+    }
+
+    /// The coarse interior cell a fine interior cell falls in, if any.
+    fn image(&self, nest: &Nesting, fine_cell: usize, codes: &mut Vec<usize>) -> Option<usize> {
+        self.shapes[nest.fine].codes(fine_cell, codes);
+        let coarse: Option<Vec<usize>> = nest.dims.iter().map(|(fd, map)| map[codes[*fd]]).collect();
+        Some(self.shapes[nest.coarse].index(&coarse?))
+    }
+
+    /// Hidden cells that the released cells determine exactly.
+    pub fn exposed(&self, hidden: &[bool]) -> Vec<usize> {
+        let columns: Vec<usize> = (0..self.cells).filter(|&v| hidden[v]).collect();
+        let mut column_of = vec![usize::MAX; self.cells];
+        for (c, &v) in columns.iter().enumerate() {
+            column_of[v] = c;
+        }
+        let width = columns.len();
+        let mut rows: Vec<Vec<u64>> = Vec::new();
+        for relation in &self.relations {
+            if relation.iter().any(|&(v, _)| hidden[v]) {
+                let mut row = vec![0u64; width];
+                for &(v, coef) in relation.iter().filter(|&&(v, _)| hidden[v]) {
+                    let c = column_of[v];
+                    row[c] = field::add(row[c], field::from_i8(coef));
+                }
+                rows.push(row);
+            }
+        }
+
+        // Reduced row echelon form.
+        let mut pivots: Vec<usize> = Vec::new();
+        for col in 0..width {
+            let r = pivots.len();
+            let Some(found) = (r..rows.len()).find(|&i| rows[i][col] != 0) else { continue };
+            rows.swap(r, found);
+            let scale = field::inverse(rows[r][col]);
+            for x in &mut rows[r][col..] {
+                *x = field::mul(*x, scale);
+            }
+            let (above, rest) = rows.split_at_mut(r);
+            let (pivot, below) = rest.split_first_mut().expect("row r exists");
+            for row in above.iter_mut().chain(below.iter_mut()) {
+                let factor = row[col];
+                if factor == 0 {
+                    continue;
+                }
+                let factor = field::neg(factor);
+                for (x, &p) in row[col..].iter_mut().zip(&pivot[col..]) {
+                    if p != 0 {
+                        *x = field::add(*x, field::mul(factor, p));
+                    }
+                }
+            }
+            pivots.push(col);
+        }
+        // A pivot whose row has nothing in any free column is fixed.
+        pivots
+            .iter()
+            .enumerate()
+            .filter(|&(r, &col)| rows[r][col + 1..].iter().all(|&x| x == 0))
+            .map(|(_, &col)| columns[col])
+            .collect()
+    }
+
+    /// Hide cells until no hidden cell is exposed. `cost` is what hiding
+    /// each cell loses (its entities, plus one).
+    pub fn protect(&self, hidden: &mut [bool], cost: &[u64]) {
+        const MAX_ROUNDS: usize = 64;
+        for _ in 0..MAX_ROUNDS {
+            let exposed = self.exposed(hidden);
+            if exposed.is_empty() {
+                return;
+            }
+            let mut progress = false;
+            for j in exposed {
+                if let Some(support) = self.cheapest_pattern(j, hidden, cost) {
+                    for v in support {
+                        progress |= !hidden[v];
+                        hidden[v] = true;
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if !self.exposed(hidden).is_empty() {
+            hidden.fill(true);
+        }
+    }
+
+    /// Whether member `m` is coarser than some other member that it does
+    /// not also refine: its own patterns would break that relation.
+    fn strictly_refined(&self, m: usize) -> bool {
+        self.nestings
+            .iter()
+            .any(|n| n.coarse == m && !self.nestings.iter().any(|o| o.fine == m && o.coarse == n.fine))
+    }
+
+    /// The cheapest set of cells, `j` among them, that carries a change of
+    /// values keeping every relation.
+    fn cheapest_pattern(&self, j: usize, hidden: &[bool], cost: &[u64]) -> Option<Vec<usize>> {
+        let (x, cell) = self.locate(j);
+        let mut best: Option<(u64, Vec<usize>)> = None;
+        // Patterns start in the finest tables that refine j's own.
+        let sources = (0..self.members.len()).filter(|&y| {
+            (y == x || self.nestings.iter().any(|n| n.fine == y && n.coarse == x))
+                && !self.strictly_refined(y)
+        });
+        for y in sources {
+            for start in self.preimages(y, x, cell) {
+                for pattern in self.hypercubes(y, start, hidden, cost) {
+                    let signed = self.with_images(y, &pattern);
+                    if signed.get(&j).copied().unwrap_or(0) == 0 {
+                        continue;
+                    }
+                    let support: Vec<usize> =
+                        signed.into_iter().filter(|&(_, s)| s != 0).map(|(v, _)| v).collect();
+                    let price: u64 = support.iter().filter(|&&v| !hidden[v]).map(|&v| cost[v]).sum();
+                    if best.as_ref().is_none_or(|(b, _)| price < *b) {
+                        best = Some((price, support));
+                    }
+                }
+            }
+        }
+        best.map(|(_, support)| support)
+    }
+
+    /// Cells of member `y` that fall in member `x`'s `cell` (at most 64).
+    fn preimages(&self, y: usize, x: usize, cell: usize) -> Vec<usize> {
+        if y == x {
+            return vec![cell];
+        }
+        let Some(nest) = self.nestings.iter().find(|n| n.fine == y && n.coarse == x) else { return vec![] };
+        let (fine, coarse) = (&self.shapes[y], &self.shapes[x]);
+        let mut coarse_codes = Vec::new();
+        coarse.codes(cell, &mut coarse_codes);
+        let choices: Vec<Vec<usize>> = (0..fine.sizes.len())
+            .map(|fd| {
+                let wanted = nest.dims.iter().position(|(d, _)| *d == fd);
+                match wanted {
+                    Some(cd) if coarse_codes[cd] != coarse.total(cd) || !coarse.margins => {
+                        let map = &nest.dims[cd].1;
+                        (0..fine.sizes[fd]).filter(|&f| map[f] == Some(coarse_codes[cd])).collect()
+                    }
+                    // A total, or a dimension the coarse table sums away.
+                    _ if fine.margins => vec![fine.total(fd)],
+                    _ => (0..fine.sizes[fd]).collect(),
+                }
+            })
+            .collect();
+        let mut cells = vec![Vec::new()];
+        for options in &choices {
+            cells = cells
+                .iter()
+                .flat_map(|prefix| {
+                    options.iter().map(move |&o| {
+                        let mut next: Vec<usize> = prefix.clone();
+                        next.push(o);
+                        next
+                    })
+                })
+                .take(64)
+                .collect();
+        }
+        cells.iter().map(|codes| fine.index(codes)).collect()
+    }
+
+    /// Sign patterns through `start` in member `y` that keep its margins:
+    /// with margins, every hypercube (one alternative code per dimension,
+    /// signs alternating, a `total` code flipping the sign); without, the
+    /// cell alone.
+    fn hypercubes(&self, y: usize, start: usize, hidden: &[bool], cost: &[u64]) -> Vec<Vec<(usize, i64)>> {
+        let shape = &self.shapes[y];
+        if !shape.margins {
+            return vec![vec![(start, 1)]];
+        }
+        let dims = shape.sizes.len();
+        let mut codes = Vec::new();
+        shape.codes(start, &mut codes);
+        // Per dimension, the cheapest few alternatives by the cell that
+        // changes only that code: keeps the search small in many dimensions.
+        let keep = (256f64.powf(1.0 / dims as f64) as usize).max(1);
+        let price = |cell: usize| if hidden[self.var(y, cell)] { 0 } else { cost[self.var(y, cell)] };
+        let alternatives: Vec<Vec<usize>> = (0..dims)
+            .map(|d| {
+                let mut alts: Vec<usize> = (0..shape.radix(d)).filter(|&c| c != codes[d]).collect();
+                alts.sort_by_key(|&c| {
+                    let mut moved = codes.clone();
+                    moved[d] = c;
+                    (price(shape.index(&moved)), c)
+                });
+                alts.truncate(keep);
+                alts
+            })
+            .collect();
+        let sign = |d: usize, code: usize| if code == shape.total(d) { -1 } else { 1 };
+        let mut patterns = Vec::new();
+        let mut choice = vec![0usize; dims];
+        'outer: loop {
+            let mut pattern = Vec::with_capacity(1 << dims);
+            for corner in 0..1usize << dims {
+                let mut c = codes.clone();
+                let mut s = 1i64;
+                for d in 0..dims {
+                    if corner >> d & 1 == 1 {
+                        c[d] = alternatives[d][choice[d]];
+                        s = -s;
+                    }
+                    s *= sign(d, c[d]);
+                }
+                pattern.push((shape.index(&c), s));
+            }
+            patterns.push(pattern);
+            for d in 0..dims {
+                choice[d] += 1;
+                if choice[d] < alternatives[d].len() {
+                    continue 'outer;
+                }
+                choice[d] = 0;
+            }
+            break;
+        }
+        patterns
+    }
+
+    /// A pattern in member `y` as family variables, with what it changes in
+    /// every table that `y`'s interior cells sum into.
+    fn with_images(&self, y: usize, pattern: &[(usize, i64)]) -> BTreeMap<usize, i64> {
+        let mut signed: BTreeMap<usize, i64> = BTreeMap::new();
+        let mut codes = Vec::new();
+        let mut covering = Vec::new();
+        for &(cell, s) in pattern {
+            *signed.entry(self.var(y, cell)).or_default() += s;
+            self.shapes[y].codes(cell, &mut codes);
+            if !self.shapes[y].is_interior(&codes) {
+                continue;
+            }
+            for nest in self.nestings.iter().filter(|n| n.fine == y) {
+                if let Some(b) = self.image(nest, cell, &mut codes) {
+                    self.shapes[nest.coarse].covering(b, &mut covering);
+                    for &c in &covering {
+                        *signed.entry(self.var(nest.coarse, c)).or_default() += s;
+                    }
+                }
+            }
+        }
+        signed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Dimension, Measure, Statistic};
+
+    fn table(name: &str, dims: &[(&str, Domain)], margins: bool) -> TableSpec {
+        TableSpec {
+            name: name.into(),
+            description: String::new(),
+            dimensions: dims
+                .iter()
+                .map(|(n, d)| Dimension { name: (*n).into(), domain: d.clone() })
+                .collect(),
+            measures: vec![Measure { name: "x".into(), lower: 0.0, upper: 1.0 }],
+            statistics: vec![Statistic::Count],
+            margins,
+        }
+    }
+
+    fn labels(n: usize) -> Domain {
+        Domain::Labels((0..n).map(|i| format!("l{i}")).collect())
+    }
+
+    #[test]
+    fn one_hidden_cell_of_a_line_is_exposed_two_are_not() {
+        let fams = families(&[table("t", &[("a", labels(3))], true)]).unwrap();
+        let f = &fams[0];
+        assert_eq!(f.cells(), 4);
+        let mut hidden = vec![false, true, false, false];
+        assert_eq!(f.exposed(&hidden), vec![1]);
+        hidden[2] = true;
+        assert!(f.exposed(&hidden).is_empty());
+    }
+
+    #[test]
+    fn two_hidden_cells_of_one_row_are_exposed_by_their_columns() {
+        let fams = families(&[table("t", &[("a", labels(3)), ("b", labels(3))], true)]).unwrap();
+        let f = &fams[0];
+        let mut hidden = vec![false; 16];
+        hidden[0] = true; // (0,0)
+        hidden[1] = true; // (0,1)
+        assert_eq!(f.exposed(&hidden), vec![0, 1]);
+        // Complete the rectangle: rows 0 and 1, columns 0 and 1.
+        hidden[4] = true;
+        hidden[5] = true;
+        assert!(f.exposed(&hidden).is_empty());
+    }
+
+    #[test]
+    fn protect_leaves_nothing_exposed() {
+        let fams = families(&[table("t", &[("a", labels(4)), ("b", labels(5))], true)]).unwrap();
+        let f = &fams[0];
+        let mut hidden = vec![false; f.cells()];
+        hidden[7] = true;
+        let cost: Vec<u64> = (0..f.cells() as u64).map(|c| 10 + c % 7).collect();
+        f.protect(&mut hidden, &cost);
+        assert!(f.exposed(&hidden).is_empty());
+        assert_eq!(hidden.iter().filter(|&&h| h).count(), 4, "one rectangle suffices");
+    }
+
+    #[test]
+    fn nested_tables_form_one_family() {
+        let fine = table("fine", &[("age", Domain::Buckets(vec![0.0, 10.0, 20.0, 30.0, 40.0]))], false);
+        let coarse = table("coarse", &[("age", Domain::Buckets(vec![0.0, 20.0, 40.0]))], false);
+        let other = table("other", &[("region", labels(2))], false);
+        let fams = families(&[fine, coarse, other]).unwrap();
+        assert_eq!(fams.len(), 1);
+        let f = &fams[0];
+        assert_eq!(f.members, vec![0, 1]);
+        // Hide fine [0,10): coarse [0,20) minus fine [10,20) gives it away.
+        let mut hidden = vec![false; f.cells()];
+        hidden[0] = true;
+        assert_eq!(f.exposed(&hidden), vec![0]);
+        f.protect(&mut hidden, &[1; 6]);
+        assert!(f.exposed(&hidden).is_empty());
+    }
+
+    #[test]
+    fn too_many_linked_cells_are_refused() {
+        let big = table("big", &[("a", labels(200)), ("b", labels(200))], true);
+        let err = families(&[big]).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn field_inverse_is_an_inverse() {
+        for a in [1u64, 2, 12345, field::P - 1] {
+            assert_eq!(field::mul(a, field::inverse(a)), 1);
+        }
+    }
+}
