@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use emissions_benchmark::kernel::{self, Groups, REGIONS, Trips, UNKNOWN, VEHICLE_CLASSES};
 use kanon_gate::{
-    Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Statistic, TableSpec,
+    Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Scope, Statistic, TableSpec,
 };
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::{BatchValues, CsvOptions, PseudonymKey, Scan, Table, read_csv};
@@ -151,7 +151,8 @@ fn native_group_by(table: &Arc<Table>, spec: &TableSpec) -> anyhow::Result<()> {
         };
         kernel::accumulate(&mut groups, &trips, kernel::DIESEL_KG_CO2_PER_LITRE);
     }
-    let mut gate = Gate::new(vec![spec.clone()], Policy::default())?;
+    let gate = Gate::new(vec![spec.clone()], Policy::default(), Scope::Tenant)?;
+    let mut intake = gate.intake();
     let (mut entities, mut class_keys, mut region_keys, mut co2, mut tkm) =
         (vec![], vec![], vec![], vec![], vec![]);
     for ((driver, cell), totals) in groups {
@@ -167,8 +168,8 @@ fn native_group_by(table: &Arc<Table>, spec: &TableSpec) -> anyhow::Result<()> {
         dimensions: &[&class_keys, &region_keys],
         measures: &[&co2, &tkm],
     };
-    gate.contribute(0, &issued, &batch)?;
-    std::hint::black_box(gate.release());
+    intake.contribute(0, &issued, &batch)?;
+    std::hint::black_box(gate.release(&[intake]));
     Ok(())
 }
 
@@ -246,14 +247,15 @@ fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
         a.push((e % 4) as u32);
         b.push((e / 4 % 5) as u32);
     }
-    let mut gate = Gate::new(vec![spec], Policy::default()).context("bench spec")?;
+    let gate = Gate::new(vec![spec], Policy::default(), Scope::Tenant).context("bench spec")?;
+    let mut intake = gate.intake();
     let batches = total.div_ceil(BATCH);
     let start = Instant::now();
     for _ in 0..batches {
         let batch = Contributions { entities: &entities, dimensions: &[&a, &b], measures: &[&x, &y] };
-        gate.contribute(0, &issued, &batch)?;
+        intake.contribute(0, &issued, &batch)?;
     }
-    let release = gate.release();
+    let release = gate.release(std::slice::from_ref(&intake));
     let elapsed = start.elapsed();
     std::hint::black_box(release);
     report(Figure {
@@ -263,7 +265,7 @@ fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
     });
     report(Figure {
         name: "gate_bytes_per_entity_cell",
-        value: gate.table(0).bytes_per_slot() as f64,
+        value: intake.table(0).bytes_per_slot() as f64,
         unit: "bytes",
     });
     Ok(())

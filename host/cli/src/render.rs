@@ -6,11 +6,14 @@ use serde_json::json;
 
 /// The release record and tables of a successful run, as JSON.
 pub fn release_json(report: &RunReport, release: &Release) -> serde_json::Value {
+    let record = release.record(&report.plugin_hash, &report.params_hash);
     json!({
         "run_id": report.run_id,
-        "plugin_hash": report.plugin_hash,
-        "params_hash": report.params_hash,
-        "policy": release.policy,
+        "plugin_hash": record.plugin_hash,
+        "params_hash": record.params_hash,
+        "scope": record.scope,
+        "policy": record.policy,
+        "suppressed": record.tables,
         "tables": release.tables,
     })
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kanon_gate::Policy;
+use kanon_gate::{Policy, PolicyLayer};
 use kanon_runtime::{LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig};
 use kanon_vault::{CsvOptions, Table, read_csv_file};
 
@@ -35,9 +35,19 @@ pub struct RunArgs {
     /// Run parameters as a JSON object.
     #[arg(long, default_value = "{}")]
     params: String,
-    /// Minimum distinct entities per released cell; only stricter than 10.
-    #[arg(long, default_value_t = Policy::default().min_entities)]
-    min_entities: u32,
+    /// The operator's floor policy (TOML); the built-in defaults if absent.
+    #[arg(long, value_name = "FILE.toml")]
+    floor: Option<PathBuf>,
+    /// The data owner's policy (TOML): may only be stricter than the floor.
+    #[arg(long, value_name = "FILE.toml")]
+    tenant_policy: Option<PathBuf>,
+    /// The job's requested policy (TOML): can only tighten the others.
+    #[arg(long, value_name = "FILE.toml")]
+    policy: Option<PathBuf>,
+    /// Minimum distinct entities per released cell, as part of the job's
+    /// request: can only tighten.
+    #[arg(long)]
+    min_entities: Option<u32>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -106,11 +116,26 @@ pub fn read_datasets(
     Ok(datasets)
 }
 
-pub fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let policy = Policy { min_entities: args.min_entities, ..Policy::default() };
-    if policy.min_entities < Policy::default().min_entities {
-        bail!("--min-entities may only be stricter than the default of {}", Policy::default().min_entities);
+/// A policy file, or an empty layer.
+fn policy_layer(path: Option<&Path>) -> anyhow::Result<PolicyLayer> {
+    let Some(path) = path else { return Ok(PolicyLayer::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(PolicyLayer::from_toml(&path.display().to_string(), &text)?)
+}
+
+/// The run's policy: floor, then the tenant's layer, then the job's.
+fn run_policy(args: &RunArgs) -> anyhow::Result<Policy> {
+    let floor = Policy::floor(&policy_layer(args.floor.as_deref())?)?;
+    let tenant = policy_layer(args.tenant_policy.as_deref())?;
+    let mut job = policy_layer(args.policy.as_deref())?;
+    if let Some(k) = args.min_entities {
+        job.min_entities = Some(job.min_entities.map_or(k, |j| j.max(k)));
     }
+    Ok(Policy::for_run(&floor, [&tenant], &job)?)
+}
+
+pub fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let policy = run_policy(&args)?;
     let runtime = runtime(cache_dir)?;
     let plugin = load(&runtime, &args.plugin)?;
     let datasets = read_datasets(&args.data, &args.entity, &args.identifier)?;
@@ -141,12 +166,15 @@ pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner
         Ok(release) => {
             println!("{} {} (plugin {})", plugin.manifest.name, plugin.manifest.version, &plugin.hash[..16]);
             for table in &release.tables {
+                let p = &release.policy;
                 println!(
-                    "\n{}: {} of {} cells suppressed (k = {})",
+                    "\n{}: {} of {} cells suppressed (k = {}, dominance ({}, {}%))",
                     table.name,
                     table.suppressed_cells,
                     table.cells.len(),
-                    release.policy.min_entities
+                    p.min_entities,
+                    p.dominance.n,
+                    p.dominance.percent
                 );
                 print!("{}", render::table_text(table));
             }

@@ -54,7 +54,12 @@ fn run_prints_released_and_suppressed_cells() {
     let out = kanon(&dir, &["run", "--plugin", &plugin, "--data", &data, "--entity", "driver_id"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("co2_intensity: 19 of 20 cells suppressed (k = 10)"), "{stdout}");
+    assert!(
+        stdout.contains("co2_intensity: 26 of 30 cells suppressed (k = 10, dominance (2, 90%))"),
+        "{stdout}"
+    );
+    // Margins: the van total and the grand total are released; totals are `*`.
+    assert!(stdout.lines().any(|l| l.starts_with("*") && l.contains(" 15 ")), "{stdout}");
     assert!(
         stdout.lines().any(|l| l.starts_with("van") && l.contains("north") && l.contains(" 12 ")),
         "{stdout}"
@@ -76,10 +81,48 @@ fn run_json_is_the_release_record() {
     assert_eq!(json["policy"]["min_entities"], 10);
     assert_eq!(json["plugin_hash"].as_str().unwrap().len(), 64);
     let cells = json["tables"][0]["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 20);
+    assert_eq!(cells.len(), 30, "5 x 4 cells with their totals: 6 x 5");
+    assert_eq!(json["suppressed"][0]["suppressed_cells"], 26);
+    assert_eq!(json["params_hash"].as_str().unwrap().len(), 64);
     assert_eq!(cells[0]["key"], serde_json::json!(["van", "north"]));
     assert_eq!(cells[0]["values"][0], 12.0);
     assert!(cells[1]["values"].is_null());
+}
+
+#[test]
+fn policy_files_tighten_and_a_looser_tenant_policy_is_refused() {
+    let (dir, plugin) = setup();
+    let data = format!("trips={}", dir.write("trips.csv", trips_csv()).display());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--plugin", &plugin, "--data", &data, "--entity", "driver_id", "--json"];
+        args.extend_from_slice(extra);
+        kanon(&dir, &args)
+    };
+    // The job asks for k = 13: van/north (12 drivers) goes too.
+    let job = dir.write("job.toml", "min_entities = 13\n").display().to_string();
+    let out = run(&["--policy", &job]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["policy"]["min_entities"], 13);
+    assert!(json["tables"][0]["cells"][0]["values"].is_null());
+
+    let looser = dir.write("tenant.toml", "min_entities = 5\n").display().to_string();
+    let out = run(&["--tenant-policy", &looser]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("`min_entities`: 5, which is looser than the operator's floor of 10"), "{err}");
+
+    let typo = dir.write("typo.toml", "min_entites = 20\n").display().to_string();
+    let out = run(&["--policy", &typo]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("min_entites"), "{}", text(&out.stderr));
+
+    // An operator may lower the floor; the tenant's own k = 5 then holds.
+    let floor = dir.write("floor.toml", "min_entities = 3\n").display().to_string();
+    let out = run(&["--floor", &floor, "--tenant-policy", &looser]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["policy"]["min_entities"], 5);
 }
 
 #[test]

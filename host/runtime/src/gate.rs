@@ -1,7 +1,7 @@
 //! The gate capability (`kanon:plugin/gate`): contributions to the tables
 //! the manifest declared, checked and accumulated by `kanon-gate`.
 
-use kanon_gate::{Contributions as GateBatch, Gate, IssuedEntities};
+use kanon_gate::{Contributions as GateBatch, IssuedEntities, TenantIntake};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 
 use crate::bindings::gate::{self, Contributions, GateError, HostTable};
@@ -15,7 +15,7 @@ pub struct TableHandle {
 
 /// What the gate capability's host functions see of a run's store.
 pub(crate) struct GateView<'a> {
-    gate: &'a mut Gate,
+    intake: &'a mut TenantIntake,
     issued: &'a IssuedEntities,
     resources: &'a mut ResourceTable,
     meter: &'a mut Meter,
@@ -31,7 +31,7 @@ impl HasData for GateCapability {
 impl StoreState {
     pub(crate) fn gate_view(&mut self) -> GateView<'_> {
         GateView {
-            gate: &mut self.gate,
+            intake: &mut self.intake,
             issued: &self.issued,
             resources: &mut self.resources,
             meter: &mut self.meter,
@@ -46,7 +46,7 @@ pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>
 impl gate::Host for GateView<'_> {
     fn open_table(&mut self, name: String) -> wasmtime::Result<Result<Resource<TableHandle>, GateError>> {
         self.meter.enter_host_call(name.len())?;
-        let Some(index) = self.gate.table_index(&name) else {
+        let Some(index) = self.intake.table_index(&name) else {
             self.meter.refuse(format!("opened undeclared table `{name}`"));
             return Ok(Err(GateError::UnknownTable(name)));
         };
@@ -68,7 +68,7 @@ impl HostTable for GateView<'_> {
         let measures: Vec<&[f64]> = batch.measures.iter().map(Vec::as_slice).collect();
         let contributions =
             GateBatch { entities: &batch.entities, dimensions: &dimensions, measures: &measures };
-        self.gate
+        self.intake
             .contribute(index, self.issued, &contributions)
             .map_err(|violation| self.meter.abort(Abort::Violation(violation.to_string())))
     }

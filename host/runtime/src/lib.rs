@@ -32,7 +32,10 @@ pub use manifest::{
     ColumnNeed, DataMismatch, DatasetNeed, Manifest, ManifestError, ParamSpec, ParamType, ParamsError,
     PluginColumnType,
 };
-pub use run::{FailureClass, LoadedPlugin, OwnerLog, RunFailure, RunReport, RunRequest, RunStats, Runtime};
+pub use run::{
+    BenchmarkReport, BenchmarkRequest, FailureClass, LoadedPlugin, OwnerLog, RunFailure, RunReport,
+    RunRequest, RunStats, Runtime, TenantInput,
+};
 
 /// What one run may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,8 +133,8 @@ pub enum RunError {
     Params(#[from] ParamsError),
     #[error(transparent)]
     Data(#[from] DataMismatch),
-    #[error("the run's policy is invalid: {0}")]
-    Policy(#[from] kanon_gate::PolicyError),
+    #[error("the run cannot be set up: {0}")]
+    Gate(#[from] kanon_gate::GateError),
     #[error("all pooled instances are busy; try again")]
     Busy,
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kanon_gate::{Gate, Policy, Release};
+use kanon_gate::{Gate, Policy, Release, ReleaseRecord, Scope, TenantIntake};
 use kanon_vault::{PseudonymKey, Table};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
@@ -68,6 +68,29 @@ pub struct RunRequest {
     pub policy: Policy,
     /// The data owner's secret, from which the run's pseudonym key derives.
     pub tenant_secret: [u8; 32],
+}
+
+/// One tenant's part of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct TenantInput {
+    /// The tenant's name, for its owner log.
+    pub tenant: String,
+    /// The tenant's datasets granted to the run.
+    pub datasets: BTreeMap<String, Arc<Table>>,
+    /// The tenant's secret, from which its pseudonym key for the run derives.
+    pub secret: [u8; 32],
+}
+
+/// A vendor benchmark run: one isolated instance per opted-in tenant,
+/// merged by the gate under the tenant rules.
+#[derive(Debug, Clone)]
+pub struct BenchmarkRequest {
+    pub run_id: String,
+    pub tenants: Vec<TenantInput>,
+    /// JSON object of parameters, the same for every tenant.
+    pub params: String,
+    /// The strictest policy of every participant (see [`Policy::for_run`]).
+    pub policy: Policy,
 }
 
 /// Why a run failed, as its caller may see it: a class, never the plugin's
@@ -153,6 +176,41 @@ pub struct RunReport {
     pub stats: RunStats,
 }
 
+/// The result of a benchmark run. If any tenant's instance fails, nothing
+/// is released.
+#[derive(Debug, Clone)]
+pub struct BenchmarkReport {
+    pub run_id: String,
+    pub plugin_hash: String,
+    pub params_hash: String,
+    pub outcome: Result<Release, RunFailure>,
+    /// Per tenant, in request order: its owner log (for that tenant only)
+    /// and the figures of its instance.
+    pub tenants: Vec<(String, OwnerLog, RunStats)>,
+}
+
+impl RunReport {
+    /// What the audit log keeps of the release, if there was one.
+    pub fn record(&self) -> Option<ReleaseRecord> {
+        self.outcome.as_ref().ok().map(|r| r.record(&self.plugin_hash, &self.params_hash))
+    }
+}
+
+impl BenchmarkReport {
+    /// What the audit log keeps of the release, if there was one.
+    pub fn record(&self) -> Option<ReleaseRecord> {
+        self.outcome.as_ref().ok().map(|r| r.record(&self.plugin_hash, &self.params_hash))
+    }
+}
+
+/// What one tenant's isolated instance left behind.
+struct InstanceRun {
+    result: Result<(), FailureClass>,
+    intake: TenantIntake,
+    owner_log: OwnerLog,
+    stats: RunStats,
+}
+
 impl Runtime {
     /// Start the engine, link the plugin world and start the epoch clock.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
@@ -204,59 +262,128 @@ impl Runtime {
         Ok(LoadedPlugin { hash: hash.to_hex().to_string(), size: bytes.len(), manifest, cache, pre })
     }
 
-    /// Run a plugin over the granted data and release what the gate allows.
+    /// Run a plugin over one tenant's granted data and release what the
+    /// gate allows.
     pub fn run(&self, plugin: &LoadedPlugin, request: RunRequest) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        request.policy.validate()?;
         let params = plugin.manifest.check_params(&request.params)?;
         plugin.manifest.check_data(&request.datasets)?;
+        let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy, Scope::Tenant)?;
+        let mut run = self.run_instance(
+            plugin,
+            &gate,
+            &request.run_id,
+            &request.datasets,
+            &request.tenant_secret,
+            &params,
+        );
+        let outcome = match run.result {
+            Ok(()) => Ok(gate.release(std::slice::from_ref(&run.intake))),
+            Err(class) => Err(RunFailure { class }),
+        };
+        run.stats.duration = started.elapsed();
+        Ok(RunReport {
+            run_id: request.run_id,
+            plugin_hash: plugin.hash.clone(),
+            params_hash: params_hash(&params),
+            outcome,
+            owner_log: run.owner_log,
+            stats: run.stats,
+        })
+    }
+
+    /// Run a plugin once per tenant, each in its own store and instance, and
+    /// release what the gate allows of the merged contributions. Nothing a
+    /// plugin holds survives from one tenant's instance into the next.
+    pub fn run_benchmark(
+        &self,
+        plugin: &LoadedPlugin,
+        request: BenchmarkRequest,
+    ) -> Result<BenchmarkReport, RunError> {
+        let params = plugin.manifest.check_params(&request.params)?;
+        for tenant in &request.tenants {
+            plugin.manifest.check_data(&tenant.datasets)?;
+        }
+        let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy, Scope::Benchmark)?;
+        let mut intakes = Vec::with_capacity(request.tenants.len());
+        let mut tenants = Vec::with_capacity(request.tenants.len());
+        let mut failure = None;
+        for tenant in &request.tenants {
+            let started = Instant::now();
+            let mut run =
+                self.run_instance(plugin, &gate, &request.run_id, &tenant.datasets, &tenant.secret, &params);
+            run.stats.duration = started.elapsed();
+            if let Err(class) = run.result {
+                failure.get_or_insert(RunFailure { class });
+            }
+            intakes.push(run.intake);
+            tenants.push((tenant.tenant.clone(), run.owner_log, run.stats));
+        }
+        let outcome = match failure {
+            None => Ok(gate.release(&intakes)),
+            Some(failure) => Err(failure),
+        };
+        Ok(BenchmarkReport {
+            run_id: request.run_id,
+            plugin_hash: plugin.hash.clone(),
+            params_hash: params_hash(&params),
+            outcome,
+            tenants,
+        })
+    }
+
+    /// One tenant's instance, in a fresh store, feeding a fresh intake.
+    fn run_instance(
+        &self,
+        plugin: &LoadedPlugin,
+        gate: &Gate,
+        run_id: &str,
+        datasets: &BTreeMap<String, Arc<Table>>,
+        secret: &[u8; 32],
+        params: &str,
+    ) -> InstanceRun {
         let grants = plugin
             .manifest
             .inputs
             .iter()
             .map(|need| {
-                let table = request.datasets[&need.name].clone();
+                let table = datasets[&need.name].clone();
                 (need.name.clone(), Grant { table, need: need.clone() })
             })
             .collect();
-        let key = PseudonymKey::for_run(&request.tenant_secret, request.run_id.as_bytes());
-        let gate =
-            Gate::new(plugin.manifest.outputs.clone(), request.policy.clone()).expect("validated at load");
-        let state = StoreState::new(self.config.limits.clone(), DataState { grants, key }, gate);
+        let key = PseudonymKey::for_run(secret, run_id.as_bytes());
+        let state = StoreState::new(self.config.limits.clone(), DataState { grants, key }, gate.intake());
         let mut store = new_store(&self.engine, state);
 
         let instantiating = Instant::now();
         let instance = plugin.pre.instantiate(&mut store);
         let instantiation = instantiating.elapsed();
         let result = match instance {
-            Ok(instance) => call_run(&instance, &mut store, &params),
+            Ok(instance) => call_run(&instance, &mut store, params),
             Err(e) => Err((classify(&e, store.data()), format!("instantiation failed: {e:#}"))),
         };
 
-        let state = store.data();
+        let state = store.into_data();
         let (stdout, stderr) = state.output();
-        let (outcome, error) = match result {
-            Ok(()) => (Ok(state.gate.release()), None),
-            Err((class, error)) => {
-                (Err(RunFailure { class }), Some(truncate(error, self.config.limits.output_bytes)))
-            }
+        let (result, error) = match result {
+            Ok(()) => (Ok(()), None),
+            Err((class, error)) => (Err(class), Some(truncate(error, self.config.limits.output_bytes))),
         };
-        Ok(RunReport {
-            run_id: request.run_id,
-            plugin_hash: plugin.hash.clone(),
-            params_hash: blake3::hash(params.as_bytes()).to_hex().to_string(),
-            outcome,
-            owner_log: OwnerLog { stdout, stderr, error, refusals: state.meter.refusals.clone() },
-            stats: RunStats {
-                duration: started.elapsed(),
-                instantiation,
-                contributions: state.meter.contributions,
-                bytes_to_host: state.meter.bytes_to_host,
-                dropped_contributions: state.gate.dropped_contributions(),
-                entities_issued: state.issued.len(),
-                peak_memory_bytes: state.limiter.peak_memory,
-            },
-        })
+        let stats = RunStats {
+            duration: Duration::ZERO,
+            instantiation,
+            contributions: state.meter.contributions,
+            bytes_to_host: state.meter.bytes_to_host,
+            dropped_contributions: state.intake.dropped_contributions(),
+            entities_issued: state.issued.len(),
+            peak_memory_bytes: state.limiter.peak_memory,
+        };
+        InstanceRun {
+            result,
+            owner_log: OwnerLog { stdout, stderr, error, refusals: state.meter.refusals },
+            intake: state.intake,
+            stats,
+        }
     }
 
     /// Instantiate a plugin in a fresh store and drop it: what every run pays
@@ -267,6 +394,11 @@ impl Runtime {
         plugin.pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
         Ok(start.elapsed())
     }
+}
+
+/// blake3 of the params as the plugin received them, hex.
+fn params_hash(params: &str) -> String {
+    blake3::hash(params.as_bytes()).to_hex().to_string()
 }
 
 fn call_run(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kanon_gate::{Gate, IssuedEntities};
+use kanon_gate::{Gate, IssuedEntities, Policy, Scope, TenantIntake};
 use kanon_vault::{PseudonymKey, Table};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
@@ -189,7 +189,7 @@ pub(crate) struct StoreState {
     pub(crate) limiter: Limiter,
     pub(crate) meter: Meter,
     pub(crate) data: DataState,
-    pub(crate) gate: Gate,
+    pub(crate) intake: TenantIntake,
     pub(crate) issued: IssuedEntities,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
@@ -228,7 +228,7 @@ impl HostMonotonicClock for CoarseMonotonicClock {
 }
 
 impl StoreState {
-    pub(crate) fn new(limits: RunLimits, data: DataState, gate: Gate) -> Self {
+    pub(crate) fn new(limits: RunLimits, data: DataState, intake: TenantIntake) -> Self {
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
         let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -259,7 +259,7 @@ impl StoreState {
                 refusals: Vec::new(),
             },
             data,
-            gate,
+            intake,
             issued: IssuedEntities::new(),
             stdout,
             stderr,
@@ -270,8 +270,8 @@ impl StoreState {
     /// `manifest()` call at upload, and for measuring instantiation.
     pub(crate) fn without_data(limits: RunLimits) -> Self {
         let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"no data") };
-        let gate = Gate::new(Vec::new(), kanon_gate::Policy::default()).expect("no tables is valid");
-        Self::new(limits, data, gate)
+        let gate = Gate::new(Vec::new(), Policy::default(), Scope::Tenant).expect("no tables is valid");
+        Self::new(limits, data, gate.intake())
     }
 
     /// What the plugin wrote to stdout and stderr.
