@@ -5,7 +5,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kanon_gate::Policy;
-use kanon_runtime::{LoadedPlugin, RunLimits, RunReport, RunRequest, Runtime, RuntimeConfig};
+use kanon_runtime::{
+    BenchmarkReport, BenchmarkRequest, LoadedPlugin, RunLimits, RunReport, RunRequest, Runtime,
+    RuntimeConfig, TenantInput,
+};
 use kanon_vault::{CsvOptions, Table, read_csv};
 
 /// Limits tight enough that the hostile fixtures fail fast.
@@ -47,6 +50,42 @@ pub fn trips_csv() -> String {
         }
     }
     csv
+}
+
+/// Trips by `drivers` drivers spread evenly over the five regions, with
+/// fuel scaled by `fuel_scale`: one tenant's data in a benchmark.
+pub fn fleet_csv(drivers: usize, fuel_scale: f64) -> String {
+    let regions = ["north", "east", "south", "west", "central"];
+    let mut csv = String::from("driver_id,vehicle_class,region,distance_km,load_tonnes,fuel_litres\n");
+    for driver in 0..drivers {
+        let region = regions[driver % regions.len()];
+        for trip in 0..2 {
+            let km = 80.0 + (driver % 7) as f64 * 10.0 + f64::from(trip);
+            let fuel = km * 0.3 * fuel_scale;
+            csv.push_str(&format!("F{driver:04},rigid,{region},{km:.1},4.0,{fuel:.2}\n"));
+        }
+    }
+    csv
+}
+
+/// Run a benchmark over one trips dataset per tenant, default policy.
+pub fn run_benchmark(plugin: &LoadedPlugin, tenants: &[String]) -> BenchmarkReport {
+    let tenants = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, csv)| TenantInput {
+            tenant: format!("tenant-{i}"),
+            datasets: [("trips".to_owned(), table("trips", csv, "driver_id"))].into(),
+            secret: [i as u8 + 1; 32],
+        })
+        .collect();
+    let request = BenchmarkRequest {
+        run_id: "test-benchmark".into(),
+        tenants,
+        params: "{}".into(),
+        policy: Policy::default(),
+    };
+    runtime().run_benchmark(plugin, request).expect("the request fits the plugin")
 }
 
 /// A table from CSV text with `entity` as the entity column.

@@ -3,8 +3,10 @@
 
 use std::time::Instant;
 
+use kanon_gate::{Dominance, Policy};
+use kanon_runtime::RunRequest;
 use kanon_runtime::{FailureClass, RunReport, UploadError};
-use kanon_tests::{load_path, run_on_trips};
+use kanon_tests::{fleet_csv, load_path, request, run_benchmark, run_on_trips, runtime, trips};
 
 // A fixture without a test below fails to compile here.
 macro_rules! has_test {
@@ -118,4 +120,66 @@ fn panics_with_data() {
 fn error_with_data() {
     let report = fails_with(kanon_artifacts::ERROR_WITH_DATA, FailureClass::PluginError);
     assert!(report.owner_log.error.unwrap().starts_with("secret fuel="));
+}
+
+/// The released cells of the first table, by key, `None` when suppressed.
+fn cells(report: &RunReport) -> Vec<(String, Option<Vec<f64>>)> {
+    let release = report.outcome.as_ref().expect("a release");
+    release.tables[0].cells.iter().map(|c| (c.key.join("/"), c.values.clone())).collect()
+}
+
+#[test]
+fn spreads_one_entity() {
+    let plugin = load_path(kanon_artifacts::SPREADS_ONE_ENTITY).unwrap();
+    let report = run_on_trips(&plugin);
+    // The target's four extra cells are dropped: it counts in one cell only.
+    assert_eq!(report.stats.dropped_contributions, 4);
+    let counted: f64 = cells(&report).iter().filter_map(|(_, v)| v.as_ref().map(|v| v[0])).sum();
+    assert_eq!(counted, 60.0, "64 drivers, west (4) suppressed, the target counted once");
+}
+
+#[test]
+fn pads_with_zeros() {
+    let plugin = load_path(kanon_artifacts::PADS_WITH_ZEROS).unwrap();
+    let report = run_on_trips(&plugin);
+    let central = cells(&report).into_iter().find(|(k, _)| k == "central").unwrap();
+    assert_eq!(central.1, None, "10 entities, but one holds the whole sum: dominance suppresses");
+
+    // Without the dominance rule the attack works: the sum is one person's.
+    let off = Policy { dominance: Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
+    let report = runtime().run(&plugin, RunRequest { policy: off, ..request(trips(), "{}") }).unwrap();
+    let central = cells(&report).into_iter().find(|(k, _)| k == "central").unwrap();
+    let values = central.1.expect("released without dominance");
+    assert_eq!(values[0], 10.0);
+    assert!(values[1] > 0.0, "the target's fuel alone: {values:?}");
+}
+
+#[test]
+fn subtracts_margins() {
+    let plugin = load_path(kanon_artifacts::SUBTRACTS_MARGINS).unwrap();
+    let report = run_on_trips(&plugin);
+    let cells = cells(&report);
+    assert_eq!(cells.len(), 6, "five regions and the total");
+    assert_eq!(cells[4], ("central".into(), None), "the target alone");
+    // One line: cells sum to the total. A hidden cell is recoverable unless
+    // another cell of the line is hidden too.
+    let hidden = cells.iter().filter(|(_, v)| v.is_none()).count();
+    assert!(hidden >= 2, "central must not be total minus the released cells: {cells:?}");
+    // The complement is the cheapest: west, empty here, was already hidden
+    // by k; the gate hid no more than the line needs.
+    assert_eq!(hidden, 2, "{cells:?}");
+}
+
+#[test]
+fn singles_out_a_tenant() {
+    let plugin = load_path(kanon_artifacts::SINGLES_OUT_A_TENANT).unwrap();
+    // Tenant 0 is large (more than 100 drivers), five others are small.
+    let mut tenants = vec![fleet_csv(150, 1.0)];
+    tenants.extend((0..5).map(|_| fleet_csv(40, 1.0)));
+    let report = run_benchmark(&plugin, &tenants);
+    let release = report.outcome.as_ref().expect("a release");
+    let central = &release.tables[0].cells[4];
+    assert_eq!(central.key, vec!["central".to_owned()]);
+    assert_eq!(central.values, None, "six tenants and 350 drivers, but one tenant holds the sum");
+    assert_eq!(report.tenants.len(), 6);
 }

@@ -15,7 +15,7 @@ fn emissions_releases_only_cells_with_k_drivers() {
     let table = &release.tables[0];
     assert_eq!(table.name, "co2_intensity");
     assert_eq!(table.statistics, ["count", "sum(co2_kg)", "ratio(co2_kg/tonne_km)"]);
-    assert_eq!(table.cells.len(), 4 * 5, "every cell of the domain appears");
+    assert_eq!(table.cells.len(), 5 * 6, "every cell of the domain appears, and the totals");
     let cell = |class: &str, region: &str| {
         table.cells.iter().find(|c| c.key == [class, region]).unwrap_or_else(|| panic!("{class} {region}"))
     };
@@ -31,7 +31,13 @@ fn emissions_releases_only_cells_with_k_drivers() {
     assert!((north[2] / ratio - 1.0).abs() <= 1e-8, "{}", north[2]);
     assert_eq!(cell("rigid", "west").values, None, "4 drivers: suppressed");
     assert_eq!(cell("van", "north").values, None, "no drivers: suppressed, same as small");
-    assert_eq!(table.suppressed_cells, 17);
+    // Totals: rigid over all regions and the grand total hold all 64; the
+    // region totals equal the rigid cells.
+    assert_eq!(cell("rigid", "*").values.as_ref().map(|v| v[0]), Some(64.0));
+    assert_eq!(cell("*", "*").values.as_ref().map(|v| v[0]), Some(64.0));
+    assert_eq!(cell("*", "north").values.as_ref().map(|v| v[0]), Some(20.0));
+    assert_eq!(cell("*", "west").values, None);
+    assert_eq!(table.suppressed_cells, 30 - 8);
     assert_eq!(report.stats.entities_issued, 64);
     assert_eq!(report.stats.contributions, 64);
     assert!(report.owner_log.error.is_none() && report.owner_log.refusals.is_empty());
@@ -43,7 +49,8 @@ fn a_stricter_k_suppresses_more() {
     let mut req = request(trips(), "{}");
     req.policy = Policy { min_entities: 21, ..Policy::default() };
     let release = runtime().run(&plugin, req).unwrap().outcome.unwrap();
-    assert_eq!(release.tables[0].suppressed_cells, 20);
+    // Only the rigid total and the grand total (64 drivers) remain.
+    assert_eq!(release.tables[0].suppressed_cells, 30 - 2);
 }
 
 #[test]
@@ -121,5 +128,40 @@ fn absence_rate_reads_nulls_and_buckets() {
     let values = cell.values.as_ref().expect("29 employees");
     assert_eq!(values[0], 29.0);
     assert_eq!(values[1], (1..30).map(|e| f64::from(e * 2)).sum::<f64>() / 29.0);
-    assert_eq!(table.suppressed_cells, table.cells.len() - 1);
+    // The cell, its row and column totals and the grand total: all the same 29.
+    assert_eq!(table.suppressed_cells, table.cells.len() - 4);
+    for key in [["logistics", "*"], ["*", "[25, 35)"], ["*", "*"]] {
+        let total = table.cells.iter().find(|c| c.key == key).unwrap();
+        assert_eq!(total.values.as_ref().map(|v| v[0]), Some(29.0), "{key:?}");
+    }
+}
+
+#[test]
+fn a_benchmark_merges_tenants_under_the_tenant_rules() {
+    let plugin = emissions();
+    let cell = |report: &kanon_runtime::BenchmarkReport, key: [&str; 2]| {
+        let release = report.outcome.as_ref().expect("released");
+        release.tables[0].cells.iter().find(|c| c.key == key).unwrap().values.clone()
+    };
+    // Five even tenants of 40 drivers: every region of `rigid` has 40
+    // drivers from five tenants.
+    let even: Vec<String> = (0..5).map(|_| kanon_tests::fleet_csv(40, 1.0)).collect();
+    let report = kanon_tests::run_benchmark(&plugin, &even);
+    assert_eq!(cell(&report, ["rigid", "north"]).map(|v| v[0]), Some(40.0));
+    assert_eq!(report.tenants.len(), 5);
+    assert!(report.tenants.iter().all(|(_, log, stats)| log.error.is_none() && stats.entities_issued == 40));
+    let record = report.record().unwrap();
+    assert_eq!(record.scope, kanon_gate::Scope::Benchmark);
+
+    // Four tenants: below t = 5, nothing is released, however many drivers.
+    let report = kanon_tests::run_benchmark(&plugin, &even[..4]);
+    let release = report.outcome.unwrap();
+    assert_eq!(release.tables[0].suppressed_cells, release.tables[0].cells.len());
+
+    // Five tenants, one with ten times the fuel of all others together:
+    // it dominates every cell it is in.
+    let mut skewed = even.clone();
+    skewed[0] = kanon_tests::fleet_csv(40, 45.0);
+    let report = kanon_tests::run_benchmark(&plugin, &skewed);
+    assert_eq!(cell(&report, ["rigid", "north"]), None);
 }

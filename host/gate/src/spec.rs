@@ -188,7 +188,8 @@ impl TableSpec {
     }
 }
 
-/// Validate a set of tables: each on its own, and their names unique.
+/// Validate a set of tables: each on its own, their names unique, and the
+/// tables that margins and nesting link small enough to check.
 pub fn validate_tables(tables: &[TableSpec]) -> Result<(), SpecError> {
     let mut names = std::collections::BTreeSet::new();
     for t in tables {
@@ -197,6 +198,7 @@ pub fn validate_tables(tables: &[TableSpec]) -> Result<(), SpecError> {
             return Err(SpecError::DuplicateTable(t.name.clone()));
         }
     }
+    crate::suppression::families(tables)?;
     Ok(())
 }
 

@@ -32,6 +32,36 @@ pub fn manifest(name: &str) -> Manifest {
     }
 }
 
+/// The same, with margins: the gate releases the regions' total.
+pub fn manifest_with_margins(name: &str) -> Manifest {
+    let mut manifest = manifest(name);
+    manifest.outputs[0].margins = true;
+    manifest
+}
+
+/// Every driver once, in first-seen order: pseudonym, region code and the
+/// driver's total fuel. What an honest per-driver plugin would contribute.
+pub fn drivers() -> Result<Vec<(u64, u32, f64)>, Error> {
+    let trips = Dataset::open("trips")?;
+    let mut scan = trips.scan(&["driver_id", "region", "fuel_litres"])?;
+    let mut coder = LabelCoder::new(&REGIONS);
+    let mut drivers: Vec<(u64, u32, f64)> = Vec::new();
+    while let Some(batch) = scan.next() {
+        let regions = batch.text(1)?;
+        coder.extend(regions.new_entries());
+        for ((&driver, &entry), &fuel) in
+            batch.pseudonyms(0)?.iter().zip(regions.codes()).zip(batch.floats(2)?)
+        {
+            let region = coder.code(entry).ok_or("a region outside the domain")?;
+            match drivers.iter_mut().find(|d| d.0 == driver) {
+                Some(d) => d.2 += fuel,
+                None => drivers.push((driver, region, fuel)),
+            }
+        }
+    }
+    Ok(drivers)
+}
+
 /// The first trip's driver pseudonym and fuel: "one person's value".
 pub fn first_trip() -> Result<(u64, f64), Error> {
     let trips = Dataset::open("trips")?;
@@ -39,17 +69,21 @@ pub fn first_trip() -> Result<(u64, f64), Error> {
     Ok((batch.pseudonyms(0)?[0], batch.floats(1)?[0]))
 }
 
-/// Declare a fixture: `$name` implements the attack in `$body`.
+/// Declare a fixture: `$name` implements the attack in `$body`, under the
+/// common manifest or the one given.
 #[macro_export]
 macro_rules! fixture {
     ($name:literal, $body:expr) => {
+        $crate::fixture!($name, manifest = $crate::manifest($name), $body);
+    };
+    ($name:literal, manifest = $manifest:expr, $body:expr) => {
         struct Fixture;
 
         impl kanon_guest::Plugin for Fixture {
             type Params = std::collections::BTreeMap<String, String>;
 
             fn manifest() -> kanon_guest::Manifest {
-                $crate::manifest($name)
+                $manifest
             }
 
             fn run(_: Self::Params) -> Result<(), kanon_guest::Error> {
