@@ -197,10 +197,10 @@ impl Gate {
             let mut linked = vec![false; family.cells()];
             let mut cost = vec![0u64; family.cells()];
             for &t in &family.members {
-                for cell in 0..self.shapes[t].count() {
+                for (cell, (&h, &entities)) in hidden[t].iter().zip(&tallies[t].entities).enumerate() {
                     let v = family.var_of(t, cell).expect("member");
-                    linked[v] = hidden[t][cell];
-                    cost[v] = tallies[t].entities[cell] + 1;
+                    linked[v] = h;
+                    cost[v] = entities + 1;
                 }
             }
             family.protect(&mut linked, &cost);

@@ -53,7 +53,7 @@ impl Shape {
 
     /// The released cell of an accumulator's interior cell index (which has
     /// no `total` codes).
-    pub fn from_interior(&self, mut interior: usize) -> usize {
+    pub fn cell_of_interior(&self, mut interior: usize) -> usize {
         let mut cell = 0;
         let mut step = 1;
         for d in (0..self.sizes.len()).rev() {
@@ -79,8 +79,8 @@ impl Shape {
         }
         let mut codes = Vec::new();
         self.codes(cell, &mut codes);
-        for d in 0..self.sizes.len() {
-            let shift = (self.total(d) - codes[d]) * self.stride(d);
+        for (d, &code) in codes.iter().enumerate() {
+            let shift = (self.total(d) - code) * self.stride(d);
             for i in 0..out.len() {
                 out.push(out[i] + shift);
             }
@@ -97,7 +97,7 @@ mod tests {
         let shape = Shape { sizes: vec![3, 2], margins: true };
         assert_eq!(shape.count(), 12);
         let interior = 2 * 2 + 1; // codes (2, 1)
-        let cell = shape.from_interior(interior);
+        let cell = shape.cell_of_interior(interior);
         assert_eq!(cell, 2 * 3 + 1);
         let mut covering = Vec::new();
         shape.covering(cell, &mut covering);
@@ -115,7 +115,7 @@ mod tests {
     fn without_margins_cells_are_the_interior() {
         let shape = Shape { sizes: vec![3, 2], margins: false };
         assert_eq!(shape.count(), 6);
-        assert_eq!(shape.from_interior(5), 5);
+        assert_eq!(shape.cell_of_interior(5), 5);
         let mut covering = Vec::new();
         shape.covering(5, &mut covering);
         assert_eq!(covering, vec![5]);

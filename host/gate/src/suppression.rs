@@ -266,7 +266,7 @@ impl Family {
     fn interior_cells(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
         let shape = &self.shapes[m];
         let interior: usize = shape.sizes.iter().product();
-        (0..interior).map(|i| shape.from_interior(i))
+        (0..interior).map(|i| shape.cell_of_interior(i))
     }
 
     /// The coarse interior cell a fine interior cell falls in, if any.

@@ -69,7 +69,7 @@ impl Tally {
                 own_cells.clear();
                 own_sums.clear();
                 for (cell, sums) in slots {
-                    shape.covering(shape.from_interior(cell), &mut covering);
+                    shape.covering(shape.cell_of_interior(cell), &mut covering);
                     for &c in &covering {
                         own_cells.push(c);
                         own_sums.extend(sums.iter().map(|&s| i128::from(s)));

@@ -43,10 +43,10 @@ pub fn manifest_with_margins(name: &str) -> Manifest {
 /// driver's total fuel. What an honest per-driver plugin would contribute.
 pub fn drivers() -> Result<Vec<(u64, u32, f64)>, Error> {
     let trips = Dataset::open("trips")?;
-    let mut scan = trips.scan(&["driver_id", "region", "fuel_litres"])?;
+    let scan = trips.scan(&["driver_id", "region", "fuel_litres"])?;
     let mut coder = LabelCoder::new(&REGIONS);
     let mut drivers: Vec<(u64, u32, f64)> = Vec::new();
-    while let Some(batch) = scan.next() {
+    for batch in scan {
         let regions = batch.text(1)?;
         coder.extend(regions.new_entries());
         for ((&driver, &entry), &fuel) in
