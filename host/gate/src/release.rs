@@ -496,6 +496,24 @@ mod tests {
     }
 
     #[test]
+    fn two_tenants_holding_a_sum_together_suppress_it() {
+        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Benchmark).unwrap();
+        let (issued, ids) = issued(10);
+        // Five tenants of 10 entities in north, 96 in all. Tenants 0 and 1
+        // hold 46 each: neither is above 50 %, together 92 of 96, above 90 %.
+        let intakes: Vec<TenantIntake> = (0..5)
+            .map(|tenant| {
+                let mut intake = gate.intake();
+                let value = if tenant < 2 { 4.6 } else { 4.0 / 30.0 };
+                add(&mut intake, &issued, &ids, &[0; 10], &[value; 10]).unwrap();
+                intake
+            })
+            .collect();
+        let table = &gate.release(&intakes).tables[0];
+        assert_eq!(table.cells[0].values, None);
+    }
+
+    #[test]
     fn margins_are_released_and_protected() {
         let mut with_margins = spec();
         with_margins.margins = true;
