@@ -206,36 +206,44 @@ fn compile_cache(report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Contributions per second through the gate's contract checks and exact
-/// per-entity accumulation, on one core.
-fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
-    const ENTITIES: u64 = 200_000;
-    const BATCH: usize = 1 << 16;
+/// A bench table of `a` x `b` label cells, two measures, count, sum and ratio.
+fn two_way_table(a: usize, b: usize, margins: bool) -> TableSpec {
     let labels = |n: usize| Domain::Labels((0..n).map(|i| format!("v{i}")).collect());
-    let spec = TableSpec {
+    let measure = |name: &str| Measure { name: name.into(), lower: 0.0, upper: 1000.0 };
+    TableSpec {
         name: "bench".into(),
         description: String::new(),
         dimensions: vec![
-            Dimension { name: "a".into(), domain: labels(4) },
-            Dimension { name: "b".into(), domain: labels(5) },
+            Dimension { name: "a".into(), domain: labels(a) },
+            Dimension { name: "b".into(), domain: labels(b) },
         ],
-        measures: vec![
-            Measure { name: "x".into(), lower: 0.0, upper: 1000.0 },
-            Measure { name: "y".into(), lower: 0.0, upper: 1000.0 },
-        ],
+        measures: vec![measure("x"), measure("y")],
         statistics: vec![
             Statistic::Count,
             Statistic::Sum("x".into()),
             Statistic::Ratio("x".into(), "y".into()),
         ],
-        margins: false,
-    };
+        margins,
+    }
+}
+
+/// `count` issued entity pseudonyms, spread like keyed-hash outputs.
+fn issue_entities(count: u64) -> (IssuedEntities, Vec<u64>) {
     let mut issued = IssuedEntities::new();
-    let pseudonyms: Vec<u64> =
-        (0..ENTITIES).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555).collect();
+    let pseudonyms: Vec<u64> = (0..count).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555).collect();
     pseudonyms.iter().for_each(|&p| {
         issued.issue(p);
     });
+    (issued, pseudonyms)
+}
+
+/// Contributions per second through the gate's contract checks and exact
+/// per-entity accumulation, on one core.
+fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+    const ENTITIES: u64 = 200_000;
+    const BATCH: usize = 1 << 16;
+    let spec = two_way_table(4, 5, false);
+    let (issued, pseudonyms) = issue_entities(ENTITIES);
     // Each entity keeps to one cell, as real data does; rows come in random order.
     let mut rng = SmallRng::seed_from_u64(5);
     let mut entities = Vec::with_capacity(BATCH);
@@ -278,34 +286,16 @@ fn gate(total: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
 /// Primary rules, dominance and the exact recoverability check included.
 fn gate_release(report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
     const ENTITIES: u64 = 24_000;
-    let labels = |n: usize| Domain::Labels((0..n).map(|i| format!("v{i}")).collect());
-    let spec = TableSpec {
-        name: "bench".into(),
-        description: String::new(),
-        dimensions: vec![
-            Dimension { name: "a".into(), domain: labels(40) },
-            Dimension { name: "b".into(), domain: labels(50) },
-        ],
-        measures: vec![Measure { name: "x".into(), lower: 0.0, upper: 1000.0 }],
-        statistics: vec![Statistic::Count, Statistic::Sum("x".into())],
-        margins: true,
-    };
-    let gate = Gate::new(vec![spec], Policy::default(), Scope::Tenant).context("bench spec")?;
+    let gate = Gate::new(vec![two_way_table(40, 50, true)], Policy::default(), Scope::Tenant)?;
     let mut intake = gate.intake();
-    let mut issued = IssuedEntities::new();
+    let (issued, entities) = issue_entities(ENTITIES);
     let mut rng = SmallRng::seed_from_u64(9);
-    let entities: Vec<u64> = (0..ENTITIES).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x77).collect();
-    entities.iter().for_each(|&p| {
-        issued.issue(p);
-    });
     let (a, b): (Vec<u32>, Vec<u32>) =
         (0..ENTITIES).map(|_| (rng.random_range(0..40), rng.random_range(0..50))).unzip();
     let x: Vec<f64> = (0..ENTITIES).map(|i| (i % 97) as f64).collect();
-    intake.contribute(
-        0,
-        &issued,
-        &Contributions { entities: &entities, dimensions: &[&a, &b], measures: &[&x] },
-    )?;
+    let y = vec![1.0; x.len()];
+    let batch = Contributions { entities: &entities, dimensions: &[&a, &b], measures: &[&x, &y] };
+    intake.contribute(0, &issued, &batch)?;
     let start = Instant::now();
     let release = gate.release(std::slice::from_ref(&intake));
     let elapsed = start.elapsed();
