@@ -153,7 +153,11 @@ impl TenantIntake {
         self.tables[index].contribute(issued, batch)
     }
 
-    /// Contributions dropped because their entity had reached its cell limit.
+    /// Contributions dropped, when they arrived or later by a lower-ranked
+    /// cell of the same entity, because their entity had reached its cell
+    /// limit. A figure for the owner: what is released does not depend on
+    /// the order of contributions, but this count can (an evicted cell counts
+    /// once, however many rows it held).
     pub fn dropped_contributions(&self) -> u64 {
         self.tables.iter().map(|t| t.dropped).sum()
     }
