@@ -34,6 +34,14 @@ use crate::spec::{Domain, SpecError, TableSpec};
 /// bounds the exact check, which is cubic in the worst case.
 pub const MAX_LINKED_CELLS: usize = 10_000;
 
+/// Most work one exact check may take, as relations² × cells: the worst
+/// case of the elimination, about half a second on one core. Bounds what a
+/// plugin's declarations can cost the host after its run.
+const MAX_CHECK_COST: u128 = 1 << 29;
+
+/// Rounds of complements before the whole family is hidden instead.
+const MAX_ROUNDS: usize = 16;
+
 /// How a coarser table's cells sum a finer table's interior cells.
 #[derive(Debug, Clone)]
 struct Nesting {
@@ -155,6 +163,17 @@ pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
             .collect();
         let mut family = Family { members, shapes, offsets, cells, nestings, relations: Vec::new() };
         family.relations = family.build_relations();
+        let rows = family.relations.len() as u128;
+        if rows * rows * cells as u128 > MAX_CHECK_COST {
+            let names: Vec<&str> = family.members.iter().map(|&t| specs[t].name.as_str()).collect();
+            return Err(SpecError::Invalid {
+                table: names.join("`, `"),
+                detail: format!(
+                    "margins and nesting link {cells} released cells by {rows} sums, more than the gate \
+                     can check for recovery by arithmetic; use fewer or smaller linked tables"
+                ),
+            });
+        }
         families.push(family);
     }
     Ok(families)
@@ -247,6 +266,12 @@ impl Family {
         // covers.
         let mut covering = Vec::new();
         for nest in &self.nestings {
+            // Tables that nest both ways are the same shape: one direction
+            // says it all.
+            let mutual = self.nestings.iter().any(|o| o.fine == nest.coarse && o.coarse == nest.fine);
+            if mutual && nest.fine > nest.coarse {
+                continue;
+            }
             let coarse = &self.shapes[nest.coarse];
             let first = relations.len();
             relations.extend((0..coarse.count()).map(|b| vec![(self.var(nest.coarse, b), -1)]));
@@ -334,7 +359,6 @@ impl Family {
     /// Hide cells until no hidden cell is exposed. `cost` is what hiding
     /// each cell loses (its entities, plus one).
     pub fn protect(&self, hidden: &mut [bool], cost: &[u64]) {
-        const MAX_ROUNDS: usize = 64;
         for _ in 0..MAX_ROUNDS {
             let exposed = self.exposed(hidden);
             if exposed.is_empty() {
@@ -600,6 +624,19 @@ mod tests {
         let big = table("big", &[("a", labels(200)), ("b", labels(200))], true);
         let err = families(&[big]).unwrap_err().to_string();
         assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn families_too_costly_to_check_are_refused() {
+        // Four copies of a 40 x 40 table with margins: every copy sums every
+        // other, thousands of relations over 6 724 cells.
+        let copies: Vec<TableSpec> = (0..4)
+            .map(|i| table(&format!("copy{i}"), &[("a", labels(40)), ("b", labels(40))], true))
+            .collect();
+        let err = families(&copies).unwrap_err().to_string();
+        assert!(err.contains("more than the gate can check"), "{err}");
+        // One such table alone is fine.
+        families(&copies[..1]).unwrap();
     }
 
     #[test]
