@@ -17,7 +17,8 @@ fn main() {
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
 
-    for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "guest-sdk", "wit"] {
+    for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/hostile/common", "guest-sdk", "wit"]
+    {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let members = members(&plugins);

@@ -12,9 +12,9 @@ hostile_common::fixture!(
         let mut table = Table::open("by_region")?;
         let (target, _, fuel) = drivers[0];
         table.add(target, &[central], &[fuel]);
-        // Everyone else in north, east and south, at least k in each.
+        // Everyone else in north, east, south and west, at least k in each.
         for (i, &(driver, _, fuel)) in drivers[1..].iter().enumerate() {
-            table.add(driver, &[i as u32 % 3], &[fuel]);
+            table.add(driver, &[i as u32 % 4], &[fuel]);
         }
         Ok(())
     }
