@@ -36,7 +36,8 @@ pub use release::{
     TenantIntake,
 };
 pub use spec::{
-    Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, Measure, SpecError, Statistic, TableSpec, validate_tables,
+    Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_SUMS, Measure, SpecError, Statistic,
+    TableSpec, validate_tables,
 };
 pub use suppression::MAX_LINKED_CELLS;
 

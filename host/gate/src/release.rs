@@ -191,7 +191,9 @@ impl Gate {
         let tallies: Vec<Tally> = (0..self.specs.len())
             .map(|t| {
                 let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[t]).collect();
-                Tally::new(&self.shapes[t], &tenants, self.policy.dominance.n as usize)
+                let summed = self.specs[t].summed_measures();
+                let by_tenant = self.scope == Scope::Benchmark;
+                Tally::new(&self.shapes[t], &tenants, &summed, self.policy.dominance.n as usize, by_tenant)
             })
             .collect();
         let mut hidden: Vec<Vec<bool>> =
@@ -225,7 +227,7 @@ impl Gate {
     /// Primary suppression of every released cell of one table.
     fn primary(&self, spec: &TableSpec, tally: &Tally) -> Vec<bool> {
         let policy = &self.policy;
-        let summed = summed_measures(spec);
+        let summed = spec.summed_measures();
         let benchmark = self.scope == Scope::Benchmark;
         let n = policy.dominance.n as usize;
         (0..tally.entities.len())
@@ -298,23 +300,6 @@ impl Gate {
             suppressed_cells: hidden.iter().filter(|&&h| h).count(),
         }
     }
-}
-
-/// Measures whose sums a table releases (directly or in a mean or ratio).
-fn summed_measures(spec: &TableSpec) -> Vec<usize> {
-    let mut measures: Vec<usize> = spec
-        .statistics
-        .iter()
-        .flat_map(|s| match s {
-            Statistic::Count => vec![],
-            Statistic::Sum(m) | Statistic::Mean(m) => vec![m.as_str()],
-            Statistic::Ratio(a, b) => vec![a.as_str(), b.as_str()],
-        })
-        .filter_map(|m| spec.measure_index(m))
-        .collect();
-    measures.sort_unstable();
-    measures.dedup();
-    measures
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_DIMENSIONS: usize = 8;
 /// Most cells (product of domain sizes) a table may have.
 pub const MAX_CELLS: usize = 1 << 20;
+/// Most released cells (totals included) times released sums a table may
+/// have: bounds the gate's memory at release, about 100 bytes each.
+pub const MAX_RELEASED_SUMS: usize = 1 << 21;
 
 /// An output table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +171,14 @@ impl TableSpec {
                 return Err(invalid(format!("measure `{}` needs finite bounds with lower <= upper", m.name)));
             }
         }
+        let released: usize =
+            self.dimensions.iter().map(|d| d.domain.len() + usize::from(self.margins)).product();
+        let sums = self.summed_measures().len();
+        if released.saturating_mul(sums) > MAX_RELEASED_SUMS {
+            return Err(invalid(format!(
+                "releases {sums} sums over {released} cells, more than {MAX_RELEASED_SUMS} values"
+            )));
+        }
         if self.statistics.is_empty() {
             return Err(invalid("releases no statistic".into()));
         }
@@ -185,6 +196,26 @@ impl TableSpec {
             }
         }
         Ok(())
+    }
+}
+
+impl TableSpec {
+    /// Measures whose sums the table releases (directly or in a mean or
+    /// ratio), by index, ascending.
+    pub fn summed_measures(&self) -> Vec<usize> {
+        let mut measures: Vec<usize> = self
+            .statistics
+            .iter()
+            .flat_map(|s| match s {
+                Statistic::Count => vec![],
+                Statistic::Sum(m) | Statistic::Mean(m) => vec![m.as_str()],
+                Statistic::Ratio(a, b) => vec![a.as_str(), b.as_str()],
+            })
+            .filter_map(|m| self.measure_index(m))
+            .collect();
+        measures.sort_unstable();
+        measures.dedup();
+        measures
     }
 }
 
@@ -246,6 +277,21 @@ mod tests {
             (|s| s.statistics = vec![Statistic::Sum("nope".into())], "no declared measure"),
             (|s| s.statistics.clear(), "no statistic"),
             (|s| s.name = "../etc".into(), "table name"),
+            (
+                |s| {
+                    let wide = Domain::Buckets((0..=1000).map(f64::from).collect());
+                    s.dimensions = vec![
+                        Dimension { name: "a".into(), domain: wide.clone() },
+                        Dimension { name: "b".into(), domain: wide },
+                    ];
+                    s.margins = true;
+                    for more in ["more", "most"] {
+                        s.measures.push(Measure { name: more.into(), lower: 0.0, upper: 1.0 });
+                        s.statistics.push(Statistic::Mean(more.into()));
+                    }
+                },
+                "values",
+            ),
             (
                 |s| {
                     let big = Domain::Buckets((0..=1100).map(f64::from).collect());

@@ -11,20 +11,24 @@ use crate::shape::Shape;
 /// Per released cell statistics of one table.
 #[derive(Debug)]
 pub(crate) struct Tally {
-    measures: usize,
+    /// Position of each measure among the tracked ones, if its sum is
+    /// released.
+    position: Vec<Option<usize>>,
+    tracked: usize,
     n: usize,
     /// Distinct entities per cell.
     pub entities: Vec<u64>,
     /// Distinct tenants per cell.
     pub tenants: Vec<u32>,
-    /// Fixed-point sum per (cell, measure).
+    /// Fixed-point sum per (cell, tracked measure).
     sums: Vec<i128>,
-    /// Sum of the magnitudes of the per-entity totals per (cell, measure):
-    /// what dominance compares the largest contributors against.
+    /// Sum of the magnitudes of the per-entity totals per (cell, tracked
+    /// measure): what dominance compares the largest contributors against.
     magnitude: Vec<u128>,
-    /// The `n` largest per-entity magnitudes per (cell, measure), descending.
+    /// The `n` largest per-entity magnitudes per (cell, tracked measure),
+    /// descending.
     top_entities: Vec<u128>,
-    /// The `n` largest per-tenant magnitudes per (cell, measure), descending.
+    /// The same per tenant; empty unless tenants are tallied.
     top_tenants: Vec<u128>,
 }
 
@@ -39,30 +43,43 @@ fn insert_top(top: &mut [u128], value: u128) {
 }
 
 impl Tally {
-    /// Tally one table over every tenant's accumulator; `n` is how many of
-    /// the largest contributors to keep (at least 1, for the tenant share).
-    pub fn new(shape: &Shape, tenants: &[&TableAccumulator], n: usize) -> Tally {
+    /// Tally one table over every tenant's accumulator. Only the measures in
+    /// `summed` (those whose sums are released) are tracked; `n` is how many
+    /// of the largest contributors to keep; the largest tenants are kept
+    /// only when `by_tenant`.
+    pub fn new(
+        shape: &Shape,
+        tenants: &[&TableAccumulator],
+        summed: &[usize],
+        n: usize,
+        by_tenant: bool,
+    ) -> Tally {
         let cells = shape.count();
         let measures = tenants.first().map_or(0, |t| t.spec.measures.len());
+        let mut position = vec![None; measures];
+        summed.iter().enumerate().for_each(|(k, &m)| position[m] = Some(k));
+        let tracked = summed.len();
         let n = n.max(1);
         let mut tally = Tally {
-            measures,
+            position,
+            tracked,
             n,
             entities: vec![0; cells],
             tenants: vec![0; cells],
-            sums: vec![0; cells * measures],
-            magnitude: vec![0; cells * measures],
-            top_entities: vec![0; cells * measures * n],
-            top_tenants: vec![0; cells * measures * n],
+            sums: vec![0; cells * tracked],
+            magnitude: vec![0; cells * tracked],
+            top_entities: vec![0; cells * tracked * n],
+            top_tenants: if by_tenant { vec![0; cells * tracked * n] } else { Vec::new() },
         };
-        let mut tenant_magnitude = vec![0u128; cells * measures];
+        let mut tenant_magnitude = vec![0u128; if by_tenant { cells * tracked } else { 0 }];
         let mut touched = Vec::new();
         let mut in_tenant = vec![false; cells];
-        // One entity's (released cell, its totals there), then merged by cell.
+        // One entity's (released cell, its totals there), merged by cell.
         let mut own_cells: Vec<usize> = Vec::new();
         let mut own_sums: Vec<i128> = Vec::new();
         let mut order: Vec<usize> = Vec::new();
-        let mut merged: Vec<(usize, Vec<i128>)> = Vec::new();
+        let mut merged_cells: Vec<usize> = Vec::new();
+        let mut merged_sums: Vec<i128> = Vec::new();
         let mut covering = Vec::new();
         for table in tenants {
             for slots in table.entities() {
@@ -72,7 +89,7 @@ impl Tally {
                     shape.covering(shape.cell_of_interior(cell), &mut covering);
                     for &c in &covering {
                         own_cells.push(c);
-                        own_sums.extend(sums.iter().map(|&s| i128::from(s)));
+                        own_sums.extend(summed.iter().map(|&m| i128::from(sums[m])));
                     }
                 }
                 // Cells of one slot are distinct; several slots may share a
@@ -80,41 +97,45 @@ impl Tally {
                 order.clear();
                 order.extend(0..own_cells.len());
                 order.sort_unstable_by_key(|&i| own_cells[i]);
-                merged.clear();
+                merged_cells.clear();
+                merged_sums.clear();
                 for &i in &order {
-                    let sums = &own_sums[i * measures..(i + 1) * measures];
-                    match merged.last_mut() {
-                        Some((cell, total)) if *cell == own_cells[i] => {
-                            total.iter_mut().zip(sums).for_each(|(t, s)| *t += s)
-                        }
-                        _ => merged.push((own_cells[i], sums.to_vec())),
+                    let sums = &own_sums[i * tracked..(i + 1) * tracked];
+                    if merged_cells.last() == Some(&own_cells[i]) {
+                        let last = merged_sums.len() - tracked;
+                        merged_sums[last..].iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+                    } else {
+                        merged_cells.push(own_cells[i]);
+                        merged_sums.extend_from_slice(sums);
                     }
                 }
-                let own = &merged;
-                for (cell, totals) in own {
-                    let cell = *cell;
+                for (j, &cell) in merged_cells.iter().enumerate() {
                     tally.entities[cell] += 1;
                     if !in_tenant[cell] {
                         in_tenant[cell] = true;
                         touched.push(cell);
                     }
-                    for (m, &total) in totals.iter().enumerate() {
-                        let i = cell * measures + m;
+                    for (k, &total) in merged_sums[j * tracked..(j + 1) * tracked].iter().enumerate() {
+                        let i = cell * tracked + k;
                         let size = total.unsigned_abs();
                         tally.sums[i] += total;
                         tally.magnitude[i] += size;
-                        tenant_magnitude[i] += size;
                         insert_top(&mut tally.top_entities[i * n..(i + 1) * n], size);
+                        if by_tenant {
+                            tenant_magnitude[i] += size;
+                        }
                     }
                 }
             }
             for &cell in &touched {
                 in_tenant[cell] = false;
                 tally.tenants[cell] += 1;
-                for m in 0..measures {
-                    let i = cell * measures + m;
-                    insert_top(&mut tally.top_tenants[i * n..(i + 1) * n], tenant_magnitude[i]);
-                    tenant_magnitude[i] = 0;
+                if by_tenant {
+                    let own = &mut tenant_magnitude[cell * tracked..(cell + 1) * tracked];
+                    let tops = &mut tally.top_tenants[cell * tracked * n..(cell + 1) * tracked * n];
+                    for (magnitude, top) in own.iter_mut().zip(tops.chunks_exact_mut(n)) {
+                        insert_top(top, std::mem::take(magnitude));
+                    }
                 }
             }
             touched.clear();
@@ -122,25 +143,29 @@ impl Tally {
         tally
     }
 
+    fn index(&self, cell: usize, m: usize) -> usize {
+        cell * self.tracked + self.position[m].expect("a tracked measure")
+    }
+
     /// The fixed-point sum of measure `m` in `cell`.
     pub fn sum(&self, cell: usize, m: usize) -> i128 {
-        self.sums[cell * self.measures + m]
+        self.sums[self.index(cell, m)]
     }
 
     /// The magnitude all contributors of measure `m` in `cell` add up to.
     pub fn magnitude(&self, cell: usize, m: usize) -> u128 {
-        self.magnitude[cell * self.measures + m]
+        self.magnitude[self.index(cell, m)]
     }
 
     /// The summed magnitude of the `take` largest entities.
     pub fn top_entities(&self, cell: usize, m: usize, take: usize) -> u128 {
-        let i = cell * self.measures + m;
+        let i = self.index(cell, m);
         self.top_entities[i * self.n..i * self.n + take.min(self.n)].iter().sum()
     }
 
     /// The summed magnitude of the `take` largest tenants.
     pub fn top_tenants(&self, cell: usize, m: usize, take: usize) -> u128 {
-        let i = cell * self.measures + m;
+        let i = self.index(cell, m);
         self.top_tenants[i * self.n..i * self.n + take.min(self.n)].iter().sum()
     }
 }
