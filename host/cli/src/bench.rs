@@ -13,7 +13,9 @@ use kanon_gate::{
     Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Scope, Statistic, TableSpec,
 };
 use kanon_runtime::{Runtime, RuntimeConfig};
-use kanon_vault::{BatchValues, CsvOptions, PseudonymKey, Scan, Table, read_csv};
+use kanon_vault::{
+    BatchValues, ChunkAddress, CsvOptions, KeyEncryptionKey, PseudonymKey, Scan, Table, read_csv,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -56,6 +58,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     compile_cache(&mut report)?;
     gate(contributions, &mut report)?;
     gate_release(&mut report)?;
+    sealing(if args.quick { 64 } else { 512 }, &mut report)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -306,5 +309,25 @@ fn gate_release(report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
         value: table.suppressed_cells as f64,
         unit: "cells of 2091",
     });
+    Ok(())
+}
+
+/// Encryption at rest on one core: sealing and opening 1 MiB chunks with a
+/// tenant's data key (XChaCha20-Poly1305, address bound in).
+fn sealing(mebibytes: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
+    let (key, _) = KeyEncryptionKey::generate().new_data_key("bench");
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let address = |chunk| ChunkAddress { tenant: "bench", dataset: "trips", version: 1, chunk };
+    let start = Instant::now();
+    let sealed: Vec<Vec<u8>> = (0..mebibytes as u64).map(|i| key.seal(&address(i), &chunk)).collect();
+    let seal = start.elapsed();
+    let start = Instant::now();
+    for (i, s) in sealed.iter().enumerate() {
+        std::hint::black_box(key.open(&address(i as u64), s)?);
+    }
+    let open = start.elapsed();
+    let per_s = |d: Duration| (mebibytes << 20) as f64 / d.as_secs_f64() / 1e6;
+    report(Figure { name: "vault_seal_mb_per_s", value: per_s(seal), unit: "MB/s" });
+    report(Figure { name: "vault_open_mb_per_s", value: per_s(open), unit: "MB/s" });
     Ok(())
 }

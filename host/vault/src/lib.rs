@@ -13,6 +13,7 @@ mod csv_reader;
 mod pseudonym;
 mod scan;
 mod schema;
+mod sealing;
 mod table;
 mod timestamp;
 
@@ -20,6 +21,7 @@ pub use csv_reader::{CsvOptions, read_csv, read_csv_file};
 pub use pseudonym::PseudonymKey;
 pub use scan::{Batch, BatchColumn, BatchValues, Scan, ScanError};
 pub use schema::{Classification, ColumnType, Field, Schema};
+pub use sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SEAL_OVERHEAD, SealError};
 pub use table::{Column, ColumnData, Table, TableBuilder};
 pub use timestamp::parse_timestamp;
 

@@ -1,0 +1,285 @@
+//! Encryption at rest: per-tenant data keys wrapped by the host's
+//! key-encryption key, and chunks sealed with XChaCha20-Poly1305 under the
+//! tenant's data key.
+//!
+//! Every sealed chunk binds where it belongs (tenant, dataset, version, chunk
+//! index) into its associated data, so a chunk copied to another tenant,
+//! dataset, version or position fails to open rather than decrypting into the
+//! wrong place. A wrapped data key binds its tenant the same way. Random
+//! 192-bit nonces make nonce reuse a non-issue at any realistic volume.
+//!
+//! Erasing a tenant destroys its wrapped data key: without it no chunk of
+//! the tenant opens again (crypto-shredding). Rotating the key-encryption key
+//! re-wraps data keys and rewrites no data.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// The format version leading every sealed chunk and wrapped key.
+const FORMAT: u8 = 1;
+const NONCE: usize = 24;
+/// Bytes a sealed value adds to its plaintext: format, nonce, tag.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE + 16;
+
+/// Why a sealed value did not open. Deliberately one kind for every
+/// authentication failure: which part was wrong is not the reader's to learn.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The value is too short or of an unknown format.
+    #[error("sealed value is malformed: {0}")]
+    Malformed(&'static str),
+    /// Wrong key, wrong place, or altered bytes.
+    #[error("sealed value failed authentication (wrong key, moved, or altered)")]
+    Authentication,
+    /// A key file is not 32 bytes (or 64 hex digits).
+    #[error("key file `{path}`: {detail}")]
+    KeyFile { path: String, detail: String },
+}
+
+/// A 256-bit secret key, wiped from memory when dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+struct Secret([u8; 32]);
+
+impl Secret {
+    fn random() -> Self {
+        Self(rand::random())
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.0).into())
+    }
+}
+
+/// The host's key-encryption key: it only wraps tenant data keys.
+#[derive(Clone)]
+pub struct KeyEncryptionKey(Secret);
+
+/// One tenant's data key: it seals that tenant's chunks.
+#[derive(Clone)]
+pub struct DataKey(Secret);
+
+// Keys never print.
+impl std::fmt::Debug for KeyEncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyEncryptionKey(..)")
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+/// Where a chunk belongs: bound into its associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkAddress<'a> {
+    pub tenant: &'a str,
+    pub dataset: &'a str,
+    pub version: u64,
+    pub chunk: u64,
+}
+
+impl ChunkAddress<'_> {
+    /// Length-prefixed fields, so no two addresses encode alike.
+    fn associated_data(&self) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(48 + self.tenant.len() + self.dataset.len());
+        ad.extend_from_slice(b"kanon chunk v1");
+        for field in [self.tenant.as_bytes(), self.dataset.as_bytes()] {
+            ad.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            ad.extend_from_slice(field);
+        }
+        ad.extend_from_slice(&self.version.to_le_bytes());
+        ad.extend_from_slice(&self.chunk.to_le_bytes());
+        ad
+    }
+}
+
+fn wrap_associated_data(tenant: &str) -> Vec<u8> {
+    let mut ad = b"kanon data key v1".to_vec();
+    ad.extend_from_slice(&(tenant.len() as u64).to_le_bytes());
+    ad.extend_from_slice(tenant.as_bytes());
+    ad
+}
+
+/// `FORMAT ‖ nonce ‖ ciphertext+tag`.
+fn seal_with(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let nonce: [u8; NONCE] = rand::random();
+    let sealed = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .expect("XChaCha20-Poly1305 encrypts any length a Vec holds");
+    let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    out.push(FORMAT);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(SealError::Malformed("shorter than its header and tag"));
+    }
+    if sealed[0] != FORMAT {
+        return Err(SealError::Malformed("unknown format version"));
+    }
+    let (nonce, ciphertext) = sealed[1..].split_at(NONCE);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+        .map_err(|_| SealError::Authentication)
+}
+
+impl KeyEncryptionKey {
+    /// A fresh random key: for development hosts and tests. Operators keep
+    /// theirs in a key file.
+    pub fn generate() -> Self {
+        Self(Secret::random())
+    }
+
+    /// The key from a key file's contents: 32 raw bytes, or 64 hex digits
+    /// (surrounding whitespace ignored). `path` names the file in errors.
+    pub fn from_key_file(path: &str, contents: &[u8]) -> Result<Self, SealError> {
+        let error = |detail: &str| SealError::KeyFile { path: path.to_owned(), detail: detail.to_owned() };
+        let mut key = [0u8; 32];
+        if contents.len() == 32 {
+            key.copy_from_slice(contents);
+        } else {
+            let text = std::str::from_utf8(contents).map_err(|_| error("not 32 bytes, nor hex text"))?.trim();
+            if text.len() != 64 {
+                return Err(error("expected 32 bytes or 64 hex digits"));
+            }
+            for (i, byte) in key.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                    .map_err(|_| error("expected 32 bytes or 64 hex digits"))?;
+            }
+        }
+        Ok(Self(Secret(key)))
+    }
+
+    /// The key as 64 hex digits, for writing a generated key file.
+    pub fn to_hex(&self) -> String {
+        self.0.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A new data key for `tenant`, and its wrapping under this key.
+    pub fn new_data_key(&self, tenant: &str) -> (DataKey, Vec<u8>) {
+        let key = DataKey(Secret::random());
+        let wrapped = self.wrap(&key, tenant);
+        (key, wrapped)
+    }
+
+    /// `key` sealed under this key, bound to `tenant`.
+    pub fn wrap(&self, key: &DataKey, tenant: &str) -> Vec<u8> {
+        seal_with(&self.0.cipher(), &wrap_associated_data(tenant), &key.0.0)
+    }
+
+    /// The data key of `tenant` from its wrapping.
+    pub fn unwrap_key(&self, wrapped: &[u8], tenant: &str) -> Result<DataKey, SealError> {
+        let mut plain = open_with(&self.0.cipher(), &wrap_associated_data(tenant), wrapped)?;
+        let key: [u8; 32] =
+            plain.as_slice().try_into().map_err(|_| SealError::Malformed("not a data key"))?;
+        plain.zeroize();
+        Ok(DataKey(Secret(key)))
+    }
+
+    /// Rotation: a wrapping under `self` re-wrapped under `next`. The data
+    /// it protects is not touched.
+    pub fn rewrap(
+        &self,
+        next: &KeyEncryptionKey,
+        wrapped: &[u8],
+        tenant: &str,
+    ) -> Result<Vec<u8>, SealError> {
+        Ok(next.wrap(&self.unwrap_key(wrapped, tenant)?, tenant))
+    }
+}
+
+impl DataKey {
+    /// Seal a chunk's bytes for `address`.
+    pub fn seal(&self, address: &ChunkAddress<'_>, plaintext: &[u8]) -> Vec<u8> {
+        seal_with(&self.0.cipher(), &address.associated_data(), plaintext)
+    }
+
+    /// Open a chunk sealed for `address`; fails if it was sealed for any
+    /// other address, under any other key, or altered.
+    pub fn open(&self, address: &ChunkAddress<'_>, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        open_with(&self.0.cipher(), &address.associated_data(), sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: ChunkAddress<'static> =
+        ChunkAddress { tenant: "acme", dataset: "trips", version: 3, chunk: 7 };
+
+    #[test]
+    fn a_chunk_opens_only_where_it_was_sealed() {
+        let kek = KeyEncryptionKey::generate();
+        let (key, _) = kek.new_data_key("acme");
+        let sealed = key.seal(&HERE, b"driver D001 drove 412 km");
+        assert_eq!(sealed.len(), SEAL_OVERHEAD + 24);
+        assert_eq!(key.open(&HERE, &sealed).unwrap(), b"driver D001 drove 412 km");
+        assert!(!sealed.windows(4).any(|w| w == b"D001"), "no plaintext at rest");
+
+        let moved = [
+            ChunkAddress { tenant: "globex", ..HERE },
+            ChunkAddress { dataset: "staff", ..HERE },
+            ChunkAddress { version: 4, ..HERE },
+            ChunkAddress { chunk: 8, ..HERE },
+            // Length prefixes: ("ac", "metrips") is not ("acme", "trips").
+            ChunkAddress { tenant: "ac", dataset: "metrips", ..HERE },
+        ];
+        for address in moved {
+            assert_eq!(key.open(&address, &sealed), Err(SealError::Authentication), "{address:?}");
+        }
+    }
+
+    #[test]
+    fn altered_truncated_or_foreign_chunks_fail() {
+        let kek = KeyEncryptionKey::generate();
+        let (key, _) = kek.new_data_key("acme");
+        let (other, _) = kek.new_data_key("acme");
+        let sealed = key.seal(&HERE, b"payload");
+        for i in 0..sealed.len() {
+            let mut altered = sealed.clone();
+            altered[i] ^= 0x01;
+            assert!(key.open(&HERE, &altered).is_err(), "bit flip at {i}");
+        }
+        assert!(matches!(key.open(&HERE, &sealed[..SEAL_OVERHEAD - 1]), Err(SealError::Malformed(_))));
+        assert_eq!(other.open(&HERE, &sealed), Err(SealError::Authentication));
+        // The same plaintext seals differently each time: fresh nonces.
+        assert_ne!(key.seal(&HERE, b"payload"), sealed);
+    }
+
+    #[test]
+    fn data_keys_unwrap_only_for_their_tenant_and_survive_rotation() {
+        let old = KeyEncryptionKey::generate();
+        let (key, wrapped) = old.new_data_key("acme");
+        let sealed = key.seal(&HERE, b"rows");
+        assert!(old.unwrap_key(&wrapped, "globex").is_err(), "a wrapping is bound to its tenant");
+
+        let new = KeyEncryptionKey::generate();
+        let rewrapped = old.rewrap(&new, &wrapped, "acme").unwrap();
+        assert!(old.unwrap_key(&rewrapped, "acme").is_err(), "the old key no longer opens it");
+        let key = new.unwrap_key(&rewrapped, "acme").unwrap();
+        assert_eq!(key.open(&HERE, &sealed).unwrap(), b"rows", "data untouched by rotation");
+    }
+
+    #[test]
+    fn key_files_are_raw_or_hex_and_bad_ones_are_named() {
+        let kek = KeyEncryptionKey::generate();
+        let hex = format!("{}\n", kek.to_hex());
+        let again = KeyEncryptionKey::from_key_file("kek.hex", hex.as_bytes()).unwrap();
+        let (key, wrapped) = kek.new_data_key("acme");
+        assert!(again.unwrap_key(&wrapped, "acme").is_ok());
+        drop(key);
+        assert!(KeyEncryptionKey::from_key_file("raw", &[7u8; 32]).is_ok());
+        for bad in [&b"short"[..], &[b'z'; 64][..], &[0u8; 31][..]] {
+            let err = KeyEncryptionKey::from_key_file("kek.key", bad).unwrap_err();
+            assert!(err.to_string().starts_with("key file `kek.key`"), "{err}");
+        }
+        assert_eq!(format!("{kek:?}"), "KeyEncryptionKey(..)", "keys never print");
+    }
+}
