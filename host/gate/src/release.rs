@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::accumulator::{Contributions, TableAccumulator, fixed_point_scales};
 use crate::shape::Shape;
 use crate::spec::{SpecError, Statistic, TableSpec, validate_tables};
-use crate::suppression::{Family, families, shape};
+use crate::suppression::{Family, families};
 use crate::tally::Tally;
-use crate::{ContractViolation, IssuedEntities, Policy, PolicyError};
+use crate::{ContractViolation, Dominance, IssuedEntities, Policy, PolicyError};
 
 /// The label of a `total` code in a released key.
 pub const TOTAL_LABEL: &str = "*";
@@ -169,7 +169,7 @@ impl Gate {
         policy.validate()?;
         validate_tables(&tables)?;
         let families = families(&tables)?;
-        let shapes = tables.iter().map(shape).collect();
+        let shapes = tables.iter().map(Shape::of).collect();
         Ok(Self { policy, scope, specs: tables, shapes, families })
     }
 
@@ -188,32 +188,29 @@ impl Gate {
     /// Apply the release rules to every tenant's intake and produce what may
     /// leave the host.
     pub fn release(&self, intakes: &[TenantIntake]) -> Release {
-        let tallies: Vec<Tally> = (0..self.specs.len())
-            .map(|t| {
-                let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[t]).collect();
-                let summed = self.specs[t].summed_measures();
-                let by_tenant = self.scope == Scope::Benchmark;
-                Tally::new(&self.shapes[t], &tenants, &summed, self.policy.dominance.n as usize, by_tenant)
-            })
-            .collect();
-        let mut hidden: Vec<Vec<bool>> =
-            tallies.iter().enumerate().map(|(t, tally)| self.primary(&self.specs[t], tally)).collect();
+        let by_tenant = self.scope == Scope::Benchmark;
+        let mut tallies = Vec::with_capacity(self.specs.len());
+        let mut hidden = Vec::with_capacity(self.specs.len());
+        for (t, spec) in self.specs.iter().enumerate() {
+            let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[t]).collect();
+            let summed = spec.summed_measures();
+            let tally =
+                Tally::new(&self.shapes[t], &tenants, &summed, self.policy.dominance.n as usize, by_tenant);
+            hidden.push(self.primary(&summed, &tally));
+            tallies.push(tally);
+        }
 
         for family in &self.families {
             let mut linked = vec![false; family.cells()];
             let mut cost = vec![0u64; family.cells()];
-            for &t in &family.members {
-                for (cell, (&h, &entities)) in hidden[t].iter().zip(&tallies[t].entities).enumerate() {
-                    let v = family.var_of(t, cell).expect("member");
-                    linked[v] = h;
-                    cost[v] = entities + 1;
-                }
+            for (m, &t) in family.members.iter().enumerate() {
+                let vars = family.member_vars(m);
+                linked[vars.clone()].copy_from_slice(&hidden[t]);
+                cost[vars].iter_mut().zip(&tallies[t].entities).for_each(|(c, &e)| *c = e + 1);
             }
             family.protect(&mut linked, &cost);
-            for &t in &family.members {
-                for (cell, h) in hidden[t].iter_mut().enumerate() {
-                    *h = linked[family.var_of(t, cell).expect("member")];
-                }
+            for (m, &t) in family.members.iter().enumerate() {
+                hidden[t].copy_from_slice(&linked[family.member_vars(m)]);
             }
         }
 
@@ -224,10 +221,12 @@ impl Gate {
         }
     }
 
-    /// Primary suppression of every released cell of one table.
-    fn primary(&self, spec: &TableSpec, tally: &Tally) -> Vec<bool> {
+    /// Primary suppression of every released cell of one table; `summed`
+    /// are the measures whose sums it releases.
+    fn primary(&self, summed: &[usize], tally: &Tally) -> Vec<bool> {
         let policy = &self.policy;
-        let summed = spec.summed_measures();
+        // The largest tenant share is the (1, share%) rule over tenants.
+        let tenant_share = Dominance { n: 1, percent: policy.max_tenant_percent };
         let benchmark = self.scope == Scope::Benchmark;
         let n = policy.dominance.n as usize;
         (0..tally.entities.len())
@@ -243,8 +242,7 @@ impl Gate {
                     policy.dominance.dominated(tally.top_entities(cell, m, n), total)
                         || benchmark
                             && (policy.dominance.dominated(tally.top_tenants(cell, m, n), total)
-                                || tally.top_tenants(cell, m, 1) as f64 * 100.0
-                                    > policy.max_tenant_percent * total as f64)
+                                || tenant_share.dominated(tally.top_tenants(cell, m, 1), total))
                 })
             })
             .collect()
@@ -395,7 +393,7 @@ mod tests {
     fn measures_are_clamped_to_their_bounds() {
         let (issued, ids) = issued(10);
         // Dominance off, so the clamped outlier is released and visible.
-        let policy = Policy { dominance: crate::Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
+        let policy = Policy { dominance: Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
         let (gate, mut intake) = tenant_gate(policy);
         let mut values = vec![50.0; 10];
         values[0] = 1e12;

@@ -16,6 +16,11 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
+    /// The released cells of a table.
+    pub fn of(spec: &crate::TableSpec) -> Shape {
+        Shape { sizes: spec.dimensions.iter().map(|d| d.domain.len()).collect(), margins: spec.margins }
+    }
+
     /// Codes per dimension, `total` included.
     pub fn radix(&self, d: usize) -> usize {
         self.sizes[d] + usize::from(self.margins)

@@ -98,11 +98,6 @@ fn nesting(coarse: &TableSpec, fine: &TableSpec) -> Option<Vec<(usize, Vec<Optio
         .collect()
 }
 
-/// The shape of a table's released cells.
-pub(crate) fn shape(spec: &TableSpec) -> Shape {
-    Shape { sizes: spec.dimensions.iter().map(|d| d.domain.len()).collect(), margins: spec.margins }
-}
-
 /// Group the tables into families; tables with no relation are left out.
 pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
     let mut pairs = Vec::new();
@@ -138,22 +133,25 @@ pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
         if members.len() == 1 && !specs[members[0]].margins {
             continue;
         }
-        let shapes: Vec<Shape> = members.iter().map(|&t| shape(&specs[t])).collect();
+        let shapes: Vec<Shape> = members.iter().map(|&t| Shape::of(&specs[t])).collect();
         let mut offsets = Vec::new();
         let mut cells = 0;
         for s in &shapes {
             offsets.push(cells);
             cells += s.count();
         }
-        if cells > MAX_LINKED_CELLS {
+        let refuse = |members: &[usize], detail: String| {
             let names: Vec<&str> = members.iter().map(|&t| specs[t].name.as_str()).collect();
-            return Err(SpecError::Invalid {
-                table: names.join("`, `"),
-                detail: format!(
+            SpecError::Invalid { table: names.join("`, `"), detail }
+        };
+        if cells > MAX_LINKED_CELLS {
+            return Err(refuse(
+                &members,
+                format!(
                     "margins and nesting link {cells} released cells, more than the {MAX_LINKED_CELLS} \
-                     the gate can check for recovery by arithmetic"
+                 the gate can check for recovery by arithmetic"
                 ),
-            });
+            ));
         }
         let member = |t: usize| members.iter().position(|&m| m == t).expect("same family");
         let nestings = pairs
@@ -165,14 +163,13 @@ pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
         family.relations = family.build_relations();
         let rows = family.relations.len() as u128;
         if rows * rows * cells as u128 > MAX_CHECK_COST {
-            let names: Vec<&str> = family.members.iter().map(|&t| specs[t].name.as_str()).collect();
-            return Err(SpecError::Invalid {
-                table: names.join("`, `"),
-                detail: format!(
+            return Err(refuse(
+                &family.members,
+                format!(
                     "margins and nesting link {cells} released cells by {rows} sums, more than the gate \
-                     can check for recovery by arithmetic; use fewer or smaller linked tables"
+                 can check for recovery by arithmetic; use fewer or smaller linked tables"
                 ),
-            });
+            ));
         }
         families.push(family);
     }
@@ -233,10 +230,9 @@ impl Family {
         self.cells
     }
 
-    /// Family variable of a gate table's released cell.
-    pub fn var_of(&self, table: usize, cell: usize) -> Option<usize> {
-        let m = self.members.iter().position(|&t| t == table)?;
-        Some(self.var(m, cell))
+    /// The family variables of member `m`'s released cells, in cell order.
+    pub fn member_vars(&self, m: usize) -> std::ops::Range<usize> {
+        self.offsets[m]..self.offsets[m] + self.shapes[m].count()
     }
 
     fn build_relations(&self) -> Vec<Vec<(usize, i8)>> {

@@ -84,22 +84,24 @@ pub struct ChunkAddress<'a> {
 impl ChunkAddress<'_> {
     /// Length-prefixed fields, so no two addresses encode alike.
     fn associated_data(&self) -> Vec<u8> {
-        let mut ad = Vec::with_capacity(48 + self.tenant.len() + self.dataset.len());
-        ad.extend_from_slice(b"kanon chunk v1");
-        for field in [self.tenant.as_bytes(), self.dataset.as_bytes()] {
-            ad.extend_from_slice(&(field.len() as u64).to_le_bytes());
-            ad.extend_from_slice(field);
-        }
+        let mut ad = b"kanon chunk v1".to_vec();
+        push_field(&mut ad, self.tenant);
+        push_field(&mut ad, self.dataset);
         ad.extend_from_slice(&self.version.to_le_bytes());
         ad.extend_from_slice(&self.chunk.to_le_bytes());
         ad
     }
 }
 
+/// Append `field` with its length first.
+fn push_field(ad: &mut Vec<u8>, field: &str) {
+    ad.extend_from_slice(&(field.len() as u64).to_le_bytes());
+    ad.extend_from_slice(field.as_bytes());
+}
+
 fn wrap_associated_data(tenant: &str) -> Vec<u8> {
     let mut ad = b"kanon data key v1".to_vec();
-    ad.extend_from_slice(&(tenant.len() as u64).to_le_bytes());
-    ad.extend_from_slice(tenant.as_bytes());
+    push_field(&mut ad, tenant);
     ad
 }
 
