@@ -1,7 +1,7 @@
 //! Helpers for kanon's end-to-end tests.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use kanon_gate::Policy;
@@ -9,7 +9,7 @@ use kanon_runtime::{
     BenchmarkReport, BenchmarkRequest, LoadedPlugin, RunLimits, RunReport, RunRequest, Runtime,
     RuntimeConfig, TenantInput,
 };
-use kanon_vault::{CsvOptions, Table, read_csv};
+use kanon_vault::{CsvReader, DatasetVersion, IngestOptions, Vault, WriteMode};
 
 /// Limits tight enough that the hostile fixtures fail fast.
 pub fn test_limits() -> RunLimits {
@@ -88,19 +88,24 @@ pub fn run_benchmark(plugin: &LoadedPlugin, tenants: &[String]) -> BenchmarkRepo
     runtime().run_benchmark(plugin, request).expect("the request fits the plugin")
 }
 
-/// A table from CSV text with `entity` as the entity column.
-pub fn table(name: &str, csv: &str, entity: &str) -> Arc<Table> {
-    let options = CsvOptions { entity: entity.into(), identifiers: vec![] };
-    Arc::new(read_csv(name, &format!("{name}.csv"), csv.as_bytes(), &options).expect("test CSV"))
+/// A dataset from CSV text with `entity` as the entity column, stored in a
+/// temporary vault of its own (kept alive by the returned handle).
+pub fn table(name: &str, csv: &str, entity: &str) -> DatasetVersion {
+    let vault = Vault::temporary().expect("temporary vault");
+    let source = format!("{name}.csv");
+    let reader = CsvReader::new(&source, std::io::Cursor::new(csv.to_owned()), &IngestOptions::entity(entity))
+        .expect("test CSV");
+    vault.ingest("test", name, WriteMode::Replace, Box::new(reader), &source).expect("ingest");
+    vault.dataset("test", name, None).expect("just stored")
 }
 
 /// The trips dataset, as the fixtures and the emissions plugin read it.
-pub fn trips() -> BTreeMap<String, Arc<Table>> {
+pub fn trips() -> BTreeMap<String, DatasetVersion> {
     [("trips".to_owned(), table("trips", &trips_csv(), "driver_id"))].into()
 }
 
 /// A request over `datasets` with default policy.
-pub fn request(datasets: BTreeMap<String, Arc<Table>>, params: &str) -> RunRequest {
+pub fn request(datasets: BTreeMap<String, DatasetVersion>, params: &str) -> RunRequest {
     RunRequest {
         run_id: "test-run".into(),
         datasets,

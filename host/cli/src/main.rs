@@ -1,4 +1,5 @@
-//! The `kanon` binary: the local runner, the demo and the benchmarks.
+//! The `kanon` binary: the local runner, the tenant-data commands, the demo
+//! and the benchmarks.
 //!
 //! Exit codes: 0 success; 1 bad input or setup (the message says what);
 //! 2 usage error; 3 the plugin run failed (nothing released).
@@ -8,6 +9,7 @@ mod datagen;
 mod demo;
 mod render;
 mod runner;
+mod vault_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,8 +32,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a plugin over local CSV files through the sandbox and the gate.
+    /// Run a plugin through the sandbox and the gate, over local files or a
+    /// tenant's datasets in a data directory.
     Run(runner::RunArgs),
+    /// Store a file (CSV, JSON lines) as a new version of a tenant's dataset.
+    Ingest(vault_cmd::IngestArgs),
+    /// List tenants, a tenant's datasets, or a dataset's versions.
+    Datasets(vault_cmd::DatasetsArgs),
+    /// Write a dataset version in clear, as CSV: the tenant's own export.
+    Export(vault_cmd::ExportArgs),
+    /// Erase a tenant (its data key destroyed, its files removed), or delete
+    /// one dataset.
+    Erase(vault_cmd::EraseArgs),
+    /// Write a consistent, still encrypted snapshot of the data directory.
+    Backup(vault_cmd::BackupArgs),
+    /// Restore a backup into an empty data directory.
+    Restore(vault_cmd::RestoreArgs),
+    /// Re-wrap every tenant's data key under a new key-encryption key.
+    RotateKey(vault_cmd::RotateKeyArgs),
     /// Print a plugin's manifest: what it reads and what it emits.
     Manifest(runner::ManifestArgs),
     /// Generate realistic synthetic data and run the bundled plugins on it.
@@ -52,6 +70,13 @@ fn main() -> ExitCode {
     let cache_dir = cli.cache_dir.or_else(default_cache_dir);
     let result = match cli.command {
         Command::Run(args) => runner::run(args, cache_dir),
+        Command::Ingest(args) => vault_cmd::ingest(args),
+        Command::Datasets(args) => vault_cmd::datasets(args),
+        Command::Export(args) => vault_cmd::export(args),
+        Command::Erase(args) => vault_cmd::erase(args),
+        Command::Backup(args) => vault_cmd::backup(args),
+        Command::Restore(args) => vault_cmd::restore(args),
+        Command::RotateKey(args) => vault_cmd::rotate_key(args),
         Command::Manifest(args) => runner::manifest(args, cache_dir),
         Command::Demo(args) => demo::run(args, cache_dir),
         Command::Bench(args) => bench::run(args),

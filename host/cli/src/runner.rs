@@ -1,18 +1,20 @@
-//! `kanon run` and `kanon manifest`: any plugin over local CSV files,
-//! through the same sandbox and gate as every other run.
+//! `kanon run` and `kanon manifest`: any plugin over local files or a
+//! tenant's stored datasets, through the same sandbox and gate as every
+//! other run. Local files go through the vault too: ingested into a
+//! temporary one by the same readers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use kanon_gate::{Policy, PolicyLayer};
 use kanon_runtime::{LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig};
-use kanon_vault::{CsvOptions, Table, read_csv_file};
+use kanon_vault::{DatasetVersion, IngestOptions, Vault, WriteMode, open_file};
 
 use crate::render;
+use crate::vault_cmd::VaultArgs;
 
 /// Exit code of a run whose plugin failed.
 pub const EXIT_RUN_FAILED: u8 = 3;
@@ -22,16 +24,26 @@ pub struct RunArgs {
     /// The plugin component (.wasm, built for wasm32-wasip2).
     #[arg(long)]
     plugin: PathBuf,
-    /// A dataset the plugin reads, as NAME=FILE.csv; repeat for more.
-    #[arg(long = "data", value_name = "NAME=FILE", required = true)]
+    /// A local file the plugin reads (.csv, .jsonl), as NAME=FILE; repeat
+    /// for more.
+    #[arg(long = "data", value_name = "NAME=FILE", required_unless_present = "tenant")]
     data: Vec<String>,
-    /// The entity column (the person or customer group sizes count): COLUMN
-    /// for every dataset, or NAME=COLUMN for one.
-    #[arg(long, value_name = "[NAME=]COLUMN", required = true)]
+    /// The entity column of --data files (the person or customer group
+    /// sizes count): COLUMN for every dataset, or NAME=COLUMN for one.
+    #[arg(long, value_name = "[NAME=]COLUMN", requires = "data")]
     entity: Vec<String>,
     /// Another identifier column, pseudonymised like the entity: COLUMN or NAME=COLUMN.
     #[arg(long, value_name = "[NAME=]COLUMN")]
     identifier: Vec<String>,
+    /// Read the stored datasets of this tenant instead of local files.
+    #[arg(long, conflicts_with = "data", requires = "dataset")]
+    tenant: Option<String>,
+    /// A stored dataset the plugin reads, as NAME=DATASET[@VERSION] (the
+    /// latest version if none); repeat for more.
+    #[arg(long, value_name = "NAME=DATASET[@VERSION]", requires = "tenant")]
+    dataset: Vec<String>,
+    #[command(flatten)]
+    vault: VaultArgs,
     /// Run parameters as a JSON object.
     #[arg(long, default_value = "{}")]
     params: String,
@@ -90,16 +102,18 @@ fn per_dataset(values: &[String], dataset: &str) -> Vec<String> {
         .collect()
 }
 
-/// Read `NAME=FILE` CSV datasets with their classifications.
+/// Ingest `NAME=FILE` datasets, with their classifications, into a
+/// temporary vault that lives as long as the returned versions.
 pub fn read_datasets(
     data: &[String],
     entity: &[String],
     identifier: &[String],
-) -> anyhow::Result<BTreeMap<String, Arc<Table>>> {
+) -> anyhow::Result<BTreeMap<String, DatasetVersion>> {
+    let vault = Vault::temporary()?;
     let mut datasets = BTreeMap::new();
     for spec in data {
         let Some((name, file)) = spec.split_once('=') else {
-            bail!("--data takes NAME=FILE.csv, got `{spec}`");
+            bail!("--data takes NAME=FILE, got `{spec}`");
         };
         let entities = per_dataset(entity, name);
         let [entity] = entities.as_slice() else {
@@ -107,9 +121,12 @@ pub fn read_datasets(
                 "dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity {name}=COLUMN)"
             );
         };
-        let options = CsvOptions { entity: entity.clone(), identifiers: per_dataset(identifier, name) };
-        let table = read_csv_file(name, Path::new(file), &options)?;
-        if datasets.insert(name.to_owned(), Arc::new(table)).is_some() {
+        let options =
+            IngestOptions { identifiers: per_dataset(identifier, name), ..IngestOptions::entity(entity.clone()) };
+        let reader = open_file(Path::new(file), None, &options)?;
+        let stored = vault.ingest(LOCAL_TENANT, name, WriteMode::Replace, reader, file)?;
+        let version = vault.dataset(LOCAL_TENANT, name, Some(stored.version))?;
+        if datasets.insert(name.to_owned(), version).is_some() {
             bail!("dataset `{name}` is given twice");
         }
     }
@@ -134,26 +151,62 @@ fn run_policy(args: &RunArgs) -> anyhow::Result<Policy> {
     Ok(Policy::for_run(&floor, [&tenant], &job)?)
 }
 
+/// The tenant name local files are ingested under.
+const LOCAL_TENANT: &str = "local";
+
+/// `NAME=DATASET[@VERSION]` of `tenant`, read from the data directory.
+fn stored_datasets(vault: &Vault, tenant: &str, specs: &[String]) -> anyhow::Result<BTreeMap<String, DatasetVersion>> {
+    let mut datasets = BTreeMap::new();
+    for spec in specs {
+        let (name, stored) = spec.split_once('=').unwrap_or((spec, spec));
+        let (dataset, version) = match stored.split_once('@') {
+            Some((dataset, version)) => {
+                let version = version.parse().with_context(|| format!("bad version in `{spec}`"))?;
+                (dataset, Some(version))
+            }
+            None => (stored, None),
+        };
+        if datasets.insert(name.to_owned(), vault.dataset(tenant, dataset, version)?).is_some() {
+            bail!("dataset `{name}` is given twice");
+        }
+    }
+    Ok(datasets)
+}
+
 pub fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let policy = run_policy(&args)?;
     let runtime = runtime(cache_dir)?;
     let plugin = load(&runtime, &args.plugin)?;
-    let datasets = read_datasets(&args.data, &args.entity, &args.identifier)?;
-    let report = runtime.run(&plugin, local_request(datasets, args.params, policy))?;
+    let request = match &args.tenant {
+        Some(tenant) => {
+            let vault = args.vault.open()?;
+            let datasets = stored_datasets(&vault, tenant, &args.dataset)?;
+            RunRequest {
+                run_id: random_run_id(),
+                datasets,
+                params: args.params,
+                policy,
+                tenant_secret: vault.pseudonym_secret(tenant)?,
+            }
+        }
+        None => {
+            let datasets = read_datasets(&args.data, &args.entity, &args.identifier)?;
+            local_request(datasets, args.params, policy)
+        }
+    };
+    let report = runtime.run(&plugin, request)?;
     Ok(print_report(&plugin, &report, args.json, args.owner_log))
+}
+
+fn random_run_id() -> String {
+    let run_id: [u8; 16] = rand::random();
+    run_id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A run request for data this process holds: a fresh secret, so its
 /// pseudonyms link to nothing.
-pub fn local_request(datasets: BTreeMap<String, Arc<Table>>, params: String, policy: Policy) -> RunRequest {
-    let run_id: [u8; 16] = rand::random();
-    RunRequest {
-        run_id: run_id.iter().map(|b| format!("{b:02x}")).collect(),
-        datasets,
-        params,
-        policy,
-        tenant_secret: rand::random(),
-    }
+pub fn local_request(datasets: BTreeMap<String, DatasetVersion>, params: String, policy: Policy) -> RunRequest {
+    RunRequest { run_id: random_run_id(), datasets, params, policy, tenant_secret: rand::random() }
 }
 
 /// Print a run's release (or its failure class) and return the exit code.

@@ -10,7 +10,7 @@ use crate::bindings::data::{
 };
 use crate::bindings::types::{self, Classification, ColumnType};
 use crate::manifest::PluginColumnType;
-use crate::sandbox::{DataState, Meter, StoreState};
+use crate::sandbox::{Abort, DataState, Meter, StoreState};
 
 /// Most rows the host puts in one batch, whatever the plugin asks.
 pub(crate) const MAX_BATCH_ROWS: u32 = 1 << 16;
@@ -78,7 +78,7 @@ impl HostDataset for DataView<'_> {
     fn schema(&mut self, dataset: Resource<DatasetHandle>) -> wasmtime::Result<Vec<ColumnInfo>> {
         self.meter.enter_host_call(0)?;
         let grant = &self.state.grants[&self.resources.get(&dataset)?.name];
-        let schema = &grant.table.schema;
+        let schema = grant.dataset.schema();
         // Only the declared columns exist, as far as the plugin can tell.
         Ok(grant
             .need
@@ -122,7 +122,7 @@ impl HostDataset for DataView<'_> {
             .iter()
             .map(|c| {
                 let declared = grant.need.columns.iter().find(|n| &n.name == c).map(|n| n.column_type);
-                let stored = grant.table.schema.fields.iter().find(|f| &f.name == c);
+                let stored = grant.dataset.schema().fields.iter().find(|f| &f.name == c);
                 declared == Some(PluginColumnType::Float)
                     && stored.is_some_and(|f| {
                         PluginColumnType::of(f.column_type, f.classification) == PluginColumnType::Int
@@ -130,7 +130,7 @@ impl HostDataset for DataView<'_> {
             })
             .collect();
         let rows = batch_rows.min(MAX_BATCH_ROWS) as usize;
-        let scan = match Scan::new(grant.table.clone(), &names, rows, self.state.key.clone()) {
+        let scan = match Scan::new(grant.dataset.clone(), &names, rows, self.state.key.clone()) {
             Ok(scan) => scan,
             Err(ScanError::UnknownColumn { column, .. }) => {
                 return Ok(Err(DataError::ColumnNotGranted(column)));
@@ -152,8 +152,10 @@ impl HostScan for DataView<'_> {
     fn next(&mut self, scan: Resource<ScanHandle>) -> wasmtime::Result<Option<Batch>> {
         self.meter.enter_host_call(0)?;
         let handle = self.resources.get_mut(&scan)?;
-        let Some(batch) = handle.scan.next_batch() else {
-            return Ok(None);
+        let batch = match handle.scan.next_batch() {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.meter.abort(Abort::Host(e.to_string()))),
         };
         let widen = &handle.widen;
         // The gate accepts contributions only for entities handed out here.

@@ -2,10 +2,9 @@
 //! validated, approved by the tenant, and enforced on every run.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use kanon_gate::{Dimension, Domain, Measure, SpecError, Statistic, TableSpec};
-use kanon_vault::{Classification, ColumnType, Table};
+use kanon_vault::{Classification, ColumnType, DatasetVersion};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -289,15 +288,15 @@ impl Manifest {
 
     /// Check the run's data has every dataset and column the plugin reads,
     /// with the types it expects.
-    pub fn check_data(&self, datasets: &BTreeMap<String, Arc<Table>>) -> Result<(), DataMismatch> {
+    pub fn check_data(&self, datasets: &BTreeMap<String, DatasetVersion>) -> Result<(), DataMismatch> {
         for need in &self.inputs {
-            let table =
+            let dataset =
                 datasets.get(&need.name).ok_or_else(|| DataMismatch::MissingDataset(need.name.clone()))?;
-            if table.schema.entity().is_none() {
+            if dataset.schema().entity().is_none() {
                 return Err(DataMismatch::NoEntity(need.name.clone()));
             }
             for column in &need.columns {
-                let field = table.schema.fields.iter().find(|f| f.name == column.name).ok_or_else(|| {
+                let field = dataset.schema().fields.iter().find(|f| f.name == column.name).ok_or_else(|| {
                     DataMismatch::MissingColumn { dataset: need.name.clone(), column: column.name.clone() }
                 })?;
                 let found = PluginColumnType::of(field.column_type, field.classification);

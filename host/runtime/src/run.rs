@@ -2,11 +2,10 @@
 //! down, from request checks to release.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kanon_gate::{Gate, Policy, Release, ReleaseRecord, Scope, TenantIntake};
-use kanon_vault::{PseudonymKey, Table};
+use kanon_vault::{DatasetVersion, PseudonymKey};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap};
@@ -61,7 +60,7 @@ pub struct RunRequest {
     /// Unique per run: pseudonyms are keyed by it.
     pub run_id: String,
     /// The datasets granted to the run, by the names the manifest uses.
-    pub datasets: BTreeMap<String, Arc<Table>>,
+    pub datasets: BTreeMap<String, DatasetVersion>,
     /// JSON object of parameters.
     pub params: String,
     /// The disclosure rules the release answers to.
@@ -76,7 +75,7 @@ pub struct TenantInput {
     /// The tenant's name, for its owner log.
     pub tenant: String,
     /// The tenant's datasets granted to the run.
-    pub datasets: BTreeMap<String, Arc<Table>>,
+    pub datasets: BTreeMap<String, DatasetVersion>,
     /// The tenant's secret, from which its pseudonym key for the run derives.
     pub secret: [u8; 32],
 }
@@ -111,6 +110,9 @@ pub enum FailureClass {
     ContractViolation,
     /// The plugin returned an error.
     PluginError,
+    /// The host failed to serve the run (a vault read failed): not the
+    /// plugin's doing.
+    HostError,
 }
 
 impl FailureClass {
@@ -123,6 +125,7 @@ impl FailureClass {
             FailureClass::Limit => "limit",
             FailureClass::ContractViolation => "contract-violation",
             FailureClass::PluginError => "plugin-error",
+            FailureClass::HostError => "host-error",
         }
     }
 }
@@ -338,7 +341,7 @@ impl Runtime {
         plugin: &LoadedPlugin,
         gate: &Gate,
         run_id: &str,
-        datasets: &BTreeMap<String, Arc<Table>>,
+        datasets: &BTreeMap<String, DatasetVersion>,
         secret: &[u8; 32],
         params: &str,
     ) -> InstanceRun {
@@ -347,8 +350,8 @@ impl Runtime {
             .inputs
             .iter()
             .map(|need| {
-                let table = datasets[&need.name].clone();
-                (need.name.clone(), Grant { table, need: need.clone() })
+                let dataset = datasets[&need.name].clone();
+                (need.name.clone(), Grant { dataset, need: need.clone() })
             })
             .collect();
         let key = PseudonymKey::for_run(secret, run_id.as_bytes());
@@ -419,6 +422,7 @@ fn classify(error: &wasmtime::Error, state: &StoreState) -> FailureClass {
         Some(Abort::Timeout) => return FailureClass::Timeout,
         Some(Abort::Limit(_)) => return FailureClass::Limit,
         Some(Abort::Violation(_)) => return FailureClass::ContractViolation,
+        Some(Abort::Host(_)) => return FailureClass::HostError,
         None => {}
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {

@@ -2,11 +2,10 @@
 //! data and gate capabilities. A store serves one run and is dropped with it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kanon_gate::{Gate, IssuedEntities, Policy, Scope, TenantIntake};
-use kanon_vault::{PseudonymKey, Table};
+use kanon_vault::{DatasetVersion, PseudonymKey};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::{ClosedInputStream, MemoryOutputPipe};
@@ -21,6 +20,8 @@ pub(crate) enum Abort {
     Timeout,
     Limit(String),
     Violation(String),
+    /// The host could not serve a request (a vault read failed).
+    Host(String),
 }
 
 impl std::fmt::Display for Abort {
@@ -29,6 +30,7 @@ impl std::fmt::Display for Abort {
             Abort::Timeout => f.write_str("the run passed its deadline"),
             Abort::Limit(what) => write!(f, "limit reached: {what}"),
             Abort::Violation(what) => write!(f, "contract violation: {what}"),
+            Abort::Host(what) => write!(f, "host fault: {what}"),
         }
     }
 }
@@ -168,10 +170,11 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// A dataset granted to a run: the table and the columns the manifest reads.
+/// A dataset granted to a run: the fixed version and the columns the
+/// manifest reads.
 #[derive(Debug)]
 pub(crate) struct Grant {
-    pub(crate) table: Arc<Table>,
+    pub(crate) dataset: DatasetVersion,
     pub(crate) need: DatasetNeed,
 }
 

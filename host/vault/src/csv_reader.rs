@@ -1,212 +1,111 @@
-//! The one CSV reader: schema inference, typed parsing, errors that name the
-//! row and column.
+//! The one CSV reader: header, type inference from the first rows, then
+//! strict typed parsing in chunks; errors name the row, line and column.
 
+use std::collections::VecDeque;
 use std::io::Read;
-use std::path::Path;
 
 use crate::IngestError;
-use crate::schema::{Classification, ColumnType, Field, Schema};
+use crate::ingest::{self, ChunkReader, INFER_ROWS, IngestOptions};
+use crate::schema::Schema;
 use crate::table::{Table, TableBuilder};
-use crate::timestamp::parse_timestamp;
 
-/// Rows read to infer column types before parsing strictly.
-const INFER_ROWS: usize = 1000;
-
-/// How to read a CSV file.
-#[derive(Debug, Clone, Default)]
-pub struct CsvOptions {
-    /// The entity column (the privacy unit): required.
-    pub entity: String,
-    /// Other identifier columns, pseudonymised like the entity.
-    pub identifiers: Vec<String>,
+/// Reads CSV with a header row, one chunk at a time.
+pub struct CsvReader<R: Read> {
+    source: String,
+    reader: csv::Reader<R>,
+    options: IngestOptions,
+    /// Records read to infer types, not yet parsed.
+    sample: VecDeque<csv::StringRecord>,
+    record: csv::StringRecord,
+    builder: TableBuilder,
+    schema: Schema,
+    /// Data rows parsed so far (1-based once one is).
+    row: u64,
 }
 
-/// Read a CSV file into a table named `name`.
-pub fn read_csv_file(name: &str, path: &Path, options: &CsvOptions) -> Result<Table, IngestError> {
-    let source = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| IngestError {
-        source_name: source.clone(),
-        row: None,
-        line: None,
-        column: None,
-        detail: format!("cannot open: {e}"),
-    })?;
-    read_csv(name, &source, std::io::BufReader::with_capacity(1 << 20, file), options)
+impl<R: Read> std::fmt::Debug for CsvReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvReader").field("source", &self.source).field("row", &self.row).finish_non_exhaustive()
+    }
 }
 
-/// Read CSV from `input` (named `source` in errors) into a table named `name`.
-pub fn read_csv(
-    name: &str,
-    source: &str,
-    input: impl Read,
-    options: &CsvOptions,
-) -> Result<Table, IngestError> {
-    let error = |row: Option<u64>, line: Option<u64>, column: Option<&str>, detail: String| IngestError {
-        source_name: source.to_owned(),
-        row,
-        line,
-        column: column.map(str::to_owned),
-        detail,
-    };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(input);
-    let headers: Vec<String> = match reader.headers() {
-        Ok(h) => h.iter().map(|h| h.trim().to_owned()).collect(),
-        Err(e) => return Err(csv_error(source, &e)),
-    };
-    if headers.is_empty() || headers.iter().all(String::is_empty) {
-        return Err(error(None, Some(1), None, "the file is empty: no header row".into()));
-    }
-    for (i, h) in headers.iter().enumerate() {
-        if h.is_empty() {
-            return Err(error(None, Some(1), None, format!("header {} is empty", i + 1)));
+impl<R: Read> CsvReader<R> {
+    /// Read the header and a sample, and settle the schema.
+    pub fn new(source: &str, input: R, options: &IngestOptions) -> Result<Self, IngestError> {
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(input);
+        let headers: Vec<String> = match reader.headers() {
+            Ok(h) => h.iter().map(|h| h.trim().to_owned()).collect(),
+            Err(e) => return Err(csv_error(source, &e)),
+        };
+        if headers.iter().all(String::is_empty) {
+            return Err(IngestError { line: Some(1), ..IngestError::whole(source, "the file is empty: no header row".into()) });
         }
-        if headers[..i].contains(h) {
-            return Err(error(None, Some(1), Some(h), "the column name appears twice".into()));
+        let mut sample = VecDeque::with_capacity(INFER_ROWS);
+        let mut record = csv::StringRecord::new();
+        while sample.len() < INFER_ROWS {
+            match reader.read_record(&mut record) {
+                Ok(true) => sample.push_back(record.clone()),
+                Ok(false) => break,
+                Err(e) => return Err(csv_error(source, &e)),
+            }
         }
-    }
-    if options.entity.is_empty() {
-        return Err(error(None, None, None, "no entity column given".into()));
-    }
-    for wanted in std::iter::once(&options.entity).chain(&options.identifiers) {
-        if !headers.contains(wanted) {
-            return Err(error(
-                None,
-                Some(1),
-                Some(wanted),
-                format!("no such column; the columns are: {}", headers.join(", ")),
-            ));
-        }
-    }
-    let classify = |h: &String| {
-        if *h == options.entity {
-            Classification::Entity
-        } else if options.identifiers.contains(h) {
-            Classification::Identifier
-        } else {
-            Classification::Attribute
-        }
-    };
-
-    // Buffer a sample, infer the types from it, then parse everything strictly.
-    let mut records = reader.into_records();
-    let mut sample = Vec::with_capacity(INFER_ROWS);
-    for record in records.by_ref().take(INFER_ROWS) {
-        sample.push(record.map_err(|e| csv_error(source, &e))?);
-    }
-    if sample.is_empty() {
-        return Err(error(None, None, None, "the file has a header but no rows".into()));
-    }
-    let fields: Vec<Field> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let classification = classify(h);
-            let column_type = if classification.is_pseudonymised() {
-                ColumnType::Text
-            } else {
-                infer(sample.iter().map(|r| r.get(i).unwrap_or("")))
-            };
-            Field { name: h.clone(), column_type, classification }
+        let schema = ingest::classify(source, &headers, options, |i| {
+            ingest::infer(sample.iter().map(|r| r.get(i).unwrap_or("")))
         })
-        .collect();
-    let entity = fields.iter().position(|f| f.classification == Classification::Entity).expect("checked");
+        .map_err(|e| IngestError { line: Some(1), ..e })?;
+        if sample.is_empty() {
+            return Err(IngestError::whole(source, "the file has a header but no rows".into()));
+        }
+        Ok(Self {
+            source: source.to_owned(),
+            reader,
+            options: options.clone(),
+            sample,
+            record,
+            builder: TableBuilder::new("", schema.clone()),
+            schema,
+            row: 0,
+        })
+    }
 
-    let mut builder = TableBuilder::new(name, Schema { fields });
-    let mut row: u64 = 0;
-    let mut push = |builder: &mut TableBuilder, record: &csv::StringRecord| -> Result<(), IngestError> {
-        row += 1;
-        let line = record.position().map(|p| p.line());
+    fn push(&mut self, record: &csv::StringRecord) -> Result<(), IngestError> {
+        self.row += 1;
         for (i, raw) in record.iter().enumerate() {
-            let field = &builder.schema().fields[i];
-            let value = raw.trim();
-            if value.is_empty() {
-                if i == entity {
-                    return Err(error(
-                        Some(row),
-                        line,
-                        Some(&field.name),
-                        "the entity column is empty".into(),
-                    ));
-                }
-                builder.push_null(i);
+            if let Err(detail) = ingest::push_text_value(&mut self.builder, i, raw) {
+                let line = record.position().map(|p| p.line());
+                return Err(IngestError::at(&self.source, self.row, line, &self.schema.fields[i].name, detail));
+            }
+        }
+        self.builder.end_row();
+        Ok(())
+    }
+}
+
+impl<R: Read + Send> ChunkReader for CsvReader<R> {
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
+        while !ingest::chunk_full(&self.builder, &self.options) {
+            if let Some(record) = self.sample.pop_front() {
+                self.push(&record)?;
                 continue;
             }
-            let bad = |what: ColumnType| {
-                error(
-                    Some(row),
-                    line,
-                    Some(&field.name),
-                    format!("expected {what}, found `{}`", truncate(value)),
-                )
+            let mut record = std::mem::take(&mut self.record);
+            let more = self.reader.read_record(&mut record).map_err(|e| csv_error(&self.source, &e));
+            let result = match more {
+                Ok(true) => self.push(&record),
+                Ok(false) => {
+                    self.record = record;
+                    break;
+                }
+                Err(e) => Err(e),
             };
-            match field.column_type {
-                ColumnType::Int => {
-                    let v = value.parse::<i64>().map_err(|_| bad(ColumnType::Int))?;
-                    builder.push_i64(i, v);
-                }
-                ColumnType::Float => {
-                    let v = value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|v| v.is_finite())
-                        .ok_or_else(|| bad(ColumnType::Float))?;
-                    builder.push_f64(i, v);
-                }
-                ColumnType::Bool => {
-                    builder.push_bool(i, parse_bool(value).ok_or_else(|| bad(ColumnType::Bool))?)
-                }
-                ColumnType::Timestamp => {
-                    builder.push_i64(i, parse_timestamp(value).ok_or_else(|| bad(ColumnType::Timestamp))?);
-                }
-                ColumnType::Text => builder.push_text(i, value),
-            }
+            self.record = record;
+            result?;
         }
-        builder.end_row();
-        Ok(())
-    };
-    for record in &sample {
-        push(&mut builder, record)?;
-    }
-    drop(sample);
-    for record in records {
-        push(&mut builder, &record.map_err(|e| csv_error(source, &e))?)?;
-    }
-    Ok(builder.finish())
-}
-
-/// The narrowest type every non-empty sample value parses as.
-fn infer<'a>(values: impl Iterator<Item = &'a str> + Clone) -> ColumnType {
-    let present = values.map(str::trim).filter(|v| !v.is_empty());
-    if present.clone().next().is_none() {
-        return ColumnType::Text;
-    }
-    if present.clone().all(|v| v.parse::<i64>().is_ok()) {
-        ColumnType::Int
-    } else if present.clone().all(|v| v.parse::<f64>().is_ok_and(f64::is_finite)) {
-        ColumnType::Float
-    } else if present.clone().all(|v| parse_bool(v).is_some()) {
-        ColumnType::Bool
-    } else if present.clone().all(|v| parse_timestamp(v).is_some()) {
-        ColumnType::Timestamp
-    } else {
-        ColumnType::Text
-    }
-}
-
-fn parse_bool(value: &str) -> Option<bool> {
-    if value.eq_ignore_ascii_case("true") {
-        Some(true)
-    } else if value.eq_ignore_ascii_case("false") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-fn truncate(value: &str) -> String {
-    match value.char_indices().nth(40) {
-        Some((i, _)) => format!("{}…", &value[..i]),
-        None => value.to_owned(),
+        Ok((self.builder.rows() > 0).then(|| self.builder.take()))
     }
 }
 
@@ -233,21 +132,29 @@ fn csv_error(source: &str, e: &csv::Error) -> IngestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::{Classification, ColumnType};
     use crate::table::ColumnData;
 
-    fn options() -> CsvOptions {
-        CsvOptions { entity: "driver".into(), identifiers: vec![] }
+    fn options() -> IngestOptions {
+        IngestOptions { chunk_rows: usize::MAX, ..IngestOptions::entity("driver") }
+    }
+
+    fn read_with(text: &str, options: &IngestOptions) -> Result<Table, IngestError> {
+        let mut reader = CsvReader::new("trips.csv", text.as_bytes(), options)?;
+        let table = reader.next_chunk()?.expect("one chunk");
+        assert!(reader.next_chunk()?.is_none());
+        Ok(table)
     }
 
     fn read(text: &str) -> Result<Table, IngestError> {
-        read_csv("trips", "trips.csv", text.as_bytes(), &options())
+        read_with(text, &options())
     }
 
     #[test]
     fn infers_types_and_classifies_columns() {
         let csv = "driver,plate,km,loaded,when,region,n\nd1,AB-1,1.5,true,2024-01-01,north,3\nd2,AB-2,2,false,2024-01-02T10:00:00Z,,4\n";
-        let options = CsvOptions { entity: "driver".into(), identifiers: vec!["plate".into()] };
-        let t = read_csv("trips", "trips.csv", csv.as_bytes(), &options).unwrap();
+        let options = IngestOptions { identifiers: vec!["plate".into()], ..options() };
+        let t = read_with(csv, &options).unwrap();
         let types: Vec<_> = t.schema.fields.iter().map(|f| (f.column_type, f.classification)).collect();
         use {Classification::*, ColumnType::*};
         assert_eq!(
@@ -268,6 +175,16 @@ mod tests {
     }
 
     #[test]
+    fn given_types_win_over_inference() {
+        let given = IngestOptions { types: vec![("n".into(), ColumnType::Float)], ..options() };
+        let t = read_with("driver,n\nd1,3\n", &given).unwrap();
+        assert_eq!(t.columns[1].data, ColumnData::Float(vec![3.0]));
+        let options = IngestOptions { types: vec![("driver".into(), ColumnType::Int)], ..options() };
+        let err = read_with("driver,n\nd1,3\n", &options).unwrap_err().to_string();
+        assert!(err.contains("column `driver`: an entity or identifier column is text"), "{err}");
+    }
+
+    #[test]
     fn bad_input_names_the_row_and_column() {
         let cases = [
             ("", "empty"),
@@ -283,7 +200,7 @@ mod tests {
             assert!(err.contains(expected), "`{err}` should contain `{expected}`");
         }
         let invalid_utf8 = b"driver,km\nd1,1\nd\xff,2\n";
-        let err = read_csv("t", "trips.csv", &invalid_utf8[..], &options()).unwrap_err().to_string();
+        let err = CsvReader::new("trips.csv", &invalid_utf8[..], &options()).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("row 2") && err.contains("invalid UTF-8"), "{err}");
     }
 
@@ -304,12 +221,17 @@ mod tests {
     }
 
     #[test]
-    fn dictionaries_are_in_first_seen_order() {
-        let t = read("driver,region\nd1,south\nd2,north\nd3,south\n").unwrap();
-        let ColumnData::Text { entries, codes } = &t.columns[1].data else { panic!() };
-        assert_eq!(
-            (entries.as_slice(), codes.as_slice()),
-            (&["south".to_owned(), "north".to_owned()][..], &[0, 1, 0][..])
-        );
+    fn chunks_have_their_own_dictionaries_in_first_seen_order() {
+        let options = IngestOptions { chunk_rows: 2, ..options() };
+        let mut reader = CsvReader::new("t.csv", &b"driver,region\nd1,south\nd2,north\nd3,south\n"[..], &options).unwrap();
+        let first = reader.next_chunk().unwrap().unwrap();
+        let second = reader.next_chunk().unwrap().unwrap();
+        assert!(reader.next_chunk().unwrap().is_none());
+        let text = |t: &Table| match &t.columns[1].data {
+            ColumnData::Text { entries, codes } => (entries.clone(), codes.clone()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text(&first), (vec!["south".to_owned(), "north".to_owned()], vec![0, 1]));
+        assert_eq!(text(&second), (vec!["south".to_owned()], vec![0]));
     }
 }

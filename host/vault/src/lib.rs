@@ -1,29 +1,38 @@
-//! kanon's tenant data: typed schemas, the input readers, columnar tables and
-//! keyed pseudonyms.
+//! kanon's tenant data: the vault (encrypted, versioned, chunked datasets in
+//! a data directory), the input readers, scans that hand plugins columnar
+//! batches with keyed pseudonyms, the tenant's export, and backups.
 //!
 //! Architecture invariant: clear `entity` and `identifier` values never leave
 //! this crate. A [`Scan`] hands them out only as per-run keyed pseudonyms
 //! ([`PseudonymKey`]); the one way to read them in clear is the owning
-//! tenant's export, which later work adds here.
-//!
-//! Today tables live in memory, read from CSV; encrypted chunked storage
-//! replaces [`Table`]'s storage without changing [`Scan`]'s output.
+//! tenant's [`export_csv`].
 
+mod backup;
+mod chunk;
 mod csv_reader;
+mod export;
+mod ingest;
+mod jsonl_reader;
 mod pseudonym;
 mod scan;
 mod schema;
 mod sealing;
+mod store;
 mod table;
 mod timestamp;
 
-pub use csv_reader::{CsvOptions, read_csv, read_csv_file};
+pub use backup::BackupSummary;
+pub use csv_reader::CsvReader;
+pub use export::export_csv;
+pub use ingest::{CHUNK_BYTES, CHUNK_ROWS, ChunkReader, IngestOptions, InputFormat, open_file, open_stream};
+pub use jsonl_reader::JsonLinesReader;
 pub use pseudonym::PseudonymKey;
 pub use scan::{Batch, BatchColumn, BatchValues, Scan, ScanError};
 pub use schema::{Classification, ColumnType, Field, Schema};
 pub use sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SEAL_OVERHEAD, SealError};
+pub use store::{DatasetVersion, Vault, VaultError, VersionInfo, WriteMode};
 pub use table::{Column, ColumnData, Table, TableBuilder};
-pub use timestamp::parse_timestamp;
+pub use timestamp::{format_timestamp, parse_timestamp};
 
 /// Why reading input failed: names the file, and where known the row (1-based,
 /// header excluded), the line and the column.

@@ -3,7 +3,7 @@
 //! tenant's data key.
 //!
 //! Every sealed chunk binds where it belongs (tenant, dataset, version, chunk
-//! index) into its associated data, so a chunk copied to another tenant,
+//! index, column) into its associated data, so a chunk copied to another tenant,
 //! dataset, version or position fails to open rather than decrypting into the
 //! wrong place. A wrapped data key binds its tenant the same way. Random
 //! 192-bit nonces make nonce reuse a non-issue at any realistic volume.
@@ -79,6 +79,8 @@ pub struct ChunkAddress<'a> {
     pub dataset: &'a str,
     pub version: u64,
     pub chunk: u64,
+    /// Columns are sealed apart, so a scan decrypts only what it reads.
+    pub column: u32,
 }
 
 impl ChunkAddress<'_> {
@@ -89,6 +91,7 @@ impl ChunkAddress<'_> {
         push_field(&mut ad, self.dataset);
         ad.extend_from_slice(&self.version.to_le_bytes());
         ad.extend_from_slice(&self.chunk.to_le_bytes());
+        ad.extend_from_slice(&self.column.to_le_bytes());
         ad
     }
 }
@@ -98,6 +101,17 @@ fn push_field(ad: &mut Vec<u8>, field: &str) {
     ad.extend_from_slice(&(field.len() as u64).to_le_bytes());
     ad.extend_from_slice(field.as_bytes());
 }
+
+fn record_associated_data(tenant: &str, dataset: &str, version: u64) -> Vec<u8> {
+    let mut ad = b"kanon record v1".to_vec();
+    push_field(&mut ad, tenant);
+    push_field(&mut ad, dataset);
+    ad.extend_from_slice(&version.to_le_bytes());
+    ad
+}
+
+const CHECK_AD: &[u8] = b"kanon key check v1";
+const CHECK_VALUE: &[u8] = b"kanon";
 
 fn wrap_associated_data(tenant: &str) -> Vec<u8> {
     let mut ad = b"kanon data key v1".to_vec();
@@ -163,6 +177,24 @@ impl KeyEncryptionKey {
         self.0.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// A value sealed under this key that proves, later, that a key is this
+    /// one: a data directory keeps it to refuse a wrong key at open.
+    pub fn check_value(&self) -> Vec<u8> {
+        seal_with(&self.0.cipher(), CHECK_AD, CHECK_VALUE)
+    }
+
+    /// Whether `check` was made by [`Self::check_value`] of this key.
+    pub fn matches_check(&self, check: &[u8]) -> bool {
+        open_with(&self.0.cipher(), CHECK_AD, check).is_ok_and(|v| v == CHECK_VALUE)
+    }
+
+    /// A keyed hash of `bytes` under a key derived from this one: proves a
+    /// backup's manifest was written by a holder of this key, unaltered.
+    pub fn authenticate(&self, bytes: &[u8]) -> [u8; 32] {
+        let key = blake3::derive_key("kanon 2026-11 backup manifest", &self.0.0);
+        *blake3::keyed_hash(&key, bytes).as_bytes()
+    }
+
     /// A new data key for `tenant`, and its wrapping under this key.
     pub fn new_data_key(&self, tenant: &str) -> (DataKey, Vec<u8>) {
         let key = DataKey(Secret::random());
@@ -197,6 +229,23 @@ impl KeyEncryptionKey {
 }
 
 impl DataKey {
+    /// The secret a tenant's run pseudonyms are derived from: tied to the
+    /// data key, so erasing the tenant also unlinks every pseudonym.
+    pub fn pseudonym_secret(&self) -> [u8; 32] {
+        blake3::derive_key("kanon 2026-11 tenant pseudonym secret", &self.0.0)
+    }
+
+    /// Seal a dataset version's metadata record: confidential (column names
+    /// are the tenant's) and bound to its place, like a chunk.
+    pub fn seal_record(&self, tenant: &str, dataset: &str, version: u64, record: &[u8]) -> Vec<u8> {
+        seal_with(&self.0.cipher(), &record_associated_data(tenant, dataset, version), record)
+    }
+
+    /// Open a record sealed by [`Self::seal_record`] for the same place.
+    pub fn open_record(&self, tenant: &str, dataset: &str, version: u64, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        open_with(&self.0.cipher(), &record_associated_data(tenant, dataset, version), sealed)
+    }
+
     /// Seal a chunk's bytes for `address`.
     pub fn seal(&self, address: &ChunkAddress<'_>, plaintext: &[u8]) -> Vec<u8> {
         seal_with(&self.0.cipher(), &address.associated_data(), plaintext)
@@ -214,7 +263,7 @@ mod tests {
     use super::*;
 
     const HERE: ChunkAddress<'static> =
-        ChunkAddress { tenant: "acme", dataset: "trips", version: 3, chunk: 7 };
+        ChunkAddress { tenant: "acme", dataset: "trips", version: 3, chunk: 7, column: 2 };
 
     #[test]
     fn a_chunk_opens_only_where_it_was_sealed() {
@@ -230,6 +279,7 @@ mod tests {
             ChunkAddress { dataset: "staff", ..HERE },
             ChunkAddress { version: 4, ..HERE },
             ChunkAddress { chunk: 8, ..HERE },
+            ChunkAddress { column: 1, ..HERE },
             // Length prefixes: ("ac", "metrips") is not ("acme", "trips").
             ChunkAddress { tenant: "ac", dataset: "metrips", ..HERE },
         ];

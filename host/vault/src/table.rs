@@ -53,6 +53,8 @@ pub struct TableBuilder {
     schema: Schema,
     rows: usize,
     columns: Vec<ColumnBuilder>,
+    /// Bytes of text held in this chunk's dictionaries.
+    text_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -65,7 +67,12 @@ struct ColumnBuilder {
 impl TableBuilder {
     /// An empty table with this schema.
     pub fn new(name: impl Into<String>, schema: Schema) -> Self {
-        let columns = schema
+        let columns = Self::empty_columns(&schema);
+        Self { name: name.into(), schema, rows: 0, columns, text_bytes: 0 }
+    }
+
+    fn empty_columns(schema: &Schema) -> Vec<ColumnBuilder> {
+        schema
             .fields
             .iter()
             .map(|f| ColumnBuilder {
@@ -79,8 +86,7 @@ impl TableBuilder {
                 dictionary: HashMap::new(),
                 nulls: Vec::new(),
             })
-            .collect();
-        Self { name: name.into(), schema, rows: 0, columns }
+            .collect()
     }
 
     /// The schema being built.
@@ -96,7 +102,9 @@ impl TableBuilder {
             ColumnData::Int(v) | ColumnData::Timestamp(v) => v.push(0),
             ColumnData::Float(v) => v.push(0.0),
             ColumnData::Bool(v) => v.push(false),
-            ColumnData::Text { .. } => Self::push_text_into(c, ""),
+            ColumnData::Text { .. } => {
+                Self::push_text_into(c, "");
+            }
         }
     }
 
@@ -126,21 +134,23 @@ impl TableBuilder {
 
     /// Append a text value.
     pub fn push_text(&mut self, column: usize, value: &str) {
-        Self::push_text_into(&mut self.columns[column], value);
+        self.text_bytes += Self::push_text_into(&mut self.columns[column], value);
     }
 
-    fn push_text_into(c: &mut ColumnBuilder, value: &str) {
+    /// Push `value`; returns the dictionary bytes it added.
+    fn push_text_into(c: &mut ColumnBuilder, value: &str) -> usize {
         let ColumnData::Text { entries, codes } = &mut c.data else { panic!("push_text on {:?}", c.data) };
-        let code = match c.dictionary.get(value) {
-            Some(&code) => code,
+        let (code, added) = match c.dictionary.get(value) {
+            Some(&code) => (code, 0),
             None => {
                 let code = entries.len() as u32;
                 entries.push(value.to_owned());
                 c.dictionary.insert(value.to_owned(), code);
-                code
+                (code, value.len())
             }
         };
         codes.push(code);
+        added
     }
 
     /// Mark the current row complete: every column got exactly one value.
@@ -153,11 +163,27 @@ impl TableBuilder {
         self.rows
     }
 
+    /// Roughly the memory the rows so far hold: what bounds a chunk.
+    pub fn approx_bytes(&self) -> usize {
+        self.rows * self.columns.len() * 8 + self.text_bytes
+    }
+
+    /// The rows so far as a table; the builder starts over, empty, with the
+    /// same schema and fresh dictionaries.
+    pub fn take(&mut self) -> Table {
+        let columns = std::mem::replace(&mut self.columns, Self::empty_columns(&self.schema));
+        let rows = std::mem::take(&mut self.rows);
+        self.text_bytes = 0;
+        Self::build(self.name.clone(), self.schema.clone(), rows, columns)
+    }
+
     /// The finished table.
     pub fn finish(self) -> Table {
-        let rows = self.rows;
-        let columns = self
-            .columns
+        Self::build(self.name, self.schema, self.rows, self.columns)
+    }
+
+    fn build(name: String, schema: Schema, rows: usize, columns: Vec<ColumnBuilder>) -> Table {
+        let columns = columns
             .into_iter()
             .map(|c| {
                 let validity = (!c.nulls.is_empty()).then(|| {
@@ -170,6 +196,6 @@ impl TableBuilder {
                 Column { data: c.data, validity }
             })
             .collect();
-        Table { name: self.name, schema: self.schema, rows, columns }
+        Table { name, schema, rows, columns }
     }
 }

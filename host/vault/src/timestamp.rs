@@ -58,6 +58,40 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     }
 }
 
+/// Microseconds since the epoch as RFC 3339 in UTC, with a fraction only
+/// when there is one: what [`parse_timestamp`] reads back to the same value.
+pub fn format_timestamp(micros: i64) -> String {
+    let days = micros.div_euclid(86_400 * 1_000_000);
+    let rest = micros.rem_euclid(86_400 * 1_000_000);
+    let (year, month, day) = civil_from_days(days);
+    let (seconds, fraction) = (rest / 1_000_000, rest % 1_000_000);
+    let mut out = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    );
+    if fraction != 0 {
+        out.push_str(&format!(".{fraction:06}"));
+    }
+    out.push('Z');
+    out
+}
+
+/// The proleptic Gregorian date of a day since 1970-01-01 (the inverse of
+/// [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 fn days_in_month(year: i64, month: i64) -> i64 {
     match month {
         2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
@@ -81,7 +115,16 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_timestamp;
+    use super::{format_timestamp, parse_timestamp};
+
+    #[test]
+    fn formatting_reads_back_to_the_same_instant() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_timestamp(1_709_208_000_250_000), "2024-02-29T12:00:00.250000Z");
+        for micros in [-1, -86_400_000_001, 951_782_400_000_000, 4_102_444_799_999_999, 1_234_567] {
+            assert_eq!(parse_timestamp(&format_timestamp(micros)), Some(micros), "{micros}");
+        }
+    }
 
     #[test]
     fn parses_dates_and_rfc3339() {

@@ -1,0 +1,867 @@
+//! The vault: one data directory holding every tenant's datasets as sealed,
+//! compressed column segments in chunk files, and their metadata in redb.
+//!
+//! ```text
+//! <dir>/kanon.redb                                  tenants, versions, key check
+//! <dir>/chunks/<tenant uid>/<write uid>/<chunk>.kc   sealed column segments
+//! ```
+//!
+//! A dataset version exists exactly when its record is committed in redb.
+//! An ingest writes and syncs its chunk files first, under a fresh write
+//! directory, then commits the record; a crash before the commit leaves an
+//! unreferenced directory, which the next open deletes. Chunk files are never
+//! rewritten, so readers and backups need no locks against ingests.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{self, SegmentError};
+use crate::ingest::ChunkReader;
+use crate::schema::Schema;
+use crate::sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SealError};
+use crate::table::{Column, Table};
+use crate::IngestError;
+
+pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
+pub(crate) const VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("versions");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const KEY_CHECK: &str = "key-check";
+pub(crate) const DATABASE_FILE: &str = "kanon.redb";
+pub(crate) const CHUNKS_DIR: &str = "chunks";
+
+/// Why a vault operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("`{0}` is not a valid name: 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit")]
+    BadName(String),
+    #[error("no tenant `{0}`")]
+    UnknownTenant(String),
+    #[error("tenant `{tenant}` has no dataset `{dataset}`")]
+    UnknownDataset { tenant: String, dataset: String },
+    #[error("dataset `{dataset}` has no version {version}")]
+    UnknownVersion { dataset: String, version: u64 },
+    #[error("cannot append to `{dataset}`: {detail}")]
+    SchemaMismatch { dataset: String, detail: String },
+    #[error("dataset `{0}` changed while this ingest ran; nothing was stored, try again")]
+    Conflict(String),
+    #[error("the key-encryption key does not open this data directory (wrong key file?)")]
+    WrongKey,
+    #[error("the data directory {0} is in use by another kanon process")]
+    InUse(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("metadata store: {0}")]
+    Metadata(Box<redb::Error>),
+    #[error("metadata record is unreadable: {0}")]
+    Record(postcard::Error),
+    #[error("{dataset} v{version}, chunk {chunk}: {detail}")]
+    Corrupt { dataset: String, version: u64, chunk: u64, detail: String },
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("backup {path}: {detail}")]
+    Backup { path: PathBuf, detail: String },
+    #[error("{0} exists and is not empty")]
+    NotEmpty(PathBuf),
+    #[error("export: {0}")]
+    Export(String),
+}
+
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen => VaultError::InUse(PathBuf::new()),
+        other => VaultError::Metadata(Box::new(other)),
+    }
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
+    move |source| VaultError::Io { path: path.to_owned(), source }
+}
+
+pub(crate) fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, VaultError> {
+    postcard::from_bytes(bytes).map_err(VaultError::Record)
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("records serialize")
+}
+
+/// A tenant: its data key, wrapped by the key-encryption key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TenantRecord {
+    /// Names the tenant's directory under `chunks/`.
+    pub(crate) uid: String,
+    pub(crate) wrapped_key: Vec<u8>,
+}
+
+/// A dataset version, as committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct VersionRecord {
+    pub(crate) version: u64,
+    pub(crate) schema: Schema,
+    pub(crate) rows: u64,
+    pub(crate) source: String,
+    pub(crate) created_unix_ms: u64,
+    pub(crate) chunks: Vec<ChunkRecord>,
+}
+
+/// One chunk of a version: where its column segments are, and what they
+/// decode to (blake3 of their plain encodings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChunkRecord {
+    /// The write directory holding the file; an appended version shares its
+    /// base's chunks.
+    pub(crate) dir: String,
+    /// The version that wrote it and its index there: its sealing address.
+    pub(crate) origin_version: u64,
+    pub(crate) index: u64,
+    pub(crate) rows: u32,
+    /// Per column: offset and length of its sealed segment in the file.
+    pub(crate) segments: Vec<(u64, u32)>,
+    pub(crate) plain_hash: [u8; 32],
+}
+
+impl ChunkRecord {
+    pub(crate) fn file_name(&self) -> String {
+        format!("{:08}.kc", self.index)
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.segments.iter().map(|&(_, len)| u64::from(len)).sum()
+    }
+}
+
+/// What a dataset version is, without its contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    pub tenant: String,
+    pub dataset: String,
+    pub version: u64,
+    pub rows: u64,
+    pub schema: Schema,
+    pub chunks: usize,
+    /// Sealed bytes on disk, shared chunks included.
+    pub stored_bytes: u64,
+    pub source: String,
+    pub created_unix_ms: u64,
+    /// blake3 over the chunks' content hashes: equal contents, equal hash.
+    pub content_hash: String,
+}
+
+/// How an ingest relates to the dataset's latest version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The new version holds only the new rows.
+    Replace,
+    /// The new version is the latest one's rows followed by the new rows;
+    /// the schema must match exactly.
+    Append,
+}
+
+/// A data directory, open. Cheap to clone; safe to share between threads.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    pub(crate) inner: Arc<VaultInner>,
+}
+
+pub(crate) struct VaultInner {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: Database,
+    pub(crate) kek: RwLock<KeyEncryptionKey>,
+    /// Shared by backups, exclusive for deleting files: a backup only ever
+    /// copies files that stay.
+    pub(crate) deletions: RwLock<()>,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for VaultInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// `name` if it is a valid tenant or dataset name: also safe as a path part.
+fn check_name(name: &str) -> Result<&str, VaultError> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok { Ok(name) } else { Err(VaultError::BadName(name.to_owned())) }
+}
+
+pub(crate) fn random_uid() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_uid(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Make `path`'s directory entries durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<(), VaultError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(io(path))
+}
+
+impl Vault {
+    /// Open (creating if needed) the data directory `dir` under `kek`. A
+    /// directory made under another key is refused. Leftovers of writes that
+    /// never committed are deleted.
+    pub fn open(dir: &Path, kek: KeyEncryptionKey) -> Result<Self, VaultError> {
+        Self::open_inner(dir, kek, None)
+    }
+
+    /// A vault in a fresh temporary directory, deleted when the last handle
+    /// goes: for a local run over files.
+    pub fn temporary() -> Result<Self, VaultError> {
+        let temp = tempfile::Builder::new().prefix("kanon-vault-").tempdir().map_err(io(Path::new("temp")))?;
+        let dir = temp.path().to_owned();
+        Self::open_inner(&dir, KeyEncryptionKey::generate(), Some(temp))
+    }
+
+    fn open_inner(dir: &Path, kek: KeyEncryptionKey, temporary: Option<tempfile::TempDir>) -> Result<Self, VaultError> {
+        std::fs::create_dir_all(dir.join(CHUNKS_DIR)).map_err(io(dir))?;
+        let db = Database::create(dir.join(DATABASE_FILE)).map_err(|e| match db_err(e) {
+            VaultError::InUse(_) => VaultError::InUse(dir.to_owned()),
+            other => other,
+        })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let check = meta.get(KEY_CHECK).map_err(db_err)?.map(|v| v.value().to_vec());
+            match check {
+                Some(check) if !kek.matches_check(&check) => return Err(VaultError::WrongKey),
+                Some(_) => {}
+                None => {
+                    meta.insert(KEY_CHECK, kek.check_value().as_slice()).map_err(db_err)?;
+                }
+            }
+            txn.open_table(TENANTS).map_err(db_err)?;
+            txn.open_table(VERSIONS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let vault = Self {
+            inner: Arc::new(VaultInner {
+                dir: dir.to_owned(),
+                db,
+                kek: RwLock::new(kek),
+                deletions: RwLock::new(()),
+                _temporary: temporary,
+            }),
+        };
+        let removed = vault.collect_garbage()?;
+        if removed > 0 {
+            tracing::info!(removed, "deleted the chunks of writes that never committed");
+        }
+        Ok(vault)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn chunks_dir(&self) -> PathBuf {
+        self.inner.dir.join(CHUNKS_DIR)
+    }
+
+    /// Delete write directories no committed version references, and tenant
+    /// directories of tenants that no longer exist. Returns how many.
+    fn collect_garbage(&self) -> Result<usize, VaultError> {
+        let _deleting = self.inner.deletions.write().expect("lock");
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let tenants = txn.open_table(TENANTS).map_err(db_err)?;
+        let mut tenant_keys = std::collections::HashMap::new();
+        for entry in tenants.iter().map_err(db_err)? {
+            let (name, record) = entry.map_err(db_err)?;
+            let record: TenantRecord = decode(record.value())?;
+            let key = self.data_key(name.value(), &record)?;
+            tenant_keys.insert(name.value().to_owned(), (record.uid, key));
+        }
+        let mut live: HashSet<(String, String)> = HashSet::new();
+        for entry in txn.open_table(VERSIONS).map_err(db_err)?.iter().map_err(db_err)? {
+            let (k, sealed) = entry.map_err(db_err)?;
+            let Some((uid, key)) = tenant_keys.get(k.value().0) else { continue };
+            let record = open_record(key, k.value(), sealed.value())?;
+            live.extend(record.chunks.into_iter().map(|c| (uid.clone(), c.dir)));
+        }
+        let live_tenants: HashSet<&String> = tenant_keys.values().map(|(uid, _)| uid).collect();
+        let mut removed = 0;
+        let root = self.chunks_dir();
+        for tenant_dir in std::fs::read_dir(&root).map_err(io(&root))? {
+            let tenant_dir = tenant_dir.map_err(io(&root))?.path();
+            let Some(tenant_uid) = tenant_dir.file_name().and_then(|n| n.to_str()).filter(|n| is_uid(n)) else {
+                continue;
+            };
+            if !live_tenants.contains(&tenant_uid.to_owned()) {
+                std::fs::remove_dir_all(&tenant_dir).map_err(io(&tenant_dir))?;
+                removed += 1;
+                continue;
+            }
+            for write_dir in std::fs::read_dir(&tenant_dir).map_err(io(&tenant_dir))? {
+                let write_dir = write_dir.map_err(io(&tenant_dir))?.path();
+                let Some(name) = write_dir.file_name().and_then(|n| n.to_str()).filter(|n| is_uid(n)) else {
+                    continue;
+                };
+                if !live.contains(&(tenant_uid.to_owned(), name.to_owned())) {
+                    std::fs::remove_dir_all(&write_dir).map_err(io(&write_dir))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn tenant_record(&self, tenant: &str) -> Result<Option<TenantRecord>, VaultError> {
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(TENANTS).map_err(db_err)?;
+        table.get(tenant).map_err(db_err)?.map(|v| decode(v.value())).transpose()
+    }
+
+    fn data_key(&self, tenant: &str, record: &TenantRecord) -> Result<DataKey, VaultError> {
+        Ok(self.inner.kek.read().expect("lock").unwrap_key(&record.wrapped_key, tenant)?)
+    }
+
+    /// The secret `tenant`'s run pseudonyms derive from (with the run id).
+    pub fn pseudonym_secret(&self, tenant: &str) -> Result<[u8; 32], VaultError> {
+        let record = self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+        Ok(self.data_key(tenant, &record)?.pseudonym_secret())
+    }
+
+    /// Every version of `dataset`, oldest first, read from one snapshot.
+    fn version_records(
+        txn: &redb::ReadTransaction,
+        key: &DataKey,
+        tenant: &str,
+        dataset: &str,
+    ) -> Result<Vec<VersionRecord>, VaultError> {
+        let table = txn.open_table(VERSIONS).map_err(db_err)?;
+        let range = table.range((tenant, dataset, 0)..=(tenant, dataset, u64::MAX)).map_err(db_err)?;
+        range
+            .map(|entry| {
+                let (k, sealed) = entry.map_err(db_err)?;
+                open_record(key, k.value(), sealed.value())
+            })
+            .collect()
+    }
+
+    fn latest(&self, key: &DataKey, tenant: &str, dataset: &str) -> Result<Option<VersionRecord>, VaultError> {
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        Ok(Self::version_records(&txn, key, tenant, dataset)?.pop())
+    }
+
+    /// The tenant's record and data key.
+    fn tenant(&self, tenant: &str) -> Result<(TenantRecord, DataKey), VaultError> {
+        let record = self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+        let key = self.data_key(tenant, &record)?;
+        Ok((record, key))
+    }
+
+    /// Store what `reader` yields as a new version of `tenant`'s `dataset`.
+    /// Either the whole version is committed or nothing is left behind.
+    pub fn ingest(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        mode: WriteMode,
+        mut reader: Box<dyn ChunkReader>,
+        source: &str,
+    ) -> Result<VersionInfo, VaultError> {
+        check_name(tenant)?;
+        check_name(dataset)?;
+        let existing_tenant = self.tenant_record(tenant)?;
+        let (key, tenant_record, new_tenant) = match existing_tenant {
+            Some(record) => (self.data_key(tenant, &record)?, record, false),
+            None => {
+                let (key, wrapped_key) = self.inner.kek.read().expect("lock").new_data_key(tenant);
+                (key, TenantRecord { uid: random_uid(), wrapped_key }, true)
+            }
+        };
+        let latest = self.latest(&key, tenant, dataset)?;
+        let mut chunks = match (mode, &latest) {
+            (WriteMode::Replace, _) => Vec::new(),
+            (WriteMode::Append, None) => {
+                return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+            }
+            (WriteMode::Append, Some(base)) => {
+                if let Some(detail) = schema_difference(&base.schema, reader.schema()) {
+                    return Err(VaultError::SchemaMismatch { dataset: dataset.into(), detail });
+                }
+                base.chunks.clone()
+            }
+        };
+        let version = latest.as_ref().map_or(1, |v| v.version + 1);
+        let write_uid = random_uid();
+        let tenant_dir = self.chunks_dir().join(&tenant_record.uid);
+        let write_dir = tenant_dir.join(&write_uid);
+        std::fs::create_dir_all(&write_dir).map_err(io(&write_dir))?;
+        // Until the commit, the write directory is garbage.
+        let mut cleanup = RemoveOnDrop(Some(write_dir.clone()));
+
+        let schema = reader.schema().clone();
+        let mut rows = chunks.iter().map(|c| u64::from(c.rows)).sum::<u64>();
+        let writer = ChunkWriter { key: &key, tenant, dataset, version, dir: &write_dir, write_uid: &write_uid };
+        // Parse on one thread while the other encodes, seals and writes.
+        std::thread::scope(|scope| -> Result<(), VaultError> {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<Table, IngestError>>(1);
+            let parser = scope.spawn(move || {
+                loop {
+                    let next = reader.next_chunk().transpose();
+                    let stop = !matches!(next, Some(Ok(_)));
+                    if let Some(item) = next
+                        && sender.send(item).is_err()
+                    {
+                        return;
+                    }
+                    if stop {
+                        return;
+                    }
+                }
+            });
+            for table in receiver {
+                let table = table?;
+                rows += table.rows as u64;
+                let index = chunks.len() as u64;
+                chunks.push(writer.write(index, &table)?);
+            }
+            parser.join().expect("the parser thread does not panic");
+            Ok(())
+        })?;
+        if chunks.is_empty() {
+            return Err(VaultError::Ingest(IngestError::whole(source, "no rows".into())));
+        }
+        sync_dir(&write_dir)?;
+        sync_dir(&tenant_dir)?;
+        sync_dir(&self.chunks_dir())?;
+
+        let record = VersionRecord {
+            version,
+            schema,
+            rows,
+            source: source.to_owned(),
+            created_unix_ms: now_unix_ms(),
+            chunks,
+        };
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        {
+            let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
+            let now_exists = tenants.get(tenant).map_err(db_err)?.is_some();
+            if new_tenant {
+                if now_exists {
+                    return Err(VaultError::Conflict(dataset.into()));
+                }
+                tenants.insert(tenant, encode(&tenant_record).as_slice()).map_err(db_err)?;
+            } else if !now_exists {
+                return Err(VaultError::UnknownTenant(tenant.into()));
+            }
+            let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
+            let newest = versions
+                .range((tenant, dataset, 0)..=(tenant, dataset, u64::MAX))
+                .map_err(db_err)?
+                .next_back()
+                .transpose()
+                .map_err(db_err)?
+                .map(|(k, _)| k.value().2);
+            if newest != latest.as_ref().map(|v| v.version) {
+                return Err(VaultError::Conflict(dataset.into()));
+            }
+            let sealed = key.seal_record(tenant, dataset, version, &encode(&record));
+            versions.insert((tenant, dataset, version), sealed.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        cleanup.0 = None;
+        Ok(info(tenant, dataset, &record))
+    }
+
+    /// `tenant`'s datasets, each at its latest version.
+    pub fn datasets(&self, tenant: &str) -> Result<Vec<VersionInfo>, VaultError> {
+        let (_, key) = self.tenant(tenant)?;
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(VERSIONS).map_err(db_err)?;
+        let mut latest: Vec<VersionInfo> = Vec::new();
+        for entry in table.range((tenant, "", 0)..).map_err(db_err)? {
+            let (key_value, record) = entry.map_err(db_err)?;
+            let (t, dataset, _) = key_value.value();
+            if t != tenant {
+                break;
+            }
+            let info = info(tenant, dataset, &open_record(&key, key_value.value(), record.value())?);
+            match latest.last_mut() {
+                Some(last) if last.dataset == dataset => *last = info,
+                _ => latest.push(info),
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Every version of `tenant`'s `dataset`, oldest first.
+    pub fn versions(&self, tenant: &str, dataset: &str) -> Result<Vec<VersionInfo>, VaultError> {
+        let (_, key) = self.tenant(tenant)?;
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let records = Self::version_records(&txn, &key, tenant, dataset)?;
+        if records.is_empty() {
+            return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+        }
+        Ok(records.iter().map(|r| info(tenant, dataset, r)).collect())
+    }
+
+    /// The tenants, by name.
+    pub fn tenants(&self) -> Result<Vec<String>, VaultError> {
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(TENANTS).map_err(db_err)?;
+        table.iter().map_err(db_err)?.map(|e| Ok(e.map_err(db_err)?.0.value().to_owned())).collect()
+    }
+
+    /// A fixed version of `tenant`'s `dataset` (the latest if `None`) to read.
+    pub fn dataset(&self, tenant: &str, dataset: &str, version: Option<u64>) -> Result<DatasetVersion, VaultError> {
+        let (record, key) = self.tenant(tenant)?;
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let mut records = Self::version_records(&txn, &key, tenant, dataset)?;
+        let unknown = || VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() };
+        let found = match version {
+            None => records.pop().ok_or_else(unknown)?,
+            Some(v) => {
+                if records.is_empty() {
+                    return Err(unknown());
+                }
+                let i = records.iter().position(|r| r.version == v);
+                let i = i.ok_or_else(|| VaultError::UnknownVersion { dataset: dataset.into(), version: v })?;
+                records.swap_remove(i)
+            }
+        };
+        Ok(DatasetVersion {
+            inner: Arc::new(VersionHandle {
+                vault: self.inner.clone(),
+                tenant_dir: self.chunks_dir().join(&record.uid),
+                tenant: tenant.to_owned(),
+                dataset: dataset.to_owned(),
+                key,
+                record: found,
+            }),
+        })
+    }
+
+    /// Delete every version of `tenant`'s `dataset` and its files.
+    pub fn delete_dataset(&self, tenant: &str, dataset: &str) -> Result<VersionInfo, VaultError> {
+        let _deleting = self.inner.deletions.write().expect("lock");
+        let (record, key) = self.tenant(tenant)?;
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let records: Vec<VersionRecord> = {
+            let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
+            let removed = versions
+                .extract_from_if((tenant, dataset, 0)..=(tenant, dataset, u64::MAX), |_, _| true)
+                .map_err(db_err)?;
+            removed
+                .map(|e| {
+                    let (k, sealed) = e.map_err(db_err)?;
+                    open_record(&key, k.value(), sealed.value())
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let Some(latest) = records.last().cloned() else {
+            return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+        };
+        txn.commit().map_err(db_err)?;
+        let dirs: HashSet<&String> = records.iter().flat_map(|r| r.chunks.iter().map(|c| &c.dir)).collect();
+        for dir in dirs {
+            let path = self.chunks_dir().join(&record.uid).join(dir);
+            remove_dir_if_present(&path)?;
+        }
+        Ok(info(tenant, dataset, &latest))
+    }
+
+    /// Erase `tenant`: its wrapped data key and every record go in one
+    /// commit (crypto-shredding: no chunk of it opens again), then its files.
+    /// Returns how many dataset versions were erased.
+    pub fn erase_tenant(&self, tenant: &str) -> Result<usize, VaultError> {
+        let _deleting = self.inner.deletions.write().expect("lock");
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let (record, erased) = {
+            let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
+            let record: TenantRecord = match tenants.remove(tenant).map_err(db_err)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(VaultError::UnknownTenant(tenant.to_owned())),
+            };
+            let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
+            let erased = versions
+                .extract_from_if((tenant, "", 0)..=(tenant, "\u{10ffff}", u64::MAX), |_, _| true)
+                .map_err(db_err)?
+                .count();
+            (record, erased)
+        };
+        txn.commit().map_err(db_err)?;
+        remove_dir_if_present(&self.chunks_dir().join(&record.uid))?;
+        Ok(erased)
+    }
+
+    /// Rotate the key-encryption key: every data key is re-wrapped under
+    /// `next` in one commit; no data is rewritten. From now on the vault
+    /// opens only with `next`.
+    pub fn rotate_key(&self, next: KeyEncryptionKey) -> Result<usize, VaultError> {
+        let mut kek = self.inner.kek.write().expect("lock");
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let mut count = 0;
+        {
+            let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
+            let mut rewrapped = Vec::new();
+            for entry in tenants.iter().map_err(db_err)? {
+                let (name, value) = entry.map_err(db_err)?;
+                let mut record: TenantRecord = decode(value.value())?;
+                record.wrapped_key = kek.rewrap(&next, &record.wrapped_key, name.value())?;
+                rewrapped.push((name.value().to_owned(), record));
+            }
+            for (name, record) in rewrapped {
+                tenants.insert(name.as_str(), encode(&record).as_slice()).map_err(db_err)?;
+                count += 1;
+            }
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(KEY_CHECK, next.check_value().as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        *kek = next;
+        Ok(count)
+    }
+}
+
+/// A version record, opened with the tenant's key for its place `at`.
+pub(crate) fn open_record(key: &DataKey, at: (&str, &str, u64), sealed: &[u8]) -> Result<VersionRecord, VaultError> {
+    let (tenant, dataset, version) = at;
+    decode(&key.open_record(tenant, dataset, version, sealed)?)
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<(), VaultError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes a directory when dropped, unless disarmed (set to `None`).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// How `next` differs from `base`, if it does.
+fn schema_difference(base: &Schema, next: &Schema) -> Option<String> {
+    if base == next {
+        return None;
+    }
+    let describe = |s: &Schema| {
+        s.fields.iter().map(|f| format!("{} {:?} {}", f.name, f.classification, f.column_type)).collect::<Vec<_>>()
+    };
+    let (a, b) = (describe(base), describe(next));
+    let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    Some(format!(
+        "the schema differs at column {}: the dataset has `{}`, the input has `{}`",
+        i + 1,
+        a.get(i).map_or("nothing", String::as_str),
+        b.get(i).map_or("nothing", String::as_str)
+    ))
+}
+
+pub(crate) fn info(tenant: &str, dataset: &str, record: &VersionRecord) -> VersionInfo {
+    VersionInfo {
+        tenant: tenant.to_owned(),
+        dataset: dataset.to_owned(),
+        version: record.version,
+        rows: record.rows,
+        schema: record.schema.clone(),
+        chunks: record.chunks.len(),
+        stored_bytes: record.chunks.iter().map(ChunkRecord::stored_bytes).sum(),
+        source: record.source.clone(),
+        created_unix_ms: record.created_unix_ms,
+        content_hash: content_hash(&record.chunks),
+    }
+}
+
+fn content_hash(chunks: &[ChunkRecord]) -> String {
+    let mut hasher = blake3::Hasher::new_derive_key("kanon 2026-11 dataset content");
+    for chunk in chunks {
+        hasher.update(&chunk.plain_hash);
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Encodes, seals and writes the chunks of one version.
+struct ChunkWriter<'a> {
+    key: &'a DataKey,
+    tenant: &'a str,
+    dataset: &'a str,
+    version: u64,
+    dir: &'a Path,
+    write_uid: &'a str,
+}
+
+impl ChunkWriter<'_> {
+    fn write(&self, index: u64, table: &Table) -> Result<ChunkRecord, VaultError> {
+        let mut record = ChunkRecord {
+            dir: self.write_uid.to_owned(),
+            origin_version: self.version,
+            index,
+            rows: table.rows as u32,
+            segments: Vec::with_capacity(table.columns.len()),
+            plain_hash: [0; 32],
+        };
+        let path = self.dir.join(record.file_name());
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io(&path))?);
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
+        for (column_index, column) in table.columns.iter().enumerate() {
+            let plain = chunk::encode_plain(column, table.rows);
+            hasher.update(&plain);
+            let address = ChunkAddress {
+                tenant: self.tenant,
+                dataset: self.dataset,
+                version: self.version,
+                chunk: index,
+                column: column_index as u32,
+            };
+            let sealed = self.key.seal(&address, &chunk::compress(&plain));
+            file.write_all(&sealed).map_err(io(&path))?;
+            record.segments.push((offset, sealed.len() as u32));
+            offset += sealed.len() as u64;
+        }
+        let file = file.into_inner().map_err(|e| io(&path)(e.into_error()))?;
+        file.sync_all().map_err(io(&path))?;
+        record.plain_hash = *hasher.finalize().as_bytes();
+        Ok(record)
+    }
+}
+
+/// A fixed version of one tenant's dataset, open for reading. It holds the
+/// tenant's data key; clear values leave it only through [`crate::Scan`]
+/// (as pseudonyms) and the tenant's own export.
+#[derive(Debug, Clone)]
+pub struct DatasetVersion {
+    inner: Arc<VersionHandle>,
+}
+
+struct VersionHandle {
+    /// Keeps a temporary vault's directory alive while this is read.
+    #[allow(dead_code)]
+    vault: Arc<VaultInner>,
+    tenant_dir: PathBuf,
+    tenant: String,
+    dataset: String,
+    key: DataKey,
+    record: VersionRecord,
+}
+
+impl std::fmt::Debug for VersionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetVersion")
+            .field("tenant", &self.tenant)
+            .field("dataset", &self.dataset)
+            .field("version", &self.record.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatasetVersion {
+    /// The dataset's name.
+    pub fn name(&self) -> &str {
+        &self.inner.dataset
+    }
+
+    /// The version number.
+    pub fn version(&self) -> u64 {
+        self.inner.record.version
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.inner.record.schema
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.inner.record.rows
+    }
+
+    /// What this version is.
+    pub fn info(&self) -> VersionInfo {
+        info(&self.inner.tenant, &self.inner.dataset, &self.inner.record)
+    }
+
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.inner.record.chunks.len()
+    }
+
+    pub(crate) fn chunk_rows(&self, chunk: usize) -> usize {
+        self.inner.record.chunks[chunk].rows as usize
+    }
+
+    /// Columns `columns` (schema indexes) of chunk `chunk`, decoded. With
+    /// `verify`, the chunk's content hash is checked too (all columns).
+    pub(crate) fn read_chunk(&self, chunk: usize, columns: &[usize]) -> Result<Vec<Column>, VaultError> {
+        let h = &self.inner;
+        let c = &h.record.chunks[chunk];
+        let corrupt = |detail: String| VaultError::Corrupt {
+            dataset: h.dataset.clone(),
+            version: h.record.version,
+            chunk: chunk as u64,
+            detail,
+        };
+        if c.segments.len() != h.record.schema.fields.len() {
+            return Err(corrupt("the record's segments do not match the schema".into()));
+        }
+        let path = h.tenant_dir.join(&c.dir).join(c.file_name());
+        let mut file = File::open(&path).map_err(io(&path))?;
+        let mut sealed = Vec::new();
+        columns
+            .iter()
+            .map(|&column| {
+                let (offset, len) = c.segments[column];
+                sealed.resize(len as usize, 0);
+                file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut sealed)).map_err(io(&path))?;
+                let address = ChunkAddress {
+                    tenant: &h.tenant,
+                    dataset: &h.dataset,
+                    version: c.origin_version,
+                    chunk: c.index,
+                    column: column as u32,
+                };
+                let stored = h.key.open(&address, &sealed).map_err(|e| corrupt(e.to_string()))?;
+                let plain = chunk::decompress(&stored).map_err(|e: SegmentError| corrupt(e.to_string()))?;
+                let column_type = h.record.schema.fields[column].column_type;
+                chunk::decode_plain(&plain, column_type, c.rows as usize).map_err(|e| corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Read every chunk and check it against its recorded content hash.
+    pub fn verify(&self) -> Result<(), VaultError> {
+        let all: Vec<usize> = (0..self.schema().fields.len()).collect();
+        for chunk in 0..self.chunk_count() {
+            let rows = self.chunk_rows(chunk);
+            let mut hasher = blake3::Hasher::new();
+            for column in self.read_chunk(chunk, &all)? {
+                hasher.update(&chunk::encode_plain(&column, rows));
+            }
+            if *hasher.finalize().as_bytes() != self.inner.record.chunks[chunk].plain_hash {
+                return Err(VaultError::Corrupt {
+                    dataset: self.inner.dataset.clone(),
+                    version: self.version(),
+                    chunk: chunk as u64,
+                    detail: "contents differ from the recorded hash".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
