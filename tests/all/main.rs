@@ -3,3 +3,4 @@
 mod hostile;
 mod plugins;
 mod upload;
+mod vault;

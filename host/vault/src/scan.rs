@@ -2,7 +2,7 @@
 //! by chunk, decrypting only the scanned columns, with `entity` and
 //! `identifier` columns turned into the run's pseudonyms on the way out.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::pseudonym::PseudonymKey;
 use crate::schema::Classification;
@@ -69,7 +69,10 @@ pub struct Scan {
     next_chunk: usize,
     current: Option<LoadedChunk>,
     /// Per scanned text attribute: the scan's dictionary so far.
-    dictionaries: Vec<HashMap<String, u32>>,
+    dictionaries: Vec<FxHashMap<String, u32>>,
+    /// Per scanned pseudonymised column: pseudonyms computed so far, so a
+    /// value repeated across chunks is hashed with blake3 once per scan.
+    pseudonyms: Vec<FxHashMap<String, u64>>,
 }
 
 /// A decoded chunk being handed out.
@@ -119,7 +122,8 @@ impl Scan {
         }
         let classifications = indexes.iter().map(|&i| dataset.schema().fields[i].classification).collect();
         Ok(Self {
-            dictionaries: vec![HashMap::new(); indexes.len()],
+            dictionaries: vec![FxHashMap::default(); indexes.len()],
+            pseudonyms: vec![FxHashMap::default(); indexes.len()],
             dataset,
             columns: indexes,
             classifications,
@@ -143,7 +147,15 @@ impl Scan {
             };
             let classification = self.classifications[i];
             if classification.is_pseudonymised() {
-                let pseudonyms: Vec<u64> = entries.iter().map(|e| self.key.pseudonym(e)).collect();
+                let known = &mut self.pseudonyms[i];
+                let key = &self.key;
+                let pseudonyms: Vec<u64> = entries
+                    .iter()
+                    .map(|e| match known.get(e.as_str()) {
+                        Some(&p) => p,
+                        None => *known.entry(e.clone()).or_insert_with(|| key.pseudonym(e)),
+                    })
+                    .collect();
                 if classification == Classification::Entity {
                     new_entities.extend_from_slice(&pseudonyms);
                 }

@@ -1,7 +1,7 @@
 //! Columnar tables: typed vectors, text as a first-seen-order dictionary plus
 //! codes, nulls as a validity bitmap.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::schema::{ColumnType, Schema};
 
@@ -60,7 +60,7 @@ pub struct TableBuilder {
 #[derive(Debug)]
 struct ColumnBuilder {
     data: ColumnData,
-    dictionary: HashMap<String, u32>,
+    dictionary: FxHashMap<String, u32>,
     nulls: Vec<usize>,
 }
 
@@ -72,18 +72,24 @@ impl TableBuilder {
     }
 
     fn empty_columns(schema: &Schema) -> Vec<ColumnBuilder> {
+        Self::empty_columns_sized(schema, 0)
+    }
+
+    fn empty_columns_sized(schema: &Schema, rows: usize) -> Vec<ColumnBuilder> {
         schema
             .fields
             .iter()
             .map(|f| ColumnBuilder {
                 data: match f.column_type {
-                    ColumnType::Int => ColumnData::Int(Vec::new()),
-                    ColumnType::Float => ColumnData::Float(Vec::new()),
-                    ColumnType::Bool => ColumnData::Bool(Vec::new()),
-                    ColumnType::Timestamp => ColumnData::Timestamp(Vec::new()),
-                    ColumnType::Text => ColumnData::Text { entries: Vec::new(), codes: Vec::new() },
+                    ColumnType::Int => ColumnData::Int(Vec::with_capacity(rows)),
+                    ColumnType::Float => ColumnData::Float(Vec::with_capacity(rows)),
+                    ColumnType::Bool => ColumnData::Bool(Vec::with_capacity(rows)),
+                    ColumnType::Timestamp => ColumnData::Timestamp(Vec::with_capacity(rows)),
+                    ColumnType::Text => {
+                        ColumnData::Text { entries: Vec::new(), codes: Vec::with_capacity(rows) }
+                    }
                 },
-                dictionary: HashMap::new(),
+                dictionary: FxHashMap::default(),
                 nulls: Vec::new(),
             })
             .collect()
@@ -171,7 +177,8 @@ impl TableBuilder {
     /// The rows so far as a table; the builder starts over, empty, with the
     /// same schema and fresh dictionaries.
     pub fn take(&mut self) -> Table {
-        let columns = std::mem::replace(&mut self.columns, Self::empty_columns(&self.schema));
+        // The next chunk is likely as long as this one: size it so.
+        let columns = std::mem::replace(&mut self.columns, Self::empty_columns_sized(&self.schema, self.rows));
         let rows = std::mem::take(&mut self.rows);
         self.text_bytes = 0;
         Self::build(self.name.clone(), self.schema.clone(), rows, columns)
