@@ -93,8 +93,9 @@ pub fn run_benchmark(plugin: &LoadedPlugin, tenants: &[String]) -> BenchmarkRepo
 pub fn table(name: &str, csv: &str, entity: &str) -> DatasetVersion {
     let vault = Vault::temporary().expect("temporary vault");
     let source = format!("{name}.csv");
-    let reader = CsvReader::new(&source, std::io::Cursor::new(csv.to_owned()), &IngestOptions::entity(entity))
-        .expect("test CSV");
+    let reader =
+        CsvReader::new(&source, std::io::Cursor::new(csv.to_owned()), &IngestOptions::entity(entity))
+            .expect("test CSV");
     vault.ingest("test", name, WriteMode::Replace, Box::new(reader), &source).expect("ingest");
     vault.dataset("test", name, None).expect("just stored")
 }

@@ -13,8 +13,8 @@ use kanon_gate::{
 };
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::{
-    Batch, BatchValues, ChunkAddress, DatasetVersion, IngestOptions, InputFormat, KeyEncryptionKey, PseudonymKey,
-    Scan, Vault, WriteMode, open_stream,
+    Batch, BatchValues, ChunkAddress, DatasetVersion, IngestOptions, InputFormat, KeyEncryptionKey,
+    PseudonymKey, Scan, Vault, WriteMode, open_stream,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -109,8 +109,16 @@ fn vault_io(
         Ok(())
     })?;
     let mb_per_s = |bytes: usize, d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
-    report(Figure { name: "vault_ingest_csv_mb_per_s", value: mb_per_s(csv_bytes, ingest), unit: "MB/s of CSV" });
-    report(Figure { name: "vault_scan_mb_per_s", value: mb_per_s(batch_bytes, scan), unit: "MB/s of batches" });
+    report(Figure {
+        name: "vault_ingest_csv_mb_per_s",
+        value: mb_per_s(csv_bytes, ingest),
+        unit: "MB/s of CSV",
+    });
+    report(Figure {
+        name: "vault_scan_mb_per_s",
+        value: mb_per_s(batch_bytes, scan),
+        unit: "MB/s of batches",
+    });
     report(Figure {
         name: "vault_scan_rows_per_s",
         value: trips.rows() as f64 / scan.as_secs_f64(),

@@ -121,8 +121,10 @@ pub fn read_datasets(
                 "dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity {name}=COLUMN)"
             );
         };
-        let options =
-            IngestOptions { identifiers: per_dataset(identifier, name), ..IngestOptions::entity(entity.clone()) };
+        let options = IngestOptions {
+            identifiers: per_dataset(identifier, name),
+            ..IngestOptions::entity(entity.clone())
+        };
         let reader = open_file(Path::new(file), None, &options)?;
         let stored = vault.ingest(LOCAL_TENANT, name, WriteMode::Replace, reader, file)?;
         let version = vault.dataset(LOCAL_TENANT, name, Some(stored.version))?;
@@ -155,7 +157,11 @@ fn run_policy(args: &RunArgs) -> anyhow::Result<Policy> {
 const LOCAL_TENANT: &str = "local";
 
 /// `NAME=DATASET[@VERSION]` of `tenant`, read from the data directory.
-fn stored_datasets(vault: &Vault, tenant: &str, specs: &[String]) -> anyhow::Result<BTreeMap<String, DatasetVersion>> {
+fn stored_datasets(
+    vault: &Vault,
+    tenant: &str,
+    specs: &[String],
+) -> anyhow::Result<BTreeMap<String, DatasetVersion>> {
     let mut datasets = BTreeMap::new();
     for spec in specs {
         let (name, stored) = spec.split_once('=').unwrap_or((spec, spec));
@@ -205,7 +211,11 @@ fn random_run_id() -> String {
 
 /// A run request for data this process holds: a fresh secret, so its
 /// pseudonyms link to nothing.
-pub fn local_request(datasets: BTreeMap<String, DatasetVersion>, params: String, policy: Policy) -> RunRequest {
+pub fn local_request(
+    datasets: BTreeMap<String, DatasetVersion>,
+    params: String,
+    policy: Policy,
+) -> RunRequest {
     RunRequest { run_id: random_run_id(), datasets, params, policy, tenant_secret: rand::random() }
 }
 

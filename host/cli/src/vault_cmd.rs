@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use kanon_vault::{
-    ColumnType, IngestOptions, InputFormat, KeyEncryptionKey, Vault, VersionInfo, WriteMode, export_csv, open_file,
+    ColumnType, IngestOptions, InputFormat, KeyEncryptionKey, Vault, VersionInfo, WriteMode, export_csv,
+    open_file,
 };
 
 /// Where the data directory is and how to get its key.
@@ -33,7 +34,8 @@ const DEV_KEY: &str = "dev.key";
 impl VaultArgs {
     fn key(&self) -> anyhow::Result<KeyEncryptionKey> {
         if let Some(path) = &self.key_file {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
             return Ok(KeyEncryptionKey::from_key_file(&path.display().to_string(), &bytes)?);
         }
         if let Ok(hex) = std::env::var("KANON_KEY") {
@@ -64,7 +66,8 @@ impl VaultArgs {
     /// Open the data directory.
     pub fn open(&self) -> anyhow::Result<Vault> {
         let key = self.key()?;
-        Vault::open(&self.data_dir, key).with_context(|| format!("cannot open data directory {}", self.data_dir.display()))
+        Vault::open(&self.data_dir, key)
+            .with_context(|| format!("cannot open data directory {}", self.data_dir.display()))
     }
 }
 
@@ -101,7 +104,9 @@ impl ColumnArgs {
             .types
             .iter()
             .map(|spec| {
-                let (column, name) = spec.split_once('=').with_context(|| format!("--type takes COLUMN=TYPE, got `{spec}`"))?;
+                let (column, name) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--type takes COLUMN=TYPE, got `{spec}`"))?;
                 let column_type = match name {
                     "int" => ColumnType::Int,
                     "float" => ColumnType::Float,
@@ -113,7 +118,12 @@ impl ColumnArgs {
                 Ok((column.to_owned(), column_type))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(IngestOptions { entity: self.entity.clone(), identifiers: self.identifier.clone(), types, ..IngestOptions::default() })
+        Ok(IngestOptions {
+            entity: self.entity.clone(),
+            identifiers: self.identifier.clone(),
+            types,
+            ..IngestOptions::default()
+        })
     }
 }
 
@@ -221,7 +231,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let dataset = vault.dataset(&args.tenant, &args.dataset, args.version)?;
     match &args.out {
         Some(path) => {
-            let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let file =
+                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
             let rows = export_csv(&dataset, std::io::BufWriter::new(file))?;
             eprintln!("{rows} rows written to {}", path.display());
         }

@@ -222,3 +222,183 @@ fn manifest_prints_what_the_plugin_reads_and_emits() {
     assert_eq!(json["manifest"]["name"], "emissions-benchmark");
     assert_eq!(json["manifest"]["outputs"][0]["name"], "co2_intensity");
 }
+
+/// A key file and the flags that name it and the data directory.
+fn vault_flags(dir: &Dir) -> Vec<String> {
+    let key = dir.path().join("kek.hex");
+    if !key.exists() {
+        std::fs::write(&key, kanon_vault::KeyEncryptionKey::generate().to_hex()).unwrap();
+    }
+    let data = dir.path().join("data");
+    vec!["--data-dir".into(), data.display().to_string(), "--key-file".into(), key.display().to_string()]
+}
+
+fn kanon_vault_cmd(dir: &Dir, command: &[&str]) -> Output {
+    let flags = vault_flags(dir);
+    let mut args: Vec<&str> = command.to_vec();
+    args.extend(flags.iter().map(String::as_str));
+    kanon(dir, &args)
+}
+
+#[test]
+fn ingest_run_export_backup_restore_and_erase_from_the_command_line() {
+    let (dir, plugin) = setup();
+    let csv = dir.write("trips.csv", trips_csv());
+    let csv = csv.to_str().unwrap();
+    let out = kanon_vault_cmd(
+        &dir,
+        &["ingest", "--tenant", "acme", "--dataset", "trips", csv, "--entity", "driver_id"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("acme/trips v1: 15 rows, 6 columns"), "{}", text(&out.stdout));
+
+    let run = kanon_vault_cmd(
+        &dir,
+        &["run", "--plugin", &plugin, "--tenant", "acme", "--dataset", "trips", "--json"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let release: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(release["tables"].as_array().is_some_and(|t| !t.is_empty()), "{release}");
+
+    let export = kanon_vault_cmd(&dir, &["export", "--tenant", "acme", "--dataset", "trips"]);
+    assert_eq!(text(&export.stdout), trips_csv(), "the tenant's export is its data");
+
+    let backup = dir.path().join("backup");
+    let out = kanon_vault_cmd(&dir, &["backup", "--to", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kanon_vault_cmd(&dir, &["erase", "--tenant", "acme"]);
+    assert_eq!(text(&out.stdout), "erased tenant acme: its data key and 1 dataset versions\n");
+    let gone = kanon_vault_cmd(&dir, &["export", "--tenant", "acme", "--dataset", "trips"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(text(&gone.stderr).contains("no tenant `acme`"), "{}", text(&gone.stderr));
+
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    let out = kanon_vault_cmd(&dir, &["restore", "--from", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let export = kanon_vault_cmd(&dir, &["export", "--tenant", "acme", "--dataset", "trips"]);
+    assert_eq!(text(&export.stdout), trips_csv(), "restored byte for byte");
+
+    // No key: a clear refusal, nothing created. A development key warns.
+    let data = dir.path().join("elsewhere");
+    let out = kanon(&dir, &["datasets", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no key-encryption key: give --key-file"), "{}", text(&out.stderr));
+    assert!(!data.exists());
+    let out = kanon(&dir, &["datasets", "--data-dir", data.to_str().unwrap(), "--dev-key"]);
+    assert!(out.status.success() && text(&out.stderr).contains("warning: generated a DEVELOPMENT key"));
+    let out = kanon(&dir, &["datasets", "--data-dir", data.to_str().unwrap(), "--dev-key"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "the key is generated once");
+}
+
+#[test]
+fn bad_ingest_input_is_named_and_stores_nothing() {
+    let dir = Dir::new();
+    let cases: [(&str, &str, &str); 4] = [
+        ("ragged.csv", "driver_id,km\nD1,1\nD2,2,3\n", "ragged.csv, row 2 (line 3): the row has 3 fields"),
+        ("empty.csv", "", "the file is empty"),
+        ("nested.jsonl", "{\"driver_id\":\"D1\",\"km\":[1]}\n", "row 1 (line 1), column `km`: nested values"),
+        ("trips.parquet", "PAR1", "unknown file type"),
+    ];
+    for (name, contents, expected) in cases {
+        let file = dir.write(name, contents);
+        let out = kanon_vault_cmd(
+            &dir,
+            &[
+                "ingest",
+                "--tenant",
+                "acme",
+                "--dataset",
+                "trips",
+                file.to_str().unwrap(),
+                "--entity",
+                "driver_id",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(text(&out.stderr).contains(expected), "{name}: {}", text(&out.stderr));
+    }
+    let out = kanon_vault_cmd(&dir, &["datasets"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "no tenant was created: {}", text(&out.stdout));
+}
+
+/// Random numbers without a dependency: std's randomly keyed hasher.
+fn random_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) % bound
+}
+
+#[test]
+fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = Dir::new();
+    let mut csv = String::from("driver_id,region,km,note\n");
+    for i in 0..200_000 {
+        csv.push_str(&format!("D{},r{},{}.25,trip note {}\n", i % 5000, i % 9, i % 700, i % 13));
+    }
+    let file = dir.write("trips.csv", &csv);
+    let file = file.to_str().unwrap();
+    let flags = vault_flags(&dir);
+    let spawn = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(flags.iter().map(String::as_str));
+        Command::new(env!("CARGO_BIN_EXE_kanon"))
+            .args(&all)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ingest = ["ingest", "--tenant", "acme", "--dataset", "trips", file, "--entity", "driver_id"];
+    // A whole ingest, timed, so the kills land anywhere inside one.
+    let start = std::time::Instant::now();
+    assert!(spawn(&ingest).wait().unwrap().success());
+    let whole = start.elapsed().as_millis() as u64 + 1;
+    let key = std::fs::read(dir.path().join("kek.hex")).unwrap();
+    let key = kanon_vault::KeyEncryptionKey::from_key_file("kek.hex", &key).unwrap();
+    let reference = {
+        let vault = kanon_vault::Vault::open(&dir.path().join("data"), key.clone()).unwrap();
+        vault.dataset("acme", "trips", None).unwrap().info().content_hash
+    };
+    let mut checked = 0;
+    let (mut interrupted, mut rounds) = (0, 0);
+    for round in 0..24 {
+        let reading = round % 3 == 2 && round > 0;
+        let mut child = if reading {
+            spawn(&["export", "--tenant", "acme", "--dataset", "trips", "--out", "/dev/null"])
+        } else {
+            spawn(&ingest)
+        };
+        std::thread::sleep(std::time::Duration::from_millis(random_below(whole)));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        if status.signal() == Some(9) {
+            interrupted += 1;
+        }
+        rounds += 1;
+
+        // The store opens cleanly, and every version is the whole input:
+        // each new one read back in full, the others by their content hash.
+        let vault =
+            kanon_vault::Vault::open(&dir.path().join("data"), key.clone()).expect("opens after a kill");
+        let versions = vault.versions("acme", "trips").unwrap();
+        for info in &versions {
+            assert_eq!(info.content_hash, reference, "round {round}: version {}", info.version);
+            if info.version > checked {
+                let version = vault.dataset("acme", "trips", Some(info.version)).unwrap();
+                version.verify().unwrap();
+                let mut out = Vec::new();
+                kanon_vault::export_csv(&version, &mut out).unwrap();
+                assert!(out == csv.as_bytes(), "round {round}: version {} is not the input", info.version);
+                checked = info.version;
+            }
+        }
+        // Nothing half-written survives the reopen: one write directory per version.
+        let write_dirs: usize = std::fs::read_dir(dir.path().join("data/chunks"))
+            .unwrap()
+            .map(|tenant| std::fs::read_dir(tenant.unwrap().path()).unwrap().count())
+            .sum();
+        assert_eq!(write_dirs, versions.len(), "round {round}");
+    }
+    assert_eq!(rounds, 24);
+    assert!(interrupted >= 12, "only {interrupted} of 24 processes were killed mid-way");
+}

@@ -296,9 +296,13 @@ impl Manifest {
                 return Err(DataMismatch::NoEntity(need.name.clone()));
             }
             for column in &need.columns {
-                let field = dataset.schema().fields.iter().find(|f| f.name == column.name).ok_or_else(|| {
-                    DataMismatch::MissingColumn { dataset: need.name.clone(), column: column.name.clone() }
-                })?;
+                let field =
+                    dataset.schema().fields.iter().find(|f| f.name == column.name).ok_or_else(|| {
+                        DataMismatch::MissingColumn {
+                            dataset: need.name.clone(),
+                            column: column.name.clone(),
+                        }
+                    })?;
                 let found = PluginColumnType::of(field.column_type, field.classification);
                 if !column.column_type.accepts(found) {
                     return Err(DataMismatch::WrongType {

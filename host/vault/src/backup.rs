@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sealing::KeyEncryptionKey;
 use crate::store::{
-    self, CHUNKS_DIR, DATABASE_FILE, KEY_CHECK, META, TENANTS, TenantRecord, VERSIONS, Vault, VaultError, db_err,
-    decode, encode, io, open_record,
+    self, CHUNKS_DIR, DATABASE_FILE, KEY_CHECK, META, TENANTS, TenantRecord, VERSIONS, Vault, VaultError,
+    db_err, decode, encode, io, open_record,
 };
 
 const FORMAT: u32 = 1;
@@ -181,7 +181,11 @@ impl Vault {
 
     /// Restore the backup at `backup` into `dir` (absent or an empty
     /// directory) and open it under `kek`, the key the backup was made with.
-    pub fn restore(backup: &Path, dir: &Path, kek: KeyEncryptionKey) -> Result<(Vault, BackupSummary), VaultError> {
+    pub fn restore(
+        backup: &Path,
+        dir: &Path,
+        kek: KeyEncryptionKey,
+    ) -> Result<(Vault, BackupSummary), VaultError> {
         let bad = |detail: String| VaultError::Backup { path: backup.to_owned(), detail };
         let bytes = std::fs::read(backup.join(MANIFEST)).map_err(io(&backup.join(MANIFEST)))?;
         let mac = std::fs::read(backup.join(MANIFEST_MAC)).map_err(io(&backup.join(MANIFEST_MAC)))?;
@@ -203,8 +207,10 @@ impl Vault {
                 if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
                     return Err(bad(format!("file path `{}` leaves the backup", file.path)));
                 }
-                let (len, hash) =
-                    copy_hashed(&backup.join(CHUNKS_DIR).join(relative), &staging.join(CHUNKS_DIR).join(relative))?;
+                let (len, hash) = copy_hashed(
+                    &backup.join(CHUNKS_DIR).join(relative),
+                    &staging.join(CHUNKS_DIR).join(relative),
+                )?;
                 if (len, hash) != (file.len, file.hash) {
                     return Err(bad(format!("{} differs from the manifest (damaged or altered)", file.path)));
                 }
@@ -212,14 +218,19 @@ impl Vault {
             let db = redb::Database::create(staging.join(DATABASE_FILE)).map_err(db_err)?;
             let txn = db.begin_write().map_err(db_err)?;
             {
-                txn.open_table(META).map_err(db_err)?.insert(KEY_CHECK, manifest.key_check.as_slice()).map_err(db_err)?;
+                txn.open_table(META)
+                    .map_err(db_err)?
+                    .insert(KEY_CHECK, manifest.key_check.as_slice())
+                    .map_err(db_err)?;
                 let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
                 for (name, record) in &manifest.tenants {
                     tenants.insert(name.as_str(), encode(record).as_slice()).map_err(db_err)?;
                 }
                 let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
                 for ((tenant, dataset, version), sealed) in &manifest.versions {
-                    versions.insert((tenant.as_str(), dataset.as_str(), *version), sealed.as_slice()).map_err(db_err)?;
+                    versions
+                        .insert((tenant.as_str(), dataset.as_str(), *version), sealed.as_slice())
+                        .map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)?;

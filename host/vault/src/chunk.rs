@@ -55,7 +55,9 @@ pub fn encode_plain(column: &Column, rows: usize) -> Vec<u8> {
         None => out.push(0),
     }
     match &column.data {
-        ColumnData::Int(v) | ColumnData::Timestamp(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        ColumnData::Int(v) | ColumnData::Timestamp(v) => {
+            v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+        }
         ColumnData::Float(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         ColumnData::Bool(v) => {
             let mut bits = vec![0u8; rows.div_ceil(8)];
@@ -164,7 +166,8 @@ pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Resul
             let mut entries = Vec::with_capacity(count);
             for length in lengths.chunks_exact(4) {
                 let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
-                let text = std::str::from_utf8(c.take(length)?).map_err(|_| SegmentError("text is not UTF-8"))?;
+                let text =
+                    std::str::from_utf8(c.take(length)?).map_err(|_| SegmentError("text is not UTF-8"))?;
                 entries.push(text.to_owned());
             }
             let width = c.u8()? as usize;
@@ -175,7 +178,9 @@ pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Resul
             let codes: Vec<u32> = match width {
                 1 => raw.iter().map(|&b| u32::from(b)).collect(),
                 2 => raw.chunks_exact(2).map(|w| u32::from(u16::from_le_bytes([w[0], w[1]]))).collect(),
-                _ => raw.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes"))).collect(),
+                _ => {
+                    raw.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes"))).collect()
+                }
             };
             if codes.iter().any(|&code| code as usize >= count) {
                 return Err(SegmentError("code outside the dictionary"));
@@ -201,24 +206,41 @@ mod tests {
 
     #[test]
     fn every_type_roundtrips() {
-        roundtrip(Column { data: ColumnData::Int(vec![1, -2, i64::MAX]), validity: None }, ColumnType::Int, 3);
+        roundtrip(
+            Column { data: ColumnData::Int(vec![1, -2, i64::MAX]), validity: None },
+            ColumnType::Int,
+            3,
+        );
         roundtrip(
             Column { data: ColumnData::Float(vec![1.5, 0.0, -3.25]), validity: Some(vec![0b101]) },
             ColumnType::Float,
             3,
         );
         roundtrip(
-            Column { data: ColumnData::Bool(vec![true, false, true, true, false, false, true, false, true]), validity: None },
+            Column {
+                data: ColumnData::Bool(vec![true, false, true, true, false, false, true, false, true]),
+                validity: None,
+            },
             ColumnType::Bool,
             9,
         );
-        roundtrip(Column { data: ColumnData::Timestamp(vec![0, 1_700_000_000_000_000]), validity: None }, ColumnType::Timestamp, 2);
+        roundtrip(
+            Column { data: ColumnData::Timestamp(vec![0, 1_700_000_000_000_000]), validity: None },
+            ColumnType::Timestamp,
+            2,
+        );
         let many: Vec<String> = (0..70_000).map(|i| format!("v{i}")).collect();
-        for entries in [vec!["south".to_owned(), "".to_owned(), "Zürich".to_owned()], many[..300].to_vec(), many.clone()] {
+        for entries in
+            [vec!["south".to_owned(), "".to_owned(), "Zürich".to_owned()], many[..300].to_vec(), many.clone()]
+        {
             let n = entries.len() as u32;
             let codes = (0..n).rev().chain([0, n - 1]).collect::<Vec<_>>();
             let rows = codes.len();
-            roundtrip(Column { data: ColumnData::Text { entries, codes }, validity: None }, ColumnType::Text, rows);
+            roundtrip(
+                Column { data: ColumnData::Text { entries, codes }, validity: None },
+                ColumnType::Text,
+                rows,
+            );
         }
     }
 
@@ -236,7 +258,10 @@ mod tests {
         }
         let mut bad_code = plain.clone();
         *bad_code.last_mut().unwrap() = 9;
-        assert_eq!(decode_plain(&bad_code, ColumnType::Text, 3), Err(SegmentError("code outside the dictionary")));
+        assert_eq!(
+            decode_plain(&bad_code, ColumnType::Text, 3),
+            Err(SegmentError("code outside the dictionary"))
+        );
         let mut extra = plain;
         extra.push(0);
         assert_eq!(decode_plain(&extra, ColumnType::Text, 3), Err(SegmentError("trailing bytes")));

@@ -25,7 +25,10 @@ pub struct CsvReader<R: Read> {
 
 impl<R: Read> std::fmt::Debug for CsvReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CsvReader").field("source", &self.source).field("row", &self.row).finish_non_exhaustive()
+        f.debug_struct("CsvReader")
+            .field("source", &self.source)
+            .field("row", &self.row)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,7 +41,10 @@ impl<R: Read> CsvReader<R> {
             Err(e) => return Err(csv_error(source, &e)),
         };
         if headers.iter().all(String::is_empty) {
-            return Err(IngestError { line: Some(1), ..IngestError::whole(source, "the file is empty: no header row".into()) });
+            return Err(IngestError {
+                line: Some(1),
+                ..IngestError::whole(source, "the file is empty: no header row".into())
+            });
         }
         let mut sample = VecDeque::with_capacity(INFER_ROWS);
         let mut record = csv::StringRecord::new();
@@ -73,7 +79,13 @@ impl<R: Read> CsvReader<R> {
         for (i, raw) in record.iter().enumerate() {
             if let Err(detail) = ingest::push_text_value(&mut self.builder, i, raw) {
                 let line = record.position().map(|p| p.line());
-                return Err(IngestError::at(&self.source, self.row, line, &self.schema.fields[i].name, detail));
+                return Err(IngestError::at(
+                    &self.source,
+                    self.row,
+                    line,
+                    &self.schema.fields[i].name,
+                    detail,
+                ));
             }
         }
         self.builder.end_row();
@@ -200,7 +212,8 @@ mod tests {
             assert!(err.contains(expected), "`{err}` should contain `{expected}`");
         }
         let invalid_utf8 = b"driver,km\nd1,1\nd\xff,2\n";
-        let err = CsvReader::new("trips.csv", &invalid_utf8[..], &options()).map(|_| ()).unwrap_err().to_string();
+        let err =
+            CsvReader::new("trips.csv", &invalid_utf8[..], &options()).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("row 2") && err.contains("invalid UTF-8"), "{err}");
     }
 
@@ -223,7 +236,8 @@ mod tests {
     #[test]
     fn chunks_have_their_own_dictionaries_in_first_seen_order() {
         let options = IngestOptions { chunk_rows: 2, ..options() };
-        let mut reader = CsvReader::new("t.csv", &b"driver,region\nd1,south\nd2,north\nd3,south\n"[..], &options).unwrap();
+        let mut reader =
+            CsvReader::new("t.csv", &b"driver,region\nd1,south\nd2,north\nd3,south\n"[..], &options).unwrap();
         let first = reader.next_chunk().unwrap().unwrap();
         let second = reader.next_chunk().unwrap().unwrap();
         assert!(reader.next_chunk().unwrap().is_none());

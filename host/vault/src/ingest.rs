@@ -97,8 +97,8 @@ pub fn open_file(
     let format = format.or_else(|| InputFormat::of_path(path)).ok_or_else(|| {
         IngestError::whole(&source, "unknown file type: name it .csv or .jsonl, or give the format".into())
     })?;
-    let file = std::fs::File::open(path)
-        .map_err(|e| IngestError::whole(&source, format!("cannot open: {e}")))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| IngestError::whole(&source, format!("cannot open: {e}")))?;
     open_stream(format, &source, std::io::BufReader::with_capacity(1 << 20, file), options)
 }
 
@@ -111,7 +111,9 @@ pub fn open_stream(
 ) -> Result<Box<dyn ChunkReader>, IngestError> {
     Ok(match format {
         InputFormat::Csv => Box::new(crate::csv_reader::CsvReader::new(source, input, options)?),
-        InputFormat::JsonLines => Box::new(crate::jsonl_reader::JsonLinesReader::new(source, input, options)?),
+        InputFormat::JsonLines => {
+            Box::new(crate::jsonl_reader::JsonLinesReader::new(source, input, options)?)
+        }
     })
 }
 
@@ -123,13 +125,7 @@ impl IngestError {
 
     /// An error at a row (1-based, header excluded), line and column.
     pub(crate) fn at(source: &str, row: u64, line: Option<u64>, column: &str, detail: String) -> Self {
-        Self {
-            source_name: source.to_owned(),
-            row: Some(row),
-            line,
-            column: Some(column.to_owned()),
-            detail,
-        }
+        Self { source_name: source.to_owned(), row: Some(row), line, column: Some(column.to_owned()), detail }
     }
 }
 
@@ -164,7 +160,10 @@ pub(crate) fn classify(
         .chain(options.types.iter().map(|(name, _)| name));
     for wanted in named {
         if !columns.contains(wanted) {
-            return Err(error(Some(wanted), format!("no such column; the columns are: {}", columns.join(", "))));
+            return Err(error(
+                Some(wanted),
+                format!("no such column; the columns are: {}", columns.join(", ")),
+            ));
         }
     }
     let fields = columns
@@ -241,7 +240,8 @@ pub(crate) fn push_text_value(builder: &mut TableBuilder, i: usize, raw: &str) -
     match field.column_type {
         ColumnType::Int => builder.push_i64(i, value.parse().map_err(|_| bad(ColumnType::Int))?),
         ColumnType::Float => {
-            let v = value.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(ColumnType::Float))?;
+            let v =
+                value.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(ColumnType::Float))?;
             builder.push_f64(i, v);
         }
         ColumnType::Bool => builder.push_bool(i, parse_bool(value).ok_or_else(|| bad(ColumnType::Bool))?),

@@ -57,7 +57,10 @@ pub struct JsonLinesReader<R: Read> {
 
 impl<R: Read> std::fmt::Debug for JsonLinesReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonLinesReader").field("source", &self.source).field("row", &self.row).finish_non_exhaustive()
+        f.debug_struct("JsonLinesReader")
+            .field("source", &self.source)
+            .field("row", &self.row)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,7 +148,8 @@ impl<R: Read> JsonLinesReader<R> {
         let mut out: TextRow = vec![None; columns.len()];
         let mut seen = vec![false; columns.len()];
         for (name, value) in fields {
-            let error = |detail: &str| IngestError::at(&self.source, row, Some(line), &name, detail.to_owned());
+            let error =
+                |detail: &str| IngestError::at(&self.source, row, Some(line), &name, detail.to_owned());
             let Some(i) = columns.iter().position(|c| *c == name) else {
                 return Err(error("a column the first rows did not have"));
             };
@@ -166,8 +170,15 @@ impl<R: Read> JsonLinesReader<R> {
     fn push(&mut self, line: u64, text: &TextRow) -> Result<(), IngestError> {
         self.row += 1;
         for (i, value) in text.iter().enumerate() {
-            if let Err(detail) = ingest::push_text_value(&mut self.builder, i, value.as_deref().unwrap_or("")) {
-                return Err(IngestError::at(&self.source, self.row, Some(line), &self.schema.fields[i].name, detail));
+            if let Err(detail) = ingest::push_text_value(&mut self.builder, i, value.as_deref().unwrap_or(""))
+            {
+                return Err(IngestError::at(
+                    &self.source,
+                    self.row,
+                    Some(line),
+                    &self.schema.fields[i].name,
+                    detail,
+                ));
             }
         }
         self.builder.end_row();
@@ -216,9 +227,17 @@ mod tests {
         let names: Vec<_> = t.schema.fields.iter().map(|f| (f.name.as_str(), f.column_type)).collect();
         assert_eq!(
             names,
-            [("driver", ColumnType::Text), ("km", ColumnType::Float), ("n", ColumnType::Int), ("loaded", ColumnType::Bool)]
+            [
+                ("driver", ColumnType::Text),
+                ("km", ColumnType::Float),
+                ("n", ColumnType::Int),
+                ("loaded", ColumnType::Bool)
+            ]
         );
-        assert_eq!(t.columns[0].data, ColumnData::Text { entries: vec!["d1".into(), "17".into()], codes: vec![0, 1] });
+        assert_eq!(
+            t.columns[0].data,
+            ColumnData::Text { entries: vec!["d1".into(), "17".into()], codes: vec![0, 1] }
+        );
         assert!(!t.columns[1].is_valid(1) && !t.columns[3].is_valid(0));
     }
 
@@ -230,7 +249,10 @@ mod tests {
             ("{\"driver\":\"d1\"}\n{\"driver\":\"d2\"\n", "row 2 (line 2): not a JSON object"),
             ("{\"driver\":\"d1\",\"km\":{\"a\":1}}\n", "row 1 (line 1), column `km`: nested values"),
             ("{\"driver\":\"d1\",\"driver\":\"d2\"}\n", "column `driver`: the key appears twice"),
-            ("{\"driver\":\"d1\",\"km\":1}\n{\"km\":2}\n", "row 2 (line 2), column `driver`: the entity column is empty"),
+            (
+                "{\"driver\":\"d1\",\"km\":1}\n{\"km\":2}\n",
+                "row 2 (line 2), column `driver`: the entity column is empty",
+            ),
             ("{\"who\":\"d1\"}\n", "column `driver`: no such column"),
         ];
         for (text, expected) in cases {
@@ -245,7 +267,10 @@ mod tests {
         late.push_str("{\"driver\":\"x\",\"km\":1,\"extra\":2}\n");
         late.push_str("{\"driver\":\"y\",\"km\":\"far\"}\n");
         let err = read(&late).unwrap_err().to_string();
-        assert!(err.contains("row 1001 (line 1001), column `extra`: a column the first rows did not have"), "{err}");
+        assert!(
+            err.contains("row 1001 (line 1001), column `extra`: a column the first rows did not have"),
+            "{err}"
+        );
         let err = read(&late.replace(",\"extra\":2", "")).unwrap_err().to_string();
         assert!(err.contains("row 1002 (line 1002), column `km`: expected int, found `far`"), "{err}");
         let bad_utf8 = b"{\"driver\":\"d1\"}\n{\"driver\":\"\xff\"}\n";

@@ -281,7 +281,10 @@ mod tests {
         let entries = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             region(&b1),
-            BatchValues::Text { new_entries: entries(&["south", "north", "east", "west"]), codes: vec![0, 1] }
+            BatchValues::Text {
+                new_entries: entries(&["south", "north", "east", "west"]),
+                codes: vec![0, 1]
+            }
         );
         assert_eq!(region(&b2), BatchValues::Text { new_entries: vec![], codes: vec![2, 0] });
         assert_eq!(region(&b3), BatchValues::Text { new_entries: vec![], codes: vec![3] });
@@ -313,7 +316,8 @@ mod tests {
         assert_eq!(regions, ["south", "north", "east", "south", "west"]);
         assert_eq!(dictionary, ["south", "north", "east", "west"], "south is sent once");
         let k = key();
-        let issued: std::collections::HashSet<u64> = batches.iter().flat_map(|b| b.new_entities.clone()).collect();
+        let issued: std::collections::HashSet<u64> =
+            batches.iter().flat_map(|b| b.new_entities.clone()).collect();
         for b in &batches {
             let BatchValues::Pseudonym(ids) = &b.columns[1].values else { panic!() };
             assert!(ids.iter().all(|id| issued.contains(id)));

@@ -242,7 +242,13 @@ impl DataKey {
     }
 
     /// Open a record sealed by [`Self::seal_record`] for the same place.
-    pub fn open_record(&self, tenant: &str, dataset: &str, version: u64, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub fn open_record(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        version: u64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         open_with(&self.0.cipher(), &record_associated_data(tenant, dataset, version), sealed)
     }
 

@@ -21,12 +21,12 @@ use std::sync::{Arc, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::IngestError;
 use crate::chunk::{self, SegmentError};
 use crate::ingest::ChunkReader;
 use crate::schema::Schema;
 use crate::sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SealError};
 use crate::table::{Column, Table};
-use crate::IngestError;
 
 pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 pub(crate) const VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("versions");
@@ -40,7 +40,9 @@ pub(crate) const CHUNKS_DIR: &str = "chunks";
 pub enum VaultError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
-    #[error("`{0}` is not a valid name: 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit")]
+    #[error(
+        "`{0}` is not a valid name: 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+    )]
     BadName(String),
     #[error("no tenant `{0}`")]
     UnknownTenant(String),
@@ -225,12 +227,17 @@ impl Vault {
     /// A vault in a fresh temporary directory, deleted when the last handle
     /// goes: for a local run over files.
     pub fn temporary() -> Result<Self, VaultError> {
-        let temp = tempfile::Builder::new().prefix("kanon-vault-").tempdir().map_err(io(Path::new("temp")))?;
+        let temp =
+            tempfile::Builder::new().prefix("kanon-vault-").tempdir().map_err(io(Path::new("temp")))?;
         let dir = temp.path().to_owned();
         Self::open_inner(&dir, KeyEncryptionKey::generate(), Some(temp))
     }
 
-    fn open_inner(dir: &Path, kek: KeyEncryptionKey, temporary: Option<tempfile::TempDir>) -> Result<Self, VaultError> {
+    fn open_inner(
+        dir: &Path,
+        kek: KeyEncryptionKey,
+        temporary: Option<tempfile::TempDir>,
+    ) -> Result<Self, VaultError> {
         std::fs::create_dir_all(dir.join(CHUNKS_DIR)).map_err(io(dir))?;
         let db = Database::create(dir.join(DATABASE_FILE)).map_err(|e| match db_err(e) {
             VaultError::InUse(_) => VaultError::InUse(dir.to_owned()),
@@ -301,7 +308,8 @@ impl Vault {
         let root = self.chunks_dir();
         for tenant_dir in std::fs::read_dir(&root).map_err(io(&root))? {
             let tenant_dir = tenant_dir.map_err(io(&root))?.path();
-            let Some(tenant_uid) = tenant_dir.file_name().and_then(|n| n.to_str()).filter(|n| is_uid(n)) else {
+            let Some(tenant_uid) = tenant_dir.file_name().and_then(|n| n.to_str()).filter(|n| is_uid(n))
+            else {
                 continue;
             };
             if !live_tenants.contains(&tenant_uid.to_owned()) {
@@ -335,7 +343,8 @@ impl Vault {
 
     /// The secret `tenant`'s run pseudonyms derive from (with the run id).
     pub fn pseudonym_secret(&self, tenant: &str) -> Result<[u8; 32], VaultError> {
-        let record = self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+        let record =
+            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
         Ok(self.data_key(tenant, &record)?.pseudonym_secret())
     }
 
@@ -356,14 +365,20 @@ impl Vault {
             .collect()
     }
 
-    fn latest(&self, key: &DataKey, tenant: &str, dataset: &str) -> Result<Option<VersionRecord>, VaultError> {
+    fn latest(
+        &self,
+        key: &DataKey,
+        tenant: &str,
+        dataset: &str,
+    ) -> Result<Option<VersionRecord>, VaultError> {
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         Ok(Self::version_records(&txn, key, tenant, dataset)?.pop())
     }
 
     /// The tenant's record and data key.
     fn tenant(&self, tenant: &str) -> Result<(TenantRecord, DataKey), VaultError> {
-        let record = self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+        let record =
+            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
         let key = self.data_key(tenant, &record)?;
         Ok((record, key))
     }
@@ -411,7 +426,8 @@ impl Vault {
 
         let schema = reader.schema().clone();
         let mut rows = chunks.iter().map(|c| u64::from(c.rows)).sum::<u64>();
-        let writer = ChunkWriter { key: &key, tenant, dataset, version, dir: &write_dir, write_uid: &write_uid };
+        let writer =
+            ChunkWriter { key: &key, tenant, dataset, version, dir: &write_dir, write_uid: &write_uid };
         // Parse on one thread while the other encodes, seals and writes.
         std::thread::scope(|scope| -> Result<(), VaultError> {
             let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<Table, IngestError>>(1);
@@ -524,7 +540,12 @@ impl Vault {
     }
 
     /// A fixed version of `tenant`'s `dataset` (the latest if `None`) to read.
-    pub fn dataset(&self, tenant: &str, dataset: &str, version: Option<u64>) -> Result<DatasetVersion, VaultError> {
+    pub fn dataset(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        version: Option<u64>,
+    ) -> Result<DatasetVersion, VaultError> {
         let (record, key) = self.tenant(tenant)?;
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let mut records = Self::version_records(&txn, &key, tenant, dataset)?;
@@ -536,7 +557,8 @@ impl Vault {
                     return Err(unknown());
                 }
                 let i = records.iter().position(|r| r.version == v);
-                let i = i.ok_or_else(|| VaultError::UnknownVersion { dataset: dataset.into(), version: v })?;
+                let i =
+                    i.ok_or_else(|| VaultError::UnknownVersion { dataset: dataset.into(), version: v })?;
                 records.swap_remove(i)
             }
         };
@@ -635,7 +657,11 @@ impl Vault {
 }
 
 /// A version record, opened with the tenant's key for its place `at`.
-pub(crate) fn open_record(key: &DataKey, at: (&str, &str, u64), sealed: &[u8]) -> Result<VersionRecord, VaultError> {
+pub(crate) fn open_record(
+    key: &DataKey,
+    at: (&str, &str, u64),
+    sealed: &[u8],
+) -> Result<VersionRecord, VaultError> {
     let (tenant, dataset, version) = at;
     decode(&key.open_record(tenant, dataset, version, sealed)?)
 }
@@ -664,7 +690,10 @@ fn schema_difference(base: &Schema, next: &Schema) -> Option<String> {
         return None;
     }
     let describe = |s: &Schema| {
-        s.fields.iter().map(|f| format!("{} {:?} {}", f.name, f.classification, f.column_type)).collect::<Vec<_>>()
+        s.fields
+            .iter()
+            .map(|f| format!("{} {:?} {}", f.name, f.classification, f.column_type))
+            .collect::<Vec<_>>()
     };
     let (a, b) = (describe(base), describe(next));
     let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
@@ -828,7 +857,9 @@ impl DatasetVersion {
             .map(|&column| {
                 let (offset, len) = c.segments[column];
                 sealed.resize(len as usize, 0);
-                file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut sealed)).map_err(io(&path))?;
+                file.seek(SeekFrom::Start(offset))
+                    .and_then(|_| file.read_exact(&mut sealed))
+                    .map_err(io(&path))?;
                 let address = ChunkAddress {
                     tenant: &h.tenant,
                     dataset: &h.dataset,

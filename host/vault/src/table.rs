@@ -178,7 +178,8 @@ impl TableBuilder {
     /// same schema and fresh dictionaries.
     pub fn take(&mut self) -> Table {
         // The next chunk is likely as long as this one: size it so.
-        let columns = std::mem::replace(&mut self.columns, Self::empty_columns_sized(&self.schema, self.rows));
+        let columns =
+            std::mem::replace(&mut self.columns, Self::empty_columns_sized(&self.schema, self.rows));
         let rows = std::mem::take(&mut self.rows);
         self.text_bytes = 0;
         Self::build(self.name.clone(), self.schema.clone(), rows, columns)
