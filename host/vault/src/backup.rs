@@ -189,13 +189,14 @@ impl Vault {
         let bad = |detail: String| VaultError::Backup { path: backup.to_owned(), detail };
         let bytes = std::fs::read(backup.join(MANIFEST)).map_err(io(&backup.join(MANIFEST)))?;
         let mac = std::fs::read(backup.join(MANIFEST_MAC)).map_err(io(&backup.join(MANIFEST_MAC)))?;
-        if !kek.matches_check(&decode::<Manifest>(&bytes).map(|m| m.key_check).unwrap_or_default()) {
+        let manifest: Manifest =
+            decode(&bytes).map_err(|_| bad("the manifest is unreadable (damaged or altered)".into()))?;
+        if !kek.matches_check(&manifest.key_check) {
             return Err(VaultError::WrongKey);
         }
         if mac.as_slice() != kek.authenticate(&bytes) {
             return Err(bad("the manifest was altered (its MAC does not match)".into()));
         }
-        let manifest: Manifest = decode(&bytes)?;
         if manifest.format != FORMAT {
             return Err(bad(format!("unknown backup format {}", manifest.format)));
         }

@@ -18,7 +18,6 @@ pub struct CsvReader<R: Read> {
     sample: VecDeque<csv::StringRecord>,
     record: csv::StringRecord,
     builder: TableBuilder,
-    schema: Schema,
     /// Data rows parsed so far (1-based once one is).
     row: u64,
 }
@@ -68,34 +67,21 @@ impl<R: Read> CsvReader<R> {
             options: options.clone(),
             sample,
             record,
-            builder: TableBuilder::new("", schema.clone()),
-            schema,
+            builder: TableBuilder::new("", schema),
             row: 0,
         })
     }
 
     fn push(&mut self, record: &csv::StringRecord) -> Result<(), IngestError> {
         self.row += 1;
-        for (i, raw) in record.iter().enumerate() {
-            if let Err(detail) = ingest::push_text_value(&mut self.builder, i, raw) {
-                let line = record.position().map(|p| p.line());
-                return Err(IngestError::at(
-                    &self.source,
-                    self.row,
-                    line,
-                    &self.schema.fields[i].name,
-                    detail,
-                ));
-            }
-        }
-        self.builder.end_row();
-        Ok(())
+        let line = record.position().map(|p| p.line());
+        ingest::push_row(&mut self.builder, &self.source, self.row, line, record)
     }
 }
 
 impl<R: Read + Send> ChunkReader for CsvReader<R> {
     fn schema(&self) -> &Schema {
-        &self.schema
+        self.builder.schema()
     }
 
     fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {

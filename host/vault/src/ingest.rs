@@ -253,6 +253,24 @@ pub(crate) fn push_text_value(builder: &mut TableBuilder, i: usize, raw: &str) -
     Ok(())
 }
 
+/// Push one row of text `values`, data row `row` at `line` of `source`, as
+/// the schema types them, and end it; an error names the row and column.
+pub(crate) fn push_row<'a>(
+    builder: &mut TableBuilder,
+    source: &str,
+    row: u64,
+    line: Option<u64>,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<(), IngestError> {
+    for (i, raw) in values.into_iter().enumerate() {
+        if let Err(detail) = push_text_value(builder, i, raw) {
+            return Err(IngestError::at(source, row, line, &builder.schema().fields[i].name, detail));
+        }
+    }
+    builder.end_row();
+    Ok(())
+}
+
 /// Whether the chunk being built is full.
 pub(crate) fn chunk_full(builder: &TableBuilder, options: &IngestOptions) -> bool {
     builder.rows() >= options.chunk_rows.max(1) || builder.approx_bytes() >= CHUNK_BYTES

@@ -52,7 +52,6 @@ pub struct JsonLinesReader<R: Read> {
     /// Sampled rows, as text by column, with their line numbers.
     sample: VecDeque<(u64, TextRow)>,
     builder: TableBuilder,
-    schema: Schema,
 }
 
 impl<R: Read> std::fmt::Debug for JsonLinesReader<R> {
@@ -76,7 +75,6 @@ impl<R: Read> JsonLinesReader<R> {
             row: 0,
             sample: VecDeque::new(),
             builder: TableBuilder::new("", Schema::default()),
-            schema: Schema::default(),
         };
         let mut columns: Vec<String> = Vec::new();
         let mut raw_sample = Vec::new();
@@ -101,8 +99,7 @@ impl<R: Read> JsonLinesReader<R> {
         let schema = ingest::classify(source, &columns, options, |i| {
             ingest::infer(sample.iter().map(|(_, r)| r[i].as_deref().unwrap_or("")))
         })?;
-        reader.builder = TableBuilder::new("", schema.clone());
-        reader.schema = schema;
+        reader.builder = TableBuilder::new("", schema);
         Ok(reader)
     }
 
@@ -169,30 +166,18 @@ impl<R: Read> JsonLinesReader<R> {
 
     fn push(&mut self, line: u64, text: &TextRow) -> Result<(), IngestError> {
         self.row += 1;
-        for (i, value) in text.iter().enumerate() {
-            if let Err(detail) = ingest::push_text_value(&mut self.builder, i, value.as_deref().unwrap_or(""))
-            {
-                return Err(IngestError::at(
-                    &self.source,
-                    self.row,
-                    Some(line),
-                    &self.schema.fields[i].name,
-                    detail,
-                ));
-            }
-        }
-        self.builder.end_row();
-        Ok(())
+        let values = text.iter().map(|v| v.as_deref().unwrap_or(""));
+        ingest::push_row(&mut self.builder, &self.source, self.row, Some(line), values)
     }
 }
 
 impl<R: Read + Send> ChunkReader for JsonLinesReader<R> {
     fn schema(&self) -> &Schema {
-        &self.schema
+        self.builder.schema()
     }
 
     fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
-        let columns: Vec<String> = self.schema.fields.iter().map(|f| f.name.clone()).collect();
+        let columns: Vec<String> = self.builder.schema().fields.iter().map(|f| f.name.clone()).collect();
         while !ingest::chunk_full(&self.builder, &self.options) {
             if let Some((line, text)) = self.sample.pop_front() {
                 self.push(line, &text)?;

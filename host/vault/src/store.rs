@@ -77,10 +77,7 @@ pub enum VaultError {
 }
 
 pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
-    match e.into() {
-        redb::Error::DatabaseAlreadyOpen => VaultError::InUse(PathBuf::new()),
-        other => VaultError::Metadata(Box::new(other)),
-    }
+    VaultError::Metadata(Box::new(e.into()))
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
@@ -239,9 +236,9 @@ impl Vault {
         temporary: Option<tempfile::TempDir>,
     ) -> Result<Self, VaultError> {
         std::fs::create_dir_all(dir.join(CHUNKS_DIR)).map_err(io(dir))?;
-        let db = Database::create(dir.join(DATABASE_FILE)).map_err(|e| match db_err(e) {
-            VaultError::InUse(_) => VaultError::InUse(dir.to_owned()),
-            other => other,
+        let db = Database::create(dir.join(DATABASE_FILE)).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse(dir.to_owned()),
+            other => db_err(other),
         })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
@@ -564,7 +561,7 @@ impl Vault {
         };
         Ok(DatasetVersion {
             inner: Arc::new(VersionHandle {
-                vault: self.inner.clone(),
+                _vault: self.inner.clone(),
                 tenant_dir: self.chunks_dir().join(&record.uid),
                 tenant: tenant.to_owned(),
                 dataset: dataset.to_owned(),
@@ -784,8 +781,7 @@ pub struct DatasetVersion {
 
 struct VersionHandle {
     /// Keeps a temporary vault's directory alive while this is read.
-    #[allow(dead_code)]
-    vault: Arc<VaultInner>,
+    _vault: Arc<VaultInner>,
     tenant_dir: PathBuf,
     tenant: String,
     dataset: String,
@@ -835,8 +831,7 @@ impl DatasetVersion {
         self.inner.record.chunks[chunk].rows as usize
     }
 
-    /// Columns `columns` (schema indexes) of chunk `chunk`, decoded. With
-    /// `verify`, the chunk's content hash is checked too (all columns).
+    /// Columns `columns` (schema indexes) of chunk `chunk`, decoded.
     pub(crate) fn read_chunk(&self, chunk: usize, columns: &[usize]) -> Result<Vec<Column>, VaultError> {
         let h = &self.inner;
         let c = &h.record.chunks[chunk];
