@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use kanon_vault::{
     CsvReader, IngestOptions, InputFormat, KeyEncryptionKey, Vault, VaultError, WriteMode, export_csv,
-    open_stream,
+    export_parquet, open_file, open_stream,
 };
 
 /// Rows marked with a unique text, so plaintext is easy to look for.
@@ -316,4 +316,26 @@ fn an_export_ingests_back_to_the_same_contents() {
     let second = vault.ingest("t", "d", WriteMode::Replace, Box::new(reader), "out.csv").unwrap();
     assert_eq!(first.schema, second.schema);
     assert_eq!(first.content_hash, second.content_hash);
+}
+
+#[test]
+fn a_parquet_export_ingests_back_to_the_same_contents() {
+    let mixed = "id,when,ok,n,x,label\nA,2024-01-02T03:04:05.5Z,true,-3,2.0,\nB,,false,,1e-7,hé \"quoted\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::temporary().unwrap();
+    for (csv, entity, chunk_rows) in
+        [(mixed.to_owned(), "id", 100), (staff_csv(1000, "pq"), "employee_id", 64)]
+    {
+        let options = IngestOptions { chunk_rows, ..IngestOptions::entity(entity) };
+        let reader = open_stream(InputFormat::Csv, "in.csv", std::io::Cursor::new(csv), &options).unwrap();
+        let first = vault.ingest("t", "d", WriteMode::Replace, reader, "in.csv").unwrap();
+        let path = dir.path().join("out.parquet");
+        let file = std::fs::File::create(&path).unwrap();
+        let rows = export_parquet(&vault.dataset("t", "d", None).unwrap(), file).unwrap();
+        assert_eq!(rows, first.rows);
+        let reader = open_file(&path, None, &options).unwrap();
+        let second = vault.ingest("t", "d", WriteMode::Replace, reader, "out.parquet").unwrap();
+        assert_eq!(first.schema, second.schema);
+        assert_eq!(first.content_hash, second.content_hash, "{entity}: the same contents");
+    }
 }

@@ -35,7 +35,7 @@ enum Command {
     /// Run a plugin through the sandbox and the gate, over local files or a
     /// tenant's datasets in a data directory.
     Run(runner::RunArgs),
-    /// Store a file (CSV, JSON lines) as a new version of a tenant's dataset.
+    /// Store a file (CSV, JSON lines, Parquet, Arrow IPC) as a new version of a tenant's dataset.
     Ingest(vault_cmd::IngestArgs),
     /// List tenants, a tenant's datasets, or a dataset's versions.
     Datasets(vault_cmd::DatasetsArgs),

@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// The plugin component (.wasm, built for wasm32-wasip2).
     #[arg(long)]
     plugin: PathBuf,
-    /// A local file the plugin reads (.csv, .jsonl), as NAME=FILE; repeat
+    /// A local file the plugin reads (.csv, .jsonl, .parquet, .arrow), as NAME=FILE; repeat
     /// for more.
     #[arg(long = "data", value_name = "NAME=FILE", required_unless_present = "tenant")]
     data: Vec<String>,

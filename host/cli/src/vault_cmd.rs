@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use kanon_vault::{
     ColumnType, IngestOptions, InputFormat, KeyEncryptionKey, Vault, VersionInfo, WriteMode, export_csv,
-    open_file,
+    export_parquet, open_file,
 };
 
 /// Where the data directory is and how to get its key.
@@ -137,7 +137,7 @@ pub struct IngestArgs {
     /// The dataset to create a new version of.
     #[arg(long)]
     dataset: String,
-    /// The input file (.csv, .jsonl).
+    /// The input file (.csv, .jsonl, .parquet, .arrow or .feather).
     file: PathBuf,
     /// The input format, if the file name does not say.
     #[arg(long)]
@@ -224,20 +224,37 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// csv or parquet; by default the `--out` file's extension says, else csv.
+    #[arg(long)]
+    format: Option<ExportFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Parquet,
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let vault = args.vault.open()?;
     let dataset = vault.dataset(&args.tenant, &args.dataset, args.version)?;
+    let format = args.format.unwrap_or_else(|| {
+        let named = args.out.as_ref().and_then(|path| InputFormat::of_path(path));
+        if named == Some(InputFormat::Parquet) { ExportFormat::Parquet } else { ExportFormat::Csv }
+    });
+    let write = |out: Box<dyn Write + Send>| match format {
+        ExportFormat::Csv => export_csv(&dataset, out),
+        ExportFormat::Parquet => export_parquet(&dataset, out),
+    };
     match &args.out {
         Some(path) => {
             let file =
                 std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            let rows = export_csv(&dataset, std::io::BufWriter::new(file))?;
+            let rows = write(Box::new(std::io::BufWriter::new(file)))?;
             eprintln!("{rows} rows written to {}", path.display());
         }
         None => {
-            export_csv(&dataset, std::io::stdout().lock())?;
+            write(Box::new(std::io::BufWriter::new(std::io::stdout())))?;
         }
     }
     Ok(ExitCode::SUCCESS)

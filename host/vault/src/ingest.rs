@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::IngestError;
+use crate::arrow_reader::ArrowReader;
 use crate::schema::{Classification, ColumnType, Field, Schema};
 use crate::table::{Table, TableBuilder};
 use crate::timestamp::parse_timestamp;
@@ -53,6 +54,10 @@ pub enum InputFormat {
     Csv,
     /// One JSON object per line.
     JsonLines,
+    /// Apache Parquet; read from a file only (its schema is in a footer).
+    Parquet,
+    /// Arrow IPC: a Feather v2 file or an IPC stream.
+    ArrowIpc,
 }
 
 impl InputFormat {
@@ -62,6 +67,8 @@ impl InputFormat {
         match extension.as_str() {
             "csv" => Some(Self::Csv),
             "jsonl" | "ndjson" => Some(Self::JsonLines),
+            "parquet" | "pq" => Some(Self::Parquet),
+            "arrow" | "arrows" | "feather" | "ipc" => Some(Self::ArrowIpc),
             _ => None,
         }
     }
@@ -74,7 +81,9 @@ impl std::str::FromStr for InputFormat {
         match s {
             "csv" => Ok(Self::Csv),
             "jsonl" | "ndjson" => Ok(Self::JsonLines),
-            _ => Err(format!("unknown format `{s}`: use csv or jsonl")),
+            "parquet" => Ok(Self::Parquet),
+            "arrow" | "ipc" | "feather" => Ok(Self::ArrowIpc),
+            _ => Err(format!("unknown format `{s}`: use csv, jsonl, parquet or arrow")),
         }
     }
 }
@@ -95,11 +104,17 @@ pub fn open_file(
 ) -> Result<Box<dyn ChunkReader>, IngestError> {
     let source = path.display().to_string();
     let format = format.or_else(|| InputFormat::of_path(path)).ok_or_else(|| {
-        IngestError::whole(&source, "unknown file type: name it .csv or .jsonl, or give the format".into())
+        IngestError::whole(
+            &source,
+            "unknown file type: name it .csv, .jsonl, .parquet or .arrow, or give the format".into(),
+        )
     })?;
     let file =
         std::fs::File::open(path).map_err(|e| IngestError::whole(&source, format!("cannot open: {e}")))?;
-    open_stream(format, &source, std::io::BufReader::with_capacity(1 << 20, file), options)
+    match format {
+        InputFormat::Parquet => Ok(Box::new(ArrowReader::parquet(&source, file, options)?)),
+        _ => open_stream(format, &source, std::io::BufReader::with_capacity(1 << 20, file), options),
+    }
 }
 
 /// Read `input` (named `source` in errors) in `format`.
@@ -113,6 +128,13 @@ pub fn open_stream(
         InputFormat::Csv => Box::new(crate::csv_reader::CsvReader::new(source, input, options)?),
         InputFormat::JsonLines => {
             Box::new(crate::jsonl_reader::JsonLinesReader::new(source, input, options)?)
+        }
+        InputFormat::ArrowIpc => Box::new(ArrowReader::ipc(source, input, options)?),
+        InputFormat::Parquet => {
+            return Err(IngestError::whole(
+                source,
+                "Parquet keeps its schema at the end of the file: give a file, not a stream".into(),
+            ));
         }
     })
 }

@@ -7,6 +7,7 @@
 //! ([`PseudonymKey`]); the one way to read them in clear is the owning
 //! tenant's [`export_csv`].
 
+mod arrow_reader;
 mod backup;
 mod chunk;
 mod csv_reader;
@@ -21,9 +22,10 @@ mod store;
 mod table;
 mod timestamp;
 
+pub use arrow_reader::ArrowReader;
 pub use backup::BackupSummary;
 pub use csv_reader::CsvReader;
-pub use export::export_csv;
+pub use export::{export_csv, export_parquet};
 pub use ingest::{CHUNK_BYTES, CHUNK_ROWS, ChunkReader, IngestOptions, InputFormat, open_file, open_stream};
 pub use jsonl_reader::JsonLinesReader;
 pub use pseudonym::PseudonymKey;

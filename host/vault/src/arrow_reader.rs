@@ -1,0 +1,701 @@
+//! The one reader of Arrow record batches, for the two columnar inputs:
+//! Parquet files (decoded to Arrow by the `parquet` crate) and Arrow IPC
+//! (Feather v2 files and IPC streams).
+//!
+//! Both formats carry their own types, so the schema is read from the file
+//! rather than inferred. A value whose column the tenant typed or classified
+//! differently (an integer entity column, say) goes through its text form, so
+//! the conversion and its errors are the CSV reader's. Memory is bounded by
+//! the file's largest row group or record batch, never by the file.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Date64Type, Decimal32Type, Decimal64Type, Decimal128Type, Float16Type, Float32Type,
+    Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+};
+use arrow_schema::{ArrowError, DataType, TimeUnit};
+
+use crate::IngestError;
+#[cfg(test)]
+use crate::ingest::InputFormat;
+use crate::ingest::{self, ChunkReader, IngestOptions};
+use crate::schema::{Classification, ColumnType, Schema};
+use crate::table::{Table, TableBuilder};
+use crate::timestamp::format_timestamp;
+
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// Reads Parquet or Arrow IPC, one chunk at a time.
+pub struct ArrowReader {
+    source: String,
+    batches: Batches,
+    options: IngestOptions,
+    builder: TableBuilder,
+    /// The batch being read, as cells by column, and its next row.
+    pending: Option<(Vec<Cells>, usize, usize)>,
+    /// Data rows in the batches before `pending`.
+    rows_before: u64,
+}
+
+impl std::fmt::Debug for ArrowReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrowReader")
+            .field("source", &self.source)
+            .field("rows_before", &self.rows_before)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArrowReader {
+    /// Read a Parquet file. Parquet keeps its schema in a footer, so it needs
+    /// a file, not a stream.
+    pub fn parquet(source: &str, file: File, options: &IngestOptions) -> Result<Self, IngestError> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let invalid = |e: parquet::errors::ParquetError| {
+            IngestError::whole(source, format!("not a readable Parquet file: {e}"))
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(invalid)?;
+        let schema = builder.schema().clone();
+        let batches =
+            builder.with_batch_size(options.chunk_rows.clamp(1, 1 << 16)).build().map_err(invalid)?;
+        Self::new(source, &schema, Box::new(batches), options)
+    }
+
+    /// Read Arrow IPC: a Feather v2 file or an IPC stream. A file is its
+    /// magic padded with zeros to an 8-byte boundary (or a wider one), a
+    /// stream and a footer, so both read as a stream from the start.
+    pub fn ipc(
+        source: &str,
+        input: impl Read + Send + 'static,
+        options: &IngestOptions,
+    ) -> Result<Self, IngestError> {
+        const FILE_MAGIC: &[u8] = b"ARROW1";
+        const MAX_PADDING: usize = 64;
+        let cannot_read = |e: std::io::Error| IngestError::whole(source, format!("cannot read: {e}"));
+        let mut input = BufReader::with_capacity(1 << 20, input);
+        if input.fill_buf().map_err(cannot_read)?.starts_with(FILE_MAGIC) {
+            let mut skipped = 8;
+            input.consume(skipped);
+            while skipped < MAX_PADDING && input.fill_buf().map_err(cannot_read)?.starts_with(&[0; 8]) {
+                input.consume(8);
+                skipped += 8;
+            }
+        }
+        let reader = arrow_ipc::reader::StreamReader::try_new(input, None).map_err(|e| {
+            IngestError::whole(source, format!("not a readable Arrow IPC file or stream: {e}"))
+        })?;
+        let schema = reader.schema();
+        Self::new(source, &schema, Box::new(reader), options)
+    }
+
+    fn new(
+        source: &str,
+        arrow_schema: &arrow_schema::Schema,
+        batches: Batches,
+        options: &IngestOptions,
+    ) -> Result<Self, IngestError> {
+        let names: Vec<String> = arrow_schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut types = Vec::with_capacity(names.len());
+        for field in arrow_schema.fields() {
+            let column_type = column_type(field.data_type()).ok_or_else(|| IngestError {
+                column: Some(field.name().clone()),
+                ..IngestError::whole(
+                    source,
+                    format!(
+                        "its type {} is not one kanon stores (int, float, bool, text, timestamp): \
+                         cast or flatten it first",
+                        field.data_type()
+                    ),
+                )
+            })?;
+            types.push(column_type);
+        }
+        let schema = ingest::classify(source, &names, options, |i| types[i])?;
+        Ok(Self {
+            source: source.to_owned(),
+            batches,
+            options: options.clone(),
+            builder: TableBuilder::new("", schema),
+            pending: None,
+            rows_before: 0,
+        })
+    }
+
+    /// Push row `row` of the pending batch.
+    fn push_row(&mut self, cells: &[Cells], row: usize) -> Result<(), IngestError> {
+        for (i, cell) in cells.iter().enumerate() {
+            if let Err(detail) = push_cell(&mut self.builder, i, cell, row) {
+                let field = &self.builder.schema().fields[i];
+                let data_row = self.rows_before + row as u64 + 1;
+                return Err(IngestError::at(&self.source, data_row, None, &field.name, detail));
+            }
+        }
+        self.builder.end_row();
+        Ok(())
+    }
+}
+
+impl ChunkReader for ArrowReader {
+    fn schema(&self) -> &Schema {
+        self.builder.schema()
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
+        loop {
+            let (cells, next, rows) = match self.pending.take() {
+                Some(pending) => pending,
+                None => match self.batches.next() {
+                    None => break,
+                    Some(batch) => {
+                        let batch = batch.map_err(|e| {
+                            IngestError::whole(
+                                &self.source,
+                                format!("cannot decode the rows after row {}: {e}", self.rows_before),
+                            )
+                        })?;
+                        let mut cells = Vec::with_capacity(batch.num_columns());
+                        for (i, array) in batch.columns().iter().enumerate() {
+                            cells.push(Cells::of(array).map_err(|(row, detail)| {
+                                let column = &self.builder.schema().fields[i].name;
+                                let data_row = self.rows_before + row as u64 + 1;
+                                IngestError::at(&self.source, data_row, None, column, detail)
+                            })?);
+                        }
+                        (cells, 0, batch.num_rows())
+                    }
+                },
+            };
+            let mut row = next;
+            while row < rows {
+                self.push_row(&cells, row)?;
+                row += 1;
+                if ingest::chunk_full(&self.builder, &self.options) {
+                    break;
+                }
+            }
+            if row < rows {
+                self.pending = Some((cells, row, rows));
+                return Ok(Some(self.builder.take()));
+            }
+            self.rows_before += rows as u64;
+            if ingest::chunk_full(&self.builder, &self.options) {
+                return Ok(Some(self.builder.take()));
+            }
+        }
+        if self.builder.rows() > 0 {
+            return Ok(Some(self.builder.take()));
+        }
+        if self.rows_before == 0 {
+            return Err(IngestError::whole(&self.source, "the file is empty: no rows".into()));
+        }
+        Ok(None)
+    }
+}
+
+/// The column type an Arrow type is stored as; `None` for nested, binary
+/// and other types kanon does not store.
+fn column_type(data_type: &DataType) -> Option<ColumnType> {
+    use DataType as D;
+    Some(match data_type {
+        D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64 => {
+            ColumnType::Int
+        }
+        D::Float16 | D::Float32 | D::Float64 | D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) => {
+            ColumnType::Float
+        }
+        D::Boolean => ColumnType::Bool,
+        D::Utf8 | D::LargeUtf8 | D::Utf8View | D::Null => ColumnType::Text,
+        D::Dictionary(_, values) if matches!(**values, D::Utf8 | D::LargeUtf8 | D::Utf8View) => {
+            ColumnType::Text
+        }
+        D::Timestamp(..) | D::Date32 | D::Date64 => ColumnType::Timestamp,
+        _ => return None,
+    })
+}
+
+/// One batch column's values, widened to the vault's types, with its nulls.
+struct Cells {
+    values: Values,
+    nulls: Option<arrow_buffer::NullBuffer>,
+}
+
+enum Values {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    Bool(BooleanArray),
+    /// Microseconds since the epoch.
+    Timestamp(Vec<i64>),
+    Text(Text),
+    /// Arrow's all-null type.
+    Null,
+}
+
+enum Text {
+    Utf8(StringArray),
+    Large(LargeStringArray),
+    View(StringViewArray),
+    Dictionary { keys: Vec<usize>, values: Box<Text> },
+}
+
+impl Text {
+    fn of(array: &ArrayRef) -> Self {
+        match array.data_type() {
+            DataType::Utf8 => Self::Utf8(array.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => Self::Large(array.as_string::<i64>().clone()),
+            DataType::Utf8View => Self::View(array.as_string_view().clone()),
+            DataType::Dictionary(..) => {
+                let dictionary = array.as_any_dictionary();
+                Self::Dictionary {
+                    keys: dictionary.normalized_keys(),
+                    values: Box::new(Self::of(dictionary.values())),
+                }
+            }
+            other => unreachable!("column_type admitted {other} as text"),
+        }
+    }
+
+    fn value(&self, row: usize) -> &str {
+        match self {
+            Self::Utf8(a) => a.value(row),
+            Self::Large(a) => a.value(row),
+            Self::View(a) => a.value(row),
+            Self::Dictionary { keys, values } => values.value(keys[row]),
+        }
+    }
+}
+
+impl Cells {
+    /// Widen `array`, a column whose type [`column_type`] admitted; an
+    /// error names the row (0-based) of a value that does not fit.
+    fn of(array: &ArrayRef) -> Result<Self, (usize, String)> {
+        let nulls = array.logical_nulls();
+        let present = |row: usize| nulls.as_ref().is_none_or(|n| n.is_valid(row));
+        macro_rules! ints {
+            ($t:ty) => {
+                Values::Int(array.as_primitive::<$t>().values().iter().map(|&v| i64::from(v)).collect())
+            };
+        }
+        macro_rules! micros {
+            ($t:ty, $per_unit:expr) => {{
+                let values = array.as_primitive::<$t>().values();
+                let mut out = Vec::with_capacity(values.len());
+                for (row, &v) in values.iter().enumerate() {
+                    let scaled = i64::from(v).checked_mul($per_unit);
+                    match scaled {
+                        Some(us) => out.push(us),
+                        None if present(row) => return Err((row, format!("timestamp {v} is out of range"))),
+                        None => out.push(0),
+                    }
+                }
+                Values::Timestamp(out)
+            }};
+        }
+        macro_rules! decimals {
+            ($t:ty, $scale:expr) => {{
+                let divisor = 10f64.powi(i32::from($scale));
+                Values::Float(
+                    array.as_primitive::<$t>().values().iter().map(|&v| v as f64 / divisor).collect(),
+                )
+            }};
+        }
+        use DataType as D;
+        let values = match array.data_type() {
+            D::Int8 => ints!(Int8Type),
+            D::Int16 => ints!(Int16Type),
+            D::Int32 => ints!(Int32Type),
+            D::Int64 => ints!(Int64Type),
+            D::UInt8 => ints!(UInt8Type),
+            D::UInt16 => ints!(UInt16Type),
+            D::UInt32 => ints!(UInt32Type),
+            D::UInt64 => {
+                let values = array.as_primitive::<UInt64Type>().values();
+                let mut out = Vec::with_capacity(values.len());
+                for (row, &v) in values.iter().enumerate() {
+                    match i64::try_from(v) {
+                        Ok(v) => out.push(v),
+                        Err(_) if present(row) => {
+                            return Err((row, format!("{v} does not fit a 64-bit int")));
+                        }
+                        Err(_) => out.push(0),
+                    }
+                }
+                Values::Int(out)
+            }
+            D::Float16 => Values::Float(
+                array.as_primitive::<Float16Type>().values().iter().map(|&v| v.into()).collect(),
+            ),
+            D::Float32 => Values::Float(
+                array.as_primitive::<Float32Type>().values().iter().map(|&v| v.into()).collect(),
+            ),
+            D::Float64 => Values::Float(array.as_primitive::<Float64Type>().values().to_vec()),
+            D::Decimal32(_, scale) => decimals!(Decimal32Type, *scale),
+            D::Decimal64(_, scale) => decimals!(Decimal64Type, *scale),
+            D::Decimal128(_, scale) => decimals!(Decimal128Type, *scale),
+            D::Boolean => Values::Bool(array.as_boolean().clone()),
+            D::Timestamp(TimeUnit::Second, _) => micros!(TimestampSecondType, 1_000_000),
+            D::Timestamp(TimeUnit::Millisecond, _) => micros!(TimestampMillisecondType, 1_000),
+            D::Timestamp(TimeUnit::Microsecond, _) => micros!(TimestampMicrosecondType, 1),
+            D::Timestamp(TimeUnit::Nanosecond, _) => Values::Timestamp(
+                array
+                    .as_primitive::<TimestampNanosecondType>()
+                    .values()
+                    .iter()
+                    .map(|v| v.div_euclid(1_000))
+                    .collect(),
+            ),
+            D::Date32 => micros!(Date32Type, 86_400_000_000),
+            D::Date64 => micros!(Date64Type, 1_000),
+            D::Null => Values::Null,
+            _ => Values::Text(Text::of(array)),
+        };
+        Ok(Self { values, nulls })
+    }
+}
+
+/// Push row `row` of `cells` into column `i`. A value of the column's own
+/// type goes in as it is; any other through its text form, as CSV would.
+fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) -> Result<(), String> {
+    let field = &builder.schema().fields[i];
+    let entity = field.classification == Classification::Entity;
+    // NaN is how pandas writes a missing float.
+    let nan = matches!(&cells.values, Values::Float(v) if v[row].is_nan());
+    if nan || matches!(cells.values, Values::Null) || cells.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+        if entity {
+            return Err("the entity column is empty".into());
+        }
+        builder.push_null(i);
+        return Ok(());
+    }
+    match (&cells.values, field.column_type) {
+        (Values::Int(v), ColumnType::Int) => builder.push_i64(i, v[row]),
+        (Values::Timestamp(v), ColumnType::Timestamp) => builder.push_i64(i, v[row]),
+        (Values::Bool(v), ColumnType::Bool) => builder.push_bool(i, v.value(row)),
+        (Values::Float(v), ColumnType::Float) if v[row].is_finite() => builder.push_f64(i, v[row]),
+        (Values::Text(t), ColumnType::Text) if !entity || !t.value(row).is_empty() => {
+            builder.push_text(i, t.value(row))
+        }
+        (values, _) => {
+            let text = match values {
+                Values::Int(v) => v[row].to_string(),
+                Values::Float(v) => v[row].to_string(),
+                Values::Bool(v) => v.value(row).to_string(),
+                Values::Timestamp(v) => format_timestamp(v[row]),
+                Values::Text(t) => t.value(row).to_owned(),
+                Values::Null => unreachable!("handled above"),
+            };
+            return ingest::push_text_value(builder, i, &text);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::types::UInt32Type;
+    use arrow_array::{
+        DictionaryArray, Float32Array, Int32Array, ListArray, NullArray, TimestampNanosecondArray,
+        UInt64Array,
+    };
+    use arrow_schema::{Field, Schema as ArrowSchema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+    use crate::table::ColumnData;
+
+    /// Three batches of every admitted type, some of them null.
+    fn batches() -> Vec<RecordBatch> {
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("customer", DataType::Int32, false),
+            Field::new(
+                "segment",
+                DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
+                true,
+            ),
+            Field::new("visits", DataType::UInt64, true),
+            Field::new("spend", DataType::Float32, true),
+            Field::new("amount", DataType::Decimal128(10, 2), true),
+            Field::new("seen", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("member", DataType::Boolean, true),
+            Field::new("city", DataType::LargeUtf8, true),
+            Field::new("note", DataType::Utf8View, true),
+            Field::new("unused", DataType::Null, true),
+        ]));
+        (0..3)
+            .map(|b| {
+                let rows = 0..4i32;
+                let ids: Vec<i32> = rows.clone().map(|r| b * 4 + r).collect();
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int32Array::from(ids.clone())),
+                    Arc::new(DictionaryArray::<UInt32Type>::new(
+                        vec![Some(1), None, Some(0), Some(1)].into(),
+                        Arc::new(StringArray::from(vec!["retail", "business"])),
+                    )),
+                    Arc::new(UInt64Array::from(vec![Some(1), None, Some(u64::from(u32::MAX)), Some(3)])),
+                    Arc::new(Float32Array::from(vec![Some(1.5), Some(f32::NAN), None, Some(-2.25)])),
+                    Arc::new(
+                        arrow_array::Decimal128Array::from(vec![Some(12345), None, Some(-5), Some(0)])
+                            .with_precision_and_scale(10, 2)
+                            .unwrap(),
+                    ),
+                    Arc::new(
+                        TimestampNanosecondArray::from(vec![Some(1_500), Some(-1_500), None, Some(0)])
+                            .with_timezone("UTC"),
+                    ),
+                    Arc::new(arrow_array::Date32Array::from(vec![Some(1), None, Some(-1), Some(0)])),
+                    Arc::new(BooleanArray::from(vec![Some(true), Some(false), None, Some(true)])),
+                    Arc::new(LargeStringArray::from(vec![Some("Delft"), None, Some(""), Some("Delft")])),
+                    Arc::new(StringViewArray::from(vec![
+                        Some("a rather long note, not inlined"),
+                        None,
+                        Some("x"),
+                        None,
+                    ])),
+                    Arc::new(NullArray::new(4)),
+                ];
+                RecordBatch::try_new(schema.clone(), columns).unwrap()
+            })
+            .collect()
+    }
+
+    fn options(chunk_rows: usize) -> IngestOptions {
+        IngestOptions { chunk_rows, ..IngestOptions::entity("customer") }
+    }
+
+    fn parquet_file(batches: &[RecordBatch], compression: Compression) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let properties = WriterProperties::builder().set_compression(compression).build();
+        let mut writer =
+            ArrowWriter::try_new(file.reopen().unwrap(), batches[0].schema(), Some(properties)).unwrap();
+        for batch in batches {
+            writer.write(batch).unwrap();
+        }
+        writer.close().unwrap();
+        file
+    }
+
+    fn ipc_bytes(batches: &[RecordBatch], file_format: bool) -> Vec<u8> {
+        use arrow_ipc::writer::{FileWriter, IpcWriteOptions, StreamWriter};
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(arrow_ipc::CompressionType::LZ4_FRAME))
+            .unwrap();
+        let mut out = Vec::new();
+        if file_format {
+            let mut writer =
+                FileWriter::try_new_with_options(&mut out, &batches[0].schema(), options).unwrap();
+            batches.iter().for_each(|b| writer.write(b).unwrap());
+            writer.finish().unwrap();
+        } else {
+            let mut writer =
+                StreamWriter::try_new_with_options(&mut out, &batches[0].schema(), options).unwrap();
+            batches.iter().for_each(|b| writer.write(b).unwrap());
+            writer.finish().unwrap();
+        }
+        out
+    }
+
+    fn read_all(reader: &mut dyn ChunkReader) -> Result<Vec<Table>, IngestError> {
+        let mut tables = Vec::new();
+        while let Some(table) = reader.next_chunk()? {
+            tables.push(table);
+        }
+        Ok(tables)
+    }
+
+    #[test]
+    fn every_format_and_codec_reads_the_same_typed_rows() {
+        let batches = batches();
+        let mut inputs: Vec<(String, Box<dyn ChunkReader>)> = Vec::new();
+        for compression in [
+            Compression::UNCOMPRESSED,
+            Compression::SNAPPY,
+            Compression::ZSTD(ZstdLevel::default()),
+            Compression::LZ4_RAW,
+            Compression::GZIP(GzipLevel::default()),
+        ] {
+            let file = parquet_file(&batches, compression);
+            let reader = ArrowReader::parquet("in.parquet", file.reopen().unwrap(), &options(5)).unwrap();
+            inputs.push((format!("parquet {compression:?}"), Box::new(reader)));
+        }
+        for file_format in [true, false] {
+            let bytes = ipc_bytes(&batches, file_format);
+            let reader = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(5)).unwrap();
+            inputs.push((format!("ipc file={file_format}"), Box::new(reader)));
+        }
+        for (name, mut reader) in inputs {
+            let types: Vec<_> = reader.schema().fields.iter().map(|f| f.column_type).collect();
+            use ColumnType::*;
+            assert_eq!(
+                types,
+                [Text, Text, Int, Float, Float, Timestamp, Timestamp, Bool, Text, Text, Text],
+                "{name}"
+            );
+            let tables = read_all(&mut *reader).unwrap();
+            assert_eq!(tables.iter().map(|t| t.rows).collect::<Vec<_>>(), [5, 5, 2], "{name}: cut at 5 rows");
+            let first = &tables[0];
+            let ColumnData::Text { entries, codes } = &first.columns[0].data else { panic!() };
+            assert_eq!(entries, &["0", "1", "2", "3", "4"], "{name}: an int entity is stored as text");
+            assert_eq!(codes, &[0, 1, 2, 3, 4]);
+            let ColumnData::Text { entries, codes } = &first.columns[1].data else { panic!() };
+            assert_eq!(
+                (entries.as_slice(), codes.as_slice()),
+                (&["business".to_owned(), "".into(), "retail".into()][..], &[0, 1, 2, 0, 0][..]),
+                "{name}"
+            );
+            assert!(!first.columns[1].is_valid(1));
+            assert_eq!(first.columns[2].data, ColumnData::Int(vec![1, 0, 4_294_967_295, 3, 1]), "{name}");
+            assert_eq!(first.columns[3].data, ColumnData::Float(vec![1.5, 0.0, 0.0, -2.25, 1.5]), "{name}");
+            assert!(!first.columns[3].is_valid(1) && !first.columns[3].is_valid(2), "{name}: NaN is a null");
+            assert_eq!(
+                first.columns[4].data,
+                ColumnData::Float(vec![123.45, 0.0, -0.05, 0.0, 123.45]),
+                "{name}"
+            );
+            assert_eq!(
+                first.columns[5].data,
+                ColumnData::Timestamp(vec![1, -2, 0, 0, 1]),
+                "{name}: ns floor to µs"
+            );
+            assert_eq!(
+                first.columns[6].data,
+                ColumnData::Timestamp(vec![86_400_000_000, 0, -86_400_000_000, 0, 86_400_000_000]),
+                "{name}"
+            );
+            assert_eq!(
+                first.columns[7].data,
+                ColumnData::Bool(vec![true, false, false, true, true]),
+                "{name}"
+            );
+            let ColumnData::Text { entries, .. } = &first.columns[8].data else { panic!() };
+            assert_eq!(entries, &["Delft", ""], "{name}: a null and the empty value share an entry");
+            assert!(first.columns[8].is_valid(2) && !first.columns[8].is_valid(1), "{name}: \"\" is a value");
+            assert!((0..5).all(|r| !first.columns[10].is_valid(r)), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_type_the_tenant_gives_converts_through_text() {
+        let options = IngestOptions {
+            types: vec![("visits".into(), ColumnType::Float), ("member".into(), ColumnType::Text)],
+            identifiers: vec!["spend".into()],
+            ..options(100)
+        };
+        let bytes = ipc_bytes(&batches(), false);
+        let mut reader = ArrowReader::ipc("in.arrows", std::io::Cursor::new(bytes), &options).unwrap();
+        let table = reader.next_chunk().unwrap().unwrap();
+        assert_eq!(table.columns[2].data, ColumnData::Float([1.0, 0.0, 4_294_967_295.0, 3.0].repeat(3)));
+        let ColumnData::Text { entries, .. } = &table.columns[3].data else {
+            panic!("an identifier is text")
+        };
+        assert_eq!(entries, &["1.5", "", "-2.25"]);
+        let ColumnData::Text { entries, .. } = &table.columns[7].data else { panic!() };
+        assert_eq!(entries, &["true", "false", ""]);
+
+        let options = IngestOptions { types: vec![("city".into(), ColumnType::Int)], ..options };
+        let bytes = ipc_bytes(&batches(), true);
+        let mut reader = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options).unwrap();
+        let err = reader.next_chunk().unwrap_err().to_string();
+        assert_eq!(err, "in.arrow, row 1, column `city`: expected int, found `Delft`");
+    }
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn bad_input_names_the_file_row_and_column() {
+        let ids = || -> ArrayRef { Arc::new(StringArray::from(vec!["a", "b", "c"])) };
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1)]), None, None]);
+        let cases: Vec<(RecordBatch, &str)> = vec![
+            (
+                batch(vec![("customer", ids()), ("tags", Arc::new(list))]),
+                "in.arrow, column `tags`: its type List(Int32) is not one kanon stores",
+            ),
+            (
+                batch(vec![("customer", ids()), ("n", Arc::new(UInt64Array::from(vec![1, 2, u64::MAX])))]),
+                "in.arrow, row 3, column `n`: 18446744073709551615 does not fit a 64-bit int",
+            ),
+            (
+                batch(vec![("customer", Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])))]),
+                "in.arrow, row 2, column `customer`: the entity column is empty",
+            ),
+            (
+                batch(vec![("customer", Arc::new(StringArray::from(vec!["a", "b", ""])))]),
+                "in.arrow, row 3, column `customer`: the entity column is empty",
+            ),
+            (
+                batch(vec![
+                    ("customer", ids()),
+                    ("x", Arc::new(arrow_array::Float64Array::from(vec![1.0, f64::INFINITY, 2.0]))),
+                ]),
+                "in.arrow, row 2, column `x`: expected float, found `inf`",
+            ),
+            (
+                batch(vec![("customer", ids()), ("customer", ids())]),
+                "in.arrow, column `customer`: the column name appears twice",
+            ),
+            (batch(vec![("id", ids())]), "in.arrow, column `customer`: no such column; the columns are: id"),
+            (
+                batch(vec![("customer", Arc::new(StringArray::from(Vec::<&str>::new())))]),
+                "in.arrow: the file is empty: no rows",
+            ),
+        ];
+        for (batch, expected) in cases {
+            for file_format in [true, false] {
+                let bytes = ipc_bytes(std::slice::from_ref(&batch), file_format);
+                let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100))
+                    .and_then(|mut reader| read_all(&mut reader))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.starts_with(expected), "{err}\nwanted: {expected}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_clearly() {
+        let good = parquet_file(&batches(), Compression::SNAPPY);
+        let bytes = std::fs::read(good.path()).unwrap();
+        let open = |bytes: &[u8]| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), bytes).unwrap();
+            ArrowReader::parquet("in.parquet", file.reopen().unwrap(), &options(100))
+                .and_then(|mut reader| read_all(&mut reader))
+        };
+        for damaged in [&bytes[..bytes.len() - 3], &bytes[..0], b"customer,x\n1,2\n"] {
+            let err = open(damaged).unwrap_err().to_string();
+            assert!(err.starts_with("in.parquet: not a readable Parquet file"), "{err}");
+        }
+        // A flipped byte inside the data pages: the page fails to decode.
+        let mut flipped = bytes.clone();
+        for byte in &mut flipped[4..bytes.len() / 2] {
+            *byte ^= 0x5a;
+        }
+        let err = open(&flipped).unwrap_err().to_string();
+        assert!(err.starts_with("in.parquet"), "{err}");
+
+        let ipc = ipc_bytes(&batches(), true);
+        for damaged in [&ipc[..ipc.len() / 2], &ipc[..0], b"ARROW1\0\0garbage".as_slice()] {
+            let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(damaged.to_vec()), &options(100))
+                .and_then(|mut reader| read_all(&mut reader))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("in.arrow"), "{err}");
+        }
+        let err =
+            ingest::open_stream(InputFormat::Parquet, "-", std::io::empty(), &options(1)).err().unwrap();
+        assert!(err.to_string().contains("give a file, not a stream"), "{err}");
+    }
+}
