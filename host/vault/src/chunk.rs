@@ -136,6 +136,33 @@ impl<'a> Cursor<'a> {
 
 /// Decode a plain encoding that must hold `rows` rows of `column_type`.
 pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Result<Column, SegmentError> {
+    let (values, validity) = decode_borrowed(plain, column_type, rows)?;
+    let data = match values {
+        Decoded::Values(data) => data,
+        Decoded::Text { entries, codes } => {
+            ColumnData::Text { entries: entries.into_iter().map(str::to_owned).collect(), codes }
+        }
+    };
+    Ok(Column { data, validity })
+}
+
+/// A decoded segment whose dictionary entries still point into the plain
+/// bytes: a scan maps them onto its own dictionary without copying each.
+pub(crate) enum Decoded<'a> {
+    /// Any type but text.
+    Values(ColumnData),
+    Text {
+        entries: Vec<&'a str>,
+        codes: Vec<u32>,
+    },
+}
+
+/// [`decode_plain`], the entries borrowed; also returns the validity bitmap.
+pub(crate) fn decode_borrowed(
+    plain: &[u8],
+    column_type: ColumnType,
+    rows: usize,
+) -> Result<(Decoded<'_>, Option<Vec<u8>>), SegmentError> {
     let mut c = Cursor(plain);
     if c.u8()? != FORMAT {
         return Err(SegmentError("unknown format"));
@@ -153,12 +180,16 @@ pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Resul
         _ => return Err(SegmentError("bad validity flag")),
     };
     let data = match column_type {
-        ColumnType::Int => ColumnData::Int(c.words(rows)?.map(i64::from_le_bytes).collect()),
-        ColumnType::Timestamp => ColumnData::Timestamp(c.words(rows)?.map(i64::from_le_bytes).collect()),
-        ColumnType::Float => ColumnData::Float(c.words(rows)?.map(f64::from_le_bytes).collect()),
+        ColumnType::Int => Decoded::Values(ColumnData::Int(c.words(rows)?.map(i64::from_le_bytes).collect())),
+        ColumnType::Timestamp => {
+            Decoded::Values(ColumnData::Timestamp(c.words(rows)?.map(i64::from_le_bytes).collect()))
+        }
+        ColumnType::Float => {
+            Decoded::Values(ColumnData::Float(c.words(rows)?.map(f64::from_le_bytes).collect()))
+        }
         ColumnType::Bool => {
             let bits = c.take(bitmap)?;
-            ColumnData::Bool((0..rows).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect())
+            Decoded::Values(ColumnData::Bool((0..rows).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect()))
         }
         ColumnType::Text => {
             let count = c.u32()? as usize;
@@ -168,7 +199,7 @@ pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Resul
                 let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
                 let text =
                     std::str::from_utf8(c.take(length)?).map_err(|_| SegmentError("text is not UTF-8"))?;
-                entries.push(text.to_owned());
+                entries.push(text);
             }
             let width = c.u8()? as usize;
             if width != code_width(count) {
@@ -185,13 +216,13 @@ pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Resul
             if codes.iter().any(|&code| code as usize >= count) {
                 return Err(SegmentError("code outside the dictionary"));
             }
-            ColumnData::Text { entries, codes }
+            Decoded::Text { entries, codes }
         }
     };
     if !c.0.is_empty() {
         return Err(SegmentError("trailing bytes"));
     }
-    Ok(Column { data, validity })
+    Ok((data, validity))
 }
 
 #[cfg(test)]

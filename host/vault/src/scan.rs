@@ -4,10 +4,11 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::chunk::{Decoded, decode_borrowed};
 use crate::pseudonym::PseudonymKey;
 use crate::schema::Classification;
 use crate::store::{DatasetVersion, VaultError};
-use crate::table::{Column, ColumnData};
+use crate::table::ColumnData;
 
 /// Why a scan could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,41 +63,47 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct Scan {
     dataset: DatasetVersion,
-    columns: Vec<usize>,
-    classifications: Vec<Classification>,
+    columns: Vec<ColumnScan>,
     batch_rows: usize,
     key: PseudonymKey,
     next_chunk: usize,
     current: Option<LoadedChunk>,
-    /// Per scanned text attribute: the scan's dictionary so far.
-    dictionaries: Vec<FxHashMap<String, u32>>,
-    /// Per scanned pseudonymised column: pseudonyms computed so far, so a
-    /// value repeated across chunks is hashed with blake3 once per scan.
-    pseudonyms: Vec<FxHashMap<String, u64>>,
+    /// Whether a chunk's columns may load on two threads.
+    parallel: bool,
+}
+
+/// What a scan keeps per column to map chunks onto itself.
+#[derive(Debug)]
+struct ColumnScan {
+    /// Index in the dataset's schema.
+    index: usize,
+    classification: Classification,
+    /// A text attribute's dictionary so far.
+    dictionary: FxHashMap<String, u32>,
+    /// A pseudonymised column's pseudonyms so far, so a value repeated
+    /// across chunks is hashed with blake3 once per scan.
+    pseudonyms: FxHashMap<String, u64>,
 }
 
 /// A decoded chunk being handed out.
 #[derive(Debug)]
 struct LoadedChunk {
-    columns: Vec<Column>,
+    columns: Vec<LoadedColumn>,
     rows: usize,
     next_row: usize,
-    /// Per scanned column: how its chunk-local dictionary codes map out.
-    remaps: Vec<Remap>,
-    /// For the chunk's first batch: dictionary entries new to the scan.
-    new_entries: Vec<Vec<String>>,
     /// For the chunk's first batch: the chunk's entity pseudonyms.
     new_entities: Vec<u64>,
 }
 
+/// One column of a chunk, already in the scan's terms.
 #[derive(Debug)]
-enum Remap {
-    Unchanged,
-    /// Local code to the scan's dictionary code.
-    Codes(Vec<u32>),
-    /// Local code to the run's pseudonym.
-    Pseudonyms(Vec<u64>),
+struct LoadedColumn {
+    values: BatchValues,
+    validity: Option<Vec<u8>>,
 }
+
+/// Chunks smaller than this load on one thread: a thread costs more.
+const PARALLEL_BYTES: u64 = 256 << 10;
 
 impl Scan {
     /// Start reading `columns` of `dataset`, at most `batch_rows` rows at a time.
@@ -109,7 +116,7 @@ impl Scan {
         if batch_rows == 0 {
             return Err(ScanError::ZeroBatchRows);
         }
-        let mut indexes = Vec::with_capacity(columns.len());
+        let mut scans = Vec::with_capacity(columns.len());
         for (i, &name) in columns.iter().enumerate() {
             if columns[..i].contains(&name) {
                 return Err(ScanError::DuplicateColumn(name.to_owned()));
@@ -118,67 +125,55 @@ impl Scan {
                 dataset: dataset.name().to_owned(),
                 column: name.to_owned(),
             })?;
-            indexes.push(index);
+            scans.push(ColumnScan {
+                index,
+                classification: dataset.schema().fields[index].classification,
+                dictionary: FxHashMap::default(),
+                pseudonyms: FxHashMap::default(),
+            });
         }
-        let classifications = indexes.iter().map(|&i| dataset.schema().fields[i].classification).collect();
-        Ok(Self {
-            dictionaries: vec![FxHashMap::default(); indexes.len()],
-            pseudonyms: vec![FxHashMap::default(); indexes.len()],
-            dataset,
-            columns: indexes,
-            classifications,
-            batch_rows,
-            key,
-            next_chunk: 0,
-            current: None,
-        })
+        let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        Ok(Self { dataset, columns: scans, batch_rows, key, next_chunk: 0, current: None, parallel })
     }
 
-    /// Decode the next chunk and map its dictionaries onto the scan's.
+    /// Decode the next chunk and map its dictionaries onto the scan's. The
+    /// columns are independent, so a large chunk loads on two threads, the
+    /// columns split between them by stored size.
     fn load(&mut self, chunk: usize) -> Result<LoadedChunk, ScanError> {
-        let columns = self.dataset.read_chunk(chunk, &self.columns)?;
-        let mut remaps = Vec::with_capacity(columns.len());
-        let mut new_entries = vec![Vec::new(); columns.len()];
-        let mut new_entities = Vec::new();
-        for (i, column) in columns.iter().enumerate() {
-            let ColumnData::Text { entries, .. } = &column.data else {
-                remaps.push(Remap::Unchanged);
-                continue;
-            };
-            let classification = self.classifications[i];
-            if classification.is_pseudonymised() {
-                let known = &mut self.pseudonyms[i];
-                let key = &self.key;
-                let pseudonyms: Vec<u64> = entries
-                    .iter()
-                    .map(|e| match known.get(e.as_str()) {
-                        Some(&p) => p,
-                        None => *known.entry(e.clone()).or_insert_with(|| key.pseudonym(e)),
-                    })
-                    .collect();
-                if classification == Classification::Entity {
-                    new_entities.extend_from_slice(&pseudonyms);
+        let (dataset, key) = (&self.dataset, &self.key);
+        let rows = dataset.chunk_rows(chunk);
+        let sizes: Vec<u64> = self.columns.iter().map(|c| dataset.segment_len(chunk, c.index)).collect();
+        let load =
+            |(position, column): (usize, &mut ColumnScan)| (position, column.load(dataset, key, chunk, rows));
+        let mut loaded =
+            if self.parallel && self.columns.len() > 1 && sizes.iter().sum::<u64>() >= PARALLEL_BYTES {
+                // Largest first, each to the lighter side.
+                let mut order: Vec<(usize, &mut ColumnScan)> = self.columns.iter_mut().enumerate().collect();
+                order.sort_by_key(|&(position, _)| std::cmp::Reverse(sizes[position]));
+                let (mut here, mut there, mut weights) = (Vec::new(), Vec::new(), [0, 0]);
+                for item in order {
+                    let side = usize::from(weights[1] < weights[0]);
+                    weights[side] += sizes[item.0];
+                    if side == 0 { here.push(item) } else { there.push(item) }
                 }
-                remaps.push(Remap::Pseudonyms(pseudonyms));
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| there.into_iter().map(load).collect::<Vec<_>>());
+                    let mut loaded: Vec<_> = here.into_iter().map(load).collect();
+                    loaded.extend(other.join().expect("a column load does not panic"));
+                    loaded
+                })
             } else {
-                let dictionary = &mut self.dictionaries[i];
-                let codes = entries
-                    .iter()
-                    .map(|entry| match dictionary.get(entry) {
-                        Some(&code) => code,
-                        None => {
-                            let code = dictionary.len() as u32;
-                            dictionary.insert(entry.clone(), code);
-                            new_entries[i].push(entry.clone());
-                            code
-                        }
-                    })
-                    .collect();
-                remaps.push(Remap::Codes(codes));
-            }
+                self.columns.iter_mut().enumerate().map(load).collect()
+            };
+        loaded.sort_by_key(|&(position, _)| position);
+        let mut columns = Vec::with_capacity(loaded.len());
+        let mut new_entities = Vec::new();
+        for (_, result) in loaded {
+            let (column, entities) = result?;
+            columns.push(column);
+            new_entities.extend(entities);
         }
-        let rows = self.dataset.chunk_rows(chunk);
-        Ok(LoadedChunk { columns, rows, next_row: 0, remaps, new_entries, new_entities })
+        Ok(LoadedChunk { columns, rows, next_row: 0, new_entities })
     }
 
     /// The next batch, or `None` at the end.
@@ -200,29 +195,90 @@ impl Scan {
     }
 }
 
+impl ColumnScan {
+    /// This column of chunk `chunk`: text codes mapped onto the scan's
+    /// dictionary (whose new entries it carries), pseudonymised columns
+    /// turned into pseudonyms. Also returns the entity pseudonyms.
+    fn load(
+        &mut self,
+        dataset: &DatasetVersion,
+        key: &PseudonymKey,
+        chunk: usize,
+        rows: usize,
+    ) -> Result<(LoadedColumn, Vec<u64>), VaultError> {
+        let plain = dataset.read_segment(chunk, self.index)?;
+        let column_type = dataset.schema().fields[self.index].column_type;
+        let (decoded, validity) =
+            decode_borrowed(&plain, column_type, rows).map_err(|e| dataset.corrupt(chunk, e.to_string()))?;
+        let (entries, codes) = match decoded {
+            Decoded::Values(data) => {
+                let values = match data {
+                    ColumnData::Int(v) => BatchValues::Int(v),
+                    ColumnData::Float(v) => BatchValues::Float(v),
+                    ColumnData::Bool(v) => BatchValues::Bool(v),
+                    ColumnData::Timestamp(v) => BatchValues::Timestamp(v),
+                    ColumnData::Text { .. } => unreachable!("text decodes borrowed"),
+                };
+                return Ok((LoadedColumn { values, validity }, Vec::new()));
+            }
+            Decoded::Text { entries, codes } => (entries, codes),
+        };
+        if self.classification.is_pseudonymised() {
+            let known = &mut self.pseudonyms;
+            let pseudonyms: Vec<u64> = entries
+                .iter()
+                .map(|&e| match known.get(e) {
+                    Some(&p) => p,
+                    None => *known.entry(e.to_owned()).or_insert_with(|| key.pseudonym(e)),
+                })
+                .collect();
+            let values = BatchValues::Pseudonym(codes.iter().map(|&c| pseudonyms[c as usize]).collect());
+            let entities =
+                if self.classification == Classification::Entity { pseudonyms } else { Vec::new() };
+            return Ok((LoadedColumn { values, validity }, entities));
+        }
+        let dictionary = &mut self.dictionary;
+        let mut new_entries = Vec::new();
+        let map: Vec<u32> = entries
+            .iter()
+            .map(|&entry| match dictionary.get(entry) {
+                Some(&code) => code,
+                None => {
+                    let code = dictionary.len() as u32;
+                    dictionary.insert(entry.to_owned(), code);
+                    new_entries.push(entry.to_owned());
+                    code
+                }
+            })
+            .collect();
+        let codes = codes.iter().map(|&c| map[c as usize]).collect();
+        Ok((LoadedColumn { values: BatchValues::Text { new_entries, codes }, validity }, Vec::new()))
+    }
+}
+
 impl LoadedChunk {
     fn batch(&mut self, batch_rows: usize) -> Batch {
         let (start, end) = (self.next_row, (self.next_row + batch_rows).min(self.rows));
         self.next_row = end;
+        // A batch that is the whole chunk takes its vectors instead of copying.
+        let whole = start == 0 && end == self.rows;
+        fn part<T: Clone>(v: &mut Vec<T>, whole: bool, start: usize, end: usize) -> Vec<T> {
+            if whole { std::mem::take(v) } else { v[start..end].to_vec() }
+        }
         let columns = self
             .columns
-            .iter()
-            .zip(&self.remaps)
-            .zip(&mut self.new_entries)
-            .map(|((column, remap), new_entries)| {
-                let values = match (&column.data, remap) {
-                    (ColumnData::Int(v), _) => BatchValues::Int(v[start..end].to_vec()),
-                    (ColumnData::Float(v), _) => BatchValues::Float(v[start..end].to_vec()),
-                    (ColumnData::Bool(v), _) => BatchValues::Bool(v[start..end].to_vec()),
-                    (ColumnData::Timestamp(v), _) => BatchValues::Timestamp(v[start..end].to_vec()),
-                    (ColumnData::Text { codes, .. }, Remap::Pseudonyms(map)) => {
-                        BatchValues::Pseudonym(codes[start..end].iter().map(|&c| map[c as usize]).collect())
-                    }
-                    (ColumnData::Text { codes, .. }, Remap::Codes(map)) => BatchValues::Text {
+            .iter_mut()
+            .map(|column| {
+                let values = match &mut column.values {
+                    BatchValues::Int(v) => BatchValues::Int(part(v, whole, start, end)),
+                    BatchValues::Float(v) => BatchValues::Float(part(v, whole, start, end)),
+                    BatchValues::Bool(v) => BatchValues::Bool(part(v, whole, start, end)),
+                    BatchValues::Timestamp(v) => BatchValues::Timestamp(part(v, whole, start, end)),
+                    BatchValues::Pseudonym(v) => BatchValues::Pseudonym(part(v, whole, start, end)),
+                    BatchValues::Text { new_entries, codes } => BatchValues::Text {
                         new_entries: std::mem::take(new_entries),
-                        codes: codes[start..end].iter().map(|&c| map[c as usize]).collect(),
+                        codes: part(codes, whole, start, end),
                     },
-                    (ColumnData::Text { .. }, Remap::Unchanged) => unreachable!("text columns are remapped"),
                 };
                 let validity = column.validity.as_ref().and_then(|bits| slice_bits(bits, start, end));
                 BatchColumn { values, validity }
@@ -324,6 +380,41 @@ mod tests {
         }
         assert_eq!(issued.len(), 3);
         assert!(issued.contains(&k.pseudonym("d3")));
+    }
+
+    #[test]
+    fn a_chunk_loaded_on_two_threads_reads_as_on_one() {
+        let mut csv = String::from("driver,region,km,litres,note\n");
+        let mut x = 7u64;
+        for row in 0..60_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let null = if row % 9 == 0 { String::new() } else { format!("{}", x % 1000) };
+            csv.push_str(&format!(
+                "d{},r{},{}.{},{null},n{}\n",
+                x % 5000,
+                x % 7,
+                x % 997,
+                x % 13,
+                row % 3000
+            ));
+        }
+        let options = IngestOptions { chunk_rows: 30_000, ..IngestOptions::entity("driver") };
+        let vault = Vault::temporary().unwrap();
+        let reader = CsvReader::new("trips.csv", std::io::Cursor::new(csv), &options).unwrap();
+        vault.ingest("acme", "trips", WriteMode::Replace, Box::new(reader), "trips.csv").unwrap();
+        let trips = vault.dataset("acme", "trips", None).unwrap();
+        let chunk_bytes: u64 = (0..5).map(|c| trips.segment_len(0, c)).sum();
+        assert!(chunk_bytes >= PARALLEL_BYTES, "{chunk_bytes} bytes: the chunk must be worth two threads");
+        let columns = ["note", "km", "driver", "litres", "region"];
+        let mut parallel = Scan::new(trips.clone(), &columns, 20_000, key()).unwrap();
+        let mut serial = Scan::new(trips, &columns, 20_000, key()).unwrap();
+        parallel.parallel = true;
+        serial.parallel = false;
+        let batches = all(&mut parallel);
+        assert_eq!(batches.len(), 4, "two batches per chunk");
+        assert_eq!(batches, all(&mut serial));
     }
 
     #[test]

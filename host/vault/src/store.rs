@@ -833,41 +833,59 @@ impl DatasetVersion {
 
     /// Columns `columns` (schema indexes) of chunk `chunk`, decoded.
     pub(crate) fn read_chunk(&self, chunk: usize, columns: &[usize]) -> Result<Vec<Column>, VaultError> {
-        let h = &self.inner;
-        let c = &h.record.chunks[chunk];
-        let corrupt = |detail: String| VaultError::Corrupt {
-            dataset: h.dataset.clone(),
-            version: h.record.version,
-            chunk: chunk as u64,
-            detail,
-        };
-        if c.segments.len() != h.record.schema.fields.len() {
-            return Err(corrupt("the record's segments do not match the schema".into()));
-        }
-        let path = h.tenant_dir.join(&c.dir).join(c.file_name());
-        let mut file = File::open(&path).map_err(io(&path))?;
-        let mut sealed = Vec::new();
         columns
             .iter()
             .map(|&column| {
-                let (offset, len) = c.segments[column];
-                sealed.resize(len as usize, 0);
-                file.seek(SeekFrom::Start(offset))
-                    .and_then(|_| file.read_exact(&mut sealed))
-                    .map_err(io(&path))?;
-                let address = ChunkAddress {
-                    tenant: &h.tenant,
-                    dataset: &h.dataset,
-                    version: c.origin_version,
-                    chunk: c.index,
-                    column: column as u32,
-                };
-                let stored = h.key.open(&address, &sealed).map_err(|e| corrupt(e.to_string()))?;
-                let plain = chunk::decompress(&stored).map_err(|e: SegmentError| corrupt(e.to_string()))?;
-                let column_type = h.record.schema.fields[column].column_type;
-                chunk::decode_plain(&plain, column_type, c.rows as usize).map_err(|e| corrupt(e.to_string()))
+                let plain = self.read_segment(chunk, column)?;
+                let column_type = self.schema().fields[column].column_type;
+                chunk::decode_plain(&plain, column_type, self.chunk_rows(chunk))
+                    .map_err(|e| self.corrupt(chunk, e.to_string()))
             })
             .collect()
+    }
+
+    /// Column `column`'s segment of chunk `chunk`: read, opened (which
+    /// authenticates it) and decompressed, not yet decoded.
+    pub(crate) fn read_segment(&self, chunk: usize, column: usize) -> Result<Vec<u8>, VaultError> {
+        let h = &self.inner;
+        let c = &h.record.chunks[chunk];
+        let corrupt = |detail: String| self.corrupt(chunk, detail);
+        let Some(&(offset, len)) =
+            c.segments.get(column).filter(|_| c.segments.len() == h.record.schema.fields.len())
+        else {
+            return Err(corrupt("the record's segments do not match the schema".into()));
+        };
+        let path = h.tenant_dir.join(&c.dir).join(c.file_name());
+        let mut sealed = vec![0; len as usize];
+        File::open(&path)
+            .and_then(|mut file| {
+                file.seek(SeekFrom::Start(offset))?;
+                file.read_exact(&mut sealed)
+            })
+            .map_err(io(&path))?;
+        let address = ChunkAddress {
+            tenant: &h.tenant,
+            dataset: &h.dataset,
+            version: c.origin_version,
+            chunk: c.index,
+            column: column as u32,
+        };
+        let stored = h.key.open(&address, &sealed).map_err(|e| corrupt(e.to_string()))?;
+        chunk::decompress(&stored).map_err(|e: SegmentError| corrupt(e.to_string()))
+    }
+
+    /// The stored size of a segment: what reading it costs.
+    pub(crate) fn segment_len(&self, chunk: usize, column: usize) -> u64 {
+        self.inner.record.chunks[chunk].segments.get(column).map_or(0, |&(_, len)| len.into())
+    }
+
+    pub(crate) fn corrupt(&self, chunk: usize, detail: String) -> VaultError {
+        VaultError::Corrupt {
+            dataset: self.inner.dataset.clone(),
+            version: self.inner.record.version,
+            chunk: chunk as u64,
+            detail,
+        }
     }
 
     /// Read every chunk and check it against its recorded content hash.
