@@ -68,10 +68,10 @@ pub fn encode_plain(column: &Column, rows: usize) -> Vec<u8> {
         }
         ColumnData::Text { entries, codes } => {
             out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-            for entry in entries {
+            for entry in entries.iter() {
                 out.extend_from_slice(&(entry.len() as u32).to_le_bytes());
             }
-            for entry in entries {
+            for entry in entries.iter() {
                 out.extend_from_slice(entry.as_bytes());
             }
             let width = code_width(entries.len());
@@ -140,7 +140,7 @@ pub fn decode_plain(plain: &[u8], column_type: ColumnType, rows: usize) -> Resul
     let data = match values {
         Decoded::Values(data) => data,
         Decoded::Text { entries, codes } => {
-            ColumnData::Text { entries: entries.into_iter().map(str::to_owned).collect(), codes }
+            ColumnData::Text { entries: entries.into_iter().collect(), codes }
         }
     };
     Ok(Column { data, validity })
@@ -228,6 +228,7 @@ pub(crate) fn decode_borrowed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::Dictionary;
 
     fn roundtrip(column: Column, column_type: ColumnType, rows: usize) {
         let stored = compress(&encode_plain(&column, rows));
@@ -264,6 +265,7 @@ mod tests {
         for entries in
             [vec!["south".to_owned(), "".to_owned(), "Zürich".to_owned()], many[..300].to_vec(), many.clone()]
         {
+            let entries: Dictionary = entries.into_iter().collect();
             let n = entries.len() as u32;
             let codes = (0..n).rev().chain([0, n - 1]).collect::<Vec<_>>();
             let rows = codes.len();
@@ -278,7 +280,7 @@ mod tests {
     #[test]
     fn malformed_segments_are_errors_not_panics() {
         let column = Column {
-            data: ColumnData::Text { entries: vec!["a".into(), "bc".into()], codes: vec![0, 1, 1] },
+            data: ColumnData::Text { entries: ["a", "bc"].into_iter().collect(), codes: vec![0, 1, 1] },
             validity: Some(vec![0b011]),
         };
         let plain = encode_plain(&column, 3);

@@ -231,7 +231,7 @@ mod tests {
             ColumnData::Text { entries, codes } => (entries.clone(), codes.clone()),
             other => panic!("{other:?}"),
         };
-        assert_eq!(text(&first), (vec!["south".to_owned(), "north".to_owned()], vec![0, 1]));
-        assert_eq!(text(&second), (vec!["south".to_owned()], vec![0]));
+        assert_eq!(text(&first), (["south", "north"].into_iter().collect(), vec![0, 1]));
+        assert_eq!(text(&second), (["south"].into_iter().collect(), vec![0]));
     }
 }

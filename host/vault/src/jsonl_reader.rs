@@ -221,7 +221,7 @@ mod tests {
         );
         assert_eq!(
             t.columns[0].data,
-            ColumnData::Text { entries: vec!["d1".into(), "17".into()], codes: vec![0, 1] }
+            ColumnData::Text { entries: ["d1", "17"].into_iter().collect(), codes: vec![0, 1] }
         );
         assert!(!t.columns[1].is_valid(1) && !t.columns[3].is_valid(0));
     }

@@ -33,7 +33,7 @@ pub use scan::{Batch, BatchColumn, BatchValues, Scan, ScanError};
 pub use schema::{Classification, ColumnType, Field, Schema};
 pub use sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SEAL_OVERHEAD, SealError};
 pub use store::{DatasetVersion, Vault, VaultError, VersionInfo, WriteMode};
-pub use table::{Column, ColumnData, Table, TableBuilder};
+pub use table::{Column, ColumnData, Dictionary, Table, TableBuilder};
 pub use timestamp::{format_timestamp, parse_timestamp};
 
 /// Why reading input failed: names the file, and where known the row (1-based,

@@ -1,7 +1,10 @@
 //! Columnar tables: typed vectors, text as a first-seen-order dictionary plus
 //! codes, nulls as a validity bitmap.
 
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 
 use crate::schema::{ColumnType, Schema};
 
@@ -34,9 +37,74 @@ pub enum ColumnData {
     /// `0..r` are always below the number of distinct values in those rows:
     /// a sequential scan's new dictionary entries form one contiguous range.
     Text {
-        entries: Vec<String>,
+        entries: Dictionary,
         codes: Vec<u32>,
     },
+}
+
+/// A text column's distinct values, in one buffer: one allocation per chunk
+/// instead of one per value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dictionary {
+    text: String,
+    /// Where each entry ends in `text`.
+    ends: Vec<u32>,
+}
+
+impl Dictionary {
+    /// Entries.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of text in all entries.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Entry `i`.
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    /// Add an entry at the end (entries need not be distinct here).
+    pub fn push(&mut self, entry: &str) {
+        self.text.push_str(entry);
+        self.ends.push(u32::try_from(self.text.len()).expect("a chunk's text stays below 4 GiB"));
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl std::ops::Index<usize> for Dictionary {
+    type Output = str;
+
+    fn index(&self, i: usize) -> &str {
+        self.get(i)
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for Dictionary {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.iter().eq(other.iter().copied())
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Dictionary {
+    fn from_iter<I: IntoIterator<Item = S>>(entries: I) -> Self {
+        let mut dictionary = Self::default();
+        entries.into_iter().for_each(|e| dictionary.push(e.as_ref()));
+        dictionary
+    }
 }
 
 impl Column {
@@ -60,7 +128,8 @@ pub struct TableBuilder {
 #[derive(Debug)]
 struct ColumnBuilder {
     data: ColumnData,
-    dictionary: FxHashMap<String, u32>,
+    /// Codes of a text column's entries, by the entries' hash.
+    dictionary: HashTable<u32>,
     nulls: Vec<usize>,
 }
 
@@ -86,10 +155,10 @@ impl TableBuilder {
                     ColumnType::Bool => ColumnData::Bool(Vec::with_capacity(rows)),
                     ColumnType::Timestamp => ColumnData::Timestamp(Vec::with_capacity(rows)),
                     ColumnType::Text => {
-                        ColumnData::Text { entries: Vec::new(), codes: Vec::with_capacity(rows) }
+                        ColumnData::Text { entries: Dictionary::default(), codes: Vec::with_capacity(rows) }
                     }
                 },
-                dictionary: FxHashMap::default(),
+                dictionary: HashTable::new(),
                 nulls: Vec::new(),
             })
             .collect()
@@ -146,12 +215,14 @@ impl TableBuilder {
     /// Push `value`; returns the dictionary bytes it added.
     fn push_text_into(c: &mut ColumnBuilder, value: &str) -> usize {
         let ColumnData::Text { entries, codes } = &mut c.data else { panic!("push_text on {:?}", c.data) };
-        let (code, added) = match c.dictionary.get(value) {
+        let hash = FxBuildHasher.hash_one(value);
+        let (code, added) = match c.dictionary.find(hash, |&code| entries.get(code as usize) == value) {
             Some(&code) => (code, 0),
             None => {
                 let code = entries.len() as u32;
-                entries.push(value.to_owned());
-                c.dictionary.insert(value.to_owned(), code);
+                entries.push(value);
+                c.dictionary
+                    .insert_unique(hash, code, |&code| FxBuildHasher.hash_one(entries.get(code as usize)));
                 (code, value.len())
             }
         };
