@@ -52,6 +52,11 @@ pub struct Dictionary {
 }
 
 impl Dictionary {
+    /// An empty dictionary with room for `entries` entries of `text` bytes.
+    pub fn with_capacity(entries: usize, text: usize) -> Self {
+        Self { text: String::with_capacity(text), ends: Vec::with_capacity(entries) }
+    }
+
     /// Entries.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -141,25 +146,35 @@ impl TableBuilder {
     }
 
     fn empty_columns(schema: &Schema) -> Vec<ColumnBuilder> {
-        Self::empty_columns_sized(schema, 0)
+        Self::empty_columns_like(schema, 0, &[])
     }
 
-    fn empty_columns_sized(schema: &Schema, rows: usize) -> Vec<ColumnBuilder> {
+    /// Empty columns with room for `rows` rows and, per text column, as
+    /// many entries as `previous` (the last chunk's columns) had.
+    fn empty_columns_like(schema: &Schema, rows: usize, previous: &[ColumnBuilder]) -> Vec<ColumnBuilder> {
         schema
             .fields
             .iter()
-            .map(|f| ColumnBuilder {
-                data: match f.column_type {
-                    ColumnType::Int => ColumnData::Int(Vec::with_capacity(rows)),
-                    ColumnType::Float => ColumnData::Float(Vec::with_capacity(rows)),
-                    ColumnType::Bool => ColumnData::Bool(Vec::with_capacity(rows)),
-                    ColumnType::Timestamp => ColumnData::Timestamp(Vec::with_capacity(rows)),
-                    ColumnType::Text => {
-                        ColumnData::Text { entries: Dictionary::default(), codes: Vec::with_capacity(rows) }
-                    }
-                },
-                dictionary: HashTable::new(),
-                nulls: Vec::new(),
+            .enumerate()
+            .map(|(i, f)| {
+                let (entries, text) = match previous.get(i).map(|c| &c.data) {
+                    Some(ColumnData::Text { entries, .. }) => (entries.len(), entries.text_len()),
+                    _ => (0, 0),
+                };
+                ColumnBuilder {
+                    data: match f.column_type {
+                        ColumnType::Int => ColumnData::Int(Vec::with_capacity(rows)),
+                        ColumnType::Float => ColumnData::Float(Vec::with_capacity(rows)),
+                        ColumnType::Bool => ColumnData::Bool(Vec::with_capacity(rows)),
+                        ColumnType::Timestamp => ColumnData::Timestamp(Vec::with_capacity(rows)),
+                        ColumnType::Text => ColumnData::Text {
+                            entries: Dictionary::with_capacity(entries, text),
+                            codes: Vec::with_capacity(rows),
+                        },
+                    },
+                    dictionary: HashTable::with_capacity(entries),
+                    nulls: Vec::new(),
+                }
             })
             .collect()
     }
@@ -248,9 +263,9 @@ impl TableBuilder {
     /// The rows so far as a table; the builder starts over, empty, with the
     /// same schema and fresh dictionaries.
     pub fn take(&mut self) -> Table {
-        // The next chunk is likely as long as this one: size it so.
-        let columns =
-            std::mem::replace(&mut self.columns, Self::empty_columns_sized(&self.schema, self.rows));
+        // The next chunk is likely much like this one: size it so.
+        let next = Self::empty_columns_like(&self.schema, self.rows, &self.columns);
+        let columns = std::mem::replace(&mut self.columns, next);
         let rows = std::mem::take(&mut self.rows);
         self.text_bytes = 0;
         Self::build(self.name.clone(), self.schema.clone(), rows, columns)
