@@ -39,7 +39,7 @@ enum Command {
     Ingest(vault_cmd::IngestArgs),
     /// List tenants, a tenant's datasets, or a dataset's versions.
     Datasets(vault_cmd::DatasetsArgs),
-    /// Write a dataset version in clear, as CSV: the tenant's own export.
+    /// Write a dataset version in clear, as CSV or Parquet: the tenant's own export.
     Export(vault_cmd::ExportArgs),
     /// Erase a tenant (its data key destroyed, its files removed), or delete
     /// one dataset.
