@@ -262,6 +262,34 @@ fn ingest_run_export_backup_restore_and_erase_from_the_command_line() {
 
     let export = kanon_vault_cmd(&dir, &["export", "--tenant", "acme", "--dataset", "trips"]);
     assert_eq!(text(&export.stdout), trips_csv(), "the tenant's export is its data");
+    // A Parquet export ingests back to the same contents.
+    let parquet = dir.path().join("trips.parquet");
+    let out = kanon_vault_cmd(
+        &dir,
+        &["export", "--tenant", "acme", "--dataset", "trips", "--out", parquet.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success() && std::fs::read(&parquet).unwrap().starts_with(b"PAR1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ingest = [
+        "ingest",
+        "--tenant",
+        "acme",
+        "--dataset",
+        "again",
+        parquet.to_str().unwrap(),
+        "--entity",
+        "driver_id",
+    ];
+    let out = kanon_vault_cmd(&dir, &ingest);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again =
+        kanon_vault_cmd(&dir, &["export", "--tenant", "acme", "--dataset", "again", "--format", "csv"]);
+    assert_eq!(text(&again.stdout), trips_csv(), "Parquet roundtrips");
+    let out = kanon_vault_cmd(&dir, &["erase", "--tenant", "acme", "--dataset", "again"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     let backup = dir.path().join("backup");
     let out = kanon_vault_cmd(&dir, &["backup", "--to", backup.to_str().unwrap()]);
@@ -293,11 +321,13 @@ fn ingest_run_export_backup_restore_and_erase_from_the_command_line() {
 #[test]
 fn bad_ingest_input_is_named_and_stores_nothing() {
     let dir = Dir::new();
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 6] = [
         ("ragged.csv", "driver_id,km\nD1,1\nD2,2,3\n", "ragged.csv, row 2 (line 3): the row has 3 fields"),
         ("empty.csv", "", "the file is empty"),
         ("nested.jsonl", "{\"driver_id\":\"D1\",\"km\":[1]}\n", "row 1 (line 1), column `km`: nested values"),
-        ("trips.parquet", "PAR1", "unknown file type"),
+        ("trips.parquet", "PAR1", "trips.parquet: not a readable Parquet file"),
+        ("trips.arrow", "ARROW1\0\0PAR1", "trips.arrow: not a readable Arrow IPC file or stream"),
+        ("trips.xlsx", "PK", "unknown file type"),
     ];
     for (name, contents, expected) in cases {
         let file = dir.write(name, contents);
