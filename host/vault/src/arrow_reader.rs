@@ -24,8 +24,6 @@ use arrow_array::{
 use arrow_schema::{ArrowError, DataType, TimeUnit};
 
 use crate::IngestError;
-#[cfg(test)]
-use crate::ingest::InputFormat;
 use crate::ingest::{self, ChunkReader, IngestOptions};
 use crate::schema::{Classification, ColumnType, Schema};
 use crate::table::{Table, TableBuilder};
@@ -33,14 +31,22 @@ use crate::timestamp::format_timestamp;
 
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
+/// A record batch, widened, partly pushed.
+struct PendingBatch {
+    /// By column.
+    cells: Vec<Cells>,
+    rows: usize,
+    next_row: usize,
+}
+
 /// Reads Parquet or Arrow IPC, one chunk at a time.
 pub struct ArrowReader {
     source: String,
     batches: Batches,
     options: IngestOptions,
     builder: TableBuilder,
-    /// The batch being read, as cells by column, and its next row.
-    pending: Option<(Vec<Cells>, usize, usize)>,
+    /// The batch being read, if a chunk filled up inside it.
+    pending: Option<PendingBatch>,
     /// Data rows in the batches before `pending`.
     rows_before: u64,
 }
@@ -129,7 +135,7 @@ impl ArrowReader {
         })
     }
 
-    /// Push row `row` of the pending batch.
+    /// Push row `row` of a batch's cells and end it.
     fn push_row(&mut self, cells: &[Cells], row: usize) -> Result<(), IngestError> {
         for (i, cell) in cells.iter().enumerate() {
             if let Err(detail) = push_cell(&mut self.builder, i, cell, row) {
@@ -150,7 +156,7 @@ impl ChunkReader for ArrowReader {
 
     fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
         loop {
-            let (cells, next, rows) = match self.pending.take() {
+            let mut batch = match self.pending.take() {
                 Some(pending) => pending,
                 None => match self.batches.next() {
                     None => break,
@@ -169,23 +175,22 @@ impl ChunkReader for ArrowReader {
                                 IngestError::at(&self.source, data_row, None, column, detail)
                             })?);
                         }
-                        (cells, 0, batch.num_rows())
+                        PendingBatch { cells, rows: batch.num_rows(), next_row: 0 }
                     }
                 },
             };
-            let mut row = next;
-            while row < rows {
-                self.push_row(&cells, row)?;
-                row += 1;
+            while batch.next_row < batch.rows {
+                self.push_row(&batch.cells, batch.next_row)?;
+                batch.next_row += 1;
                 if ingest::chunk_full(&self.builder, &self.options) {
                     break;
                 }
             }
-            if row < rows {
-                self.pending = Some((cells, row, rows));
+            if batch.next_row < batch.rows {
+                self.pending = Some(batch);
                 return Ok(Some(self.builder.take()));
             }
-            self.rows_before += rows as u64;
+            self.rows_before += batch.rows as u64;
             if ingest::chunk_full(&self.builder, &self.options) {
                 return Ok(Some(self.builder.take()));
             }
@@ -412,6 +417,7 @@ mod tests {
     use parquet::file::properties::WriterProperties;
 
     use super::*;
+    use crate::ingest::InputFormat;
     use crate::table::ColumnData;
 
     /// Three batches of every admitted type, some of them null.
