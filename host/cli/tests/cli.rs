@@ -362,7 +362,7 @@ fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
     use std::os::unix::process::ExitStatusExt;
     let dir = Dir::new();
     let mut csv = String::from("driver_id,region,km,note\n");
-    for i in 0..200_000 {
+    for i in 0..600_000 {
         csv.push_str(&format!("D{},r{},{}.25,trip note {}\n", i % 5000, i % 9, i % 700, i % 13));
     }
     let file = dir.write("trips.csv", &csv);
@@ -379,10 +379,16 @@ fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
             .unwrap()
     };
     let ingest = ["ingest", "--tenant", "acme", "--dataset", "trips", file, "--entity", "driver_id"];
-    // A whole ingest, timed, so the kills land anywhere inside one.
-    let start = std::time::Instant::now();
-    assert!(spawn(&ingest).wait().unwrap().success());
-    let whole = start.elapsed().as_millis() as u64 + 1;
+    let export = ["export", "--tenant", "acme", "--dataset", "trips", "--out", "/dev/null"];
+    // A whole ingest and a whole export, timed, so the kills land anywhere
+    // inside one.
+    let timed = |args: &[&str]| {
+        let start = std::time::Instant::now();
+        assert!(spawn(args).wait().unwrap().success());
+        start.elapsed().as_millis() as u64 + 1
+    };
+    let whole_ingest = timed(&ingest);
+    let whole_export = timed(&export);
     let key = std::fs::read(dir.path().join("kek.hex")).unwrap();
     let key = kanon_vault::KeyEncryptionKey::from_key_file("kek.hex", &key).unwrap();
     let reference = {
@@ -393,11 +399,8 @@ fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
     let (mut interrupted, mut rounds) = (0, 0);
     for round in 0..24 {
         let reading = round % 3 == 2 && round > 0;
-        let mut child = if reading {
-            spawn(&["export", "--tenant", "acme", "--dataset", "trips", "--out", "/dev/null"])
-        } else {
-            spawn(&ingest)
-        };
+        let (mut child, whole) =
+            if reading { (spawn(&export), whole_export) } else { (spawn(&ingest), whole_ingest) };
         std::thread::sleep(std::time::Duration::from_millis(random_below(whole)));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
@@ -430,5 +433,6 @@ fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
         assert_eq!(write_dirs, versions.len(), "round {round}");
     }
     assert_eq!(rounds, 24);
+    eprintln!("{interrupted} of 24 processes killed mid-way");
     assert!(interrupted >= 12, "only {interrupted} of 24 processes were killed mid-way");
 }
