@@ -448,8 +448,10 @@ impl Vault {
                 let index = chunks.len() as u64;
                 chunks.push(writer.write(index, &table)?);
             }
-            parser.join().expect("the parser thread does not panic");
-            Ok(())
+            // A reader bug must fail this ingest, not the host.
+            parser.join().map_err(|_| {
+                VaultError::Ingest(IngestError::whole(source, "the input reader failed unexpectedly".into()))
+            })
         })?;
         if chunks.is_empty() {
             return Err(VaultError::Ingest(IngestError::whole(source, "no rows".into())));
