@@ -97,6 +97,7 @@ impl ArrowReader {
                 skipped += 8;
             }
         }
+        let input = CheckedIpcStream { input, message: Vec::new(), served: 0, ended: false };
         let reader = guarded(source, || {
             arrow_ipc::reader::StreamReader::try_new(input, None).map_err(|e| {
                 IngestError::whole(source, format!("not a readable Arrow IPC file or stream: {e}"))
@@ -214,6 +215,116 @@ impl ArrowReader {
         }
         Ok(None)
     }
+}
+
+/// Most bytes the compressed buffers of one IPC message may declare they
+/// hold once decompressed.
+const MAX_DECLARED_BYTES: u64 = 1 << 30;
+
+/// An Arrow IPC stream passed on one message at a time, each checked first:
+/// arrow-ipc allocates a compressed buffer's declared decompressed size as
+/// given, and an allocation that fails aborts the process.
+struct CheckedIpcStream<R> {
+    input: R,
+    /// The message being passed on: its framing, metadata and body.
+    message: Vec<u8>,
+    served: usize,
+    /// Past the end-of-stream marker (a file's footer follows it).
+    ended: bool,
+}
+
+impl<R: Read> Read for CheckedIpcStream<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.served == self.message.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            self.next_message()?;
+        }
+        let n = out.len().min(self.message.len() - self.served);
+        out[..n].copy_from_slice(&self.message[self.served..self.served + n]);
+        self.served += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> CheckedIpcStream<R> {
+    fn next_message(&mut self) -> std::io::Result<()> {
+        let invalid = |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
+        self.message.clear();
+        self.served = 0;
+        // A length, after a continuation marker unless the stream predates it.
+        let mut length = self.read_u32()?;
+        if length == Some(u32::MAX) {
+            length = self.read_u32()?;
+        }
+        let Some(length) = length.filter(|&l| l != 0) else {
+            self.ended = true;
+            return Ok(());
+        };
+        self.read_exactly(u64::from(length))?;
+        // A copy: flatbuffers wants the metadata at an aligned start.
+        let metadata = self.message[self.message.len() - length as usize..].to_vec();
+        let message =
+            arrow_ipc::root_as_message(&metadata).map_err(|e| invalid(format!("bad message header: {e}")))?;
+        let batch = message
+            .header_as_record_batch()
+            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        let compressed = batch.is_some_and(|b| b.compression().is_some());
+        let buffers: Vec<(i64, i64)> =
+            batch.and_then(|b| b.buffers()).into_iter().flatten().map(|b| (b.offset(), b.length())).collect();
+        let body_length =
+            u64::try_from(message.bodyLength()).map_err(|_| invalid("negative body length".into()))?;
+        let body_start = self.message.len();
+        self.read_exactly(body_length)?;
+        if compressed {
+            let body = &self.message[body_start..];
+            let declared: u64 = buffers
+                .iter()
+                .filter_map(|&(offset, length)| {
+                    let start = usize::try_from(offset).ok()?;
+                    let prefix = body.get(start..start.checked_add(8)?).filter(|_| length >= 8)?;
+                    // -1 marks a buffer stored uncompressed.
+                    u64::try_from(i64::from_le_bytes(prefix.try_into().expect("8 bytes"))).ok()
+                })
+                .fold(0, u64::saturating_add);
+            if declared > MAX_DECLARED_BYTES {
+                return Err(invalid(format!(
+                    "a record batch declares {declared} bytes once decompressed, over the limit of {MAX_DECLARED_BYTES}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next 4 bytes as a little-endian u32, also kept in `message`;
+    /// `None` if the stream ends cleanly before a message.
+    fn read_u32(&mut self) -> std::io::Result<Option<u32>> {
+        let start = self.message.len();
+        (&mut self.input).take(4).read_to_end(&mut self.message)?;
+        match &self.message[start..] {
+            [] if start == 0 => Ok(None),
+            &[a, b, c, d] => Ok(Some(u32::from_le_bytes([a, b, c, d]))),
+            _ => Err(cut_short()),
+        }
+    }
+
+    /// Read `n` bytes onto `message`. It grows as bytes arrive, so a length
+    /// that lies costs no more than the file holds.
+    fn read_exactly(&mut self, n: u64) -> std::io::Result<()> {
+        let start = self.message.len();
+        (&mut self.input).take(n).read_to_end(&mut self.message)?;
+        if ((self.message.len() - start) as u64) < n {
+            return Err(cut_short());
+        }
+        Ok(())
+    }
+}
+
+/// Not `UnexpectedEof`: arrow-ipc takes that, met at a message's start, for
+/// the stream's end, and the truncation would go unnoticed.
+fn cut_short() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "the stream ends inside a message")
 }
 
 /// Run `decode`, turning a panic into an error. arrow-rs panics on some
@@ -768,5 +879,41 @@ mod tests {
             }
         }
         assert!(decoder_failures > 0, "the seed no longer reaches a decoder panic; pick another");
+    }
+
+    /// A compressed buffer that claims to decompress to 786 GB is refused
+    /// before arrow-ipc would try to allocate it (and abort).
+    #[test]
+    fn a_declared_decompressed_size_past_the_limit_is_refused() {
+        for file_format in [false, true] {
+            let mut bytes = ipc_bytes(&batches(), file_format);
+            // Walk the messages to the first record batch's first buffer.
+            let mut at = if file_format { 8 } else { 0 };
+            let word = |bytes: &[u8], at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            while word(&bytes, at) == 0 {
+                at += 8; // a file's padding after its magic
+            }
+            let prefix = loop {
+                assert_eq!(word(&bytes, at), u32::MAX, "a continuation marker");
+                let length = word(&bytes, at + 4) as usize;
+                let metadata = bytes[at + 8..at + 8 + length].to_vec();
+                let message = arrow_ipc::root_as_message(&metadata).unwrap();
+                let body = at + 8 + length;
+                if let Some(batch) = message.header_as_record_batch() {
+                    let buffer = batch.buffers().unwrap().iter().find(|b| b.length() >= 8).unwrap();
+                    break body + buffer.offset() as usize;
+                }
+                at = body + message.bodyLength() as usize;
+            };
+            bytes[prefix..prefix + 8].copy_from_slice(&785_979_015_170i64.to_le_bytes());
+            let err = ArrowReader::ipc("bomb.arrow", std::io::Cursor::new(bytes), &options(100))
+                .and_then(|mut reader| read_all(&mut reader))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("declares 7859790") && err.contains("bytes once decompressed, over the limit"),
+                "{err}"
+            );
+        }
     }
 }
