@@ -387,20 +387,30 @@ enum Text {
 }
 
 impl Text {
-    fn of(array: &ArrayRef) -> Self {
-        match array.data_type() {
+    /// The text of `array`, or `None` for a dictionary column with an empty
+    /// dictionary: every row of it is null (arrow-rs asserts on its keys).
+    fn of(array: &ArrayRef) -> Result<Option<Self>, (usize, String)> {
+        Ok(Some(match array.data_type() {
             DataType::Utf8 => Self::Utf8(array.as_string::<i32>().clone()),
             DataType::LargeUtf8 => Self::Large(array.as_string::<i64>().clone()),
             DataType::Utf8View => Self::View(array.as_string_view().clone()),
             DataType::Dictionary(..) => {
                 let dictionary = array.as_any_dictionary();
-                Self::Dictionary {
-                    keys: dictionary.normalized_keys(),
-                    values: Box::new(Self::of(dictionary.values())),
+                if dictionary.values().is_empty() {
+                    let keys = dictionary.keys();
+                    return match (0..keys.len()).find(|&row| keys.is_valid(row)) {
+                        None => Ok(None),
+                        Some(row) => {
+                            Err((row, "the value's dictionary key points into an empty dictionary".into()))
+                        }
+                    };
                 }
+                let values =
+                    Self::of(dictionary.values())?.expect("a dictionary's values are not a dictionary");
+                Self::Dictionary { keys: dictionary.normalized_keys(), values: Box::new(values) }
             }
             other => unreachable!("column_type admitted {other} as text"),
-        }
+        }))
     }
 
     fn value(&self, row: usize) -> &str {
@@ -495,7 +505,7 @@ impl Cells {
             D::Date32 => micros!(Date32Type, 86_400_000_000),
             D::Date64 => micros!(Date64Type, 1_000),
             D::Null => Values::Null,
-            _ => Values::Text(Text::of(array)),
+            _ => Text::of(array)?.map_or(Values::Null, Values::Text),
         };
         Ok(Self { values, nulls })
     }
@@ -842,6 +852,48 @@ mod tests {
         let err =
             ingest::open_stream(InputFormat::Parquet, "-", std::io::empty(), &options(1)).err().unwrap();
         assert!(err.to_string().contains("give a file, not a stream"), "{err}");
+    }
+
+    /// arrow-rs asserts on the keys of a dictionary with no values, which is
+    /// how an all-null dictionary column (or an empty batch) is written.
+    #[test]
+    fn an_all_null_dictionary_column_reads_as_nulls() {
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("customer", DataType::Utf8, false),
+            Field::new(
+                "segment",
+                DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
+                true,
+            ),
+        ]));
+        let batch = |ids: Vec<&str>| {
+            let keys: Vec<Option<u32>> = vec![None; ids.len()];
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(DictionaryArray::<UInt32Type>::new(
+                    keys.into(),
+                    Arc::new(StringArray::from(Vec::<&str>::new())),
+                )),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        let batches = [batch(vec![]), batch(vec!["a", "b", "c"])];
+        let parquet = parquet_file(&batches, Compression::SNAPPY);
+        let mut inputs: Vec<(String, Box<dyn ChunkReader>)> = vec![(
+            "parquet".into(),
+            Box::new(ArrowReader::parquet("in.parquet", parquet.reopen().unwrap(), &options(100)).unwrap()),
+        )];
+        for file_format in [true, false] {
+            let bytes = ipc_bytes(&batches, file_format);
+            let reader = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100)).unwrap();
+            inputs.push((format!("ipc file={file_format}"), Box::new(reader)));
+        }
+        for (name, mut reader) in inputs {
+            let tables = read_all(&mut *reader).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(tables.len(), 1, "{name}");
+            assert_eq!(tables[0].rows, 3, "{name}");
+            assert!((0..3).all(|row| !tables[0].columns[1].is_valid(row)), "{name}: every segment is null");
+        }
     }
 
     /// Files with bytes overwritten at random (a fixed seed): each is read
