@@ -13,14 +13,15 @@ use std::io::{BufRead, BufReader, Read};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Date64Type, Decimal32Type, Decimal64Type, Decimal128Type, Float16Type, Float32Type,
-    Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    Date32Type, Date64Type, Decimal32Type, Decimal64Type, Decimal128Type, DecimalType, Float16Type,
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
     UInt32Type, UInt64Type,
 };
 use arrow_array::{
     Array, ArrayRef, BooleanArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
 };
+use arrow_buffer::ScalarBuffer;
 use arrow_schema::{ArrowError, DataType, TimeUnit};
 
 use crate::IngestError;
@@ -368,9 +369,22 @@ struct Cells {
     nulls: Option<arrow_buffer::NullBuffer>,
 }
 
+/// A column's values, widened only where that loses nothing: a value that
+/// goes into a column of another type (an entity, say) is converted from
+/// what the file holds.
 enum Values {
     Int(Vec<i64>),
+    /// Whether a value fits an int column is known only once pushed there.
+    UInt64(ScalarBuffer<u64>),
+    /// 16- and 64-bit floats.
     Float(Vec<f64>),
+    /// As text, `1.1` stays `1.1`, not its f64 widening `1.100000023841858`.
+    Float32(ScalarBuffer<f32>),
+    /// Unscaled values: an f64 would merge two 20-digit identifiers.
+    Decimal {
+        values: Vec<i128>,
+        scale: i8,
+    },
     Bool(BooleanArray),
     /// Microseconds since the epoch.
     Timestamp(Vec<i64>),
@@ -450,12 +464,12 @@ impl Cells {
             }};
         }
         macro_rules! decimals {
-            ($t:ty, $scale:expr) => {{
-                let divisor = 10f64.powi(i32::from($scale));
-                Values::Float(
-                    array.as_primitive::<$t>().values().iter().map(|&v| v as f64 / divisor).collect(),
-                )
-            }};
+            ($t:ty, $scale:expr) => {
+                Values::Decimal {
+                    values: array.as_primitive::<$t>().values().iter().map(|&v| i128::from(v)).collect(),
+                    scale: $scale,
+                }
+            };
         }
         use DataType as D;
         let values = match array.data_type() {
@@ -466,26 +480,11 @@ impl Cells {
             D::UInt8 => ints!(UInt8Type),
             D::UInt16 => ints!(UInt16Type),
             D::UInt32 => ints!(UInt32Type),
-            D::UInt64 => {
-                let values = array.as_primitive::<UInt64Type>().values();
-                let mut out = Vec::with_capacity(values.len());
-                for (row, &v) in values.iter().enumerate() {
-                    match i64::try_from(v) {
-                        Ok(v) => out.push(v),
-                        Err(_) if present(row) => {
-                            return Err((row, format!("{v} does not fit a 64-bit int")));
-                        }
-                        Err(_) => out.push(0),
-                    }
-                }
-                Values::Int(out)
-            }
+            D::UInt64 => Values::UInt64(array.as_primitive::<UInt64Type>().values().clone()),
             D::Float16 => Values::Float(
                 array.as_primitive::<Float16Type>().values().iter().map(|&v| v.into()).collect(),
             ),
-            D::Float32 => Values::Float(
-                array.as_primitive::<Float32Type>().values().iter().map(|&v| v.into()).collect(),
-            ),
+            D::Float32 => Values::Float32(array.as_primitive::<Float32Type>().values().clone()),
             D::Float64 => Values::Float(array.as_primitive::<Float64Type>().values().to_vec()),
             D::Decimal32(_, scale) => decimals!(Decimal32Type, *scale),
             D::Decimal64(_, scale) => decimals!(Decimal64Type, *scale),
@@ -517,7 +516,11 @@ fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) ->
     let field = &builder.schema().fields[i];
     let entity = field.classification == Classification::Entity;
     // NaN is how pandas writes a missing float.
-    let nan = matches!(&cells.values, Values::Float(v) if v[row].is_nan());
+    let nan = match &cells.values {
+        Values::Float(v) => v[row].is_nan(),
+        Values::Float32(v) => v[row].is_nan(),
+        _ => false,
+    };
     if nan || matches!(cells.values, Values::Null) || cells.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
         if entity {
             return Err("the entity column is empty".into());
@@ -525,18 +528,38 @@ fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) ->
         builder.push_null(i);
         return Ok(());
     }
+    // A decimal goes into an int column exactly, or through its text (and
+    // its error).
+    let decimal_int = match (&cells.values, field.column_type) {
+        (Values::Decimal { values, scale }, ColumnType::Int) => decimal_to_int(values[row], *scale),
+        _ => None,
+    };
     match (&cells.values, field.column_type) {
         (Values::Int(v), ColumnType::Int) => builder.push_i64(i, v[row]),
+        (Values::UInt64(v), ColumnType::Int) => {
+            let v = v[row];
+            builder.push_i64(i, i64::try_from(v).map_err(|_| format!("{v} does not fit a 64-bit int"))?)
+        }
+        (Values::Decimal { .. }, ColumnType::Int) if decimal_int.is_some() => {
+            builder.push_i64(i, decimal_int.expect("checked"))
+        }
         (Values::Timestamp(v), ColumnType::Timestamp) => builder.push_i64(i, v[row]),
         (Values::Bool(v), ColumnType::Bool) => builder.push_bool(i, v.value(row)),
         (Values::Float(v), ColumnType::Float) if v[row].is_finite() => builder.push_f64(i, v[row]),
+        (Values::Float32(v), ColumnType::Float) if v[row].is_finite() => builder.push_f64(i, v[row].into()),
+        (Values::Decimal { values, scale }, ColumnType::Float) => {
+            builder.push_f64(i, values[row] as f64 / 10f64.powi(i32::from(*scale)))
+        }
         (Values::Text(t), ColumnType::Text) if !entity || !t.value(row).is_empty() => {
             builder.push_text(i, t.value(row))
         }
         (values, _) => {
             let text = match values {
                 Values::Int(v) => v[row].to_string(),
+                Values::UInt64(v) => v[row].to_string(),
                 Values::Float(v) => v[row].to_string(),
+                Values::Float32(v) => v[row].to_string(),
+                Values::Decimal { values, scale } => Decimal128Type::format_decimal(values[row], 38, *scale),
                 Values::Bool(v) => v.value(row).to_string(),
                 Values::Timestamp(v) => format_timestamp(v[row]),
                 Values::Text(t) => t.value(row).to_owned(),
@@ -546,6 +569,14 @@ fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) ->
         }
     }
     Ok(())
+}
+
+/// The unscaled decimal `value` as an int, if it is a whole number that fits.
+fn decimal_to_int(value: i128, scale: i8) -> Option<i64> {
+    let power = 10i128.checked_pow(u32::from(scale.unsigned_abs()))?;
+    let whole =
+        if scale >= 0 { (value % power == 0).then(|| value / power)? } else { value.checked_mul(power)? };
+    i64::try_from(whole).ok()
 }
 
 #[cfg(test)]
@@ -767,6 +798,62 @@ mod tests {
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    /// Entity and identifier values are the file's own, not their f64
+    /// widening; whether a value fits is asked only of an int or float column.
+    #[test]
+    fn an_identifier_keeps_the_value_the_file_holds() {
+        let decimal = |values: Vec<i128>, scale: i8| -> ArrayRef {
+            Arc::new(arrow_array::Decimal128Array::from(values).with_precision_and_scale(20, scale).unwrap())
+        };
+        let wide = batch(vec![
+            // Equal as f64: two entities would merge.
+            ("customer", decimal(vec![12_345_678_901_234_567_890, 12_345_678_901_234_567_891], 0)),
+            ("account", Arc::new(UInt64Array::from(vec![u64::MAX, 7]))),
+            ("score", Arc::new(Float32Array::from(vec![1.1, 2.5]))),
+            ("units", decimal(vec![10_000, 900_719_925_474_099_300], 2)),
+            ("visits", Arc::new(UInt64Array::from(vec![u64::MAX, 7]))),
+        ]);
+        let typed = IngestOptions {
+            identifiers: vec!["account".into(), "score".into()],
+            types: vec![("units".into(), ColumnType::Int), ("visits".into(), ColumnType::Float)],
+            ..options(100)
+        };
+        let parquet = parquet_file(std::slice::from_ref(&wide), Compression::SNAPPY);
+        let mut inputs: Vec<(String, Box<dyn ChunkReader>)> = vec![(
+            "parquet".into(),
+            Box::new(ArrowReader::parquet("in.parquet", parquet.reopen().unwrap(), &typed).unwrap()),
+        )];
+        for file_format in [true, false] {
+            let bytes = ipc_bytes(std::slice::from_ref(&wide), file_format);
+            let reader = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &typed).unwrap();
+            inputs.push((format!("ipc file={file_format}"), Box::new(reader)));
+        }
+        for (name, mut reader) in inputs {
+            let table = read_all(&mut *reader).unwrap_or_else(|e| panic!("{name}: {e}")).remove(0);
+            let text = |column: usize| match &table.columns[column].data {
+                ColumnData::Text { entries, .. } => entries.iter().map(str::to_owned).collect::<Vec<_>>(),
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(text(0), ["12345678901234567890", "12345678901234567891"], "{name}");
+            assert_eq!(text(1), ["18446744073709551615", "7"], "{name}");
+            assert_eq!(text(2), ["1.1", "2.5"], "{name}");
+            assert_eq!(table.columns[3].data, ColumnData::Int(vec![100, 9_007_199_254_740_993]), "{name}");
+            assert_eq!(table.columns[4].data, ColumnData::Float(vec![u64::MAX as f64, 7.0]), "{name}");
+        }
+
+        let fraction = batch(vec![
+            ("customer", Arc::new(StringArray::from(vec!["a", "b"]))),
+            ("units", decimal(vec![100, 12_345], 2)),
+        ]);
+        let units = IngestOptions { types: vec![("units".into(), ColumnType::Int)], ..options(100) };
+        let bytes = ipc_bytes(&[fraction], false);
+        let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &units)
+            .and_then(|mut reader| read_all(&mut reader))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "in.arrow, row 2, column `units`: expected int, found `123.45`");
     }
 
     #[test]
