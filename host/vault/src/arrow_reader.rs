@@ -28,7 +28,7 @@ use crate::IngestError;
 use crate::ingest::{self, ChunkReader, IngestOptions};
 use crate::schema::{Classification, ColumnType, Schema};
 use crate::table::{Table, TableBuilder};
-use crate::timestamp::format_timestamp;
+use crate::timestamp::{TIMESTAMP_RANGE, format_timestamp};
 
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
@@ -543,15 +543,30 @@ fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) ->
         (Values::Decimal { .. }, ColumnType::Int) if decimal_int.is_some() => {
             builder.push_i64(i, decimal_int.expect("checked"))
         }
-        (Values::Timestamp(v), ColumnType::Timestamp) => builder.push_i64(i, v[row]),
+        (Values::Timestamp(v), ColumnType::Timestamp) => {
+            // What the CSV reader could not read back from an export.
+            let v = v[row];
+            if !TIMESTAMP_RANGE.contains(&v) {
+                return Err(format!(
+                    "timestamp {} is outside the years 0000 to 9999",
+                    ingest::truncate(&format_timestamp(v))
+                ));
+            }
+            builder.push_i64(i, v)
+        }
         (Values::Bool(v), ColumnType::Bool) => builder.push_bool(i, v.value(row)),
         (Values::Float(v), ColumnType::Float) if v[row].is_finite() => builder.push_f64(i, v[row]),
         (Values::Float32(v), ColumnType::Float) if v[row].is_finite() => builder.push_f64(i, v[row].into()),
         (Values::Decimal { values, scale }, ColumnType::Float) => {
             builder.push_f64(i, values[row] as f64 / 10f64.powi(i32::from(*scale)))
         }
-        (Values::Text(t), ColumnType::Text) if !entity || !t.value(row).is_empty() => {
-            builder.push_text(i, t.value(row))
+        (Values::Text(t), ColumnType::Text) => {
+            // Trimmed, as the CSV reader trims.
+            let value = t.value(row).trim();
+            if entity && value.is_empty() {
+                return Err("the entity column is empty".into());
+            }
+            builder.push_text(i, value)
         }
         (values, _) => {
             let text = match values {
@@ -594,6 +609,7 @@ mod tests {
     use parquet::file::properties::WriterProperties;
 
     use super::*;
+    use crate::CsvReader;
     use crate::ingest::InputFormat;
     use crate::table::ColumnData;
 
@@ -798,6 +814,77 @@ mod tests {
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    /// Arrow text is trimmed as CSV text is: a whitespace entity is empty.
+    #[test]
+    fn arrow_text_is_trimmed_as_csv_text_is() {
+        let padded = batch(vec![
+            ("customer", Arc::new(StringArray::from(vec![" a", "a ", "b"]))),
+            ("city", Arc::new(LargeStringArray::from(vec![" Delft ", "Delft", "Leiden\t"]))),
+            (
+                "note",
+                Arc::new(DictionaryArray::<UInt32Type>::new(
+                    vec![0, 0, 1].into(),
+                    Arc::new(StringArray::from(vec![" x ", "y"])),
+                )),
+            ),
+        ]);
+        let csv = "customer,city,note\n a, Delft , x \na ,Delft, x \nb,Leiden\t,y\n";
+        let expected = CsvReader::new("in.csv", csv.as_bytes(), &options(100)).unwrap().next_chunk().unwrap();
+        let expected = expected.unwrap().columns;
+        let text = |data: &ColumnData| match data {
+            ColumnData::Text { entries, codes } => {
+                (entries.iter().map(str::to_owned).collect(), codes.clone())
+            }
+            other => panic!("{other:?}"),
+        };
+        for file_format in [true, false] {
+            let bytes = ipc_bytes(std::slice::from_ref(&padded), file_format);
+            let tables = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100))
+                .and_then(|mut reader| read_all(&mut reader))
+                .unwrap();
+            let columns = &tables[0].columns;
+            let (entries, codes): (Vec<String>, Vec<u32>) = text(&columns[0].data);
+            assert_eq!((entries, codes), (vec!["a".to_owned(), "b".into()], vec![0, 0, 1]), "one entity");
+            for (column, expected) in columns.iter().zip(&expected) {
+                assert_eq!(text(&column.data), text(&expected.data), "as CSV reads it");
+            }
+        }
+        let blank = batch(vec![("customer", Arc::new(StringArray::from(vec!["a", " \t "])))]);
+        let bytes = ipc_bytes(&[blank], false);
+        let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100))
+            .and_then(|mut reader| read_all(&mut reader))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "in.arrow, row 2, column `customer`: the entity column is empty");
+    }
+
+    /// A timestamp the CSV reader could not read back from an export (its
+    /// year has more or fewer than four digits) is refused, as from CSV.
+    #[test]
+    fn a_timestamp_outside_the_years_0000_to_9999_is_refused() {
+        let (first, last) = (*TIMESTAMP_RANGE.start(), *TIMESTAMP_RANGE.end());
+        let read = |seen: Vec<i64>| {
+            let ids: Vec<String> = (0..seen.len()).map(|i| format!("c{i}")).collect();
+            let seen = arrow_array::TimestampMicrosecondArray::from(seen).with_timezone("UTC");
+            let bytes = ipc_bytes(
+                &[batch(vec![("customer", Arc::new(StringArray::from(ids))), ("seen", Arc::new(seen))])],
+                true,
+            );
+            ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100))
+                .and_then(|mut reader| read_all(&mut reader))
+        };
+        let tables = read(vec![first, 0, last]).unwrap();
+        assert_eq!(tables[0].columns[1].data, ColumnData::Timestamp(vec![first, 0, last]));
+        let err = read(vec![0, last + 1]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "in.arrow, row 2, column `seen`: timestamp 10000-01-01T00:00:00Z is outside the years 0000 to 9999"
+        );
+        let err = read(vec![first - 1]).unwrap_err().to_string();
+        assert!(err.starts_with("in.arrow, row 1, column `seen`: timestamp "), "{err}");
+        assert!(err.ends_with(" is outside the years 0000 to 9999"), "{err}");
     }
 
     /// Entity and identifier values are the file's own, not their f64

@@ -58,6 +58,12 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     }
 }
 
+/// The first instant of the year 0000 and the last of 9999: the range
+/// [`format_timestamp`] writes with four-digit years, which is what
+/// [`parse_timestamp`] reads back.
+pub(crate) const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> =
+    -62_167_219_200_000_000..=253_402_300_799_999_999;
+
 /// Microseconds since the epoch as RFC 3339 in UTC, with a fraction only
 /// when there is one: what [`parse_timestamp`] reads back to the same value.
 pub fn format_timestamp(micros: i64) -> String {
@@ -123,6 +129,19 @@ mod tests {
         assert_eq!(format_timestamp(1_709_208_000_250_000), "2024-02-29T12:00:00.250000Z");
         for micros in [-1, -86_400_000_001, 951_782_400_000_000, 4_102_444_799_999_999, 1_234_567] {
             assert_eq!(parse_timestamp(&format_timestamp(micros)), Some(micros), "{micros}");
+        }
+    }
+
+    #[test]
+    fn the_range_is_the_years_0000_to_9999() {
+        let (first, last) = (*super::TIMESTAMP_RANGE.start(), *super::TIMESTAMP_RANGE.end());
+        assert_eq!(parse_timestamp("0000-01-01"), Some(first));
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59.999999Z"), Some(last));
+        for micros in [first, last] {
+            assert_eq!(parse_timestamp(&format_timestamp(micros)), Some(micros));
+        }
+        for outside in [first - 1, last + 1] {
+            assert_eq!(parse_timestamp(&format_timestamp(outside)), None, "{}", format_timestamp(outside));
         }
     }
 
