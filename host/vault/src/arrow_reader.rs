@@ -9,7 +9,7 @@
 //! the file's largest row group or record batch, never by the file.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -90,15 +90,23 @@ impl ArrowReader {
         const MAX_PADDING: usize = 64;
         let cannot_read = |e: std::io::Error| IngestError::whole(source, format!("cannot read: {e}"));
         let mut input = BufReader::with_capacity(1 << 20, input);
-        if input.fill_buf().map_err(cannot_read)?.starts_with(FILE_MAGIC) {
+        // Bytes read ahead, passed on unless they are the magic or padding:
+        // a pipe may hand them over a few at a time.
+        let mut ahead = read_ahead(&mut input, 8).map_err(cannot_read)?;
+        if ahead.starts_with(FILE_MAGIC) {
             let mut skipped = 8;
-            input.consume(skipped);
-            while skipped < MAX_PADDING && input.fill_buf().map_err(cannot_read)?.starts_with(&[0; 8]) {
-                input.consume(8);
+            ahead = read_ahead(&mut input, 8).map_err(cannot_read)?;
+            while skipped < MAX_PADDING && ahead == [0; 8] {
                 skipped += 8;
+                ahead = read_ahead(&mut input, 8).map_err(cannot_read)?;
             }
         }
-        let input = CheckedIpcStream { input, message: Vec::new(), served: 0, ended: false };
+        let input = CheckedIpcStream {
+            input: std::io::Cursor::new(ahead).chain(input),
+            message: Vec::new(),
+            served: 0,
+            ended: false,
+        };
         let reader = guarded(source, || {
             arrow_ipc::reader::StreamReader::try_new(input, None).map_err(|e| {
                 IngestError::whole(source, format!("not a readable Arrow IPC file or stream: {e}"))
@@ -320,6 +328,13 @@ impl<R: Read> CheckedIpcStream<R> {
         }
         Ok(())
     }
+}
+
+/// The next `n` bytes of `input`, fewer only at its end.
+fn read_ahead(input: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    input.take(n).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Not `UnexpectedEof`: arrow-ipc takes that, met at a message's start, for
@@ -1026,6 +1041,33 @@ mod tests {
         let err =
             ingest::open_stream(InputFormat::Parquet, "-", std::io::empty(), &options(1)).err().unwrap();
         assert!(err.to_string().contains("give a file, not a stream"), "{err}");
+    }
+
+    /// A Feather file through a pipe: its magic arrives a few bytes at a time.
+    #[test]
+    fn a_file_read_a_few_bytes_at_a_time_is_recognised() {
+        struct Trickle(std::io::Cursor<Vec<u8>>, usize);
+        impl Read for Trickle {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = out.len().min(self.1);
+                self.0.read(&mut out[..n])
+            }
+        }
+        for file_format in [true, false] {
+            for step in [1, 3, 7] {
+                let bytes = ipc_bytes(&batches(), file_format);
+                let input = Trickle(std::io::Cursor::new(bytes), step);
+                let tables = ArrowReader::ipc("in.arrow", input, &options(100))
+                    .and_then(|mut reader| read_all(&mut reader))
+                    .unwrap_or_else(|e| panic!("file={file_format}, {step} bytes a read: {e}"));
+                assert_eq!(tables.iter().map(|t| t.rows).sum::<usize>(), 12);
+            }
+        }
+        // A file is handed over unbuffered: the reader buffers it.
+        let file = tempfile::Builder::new().suffix(".feather").tempfile().unwrap();
+        std::fs::write(file.path(), ipc_bytes(&batches(), true)).unwrap();
+        let mut reader = ingest::open_file(file.path(), None, &options(5)).unwrap();
+        assert_eq!(read_all(&mut *reader).unwrap().iter().map(|t| t.rows).collect::<Vec<_>>(), [5, 5, 2]);
     }
 
     /// arrow-rs asserts on the keys of a dictionary with no values, which is

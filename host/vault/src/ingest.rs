@@ -113,7 +113,11 @@ pub fn open_file(
         std::fs::File::open(path).map_err(|e| IngestError::whole(&source, format!("cannot open: {e}")))?;
     match format {
         InputFormat::Parquet => Ok(Box::new(ArrowReader::parquet(&source, file, options)?)),
-        _ => open_stream(format, &source, std::io::BufReader::with_capacity(1 << 20, file), options),
+        // These buffer their input themselves.
+        InputFormat::ArrowIpc | InputFormat::JsonLines => open_stream(format, &source, file, options),
+        InputFormat::Csv => {
+            open_stream(format, &source, std::io::BufReader::with_capacity(1 << 20, file), options)
+        }
     }
 }
 
