@@ -230,6 +230,13 @@ impl ArrowReader {
 /// hold once decompressed.
 const MAX_DECLARED_BYTES: u64 = 1 << 30;
 
+/// Most rows one IPC record batch (or dictionary batch) may declare. The
+/// reader widens each column of a batch to 8 bytes a row or more (an i64,
+/// an f64, a dictionary key), so a batch this long already takes
+/// [`MAX_DECLARED_BYTES`] a column; a column of Arrow's Null type holds no
+/// buffers, so nothing else bounds what its header declares.
+const MAX_BATCH_ROWS: i64 = (MAX_DECLARED_BYTES / 8) as i64;
+
 /// An Arrow IPC stream passed on one message at a time, each checked first:
 /// arrow-ipc allocates a compressed buffer's declared decompressed size as
 /// given, and an allocation that fails aborts the process.
@@ -279,6 +286,14 @@ impl<R: Read> CheckedIpcStream<R> {
         let batch = message
             .header_as_record_batch()
             .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(rows) = batch.map(|b| b.length())
+            && !(0..=MAX_BATCH_ROWS).contains(&rows)
+        {
+            return Err(invalid(format!(
+                "a record batch declares {rows} rows, outside the limit of 0 to {MAX_BATCH_ROWS}: \
+                 write it in smaller batches"
+            )));
+        }
         let compressed = batch.is_some_and(|b| b.compression().is_some());
         let buffers: Vec<(i64, i64)> =
             batch.and_then(|b| b.buffers()).into_iter().flatten().map(|b| (b.offset(), b.length())).collect();
@@ -456,6 +471,11 @@ impl Cells {
     /// Widen `array`, a column whose type [`column_type`] admitted; an
     /// error names the row (0-based) of a value that does not fit.
     fn of(array: &ArrayRef) -> Result<Self, (usize, String)> {
+        // Not through logical_nulls(): for Arrow's Null type it allocates a
+        // bitmap as long as the batch declares.
+        if array.data_type() == &DataType::Null {
+            return Ok(Self { values: Values::Null, nulls: None });
+        }
         let nulls = array.logical_nulls();
         let present = |row: usize| nulls.as_ref().is_none_or(|n| n.is_valid(row));
         macro_rules! ints {
@@ -518,7 +538,7 @@ impl Cells {
             ),
             D::Date32 => micros!(Date32Type, 86_400_000_000),
             D::Date64 => micros!(Date64Type, 1_000),
-            D::Null => Values::Null,
+            D::Null => unreachable!("handled above"),
             _ => Text::of(array)?.map_or(Values::Null, Values::Text),
         };
         Ok(Self { values, nulls })
@@ -1147,6 +1167,34 @@ mod tests {
             }
         }
         assert!(decoder_failures > 0, "the seed no longer reaches a decoder panic; pick another");
+    }
+
+    /// A forged batch header declares more rows than the file holds; a
+    /// column of the Null type has no buffers that would show it.
+    #[test]
+    fn a_batch_declaring_too_many_rows_is_refused() {
+        const ROWS: i64 = 12_345;
+        let nothing = batch(vec![("customer", Arc::new(NullArray::new(ROWS as usize)))]);
+        for file_format in [false, true] {
+            let mut bytes = ipc_bytes(std::slice::from_ref(&nothing), file_format);
+            let (declared, forged) = (ROWS.to_le_bytes(), (MAX_BATCH_ROWS * 2).to_le_bytes());
+            let at: Vec<usize> = (0..bytes.len() - 8).filter(|&i| bytes[i..i + 8] == declared).collect();
+            assert!(!at.is_empty() && at.len() <= 3, "the batch's and its column's length: {at:?}");
+            for i in at {
+                bytes[i..i + 8].copy_from_slice(&forged);
+            }
+            let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100))
+                .and_then(|mut reader| read_all(&mut reader))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("in.arrow: ")
+                    && err.contains(
+                        "a record batch declares 268435456 rows, outside the limit of 0 to 134217728"
+                    ),
+                "{err}"
+            );
+        }
     }
 
     /// A compressed buffer that claims to decompress to 786 GB is refused
