@@ -88,6 +88,11 @@ impl Dictionary {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
+
+    /// The entries' text, one after another, and where each ends in it.
+    pub(crate) fn into_parts(self) -> (String, Vec<u32>) {
+        (self.text, self.ends)
+    }
 }
 
 impl std::ops::Index<usize> for Dictionary {
