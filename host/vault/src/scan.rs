@@ -19,6 +19,10 @@ pub enum ScanError {
     DuplicateColumn(String),
     #[error("a scan needs at least one row per batch")]
     ZeroBatchRows,
+    /// An earlier batch failed to load; the scan's dictionaries may hold
+    /// entries no batch handed out, so it cannot go on.
+    #[error("the scan failed earlier and cannot go on")]
+    Stopped,
     /// The stored chunk could not be read: a host fault, not the reader's.
     #[error(transparent)]
     Vault(#[from] VaultError),
@@ -70,6 +74,12 @@ pub struct Scan {
     current: Option<LoadedChunk>,
     /// Whether a chunk's columns may load on two threads.
     parallel: bool,
+    /// The second thread's stack size, if not the default: tests ask for
+    /// one the OS refuses.
+    worker_stack: Option<usize>,
+    /// A chunk failed to load: the columns that did load may have extended
+    /// their dictionaries with entries no batch carried.
+    failed: bool,
 }
 
 /// What a scan keeps per column to map chunks onto itself.
@@ -133,14 +143,25 @@ impl Scan {
             });
         }
         let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-        Ok(Self { dataset, columns: scans, batch_rows, key, next_chunk: 0, current: None, parallel })
+        Ok(Self {
+            dataset,
+            columns: scans,
+            batch_rows,
+            key,
+            next_chunk: 0,
+            current: None,
+            parallel,
+            worker_stack: None,
+            failed: false,
+        })
     }
 
     /// Decode the next chunk and map its dictionaries onto the scan's. The
     /// columns are independent, so a large chunk loads on two threads, the
-    /// columns split between them by stored size.
+    /// columns split between them by stored size; if the OS refuses the
+    /// second thread, its columns load on this one.
     fn load(&mut self, chunk: usize) -> Result<LoadedChunk, ScanError> {
-        let (dataset, key) = (&self.dataset, &self.key);
+        let (dataset, key, worker_stack) = (&self.dataset, &self.key, self.worker_stack);
         let rows = dataset.chunk_rows(chunk);
         let sizes: Vec<u64> = self.columns.iter().map(|c| dataset.segment_len(chunk, c.index)).collect();
         let load =
@@ -156,10 +177,24 @@ impl Scan {
                     weights[side] += sizes[item.0];
                     if side == 0 { here.push(item) } else { there.push(item) }
                 }
+                // Taken by the second thread, or by this one if there is none.
+                let there = std::sync::Mutex::new(there);
+                let take = || std::mem::take(&mut *there.lock().expect("a column load does not panic"));
                 std::thread::scope(|scope| {
-                    let other = scope.spawn(|| there.into_iter().map(load).collect::<Vec<_>>());
+                    let mut worker = std::thread::Builder::new();
+                    if let Some(size) = worker_stack {
+                        worker = worker.stack_size(size);
+                    }
+                    let other =
+                        worker.spawn_scoped(scope, || take().into_iter().map(load).collect::<Vec<_>>());
                     let mut loaded: Vec<_> = here.into_iter().map(load).collect();
-                    loaded.extend(other.join().expect("a column load does not panic"));
+                    match other {
+                        Ok(other) => loaded.extend(other.join().expect("a column load does not panic")),
+                        Err(e) => {
+                            tracing::debug!("no second thread to load a chunk on ({e}); loading it on one");
+                            loaded.extend(take().into_iter().map(load));
+                        }
+                    }
                     loaded
                 })
             } else {
@@ -176,8 +211,12 @@ impl Scan {
         Ok(LoadedChunk { columns, rows, next_row: 0, new_entities })
     }
 
-    /// The next batch, or `None` at the end.
+    /// The next batch, or `None` at the end. After an error, every call
+    /// returns [`ScanError::Stopped`].
     pub fn next_batch(&mut self) -> Result<Option<Batch>, ScanError> {
+        if self.failed {
+            return Err(ScanError::Stopped);
+        }
         loop {
             if let Some(chunk) = &mut self.current
                 && chunk.next_row < chunk.rows
@@ -190,7 +229,10 @@ impl Scan {
             }
             let chunk = self.next_chunk;
             self.next_chunk += 1;
+            // Until the chunk has loaded whole, an error or a panic included.
+            self.failed = true;
             self.current = Some(self.load(chunk)?);
+            self.failed = false;
         }
     }
 }
@@ -382,8 +424,8 @@ mod tests {
         assert!(issued.contains(&k.pseudonym("d3")));
     }
 
-    #[test]
-    fn a_chunk_loaded_on_two_threads_reads_as_on_one() {
+    /// Two chunks of 30 000 rows, each worth loading on two threads.
+    fn large_dataset() -> (Vault, DatasetVersion) {
         let mut csv = String::from("driver,region,km,litres,note\n");
         let mut x = 7u64;
         for row in 0..60_000u64 {
@@ -407,6 +449,12 @@ mod tests {
         let trips = vault.dataset("acme", "trips", None).unwrap();
         let chunk_bytes: u64 = (0..5).map(|c| trips.segment_len(0, c)).sum();
         assert!(chunk_bytes >= PARALLEL_BYTES, "{chunk_bytes} bytes: the chunk must be worth two threads");
+        (vault, trips)
+    }
+
+    #[test]
+    fn a_chunk_loaded_on_two_threads_reads_as_on_one() {
+        let (_vault, trips) = large_dataset();
         let columns = ["note", "km", "driver", "litres", "region"];
         let mut parallel = Scan::new(trips.clone(), &columns, 20_000, key()).unwrap();
         let mut serial = Scan::new(trips, &columns, 20_000, key()).unwrap();
@@ -415,6 +463,47 @@ mod tests {
         let batches = all(&mut parallel);
         assert_eq!(batches.len(), 4, "two batches per chunk");
         assert_eq!(batches, all(&mut serial));
+    }
+
+    /// The OS refuses the second thread (a stack of 2^60 bytes): the chunk
+    /// loads on one thread instead of the scan panicking.
+    #[test]
+    fn a_chunk_loads_on_one_thread_when_the_os_refuses_a_second() {
+        let (_vault, trips) = large_dataset();
+        let columns = ["note", "km", "driver", "litres", "region"];
+        let mut refused = Scan::new(trips.clone(), &columns, 20_000, key()).unwrap();
+        let mut serial = Scan::new(trips, &columns, 20_000, key()).unwrap();
+        (refused.parallel, refused.worker_stack) = (true, Some(usize::MAX / 16 + 1));
+        serial.parallel = false;
+        assert_eq!(all(&mut refused), all(&mut serial));
+    }
+
+    /// A chunk that fails to load may have extended some columns'
+    /// dictionaries: the scan stops rather than hand out codes whose entries
+    /// no batch carried.
+    #[test]
+    fn after_a_load_error_the_scan_stops() {
+        let (vault, trips) = dataset(2);
+        // Break the last column's segment of the second chunk (of three).
+        fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+            std::fs::read_dir(dir).unwrap().find_map(|entry| {
+                let path = entry.unwrap().path();
+                if path.is_dir() { find(&path, name) } else { path.ends_with(name).then_some(path) }
+            })
+        }
+        let path = find(vault.dir(), "00000001.kc").expect("the second chunk's file");
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+
+        let mut scan = Scan::new(trips, &["region", "km"], 10, key()).unwrap();
+        assert_eq!(scan.next_batch().unwrap().unwrap().rows, 2);
+        let err = scan.next_batch().unwrap_err();
+        assert!(matches!(err, ScanError::Vault(VaultError::Corrupt { chunk: 1, .. })), "{err}");
+        for _ in 0..2 {
+            let next = scan.next_batch();
+            assert!(matches!(next, Err(ScanError::Stopped)), "{next:?}");
+        }
     }
 
     #[test]
