@@ -363,11 +363,7 @@ fn cut_short() -> std::io::Error {
 /// should return an error; a tenant's broken file must not take the host down.
 fn guarded<T>(source: &str, decode: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
+        let what = ingest::panic_message(&*panic);
         Err(IngestError::whole(source, format!("the file is malformed: its decoder failed ({what})")))
     })
 }

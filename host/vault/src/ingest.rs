@@ -302,6 +302,15 @@ pub(crate) fn chunk_full(builder: &TableBuilder, options: &IngestOptions) -> boo
     builder.rows() >= options.chunk_rows.max(1) || builder.approx_bytes() >= CHUNK_BYTES
 }
 
+/// What a caught panic said, if it said it as text.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}
+
 pub(crate) fn truncate(value: &str) -> String {
     match value.char_indices().nth(40) {
         Some((i, _)) => format!("{}…", &value[..i]),

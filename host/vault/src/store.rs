@@ -428,7 +428,7 @@ impl Vault {
         // Parse on one thread while the other encodes, seals and writes.
         std::thread::scope(|scope| -> Result<(), VaultError> {
             let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<Table, IngestError>>(1);
-            let parser = scope.spawn(move || {
+            let parse = move || {
                 loop {
                     let next = reader.next_chunk().transpose();
                     let stop = !matches!(next, Some(Ok(_)));
@@ -441,17 +441,40 @@ impl Vault {
                         return;
                     }
                 }
-            });
-            for table in receiver {
-                let table = table?;
-                rows += table.rows as u64;
-                let index = chunks.len() as u64;
-                chunks.push(writer.write(index, &table)?);
+            };
+            let parser = std::thread::Builder::new().spawn_scoped(scope, parse).map_err(|e| {
+                VaultError::Ingest(IngestError::whole(
+                    source,
+                    format!("cannot start a thread to read it: {e}"),
+                ))
+            })?;
+            let mut write = || -> Result<(), VaultError> {
+                for table in &receiver {
+                    let table = table?;
+                    rows += table.rows as u64;
+                    let index = chunks.len() as u64;
+                    chunks.push(writer.write(index, &table)?);
+                }
+                Ok(())
+            };
+            let written = write();
+            // A parser waiting to send learns that nobody is receiving.
+            drop(receiver);
+            // Joined on every path: a reader bug must fail this ingest, not
+            // the host, and say what it was even when writing failed too.
+            match parser.join() {
+                Ok(()) => written,
+                Err(panic) => {
+                    let mut detail = format!(
+                        "the input reader failed unexpectedly ({})",
+                        crate::ingest::panic_message(&*panic)
+                    );
+                    if let Err(e) = written {
+                        detail.push_str(&format!("; writing had failed too: {e}"));
+                    }
+                    Err(VaultError::Ingest(IngestError::whole(source, detail)))
+                }
             }
-            // A reader bug must fail this ingest, not the host.
-            parser.join().map_err(|_| {
-                VaultError::Ingest(IngestError::whole(source, "the input reader failed unexpectedly".into()))
-            })
         })?;
         if chunks.is_empty() {
             return Err(VaultError::Ingest(IngestError::whole(source, "no rows".into())));
@@ -909,5 +932,77 @@ impl DatasetVersion {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Classification, ColumnType, Field};
+    use crate::table::TableBuilder;
+
+    /// Yields one chunk, first doing `before_first` (if any), then panics.
+    struct Buggy {
+        schema: Schema,
+        chunks: usize,
+        before_first: Option<Box<dyn FnOnce() + Send>>,
+    }
+
+    impl ChunkReader for Buggy {
+        fn schema(&self) -> &Schema {
+            &self.schema
+        }
+
+        fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
+            self.chunks += 1;
+            if self.chunks > 1 {
+                panic!("reader bug 42");
+            }
+            if let Some(before) = self.before_first.take() {
+                before();
+            }
+            let mut builder = TableBuilder::new("", self.schema.clone());
+            builder.push_text(0, "e1");
+            builder.end_row();
+            Ok(Some(builder.finish()))
+        }
+    }
+
+    fn buggy(before_first: Option<Box<dyn FnOnce() + Send>>) -> Box<dyn ChunkReader> {
+        let entity = Field {
+            name: "id".into(),
+            column_type: ColumnType::Text,
+            classification: Classification::Entity,
+        };
+        Box::new(Buggy { schema: Schema { fields: vec![entity] }, chunks: 0, before_first })
+    }
+
+    /// The parser thread is joined on every path, and its panic is reported
+    /// with what it said, also when writing has failed as well.
+    #[test]
+    fn a_reader_panic_fails_the_ingest_with_its_message() {
+        let vault = Vault::temporary().unwrap();
+        let err = vault.ingest("t", "d", WriteMode::Replace, buggy(None), "in").unwrap_err().to_string();
+        assert_eq!(err, "in: the input reader failed unexpectedly (reader bug 42)");
+
+        // The write directory goes away under the writer: writing fails
+        // while the reader panics on its next chunk.
+        let chunks = vault.dir().join(CHUNKS_DIR);
+        let remove_writes = move || {
+            for tenant in std::fs::read_dir(&chunks).unwrap() {
+                for write in std::fs::read_dir(tenant.unwrap().path()).unwrap() {
+                    std::fs::remove_dir_all(write.unwrap().path()).unwrap();
+                }
+            }
+        };
+        let reader = buggy(Some(Box::new(remove_writes)));
+        let err = vault.ingest("t", "d", WriteMode::Replace, reader, "in").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "in: the input reader failed unexpectedly (reader bug 42); writing had failed too: "
+            ),
+            "{err}"
+        );
+        assert!(vault.datasets("t").is_err(), "nothing was stored");
     }
 }
