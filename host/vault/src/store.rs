@@ -858,10 +858,11 @@ impl DatasetVersion {
 
     /// Columns `columns` (schema indexes) of chunk `chunk`, decoded.
     pub(crate) fn read_chunk(&self, chunk: usize, columns: &[usize]) -> Result<Vec<Column>, VaultError> {
+        let mut file = None;
         columns
             .iter()
             .map(|&column| {
-                let plain = self.read_segment(chunk, column)?;
+                let plain = self.read_segment_from(&mut file, chunk, column)?;
                 let column_type = self.schema().fields[column].column_type;
                 chunk::decode_plain(&plain, column_type, self.chunk_rows(chunk))
                     .map_err(|e| self.corrupt(chunk, e.to_string()))
@@ -872,6 +873,17 @@ impl DatasetVersion {
     /// Column `column`'s segment of chunk `chunk`: read, opened (which
     /// authenticates it) and decompressed, not yet decoded.
     pub(crate) fn read_segment(&self, chunk: usize, column: usize) -> Result<Vec<u8>, VaultError> {
+        self.read_segment_from(&mut None, chunk, column)
+    }
+
+    /// [`Self::read_segment`] from `file`, the chunk's file, opened into it
+    /// if it is not open yet: a chunk's columns are read with one open.
+    fn read_segment_from(
+        &self,
+        file: &mut Option<File>,
+        chunk: usize,
+        column: usize,
+    ) -> Result<Vec<u8>, VaultError> {
         let h = &self.inner;
         let c = &h.record.chunks[chunk];
         let corrupt = |detail: String| self.corrupt(chunk, detail);
@@ -882,12 +894,11 @@ impl DatasetVersion {
         };
         let path = h.tenant_dir.join(&c.dir).join(c.file_name());
         let mut sealed = vec![0; len as usize];
-        File::open(&path)
-            .and_then(|mut file| {
-                file.seek(SeekFrom::Start(offset))?;
-                file.read_exact(&mut sealed)
-            })
-            .map_err(io(&path))?;
+        let file = match file {
+            Some(file) => file,
+            None => file.insert(File::open(&path).map_err(io(&path))?),
+        };
+        file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut sealed)).map_err(io(&path))?;
         let address = ChunkAddress {
             tenant: &h.tenant,
             dataset: &h.dataset,
