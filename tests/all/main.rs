@@ -1,5 +1,6 @@
 //! kanon's end-to-end tests, in one binary.
 
+mod daemon;
 mod hostile;
 mod plugins;
 mod upload;

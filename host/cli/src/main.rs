@@ -9,6 +9,7 @@ mod datagen;
 mod demo;
 mod render;
 mod runner;
+mod serve;
 mod vault_cmd;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
     RotateKey(vault_cmd::RotateKeyArgs),
     /// Print a plugin's manifest: what it reads and what it emits.
     Manifest(runner::ManifestArgs),
+    /// Run the host daemon: the HTTP API for operators, tenants, analysts and vendors.
+    Serve(serve::ServeArgs),
     /// Generate realistic synthetic data and run the bundled plugins on it.
     Demo(demo::DemoArgs),
     /// Measure the plugin group-by against native Rust, instantiation,
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::RotateKey(args) => vault_cmd::rotate_key(args),
         Command::Manifest(args) => runner::manifest(args, cache_dir),
         Command::Demo(args) => demo::run(args, cache_dir),
+        Command::Serve(args) => serve::run(args, cache_dir),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -18,6 +18,13 @@ pub struct VaultArgs {
     /// The data directory.
     #[arg(long, env = "KANON_DATA_DIR", default_value = "kanon-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+/// How to get the key-encryption key.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
     /// The key-encryption key: 32 raw bytes or 64 hex digits ($KANON_KEY
     /// may hold the hex instead).
     #[arg(long, env = "KANON_KEY_FILE", value_name = "FILE")]
@@ -31,8 +38,9 @@ pub struct VaultArgs {
 /// The development key's file name inside the data directory.
 const DEV_KEY: &str = "dev.key";
 
-impl VaultArgs {
-    fn key(&self) -> anyhow::Result<KeyEncryptionKey> {
+impl KeyArgs {
+    /// The key, from the file, $KANON_KEY, or the development key in `data_dir`.
+    pub fn key(&self, data_dir: &Path) -> anyhow::Result<KeyEncryptionKey> {
         if let Some(path) = &self.key_file {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
@@ -47,13 +55,12 @@ impl VaultArgs {
                  --dev-key keeps a development key inside the data directory"
             );
         }
-        let path = self.data_dir.join(DEV_KEY);
+        let path = data_dir.join(DEV_KEY);
         if let Ok(bytes) = std::fs::read(&path) {
             return Ok(KeyEncryptionKey::from_key_file(&path.display().to_string(), &bytes)?);
         }
         let key = KeyEncryptionKey::generate();
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
         write_private(&path, key.to_hex().as_bytes())?;
         eprintln!(
             "warning: generated a DEVELOPMENT key-encryption key in {}. It sits next to the data it \
@@ -62,10 +69,12 @@ impl VaultArgs {
         );
         Ok(key)
     }
+}
 
+impl VaultArgs {
     /// Open the data directory.
     pub fn open(&self) -> anyhow::Result<Vault> {
-        let key = self.key()?;
+        let key = self.key.key(&self.data_dir)?;
         Vault::open(&self.data_dir, key)
             .with_context(|| format!("cannot open data directory {}", self.data_dir.display()))
     }
@@ -319,7 +328,7 @@ pub struct RestoreArgs {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let key = args.vault.key()?;
+    let key = args.vault.key.key(&args.vault.data_dir)?;
     let (_, summary) = Vault::restore(&args.from, &args.vault.data_dir, key)?;
     println!(
         "restored {} tenants, {} dataset versions, {} files into {}",

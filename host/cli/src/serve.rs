@@ -1,0 +1,60 @@
+//! `kanon serve`: the host daemon, until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use kanon_daemon::{Daemon, DaemonConfig};
+
+use crate::runner;
+use crate::vault_cmd::KeyArgs;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Settings file (TOML); $KANON_LISTEN and $KANON_DATA_DIR override it.
+    #[arg(long, env = "KANON_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+pub fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = DaemonConfig::load(args.config.as_deref())?;
+    let kek = args.key.key(&config.data_dir)?;
+    let runtime = runner::runtime(cache_dir)?;
+    let tokio =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    tokio.block_on(async move {
+        let (daemon, first) = Daemon::start(config, kek, runtime).await?;
+        if let Some(token) = first.operator_token {
+            println!("operator token (shown once; keep it safe): {token}");
+        }
+        eprintln!("kanon daemon listening on http://{}", daemon.local_addr());
+        shutdown_signal().await;
+        eprintln!("stopping: finishing running jobs");
+        daemon.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,163 @@
+//! Approvals: a tenant admin's instruction to process, and its revocation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{JsonBody, PathArgs};
+use super::tenant_admin_of;
+use crate::approvals::{Approval, ApprovedDataset, check_against_manifest};
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::registry::PluginRecord;
+use crate::store::{APPROVALS, PLUGINS};
+use crate::tenants::{self, check_name};
+use crate::{App, now_ms};
+
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_approval, list_approvals))
+        .routes(routes!(revoke_approval))
+        .routes(routes!(my_approvals))
+}
+
+/// Longest an approval may last.
+const MAX_APPROVAL_SECS: u64 = 366 * 24 * 3600;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApproval {
+    /// The plugin's hash.
+    pub plugin: String,
+    /// The analyst's token name.
+    pub analyst: String,
+    /// The manifest's dataset names to the tenant's datasets and columns.
+    pub datasets: BTreeMap<String, ApprovedDataset>,
+    /// The output tables: exactly those the manifest declares.
+    pub outputs: Vec<String>,
+    /// The exact parameters jobs must pass. Default `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+    /// Lifetime in seconds (at most a year).
+    pub ttl_secs: u64,
+}
+
+/// Approve a plugin for an analyst on this tenant's data (tenant admin).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals", tag = "approvals", security(("token" = [])),
+    params(("tenant" = String, Path)), request_body = NewApproval,
+    responses((status = 201, body = Approval), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+async fn create_approval(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+    JsonBody(new): JsonBody<NewApproval>,
+) -> Result<(StatusCode, axum::Json<Approval>)> {
+    tenant_admin_of(&caller, &tenant)?;
+    check_name("analyst", &new.analyst)?;
+    if !(1..=MAX_APPROVAL_SECS).contains(&new.ttl_secs) {
+        return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_APPROVAL_SECS}")));
+    }
+    let params = new.params.unwrap_or_else(|| json!({}));
+    let plugin: PluginRecord = app
+        .store
+        .read()?
+        .get(PLUGINS, &new.plugin)?
+        .ok_or_else(|| Error::NotFound(format!("plugin `{}`", new.plugin)))?;
+    check_against_manifest(&plugin.manifest, &new.datasets, &new.outputs, &params)
+        .map_err(Error::Unprocessable)?;
+    for approved in new.datasets.values() {
+        let version = app.vault.dataset(&tenant, &approved.dataset, None)?;
+        if let Some(missing) = approved.columns.iter().find(|c| version.schema().index_of(c).is_none()) {
+            return Err(Error::Unprocessable(format!(
+                "dataset `{}` has no column `{missing}`",
+                approved.dataset
+            )));
+        }
+    }
+    let approval = app.store.write(|w| {
+        tenants::get(w, &tenant)?;
+        let now = now_ms();
+        let approval = Approval {
+            id: crate::new_id("apr"),
+            tenant: tenant.clone(),
+            plugin: new.plugin.clone(),
+            analyst: new.analyst.clone(),
+            datasets: new.datasets.clone(),
+            outputs: new.outputs.clone(),
+            params: params.clone(),
+            approved_by: caller.actor(),
+            created_ms: now,
+            expires_ms: now + new.ttl_secs * 1000,
+            revoked_ms: None,
+        };
+        w.put(APPROVALS, &approval.id, &approval)?;
+        w.audit(
+            &tenant,
+            &caller.actor(),
+            "approval.grant",
+            json!({"approval": approval.id, "plugin": approval.plugin, "analyst": approval.analyst,
+                   "datasets": approval.datasets, "outputs": approval.outputs, "params": approval.params,
+                   "expires_ms": approval.expires_ms}),
+        )?;
+        Ok::<_, Error>(approval)
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(approval)))
+}
+
+/// The tenant's approvals, live and past (tenant admin).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals", tag = "approvals", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = Vec<Approval>)))]
+async fn list_approvals(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<Vec<Approval>>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let all: Vec<Approval> = app.store.read()?.all(APPROVALS)?;
+    Ok(axum::Json(all.into_iter().filter(|a| a.tenant == tenant).collect()))
+}
+
+/// Revoke an approval (tenant admin): no job under it starts any more.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/approvals/{id}", tag = "approvals", security(("token" = [])),
+    params(("tenant" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Approval), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+async fn revoke_approval(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs((tenant, id)): PathArgs<(String, String)>,
+) -> Result<axum::Json<Approval>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let approval = app.store.write(|w| {
+        let mut approval: Approval = w
+            .get(APPROVALS, &id)?
+            .filter(|a: &Approval| a.tenant == tenant)
+            .ok_or_else(|| Error::NotFound(format!("approval `{id}`")))?;
+        if approval.revoked_ms.is_some() {
+            return Err(Error::Conflict(format!("approval `{id}` is already revoked")));
+        }
+        approval.revoked_ms = Some(now_ms());
+        w.put(APPROVALS, &id, &approval)?;
+        w.audit(&tenant, &caller.actor(), "approval.revoke", json!({"approval": id}))?;
+        Ok(approval)
+    })?;
+    Ok(axum::Json(approval))
+}
+
+/// The approvals naming the calling analyst.
+#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", security(("token" = [])),
+    responses((status = 200, body = Vec<Approval>)))]
+async fn my_approvals(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Vec<Approval>>> {
+    let all: Vec<Approval> = app.store.read()?.all(APPROVALS)?;
+    Ok(axum::Json(all.into_iter().filter(|a| a.analyst == caller.name).collect()))
+}

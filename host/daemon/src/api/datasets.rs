@@ -1,0 +1,241 @@
+//! A tenant's datasets: upload (a new version), list, delete. The upload is
+//! streamed to a temporary file in the data directory, then read by the
+//! vault's own readers; nothing is stored unless the whole file is good.
+
+// utoipa's expansion of `params(SomeStruct)` trips this lint.
+#![allow(unused_qualifications)]
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use http_body_util::BodyExt;
+use kanon_vault::{ColumnType, IngestOptions, InputFormat, VersionInfo, WriteMode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{PathArgs, QueryArgs};
+use super::tenant_admin_of;
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::tenants::{self, check_name};
+
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_datasets))
+        .routes(routes!(upload_dataset, delete_dataset))
+        // Uploads count their own bytes against `max_upload_bytes`.
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// How to read an upload.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadArgs {
+    /// `csv`, `jsonl`, `parquet` or `arrow` (Arrow IPC file or stream).
+    pub format: String,
+    /// The entity column: the person or customer whom group sizes count.
+    pub entity: String,
+    /// Other identifier columns, comma-separated: pseudonymised like the entity.
+    pub identifiers: Option<String>,
+    /// Column types instead of inferring them: `col:int,col2:text`.
+    pub types: Option<String>,
+    /// `replace` (default) or `append` to the latest version.
+    pub mode: Option<String>,
+}
+
+fn parse_format(name: &str) -> Result<InputFormat> {
+    match name {
+        "csv" => Ok(InputFormat::Csv),
+        "jsonl" | "ndjson" => Ok(InputFormat::JsonLines),
+        "parquet" => Ok(InputFormat::Parquet),
+        "arrow" | "feather" | "ipc" => Ok(InputFormat::ArrowIpc),
+        other => {
+            Err(Error::BadRequest(format!("unknown format `{other}`: use csv, jsonl, parquet or arrow")))
+        }
+    }
+}
+
+fn parse_type(name: &str) -> Result<ColumnType> {
+    match name {
+        "int" => Ok(ColumnType::Int),
+        "float" => Ok(ColumnType::Float),
+        "bool" => Ok(ColumnType::Bool),
+        "text" => Ok(ColumnType::Text),
+        "timestamp" => Ok(ColumnType::Timestamp),
+        other => {
+            Err(Error::BadRequest(format!("unknown type `{other}`: use int, float, bool, text or timestamp")))
+        }
+    }
+}
+
+fn list(value: &Option<String>) -> Vec<String> {
+    value
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Upload a file as a new version of a dataset (tenant admin). The body is
+/// the file itself.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/datasets/{dataset}", tag = "datasets", security(("token" = [])),
+    params(("tenant" = String, Path), ("dataset" = String, Path), UploadArgs),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Object, description = "the stored version"),
+        (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+async fn upload_dataset(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs((tenant, dataset)): PathArgs<(String, String)>,
+    QueryArgs(args): QueryArgs<UploadArgs>,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<VersionInfo>)> {
+    tenant_admin_of(&caller, &tenant)?;
+    check_name("dataset", &dataset)?;
+    app.store
+        .read()?
+        .get::<tenants::TenantRecord>(crate::store::TENANTS, &tenant)?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
+    let format = parse_format(&args.format)?;
+    let mode = match args.mode.as_deref() {
+        None | Some("replace") => WriteMode::Replace,
+        Some("append") => WriteMode::Append,
+        Some(other) => {
+            return Err(Error::BadRequest(format!("unknown mode `{other}`: use replace or append")));
+        }
+    };
+    let types = list(&args.types)
+        .iter()
+        .map(|spec| {
+            let (column, name) = spec
+                .split_once(':')
+                .ok_or_else(|| Error::BadRequest(format!("types takes COLUMN:TYPE, got `{spec}`")))?;
+            Ok((column.to_owned(), parse_type(name)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options =
+        IngestOptions { identifiers: list(&args.identifiers), types, ..IngestOptions::entity(args.entity) };
+
+    let (file, bytes) = receive(&app, body).await?;
+    let source = format!("upload of {dataset}");
+    let vault = app.vault.clone();
+    let (tenant2, dataset2) = (tenant.clone(), dataset.clone());
+    let info = tokio::task::spawn_blocking(move || {
+        let reader: Box<dyn kanon_vault::ChunkReader> = match format {
+            InputFormat::Parquet => {
+                let handle = file.reopen().map_err(|e| Error::Internal(e.to_string()))?;
+                Box::new(
+                    kanon_vault::ArrowReader::parquet(&source, handle, &options)
+                        .map_err(kanon_vault::VaultError::from)?,
+                )
+            }
+            _ => {
+                let handle = file.reopen().map_err(|e| Error::Internal(e.to_string()))?;
+                let input = std::io::BufReader::with_capacity(1 << 20, handle);
+                kanon_vault::open_stream(format, &source, input, &options)
+                    .map_err(kanon_vault::VaultError::from)?
+            }
+        };
+        let info = vault.ingest(&tenant2, &dataset2, mode, reader, &source)?;
+        drop(file);
+        Ok::<_, Error>(info)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the ingest task failed: {e}")))??;
+    app.store.write(|w| {
+        w.audit(
+            &tenant,
+            &caller.actor(),
+            "dataset.ingest",
+            json!({"dataset": dataset, "version": info.version, "rows": info.rows, "bytes": bytes,
+                   "format": args.format, "content_hash": info.content_hash}),
+        )
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(info)))
+}
+
+/// Stream the body into a temporary file in the data directory, counting
+/// bytes against the upload limit.
+pub(super) async fn receive(app: &App, body: Body) -> Result<(tempfile::NamedTempFile, u64)> {
+    let limit = app.config.limits.max_upload_bytes;
+    let dir = app.config.data_dir.join("uploads");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| Error::Internal(e.to_string()))?);
+    let mut body = body;
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::BadRequest(format!("the upload broke off: {e}")))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(Error::TooLarge(format!("uploads are limited to {limit} bytes")));
+        }
+        file.write_all(&chunk).await.map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    file.flush().await.map_err(|e| Error::Internal(e.to_string()))?;
+    Ok((temp, received))
+}
+
+/// The tenant's datasets, latest versions (tenant admin).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/datasets", tag = "datasets", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = Vec<Object>)))]
+async fn list_datasets(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<Vec<VersionInfo>>> {
+    tenant_admin_of(&caller, &tenant)?;
+    match app.vault.datasets(&tenant) {
+        Ok(list) => Ok(axum::Json(list)),
+        // A tenant with nothing ingested yet has no vault record.
+        Err(kanon_vault::VaultError::UnknownTenant(_)) => Ok(axum::Json(Vec::new())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delete a dataset, every version (tenant admin). Refused while a live
+/// approval names it.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/datasets/{dataset}", tag = "datasets", security(("token" = [])),
+    params(("tenant" = String, Path), ("dataset" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+async fn delete_dataset(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs((tenant, dataset)): PathArgs<(String, String)>,
+) -> Result<axum::Json<VersionInfo>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let now = crate::now_ms();
+    let approvals: Vec<crate::approvals::Approval> = app.store.read()?.all(crate::store::APPROVALS)?;
+    if let Some(a) = approvals
+        .iter()
+        .find(|a| a.tenant == tenant && a.live(now) && a.datasets.values().any(|d| d.dataset == dataset))
+    {
+        return Err(Error::Conflict(format!("approval {} uses dataset `{dataset}`; revoke it first", a.id)));
+    }
+    let vault = app.vault.clone();
+    let (t, d) = (tenant.clone(), dataset.clone());
+    let info = tokio::task::spawn_blocking(move || vault.delete_dataset(&t, &d))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    app.store.write(|w| {
+        w.audit(
+            &tenant,
+            &caller.actor(),
+            "dataset.erase",
+            json!({"dataset": dataset, "versions_up_to": info.version}),
+        )
+    })?;
+    Ok(axum::Json(info))
+}

@@ -1,0 +1,219 @@
+//! Jobs: submit, list, show, cancel; results for the submitter; the plugin's
+//! output log for the tenant (and support staff under a grant).
+
+// utoipa's expansion of `params(SomeStruct)` trips this lint.
+#![allow(unused_qualifications)]
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kanon_gate::Release;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{JsonBody, PathArgs, QueryArgs};
+use super::tenants::support_access;
+use crate::App;
+use crate::auth::{Caller, Role};
+use crate::error::{Error, Result};
+use crate::jobs::{self, Job, JobLog, JobState, SubmitRequest};
+use crate::store::JOBS;
+
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(show_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_results))
+        .routes(routes!(job_log))
+        .routes(routes!(tenant_jobs))
+}
+
+/// Submit a job under an approval (analyst). It waits in the tenant's
+/// queue; poll `GET /v1/jobs/{id}`.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("token" = [])), request_body = SubmitRequest,
+    responses((status = 202, body = Job), (status = 403, body = super::ErrorBody), (status = 429, body = super::ErrorBody)))]
+async fn submit_job(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(ask): JsonBody<SubmitRequest>,
+) -> Result<(StatusCode, axum::Json<Job>)> {
+    let limits = app.config.jobs.clone();
+    let job = app.store.write(|w| jobs::submit(w, &limits, &caller.actor(), &caller.name, ask))??;
+    app.scheduler.wake();
+    Ok((StatusCode::ACCEPTED, axum::Json(job)))
+}
+
+/// Whether `caller` may see `job`: its analyst, its tenant's admin, or
+/// support staff under the tenant's grant.
+fn may_see(app: &App, caller: &Caller, job: &Job, what: &str) -> Result<()> {
+    let allowed = match caller.role {
+        Role::Analyst => job.analyst == caller.name,
+        Role::TenantAdmin => caller.tenant.as_deref() == Some(job.tenant.as_str()),
+        Role::Operator => return support_access(app, caller, &job.tenant, what),
+        Role::Vendor => false,
+    };
+    // Someone else's job answers as if it did not exist.
+    if allowed { Ok(()) } else { Err(Error::NotFound(format!("job `{}`", job.id))) }
+}
+
+fn load(app: &App, id: &str) -> Result<Job> {
+    app.store.read()?.get(JOBS, id)?.ok_or_else(|| Error::NotFound(format!("job `{id}`")))
+}
+
+/// The caller's jobs: an analyst's own, a tenant admin's tenant's.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("token" = [])), responses((status = 200, body = Vec<Job>)))]
+async fn list_jobs(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Vec<Job>>> {
+    let all: Vec<Job> = app.store.read()?.all(JOBS)?;
+    let mut mine: Vec<Job> = all
+        .into_iter()
+        .filter(|j| match caller.role {
+            Role::Analyst => j.analyst == caller.name,
+            Role::TenantAdmin => caller.tenant.as_deref() == Some(j.tenant.as_str()),
+            _ => false,
+        })
+        .collect();
+    mine.sort_by_key(|j| j.seq);
+    Ok(axum::Json(mine))
+}
+
+/// One job's state and figures.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = super::ErrorBody)))]
+async fn show_job(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(id): PathArgs<String>,
+) -> Result<axum::Json<Job>> {
+    let job = load(&app, &id)?;
+    may_see(&app, &caller, &job, &format!("job {id}"))?;
+    Ok(axum::Json(job))
+}
+
+/// Cancel a job (its analyst or its tenant's admin).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+async fn cancel_job(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(id): PathArgs<String>,
+) -> Result<axum::Json<Job>> {
+    let job = load(&app, &id)?;
+    may_see(&app, &caller, &job, "job cancel")?;
+    let job = app.store.write(|w| jobs::cancel(w, &caller.actor(), &id))?;
+    Ok(axum::Json(job))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResultArgs {
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// The released tables of a succeeded job (its analyst), as JSON, or as
+/// CSV (one row per cell, a `table` column first; suppressed cells empty).
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", security(("token" = [])),
+    params(("id" = String, Path), ResultArgs),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+async fn job_results(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(id): PathArgs<String>,
+    QueryArgs(args): QueryArgs<ResultArgs>,
+) -> Result<Response> {
+    let job = load(&app, &id)?;
+    may_see(&app, &caller, &job, "job results")?;
+    if job.state != JobState::Succeeded {
+        return Err(Error::Conflict(match &job.failure {
+            Some(code) => format!("job `{id}` failed ({code}); nothing was released"),
+            None => format!("job `{id}` is {}; it has no results", job.state.name()),
+        }));
+    }
+    let release = jobs::result(&app, &id)?;
+    match args.format.as_deref() {
+        None | Some("json") => Ok(axum::Json(release).into_response()),
+        Some("csv") => {
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], release_csv(&release)?).into_response())
+        }
+        Some(other) => Err(Error::BadRequest(format!("unknown format `{other}`: use json or csv"))),
+    }
+}
+
+/// A release as one CSV: `table`, then every dimension and statistic of any
+/// table (blank where a table has no such column), then `suppressed`.
+pub fn release_csv(release: &Release) -> Result<String> {
+    let mut columns: Vec<String> = Vec::new();
+    for table in &release.tables {
+        for name in table.dimensions.iter().chain(&table.statistics) {
+            if !columns.contains(name) {
+                columns.push(name.clone());
+            }
+        }
+    }
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let header: Vec<&str> =
+        std::iter::once("table").chain(columns.iter().map(String::as_str)).chain(["suppressed"]).collect();
+    let csv_err = |e: csv::Error| Error::Internal(e.to_string());
+    out.write_record(&header).map_err(csv_err)?;
+    for table in &release.tables {
+        for cell in &table.cells {
+            let mut row = vec![String::new(); columns.len() + 2];
+            row[0] = table.name.clone();
+            for (dimension, key) in table.dimensions.iter().zip(&cell.key) {
+                row[1 + columns.iter().position(|c| c == dimension).expect("listed")] = key.clone();
+            }
+            match &cell.values {
+                Some(values) => {
+                    for (statistic, value) in table.statistics.iter().zip(values) {
+                        row[1 + columns.iter().position(|c| c == statistic).expect("listed")] =
+                            value.to_string();
+                    }
+                    row[columns.len() + 1] = "false".into();
+                }
+                None => row[columns.len() + 1] = "true".into(),
+            }
+            out.write_record(&row).map_err(csv_err)?;
+        }
+    }
+    String::from_utf8(out.into_inner().map_err(|e| Error::Internal(e.to_string()))?)
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// What the plugin printed and its error text: the tenant's (its admin, or
+/// support staff under a grant), never the analyst's.
+#[utoipa::path(get, path = "/v1/jobs/{id}/log", tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = JobLog), (status = 404, body = super::ErrorBody)))]
+async fn job_log(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(id): PathArgs<String>,
+) -> Result<axum::Json<JobLog>> {
+    let job = load(&app, &id)?;
+    may_see(&app, &caller, &job, &format!("job log {id}"))?;
+    Ok(axum::Json(jobs::owner_log(&app, &id)?))
+}
+
+/// A tenant's jobs (its admin, or support staff under a grant).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/jobs", tag = "jobs", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = Vec<Job>)))]
+async fn tenant_jobs(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<Vec<Job>>> {
+    support_access(&app, &caller, &tenant, "job list")?;
+    let all: Vec<Job> = app.store.read()?.all(JOBS)?;
+    let mut jobs: Vec<Job> = all.into_iter().filter(|j| j.tenant == tenant).collect();
+    jobs.sort_by_key(|j| j.seq);
+    Ok(axum::Json(jobs))
+}

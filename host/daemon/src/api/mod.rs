@@ -1,0 +1,329 @@
+//! The HTTP API: JSON over HTTP, versioned under `/v1`.
+//!
+//! Every request passes two layers before its handler:
+//! - `observe`: a request id (also sent back as `x-request-id`) in a tracing
+//!   span around everything the request logs, the concurrency cap, metrics;
+//! - `authorize`: the route's entry in [`ACCESS`]. A route with no entry
+//!   refuses everyone, a public one needs no token, any other needs a live
+//!   token of one of the listed roles.
+//!
+//! Handlers then check what is the caller's own: a tenant admin's tenant, an
+//! analyst's jobs, an operator's support grant.
+
+mod approvals;
+mod datasets;
+mod extract;
+mod jobs;
+mod plugins;
+mod system;
+mod tenants;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::App;
+use crate::auth::{self, Caller, Role};
+use crate::config::RequestLimits;
+use crate::error::Error;
+use crate::store::TOKENS;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed: health and the API document.
+    Public,
+    /// A live token of one of these roles.
+    Roles(&'static [Role]),
+}
+
+use Role::{Analyst, Operator, TenantAdmin, Vendor};
+
+/// The access table: every route, by method and path template. Deny by
+/// default: `authorize` refuses a route missing here, and the tests fail
+/// when the API document and this table disagree.
+pub const ACCESS: &[(&str, &str, Access)] = &[
+    ("GET", "/health", Access::Public),
+    ("GET", "/openapi.json", Access::Public),
+    ("GET", "/metrics", Access::Roles(&[Operator])),
+    ("GET", "/v1/whoami", Access::Roles(&[Operator, TenantAdmin, Analyst, Vendor])),
+    ("POST", "/v1/tenants", Access::Roles(&[Operator])),
+    ("GET", "/v1/tenants", Access::Roles(&[Operator])),
+    ("POST", "/v1/tokens", Access::Roles(&[Operator])),
+    ("GET", "/v1/tokens", Access::Roles(&[Operator])),
+    ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator])),
+    ("GET", "/v1/audit", Access::Roles(&[Operator])),
+    ("GET", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
+    ("PUT", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/tenants/{tenant}/datasets", Access::Roles(&[TenantAdmin])),
+    ("PUT", "/v1/tenants/{tenant}/datasets/{dataset}", Access::Roles(&[TenantAdmin])),
+    ("DELETE", "/v1/tenants/{tenant}/datasets/{dataset}", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/tenants/{tenant}/approvals", Access::Roles(&[TenantAdmin])),
+    ("POST", "/v1/tenants/{tenant}/approvals", Access::Roles(&[TenantAdmin])),
+    ("DELETE", "/v1/tenants/{tenant}/approvals/{id}", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/tenants/{tenant}/jobs", Access::Roles(&[TenantAdmin, Operator])),
+    ("GET", "/v1/tenants/{tenant}/audit", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/tenants/{tenant}/grants", Access::Roles(&[TenantAdmin])),
+    ("POST", "/v1/tenants/{tenant}/grants", Access::Roles(&[TenantAdmin])),
+    ("DELETE", "/v1/tenants/{tenant}/grants/{id}", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/plugins", Access::Roles(&[TenantAdmin, Analyst, Vendor])),
+    ("POST", "/v1/plugins", Access::Roles(&[Analyst, Vendor])),
+    ("GET", "/v1/plugins/{hash}", Access::Roles(&[TenantAdmin, Analyst, Vendor])),
+    ("DELETE", "/v1/plugins/{hash}", Access::Roles(&[Operator, Analyst, Vendor])),
+    ("GET", "/v1/approvals", Access::Roles(&[Analyst])),
+    ("GET", "/v1/jobs", Access::Roles(&[Analyst, TenantAdmin])),
+    ("POST", "/v1/jobs", Access::Roles(&[Analyst])),
+    ("GET", "/v1/jobs/{id}", Access::Roles(&[Analyst, TenantAdmin, Operator])),
+    ("POST", "/v1/jobs/{id}/cancel", Access::Roles(&[Analyst, TenantAdmin])),
+    ("GET", "/v1/jobs/{id}/results", Access::Roles(&[Analyst])),
+    ("GET", "/v1/jobs/{id}/log", Access::Roles(&[TenantAdmin, Operator])),
+];
+
+/// The access entry of a route.
+pub fn access(method: &str, path: &str) -> Option<Access> {
+    ACCESS.iter().find(|(m, p, _)| *m == method && *p == path).map(|(_, _, access)| *access)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kanon", description = "kanon's host daemon: tenants, datasets, plugins, approvals, jobs, results, audit."),
+    modifiers(&BearerToken),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("kanon token").build(),
+            ),
+        );
+    }
+}
+
+/// The routes and their API document, built together.
+pub(crate) fn routes(limits: &RequestLimits) -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::routes())
+        .merge(tenants::routes())
+        .merge(datasets::routes())
+        .merge(plugins::routes(limits.max_plugin_bytes))
+        .merge(approvals::routes())
+        .merge(jobs::routes())
+}
+
+/// The API document as served, with each operation's roles added as
+/// `x-kanon-roles`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut openapi) = routes(&RequestLimits::default()).split_for_parts();
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        for (method, operation) in operations(item) {
+            let roles = match access(method, path) {
+                Some(Access::Public) => vec!["public".to_owned()],
+                Some(Access::Roles(roles)) => roles.iter().map(|r| r.name().to_owned()).collect(),
+                None => vec![],
+            };
+            let extensions = operation.extensions.get_or_insert_with(Default::default);
+            extensions.merge(
+                utoipa::openapi::extensions::ExtensionsBuilder::new().add("x-kanon-roles", roles).build(),
+            );
+        }
+    }
+    openapi
+}
+
+/// An item's operations by method name.
+pub fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> Vec<(&'static str, &mut utoipa::openapi::path::Operation)> {
+    [
+        ("GET", &mut item.get),
+        ("PUT", &mut item.put),
+        ("POST", &mut item.post),
+        ("DELETE", &mut item.delete),
+        ("PATCH", &mut item.patch),
+        ("HEAD", &mut item.head),
+        ("OPTIONS", &mut item.options),
+        ("TRACE", &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(m, op)| op.as_mut().map(|op| (m, op)))
+    .collect()
+}
+
+/// The daemon's router with its layers.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let limits = &app.config.limits;
+    let (router, _) = routes(limits).split_for_parts();
+    let concurrency = Arc::new(Semaphore::new(limits.max_concurrent_requests));
+    router
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state((app.clone(), concurrency), observe))
+        .with_state(app)
+}
+
+/// Routes that take a file: their own body limit and timeout.
+const UPLOADS: [(&str, &str); 2] =
+    [("PUT", "/v1/tenants/{tenant}/datasets/{dataset}"), ("POST", "/v1/plugins")];
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Request id, span, concurrency cap, metrics.
+async fn observe(
+    State((app, concurrency)): State<(Arc<App>, Arc<Semaphore>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = format!("req-{:x}-{}", std::process::id(), REQUEST_IDS.fetch_add(1, Ordering::Relaxed));
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let mut response = async {
+        let Ok(_permit) = concurrency.try_acquire() else {
+            app.metrics.refusal("overloaded");
+            return Error::Unavailable("the daemon is at its request limit; try again".into())
+                .into_response();
+        };
+        let timeout = if UPLOADS.contains(&(method.as_str(), route.as_str())) {
+            app.config.limits.upload_timeout()
+        } else {
+            app.config.limits.request_timeout()
+        };
+        let Ok(response) = tokio::time::timeout(timeout, next.run(request)).await else {
+            return error_response(StatusCode::REQUEST_TIMEOUT, "timeout", "the request took too long");
+        };
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "done"
+        );
+        response
+    }
+    .instrument(span)
+    .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    app.metrics.request(&route, &method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Check the caller against the route's [`ACCESS`] entry.
+async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let roles = match access(request.method().as_str(), &path) {
+        Some(Access::Public) => return next.run(request).await,
+        Some(Access::Roles(roles)) => roles,
+        None => {
+            tracing::error!(%path, "a route without an access entry was called; refused");
+            app.metrics.refusal("no-access-entry");
+            return Error::Forbidden("this route is not open to anyone".into()).into_response();
+        }
+    };
+    let caller = match caller(&app, &request) {
+        Ok(caller) => caller,
+        Err(refused) => {
+            app.metrics.refusal("token");
+            tracing::info!(reason = %refused, "token refused");
+            return unauthorized();
+        }
+    };
+    if !roles.contains(&caller.role) {
+        app.metrics.refusal("role");
+        return Error::Forbidden(format!("a {} token may not call this route", caller.role)).into_response();
+    }
+    tracing::debug!(token = %caller.token_id, role = %caller.role, "authorized");
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn caller(app: &App, request: &Request) -> Result<Caller, auth::TokenRefused> {
+    let header =
+        request.headers().get(axum::http::header::AUTHORIZATION).ok_or(auth::TokenRefused::Malformed)?;
+    let token =
+        header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or(auth::TokenRefused::Malformed)?;
+    let id = auth::token_id(token).ok_or(auth::TokenRefused::Malformed)?;
+    let (key, record) = app
+        .store
+        .write(|w| Ok::<_, crate::StoreError>((auth::token_key(w)?, w.get(TOKENS, id)?)))
+        .map_err(|_| auth::TokenRefused::Unknown)?;
+    auth::check(&key, token, record, crate::now_ms())
+}
+
+fn unauthorized() -> Response {
+    let mut response = error_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid token is required: `Authorization: Bearer kanon_…`",
+    );
+    response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for scripts: `bad-request`, `forbidden`, `not-found`, ...
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.to_owned() } };
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Store(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "request failed on the host's side");
+            return error_response(status, code, "the daemon failed to serve this request; see its log");
+        }
+        error_response(status, code, &self.to_string())
+    }
+}
+
+/// The caller must be the admin of `tenant`.
+pub(crate) fn tenant_admin_of(caller: &Caller, tenant: &str) -> Result<(), Error> {
+    if caller.role == TenantAdmin && caller.tenant.as_deref() == Some(tenant) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!("this token is not a tenant admin of `{tenant}`")))
+    }
+}

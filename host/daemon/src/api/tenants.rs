@@ -1,0 +1,364 @@
+//! Tenants, tokens, a tenant's policy, its audit log and its support grants.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use kanon_gate::PolicyLayer;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{JsonBody, PathArgs};
+use super::tenant_admin_of;
+use crate::audit::{AuditExport, HOST_CHAIN};
+use crate::auth::{self, Caller, Role, TokenRecord, TokenSpec};
+use crate::error::{Error, Result};
+use crate::grants::{MAX_GRANT_SECS, SupportGrant};
+use crate::store::{GRANTS, TENANTS, TOKENS};
+use crate::tenants::{self, TenantRecord, check_name};
+use crate::{App, now_ms};
+
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(issue_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(get_policy, set_policy))
+        .routes(routes!(tenant_audit))
+        .routes(routes!(create_grant, list_grants))
+        .routes(routes!(revoke_grant))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub name: String,
+}
+
+/// Create a tenant (operator).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("token" = [])), request_body = NewTenant,
+    responses((status = 201, body = TenantRecord), (status = 409, body = super::ErrorBody)))]
+async fn create_tenant(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(new): JsonBody<NewTenant>,
+) -> Result<(StatusCode, axum::Json<TenantRecord>)> {
+    check_name("tenant", &new.name)?;
+    let record = app.store.write(|w| {
+        if w.get::<TenantRecord>(TENANTS, &new.name)?.is_some() {
+            return Err(Error::Conflict(format!("tenant `{}` exists", new.name)));
+        }
+        let record =
+            TenantRecord { name: new.name.clone(), created_ms: now_ms(), policy: PolicyLayer::default() };
+        w.put(TENANTS, &record.name, &record)?;
+        w.audit(HOST_CHAIN, &caller.actor(), "tenant.create", json!({"tenant": record.name}))?;
+        w.audit(&record.name, &caller.actor(), "tenant.create", json!({}))?;
+        Ok(record)
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(record)))
+}
+
+/// Every tenant (operator).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("token" = [])),
+    responses((status = 200, body = Vec<TenantRecord>)))]
+async fn list_tenants(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<TenantRecord>>> {
+    Ok(axum::Json(app.store.read()?.all(TENANTS)?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub role: Role,
+    /// The holder's name: approvals and jobs refer to it.
+    pub name: String,
+    /// Required for a tenant admin; refused for the other roles.
+    pub tenant: Option<String>,
+    /// Lifetime in seconds; none means until revoked.
+    pub ttl_secs: Option<u64>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    pub name: String,
+    pub tenant: Option<String>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+}
+
+impl From<TokenRecord> for TokenInfo {
+    fn from(r: TokenRecord) -> Self {
+        Self {
+            id: r.id,
+            role: r.role,
+            name: r.name,
+            tenant: r.tenant,
+            created_ms: r.created_ms,
+            expires_ms: r.expires_ms,
+            revoked_ms: r.revoked_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedToken {
+    /// The token itself: shown this once, stored only as a keyed hash.
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+/// Issue a token (operator).
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("token" = [])), request_body = NewToken,
+    responses((status = 201, body = IssuedToken), (status = 400, body = super::ErrorBody)))]
+async fn issue_token(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(new): JsonBody<NewToken>,
+) -> Result<(StatusCode, axum::Json<IssuedToken>)> {
+    check_name("token holder", &new.name)?;
+    match (new.role, &new.tenant) {
+        (Role::TenantAdmin, None) => {
+            return Err(Error::BadRequest("a tenant-admin token needs a tenant".into()));
+        }
+        (Role::TenantAdmin, Some(_)) | (_, None) => {}
+        (role, Some(_)) => return Err(Error::BadRequest(format!("a {role} token is not bound to a tenant"))),
+    }
+    let expires_ms = match new.ttl_secs {
+        Some(0) => return Err(Error::BadRequest("ttl_secs must be at least 1".into())),
+        Some(secs) => Some(now_ms().saturating_add(secs.saturating_mul(1000))),
+        None => None,
+    };
+    let (record, token) = app.store.write(|w| {
+        if let Some(tenant) = &new.tenant {
+            tenants::get(w, tenant)?;
+        }
+        let spec =
+            TokenSpec { role: new.role, name: new.name.clone(), tenant: new.tenant.clone(), expires_ms };
+        let (record, token) = auth::issue(w, spec)?;
+        let detail =
+            json!({"token": record.id, "role": record.role, "name": record.name, "expires_ms": expires_ms});
+        w.audit(HOST_CHAIN, &caller.actor(), "token.issue", detail.clone())?;
+        if let Some(tenant) = &record.tenant {
+            w.audit(tenant, &caller.actor(), "token.issue", detail)?;
+        }
+        Ok::<_, Error>((record, token))
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(IssuedToken { token, info: record.into() })))
+}
+
+/// Every token, without secrets (operator).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("token" = [])),
+    responses((status = 200, body = Vec<TokenInfo>)))]
+async fn list_tokens(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<TokenInfo>>> {
+    let tokens: Vec<TokenRecord> = app.store.read()?.all(TOKENS)?;
+    Ok(axum::Json(tokens.into_iter().map(TokenInfo::from).collect()))
+}
+
+/// Revoke a token (operator). It stops working at once.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", security(("token" = [])),
+    params(("id" = String, Path, description = "The token id")),
+    responses((status = 200, body = TokenInfo), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(id): PathArgs<String>,
+) -> Result<axum::Json<TokenInfo>> {
+    let record = app.store.write(|w| {
+        let mut record: TokenRecord =
+            w.get(TOKENS, &id)?.ok_or_else(|| Error::NotFound(format!("token `{id}`")))?;
+        if record.revoked_ms.is_some() {
+            return Err(Error::Conflict(format!("token `{id}` is already revoked")));
+        }
+        if record.id == caller.token_id {
+            return Err(Error::Conflict("a token cannot revoke itself; use another operator token".into()));
+        }
+        record.revoked_ms = Some(now_ms());
+        w.put(TOKENS, &id, &record)?;
+        let detail = json!({"token": id, "role": record.role, "name": record.name});
+        w.audit(HOST_CHAIN, &caller.actor(), "token.revoke", detail.clone())?;
+        if let Some(tenant) = &record.tenant {
+            w.audit(tenant, &caller.actor(), "token.revoke", detail)?;
+        }
+        Ok(record)
+    })?;
+    Ok(axum::Json(record.into()))
+}
+
+/// The tenant's policy layer (tenant admin).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policy", tag = "tenants", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = Object)))]
+async fn get_policy(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<PolicyLayer>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let record: TenantRecord = app
+        .store
+        .read()?
+        .get(TENANTS, &tenant)?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
+    Ok(axum::Json(record.policy))
+}
+
+/// Set the tenant's policy layer (tenant admin). It may only tighten the
+/// operator's floor; it applies to every later run on the tenant's data.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/policy", tag = "tenants", security(("token" = [])),
+    params(("tenant" = String, Path)), request_body = Object,
+    responses((status = 200, body = Object), (status = 422, body = super::ErrorBody)))]
+async fn set_policy(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+    JsonBody(policy): JsonBody<PolicyLayer>,
+) -> Result<axum::Json<PolicyLayer>> {
+    tenant_admin_of(&caller, &tenant)?;
+    tenants::check_policy(&app.config.floor, &policy)?;
+    app.store.write(|w| {
+        let mut record = tenants::get(w, &tenant)?;
+        record.policy = policy.clone();
+        w.put(TENANTS, &tenant, &record)?;
+        w.audit(&tenant, &caller.actor(), "policy.set", json!({"policy": policy}))?;
+        Ok::<_, Error>(())
+    })?;
+    Ok(axum::Json(policy))
+}
+
+/// The tenant's audit log, whole, with its head: verify it with
+/// `kanon audit verify` (tenant admin).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = AuditExport)))]
+async fn tenant_audit(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<AuditExport>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let (entries, head) = app.store.read()?.audit(&tenant)?;
+    Ok(axum::Json(AuditExport { chain: tenant, head, entries }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGrant {
+    /// How long the grant lasts, in seconds (at most 30 days).
+    pub ttl_secs: u64,
+    /// Why: a ticket number, say. Kept in the audit log.
+    pub reason: String,
+}
+
+/// Let operator staff read this tenant's job metadata and plugin output
+/// logs, never its data, for a limited time (tenant admin).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/grants", tag = "support", security(("token" = [])),
+    params(("tenant" = String, Path)), request_body = NewGrant,
+    responses((status = 201, body = SupportGrant), (status = 400, body = super::ErrorBody)))]
+async fn create_grant(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+    JsonBody(new): JsonBody<NewGrant>,
+) -> Result<(StatusCode, axum::Json<SupportGrant>)> {
+    tenant_admin_of(&caller, &tenant)?;
+    if !(1..=MAX_GRANT_SECS).contains(&new.ttl_secs) {
+        return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_GRANT_SECS}")));
+    }
+    if new.reason.len() > 500 {
+        return Err(Error::BadRequest("reason: at most 500 bytes".into()));
+    }
+    let grant = app.store.write(|w| {
+        tenants::get(w, &tenant)?;
+        let now = now_ms();
+        let grant = SupportGrant {
+            id: crate::new_id("grant"),
+            tenant: tenant.clone(),
+            granted_by: caller.actor(),
+            reason: new.reason.clone(),
+            created_ms: now,
+            expires_ms: now + new.ttl_secs * 1000,
+            revoked_ms: None,
+        };
+        w.put(GRANTS, &grant.id, &grant)?;
+        w.audit(
+            &tenant,
+            &caller.actor(),
+            "support.grant",
+            json!({"grant": grant.id, "expires_ms": grant.expires_ms, "reason": grant.reason}),
+        )?;
+        Ok::<_, Error>(grant)
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(grant)))
+}
+
+/// The tenant's support grants, live and past (tenant admin).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/grants", tag = "support", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = Vec<SupportGrant>)))]
+async fn list_grants(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<Vec<SupportGrant>>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let grants: Vec<SupportGrant> = app.store.read()?.all(GRANTS)?;
+    Ok(axum::Json(grants.into_iter().filter(|g| g.tenant == tenant).collect()))
+}
+
+/// End a support grant now (tenant admin).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/grants/{id}", tag = "support", security(("token" = [])),
+    params(("tenant" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = SupportGrant), (status = 404, body = super::ErrorBody)))]
+async fn revoke_grant(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs((tenant, id)): PathArgs<(String, String)>,
+) -> Result<axum::Json<SupportGrant>> {
+    tenant_admin_of(&caller, &tenant)?;
+    let grant = app.store.write(|w| {
+        let mut grant: SupportGrant = w
+            .get(GRANTS, &id)?
+            .filter(|g: &SupportGrant| g.tenant == tenant)
+            .ok_or_else(|| Error::NotFound(format!("grant `{id}`")))?;
+        if grant.revoked_ms.is_some() {
+            return Err(Error::Conflict(format!("grant `{id}` is already revoked")));
+        }
+        grant.revoked_ms = Some(now_ms());
+        w.put(GRANTS, &id, &grant)?;
+        w.audit(&tenant, &caller.actor(), "support.revoke", json!({"grant": id}))?;
+        Ok(grant)
+    })?;
+    Ok(axum::Json(grant))
+}
+
+/// Operator staff reading `tenant`'s job metadata or logs: only under a live
+/// grant, and every use is audited in the tenant's chain (refusals too).
+pub(crate) fn support_access(app: &App, caller: &Caller, tenant: &str, what: &str) -> Result<()> {
+    if caller.role != Role::Operator {
+        return tenant_admin_of(caller, tenant);
+    }
+    let now = now_ms();
+    app.store.write(|w| {
+        tenants::get(w, tenant)?;
+        let grants: Vec<SupportGrant> = w.all(GRANTS)?;
+        match grants.iter().find(|g| g.tenant == tenant && g.live(now)) {
+            Some(grant) => {
+                w.audit(tenant, &caller.actor(), "support.use", json!({"grant": grant.id, "read": what}))?;
+                Ok::<_, Error>(Ok(()))
+            }
+            None => {
+                w.audit(
+                    tenant,
+                    &caller.actor(),
+                    "access.refused",
+                    json!({"what": what, "reason": "no live support grant"}),
+                )?;
+                Ok(Err(Error::Forbidden(format!("tenant `{tenant}` has granted no live support access"))))
+            }
+        }
+    })?
+}

@@ -1,0 +1,121 @@
+//! Approvals: processing only on the tenant's instruction. A tenant admin
+//! approves one plugin (by hash) for one analyst, on named datasets and
+//! columns, with exact parameters, until a deadline. A job runs only under a
+//! live approval that covers it, checked at submission and again when the
+//! job starts, so a revocation stops every job not yet started.
+
+use std::collections::BTreeMap;
+
+use kanon_runtime::Manifest;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One dataset as approved: which of the tenant's datasets stands in for the
+/// manifest's, and which of its columns the plugin may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovedDataset {
+    /// The tenant's dataset.
+    pub dataset: String,
+    /// Columns the plugin may read.
+    pub columns: Vec<String>,
+}
+
+/// A tenant's instruction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    pub id: String,
+    pub tenant: String,
+    /// The plugin's blake3 hash.
+    pub plugin: String,
+    /// The analyst (token name) who may run it.
+    pub analyst: String,
+    /// By the manifest's dataset names.
+    pub datasets: BTreeMap<String, ApprovedDataset>,
+    /// The output tables, as the manifest declares them.
+    pub outputs: Vec<String>,
+    /// The parameters, exactly: a job must pass this very object.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub approved_by: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub revoked_ms: Option<u64>,
+}
+
+/// What a job asks to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobAsk<'a> {
+    pub tenant: &'a str,
+    pub plugin: &'a str,
+    pub analyst: &'a str,
+    pub datasets: &'a BTreeMap<String, String>,
+    pub params: &'a serde_json::Value,
+}
+
+impl Approval {
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.revoked_ms.is_none() && now_ms < self.expires_ms
+    }
+
+    /// Why this approval does not cover `ask`, if it does not.
+    pub fn uncovered(&self, ask: &JobAsk<'_>, now_ms: u64) -> Option<String> {
+        if self.revoked_ms.is_some() {
+            return Some(format!("approval {} was revoked", self.id));
+        }
+        if now_ms >= self.expires_ms {
+            return Some(format!("approval {} has expired", self.id));
+        }
+        if self.tenant != ask.tenant || self.plugin != ask.plugin || self.analyst != ask.analyst {
+            return Some(format!("approval {} is for another tenant, plugin or analyst", self.id));
+        }
+        let approved: BTreeMap<&String, &String> =
+            self.datasets.iter().map(|(k, v)| (k, &v.dataset)).collect();
+        let asked: BTreeMap<&String, &String> = ask.datasets.iter().collect();
+        if approved != asked {
+            return Some(format!("approval {} covers other datasets", self.id));
+        }
+        if &self.params != ask.params {
+            return Some(format!("approval {} covers other parameters", self.id));
+        }
+        None
+    }
+}
+
+/// Check a new approval against the plugin's manifest: every dataset the
+/// plugin reads mapped, every column it reads granted, the outputs exactly
+/// the declared ones, the parameters acceptable to the plugin.
+pub fn check_against_manifest(
+    manifest: &Manifest,
+    datasets: &BTreeMap<String, ApprovedDataset>,
+    outputs: &[String],
+    params: &serde_json::Value,
+) -> Result<(), String> {
+    for need in &manifest.inputs {
+        let Some(approved) = datasets.get(&need.name) else {
+            return Err(format!("the plugin reads dataset `{}`; map it to one of yours", need.name));
+        };
+        for column in &need.columns {
+            if !approved.columns.contains(&column.name) {
+                return Err(format!(
+                    "the plugin reads column `{}` of `{}`; the approval must grant it",
+                    column.name, need.name
+                ));
+            }
+        }
+    }
+    if let Some(extra) = datasets.keys().find(|name| !manifest.inputs.iter().any(|n| &n.name == *name)) {
+        return Err(format!("the plugin declares no dataset `{extra}`"));
+    }
+    let mut declared: Vec<&str> = manifest.outputs.iter().map(|t| t.name.as_str()).collect();
+    let mut given: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    declared.sort_unstable();
+    given.sort_unstable();
+    if declared != given {
+        return Err(format!("the outputs must be exactly the declared tables: {}", declared.join(", ")));
+    }
+    if !params.is_object() {
+        return Err("params must be a JSON object".into());
+    }
+    manifest.check_params(&params.to_string()).map(|_| ()).map_err(|e| e.to_string())
+}

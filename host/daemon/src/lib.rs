@@ -1,0 +1,167 @@
+//! kanon's host daemon: the HTTP API through which operators, tenant admins,
+//! analysts and vendors work, and the state behind it.
+//!
+//! Architecture invariants:
+//! - no wasmtime type crosses this crate's API; runs go through
+//!   [`kanon_runtime::Runtime`], data through [`kanon_vault::Vault`];
+//! - every route names the roles that may call it ([`api::ACCESS`]); a route
+//!   missing from that table refuses everyone;
+//! - every state change commits together with the audit entries it causes
+//!   ([`ControlStore::write`]);
+//! - an analyst or vendor sees a failed run's class, never the plugin's
+//!   output: that is the tenant's ([`jobs`]).
+
+pub mod api;
+pub mod approvals;
+pub mod audit;
+pub mod auth;
+pub mod client;
+pub mod config;
+mod error;
+pub mod grants;
+pub mod jobs;
+mod metrics;
+pub mod registry;
+mod store;
+pub mod tenants;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kanon_runtime::Runtime;
+use kanon_vault::{KeyEncryptionKey, Vault, VaultError};
+use tokio::sync::watch;
+
+pub use audit::{AuditEntry, AuditExport, AuditHead, ChainBreak, verify};
+pub use auth::Role;
+pub use config::{ConfigError, DaemonConfig};
+pub use error::Error;
+pub use store::{CONTROL_FILE, ControlStore, StoreError};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random id with a readable prefix: `job_…`, `apr_…`.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let bytes: [u8; 12] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}_{hex}")
+}
+
+/// The daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("cannot listen on {addr}: {detail}")]
+    Listen { addr: SocketAddr, detail: String },
+    #[error("{path}: {detail}")]
+    Io { path: String, detail: String },
+}
+
+/// What every handler and the job scheduler share.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub config: DaemonConfig,
+    pub store: ControlStore,
+    pub vault: Vault,
+    pub runtime: Arc<Runtime>,
+    pub plugins: registry::PluginCache,
+    pub scheduler: jobs::Scheduler,
+    pub metrics: metrics::Metrics,
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    app: Arc<App>,
+}
+
+/// What the first start printed or wrote: the operator token.
+#[derive(Debug)]
+pub struct FirstStart {
+    /// The operator token, when this start created it and was not told to
+    /// write it to a file.
+    pub operator_token: Option<String>,
+}
+
+impl Daemon {
+    /// Open the data directory, recover jobs a crash interrupted, bind the
+    /// listener and start serving. Must be called inside a tokio runtime.
+    pub async fn start(
+        config: DaemonConfig,
+        kek: KeyEncryptionKey,
+        runtime: Runtime,
+    ) -> Result<(Daemon, FirstStart), StartError> {
+        let vault = Vault::open(&config.data_dir, kek)?;
+        let store = ControlStore::open(&config.data_dir)?;
+        let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
+        let interrupted = jobs::recover(&store)?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "jobs that were running when the daemon stopped are marked failed");
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Listen { addr: config.listen, detail: e.to_string() })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen { addr: config.listen, detail: e.to_string() })?;
+        let plugins_dir = config.data_dir.join(registry::PLUGINS_DIR);
+        std::fs::create_dir_all(&plugins_dir).map_err(io_err(&plugins_dir))?;
+        let app = Arc::new(App {
+            scheduler: jobs::Scheduler::new(config.jobs.clone()),
+            plugins: registry::PluginCache::new(plugins_dir),
+            metrics: metrics::Metrics::new(),
+            config,
+            store,
+            vault,
+            runtime: Arc::new(runtime),
+        });
+        let (stop, stopped) = watch::channel(false);
+        jobs::Scheduler::spawn(app.clone(), stopped.clone());
+        let router = api::router(app.clone());
+        let mut shutdown = stopped;
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = serve {
+                tracing::error!(error = %e, "the HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, "kanon daemon listening");
+        Ok((Daemon { addr, stop, server, app }, first))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop taking requests and starting jobs, let running jobs finish for
+    /// up to the configured grace, and return. Jobs still running then are
+    /// abandoned; the next start marks them failed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        let grace = Duration::from_secs(self.app.config.jobs.shutdown_grace_secs);
+        if !self.app.scheduler.wait_idle(grace).await {
+            tracing::warn!(?grace, "jobs still running at the shutdown deadline are abandoned");
+        }
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StartError + '_ {
+    move |e| StartError::Io { path: path.display().to_string(), detail: e.to_string() }
+}

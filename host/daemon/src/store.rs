@@ -1,0 +1,348 @@
+//! The daemon's own state: tokens, tenants, plugins, approvals, jobs,
+//! results, support grants and the audit chains, in one redb file
+//! (`control.redb`) beside the vault's.
+//!
+//! Every change goes through [`ControlStore::write`], which hands out one
+//! write transaction: a state change and the audit entries it causes commit
+//! together or not at all.
+
+use std::path::Path;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::audit::{AuditEntry, AuditHead};
+
+/// The control database's file name inside the data directory.
+pub const CONTROL_FILE: &str = "control.redb";
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
+pub(crate) const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+pub(crate) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+pub(crate) const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
+pub(crate) const OWNER_LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("owner_logs");
+pub(crate) const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+/// Queued jobs in submission order: sequence number to job id.
+pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
+/// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
+pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
+
+/// Every keyed table, to create them all at open.
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 10] =
+    [META, TOKENS, TENANTS, PLUGINS, APPROVALS, JOBS, RESULTS, OWNER_LOGS, GRANTS, AUDIT_HEADS];
+
+/// The control database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the control database is in use by another process: {0}")]
+    InUse(String),
+    #[error("control database: {0}")]
+    Database(String),
+    #[error("control database record `{key}` is unreadable: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+/// The open control database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlStore {
+    db: std::sync::Arc<Database>,
+}
+
+impl ControlStore {
+    /// Open (creating if needed) the control database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(CONTROL_FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.display().to_string()),
+            other => db_err(other),
+        })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        for table in RECORD_TABLES {
+            txn.open_table(table).map_err(db_err)?;
+        }
+        txn.open_table(QUEUE).map_err(db_err)?;
+        txn.open_table(AUDIT).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db: std::sync::Arc::new(db) })
+    }
+
+    /// Run `change` in one write transaction and commit it if it returns
+    /// `Ok`. An `Err` leaves nothing behind.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut write = Write { txn: &txn };
+        let value = change(&mut write)?;
+        txn.commit().map_err(db_err)?;
+        Ok(value)
+    }
+
+    /// A consistent snapshot to read from.
+    pub fn read(&self) -> Result<Read, StoreError> {
+        Ok(Read { txn: self.db.begin_read().map_err(db_err)? })
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: e.to_string() })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("daemon records serialize")
+}
+
+/// A read snapshot.
+pub struct Read {
+    txn: ReadTransaction,
+}
+
+impl std::fmt::Debug for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Read")
+    }
+}
+
+impl Read {
+    /// The record under `key`, if any.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let table = self.txn.open_table(table).map_err(db_err)?;
+        let value = table.get(key).map_err(db_err)?;
+        value.map(|v| decode(key, v.value())).transpose()
+    }
+
+    /// Every record of `table`, in key order.
+    pub fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let table = self.txn.open_table(table).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Job ids waiting to run, oldest first.
+    pub fn queue(&self) -> Result<Vec<String>, StoreError> {
+        let table = self.txn.open_table(QUEUE).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            out.push(entry.map_err(db_err)?.1.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// A chain's entries, oldest first, and its head.
+    pub fn audit(&self, chain: &str) -> Result<(Vec<AuditEntry>, AuditHead), StoreError> {
+        let table = self.txn.open_table(AUDIT).map_err(db_err)?;
+        let mut entries = Vec::new();
+        for entry in table.range((chain, 0)..=(chain, u64::MAX)).map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            entries.push(decode(&format!("audit {chain} #{}", key.value().1), value.value())?);
+        }
+        let head = self.get(AUDIT_HEADS, chain)?.unwrap_or_default();
+        Ok((entries, head))
+    }
+}
+
+/// A write transaction in progress.
+pub struct Write<'a> {
+    txn: &'a WriteTransaction,
+}
+
+impl std::fmt::Debug for Write<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Write")
+    }
+}
+
+impl Write<'_> {
+    /// The record under `key`, as this transaction sees it.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let table = self.txn.open_table(table).map_err(db_err)?;
+        let value = table.get(key).map_err(db_err)?;
+        value.map(|v| decode(key, v.value())).transpose()
+    }
+
+    /// Every record of `table`, in key order.
+    pub fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let table = self.txn.open_table(table).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put<T: Serialize>(
+        &mut self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(table).map_err(db_err)?;
+        table.insert(key, encode(value).as_slice()).map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn remove(&mut self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
+        let mut table = self.txn.open_table(table).map_err(db_err)?;
+        Ok(table.remove(key).map_err(db_err)?.is_some())
+    }
+
+    /// The next value of a named counter, from 1.
+    pub fn next_sequence(&mut self, name: &str) -> Result<u64, StoreError> {
+        let next = self.get::<u64>(META, name)?.unwrap_or(0) + 1;
+        self.put(META, name, &next)?;
+        Ok(next)
+    }
+
+    pub fn enqueue(&mut self, seq: u64, job: &str) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(QUEUE).map_err(db_err)?;
+        table.insert(seq, job).map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn dequeue(&mut self, seq: u64) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(QUEUE).map_err(db_err)?;
+        table.remove(seq).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Append an entry to `chain`'s audit log, linked to the one before.
+    pub fn audit(
+        &mut self,
+        chain: &str,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        let head: AuditHead = self.get(AUDIT_HEADS, chain)?.unwrap_or_default();
+        let entry = AuditEntry::next(&head, chain, actor, action, detail);
+        {
+            let mut table = self.txn.open_table(AUDIT).map_err(db_err)?;
+            table.insert((chain, entry.seq), encode(&entry).as_slice()).map_err(db_err)?;
+        }
+        self.put(AUDIT_HEADS, chain, &AuditHead { count: entry.seq, hash: entry.hash.clone() })?;
+        Ok(entry)
+    }
+
+    /// Tests only: write an entry past the chain, as someone holding the
+    /// file could.
+    #[cfg(test)]
+    pub(crate) fn raw_audit_insert(&mut self, chain: &str, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(AUDIT).map_err(db_err)?;
+        table.insert((chain, seq), bytes).map_err(db_err)?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_audit_remove(&mut self, chain: &str, seq: u64) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(AUDIT).map_err(db_err)?;
+        table.remove((chain, seq)).map_err(db_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{ChainBreak, verify};
+    use serde_json::json;
+
+    /// A store whose `acme` chain holds four entries.
+    fn store_with_chain() -> (tempfile::TempDir, ControlStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        for i in 0..4 {
+            store.write(|w| w.audit("acme", "daemon", "job.finish", json!({"job": i}))).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn check(store: &ControlStore) -> Result<u64, ChainBreak> {
+        let (entries, head) = store.read().unwrap().audit("acme").unwrap();
+        verify("acme", &entries, &head)
+    }
+
+    #[test]
+    fn the_stored_chain_verifies_and_every_tampering_is_found() {
+        let (_dir, store) = store_with_chain();
+        assert_eq!(check(&store), Ok(4));
+        let (entries, _) = store.read().unwrap().audit("acme").unwrap();
+
+        // Edited in place.
+        let (_dir, edited) = store_with_chain();
+        let mut entry = edited.read().unwrap().audit("acme").unwrap().0[1].clone();
+        entry.detail = json!({"job": 99});
+        edited.write(|w| w.raw_audit_insert("acme", 2, &encode(&entry))).unwrap();
+        assert_eq!(check(&edited), Err(ChainBreak::Altered { seq: 2 }));
+
+        // Removed.
+        let (_dir, removed) = store_with_chain();
+        removed.write(|w| w.raw_audit_remove("acme", 3)).unwrap();
+        assert!(matches!(check(&removed), Err(ChainBreak::Sequence { position: 3, .. })));
+
+        // Reordered: entries 2 and 3 swapped under each other's keys.
+        let (_dir, reordered) = store_with_chain();
+        let current = reordered.read().unwrap().audit("acme").unwrap().0;
+        reordered
+            .write(|w| {
+                w.raw_audit_insert("acme", 2, &encode(&current[2]))?;
+                w.raw_audit_insert("acme", 3, &encode(&current[1]))
+            })
+            .unwrap();
+        assert!(matches!(check(&reordered), Err(ChainBreak::Sequence { position: 2, .. })));
+
+        // The last entry cut off.
+        let (_dir, cut) = store_with_chain();
+        cut.write(|w| w.raw_audit_remove("acme", 4)).unwrap();
+        assert_eq!(check(&cut), Err(ChainBreak::Count { expected: 4, found: 3 }));
+        assert_eq!(entries.len(), 4);
+    }
+
+    #[test]
+    fn a_failed_change_leaves_nothing_behind() {
+        let (_dir, store) = store_with_chain();
+        let failed: Result<(), StoreError> = store.write(|w| {
+            w.audit("acme", "daemon", "half.done", json!({}))?;
+            w.put(TENANTS, "ghost", &1u8)?;
+            Err(StoreError::Database("stop".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(check(&store), Ok(4));
+        assert_eq!(store.read().unwrap().get::<u8>(TENANTS, "ghost").unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_process_is_refused() {
+        let (dir, _store) = store_with_chain();
+        assert!(matches!(ControlStore::open(dir.path()), Err(StoreError::InUse(_))));
+    }
+}

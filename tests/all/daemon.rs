@@ -1,0 +1,568 @@
+//! The daemon through its real HTTP API: an in-process daemon on a loopback
+//! port, driven by the same blocking client the CLI uses.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kanon_daemon::api::{ACCESS, Access};
+use kanon_daemon::client::{Client, Reply};
+use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+use kanon_runtime::{Runtime, RuntimeConfig};
+use kanon_vault::KeyEncryptionKey;
+use serde_json::{Value, json};
+
+/// A daemon on a free loopback port over a fresh data directory.
+struct TestDaemon {
+    operator: Client,
+    tokio: tokio::runtime::Runtime,
+    daemon: Option<Daemon>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DaemonConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_owned(),
+            ..DaemonConfig::default()
+        };
+        let runtime =
+            Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
+                .unwrap();
+        let tokio =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (daemon, first) = tokio
+            .block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))
+            .expect("daemon starts");
+        let base = format!("http://{}", daemon.local_addr());
+        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
+        Self { operator, tokio, daemon: Some(daemon), _dir: dir }
+    }
+
+    /// A client holding a new token.
+    fn token(&self, role: Role, name: &str, tenant: Option<&str>, ttl_secs: Option<u64>) -> (Client, String) {
+        let issued: Value = self
+            .operator
+            .send(
+                "POST",
+                "/v1/tokens",
+                &json!({"role": role, "name": name, "tenant": tenant, "ttl_secs": ttl_secs}),
+            )
+            .unwrap();
+        let token = issued["token"].as_str().unwrap().to_owned();
+        (self.operator.with_token(Some(token.clone())), issued["info"]["id"].as_str().unwrap().to_owned())
+    }
+
+    fn tenant(&self, name: &str) -> Client {
+        let _: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
+        self.token(Role::TenantAdmin, &format!("{name}-admin"), Some(name), None).0
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            self.tokio.block_on(daemon.shutdown());
+        }
+    }
+}
+
+fn ingest_trips(admin: &Client, tenant: &str) -> Value {
+    admin
+        .upload(
+            "PUT",
+            &format!("/v1/tenants/{tenant}/datasets/trips?format=csv&entity=driver_id"),
+            "text/csv",
+            std::io::Cursor::new(kanon_tests::trips_csv().into_bytes()),
+        )
+        .unwrap()
+}
+
+fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
+    analyst.raw("POST", "/v1/plugins", Some(("application/wasm", bytes))).unwrap()
+}
+
+/// An approval of the emissions plugin on `trips`, every column it reads.
+fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value {
+    let manifest = &plugin["manifest"];
+    let need = &manifest["inputs"][0];
+    let columns: Vec<&str> =
+        need["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let outputs: Vec<&str> =
+        manifest["outputs"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    admin
+        .send(
+            "POST",
+            &format!("/v1/tenants/{tenant}/approvals"),
+            &json!({
+                "plugin": plugin["hash"], "analyst": analyst, "outputs": outputs, "ttl_secs": 3600,
+                "datasets": {need["name"].as_str().unwrap(): {"dataset": "trips", "columns": columns}},
+            }),
+        )
+        .unwrap()
+}
+
+fn wait_for(client: &Client, job: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job: Value = client.get(&format!("/v1/jobs/{job}")).unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn audit(admin: &Client, tenant: &str) -> AuditExport {
+    admin.get(&format!("/v1/tenants/{tenant}/audit")).unwrap()
+}
+
+fn actions(export: &AuditExport) -> Vec<&str> {
+    export.entries.iter().map(|e| e.action.as_str()).collect()
+}
+
+#[test]
+fn an_approved_job_runs_and_only_its_analyst_reads_the_results() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let (other_analyst, _) = d.token(Role::Analyst, "bob", None, None);
+
+    let stored = ingest_trips(&admin, "acme");
+    assert_eq!(stored["rows"], 192);
+    let first = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    assert_eq!(first.status, 201, "{}", first.text());
+    let again = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    assert_eq!(again.status, 200, "uploading the same bytes twice is idempotent");
+    let plugin: Value = first.json().unwrap();
+    assert_eq!(plugin, again.json::<Value>().unwrap());
+    assert_eq!(
+        plugin["hash"].as_str().unwrap(),
+        blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex().as_str()
+    );
+
+    let approval = approve(&admin, "acme", &plugin, "ana");
+    let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                        "datasets": {"trips": "trips"}});
+    let job: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    assert_eq!(job["state"], "queued");
+    let id = job["id"].as_str().unwrap();
+    let done = wait_for(&analyst, id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["versions"]["trips"], 1);
+
+    let results: Value = analyst.get(&format!("/v1/jobs/{id}/results")).unwrap();
+    let table = &results["tables"][0];
+    let west =
+        table["cells"].as_array().unwrap().iter().find(|c| c["key"] == json!(["rigid", "west"])).unwrap();
+    assert!(west["values"].is_null(), "4 drivers in the west: suppressed");
+    let csv = analyst.get_text(&format!("/v1/jobs/{id}/results?format=csv")).unwrap();
+    assert!(csv.starts_with("table,"), "{csv}");
+    assert!(csv.lines().any(|l| l.contains("west") && l.ends_with(",true")), "{csv}");
+
+    // Another analyst, the vendor and the operator see nothing of it.
+    assert_eq!(other_analyst.raw("GET", &format!("/v1/jobs/{id}"), None).unwrap().status, 404);
+    assert_eq!(other_analyst.raw("GET", &format!("/v1/jobs/{id}/results"), None).unwrap().status, 404);
+    assert_eq!(d.operator.raw("GET", &format!("/v1/jobs/{id}"), None).unwrap().status, 403);
+    // The plugin's output log is the tenant's.
+    assert_eq!(analyst.raw("GET", &format!("/v1/jobs/{id}/log"), None).unwrap().status, 403);
+    let log: Value = admin.get(&format!("/v1/jobs/{id}/log")).unwrap();
+    assert_eq!(log["job"], id);
+
+    let export = audit(&admin, "acme");
+    assert_eq!(kanon_daemon::verify("acme", &export.entries, &export.head), Ok(export.entries.len() as u64));
+    let seen = actions(&export);
+    for expected in [
+        "tenant.create",
+        "token.issue",
+        "dataset.ingest",
+        "approval.grant",
+        "job.submit",
+        "job.start",
+        "job.finish",
+        "release",
+    ] {
+        assert!(seen.contains(&expected), "{expected} missing from {seen:?}");
+    }
+    let release = export.entries.iter().find(|e| e.action == "release").unwrap();
+    assert!(release.detail["record"]["tables"][0]["suppressed_cells"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn revoking_an_approval_stops_later_jobs_and_the_refusal_is_audited() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    ingest_trips(&admin, "acme");
+    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let approval = approve(&admin, "acme", &plugin, "ana");
+    let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                        "datasets": {"trips": "trips"}});
+
+    // Other parameters, another analyst or another dataset are not covered.
+    let mut other_params = submit.clone();
+    other_params["params"] = json!({"kg_co2_per_litre": 3.0});
+    let refused = analyst
+        .raw("POST", "/v1/jobs", Some(("application/json", other_params.to_string().as_bytes())))
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let (bob, _) = d.token(Role::Analyst, "bob", None, None);
+    assert_eq!(
+        bob.raw("POST", "/v1/jobs", Some(("application/json", submit.to_string().as_bytes())))
+            .unwrap()
+            .status,
+        403
+    );
+
+    let _: Value =
+        admin.delete(&format!("/v1/tenants/acme/approvals/{}", approval["id"].as_str().unwrap())).unwrap();
+    let after =
+        analyst.raw("POST", "/v1/jobs", Some(("application/json", submit.to_string().as_bytes()))).unwrap();
+    assert_eq!(after.status, 403, "{}", after.text());
+    assert!(after.text().contains("revoked"), "{}", after.text());
+    let export = audit(&admin, "acme");
+    assert_eq!(actions(&export).iter().filter(|a| **a == "access.refused").count(), 3);
+    assert!(actions(&export).contains(&"approval.revoke"));
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+    // The plugin cannot be deleted while... it is no longer approved: now it can.
+    let deleted =
+        analyst.raw("DELETE", &format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap()), None).unwrap();
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+}
+
+#[test]
+fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
+    ingest_trips(&admin, "acme");
+    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    approve(&admin, "acme", &plugin, "ana");
+    let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
+    assert_eq!(vendor.raw("DELETE", &path, None).unwrap().status, 403, "only the uploader or an operator");
+    let in_use = analyst.raw("DELETE", &path, None).unwrap();
+    assert_eq!(in_use.status, 409, "{}", in_use.text());
+
+    let not_wasm = upload_plugin(&analyst, b"not a component");
+    assert_eq!(not_wasm.status, 422, "{}", not_wasm.text());
+    assert!(not_wasm.text().contains("not a WebAssembly binary"), "{}", not_wasm.text());
+    let plugins: Vec<Value> = analyst.get("/v1/plugins").unwrap();
+    assert_eq!(plugins.len(), 1, "a refused upload leaves nothing");
+}
+
+#[test]
+fn support_staff_read_job_metadata_only_under_a_live_grant_and_every_use_is_audited() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 403);
+    let grant: Value = admin
+        .send("POST", "/v1/tenants/acme/grants", &json!({"ttl_secs": 3600, "reason": "ticket 42"}))
+        .unwrap();
+    let jobs = d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap();
+    assert_eq!(jobs.status, 200, "{}", jobs.text());
+    // Never the data.
+    assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
+    let _: Value =
+        admin.delete(&format!("/v1/tenants/acme/grants/{}", grant["id"].as_str().unwrap())).unwrap();
+    assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 403);
+    let export = audit(&admin, "acme");
+    let seen = actions(&export);
+    let uses: Vec<&&str> = seen
+        .iter()
+        .filter(|a| ["support.grant", "support.use", "support.revoke", "access.refused"].contains(a))
+        .collect();
+    assert_eq!(
+        uses,
+        [&"access.refused", &"support.grant", &"support.use", &"support.revoke", &"access.refused"]
+    );
+
+    // A grant expires by itself.
+    let _: Value =
+        admin.send("POST", "/v1/tenants/acme/grants", &json!({"ttl_secs": 1, "reason": "short"})).unwrap();
+    assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 403);
+}
+
+/// The status each role gets on each route, probed with a body of `{}` and
+/// ids that do not exist. `None`: the role is denied (403).
+fn expected(method: &str, path: &str, role: Role) -> u16 {
+    use Role::*;
+    let allowed: &[(Role, u16)] = match (method, path) {
+        ("GET", "/health") | ("GET", "/openapi.json") => {
+            &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)]
+        }
+        ("GET", "/metrics") => &[(Operator, 200)],
+        ("GET", "/v1/whoami") => &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)],
+        ("POST", "/v1/tenants") | ("POST", "/v1/tokens") => &[(Operator, 400)],
+        ("GET", "/v1/tenants") | ("GET", "/v1/tokens") | ("GET", "/v1/audit") => &[(Operator, 200)],
+        ("DELETE", "/v1/tokens/{id}") => &[(Operator, 404)],
+        ("GET", "/v1/tenants/{tenant}/policy") | ("PUT", "/v1/tenants/{tenant}/policy") => {
+            &[(TenantAdmin, 200)]
+        }
+        ("GET", "/v1/tenants/{tenant}/datasets") => &[(TenantAdmin, 200)],
+        ("PUT", "/v1/tenants/{tenant}/datasets/{dataset}") => &[(TenantAdmin, 400)],
+        ("DELETE", "/v1/tenants/{tenant}/datasets/{dataset}") => &[(TenantAdmin, 404)],
+        ("GET", "/v1/tenants/{tenant}/approvals") => &[(TenantAdmin, 200)],
+        ("POST", "/v1/tenants/{tenant}/approvals") | ("POST", "/v1/tenants/{tenant}/grants") => {
+            &[(TenantAdmin, 400)]
+        }
+        ("DELETE", "/v1/tenants/{tenant}/approvals/{id}")
+        | ("DELETE", "/v1/tenants/{tenant}/grants/{id}") => &[(TenantAdmin, 404)],
+        // The operator passes the role check but holds no support grant.
+        ("GET", "/v1/tenants/{tenant}/jobs") => &[(TenantAdmin, 200), (Operator, 403)],
+        ("GET", "/v1/tenants/{tenant}/audit") | ("GET", "/v1/tenants/{tenant}/grants") => {
+            &[(TenantAdmin, 200)]
+        }
+        ("GET", "/v1/plugins") => &[(TenantAdmin, 200), (Analyst, 200), (Vendor, 200)],
+        ("POST", "/v1/plugins") => &[(Analyst, 422), (Vendor, 422)],
+        ("GET", "/v1/plugins/{hash}") => &[(TenantAdmin, 404), (Analyst, 404), (Vendor, 404)],
+        ("DELETE", "/v1/plugins/{hash}") => &[(Operator, 404), (Analyst, 404), (Vendor, 404)],
+        ("GET", "/v1/approvals") => &[(Analyst, 200)],
+        ("GET", "/v1/jobs") => &[(Analyst, 200), (TenantAdmin, 200)],
+        ("POST", "/v1/jobs") => &[(Analyst, 400)],
+        ("GET", "/v1/jobs/{id}") => &[(Analyst, 404), (TenantAdmin, 404), (Operator, 404)],
+        ("POST", "/v1/jobs/{id}/cancel") => &[(Analyst, 404), (TenantAdmin, 404)],
+        ("GET", "/v1/jobs/{id}/results") => &[(Analyst, 404)],
+        ("GET", "/v1/jobs/{id}/log") => &[(TenantAdmin, 404), (Operator, 404)],
+        _ => panic!("no expected statuses for {method} {path}: add the new route to this table"),
+    };
+    allowed.iter().find(|(r, _)| *r == role).map_or(403, |(_, status)| *status)
+}
+
+fn probe_path(path: &str) -> String {
+    path.replace("{tenant}", "acme")
+        .replace("{dataset}", "nope")
+        .replace("{id}", "nope")
+        .replace("{hash}", &"0".repeat(64))
+}
+
+#[test]
+fn every_route_answers_every_role_and_every_bad_token_with_the_exact_status() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let clients = [
+        (Role::Operator, d.operator.clone()),
+        (Role::TenantAdmin, admin),
+        (Role::Analyst, d.token(Role::Analyst, "ana", None, None).0),
+        (Role::Vendor, d.token(Role::Vendor, "ven", None, None).0),
+    ];
+    let (expired, _) = d.token(Role::Operator, "old", None, Some(1));
+    let (revoked, revoked_id) = d.token(Role::Operator, "gone", None, None);
+    let _: Value = d.operator.delete(&format!("/v1/tokens/{revoked_id}")).unwrap();
+    let forged = d.operator.with_token(Some(format!("kanon_{revoked_id}_{}", "a".repeat(64))));
+    let garbage = d.operator.with_token(Some("not-a-token".into()));
+    let anonymous = d.operator.with_token(None);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // The routes in the served API document are exactly those in ACCESS.
+    let document: Value = anonymous.get("/openapi.json").unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let roles = operation["x-kanon-roles"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} lists no roles"));
+            assert!(!roles.is_empty(), "{method} {path}");
+            documented.insert((method, path.clone()));
+        }
+    }
+    let table: BTreeSet<(String, String)> =
+        ACCESS.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented, table, "the API document and the access table disagree");
+
+    for (method, path, access) in ACCESS {
+        let url = probe_path(path);
+        let body = matches!(*method, "POST" | "PUT").then_some(("application/json", b"{}".as_slice()));
+        for (role, client) in &clients {
+            let status = client.raw(method, &url, body).unwrap().status;
+            assert_eq!(status, expected(method, path, *role), "{role} {method} {url}");
+        }
+        let bad_token_status = if *access == Access::Public { 200 } else { 401 };
+        for (what, client) in [
+            ("no token", &anonymous),
+            ("expired", &expired),
+            ("revoked", &revoked),
+            ("forged", &forged),
+            ("garbage", &garbage),
+        ] {
+            let status = client.raw(method, &url, body).unwrap().status;
+            assert_eq!(status, bad_token_status, "{what} {method} {url}");
+        }
+    }
+}
+
+/// What the state looks like from outside, to compare before and after.
+fn state(d: &TestDaemon, admin: &Client) -> Value {
+    json!({
+        "tenants": d.operator.get::<Value>("/v1/tenants").unwrap(),
+        "tokens": d.operator.get::<Value>("/v1/tokens").unwrap(),
+        "host_audit": d.operator.get::<Value>("/v1/audit").unwrap()["head"],
+        "audit": admin.get::<Value>("/v1/tenants/acme/audit").unwrap()["head"],
+        "datasets": admin.get::<Value>("/v1/tenants/acme/datasets").unwrap(),
+        "plugins": admin.get::<Value>("/v1/plugins").unwrap(),
+        "approvals": admin.get::<Value>("/v1/tenants/acme/approvals").unwrap(),
+        "policy": admin.get::<Value>("/v1/tenants/acme/policy").unwrap(),
+    })
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx_and_change_nothing() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+    let before = state(&d, &admin);
+    let json_body = |s: &str| Some(("application/json", s.as_bytes().to_vec()));
+    // (who, method, path, body, status, what the message says)
+    type Case<'a> = (&'a Client, &'a str, String, Option<(&'a str, Vec<u8>)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (&d.operator, "POST", "/v1/tenants".into(), json_body("{\"name\": "), 400, "bad-request"),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tenants".into(),
+            json_body("{\"name\": \"x\", \"admin\": true}"),
+            400,
+            "unknown field",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tenants".into(),
+            json_body("{\"name\": \"../etc\"}"),
+            400,
+            "not a valid tenant name",
+        ),
+        (&d.operator, "POST", "/v1/tenants".into(), json_body("{\"name\": \"acme\"}"), 409, "exists"),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tenants".into(),
+            Some(("application/json", vec![b' '; (1 << 20) + 1024])),
+            413,
+            "too-large",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tenants".into(),
+            Some(("text/plain", b"{\"name\": \"t\"}".to_vec())),
+            400,
+            "content-type",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"root\", \"name\": \"x\"}"),
+            400,
+            "unknown variant",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"tenant-admin\", \"name\": \"x\"}"),
+            400,
+            "needs a tenant",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"tenant-admin\", \"name\": \"x\", \"tenant\": \"nobody\"}"),
+            404,
+            "tenant `nobody`",
+        ),
+        (
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/datasets/..%2F..%2Fetc?format=csv&entity=driver_id".into(),
+            Some(("text/csv", b"driver_id\nA\n".to_vec())),
+            400,
+            "not a valid dataset name",
+        ),
+        (
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id".into(),
+            Some(("text/csv", b"driver_id,x\nA,1\nB\n".to_vec())),
+            422,
+            "row 2",
+        ),
+        (
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/datasets/trips?format=xls&entity=driver_id".into(),
+            Some(("text/csv", b"driver_id\nA\n".to_vec())),
+            400,
+            "unknown format",
+        ),
+        (
+            &admin,
+            "PUT",
+            "/v1/tenants/other/datasets/trips?format=csv&entity=driver_id".into(),
+            Some(("text/csv", b"driver_id\nA\n".to_vec())),
+            403,
+            "not a tenant admin",
+        ),
+        (
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/policy".into(),
+            json_body("{\"min_entities\": 2}"),
+            422,
+            "min_entities",
+        ),
+        (
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/policy".into(),
+            json_body("{\"min_entitys\": 20}"),
+            400,
+            "unknown field",
+        ),
+        (
+            &admin,
+            "POST",
+            "/v1/tenants/acme/approvals".into(),
+            json_body(&format!(
+                "{{\"plugin\": \"{}\", \"analyst\": \"ana\", \"datasets\": {{}}, \"outputs\": [], \"ttl_secs\": 60}}",
+                "0".repeat(64)
+            )),
+            404,
+            "plugin",
+        ),
+        (
+            &admin,
+            "POST",
+            "/v1/tenants/acme/grants".into(),
+            json_body("{\"ttl_secs\": 0, \"reason\": \"x\"}"),
+            400,
+            "ttl_secs",
+        ),
+        (&d.operator, "GET", "/v1/plugins/..%2F..%2Fcontrol.redb".into(), None, 403, "forbidden"),
+        (&admin, "GET", "/v1/plugins/..%2F..%2Fcontrol.redb".into(), None, 400, "not a plugin hash"),
+    ];
+    for (client, method, path, body, status, needle) in &cases {
+        let reply = client.raw(method, path, body.as_ref().map(|(t, b)| (*t, b.as_slice()))).unwrap();
+        assert_eq!(reply.status, *status, "{method} {path}: {}", reply.text());
+        assert!(reply.text().contains(needle), "{method} {path}: `{needle}` not in {}", reply.text());
+        assert!(serde_json::from_slice::<Value>(&reply.body).is_ok(), "errors are JSON: {}", reply.text());
+    }
+    assert_eq!(state(&d, &admin), before, "a refused request changed the state");
+}
+
+#[test]
+fn the_metrics_count_requests_jobs_and_refusals() {
+    let d = TestDaemon::start();
+    let _ = d.operator.with_token(None).raw("GET", "/v1/tenants", None).unwrap();
+    let text = d.operator.get_text("/metrics").unwrap();
+    assert!(text.contains("kanon_http_requests_total{"), "{text}");
+    assert!(text.contains("kanon_refusals_total{reason=\"token\"} 1"), "{text}");
+    assert!(text.contains("route=\"/v1/tenants\""), "{text}");
+}
