@@ -2,9 +2,11 @@
 //! and the benchmarks.
 //!
 //! Exit codes: 0 success; 1 bad input or setup (the message says what);
-//! 2 usage error; 3 the plugin run failed (nothing released).
+//! 2 usage error; 3 the plugin run failed (nothing released); 4 the daemon
+//! refused the request; 5 the daemon is unreachable or failed.
 
 mod bench;
+mod client_cmd;
 mod datagen;
 mod demo;
 mod render;
@@ -38,7 +40,8 @@ enum Command {
     Run(runner::RunArgs),
     /// Store a file (CSV, JSON lines, Parquet, Arrow IPC) as a new version of a tenant's dataset.
     Ingest(vault_cmd::IngestArgs),
-    /// List tenants, a tenant's datasets, or a dataset's versions.
+    /// List tenants, a tenant's datasets, or a dataset's versions, in a data
+    /// directory; with a subcommand, on the daemon.
     Datasets(vault_cmd::DatasetsArgs),
     /// Write a dataset version in clear, as CSV or Parquet: the tenant's own export.
     Export(vault_cmd::ExportArgs),
@@ -55,6 +58,24 @@ enum Command {
     Manifest(runner::ManifestArgs),
     /// Run the host daemon: the HTTP API for operators, tenants, analysts and vendors.
     Serve(serve::ServeArgs),
+    /// Save a daemon address and token as a named profile.
+    Login(client_cmd::LoginArgs),
+    /// Daemon: create and list tenants (operator).
+    Tenants(client_cmd::TenantsArgs),
+    /// Daemon: issue, list and revoke tokens (operator).
+    Tokens(client_cmd::TokensArgs),
+    /// Daemon: upload, list, show and delete plugins.
+    Plugins(client_cmd::PluginsArgs),
+    /// Daemon: approve plugins on your data, list and revoke approvals (tenant admin).
+    Approvals(client_cmd::ApprovalsArgs),
+    /// Daemon: run jobs under approvals, follow, cancel, read logs.
+    Jobs(client_cmd::JobsArgs),
+    /// Daemon: a job's released tables.
+    Results(client_cmd::ResultsArgs),
+    /// Daemon: show, export and verify audit logs.
+    Audit(client_cmd::AuditArgs),
+    /// Daemon: support-access grants (tenant admin).
+    Grants(client_cmd::GrantsArgs),
     /// Generate realistic synthetic data and run the bundled plugins on it.
     Demo(demo::DemoArgs),
     /// Measure the plugin group-by against native Rust, instantiation,
@@ -83,11 +104,23 @@ fn main() -> ExitCode {
         Command::Manifest(args) => runner::manifest(args, cache_dir),
         Command::Demo(args) => demo::run(args, cache_dir),
         Command::Serve(args) => serve::run(args, cache_dir),
+        Command::Login(args) => client_cmd::login(args),
+        Command::Tenants(args) => client_cmd::tenants(args),
+        Command::Tokens(args) => client_cmd::tokens(args),
+        Command::Plugins(args) => client_cmd::plugins(args),
+        Command::Approvals(args) => client_cmd::approvals(args),
+        Command::Jobs(args) => client_cmd::jobs(args),
+        Command::Results(args) => client_cmd::results(args),
+        Command::Audit(args) => client_cmd::audit(args),
+        Command::Grants(args) => client_cmd::grants(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
+            if let Some(code) = client_cmd::exit_code(&e) {
+                return code;
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }

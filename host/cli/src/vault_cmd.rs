@@ -183,7 +183,11 @@ fn describe(info: &VersionInfo) -> String {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DatasetsArgs {
+    /// On the daemon instead of a data directory.
+    #[command(subcommand)]
+    pub remote: Option<crate::client_cmd::DatasetsCommand>,
     #[command(flatten)]
     vault: VaultArgs,
     /// The tenant; all tenants' names if absent.
@@ -198,6 +202,9 @@ pub struct DatasetsArgs {
 }
 
 pub fn datasets(args: DatasetsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(remote) = args.remote {
+        return crate::client_cmd::datasets(remote);
+    }
     let vault = args.vault.open()?;
     let Some(tenant) = &args.tenant else {
         for tenant in vault.tenants()? {

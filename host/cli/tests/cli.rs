@@ -436,3 +436,390 @@ fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
     eprintln!("{interrupted} of 24 processes killed mid-way");
     assert!(interrupted >= 12, "only {interrupted} of 24 processes were killed mid-way");
 }
+
+/// `kanon serve` as a process: what survives a SIGKILL and what a SIGTERM waits for.
+mod serve {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use kanon_daemon::client::Client;
+    use kanon_daemon::jobs::{Job, JobState};
+    use kanon_daemon::{AuditExport, Role};
+    use serde_json::{Value, json};
+
+    use super::{Dir, text};
+
+    /// Trips in the daemon tests' dataset: enough that one emissions job runs
+    /// for a few hundred milliseconds, so a signal can land while one runs.
+    const DAEMON_TRIPS: usize = if cfg!(debug_assertions) { 300_000 } else { 3_000_000 };
+
+    /// `kanon serve --dev-key` over `dir`'s data directory, on a free loopback port.
+    struct Served {
+        child: std::process::Child,
+        /// Held open so the daemon never writes into a closed pipe.
+        _stdout: std::io::BufReader<std::process::ChildStdout>,
+        base: String,
+        log: PathBuf,
+    }
+
+    impl Served {
+        /// Start it and wait until `/health` answers. The operator token, if this
+        /// start printed one (only the first start of a data directory does).
+        fn start(dir: &Dir, run: &str) -> (Self, Option<String>) {
+            use std::io::BufRead;
+            // A port the OS just handed out and nobody holds now.
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let log = dir.path().join(format!("serve-{run}.log"));
+            let first = !dir.path().join("data").exists();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_kanon"))
+                .args(["serve", "--dev-key"])
+                .env("KANON_DATA_DIR", dir.path().join("data"))
+                .env("KANON_LISTEN", format!("127.0.0.1:{port}"))
+                .env("KANON_CACHE_DIR", dir.path().join("cache"))
+                .env_remove("KANON_CONFIG")
+                .env_remove("KANON_KEY")
+                .env_remove("KANON_KEY_FILE")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut served = Self { child, _stdout: stdout, base: format!("http://127.0.0.1:{port}"), log };
+            let token = first.then(|| {
+                let mut line = String::new();
+                served._stdout.read_line(&mut line).unwrap();
+                let Some(token) = line.trim().strip_prefix("operator token (shown once; keep it safe): ")
+                else {
+                    panic!("no operator token on stdout: {line:?}; stderr: {}", served.stderr())
+                };
+                assert!(token.starts_with("kanon_"), "{token}");
+                token.to_owned()
+            });
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !served.client(None).raw("GET", "/health", None).is_ok_and(|r| r.status == 200) {
+                if let Some(status) = served.child.try_wait().unwrap() {
+                    panic!("kanon serve exited with {status}: {}", served.stderr());
+                }
+                assert!(Instant::now() < deadline, "kanon serve did not answer: {}", served.stderr());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (served, token)
+        }
+
+        fn client(&self, token: Option<&str>) -> Client {
+            Client::new(&self.base, token.map(str::to_owned))
+        }
+
+        fn stderr(&self) -> String {
+            text(&std::fs::read(&self.log).unwrap_or_default())
+        }
+
+        /// SIGKILL, then reap it.
+        fn kill(mut self) {
+            self.child.kill().unwrap();
+            let status = self.child.wait().unwrap();
+            assert!(!status.success(), "{status}");
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `rows` trips by 2 000 drivers, each keeping one vehicle class and region.
+    fn fleet_csv(rows: usize) -> Vec<u8> {
+        use std::io::Write;
+        let classes = emissions_benchmark::kernel::VEHICLE_CLASSES;
+        let regions = emissions_benchmark::kernel::REGIONS;
+        let mut csv = Vec::with_capacity(rows * 40);
+        csv.extend_from_slice(b"driver_id,vehicle_class,region,distance_km,load_tonnes,fuel_litres\n");
+        for trip in 0..rows {
+            let driver = trip * 7919 % 2000;
+            let km = 40 + trip % 300;
+            writeln!(
+                csv,
+                "D{driver:04},{},{},{km}.5,{}.25,{}.5",
+                classes[driver % classes.len()],
+                regions[driver / classes.len() % regions.len()],
+                1 + driver % 20,
+                km / 3,
+            )
+            .unwrap();
+        }
+        csv
+    }
+
+    /// Tokens of a tenant admin and an analyst.
+    struct Tokens {
+        operator: String,
+        admin: String,
+        analyst: String,
+    }
+
+    /// A tenant `acme` with the trips, an analyst `ana`, the bundled emissions
+    /// plugin and an approval: the tokens and the body of a job submission.
+    fn daemon_setup(served: &Served, operator: String) -> (Tokens, Value) {
+        let client = served.client(Some(&operator));
+        let _: Value = client.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+        let token = |role: Role, name: &str, tenant: Option<&str>| {
+            let issued: Value = client
+                .send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))
+                .unwrap();
+            issued["token"].as_str().unwrap().to_owned()
+        };
+        let tokens = Tokens {
+            admin: token(Role::TenantAdmin, "acme-admin", Some("acme")),
+            analyst: token(Role::Analyst, "ana", None),
+            operator,
+        };
+        let (admin, analyst) = (served.client(Some(&tokens.admin)), served.client(Some(&tokens.analyst)));
+        let stored: Value = admin
+            .upload(
+                "PUT",
+                "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id",
+                "text/csv",
+                std::io::Cursor::new(fleet_csv(DAEMON_TRIPS)),
+            )
+            .unwrap();
+        assert_eq!(stored["rows"], DAEMON_TRIPS as u64, "{stored}");
+        let uploaded = analyst
+            .raw("POST", "/v1/plugins", Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)))
+            .unwrap();
+        assert_eq!(uploaded.status, 201, "{}", uploaded.text());
+        let plugin: Value = uploaded.json().unwrap();
+        let input = &plugin["manifest"]["inputs"][0];
+        let columns: Vec<&Value> = input["columns"].as_array().unwrap().iter().map(|c| &c["name"]).collect();
+        let outputs: Vec<&Value> =
+            plugin["manifest"]["outputs"].as_array().unwrap().iter().map(|t| &t["name"]).collect();
+        let approval: Value = admin
+            .send(
+                "POST",
+                "/v1/tenants/acme/approvals",
+                &json!({
+                    "plugin": plugin["hash"], "analyst": "ana", "outputs": outputs, "ttl_secs": 3600,
+                    "datasets": {input["name"].as_str().unwrap(): {"dataset": "trips", "columns": columns}},
+                }),
+            )
+            .unwrap();
+        let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                            "datasets": {"trips": "trips"}});
+        (tokens, submit)
+    }
+
+    fn submit_jobs(analyst: &Client, submit: &Value, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                let job: Job = analyst.send("POST", "/v1/jobs", submit).unwrap();
+                assert_eq!(job.state, JobState::Queued);
+                job.id
+            })
+            .collect()
+    }
+
+    fn jobs_of(analyst: &Client) -> Vec<Job> {
+        analyst.get("/v1/jobs").unwrap()
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    /// How long a job runs here: the shortest of the first `count` to succeed.
+    fn job_duration_ms(analyst: &Client, count: usize) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done: Vec<u64> = jobs_of(analyst)
+                .iter()
+                .filter(|j| j.state == JobState::Succeeded)
+                .map(|j| j.finished_ms.unwrap() - j.started_ms.unwrap())
+                .collect();
+            if done.len() >= count {
+                return done.into_iter().min().unwrap();
+            }
+            assert!(Instant::now() < deadline, "{count} jobs did not succeed: {:?}", jobs_of(analyst));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Poll until a job has run for less than a third of `duration_ms`: it is
+    /// sure to be running for a while yet. That job, and every job as seen then.
+    fn catch_a_running_job(analyst: &Client, duration_ms: u64) -> (Job, Vec<Job>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = jobs_of(analyst);
+            let now = now_ms();
+            let fresh = jobs.iter().find(|j| {
+                j.state == JobState::Running && now.saturating_sub(j.started_ms.unwrap()) < duration_ms / 3
+            });
+            if let Some(job) = fresh {
+                return (job.clone(), jobs);
+            }
+            assert!(Instant::now() < deadline, "no job was caught running: {jobs:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Poll until no job is queued or running.
+    fn wait_all_final(analyst: &Client) -> Vec<Job> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = jobs_of(analyst);
+            if jobs.iter().all(|j| j.state.is_final()) {
+                return jobs;
+            }
+            assert!(Instant::now() < deadline, "jobs did not finish: {jobs:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every succeeded job has its results; any other answers 409.
+    fn check_results(analyst: &Client, jobs: &[Job]) {
+        for job in jobs {
+            let reply = analyst.raw("GET", &format!("/v1/jobs/{}/results", job.id), None).unwrap();
+            if job.state == JobState::Succeeded {
+                assert_eq!(reply.status, 200, "{}: {}", job.id, reply.text());
+                let release: Value = reply.json().unwrap();
+                let tables = release["tables"].as_array().unwrap();
+                assert!(
+                    !tables.is_empty() && !tables[0]["cells"].as_array().unwrap().is_empty(),
+                    "{release}"
+                );
+            } else {
+                assert_eq!(reply.status, 409, "{}: {}", job.id, reply.text());
+            }
+        }
+    }
+
+    /// The tenant's audit chain verifies, and holds one release per succeeded
+    /// job and one finish per job.
+    fn check_audit(admin: &Client, jobs: &[Job]) -> AuditExport {
+        let export: AuditExport = admin.get("/v1/tenants/acme/audit").unwrap();
+        assert_eq!(
+            kanon_daemon::verify("acme", &export.entries, &export.head),
+            Ok(export.entries.len() as u64),
+            "the audit chain is broken"
+        );
+        for job in jobs {
+            let of_job = |action: &str| {
+                export
+                    .entries
+                    .iter()
+                    .filter(|e| e.action == action && e.detail["job"] == job.id.as_str())
+                    .count()
+            };
+            assert_eq!(of_job("job.finish"), 1, "{}", job.id);
+            let released = usize::from(job.state == JobState::Succeeded);
+            assert_eq!(of_job("release"), released, "{}", job.id);
+        }
+        export
+    }
+
+    #[test]
+    fn after_a_sigkill_queued_jobs_run_and_the_running_one_is_marked_interrupted() {
+        let dir = Dir::new();
+        let (served, operator) = Served::start(&dir, "first");
+        let (tokens, submit) =
+            daemon_setup(&served, operator.expect("the first start prints the operator token"));
+        let analyst = served.client(Some(&tokens.analyst));
+        let submitted = submit_jobs(&analyst, &submit, 7);
+
+        // Two jobs succeed first, to learn how long one takes here; then the
+        // kill lands early in another's run.
+        let duration = job_duration_ms(&analyst, 2);
+        let (running, before) = catch_a_running_job(&analyst, duration);
+        served.kill();
+        let killed_ms = now_ms();
+        let queued: Vec<&Job> = before.iter().filter(|j| j.state == JobState::Queued).collect();
+        assert!(queued.len() >= 2, "{before:?}");
+
+        let (served, token) = Served::start(&dir, "second");
+        assert_eq!(token, None, "the operator token is shown once");
+        // The first start's tokens still work.
+        let whoami: Value = served.client(Some(&tokens.operator)).get("/v1/whoami").unwrap();
+        assert_eq!(whoami["role"], "operator", "{whoami}");
+        let analyst = served.client(Some(&tokens.analyst));
+        let admin = served.client(Some(&tokens.admin));
+        let after = wait_all_final(&analyst);
+        eprintln!(
+            "one job ran {duration} ms; killed {} ms into {}",
+            killed_ms - running.started_ms.unwrap(),
+            running.id
+        );
+
+        let ids: Vec<&str> = after.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, submitted, "every job is still there, in order");
+        let state = |id: &str| after.iter().find(|j| j.id == id).unwrap();
+        let interrupted = state(&running.id);
+        assert_eq!(
+            (interrupted.state, interrupted.failure.as_deref()),
+            (JobState::Failed, Some("interrupted")),
+            "the job running at the kill: {interrupted:?}"
+        );
+        assert!(
+            interrupted.stats.is_none() && interrupted.finished_ms.unwrap() >= killed_ms,
+            "{interrupted:?}"
+        );
+        for job in &after {
+            if job.id != running.id {
+                assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+                assert_eq!(job.versions.get("trips"), Some(&1), "{job:?}");
+            }
+        }
+        // Those queued at the kill ran after the restart.
+        for job in &queued {
+            assert!(state(&job.id).started_ms.unwrap() > killed_ms, "{:?}", state(&job.id));
+        }
+        check_results(&analyst, &after);
+        let audit = check_audit(&admin, &after);
+        let recovered =
+            audit.entries.iter().find(|e| e.action == "job.finish" && e.detail["job"] == running.id.as_str());
+        assert_eq!(recovered.unwrap().detail["failure"], "interrupted");
+        assert_eq!(
+            served
+                .client(Some(&tokens.admin))
+                .raw("GET", &format!("/v1/jobs/{}/log", running.id), None)
+                .unwrap()
+                .status,
+            404,
+            "an interrupted run leaves no owner log"
+        );
+    }
+
+    #[test]
+    fn sigterm_lets_the_running_job_finish_and_exits_0() {
+        let dir = Dir::new();
+        let (mut served, operator) = Served::start(&dir, "first");
+        let (tokens, submit) =
+            daemon_setup(&served, operator.expect("the first start prints the operator token"));
+        let analyst = served.client(Some(&tokens.analyst));
+        let submitted = submit_jobs(&analyst, &submit, 4);
+        let duration = job_duration_ms(&analyst, 1);
+        let (running, _) = catch_a_running_job(&analyst, duration);
+        let term_ms = now_ms();
+        let kill = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let status = served.child.wait().unwrap();
+        let exit_ms = now_ms();
+        assert!(status.success(), "{status}: {}", served.stderr());
+        drop(served);
+
+        let (served, _) = Served::start(&dir, "second");
+        let analyst = served.client(Some(&tokens.analyst));
+        let after = wait_all_final(&analyst);
+        let ids: Vec<&str> = after.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, submitted);
+        assert!(after.iter().all(|j| j.state == JobState::Succeeded), "{after:?}");
+        // The job running at SIGTERM finished after the signal and before the exit.
+        let finished = after.iter().find(|j| j.id == running.id).unwrap().finished_ms.unwrap();
+        assert!(
+            term_ms <= finished && finished <= exit_ms,
+            "signal {term_ms}, finished {finished}, exit {exit_ms}"
+        );
+        check_results(&analyst, &after);
+        check_audit(&served.client(Some(&tokens.admin)), &after);
+    }
+}

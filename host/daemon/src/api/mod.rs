@@ -249,7 +249,7 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
     };
     if !roles.contains(&caller.role) {
         app.metrics.refusal("role");
-        return Error::Forbidden(format!("a {} token may not call this route", caller.role)).into_response();
+        return Error::Forbidden(format!("this route is not open to {} tokens", caller.role)).into_response();
     }
     tracing::debug!(token = %caller.token_id, role = %caller.role, "authorized");
     request.extensions_mut().insert(caller);

@@ -1,0 +1,1008 @@
+//! The daemon's client: `kanon tenants|tokens|datasets …|plugins|approvals|
+//! jobs|results|audit|grants|login`, all through the HTTP API.
+//!
+//! Exit codes (beyond main's): 3 a job failed; 4 the daemon refused the
+//! request (any 4xx; the message says why); 5 the daemon is unreachable or
+//! failed (5xx).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use kanon_daemon::client::{Client, ClientError};
+use kanon_daemon::{AuditExport, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub const EXIT_REFUSED: u8 = 4;
+pub const EXIT_UNREACHABLE: u8 = 5;
+
+/// Which daemon, with which token.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// A profile saved by `kanon login` (~/.config/kanon/profiles.toml).
+    #[arg(long, env = "KANON_PROFILE", global = true)]
+    profile: Option<String>,
+    /// The daemon's address (default: the profile's, else http://127.0.0.1:7878).
+    #[arg(long, env = "KANON_URL", global = true)]
+    url: Option<String>,
+    /// The token (default: the profile's).
+    #[arg(long, env = "KANON_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Profiles {
+    #[serde(default)]
+    profiles: BTreeMap<String, Profile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Profile {
+    url: String,
+    token: String,
+}
+
+fn profiles_path() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("no $HOME to keep profiles in")?;
+    Ok(base.join("kanon").join("profiles.toml"))
+}
+
+fn read_profiles(path: &Path) -> anyhow::Result<Profiles> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("{} is not a profiles file", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Profiles::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+impl Connection {
+    fn client(&self) -> anyhow::Result<Client> {
+        let profile = match &self.profile {
+            Some(name) => {
+                let path = profiles_path()?;
+                let profiles = read_profiles(&path)?;
+                Some(profiles.profiles.get(name).cloned().with_context(|| {
+                    format!("no profile `{name}` in {}; save one with `kanon login`", path.display())
+                })?)
+            }
+            None => None,
+        };
+        let url = self
+            .url
+            .clone()
+            .or_else(|| profile.as_ref().map(|p| p.url.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:7878".into());
+        let token = self.token.clone().or_else(|| profile.map(|p| p.token));
+        Ok(Client::new(&url, token))
+    }
+}
+
+/// A client error as an exit code, printing the message.
+pub fn exit_code(error: &anyhow::Error) -> Option<ExitCode> {
+    let client = error.downcast_ref::<ClientError>()?;
+    eprintln!("error: {error:#}");
+    Some(ExitCode::from(match client.status() {
+        Some(status) if (400..500).contains(&status) => EXIT_REFUSED,
+        _ => EXIT_UNREACHABLE,
+    }))
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Rows as aligned columns under a header.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn when(ms: &Value) -> String {
+    let Some(ms) = ms.as_u64() else { return "-".into() };
+    kanon_vault::format_timestamp((ms * 1000) as i64)
+}
+
+fn list_of(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// Seconds from `30s`, `15m`, `12h`, `7d` or a plain number of seconds.
+fn duration_secs(text: &str) -> anyhow::Result<u64> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().with_context(|| format!("`{text}` is not a duration like 30m, 12h or 7d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("`{text}` is not a duration like 30m, 12h or 7d"),
+    };
+    Ok(n * scale)
+}
+
+// ---------------------------------------------------------------- login
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The profile's name, e.g. one per role: operator, acme-admin, ana.
+    name: String,
+    #[arg(long)]
+    url: String,
+    /// The token; read from stdin if absent (keeps it out of shell history).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim().to_owned()
+        }
+    };
+    let client = Client::new(&args.url, Some(token.clone()));
+    let me: Value = client.get("/v1/whoami")?;
+    let path = profiles_path()?;
+    let mut profiles = read_profiles(&path)?;
+    profiles.profiles.insert(args.name.clone(), Profile { url: args.url, token });
+    std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(toml::to_string(&profiles)?.as_bytes())?;
+    println!(
+        "profile `{}`: {} {} ({})",
+        args.name,
+        me["role"].as_str().unwrap_or("?"),
+        text(&me["name"]),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- tenants, tokens
+
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: TenantsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant (operator).
+    Create { name: String },
+    /// List tenants (operator).
+    List,
+}
+
+pub fn tenants(args: TenantsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let value: Value = match args.command {
+        TenantsCommand::Create { name } => client.send("POST", "/v1/tenants", &json!({"name": name}))?,
+        TenantsCommand::List => client.get("/v1/tenants")?,
+    };
+    if args.conn.json {
+        print_json(&value)?;
+    } else {
+        let items = if value.is_array() { list_of(value) } else { vec![value] };
+        print_table(
+            &["tenant", "created"],
+            items.iter().map(|t| vec![text(&t["name"]), when(&t["created_ms"])]).collect(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: TokensCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Issue a token (operator); the token is printed once.
+    Issue {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The holder's name (approvals name analysts by it).
+        #[arg(long)]
+        name: String,
+        /// The tenant of a tenant-admin token.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime: 30m, 12h, 90d; none means until revoked.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens, without secrets (operator).
+    List,
+    /// Revoke a token by id (operator).
+    Revoke { id: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::ALL
+        .into_iter()
+        .find(|r| r.name() == text)
+        .ok_or_else(|| format!("unknown role `{text}`: operator, tenant-admin, analyst or vendor"))
+}
+
+pub fn tokens(args: TokensArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    match args.command {
+        TokensCommand::Issue { role, name, tenant, ttl } => {
+            let ttl_secs = ttl.as_deref().map(duration_secs).transpose()?;
+            let issued: Value = client.send(
+                "POST",
+                "/v1/tokens",
+                &json!({"role": role, "name": name, "tenant": tenant, "ttl_secs": ttl_secs}),
+            )?;
+            if args.conn.json {
+                print_json(&issued)?;
+            } else {
+                println!("{}", text(&issued["token"]));
+                eprintln!("token {} for {} {} (shown once)", text(&issued["info"]["id"]), role, name);
+            }
+        }
+        TokensCommand::List => {
+            let list: Value = client.get("/v1/tokens")?;
+            if args.conn.json {
+                print_json(&list)?;
+            } else {
+                let rows = list_of(list)
+                    .iter()
+                    .map(|t| {
+                        let state = if !t["revoked_ms"].is_null() { "revoked" } else { "live" };
+                        vec![
+                            text(&t["id"]),
+                            text(&t["role"]),
+                            text(&t["name"]),
+                            text(&t["tenant"]),
+                            when(&t["expires_ms"]),
+                            state.into(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["id", "role", "name", "tenant", "expires", "state"], rows);
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let info: Value = client.delete(&format!("/v1/tokens/{id}"))?;
+            if args.conn.json { print_json(&info)? } else { println!("revoked token {id}") }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- datasets
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetsCommand {
+    /// Upload a file as a new version of a dataset (tenant admin).
+    Ingest(IngestRemote),
+    /// List the tenant's datasets on the daemon (tenant admin).
+    List {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete a dataset on the daemon, every version (tenant admin).
+    Delete {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        tenant: String,
+        dataset: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IngestRemote {
+    #[command(flatten)]
+    conn: Connection,
+    #[arg(long)]
+    tenant: String,
+    /// The dataset's name.
+    #[arg(long)]
+    dataset: String,
+    /// The file: .csv, .jsonl, .parquet, .arrow/.feather.
+    file: PathBuf,
+    /// The entity column.
+    #[arg(long)]
+    entity: String,
+    /// Another identifier column; repeatable.
+    #[arg(long)]
+    identifier: Vec<String>,
+    /// COLUMN=TYPE instead of inferring; repeatable.
+    #[arg(long = "type", value_name = "COLUMN=TYPE")]
+    types: Vec<String>,
+    /// Append to the latest version instead of replacing it.
+    #[arg(long)]
+    append: bool,
+}
+
+/// Counts bytes read and draws a progress line on a terminal.
+struct Progress<R> {
+    inner: R,
+    read: u64,
+    total: u64,
+    last: Instant,
+    draw: bool,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.draw && (n == 0 || self.last.elapsed() >= Duration::from_millis(200)) {
+            self.last = Instant::now();
+            let percent = if self.total == 0 { 100 } else { self.read * 100 / self.total };
+            let filled = (percent / 4) as usize;
+            eprint!(
+                "\r[{}{}] {percent:>3}%  {} / {} MB",
+                "#".repeat(filled),
+                " ".repeat(25 - filled),
+                self.read >> 20,
+                self.total >> 20
+            );
+        }
+        Ok(n)
+    }
+}
+
+pub fn datasets(command: DatasetsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DatasetsCommand::Ingest(args) => {
+            let format = match kanon_vault::InputFormat::of_path(&args.file) {
+                Some(kanon_vault::InputFormat::Csv) => "csv",
+                Some(kanon_vault::InputFormat::JsonLines) => "jsonl",
+                Some(kanon_vault::InputFormat::Parquet) => "parquet",
+                Some(kanon_vault::InputFormat::ArrowIpc) => "arrow",
+                None => bail!("{}: name it .csv, .jsonl, .parquet or .arrow", args.file.display()),
+            };
+            let file = std::fs::File::open(&args.file)
+                .with_context(|| format!("cannot open {}", args.file.display()))?;
+            let total = file.metadata()?.len();
+            let mut query = format!("format={format}&entity={}", args.entity);
+            if !args.identifier.is_empty() {
+                query.push_str(&format!("&identifiers={}", args.identifier.join(",")));
+            }
+            if !args.types.is_empty() {
+                let types: Vec<String> = args.types.iter().map(|t| t.replacen('=', ":", 1)).collect();
+                query.push_str(&format!("&types={}", types.join(",")));
+            }
+            if args.append {
+                query.push_str("&mode=append");
+            }
+            let draw = std::io::stderr().is_terminal() && !args.conn.json;
+            let reader =
+                Progress { inner: std::io::BufReader::new(file), read: 0, total, last: Instant::now(), draw };
+            let client = args.conn.client()?;
+            let info: Result<Value, ClientError> = client.upload(
+                "PUT",
+                &format!("/v1/tenants/{}/datasets/{}?{query}", args.tenant, args.dataset),
+                "application/octet-stream",
+                reader,
+            );
+            if draw {
+                eprintln!();
+            }
+            let info = info?;
+            if args.conn.json {
+                print_json(&info)?;
+            } else {
+                println!("{} version {}: {} rows", args.dataset, text(&info["version"]), text(&info["rows"]));
+            }
+        }
+        DatasetsCommand::List { conn, tenant } => {
+            let list: Value = conn.client()?.get(&format!("/v1/tenants/{tenant}/datasets"))?;
+            if conn.json {
+                print_json(&list)?;
+            } else {
+                let rows = list_of(list)
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            text(&d["dataset"]),
+                            text(&d["version"]),
+                            text(&d["rows"]),
+                            when(&d["created_unix_ms"]),
+                        ]
+                    })
+                    .collect();
+                print_table(&["dataset", "version", "rows", "created"], rows);
+            }
+        }
+        DatasetsCommand::Delete { conn, tenant, dataset } => {
+            let info: Value = conn.client()?.delete(&format!("/v1/tenants/{tenant}/datasets/{dataset}"))?;
+            if conn.json {
+                print_json(&info)?
+            } else {
+                println!("deleted {dataset} (versions up to {})", text(&info["version"]))
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- plugins
+
+#[derive(Debug, Args)]
+pub struct PluginsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: PluginsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Upload a component (analyst, vendor).
+    Upload { file: PathBuf },
+    /// List registered plugins.
+    List,
+    /// A plugin's manifest, hash, size and uploader.
+    Show { hash: String },
+    /// Delete a plugin (its uploader or an operator).
+    Delete { hash: String },
+}
+
+pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let value: Value = match &args.command {
+        PluginsCommand::Upload { file } => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            client.call("POST", "/v1/plugins", Some(("application/wasm", &bytes)))?
+        }
+        PluginsCommand::List => client.get("/v1/plugins")?,
+        PluginsCommand::Show { hash } => client.get(&format!("/v1/plugins/{hash}"))?,
+        PluginsCommand::Delete { hash } => client.delete(&format!("/v1/plugins/{hash}"))?,
+    };
+    if args.conn.json || matches!(args.command, PluginsCommand::Show { .. }) {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = if value.is_array() { list_of(value) } else { vec![value] };
+    let rows = items
+        .iter()
+        .map(|p| {
+            let m = &p["manifest"];
+            vec![
+                text(&p["hash"]),
+                format!("{} {}", text(&m["name"]), text(&m["version"])),
+                text(&p["size"]),
+                text(&p["uploader"]),
+            ]
+        })
+        .collect();
+    print_table(&["hash", "plugin", "bytes", "uploader"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- approvals
+
+#[derive(Debug, Args)]
+pub struct ApprovalsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: ApprovalsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// Approve a plugin for an analyst on your data (tenant admin). The
+    /// datasets and outputs default to everything the manifest declares.
+    Grant {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        plugin: String,
+        #[arg(long)]
+        analyst: String,
+        /// MANIFEST_NAME=YOUR_DATASET; repeatable (default: the same names).
+        #[arg(long = "dataset", value_name = "NAME=DATASET")]
+        datasets: Vec<String>,
+        /// The exact parameters jobs must pass (a JSON object).
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Lifetime: 12h, 30d.
+        #[arg(long, default_value = "30d")]
+        ttl: String,
+    },
+    /// List approvals: a tenant's (tenant admin), or those naming you (analyst).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke an approval (tenant admin).
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let value: Value = match args.command {
+        ApprovalsCommand::Grant { tenant, plugin, analyst, datasets, params, ttl } => {
+            let record: Value = client.get(&format!("/v1/plugins/{plugin}"))?;
+            let manifest = &record["manifest"];
+            let mapping: BTreeMap<String, String> = datasets
+                .iter()
+                .map(|spec| {
+                    let (name, dataset) = spec
+                        .split_once('=')
+                        .with_context(|| format!("--dataset takes NAME=DATASET, got `{spec}`"))?;
+                    Ok((name.to_owned(), dataset.to_owned()))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut approved = serde_json::Map::new();
+            for need in list_of(manifest["inputs"].clone()) {
+                let name = text(&need["name"]);
+                let columns: Vec<Value> =
+                    list_of(need["columns"].clone()).iter().map(|c| c["name"].clone()).collect();
+                let dataset = mapping.get(&name).cloned().unwrap_or_else(|| name.clone());
+                approved.insert(name, json!({"dataset": dataset, "columns": columns}));
+            }
+            let outputs: Vec<Value> =
+                list_of(manifest["outputs"].clone()).iter().map(|t| t["name"].clone()).collect();
+            let params: Value = serde_json::from_str(&params).context("--params is not JSON")?;
+            client.send(
+                "POST",
+                &format!("/v1/tenants/{tenant}/approvals"),
+                &json!({"plugin": plugin, "analyst": analyst, "datasets": approved, "outputs": outputs,
+                        "params": params, "ttl_secs": duration_secs(&ttl)?}),
+            )?
+        }
+        ApprovalsCommand::List { tenant: Some(tenant) } => {
+            client.get(&format!("/v1/tenants/{tenant}/approvals"))?
+        }
+        ApprovalsCommand::List { tenant: None } => client.get("/v1/approvals")?,
+        ApprovalsCommand::Revoke { tenant, id } => {
+            client.delete(&format!("/v1/tenants/{tenant}/approvals/{id}"))?
+        }
+    };
+    if args.conn.json {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = if value.is_array() { list_of(value) } else { vec![value] };
+    let rows = items
+        .iter()
+        .map(|a| {
+            let state = if !a["revoked_ms"].is_null() { "revoked" } else { "live" };
+            let datasets: Vec<String> = a["datasets"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(&v["dataset"]))).collect())
+                .unwrap_or_default();
+            vec![
+                text(&a["id"]),
+                text(&a["tenant"]),
+                text(&a["plugin"]).chars().take(12).collect(),
+                text(&a["analyst"]),
+                datasets.join(","),
+                when(&a["expires_ms"]),
+                state.into(),
+            ]
+        })
+        .collect();
+    print_table(&["id", "tenant", "plugin", "analyst", "datasets", "expires", "state"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- jobs, results
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Submit a job under an approval (analyst); with --wait, follow it to
+    /// the end and print the results.
+    Run {
+        /// The approval; its tenant, plugin, datasets and params are used.
+        #[arg(long)]
+        approval: String,
+        /// A stricter policy than the tenant's (a TOML file).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Your jobs (analyst), or your tenant's (tenant admin).
+    List,
+    /// One job's state.
+    Show { id: String },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// The plugin's output log of a job (tenant admin, or support under a grant).
+    Log { id: String },
+}
+
+pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let json_out = args.conn.json;
+    match args.command {
+        JobsCommand::Run { approval, policy, wait } => {
+            let approvals: Value = client.get("/v1/approvals")?;
+            let found = list_of(approvals)
+                .into_iter()
+                .find(|a| a["id"] == approval.as_str())
+                .with_context(|| format!("no approval `{approval}` names you"))?;
+            let datasets: BTreeMap<String, Value> = found["datasets"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v["dataset"].clone())).collect())
+                .unwrap_or_default();
+            let policy: Option<Value> = match policy {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let layer = kanon_gate::PolicyLayer::from_toml(&path.display().to_string(), &text)?;
+                    Some(serde_json::to_value(layer)?)
+                }
+                None => None,
+            };
+            let job: Value = client.send(
+                "POST",
+                "/v1/jobs",
+                &json!({"tenant": found["tenant"], "plugin": found["plugin"], "approval": approval,
+                        "datasets": datasets, "params": found["params"], "policy": policy}),
+            )?;
+            let id = text(&job["id"]);
+            if !wait {
+                if json_out {
+                    print_json(&job)?
+                } else {
+                    println!("{id}")
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let job = follow(&client, &id, !json_out)?;
+            if job["state"] != "succeeded" {
+                if json_out {
+                    print_json(&job)?;
+                } else {
+                    eprintln!(
+                        "job {id} {}: {}; nothing was released",
+                        text(&job["state"]),
+                        text(&job["failure"])
+                    );
+                }
+                return Ok(ExitCode::from(crate::runner::EXIT_RUN_FAILED));
+            }
+            show_results(&client, &id, json_out)?;
+        }
+        JobsCommand::List => {
+            let list: Value = client.get("/v1/jobs")?;
+            if json_out {
+                print_json(&list)?;
+            } else {
+                print_table(
+                    &["id", "tenant", "state", "failure", "submitted"],
+                    list_of(list).iter().map(job_row).collect(),
+                );
+            }
+        }
+        JobsCommand::Show { id } => {
+            let job: Value = client.get(&format!("/v1/jobs/{id}"))?;
+            if json_out {
+                print_json(&job)?
+            } else {
+                print_table(&["id", "tenant", "state", "failure", "submitted"], vec![job_row(&job)])
+            }
+        }
+        JobsCommand::Cancel { id } => {
+            let job: Value = client.send("POST", &format!("/v1/jobs/{id}/cancel"), &json!({}))?;
+            if json_out { print_json(&job)? } else { println!("job {id}: {}", text(&job["state"])) }
+        }
+        JobsCommand::Log { id } => {
+            let log: Value = client.get(&format!("/v1/jobs/{id}/log"))?;
+            if json_out {
+                print_json(&log)?;
+            } else {
+                for (name, value) in
+                    [("stdout", &log["stdout"]), ("stderr", &log["stderr"]), ("error", &log["error"])]
+                {
+                    println!("== {name}\n{}", text(value));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn job_row(job: &Value) -> Vec<String> {
+    vec![
+        text(&job["id"]),
+        text(&job["tenant"]),
+        text(&job["state"]),
+        text(&job["failure"]),
+        when(&job["submitted_ms"]),
+    ]
+}
+
+/// Poll a job until it ends, showing its state on stderr.
+fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let job: Value = client.get(&format!("/v1/jobs/{id}"))?;
+        let state = text(&job["state"]);
+        if show && state != last {
+            eprintln!("job {id}: {state} ({:.1} s)", started.elapsed().as_secs_f64());
+            last = state.clone();
+        }
+        if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+            return Ok(job);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn show_results(client: &Client, id: &str, json_out: bool) -> anyhow::Result<()> {
+    let release: kanon_gate::Release = client.get(&format!("/v1/jobs/{id}/results"))?;
+    if json_out {
+        return print_json(&release);
+    }
+    for table in &release.tables {
+        println!("\n{}: {} of {} cells suppressed", table.name, table.suppressed_cells, table.cells.len());
+        print!("{}", crate::render::table_text(table));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: ResultsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ResultsCommand {
+    /// Print a succeeded job's released tables (its analyst).
+    Show { id: String },
+    /// Write them as CSV or JSON.
+    Export {
+        id: String,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// The file; stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    match args.command {
+        ResultsCommand::Show { id } => show_results(&client, &id, args.conn.json)?,
+        ResultsCommand::Export { id, format, out } => {
+            if !matches!(format.as_str(), "csv" | "json") {
+                bail!("--format: csv or json");
+            }
+            let body = client.get_text(&format!("/v1/jobs/{id}/results?format={format}"))?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?
+                }
+                None => print!("{body}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- audit, grants
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print a tenant's audit log (tenant admin), or the host's (operator, no --tenant).
+    Show {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Save the log with its head, to verify later or elsewhere.
+    Export {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify the hash chain here, on your machine: of the daemon's log, or
+    /// of an exported file. Exit 1 names the first broken entry.
+    Verify {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// An exported log instead of the daemon's.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn fetch_audit(conn: &Connection, tenant: &Option<String>) -> anyhow::Result<AuditExport> {
+    let client = conn.client()?;
+    Ok(match tenant {
+        Some(tenant) => client.get(&format!("/v1/tenants/{tenant}/audit"))?,
+        None => client.get("/v1/audit")?,
+    })
+}
+
+pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        AuditCommand::Show { tenant } => {
+            let export = fetch_audit(&args.conn, tenant)?;
+            if args.conn.json {
+                print_json(&export)?;
+            } else {
+                let rows = export
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.seq.to_string(),
+                            when(&json!(e.at_ms)),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.detail.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["seq", "at", "actor", "action", "detail"], rows);
+            }
+        }
+        AuditCommand::Export { tenant, out } => {
+            let export = fetch_audit(&args.conn, tenant)?;
+            std::fs::write(out, serde_json::to_vec_pretty(&export)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{} entries of `{}`, head {}", export.head.count, export.chain, export.head.hash);
+        }
+        AuditCommand::Verify { tenant, file } => {
+            let export: AuditExport = match file {
+                Some(path) => {
+                    let bytes =
+                        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{} is not an exported audit log", path.display()))?
+                }
+                None => fetch_audit(&args.conn, tenant)?,
+            };
+            match kanon_daemon::verify(&export.chain, &export.entries, &export.head) {
+                Ok(count) => println!(
+                    "audit log of `{}` verifies: {count} entries, head {}",
+                    export.chain, export.head.hash
+                ),
+                Err(broken) => {
+                    eprintln!("audit log of `{}` does NOT verify: {broken}", export.chain);
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct GrantsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: GrantsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum GrantsCommand {
+    /// Let operator staff read your job metadata and logs for a while (tenant admin).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// How long: 2h, 3d (at most 30d).
+        #[arg(long)]
+        ttl: String,
+        /// Why: a ticket number, say.
+        #[arg(long)]
+        reason: String,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+pub fn grants(args: GrantsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let value: Value = match args.command {
+        GrantsCommand::Create { tenant, ttl, reason } => client.send(
+            "POST",
+            &format!("/v1/tenants/{tenant}/grants"),
+            &json!({"ttl_secs": duration_secs(&ttl)?, "reason": reason}),
+        )?,
+        GrantsCommand::List { tenant } => client.get(&format!("/v1/tenants/{tenant}/grants"))?,
+        GrantsCommand::Revoke { tenant, id } => {
+            client.delete(&format!("/v1/tenants/{tenant}/grants/{id}"))?
+        }
+    };
+    if args.conn.json {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = if value.is_array() { list_of(value) } else { vec![value] };
+    let rows = items
+        .iter()
+        .map(|g| {
+            let state = if !g["revoked_ms"].is_null() { "revoked" } else { "granted" };
+            vec![text(&g["id"]), when(&g["expires_ms"]), state.into(), text(&g["reason"])]
+        })
+        .collect();
+    print_table(&["id", "expires", "state", "reason"], rows);
+    Ok(ExitCode::SUCCESS)
+}
