@@ -1,17 +1,23 @@
-//! `kanon demo`: generate realistic data, then run both bundled plugins over
-//! it exactly as `kanon run` would, printing the gated tables.
+//! `kanon demo`: the whole path through the real API. It generates data,
+//! starts an embedded daemon on a free loopback port, and then acts every
+//! role over HTTP. The operator creates two tenants. Each tenant ingests
+//! its data and approves a bundled plugin. An analyst runs both plugins and
+//! reads the gated tables. Each tenant verifies its audit log.
 
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
-use kanon_gate::Policy;
-use kanon_runtime::LoadedPlugin;
+use kanon_daemon::client::Client;
+use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+use kanon_gate::Release;
+use kanon_vault::KeyEncryptionKey;
+use serde_json::{Value, json};
 
-use crate::{datagen, runner};
+use crate::{datagen, render, runner};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -29,53 +35,214 @@ pub struct DemoArgs {
     json: bool,
 }
 
+/// One tenant of the demo and what it holds.
+struct DemoTenant {
+    name: &'static str,
+    dataset: &'static str,
+    file: PathBuf,
+    entity: &'static str,
+    identifiers: &'static str,
+    plugin: &'static [u8],
+}
+
 pub fn run(args: DemoArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let say = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
     let trips = dir.path().join("trips.csv");
     let employees = dir.path().join("employees.csv");
     let started = Instant::now();
     datagen::trips(&mut BufWriter::new(std::fs::File::create(&trips)?), args.trips, args.drivers, 7)?;
     datagen::employees(&mut BufWriter::new(std::fs::File::create(&employees)?), args.employees, 11)?;
-    if !args.json {
-        println!(
-            "Generated {} trips by {} drivers and {} HR records in {:.1} s ({}).\n",
-            args.trips,
-            args.drivers,
-            args.employees,
-            started.elapsed().as_secs_f64(),
-            dir.path().display()
-        );
-    }
+    say(format!(
+        "Generated {} trips by {} drivers and {} HR records in {:.1} s.",
+        args.trips,
+        args.drivers,
+        args.employees,
+        started.elapsed().as_secs_f64()
+    ));
 
+    let config = DaemonConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        data_dir: dir.path().join("data"),
+        ..DaemonConfig::default()
+    };
     let runtime = runner::runtime(cache_dir)?;
-    let bundled: [(&[u8], String, Vec<String>); 2] = [
-        (
-            kanon_artifacts::EMISSIONS_BENCHMARK,
-            format!("trips={}", trips.display()),
-            vec!["driver_id".into()],
-        ),
-        (
-            kanon_artifacts::ABSENCE_RATE,
-            format!("employees={}", employees.display()),
-            vec!["employee_id".into()],
-        ),
+    let tokio =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    let (daemon, first) = tokio.block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))?;
+    let base = format!("http://{}", daemon.local_addr());
+    say(format!("Started an embedded daemon at {base}; everything below goes through its HTTP API.\n"));
+    let operator = Client::new(&base, first.operator_token);
+
+    let tenants = [
+        DemoTenant {
+            name: "fleetco",
+            dataset: "trips",
+            file: trips,
+            entity: "driver_id",
+            identifiers: "",
+            plugin: kanon_artifacts::EMISSIONS_BENCHMARK,
+        },
+        DemoTenant {
+            name: "peoplefirst",
+            dataset: "employees",
+            file: employees,
+            entity: "employee_id",
+            identifiers: "manager_id",
+            plugin: kanon_artifacts::ABSENCE_RATE,
+        },
     ];
+    let result = walk(&operator, &tenants, args.json, &say);
+    tokio.block_on(daemon.shutdown());
+    result
+}
+
+fn walk(
+    operator: &Client,
+    tenants: &[DemoTenant],
+    json: bool,
+    say: &dyn Fn(String),
+) -> anyhow::Result<ExitCode> {
+    let token = |role: Role, name: &str, tenant: Option<&str>| -> anyhow::Result<Client> {
+        let issued: Value =
+            operator.send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))?;
+        Ok(operator.with_token(issued["token"].as_str().map(str::to_owned)))
+    };
+    let analyst = token(Role::Analyst, "ana", None)?;
+    say("operator: issued an analyst token for `ana`".into());
     let mut code = ExitCode::SUCCESS;
-    for (bytes, data, entity) in bundled {
-        let plugin: LoadedPlugin = runtime.load(bytes).context("a bundled plugin was refused")?;
-        let identifiers = vec!["employees=manager_id".to_owned()];
-        let datasets = runner::read_datasets(&[data], &entity, &identifiers)?;
-        let request = runner::local_request(datasets, "{}".into(), Policy::default());
-        let report = runtime.run(&plugin, request)?;
-        if !args.json {
-            println!("== {}: {}", plugin.manifest.name, plugin.manifest.description);
-        }
-        if runner::print_report(&plugin, &report, args.json, false) != ExitCode::SUCCESS {
+    let mut releases = serde_json::Map::new();
+    for tenant in tenants {
+        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": tenant.name}))?;
+        let admin = token(Role::TenantAdmin, &format!("{}-admin", tenant.name), Some(tenant.name))?;
+        say(format!("operator: created tenant `{}` and its admin's token", tenant.name));
+
+        let started = Instant::now();
+        let stored: Value = admin.upload(
+            "PUT",
+            &format!(
+                "/v1/tenants/{}/datasets/{}?format=csv&entity={}&identifiers={}",
+                tenant.name, tenant.dataset, tenant.entity, tenant.identifiers
+            ),
+            "text/csv",
+            std::fs::File::open(&tenant.file)?,
+        )?;
+        say(format!(
+            "{}: ingested {} rows into `{}` ({:.1} s)",
+            tenant.name,
+            stored["rows"],
+            tenant.dataset,
+            started.elapsed().as_secs_f64()
+        ));
+
+        let plugin: Value = analyst.call("POST", "/v1/plugins", Some(("application/wasm", tenant.plugin)))?;
+        let manifest = &plugin["manifest"];
+        say(format!(
+            "ana: uploaded plugin {} {} ({})",
+            text(&manifest["name"]),
+            text(&manifest["version"]),
+            short(&plugin["hash"])
+        ));
+
+        let approval = approve(&admin, tenant, &plugin)?;
+        say(format!(
+            "{}: approved it for ana on `{}` ({})",
+            tenant.name,
+            tenant.dataset,
+            text(&approval["id"])
+        ));
+
+        let job: Value = analyst.send(
+            "POST",
+            "/v1/jobs",
+            &json!({"tenant": tenant.name, "plugin": plugin["hash"], "approval": approval["id"],
+                    "datasets": {tenant.dataset: tenant.dataset}}),
+        )?;
+        let id = text(&job["id"]);
+        let done = wait(&analyst, &id)?;
+        if done["state"] != "succeeded" {
+            say(format!(
+                "ana: job {id} {}: {}; nothing was released",
+                text(&done["state"]),
+                text(&done["failure"])
+            ));
             code = ExitCode::from(runner::EXIT_RUN_FAILED);
+            continue;
         }
-        if !args.json {
+        let release: Release = analyst.get(&format!("/v1/jobs/{id}/results"))?;
+        say(format!("ana: job {id} succeeded in {} ms; the gate released:", done["stats"]["run_ms"]));
+        if json {
+            releases.insert(tenant.name.to_owned(), serde_json::to_value(&release)?);
+        } else {
+            for table in &release.tables {
+                let p = &release.policy;
+                println!(
+                    "\n{}: {} of {} cells suppressed (k = {}, dominance ({}, {}%))",
+                    table.name,
+                    table.suppressed_cells,
+                    table.cells.len(),
+                    p.min_entities,
+                    p.dominance.n,
+                    p.dominance.percent
+                );
+                print!("{}", render::table_text(table));
+            }
             println!();
         }
+
+        let audit: AuditExport = admin.get(&format!("/v1/tenants/{}/audit", tenant.name))?;
+        let count = kanon_daemon::verify(&audit.chain, &audit.entries, &audit.head)
+            .map_err(|e| anyhow::anyhow!("the audit log of {} does not verify: {e}", tenant.name))?;
+        let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
+        say(format!("{}: audit log verifies, {count} entries: {}\n", tenant.name, actions.join(", ")));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&releases)?);
     }
     Ok(code)
+}
+
+/// Approve `plugin` on the tenant's dataset: every column and output the
+/// manifest declares, default params, a day.
+fn approve(admin: &Client, tenant: &DemoTenant, plugin: &Value) -> anyhow::Result<Value> {
+    let manifest = &plugin["manifest"];
+    let mut datasets = serde_json::Map::new();
+    for need in manifest["inputs"].as_array().into_iter().flatten() {
+        let columns: Vec<&Value> =
+            need["columns"].as_array().into_iter().flatten().map(|c| &c["name"]).collect();
+        datasets.insert(text(&need["name"]), json!({"dataset": tenant.dataset, "columns": columns}));
+    }
+    let outputs: Vec<&Value> =
+        manifest["outputs"].as_array().into_iter().flatten().map(|t| &t["name"]).collect();
+    Ok(admin.send(
+        "POST",
+        &format!("/v1/tenants/{}/approvals", tenant.name),
+        &json!({"plugin": plugin["hash"], "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 86_400}),
+    )?)
+}
+
+fn wait(client: &Client, id: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let job: Value = client.get(&format!("/v1/jobs/{id}"))?;
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            return Ok(job);
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} did not finish in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
+}
+
+fn short(hash: &Value) -> String {
+    text(hash).chars().take(16).collect()
 }
