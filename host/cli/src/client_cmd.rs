@@ -384,7 +384,7 @@ impl<R: Read> Read for Progress<R> {
         self.read += n as u64;
         if self.draw && (n == 0 || self.last.elapsed() >= Duration::from_millis(200)) {
             self.last = Instant::now();
-            let percent = if self.total == 0 { 100 } else { self.read * 100 / self.total };
+            let percent = (self.read * 100).checked_div(self.total).unwrap_or(100).min(100);
             let filled = (percent / 4) as usize;
             eprint!(
                 "\r[{}{}] {percent:>3}%  {} / {} MB",
