@@ -345,6 +345,22 @@ impl Vault {
         Ok(self.data_key(tenant, &record)?.pseudonym_secret())
     }
 
+    /// Seal `bytes` under `tenant`'s data key, bound to `label`: for what a
+    /// host keeps of the tenant's that may carry its data, such as a
+    /// plugin's output. Erasing the tenant makes it unreadable. A label is
+    /// never a dataset name (it holds a `:`), so it cannot pass for a
+    /// version record.
+    pub fn seal_for_tenant(&self, tenant: &str, label: &str, bytes: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let (_, key) = self.tenant(tenant)?;
+        Ok(key.seal_record(tenant, &format!("note:{label}"), 0, bytes))
+    }
+
+    /// Open what [`Self::seal_for_tenant`] sealed for the same tenant and label.
+    pub fn open_for_tenant(&self, tenant: &str, label: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let (_, key) = self.tenant(tenant)?;
+        Ok(key.open_record(tenant, &format!("note:{label}"), 0, sealed)?)
+    }
+
     /// Every version of `dataset`, oldest first, read from one snapshot.
     fn version_records(
         txn: &redb::ReadTransaction,
@@ -986,6 +1002,38 @@ mod tests {
             classification: Classification::Entity,
         };
         Box::new(Buggy { schema: Schema { fields: vec![entity] }, chunks: 0, before_first })
+    }
+
+    #[test]
+    fn a_sealed_note_opens_only_for_its_tenant_and_label_and_not_after_erasure() {
+        let vault = Vault::temporary().unwrap();
+        for tenant in ["acme", "other"] {
+            let csv = std::io::Cursor::new(b"id\ne1\n".to_vec());
+            let reader = crate::open_stream(
+                crate::InputFormat::Csv,
+                "t.csv",
+                csv,
+                &crate::IngestOptions::entity("id"),
+            )
+            .unwrap();
+            vault.ingest(tenant, "d", WriteMode::Replace, reader, "t.csv").unwrap();
+        }
+        let sealed = vault.seal_for_tenant("acme", "owner-log:job_1", b"stdout: 42").unwrap();
+        assert!(!sealed.windows(2).any(|w| w == b"42"), "sealed, not in clear");
+        assert_eq!(vault.open_for_tenant("acme", "owner-log:job_1", &sealed).unwrap(), b"stdout: 42");
+        assert!(matches!(
+            vault.open_for_tenant("acme", "owner-log:job_2", &sealed),
+            Err(VaultError::Seal(_))
+        ));
+        assert!(matches!(
+            vault.open_for_tenant("other", "owner-log:job_1", &sealed),
+            Err(VaultError::Seal(_))
+        ));
+        vault.erase_tenant("acme").unwrap();
+        assert!(matches!(
+            vault.open_for_tenant("acme", "owner-log:job_1", &sealed),
+            Err(VaultError::UnknownTenant(_))
+        ));
     }
 
     /// The parser thread is joined on every path, and its panic is reported

@@ -200,7 +200,7 @@ async fn job_log(
 ) -> Result<axum::Json<JobLog>> {
     let job = load(&app, &id)?;
     may_see(&app, &caller, &job, &format!("job log {id}"))?;
-    Ok(axum::Json(jobs::owner_log(&app, &id)?))
+    Ok(axum::Json(jobs::owner_log(&app, &job.tenant, &id)?))
 }
 
 /// A tenant's jobs (its admin, or support staff under a grant).
