@@ -233,6 +233,52 @@ fn revoking_an_approval_stops_later_jobs_and_the_refusal_is_audited() {
 }
 
 #[test]
+fn an_approval_may_bound_the_params_by_a_json_schema() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    ingest_trips(&admin, "acme");
+    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let mut approval = approve(&admin, "acme", &plugin, "ana");
+    // The same grant, with a schema instead of exact params.
+    let schema = json!({"type": "object", "additionalProperties": false,
+                        "properties": {"kg_co2_per_litre": {"type": "number", "minimum": 2, "maximum": 3}}});
+    let body = json!({"plugin": plugin["hash"], "analyst": "ana", "outputs": approval["outputs"], "ttl_secs": 3600,
+                      "datasets": approval["datasets"], "params_schema": schema});
+    approval = admin.send("POST", "/v1/tenants/acme/approvals", &body).unwrap();
+    assert!(approval["params"].is_null());
+    let submit = |params: Value| {
+        let body = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                          "datasets": {"trips": "trips"}, "params": params});
+        analyst.raw("POST", "/v1/jobs", Some(("application/json", body.to_string().as_bytes()))).unwrap()
+    };
+    let inside = submit(json!({"kg_co2_per_litre": 2.68}));
+    assert_eq!(inside.status, 202, "{}", inside.text());
+    for outside in [json!({"kg_co2_per_litre": 5.0}), json!({"kg_co2_per_litre": "2.5"}), json!({"other": 1})]
+    {
+        let refused = submit(outside.clone());
+        assert_eq!(refused.status, 403, "{outside}: {}", refused.text());
+        assert!(refused.text().contains("schema"), "{}", refused.text());
+    }
+    let done = wait_for(&analyst, inside.json::<Value>().unwrap()["id"].as_str().unwrap());
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    // Not both; and a schema must be one.
+    let mut both = body.clone();
+    both["params"] = json!({});
+    let reply = admin
+        .raw("POST", "/v1/tenants/acme/approvals", Some(("application/json", both.to_string().as_bytes())))
+        .unwrap();
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let mut broken = body.clone();
+    broken["params_schema"] = json!({"type": "no-such-type"});
+    let reply = admin
+        .raw("POST", "/v1/tenants/acme/approvals", Some(("application/json", broken.to_string().as_bytes())))
+        .unwrap();
+    assert_eq!(reply.status, 422, "{}", reply.text());
+}
+
+#[test]
 fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let d = TestDaemon::start();
     let admin = d.tenant("acme");

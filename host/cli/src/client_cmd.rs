@@ -552,8 +552,11 @@ enum ApprovalsCommand {
         #[arg(long = "dataset", value_name = "NAME=DATASET")]
         datasets: Vec<String>,
         /// The exact parameters jobs must pass (a JSON object).
-        #[arg(long, default_value = "{}")]
+        #[arg(long, default_value = "{}", conflicts_with = "params_schema")]
         params: String,
+        /// Instead: a JSON Schema every job's params must satisfy (JSON text).
+        #[arg(long)]
+        params_schema: Option<String>,
         /// Lifetime: 12h, 30d.
         #[arg(long, default_value = "30d")]
         ttl: String,
@@ -574,7 +577,7 @@ enum ApprovalsCommand {
 pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let value: Value = match args.command {
-        ApprovalsCommand::Grant { tenant, plugin, analyst, datasets, params, ttl } => {
+        ApprovalsCommand::Grant { tenant, plugin, analyst, datasets, params, params_schema, ttl } => {
             let record: Value = client.get(&format!("/v1/plugins/{plugin}"))?;
             let manifest = &record["manifest"];
             let mapping: BTreeMap<String, String> = datasets
@@ -596,13 +599,16 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             }
             let outputs: Vec<Value> =
                 list_of(manifest["outputs"].clone()).iter().map(|t| t["name"].clone()).collect();
-            let params: Value = serde_json::from_str(&params).context("--params is not JSON")?;
-            client.send(
-                "POST",
-                &format!("/v1/tenants/{tenant}/approvals"),
-                &json!({"plugin": plugin, "analyst": analyst, "datasets": approved, "outputs": outputs,
-                        "params": params, "ttl_secs": duration_secs(&ttl)?}),
-            )?
+            let mut body = json!({"plugin": plugin, "analyst": analyst, "datasets": approved, "outputs": outputs,
+                                  "ttl_secs": duration_secs(&ttl)?});
+            match params_schema {
+                Some(schema) => {
+                    body["params_schema"] =
+                        serde_json::from_str(&schema).context("--params-schema is not JSON")?;
+                }
+                None => body["params"] = serde_json::from_str(&params).context("--params is not JSON")?,
+            }
+            client.send("POST", &format!("/v1/tenants/{tenant}/approvals"), &body)?
         }
         ApprovalsCommand::List { tenant: Some(tenant) } => {
             client.get(&format!("/v1/tenants/{tenant}/approvals"))?

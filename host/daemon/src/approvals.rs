@@ -34,9 +34,14 @@ pub struct Approval {
     pub datasets: BTreeMap<String, ApprovedDataset>,
     /// The output tables, as the manifest declares them.
     pub outputs: Vec<String>,
-    /// The parameters, exactly: a job must pass this very object.
+    /// The parameters, exactly: a job must pass this very object. Null when
+    /// `params_schema` is given instead.
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
+    /// A JSON Schema a job's parameters must satisfy, instead of exact ones.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub params_schema: Option<serde_json::Value>,
     pub approved_by: String,
     pub created_ms: u64,
     pub expires_ms: u64,
@@ -75,10 +80,37 @@ impl Approval {
         if approved != asked {
             return Some(format!("approval {} covers other datasets", self.id));
         }
-        if &self.params != ask.params {
-            return Some(format!("approval {} covers other parameters", self.id));
+        match &self.params_schema {
+            Some(schema) => {
+                if let Err(reason) = schema_allows(schema, ask.params) {
+                    return Some(format!(
+                        "the parameters do not satisfy approval {}'s schema: {reason}",
+                        self.id
+                    ));
+                }
+            }
+            None if &self.params != ask.params => {
+                return Some(format!("approval {} covers other parameters", self.id));
+            }
+            None => {}
         }
         None
+    }
+}
+
+/// Whether `schema` compiles: checked when the approval is made.
+pub fn check_schema(schema: &serde_json::Value) -> Result<(), String> {
+    jsonschema::validator_for(schema)
+        .map(|_| ())
+        .map_err(|e| format!("params_schema is not a valid JSON Schema: {e}"))
+}
+
+/// Whether `params` satisfy `schema`; the first violation otherwise.
+fn schema_allows(schema: &serde_json::Value, params: &serde_json::Value) -> Result<(), String> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+    match validator.iter_errors(params).next() {
+        Some(error) => Err(format!("{error} (at `{}`)", error.instance_path())),
+        None => Ok(()),
     }
 }
 
@@ -114,8 +146,12 @@ pub fn check_against_manifest(
     if declared != given {
         return Err(format!("the outputs must be exactly the declared tables: {}", declared.join(", ")));
     }
-    if !params.is_object() {
-        return Err("params must be a JSON object".into());
+    match params {
+        // A schema approval: each job's params are checked against it.
+        serde_json::Value::Null => Ok(()),
+        serde_json::Value::Object(_) => {
+            manifest.check_params(&params.to_string()).map(|_| ()).map_err(|e| e.to_string())
+        }
+        _ => Err("params must be a JSON object".into()),
     }
-    manifest.check_params(&params.to_string()).map(|_| ()).map_err(|e| e.to_string())
 }

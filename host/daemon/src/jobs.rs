@@ -151,6 +151,9 @@ pub(crate) fn submit(
         )?;
         return Ok(Err(Error::Forbidden(format!("no live approval covers this job: {reason}"))));
     }
+    let plugin: Option<crate::registry::PluginRecord> = write.get(crate::store::PLUGINS, &ask.plugin)?;
+    let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
+    plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
     let queued = write
         .all::<Job>(JOBS)?
         .into_iter()

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs};
 use super::tenant_admin_of;
-use crate::approvals::{Approval, ApprovedDataset, check_against_manifest};
+use crate::approvals::{Approval, ApprovedDataset, check_against_manifest, check_schema};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::registry::PluginRecord;
@@ -46,6 +46,9 @@ pub struct NewApproval {
     /// The exact parameters jobs must pass. Default `{}`.
     #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Value>,
+    /// Instead of `params`: a JSON Schema every job's params must satisfy.
+    #[schema(value_type = Option<Object>)]
+    pub params_schema: Option<serde_json::Value>,
     /// Lifetime in seconds (at most a year).
     pub ttl_secs: u64,
 }
@@ -65,7 +68,16 @@ async fn create_approval(
     if !(1..=MAX_APPROVAL_SECS).contains(&new.ttl_secs) {
         return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_APPROVAL_SECS}")));
     }
-    let params = new.params.unwrap_or_else(|| json!({}));
+    let params = match (new.params, &new.params_schema) {
+        (Some(_), Some(_)) => {
+            return Err(Error::BadRequest("give params or params_schema, not both".into()));
+        }
+        (None, Some(schema)) => {
+            check_schema(schema).map_err(Error::Unprocessable)?;
+            serde_json::Value::Null
+        }
+        (params, None) => params.unwrap_or_else(|| json!({})),
+    };
     let plugin: PluginRecord = app
         .store
         .read()?
@@ -93,6 +105,7 @@ async fn create_approval(
             datasets: new.datasets.clone(),
             outputs: new.outputs.clone(),
             params: params.clone(),
+            params_schema: new.params_schema.clone(),
             approved_by: caller.actor(),
             created_ms: now,
             expires_ms: now + new.ttl_secs * 1000,
@@ -104,7 +117,7 @@ async fn create_approval(
             &caller.actor(),
             "approval.grant",
             json!({"approval": approval.id, "plugin": approval.plugin, "analyst": approval.analyst,
-                   "datasets": approval.datasets, "outputs": approval.outputs, "params": approval.params,
+                   "datasets": approval.datasets, "outputs": approval.outputs, "params": approval.params, "params_schema": approval.params_schema,
                    "expires_ms": approval.expires_ms}),
         )?;
         Ok::<_, Error>(approval)
