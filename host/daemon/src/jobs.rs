@@ -154,11 +154,12 @@ pub(crate) fn submit(
     let plugin: Option<crate::registry::PluginRecord> = write.get(crate::store::PLUGINS, &ask.plugin)?;
     let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
-    let queued = write
-        .all::<Job>(JOBS)?
-        .into_iter()
-        .filter(|j| j.tenant == tenant.name && j.state == JobState::Queued)
-        .count();
+    let mut queued = 0;
+    for id in write.queue()? {
+        if write.get::<Job>(JOBS, &id)?.is_some_and(|j| j.tenant == tenant.name) {
+            queued += 1;
+        }
+    }
     if queued >= limits.queued_per_tenant {
         return Ok(Err(Error::TooMany(format!(
             "tenant `{}` already has {queued} jobs waiting; try again later",

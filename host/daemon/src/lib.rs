@@ -75,6 +75,8 @@ pub(crate) struct App {
     pub plugins: registry::PluginCache,
     pub scheduler: jobs::Scheduler,
     pub metrics: metrics::Metrics,
+    /// The key token secrets are hashed under, read once at start.
+    pub token_key: [u8; 32],
 }
 
 /// A running daemon.
@@ -105,6 +107,7 @@ impl Daemon {
         let vault = Vault::open(&config.data_dir, kek)?;
         let store = ControlStore::open(&config.data_dir)?;
         let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
+        let token_key = store.write(auth::token_key)?;
         let interrupted = jobs::recover(&store)?;
         if interrupted > 0 {
             tracing::warn!(interrupted, "jobs that were running when the daemon stopped are marked failed");
@@ -121,6 +124,7 @@ impl Daemon {
             scheduler: jobs::Scheduler::new(config.jobs.clone()),
             plugins: registry::PluginCache::new(plugins_dir),
             metrics: metrics::Metrics::new(),
+            token_key,
             config,
             store,
             vault,

@@ -103,6 +103,33 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("daemon records serialize")
 }
 
+fn get_from<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let value = table.get(key).map_err(db_err)?;
+    value.map(|v| decode(key, v.value())).transpose()
+}
+
+fn all_from<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        out.push(decode(key.value(), value.value())?);
+    }
+    Ok(out)
+}
+
+fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(db_err)? {
+        out.push(entry.map_err(db_err)?.1.value().to_owned());
+    }
+    Ok(out)
+}
+
 /// A read snapshot.
 pub struct Read {
     txn: ReadTransaction,
@@ -121,9 +148,7 @@ impl Read {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let table = self.txn.open_table(table).map_err(db_err)?;
-        let value = table.get(key).map_err(db_err)?;
-        value.map(|v| decode(key, v.value())).transpose()
+        get_from(&self.txn.open_table(table).map_err(db_err)?, key)
     }
 
     /// Every record of `table`, in key order.
@@ -131,23 +156,12 @@ impl Read {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
-        let table = self.txn.open_table(table).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (key, value) = entry.map_err(db_err)?;
-            out.push(decode(key.value(), value.value())?);
-        }
-        Ok(out)
+        all_from(&self.txn.open_table(table).map_err(db_err)?)
     }
 
     /// Job ids waiting to run, oldest first.
     pub fn queue(&self) -> Result<Vec<String>, StoreError> {
-        let table = self.txn.open_table(QUEUE).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            out.push(entry.map_err(db_err)?.1.value().to_owned());
-        }
-        Ok(out)
+        queue_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
     }
 
     /// A chain's entries, oldest first, and its head.
@@ -181,9 +195,7 @@ impl Write<'_> {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let table = self.txn.open_table(table).map_err(db_err)?;
-        let value = table.get(key).map_err(db_err)?;
-        value.map(|v| decode(key, v.value())).transpose()
+        get_from(&self.txn.open_table(table).map_err(db_err)?, key)
     }
 
     /// Every record of `table`, in key order.
@@ -191,13 +203,7 @@ impl Write<'_> {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
-        let table = self.txn.open_table(table).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (key, value) = entry.map_err(db_err)?;
-            out.push(decode(key.value(), value.value())?);
-        }
-        Ok(out)
+        all_from(&self.txn.open_table(table).map_err(db_err)?)
     }
 
     pub fn put<T: Serialize>(
@@ -221,6 +227,11 @@ impl Write<'_> {
         let next = self.get::<u64>(META, name)?.unwrap_or(0) + 1;
         self.put(META, name, &next)?;
         Ok(next)
+    }
+
+    /// Job ids waiting to run, oldest first.
+    pub fn queue(&self) -> Result<Vec<String>, StoreError> {
+        queue_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
     }
 
     pub fn enqueue(&mut self, seq: u64, job: &str) -> Result<(), StoreError> {

@@ -262,11 +262,9 @@ fn caller(app: &App, request: &Request) -> Result<Caller, auth::TokenRefused> {
     let token =
         header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or(auth::TokenRefused::Malformed)?;
     let id = auth::token_id(token).ok_or(auth::TokenRefused::Malformed)?;
-    let (key, record) = app
-        .store
-        .write(|w| Ok::<_, crate::StoreError>((auth::token_key(w)?, w.get(TOKENS, id)?)))
-        .map_err(|_| auth::TokenRefused::Unknown)?;
-    auth::check(&key, token, record, crate::now_ms())
+    // A read snapshot: checking a token never takes the write lock.
+    let record = app.store.read().and_then(|r| r.get(TOKENS, id)).map_err(|_| auth::TokenRefused::Unknown)?;
+    auth::check(&app.token_key, token, record, crate::now_ms())
 }
 
 fn unauthorized() -> Response {
