@@ -130,6 +130,7 @@ async fn upload_dataset(
     let (file, bytes) = receive(&app, body).await?;
     let source = format!("upload of {dataset}");
     let vault = app.vault.clone();
+    let (worker, actor, format_name) = (app.clone(), caller.actor(), args.format.clone());
     let (tenant2, dataset2) = (tenant.clone(), dataset.clone());
     let info = tokio::task::spawn_blocking(move || {
         let reader: Box<dyn kanon_vault::ChunkReader> = match format {
@@ -149,19 +150,21 @@ async fn upload_dataset(
         };
         let info = vault.ingest(&tenant2, &dataset2, mode, reader, &source)?;
         drop(file);
+        // Written here, not after the await: a request that times out
+        // still leaves its committed version audited.
+        worker.store.write(|w| {
+            w.audit(
+                &tenant2,
+                &actor,
+                "dataset.ingest",
+                json!({"dataset": dataset2, "version": info.version, "rows": info.rows, "bytes": bytes,
+                       "format": format_name, "content_hash": info.content_hash}),
+            )
+        })?;
         Ok::<_, Error>(info)
     })
     .await
     .map_err(|e| Error::Internal(format!("the ingest task failed: {e}")))??;
-    app.store.write(|w| {
-        w.audit(
-            &tenant,
-            &caller.actor(),
-            "dataset.ingest",
-            json!({"dataset": dataset, "version": info.version, "rows": info.rows, "bytes": bytes,
-                   "format": args.format, "content_hash": info.content_hash}),
-        )
-    })?;
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
@@ -224,18 +227,21 @@ async fn delete_dataset(
     {
         return Err(Error::Conflict(format!("approval {} uses dataset `{dataset}`; revoke it first", a.id)));
     }
-    let vault = app.vault.clone();
-    let (t, d) = (tenant.clone(), dataset.clone());
-    let info = tokio::task::spawn_blocking(move || vault.delete_dataset(&t, &d))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    app.store.write(|w| {
-        w.audit(
-            &tenant,
-            &caller.actor(),
-            "dataset.erase",
-            json!({"dataset": dataset, "versions_up_to": info.version}),
-        )
-    })?;
+    let worker = app.clone();
+    let actor = caller.actor();
+    let info = tokio::task::spawn_blocking(move || {
+        let info = worker.vault.delete_dataset(&tenant, &dataset)?;
+        worker.store.write(|w| {
+            w.audit(
+                &tenant,
+                &actor,
+                "dataset.erase",
+                json!({"dataset": dataset, "versions_up_to": info.version}),
+            )
+        })?;
+        Ok::<_, Error>(info)
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
     Ok(axum::Json(info))
 }
