@@ -123,6 +123,27 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A reply as JSON, or as a table of its items (one row per item).
+fn show(
+    json: bool,
+    value: Value,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(&value)?;
+    } else {
+        let items = if value.is_array() { list_of(value) } else { vec![value] };
+        print_table(header, items.iter().map(row).collect());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `revoked` or the live state's name.
+fn revoked_or<'a>(item: &Value, live: &'a str) -> &'a str {
+    if item["revoked_ms"].is_null() { live } else { "revoked" }
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
@@ -225,16 +246,7 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<ExitCode> {
         TenantsCommand::Create { name } => client.send("POST", "/v1/tenants", &json!({"name": name}))?,
         TenantsCommand::List => client.get("/v1/tenants")?,
     };
-    if args.conn.json {
-        print_json(&value)?;
-    } else {
-        let items = if value.is_array() { list_of(value) } else { vec![value] };
-        print_table(
-            &["tenant", "created"],
-            items.iter().map(|t| vec![text(&t["name"]), when(&t["created_ms"])]).collect(),
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    show(args.conn.json, value, &["tenant", "created"], |t| vec![text(&t["name"]), when(&t["created_ms"])])
 }
 
 #[derive(Debug, Args)]
@@ -293,25 +305,12 @@ pub fn tokens(args: TokensArgs) -> anyhow::Result<ExitCode> {
         }
         TokensCommand::List => {
             let list: Value = client.get("/v1/tokens")?;
-            if args.conn.json {
-                print_json(&list)?;
-            } else {
-                let rows = list_of(list)
-                    .iter()
-                    .map(|t| {
-                        let state = if !t["revoked_ms"].is_null() { "revoked" } else { "live" };
-                        vec![
-                            text(&t["id"]),
-                            text(&t["role"]),
-                            text(&t["name"]),
-                            text(&t["tenant"]),
-                            when(&t["expires_ms"]),
-                            state.into(),
-                        ]
-                    })
-                    .collect();
-                print_table(&["id", "role", "name", "tenant", "expires", "state"], rows);
-            }
+            return show(args.conn.json, list, &["id", "role", "name", "tenant", "expires", "state"], |t| {
+                let columns = ["id", "role", "name", "tenant"].map(|c| text(&t[c]));
+                let mut row = columns.to_vec();
+                row.extend([when(&t["expires_ms"]), revoked_or(t, "live").into()]);
+                row
+            });
         }
         TokensCommand::Revoke { id } => {
             let info: Value = client.delete(&format!("/v1/tokens/{id}"))?;
@@ -355,15 +354,8 @@ pub struct IngestRemote {
     dataset: String,
     /// The file: .csv, .jsonl, .parquet, .arrow/.feather.
     file: PathBuf,
-    /// The entity column.
-    #[arg(long)]
-    entity: String,
-    /// Another identifier column; repeatable.
-    #[arg(long)]
-    identifier: Vec<String>,
-    /// COLUMN=TYPE instead of inferring; repeatable.
-    #[arg(long = "type", value_name = "COLUMN=TYPE")]
-    types: Vec<String>,
+    #[command(flatten)]
+    columns: crate::vault_cmd::ColumnArgs,
     /// Append to the latest version instead of replacing it.
     #[arg(long)]
     append: bool,
@@ -411,12 +403,13 @@ pub fn datasets(command: DatasetsCommand) -> anyhow::Result<ExitCode> {
             let file = std::fs::File::open(&args.file)
                 .with_context(|| format!("cannot open {}", args.file.display()))?;
             let total = file.metadata()?.len();
-            let mut query = format!("format={format}&entity={}", args.entity);
-            if !args.identifier.is_empty() {
-                query.push_str(&format!("&identifiers={}", args.identifier.join(",")));
+            let columns = &args.columns;
+            let mut query = format!("format={format}&entity={}", columns.entity);
+            if !columns.identifier.is_empty() {
+                query.push_str(&format!("&identifiers={}", columns.identifier.join(",")));
             }
-            if !args.types.is_empty() {
-                let types: Vec<String> = args.types.iter().map(|t| t.replacen('=', ":", 1)).collect();
+            if !columns.types.is_empty() {
+                let types: Vec<String> = columns.types.iter().map(|t| t.replacen('=', ":", 1)).collect();
                 query.push_str(&format!("&types={}", types.join(",")));
             }
             if args.append {
@@ -506,25 +499,17 @@ pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
         PluginsCommand::Show { hash } => client.get(&format!("/v1/plugins/{hash}"))?,
         PluginsCommand::Delete { hash } => client.delete(&format!("/v1/plugins/{hash}"))?,
     };
-    if args.conn.json || matches!(args.command, PluginsCommand::Show { .. }) {
-        print_json(&value)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let items = if value.is_array() { list_of(value) } else { vec![value] };
-    let rows = items
-        .iter()
-        .map(|p| {
-            let m = &p["manifest"];
-            vec![
-                text(&p["hash"]),
-                format!("{} {}", text(&m["name"]), text(&m["version"])),
-                text(&p["size"]),
-                text(&p["uploader"]),
-            ]
-        })
-        .collect();
-    print_table(&["hash", "plugin", "bytes", "uploader"], rows);
-    Ok(ExitCode::SUCCESS)
+    // A manifest reads best as JSON.
+    let json = args.conn.json || matches!(args.command, PluginsCommand::Show { .. });
+    show(json, value, &["hash", "plugin", "bytes", "uploader"], |p| {
+        let m = &p["manifest"];
+        vec![
+            text(&p["hash"]),
+            format!("{} {}", text(&m["name"]), text(&m["version"])),
+            text(&p["size"]),
+            text(&p["uploader"]),
+        ]
+    })
 }
 
 // ---------------------------------------------------------------- approvals
@@ -618,32 +603,21 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             client.delete(&format!("/v1/tenants/{tenant}/approvals/{id}"))?
         }
     };
-    if args.conn.json {
-        print_json(&value)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let items = if value.is_array() { list_of(value) } else { vec![value] };
-    let rows = items
-        .iter()
-        .map(|a| {
-            let state = if !a["revoked_ms"].is_null() { "revoked" } else { "live" };
-            let datasets: Vec<String> = a["datasets"]
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(&v["dataset"]))).collect())
-                .unwrap_or_default();
-            vec![
-                text(&a["id"]),
-                text(&a["tenant"]),
-                text(&a["plugin"]).chars().take(12).collect(),
-                text(&a["analyst"]),
-                datasets.join(","),
-                when(&a["expires_ms"]),
-                state.into(),
-            ]
-        })
-        .collect();
-    print_table(&["id", "tenant", "plugin", "analyst", "datasets", "expires", "state"], rows);
-    Ok(ExitCode::SUCCESS)
+    show(args.conn.json, value, &["id", "tenant", "plugin", "analyst", "datasets", "expires", "state"], |a| {
+        let datasets: Vec<String> = a["datasets"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(&v["dataset"]))).collect())
+            .unwrap_or_default();
+        vec![
+            text(&a["id"]),
+            text(&a["tenant"]),
+            text(&a["plugin"]).chars().take(12).collect(),
+            text(&a["analyst"]),
+            datasets.join(","),
+            when(&a["expires_ms"]),
+            revoked_or(a, "live").into(),
+        ]
+    })
 }
 
 // ---------------------------------------------------------------- jobs, results
@@ -805,10 +779,7 @@ fn show_results(client: &Client, id: &str, json_out: bool) -> anyhow::Result<()>
     if json_out {
         return print_json(&release);
     }
-    for table in &release.tables {
-        println!("\n{}: {} of {} cells suppressed", table.name, table.suppressed_cells, table.cells.len());
-        print!("{}", crate::render::table_text(table));
-    }
+    print!("{}", crate::render::release_text(&release));
     Ok(())
 }
 
@@ -997,18 +968,7 @@ pub fn grants(args: GrantsArgs) -> anyhow::Result<ExitCode> {
             client.delete(&format!("/v1/tenants/{tenant}/grants/{id}"))?
         }
     };
-    if args.conn.json {
-        print_json(&value)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let items = if value.is_array() { list_of(value) } else { vec![value] };
-    let rows = items
-        .iter()
-        .map(|g| {
-            let state = if !g["revoked_ms"].is_null() { "revoked" } else { "granted" };
-            vec![text(&g["id"]), when(&g["expires_ms"]), state.into(), text(&g["reason"])]
-        })
-        .collect();
-    print_table(&["id", "expires", "state", "reason"], rows);
-    Ok(ExitCode::SUCCESS)
+    show(args.conn.json, value, &["id", "expires", "state", "reason"], |g| {
+        vec![text(&g["id"]), when(&g["expires_ms"]), revoked_or(g, "granted").into(), text(&g["reason"])]
+    })
 }

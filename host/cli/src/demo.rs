@@ -178,20 +178,7 @@ fn walk(
         if json {
             releases.insert(tenant.name.to_owned(), serde_json::to_value(&release)?);
         } else {
-            for table in &release.tables {
-                let p = &release.policy;
-                println!(
-                    "\n{}: {} of {} cells suppressed (k = {}, dominance ({}, {}%))",
-                    table.name,
-                    table.suppressed_cells,
-                    table.cells.len(),
-                    p.min_entities,
-                    p.dominance.n,
-                    p.dominance.percent
-                );
-                print!("{}", render::table_text(table));
-            }
-            println!();
+            println!("{}", render::release_text(&release));
         }
 
         let audit: AuditExport = admin.get(&format!("/v1/tenants/{}/audit", tenant.name))?;

@@ -71,3 +71,22 @@ fn number(statistic: &str, value: f64) -> String {
         format!("{value:.4}")
     }
 }
+
+/// Every table of a release, each under a line naming what the gate held back.
+pub fn release_text(release: &Release) -> String {
+    let p = &release.policy;
+    let mut out = String::new();
+    for table in &release.tables {
+        out.push_str(&format!(
+            "\n{}: {} of {} cells suppressed (k = {}, dominance ({}, {}%))\n",
+            table.name,
+            table.suppressed_cells,
+            table.cells.len(),
+            p.min_entities,
+            p.dominance.n,
+            p.dominance.percent
+        ));
+        out.push_str(&table_text(table));
+    }
+    out
+}

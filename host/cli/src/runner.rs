@@ -228,19 +228,7 @@ pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner
         }
         Ok(release) => {
             println!("{} {} (plugin {})", plugin.manifest.name, plugin.manifest.version, &plugin.hash[..16]);
-            for table in &release.tables {
-                let p = &release.policy;
-                println!(
-                    "\n{}: {} of {} cells suppressed (k = {}, dominance ({}, {}%))",
-                    table.name,
-                    table.suppressed_cells,
-                    table.cells.len(),
-                    p.min_entities,
-                    p.dominance.n,
-                    p.dominance.percent
-                );
-                print!("{}", render::table_text(table));
-            }
+            print!("{}", render::release_text(release));
             let s = &report.stats;
             println!(
                 "\n{} entities, {} contributions, {:.0} ms",

@@ -97,14 +97,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub struct ColumnArgs {
     /// The entity column (the person or customer group sizes count).
     #[arg(long)]
-    entity: String,
+    pub entity: String,
     /// Another identifier column, pseudonymised like the entity; repeatable.
     #[arg(long)]
-    identifier: Vec<String>,
+    pub identifier: Vec<String>,
     /// A column's type, COLUMN=int|float|bool|text|timestamp, instead of
     /// inferring it; repeatable.
     #[arg(long = "type", value_name = "COLUMN=TYPE")]
-    types: Vec<String>,
+    pub types: Vec<String>,
 }
 
 impl ColumnArgs {

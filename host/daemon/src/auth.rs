@@ -135,12 +135,18 @@ pub struct TokenSpec {
 
 /// Store a new token; the returned string is the only copy of its secret.
 pub(crate) fn issue(write: &mut Write<'_>, spec: TokenSpec) -> Result<(TokenRecord, String), StoreError> {
-    let key = token_key(write)?;
     let id = hex(&rand::random::<[u8; ID_HEX / 2]>());
     let secret = hex(&rand::random::<[u8; SECRET_HEX / 2]>());
+    let record = store(write, &id, &secret, spec)?;
+    Ok((record, format!("{PREFIX}{id}_{secret}")))
+}
+
+/// Store a token's record: its id and the keyed hash of its secret.
+fn store(write: &mut Write<'_>, id: &str, secret: &str, spec: TokenSpec) -> Result<TokenRecord, StoreError> {
+    let key = token_key(write)?;
     let record = TokenRecord {
-        secret_hash: secret_hash(&key, &id, &secret).to_hex().to_string(),
-        id: id.clone(),
+        secret_hash: secret_hash(&key, id, secret).to_hex().to_string(),
+        id: id.to_owned(),
         role: spec.role,
         name: spec.name,
         tenant: spec.tenant,
@@ -148,8 +154,8 @@ pub(crate) fn issue(write: &mut Write<'_>, spec: TokenSpec) -> Result<(TokenReco
         expires_ms: spec.expires_ms,
         revoked_ms: None,
     };
-    write.put(TOKENS, &id, &record)?;
-    Ok((record, format!("{PREFIX}{id}_{secret}")))
+    write.put(TOKENS, id, &record)?;
+    Ok(record)
 }
 
 /// The token's id, if `token` has a token's shape: for logs of refusals.
@@ -238,21 +244,8 @@ pub(crate) fn ensure_operator_token(
 
 /// Store a token the operator made: its id and secret are its own.
 fn register(write: &mut Write<'_>, token: &str, spec: TokenSpec) -> Result<TokenRecord, StoreError> {
-    let key = token_key(write)?;
     let id = token_id(token).expect("checked by the caller");
-    let secret = &token[PREFIX.len() + ID_HEX + 1..];
-    let record = TokenRecord {
-        secret_hash: secret_hash(&key, id, secret).to_hex().to_string(),
-        id: id.to_owned(),
-        role: spec.role,
-        name: spec.name,
-        tenant: spec.tenant,
-        created_ms: now_ms(),
-        expires_ms: spec.expires_ms,
-        revoked_ms: None,
-    };
-    write.put(TOKENS, id, &record)?;
-    Ok(record)
+    store(write, id, &token[PREFIX.len() + ID_HEX + 1..], spec)
 }
 
 /// Create `path` readable by its owner only.
