@@ -30,6 +30,17 @@ pub struct BenchArgs {
     /// Print one JSON object per figure.
     #[arg(long)]
     json: bool,
+    /// Instead of the figures above: load an in-process daemon over loopback
+    /// with many clients submitting small jobs, and report throughput,
+    /// latencies, errors and lost jobs.
+    #[arg(long)]
+    load: bool,
+    /// With --load: how long the clients keep submitting.
+    #[arg(long, default_value_t = 60, requires = "load")]
+    seconds: u64,
+    /// With --load: client threads, each with its own connection per call.
+    #[arg(long, default_value_t = 200, requires = "load")]
+    clients: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +60,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         figures.push(figure);
     };
+    if args.load {
+        return load::run(args.seconds, args.clients, &mut report);
+    }
     let (rows, repeats, instantiations, contributions) =
         if args.quick { (1_000_000, 3, 300, 20_000_000) } else { (4_000_000, 5, 3_000, 100_000_000) };
 
@@ -412,4 +426,337 @@ fn sealing(mebibytes: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<
     report(Figure { name: "vault_seal_mb_per_s", value: per_s(seal), unit: "MB/s" });
     report(Figure { name: "vault_open_mb_per_s", value: per_s(open), unit: "MB/s" });
     Ok(())
+}
+
+/// `kanon bench --load`: the daemon under many concurrent clients.
+mod load {
+    use std::collections::BTreeMap;
+    use std::process::ExitCode;
+    use std::sync::{Arc, Barrier, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, bail};
+    use kanon_daemon::client::{Client, ClientError};
+    use kanon_daemon::config::JobLimits;
+    use kanon_daemon::jobs::{Job, JobState};
+    use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+    use kanon_runtime::{Runtime, RuntimeConfig};
+    use kanon_vault::KeyEncryptionKey;
+    use serde_json::{Value, json};
+
+    use super::Figure;
+    use crate::datagen;
+
+    /// Tenants, each with its own dataset, analyst and approval.
+    const TENANTS: usize = 4;
+    /// Rows in each tenant's trips, by 60 drivers.
+    const ROWS: usize = 400;
+    /// How often a client asks whether its job is done.
+    const POLL: Duration = Duration::from_millis(50);
+    /// How long a job submitted before the end may take to finish before it
+    /// counts as lost.
+    const DRAIN: Duration = Duration::from_secs(120);
+
+    /// What one client saw.
+    #[derive(Default)]
+    struct Tally {
+        submitted: Vec<String>,
+        completed: usize,
+        /// Requests sent: submits and polls.
+        requests: usize,
+        /// Jobs this client gave up on: not final by the drain deadline.
+        unfinished: Vec<String>,
+        submit: Vec<Duration>,
+        done: Vec<Duration>,
+        /// When each job was seen done, from the start.
+        done_at: Vec<Duration>,
+        errors: BTreeMap<String, usize>,
+    }
+
+    impl Tally {
+        fn error(&mut self, what: &str, e: impl std::fmt::Display) {
+            *self.errors.entry(format!("{what}: {e}")).or_default() += 1;
+        }
+
+        fn merge(&mut self, other: Tally) {
+            self.submitted.extend(other.submitted);
+            self.completed += other.completed;
+            self.requests += other.requests;
+            self.unfinished.extend(other.unfinished);
+            self.submit.extend(other.submit);
+            self.done.extend(other.done);
+            self.done_at.extend(other.done_at);
+            for (e, n) in other.errors {
+                *self.errors.entry(e).or_default() += n;
+            }
+        }
+    }
+
+    /// A tenant: its admin's client, its analyst's token, its job submission.
+    struct Tenant {
+        name: String,
+        admin: Client,
+        analyst: String,
+        submit: Value,
+    }
+
+    pub(super) fn run(
+        seconds: u64,
+        clients: usize,
+        report: &mut impl FnMut(Figure),
+    ) -> anyhow::Result<ExitCode> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let dir = tempfile::tempdir()?;
+        let config = DaemonConfig {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            data_dir: dir.path().join("data"),
+            jobs: JobLimits {
+                concurrent: cores,
+                per_tenant: cores,
+                queued_per_tenant: 1_000_000,
+                ..JobLimits::default()
+            },
+            ..DaemonConfig::default()
+        };
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().join("cache")),
+            ..RuntimeConfig::default()
+        })?;
+        let tokio =
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+        let (daemon, first) = tokio.block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))?;
+        let base = format!("http://{}", daemon.local_addr());
+        let operator = Client::new(&base, Some(first.operator_token.context("a first start has a token")?));
+        let tenants = (0..TENANTS)
+            .map(|i| tenant(&operator, &format!("load{i}"), i as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        eprintln!(
+            "daemon on {base}: {TENANTS} tenants of {ROWS} rows, jobs {cores} at once; {clients} clients for {seconds} s"
+        );
+
+        let tenants = Arc::new(tenants);
+        let start = Arc::new(Barrier::new(clients + 1));
+        let total = Arc::new(Mutex::new(Tally::default()));
+        let threads: Vec<_> = (0..clients)
+            .map(|i| {
+                let (tenants, start, total) = (tenants.clone(), start.clone(), total.clone());
+                std::thread::Builder::new()
+                    .name(format!("client-{i}"))
+                    .spawn(move || {
+                        let tenant = &tenants[i % TENANTS];
+                        // Its own client, as a separate process would have.
+                        let analyst = Client::new(tenant.admin.base(), Some(tenant.analyst.clone()));
+                        start.wait();
+                        let tally =
+                            client(&analyst, &tenant.submit, Instant::now(), Duration::from_secs(seconds));
+                        total.lock().expect("lock").merge(tally);
+                    })
+                    .context("cannot start a client thread")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        start.wait();
+        let began = Instant::now();
+        // A request that reads nothing, every 100 ms: how long a request
+        // waits for the daemon's threads at all.
+        let probe = Client::new(&base, None);
+        let end = began + Duration::from_secs(seconds);
+        let mut health = Vec::new();
+        while Instant::now() < end {
+            let sent = Instant::now();
+            if probe.raw("GET", "/health", None).is_ok_and(|r| r.status == 200) {
+                health.push(sent.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for thread in threads {
+            if thread.join().is_err() {
+                bail!("a client thread panicked");
+            }
+        }
+        let elapsed = began.elapsed();
+        let mut tally = std::mem::take(&mut *total.lock().expect("lock"));
+
+        // The daemon's own account: every submitted job there and final.
+        let mut lost = tally.unfinished.len();
+        let mut known = 0;
+        for tenant in tenants.iter() {
+            let jobs: Vec<Job> = tenant.admin.get(&format!("/v1/tenants/{}/jobs", tenant.name))?;
+            known += jobs.len();
+            lost += jobs.iter().filter(|j| !j.state.is_final() && !tally.unfinished.contains(&j.id)).count();
+            let export: AuditExport = tenant.admin.get(&format!("/v1/tenants/{}/audit", tenant.name))?;
+            if let Err(e) = kanon_daemon::verify(&tenant.name, &export.entries, &export.head) {
+                tally.error("audit chain", format!("{}: {e:?}", tenant.name));
+            }
+        }
+        if known != tally.submitted.len() {
+            tally.error(
+                "daemon's job count",
+                format!("{known} jobs, clients submitted {}", tally.submitted.len()),
+            );
+            lost += tally.submitted.len().saturating_sub(known);
+        }
+        tokio.block_on(daemon.shutdown());
+
+        let errors: usize = tally.errors.values().sum();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let at = |times: &mut Vec<Duration>, q: f64| {
+            times.sort();
+            times.get(((times.len().max(1) - 1) as f64 * q).round() as usize).map_or(f64::NAN, |d| ms(*d))
+        };
+        report(Figure { name: "load_clients", value: clients as f64, unit: "threads" });
+        report(Figure {
+            name: "load_seconds",
+            value: elapsed.as_secs_f64(),
+            unit: "s, submitting and draining",
+        });
+        report(Figure { name: "load_jobs_submitted", value: tally.submitted.len() as f64, unit: "jobs" });
+        report(Figure { name: "load_jobs_completed", value: tally.completed as f64, unit: "jobs" });
+        report(Figure { name: "load_errors", value: errors as f64, unit: "errors" });
+        report(Figure { name: "load_lost_jobs", value: lost as f64, unit: "jobs" });
+        report(Figure {
+            name: "load_jobs_per_s",
+            value: tally.completed as f64 / elapsed.as_secs_f64(),
+            unit: "jobs/s",
+        });
+        report(Figure {
+            name: "load_requests_per_s",
+            value: tally.requests as f64 / elapsed.as_secs_f64(),
+            unit: "requests/s, submits and polls",
+        });
+        // Whether the rate holds as jobs pile up in the control database.
+        let quarter = Duration::from_secs(seconds).max(Duration::from_secs(4)) / 4;
+        let rate = |from: Duration| {
+            let done = tally.done_at.iter().filter(|at| (from..from + quarter).contains(at)).count();
+            done as f64 / quarter.as_secs_f64()
+        };
+        report(Figure { name: "load_jobs_per_s_first_quarter", value: rate(Duration::ZERO), unit: "jobs/s" });
+        report(Figure {
+            name: "load_jobs_per_s_last_quarter",
+            value: rate(Duration::from_secs(seconds).saturating_sub(quarter)),
+            unit: "jobs/s",
+        });
+        report(Figure { name: "load_submit_p50", value: at(&mut tally.submit, 0.5), unit: "ms" });
+        report(Figure { name: "load_submit_p99", value: at(&mut tally.submit, 0.99), unit: "ms" });
+        report(Figure {
+            name: "load_done_p50",
+            value: at(&mut tally.done, 0.5),
+            unit: "ms, submit to seen done",
+        });
+        report(Figure {
+            name: "load_done_p99",
+            value: at(&mut tally.done, 0.99),
+            unit: "ms, submit to seen done",
+        });
+        report(Figure { name: "load_health_p50", value: at(&mut health, 0.5), unit: "ms, GET /health" });
+        report(Figure { name: "load_health_p99", value: at(&mut health, 0.99), unit: "ms, GET /health" });
+        for (error, count) in &tally.errors {
+            eprintln!("error x{count}: {error}");
+        }
+        if errors > 0 || lost > 0 {
+            eprintln!("the load run had {errors} errors and {lost} lost jobs");
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// A tenant with its trips, an admin, an analyst and an approval of the
+    /// emissions plugin.
+    fn tenant(operator: &Client, name: &str, seed: u64) -> anyhow::Result<Tenant> {
+        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": name}))?;
+        let token = |role: Role, who: &str, tenant: Option<&str>| -> anyhow::Result<String> {
+            let issued: Value =
+                operator.send("POST", "/v1/tokens", &json!({"role": role, "name": who, "tenant": tenant}))?;
+            Ok(issued["token"].as_str().context("a token")?.to_owned())
+        };
+        let admin =
+            operator.with_token(Some(token(Role::TenantAdmin, &format!("{name}-admin"), Some(name))?));
+        let analyst_name = format!("{name}-analyst");
+        let analyst_token = token(Role::Analyst, &analyst_name, None)?;
+        let analyst = operator.with_token(Some(analyst_token.clone()));
+        let mut csv = Vec::new();
+        datagen::trips(&mut csv, ROWS, 60, seed)?;
+        let _: Value = admin.upload(
+            "PUT",
+            &format!("/v1/tenants/{name}/datasets/trips?format=csv&entity=driver_id"),
+            "text/csv",
+            std::io::Cursor::new(csv),
+        )?;
+        let plugin: Value = analyst.call(
+            "POST",
+            "/v1/plugins",
+            Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)),
+        )?;
+        let input = &plugin["manifest"]["inputs"][0];
+        let names = |list: &Value| -> Vec<Value> {
+            list.as_array().into_iter().flatten().map(|item| item["name"].clone()).collect()
+        };
+        let approval: Value = admin.send(
+            "POST",
+            &format!("/v1/tenants/{name}/approvals"),
+            &json!({
+                "plugin": plugin["hash"], "analyst": analyst_name, "ttl_secs": 86_400,
+                "outputs": names(&plugin["manifest"]["outputs"]),
+                "datasets": {input["name"].as_str().context("an input")?:
+                             {"dataset": "trips", "columns": names(&input["columns"])}},
+            }),
+        )?;
+        let submit = json!({"tenant": name, "plugin": plugin["hash"], "approval": approval["id"],
+                            "datasets": {input["name"].as_str().context("an input")?: "trips"}});
+        Ok(Tenant { name: name.to_owned(), admin, analyst: analyst_token, submit })
+    }
+
+    /// Submit a job, poll it until it is done, again, for `seconds` from `began`.
+    fn client(analyst: &Client, submit: &Value, began: Instant, seconds: Duration) -> Tally {
+        let end = began + seconds;
+        let mut tally = Tally::default();
+        while Instant::now() < end {
+            let submitted = Instant::now();
+            tally.requests += 1;
+            let job: Job = match analyst.send("POST", "/v1/jobs", submit) {
+                Ok(job) => job,
+                Err(e) => {
+                    tally.error("submit", describe(&e));
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+            };
+            tally.submit.push(submitted.elapsed());
+            tally.submitted.push(job.id.clone());
+            let deadline = Instant::now().max(end) + DRAIN;
+            loop {
+                std::thread::sleep(POLL);
+                tally.requests += 1;
+                match analyst.get::<Job>(&format!("/v1/jobs/{}", job.id)) {
+                    Ok(now) if now.state == JobState::Succeeded => {
+                        tally.done.push(submitted.elapsed());
+                        tally.done_at.push(began.elapsed());
+                        tally.completed += 1;
+                        break;
+                    }
+                    Ok(now) if now.state.is_final() => {
+                        tally.error("job", format!("{} ({:?})", now.state.name(), now.failure));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tally.error("poll", describe(&e)),
+                }
+                if Instant::now() > deadline {
+                    tally.unfinished.push(job.id.clone());
+                    break;
+                }
+            }
+        }
+        tally
+    }
+
+    /// An error without the parts that differ per call (ids).
+    fn describe(e: &ClientError) -> String {
+        match e {
+            ClientError::Api { status, code, message } => {
+                let message: String = message.split('`').step_by(2).collect::<Vec<_>>().join("`…`");
+                format!("HTTP {status} {code}: {message}")
+            }
+            other => other.to_string(),
+        }
+    }
 }
