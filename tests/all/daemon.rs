@@ -279,6 +279,28 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
 }
 
 #[test]
+fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let intruder = d.tenant("other");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let before = audit(&admin, "acme").entries.len();
+    assert_eq!(intruder.raw("GET", "/v1/tenants/acme/audit", None).unwrap().status, 403);
+    assert_eq!(analyst.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
+    // Without a token: refused and counted, but not written to the log.
+    assert_eq!(
+        d.operator.with_token(None).raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status,
+        401
+    );
+    let export = audit(&admin, "acme");
+    let refused: Vec<_> = export.entries[before..].iter().filter(|e| e.action == "access.refused").collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].actor.starts_with("tenant-admin other-admin"), "{:?}", refused[0]);
+    assert!(refused[1].detail["what"].as_str().unwrap().contains("as analyst"), "{:?}", refused[1]);
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+}
+
+#[test]
 fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let d = TestDaemon::start();
     let admin = d.tenant("acme");
@@ -320,10 +342,16 @@ fn support_staff_read_job_metadata_only_under_a_live_grant_and_every_use_is_audi
         .iter()
         .filter(|a| ["support.grant", "support.use", "support.revoke", "access.refused"].contains(a))
         .collect();
-    assert_eq!(
-        uses,
-        [&"access.refused", &"support.grant", &"support.use", &"support.revoke", &"access.refused"]
-    );
+    // The refusals: jobs before the grant, datasets under it, jobs after it.
+    let expected = [
+        "access.refused",
+        "support.grant",
+        "support.use",
+        "access.refused",
+        "support.revoke",
+        "access.refused",
+    ];
+    assert_eq!(uses, expected.iter().collect::<Vec<_>>());
 
     // A grant expires by itself.
     let _: Value =

@@ -63,7 +63,7 @@ async fn create_approval(
     PathArgs(tenant): PathArgs<String>,
     JsonBody(new): JsonBody<NewApproval>,
 ) -> Result<(StatusCode, axum::Json<Approval>)> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     check_name("analyst", &new.analyst)?;
     if !(1..=MAX_APPROVAL_SECS).contains(&new.ttl_secs) {
         return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_APPROVAL_SECS}")));
@@ -133,7 +133,7 @@ async fn list_approvals(
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<Approval>>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let all: Vec<Approval> = app.store.read()?.all(APPROVALS)?;
     Ok(axum::Json(all.into_iter().filter(|a| a.tenant == tenant).collect()))
 }
@@ -147,7 +147,7 @@ async fn revoke_approval(
     Extension(caller): Extension<Caller>,
     PathArgs((tenant, id)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<Approval>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let approval = app.store.write(|w| {
         let mut approval: Approval = w
             .get(APPROVALS, &id)?

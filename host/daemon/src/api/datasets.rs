@@ -101,7 +101,7 @@ async fn upload_dataset(
     QueryArgs(args): QueryArgs<UploadArgs>,
     body: Body,
 ) -> Result<(StatusCode, axum::Json<VersionInfo>)> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     check_name("dataset", &dataset)?;
     app.store
         .read()?
@@ -199,7 +199,7 @@ async fn list_datasets(
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<VersionInfo>>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     match app.vault.datasets(&tenant) {
         Ok(list) => Ok(axum::Json(list)),
         // A tenant with nothing ingested yet has no vault record.
@@ -218,7 +218,7 @@ async fn delete_dataset(
     Extension(caller): Extension<Caller>,
     PathArgs((tenant, dataset)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<VersionInfo>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let now = crate::now_ms();
     let approvals: Vec<crate::approvals::Approval> = app.store.read()?.all(crate::store::APPROVALS)?;
     if let Some(a) = approvals

@@ -249,6 +249,10 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
     };
     if !roles.contains(&caller.role) {
         app.metrics.refusal("role");
+        if let Some(tenant) = tenant_in_path(&path, request.uri().path()) {
+            let what = format!("{} {path} as {}", request.method(), caller.role);
+            audit_refusal(&app, &caller, tenant, &what);
+        }
         return Error::Forbidden(format!("this route is not open to {} tokens", caller.role)).into_response();
     }
     tracing::debug!(token = %caller.token_id, role = %caller.role, "authorized");
@@ -317,11 +321,33 @@ impl IntoResponse for Error {
     }
 }
 
-/// The caller must be the admin of `tenant`.
-pub(crate) fn tenant_admin_of(caller: &Caller, tenant: &str) -> Result<(), Error> {
+/// The caller must be the admin of `tenant`. A refusal is written to that
+/// tenant's audit log.
+pub(crate) fn tenant_admin_of(app: &App, caller: &Caller, tenant: &str) -> Result<(), Error> {
     if caller.role == TenantAdmin && caller.tenant.as_deref() == Some(tenant) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(format!("this token is not a tenant admin of `{tenant}`")))
+        return Ok(());
     }
+    audit_refusal(app, caller, tenant, "a route of another tenant");
+    Err(Error::Forbidden(format!("this token is not a tenant admin of `{tenant}`")))
+}
+
+/// Write an authenticated caller's refused access to `tenant`'s chain, if
+/// there is such a tenant. Anonymous refusals are only counted: anyone could
+/// fill a tenant's log with them.
+fn audit_refusal(app: &App, caller: &Caller, tenant: &str, what: &str) {
+    let written = app.store.write(|w| {
+        if w.get::<crate::tenants::TenantRecord>(crate::store::TENANTS, tenant)?.is_some() {
+            w.audit(tenant, &caller.actor(), "access.refused", serde_json::json!({"what": what}))?;
+        }
+        Ok::<_, crate::StoreError>(())
+    });
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot audit a refused access");
+    }
+}
+
+/// The `{tenant}` segment of a request path, given its route template.
+fn tenant_in_path<'a>(template: &str, path: &'a str) -> Option<&'a str> {
+    let position = template.split('/').position(|segment| segment == "{tenant}")?;
+    path.split('/').nth(position)
 }

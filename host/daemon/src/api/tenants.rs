@@ -199,7 +199,7 @@ async fn get_policy(
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<PolicyLayer>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let record: TenantRecord = app
         .store
         .read()?
@@ -219,7 +219,7 @@ async fn set_policy(
     PathArgs(tenant): PathArgs<String>,
     JsonBody(policy): JsonBody<PolicyLayer>,
 ) -> Result<axum::Json<PolicyLayer>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     tenants::check_policy(&app.config.floor, &policy)?;
     app.store.write(|w| {
         let mut record = tenants::get(w, &tenant)?;
@@ -240,7 +240,7 @@ async fn tenant_audit(
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<AuditExport>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let (entries, head) = app.store.read()?.audit(&tenant)?;
     Ok(axum::Json(AuditExport { chain: tenant, head, entries }))
 }
@@ -265,7 +265,7 @@ async fn create_grant(
     PathArgs(tenant): PathArgs<String>,
     JsonBody(new): JsonBody<NewGrant>,
 ) -> Result<(StatusCode, axum::Json<SupportGrant>)> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     if !(1..=MAX_GRANT_SECS).contains(&new.ttl_secs) {
         return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_GRANT_SECS}")));
     }
@@ -304,7 +304,7 @@ async fn list_grants(
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<SupportGrant>>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let grants: Vec<SupportGrant> = app.store.read()?.all(GRANTS)?;
     Ok(axum::Json(grants.into_iter().filter(|g| g.tenant == tenant).collect()))
 }
@@ -318,7 +318,7 @@ async fn revoke_grant(
     Extension(caller): Extension<Caller>,
     PathArgs((tenant, id)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<SupportGrant>> {
-    tenant_admin_of(&caller, &tenant)?;
+    tenant_admin_of(&app, &caller, &tenant)?;
     let grant = app.store.write(|w| {
         let mut grant: SupportGrant = w
             .get(GRANTS, &id)?
@@ -339,7 +339,7 @@ async fn revoke_grant(
 /// grant, and every use is audited in the tenant's chain (refusals too).
 pub(crate) fn support_access(app: &App, caller: &Caller, tenant: &str, what: &str) -> Result<()> {
     if caller.role != Role::Operator {
-        return tenant_admin_of(caller, tenant);
+        return tenant_admin_of(app, caller, tenant);
     }
     let now = now_ms();
     app.store.write(|w| {
