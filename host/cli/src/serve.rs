@@ -26,35 +26,33 @@ pub fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCo
     let tokio =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     tokio.block_on(async move {
+        // Listening for the signals before the daemon answers: a SIGTERM
+        // right after start still stops it gracefully.
+        let stop = shutdown_signal()?;
         let (daemon, first) = Daemon::start(config, kek, runtime).await?;
         if let Some(token) = first.operator_token {
             println!("operator token (shown once; keep it safe): {token}");
         }
         eprintln!("kanon daemon listening on http://{}", daemon.local_addr());
-        shutdown_signal().await;
+        stop.await;
         eprintln!("stopping: finishing running jobs");
         daemon.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or Ctrl-C, registered now, awaited later.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -290,6 +290,11 @@ impl Scheduler {
     pub fn spawn(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         tokio::spawn(async move {
             loop {
+                // Checked before every dispatch: a wake-up may win the
+                // select below over the stop signal.
+                if *stopped.borrow() {
+                    break;
+                }
                 if let Err(e) = dispatch(&app) {
                     tracing::error!(error = %e, "the scheduler could not read the queue");
                 }

@@ -112,8 +112,7 @@ impl Daemon {
         if interrupted > 0 {
             tracing::warn!(interrupted, "jobs that were running when the daemon stopped are marked failed");
         }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = listen(config.listen)
             .map_err(|e| StartError::Listen { addr: config.listen, detail: e.to_string() })?;
         let addr = listener
             .local_addr()
@@ -164,6 +163,17 @@ impl Daemon {
             tracing::warn!(?grace, "jobs still running at the shutdown deadline are abandoned");
         }
     }
+}
+
+/// Bind with a deep accept backlog: with tokio's default of 128, a burst of
+/// clients overflows the kernel's queue and each dropped connection waits a
+/// second for its retry.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StartError + '_ {
