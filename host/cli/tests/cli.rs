@@ -233,6 +233,31 @@ fn vault_flags(dir: &Dir) -> Vec<String> {
     vec!["--data-dir".into(), data.display().to_string(), "--key-file".into(), key.display().to_string()]
 }
 
+/// README's first command, smaller: every role through an embedded
+/// daemon's API, both plugins released, both audit logs verified.
+#[test]
+fn the_demo_walks_every_role_through_the_daemon() {
+    let dir = Dir::new();
+    let out = kanon(&dir, &["demo", "--trips", "30000", "--drivers", "300", "--employees", "2000"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for expected in [
+        "Started an embedded daemon at http://127.0.0.1:",
+        "fleetco: ingested 30000 rows",
+        "co2_intensity:",
+        "peoplefirst: ingested 2000 rows",
+        "absence:",
+    ] {
+        assert!(stdout.contains(expected), "`{expected}` missing:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("audit log verifies").count(), 2, "{stdout}");
+    let json =
+        kanon(&dir, &["demo", "--trips", "30000", "--drivers", "300", "--employees", "2000", "--json"]);
+    let releases: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(releases["fleetco"]["tables"][0]["cells"].is_array(), "{releases}");
+    assert!(releases["peoplefirst"]["tables"][0]["cells"].is_array(), "{releases}");
+}
+
 fn kanon_vault_cmd(dir: &Dir, command: &[&str]) -> Output {
     let flags = vault_flags(dir);
     let mut args: Vec<&str> = command.to_vec();
