@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use kanon_daemon::approvals::covering;
 use kanon_daemon::client::{Client, ClientError};
+use kanon_daemon::registry::PluginRecord;
 use kanon_daemon::{AuditExport, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -144,7 +146,7 @@ fn revoked_or<'a>(item: &Value, live: &'a str) -> &'a str {
     if item["revoked_ms"].is_null() { live } else { "revoked" }
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -563,8 +565,7 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let value: Value = match args.command {
         ApprovalsCommand::Grant { tenant, plugin, analyst, datasets, params, params_schema, ttl } => {
-            let record: Value = client.get(&format!("/v1/plugins/{plugin}"))?;
-            let manifest = &record["manifest"];
+            let record: PluginRecord = client.get(&format!("/v1/plugins/{plugin}"))?;
             let mapping: BTreeMap<String, String> = datasets
                 .iter()
                 .map(|spec| {
@@ -574,16 +575,9 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
                     Ok((name.to_owned(), dataset.to_owned()))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let mut approved = serde_json::Map::new();
-            for need in list_of(manifest["inputs"].clone()) {
-                let name = text(&need["name"]);
-                let columns: Vec<Value> =
-                    list_of(need["columns"].clone()).iter().map(|c| c["name"].clone()).collect();
-                let dataset = mapping.get(&name).cloned().unwrap_or_else(|| name.clone());
-                approved.insert(name, json!({"dataset": dataset, "columns": columns}));
-            }
-            let outputs: Vec<Value> =
-                list_of(manifest["outputs"].clone()).iter().map(|t| t["name"].clone()).collect();
+            let (approved, outputs) = covering(&record.manifest, |name| {
+                mapping.get(name).cloned().unwrap_or_else(|| name.to_owned())
+            });
             let mut body = json!({"plugin": plugin, "analyst": analyst, "datasets": approved, "outputs": outputs,
                                   "ttl_secs": duration_secs(&ttl)?});
             match params_schema {
@@ -757,7 +751,7 @@ fn job_row(job: &Value) -> Vec<String> {
 }
 
 /// Poll a job until it ends, showing its state on stderr.
-fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
+pub(crate) fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut last = String::new();
     loop {

@@ -7,16 +7,19 @@
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
+use kanon_daemon::approvals::covering;
 use kanon_daemon::client::Client;
+use kanon_daemon::registry::PluginRecord;
 use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
 use kanon_gate::Release;
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
+use crate::client_cmd::{self, text};
 use crate::{datagen, render, runner};
 
 #[derive(Debug, Args)]
@@ -139,14 +142,10 @@ fn walk(
             started.elapsed().as_secs_f64()
         ));
 
-        let plugin: Value = analyst.call("POST", "/v1/plugins", Some(("application/wasm", tenant.plugin)))?;
-        let manifest = &plugin["manifest"];
-        say(format!(
-            "ana: uploaded plugin {} {} ({})",
-            text(&manifest["name"]),
-            text(&manifest["version"]),
-            short(&plugin["hash"])
-        ));
+        let plugin: PluginRecord =
+            analyst.call("POST", "/v1/plugins", Some(("application/wasm", tenant.plugin)))?;
+        let manifest = &plugin.manifest;
+        say(format!("ana: uploaded plugin {} {} ({})", manifest.name, manifest.version, &plugin.hash[..16]));
 
         let approval = approve(&admin, tenant, &plugin)?;
         say(format!(
@@ -159,11 +158,11 @@ fn walk(
         let job: Value = analyst.send(
             "POST",
             "/v1/jobs",
-            &json!({"tenant": tenant.name, "plugin": plugin["hash"], "approval": approval["id"],
+            &json!({"tenant": tenant.name, "plugin": plugin.hash, "approval": approval["id"],
                     "datasets": {tenant.dataset: tenant.dataset}}),
         )?;
         let id = text(&job["id"]);
-        let done = wait(&analyst, &id)?;
+        let done = client_cmd::follow(&analyst, &id, false)?;
         if done["state"] != "succeeded" {
             say(format!(
                 "ana: job {id} {}: {}; nothing was released",
@@ -195,41 +194,11 @@ fn walk(
 
 /// Approve `plugin` on the tenant's dataset: every column and output the
 /// manifest declares, default params, a day.
-fn approve(admin: &Client, tenant: &DemoTenant, plugin: &Value) -> anyhow::Result<Value> {
-    let manifest = &plugin["manifest"];
-    let mut datasets = serde_json::Map::new();
-    for need in manifest["inputs"].as_array().into_iter().flatten() {
-        let columns: Vec<&Value> =
-            need["columns"].as_array().into_iter().flatten().map(|c| &c["name"]).collect();
-        datasets.insert(text(&need["name"]), json!({"dataset": tenant.dataset, "columns": columns}));
-    }
-    let outputs: Vec<&Value> =
-        manifest["outputs"].as_array().into_iter().flatten().map(|t| &t["name"]).collect();
+fn approve(admin: &Client, tenant: &DemoTenant, plugin: &PluginRecord) -> anyhow::Result<Value> {
+    let (datasets, outputs) = covering(&plugin.manifest, |_| tenant.dataset.to_owned());
     Ok(admin.send(
         "POST",
         &format!("/v1/tenants/{}/approvals", tenant.name),
-        &json!({"plugin": plugin["hash"], "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 86_400}),
+        &json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 86_400}),
     )?)
-}
-
-fn wait(client: &Client, id: &str) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let job: Value = client.get(&format!("/v1/jobs/{id}"))?;
-        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-            return Ok(job);
-        }
-        if Instant::now() > deadline {
-            bail!("job {id} did not finish in 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(value: &Value) -> String {
-    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
-}
-
-fn short(hash: &Value) -> String {
-    text(hash).chars().take(16).collect()
 }

@@ -98,6 +98,20 @@ impl Approval {
     }
 }
 
+/// Why approval `id` (as `write` sees it) does not cover `ask`, if it does
+/// not: the one check behind both submitting and starting a job.
+pub(crate) fn refusal(
+    write: &crate::store::Write<'_>,
+    id: &str,
+    ask: &JobAsk<'_>,
+) -> Result<Option<String>, crate::StoreError> {
+    let approval: Option<Approval> = write.get(crate::store::APPROVALS, id)?;
+    Ok(match approval.filter(|a| a.tenant == ask.tenant) {
+        Some(approval) => approval.uncovered(ask, crate::now_ms()),
+        None => Some(format!("no approval `{id}` of tenant `{}`", ask.tenant)),
+    })
+}
+
 /// Whether `schema` compiles: checked when the approval is made.
 pub fn check_schema(schema: &serde_json::Value) -> Result<(), String> {
     jsonschema::validator_for(schema)
@@ -112,6 +126,24 @@ fn schema_allows(schema: &serde_json::Value, params: &serde_json::Value) -> Resu
         Some(error) => Err(format!("{error} (at `{}`)", error.instance_path())),
         None => Ok(()),
     }
+}
+
+/// A grant of everything `manifest` declares: each dataset it reads (as the
+/// tenant's dataset `dataset_for` names), with every column it reads, and
+/// every output table. What the CLI and the demo approve by default.
+pub fn covering(
+    manifest: &Manifest,
+    dataset_for: impl Fn(&str) -> String,
+) -> (BTreeMap<String, ApprovedDataset>, Vec<String>) {
+    let datasets = manifest
+        .inputs
+        .iter()
+        .map(|need| {
+            let columns = need.columns.iter().map(|c| c.name.clone()).collect();
+            (need.name.clone(), ApprovedDataset { dataset: dataset_for(&need.name), columns })
+        })
+        .collect();
+    (datasets, manifest.outputs.iter().map(|t| t.name.clone()).collect())
 }
 
 /// Check a new approval against the plugin's manifest: every dataset the

@@ -16,10 +16,10 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use utoipa::ToSchema;
 
-use crate::approvals::{Approval, JobAsk};
+use crate::approvals::{self, JobAsk};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
-use crate::store::{APPROVALS, JOBS, OWNER_LOGS, RESULTS, TENANTS, Write};
+use crate::store::{JOBS, OWNER_LOGS, RESULTS, TENANTS, Write};
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
 
@@ -126,7 +126,6 @@ pub(crate) fn submit(
     let tenant: TenantRecord = write
         .get(TENANTS, &ask.tenant)?
         .ok_or_else(|| Error::NotFound(format!("tenant `{}`", ask.tenant)))?;
-    let approval: Option<Approval> = write.get(APPROVALS, &ask.approval)?;
     let params = ask.params.clone().unwrap_or_else(|| json!({}));
     let job_ask = JobAsk {
         tenant: &tenant.name,
@@ -135,14 +134,7 @@ pub(crate) fn submit(
         datasets: &ask.datasets,
         params: &params,
     };
-    let refusal = match &approval {
-        None => Some(format!("no approval `{}` of tenant `{}`", ask.approval, tenant.name)),
-        Some(approval) if approval.tenant != tenant.name => {
-            Some(format!("no approval `{}` of tenant `{}`", ask.approval, tenant.name))
-        }
-        Some(approval) => approval.uncovered(&job_ask, now_ms()),
-    };
-    if let Some(reason) = refusal {
+    if let Some(reason) = approvals::refusal(write, &ask.approval, &job_ask)? {
         write.audit(
             &tenant.name,
             actor,
@@ -392,7 +384,6 @@ fn start(app: &App, id: &str) -> Result<Option<Job>> {
             return Ok(None);
         }
         w.dequeue(job.seq)?;
-        let approval: Option<Approval> = w.get(APPROVALS, &job.approval)?;
         let ask = JobAsk {
             tenant: &job.tenant,
             plugin: &job.plugin,
@@ -400,11 +391,7 @@ fn start(app: &App, id: &str) -> Result<Option<Job>> {
             datasets: &job.datasets,
             params: &job.params,
         };
-        let refusal = match approval {
-            Some(approval) => approval.uncovered(&ask, now_ms()),
-            None => Some(format!("approval {} no longer exists", job.approval)),
-        };
-        if let Some(reason) = refusal {
+        if let Some(reason) = approvals::refusal(w, &job.approval, &ask)? {
             job.state = JobState::Failed;
             job.failure = Some("not-approved".into());
             job.finished_ms = Some(now_ms());
