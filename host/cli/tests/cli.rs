@@ -382,9 +382,20 @@ fn random_below(bound: u64) -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now()) % bound
 }
 
+/// Tests that time a process and then kill it at a moment inside that time
+/// take this lock, as do the CPU-heavy daemon tests: on two cores, a daemon
+/// ingesting millions of rows next door skews the timing, and the kills then
+/// miss.
+static TIMED_PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timed_processes() -> std::sync::MutexGuard<'static, ()> {
+    TIMED_PROCESSES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
     use std::os::unix::process::ExitStatusExt;
+    let _alone = timed_processes();
     let dir = Dir::new();
     let mut csv = String::from("driver_id,region,km,note\n");
     for i in 0..600_000 {
@@ -745,6 +756,7 @@ mod serve {
 
     #[test]
     fn after_a_sigkill_queued_jobs_run_and_the_running_one_is_marked_interrupted() {
+        let _alone = super::timed_processes();
         let dir = Dir::new();
         let (served, operator) = Served::start(&dir, "first");
         let (tokens, submit) =
@@ -809,6 +821,7 @@ mod serve {
 
     #[test]
     fn sigterm_lets_the_running_job_finish_and_exits_0() {
+        let _alone = super::timed_processes();
         let dir = Dir::new();
         let (mut served, operator) = Served::start(&dir, "first");
         let (tokens, submit) =
