@@ -18,6 +18,7 @@
 //! No wasmtime and no I/O: this crate compiles and tests in seconds.
 
 mod accumulator;
+mod benchmark;
 mod entities;
 mod policy;
 mod prefetch;
@@ -29,6 +30,10 @@ mod tally;
 
 pub use accumulator::MAX_MEASURES;
 pub use accumulator::{Contributions, TableAccumulator};
+pub use benchmark::{
+    BenchmarkRelease, CellHistory, MAX_BANDS, OwnPosition, PositionCell, PositionTable, RankBand,
+    ReleaseHistory, TableHistory,
+};
 pub use entities::IssuedEntities;
 pub use policy::{Dominance, ExcessContributions, Policy, PolicyError, PolicyLayer};
 pub use release::{

@@ -68,6 +68,11 @@ pub struct TenantIntake {
 pub struct ReleasedCell {
     pub key: Vec<String>,
     pub values: Option<Vec<f64>>,
+    /// Benchmark versions only: the cell's contributing tenants changed too
+    /// little since an earlier version for a new value to be safe, so the
+    /// values are those released in version `held_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_from: Option<u64>,
 }
 
 /// One released table: every cell of its domain (then its totals, when it
@@ -79,6 +84,13 @@ pub struct ReleasedTable {
     pub statistics: Vec<String>,
     pub cells: Vec<ReleasedCell>,
     pub suppressed_cells: usize,
+    /// Benchmark versions only: cells that show an earlier version's values.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_cells: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What a run releases.
@@ -188,7 +200,15 @@ impl Gate {
     /// Apply the release rules to every tenant's intake and produce what may
     /// leave the host.
     pub fn release(&self, intakes: &[TenantIntake]) -> Release {
-        let by_tenant = self.scope == Scope::Benchmark;
+        let (tallies, mut hidden) = self.primary_all(intakes, self.scope);
+        self.protect(&tallies, &mut hidden);
+        self.assemble(&tallies, &hidden, self.scope)
+    }
+
+    /// Tally every table over `intakes` and mark the cells the primary rules
+    /// of `scope` suppress.
+    pub(crate) fn primary_all(&self, intakes: &[TenantIntake], scope: Scope) -> (Vec<Tally>, Vec<Vec<bool>>) {
+        let by_tenant = scope == Scope::Benchmark;
         let mut tallies = Vec::with_capacity(self.specs.len());
         let mut hidden = Vec::with_capacity(self.specs.len());
         for (t, spec) in self.specs.iter().enumerate() {
@@ -196,10 +216,15 @@ impl Gate {
             let summed = spec.summed_measures();
             let tally =
                 Tally::new(&self.shapes[t], &tenants, &summed, self.policy.dominance.n as usize, by_tenant);
-            hidden.push(self.primary(&summed, &tally));
+            hidden.push(self.primary(&summed, &tally, scope));
             tallies.push(tally);
         }
+        (tallies, hidden)
+    }
 
+    /// Complementary suppression: hide more cells until no hidden cell can
+    /// be recovered by arithmetic on released ones.
+    pub(crate) fn protect(&self, tallies: &[Tally], hidden: &mut [Vec<bool>]) {
         for family in &self.families {
             let mut linked = vec![false; family.cells()];
             let mut cost = vec![0u64; family.cells()];
@@ -213,21 +238,34 @@ impl Gate {
                 hidden[t].copy_from_slice(&linked[family.member_vars(m)]);
             }
         }
+    }
 
+    /// The release of tallied tables with `hidden` cells suppressed.
+    pub(crate) fn assemble(&self, tallies: &[Tally], hidden: &[Vec<bool>], scope: Scope) -> Release {
         Release {
-            scope: self.scope,
+            scope,
             policy: self.policy.clone(),
             tables: (0..self.specs.len()).map(|t| self.released(t, &tallies[t], &hidden[t])).collect(),
         }
     }
 
+    /// The output tables.
+    pub(crate) fn specs(&self) -> &[TableSpec] {
+        &self.specs
+    }
+
+    /// The scope this gate was made for.
+    pub(crate) fn scope(&self) -> Scope {
+        self.scope
+    }
+
     /// Primary suppression of every released cell of one table; `summed`
     /// are the measures whose sums it releases.
-    fn primary(&self, summed: &[usize], tally: &Tally) -> Vec<bool> {
+    fn primary(&self, summed: &[usize], tally: &Tally, scope: Scope) -> Vec<bool> {
         let policy = &self.policy;
         // The largest tenant share is the (1, share%) rule over tenants.
         let tenant_share = Dominance { n: 1, percent: policy.max_tenant_percent };
-        let benchmark = self.scope == Scope::Benchmark;
+        let benchmark = scope == Scope::Benchmark;
         let n = policy.dominance.n as usize;
         (0..tally.entities.len())
             .map(|cell| {
@@ -269,25 +307,8 @@ impl Gate {
                         }
                     })
                     .collect();
-                if hidden[cell] {
-                    return ReleasedCell { key, values: None };
-                }
-                let sum = |name: &str| {
-                    let m = spec.measure_index(name).expect("validated statistic");
-                    tally.sum(cell, m) as f64 / scales[m]
-                };
-                let count = tally.entities[cell] as f64;
-                let values = spec
-                    .statistics
-                    .iter()
-                    .map(|s| match s {
-                        Statistic::Count => count,
-                        Statistic::Sum(m) => sum(m),
-                        Statistic::Mean(m) => sum(m) / count,
-                        Statistic::Ratio(a, b) => sum(a) / sum(b),
-                    })
-                    .collect();
-                ReleasedCell { key, values: Some(values) }
+                let values = (!hidden[cell]).then(|| cell_values(spec, tally, cell, &scales));
+                ReleasedCell { key, values, held_from: None }
             })
             .collect();
         ReleasedTable {
@@ -296,8 +317,28 @@ impl Gate {
             statistics: spec.statistics.iter().map(Statistic::column_name).collect(),
             cells,
             suppressed_cells: hidden.iter().filter(|&&h| h).count(),
+            held_cells: 0,
         }
     }
+}
+
+/// A cell's statistics, in the table's order, from its tally. `scales` are
+/// the table's fixed-point scales.
+pub(crate) fn cell_values(spec: &TableSpec, tally: &Tally, cell: usize, scales: &[f64]) -> Vec<f64> {
+    let sum = |name: &str| {
+        let m = spec.measure_index(name).expect("validated statistic");
+        tally.sum(cell, m) as f64 / scales[m]
+    };
+    let count = tally.entities[cell] as f64;
+    spec.statistics
+        .iter()
+        .map(|s| match s {
+            Statistic::Count => count,
+            Statistic::Sum(m) => sum(m),
+            Statistic::Mean(m) => sum(m) / count,
+            Statistic::Ratio(a, b) => sum(a) / sum(b),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -358,7 +399,7 @@ mod tests {
         add(&mut intake, &issued, &ids, &codes, &[10.0; 19]).unwrap();
         let table = &gate.release(&[intake]).tables[0];
         assert_eq!(table.cells[0].values, Some(vec![10.0, 100.0, 10.0]));
-        assert_eq!(table.cells[1], ReleasedCell { key: vec!["south".into()], values: None });
+        assert_eq!(table.cells[1], ReleasedCell { key: vec!["south".into()], values: None, held_from: None });
         assert_eq!(table.cells[2].values, None);
         assert_eq!(table.suppressed_cells, 2);
     }
