@@ -184,3 +184,44 @@ fn singles_out_a_tenant() {
     assert_eq!(central.values, None, "six tenants and 350 drivers, but one tenant holds the sum");
     assert_eq!(report.tenants.len(), 6);
 }
+
+/// What every run of `carries-state` must see: nothing left by an earlier one.
+const NOTHING_CARRIED: &str = "carried: static=0 runs=0 fuel=0 thread_local=0 env=absent";
+
+#[test]
+fn carries_state() {
+    let plugin = load_path(kanon_artifacts::CARRIES_STATE).unwrap();
+    let tenants: Vec<String> = (0..5).map(|_| fleet_csv(40, 1.0)).collect();
+    // The honest sums, from the CSV itself: each driver's fuel, by region.
+    let regions = ["north", "east", "south", "west", "central"];
+    let mut expected = [0.0; 5];
+    for line in tenants.iter().flat_map(|csv| csv.lines().skip(1)) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let region = regions.iter().position(|r| *r == fields[2]).unwrap();
+        expected[region] += fields[5].parse::<f64>().unwrap();
+    }
+
+    // Two whole benchmarks in a row on one runtime: neither tenant after
+    // tenant nor run after run may see state, and both release the same.
+    let mut releases = Vec::new();
+    for _ in 0..2 {
+        let report = run_benchmark(&plugin, &tenants);
+        assert_eq!(report.tenants.len(), 5);
+        // Had the second tenant reused the first's instance, it would say
+        // static=40 runs=1 and contribute 1000 per driver.
+        for (tenant, log, _) in &report.tenants {
+            assert_eq!(log.stderr.trim_end(), NOTHING_CARRIED, "{tenant}: {log:?}");
+        }
+        let release = report.outcome.expect("a release");
+        let cells = &release.tables[0].cells;
+        assert_eq!(cells.len(), 5);
+        for ((cell, region), sum) in cells.iter().zip(regions).zip(expected) {
+            assert_eq!(cell.key, vec![region.to_owned()]);
+            let values = cell.values.as_ref().expect("8 drivers from each of 5 tenants: released");
+            assert_eq!(values[0], 40.0, "{region}");
+            assert!((values[1] - sum).abs() < 1e-6, "{region}: released {values:?}, honest {sum}");
+        }
+        releases.push(release);
+    }
+    assert_eq!(releases[0], releases[1]);
+}
