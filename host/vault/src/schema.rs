@@ -60,9 +60,10 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// The index of a column by name.
+    /// The index of a column by name. Unnamed columns (hidden by a
+    /// renamed view) are never found.
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.fields.iter().position(|f| f.name == name)
+        self.fields.iter().position(|f| !f.name.is_empty() && f.name == name)
     }
 
     /// The entity column, if the schema has one.

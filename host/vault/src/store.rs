@@ -12,7 +12,7 @@
 //! unreferenced directory, which the next open deletes. Chunk files are never
 //! rewritten, so readers and backups need no locks against ingests.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -74,6 +74,10 @@ pub enum VaultError {
     NotEmpty(PathBuf),
     #[error("export: {0}")]
     Export(String),
+    #[error("dataset `{dataset}` has no column `{column}`")]
+    UnknownColumn { dataset: String, column: String },
+    #[error("columns of `{dataset}`: {detail}")]
+    BadColumnMapping { dataset: String, detail: String },
 }
 
 pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
@@ -609,6 +613,7 @@ impl Vault {
                 key,
                 record: found,
             }),
+            view: None,
         })
     }
 
@@ -818,6 +823,8 @@ impl ChunkWriter<'_> {
 #[derive(Debug, Clone)]
 pub struct DatasetVersion {
     inner: Arc<VersionHandle>,
+    /// The schema under other column names: see [`Self::with_column_names`].
+    view: Option<Arc<Schema>>,
 }
 
 struct VersionHandle {
@@ -852,7 +859,38 @@ impl DatasetVersion {
     }
 
     pub fn schema(&self) -> &Schema {
-        &self.inner.record.schema
+        self.view.as_deref().unwrap_or(&self.inner.record.schema)
+    }
+
+    /// This version as a reader expecting other column names sees it:
+    /// `names` maps each name the reader uses to the stored column it reads.
+    /// Every other column keeps its type and place but has no name, so it
+    /// cannot be asked for; the entity column is still found by its
+    /// classification. For a benchmark, whose plugin names the columns a
+    /// tenant maps its own to.
+    pub fn with_column_names(&self, names: &BTreeMap<String, String>) -> Result<DatasetVersion, VaultError> {
+        let stored = &self.inner.record.schema;
+        let mut fields = stored.fields.clone();
+        fields.iter_mut().for_each(|f| f.name.clear());
+        for (shown, column) in names {
+            let index = stored.index_of(column).ok_or_else(|| VaultError::UnknownColumn {
+                dataset: self.inner.dataset.clone(),
+                column: column.clone(),
+            })?;
+            // An empty name would find the unnamed columns.
+            let detail = if shown.is_empty() {
+                format!("column `{column}` is mapped to an empty name")
+            } else if !fields[index].name.is_empty() {
+                format!("column `{column}` is mapped twice")
+            } else {
+                String::new()
+            };
+            if !detail.is_empty() {
+                return Err(VaultError::BadColumnMapping { dataset: self.inner.dataset.clone(), detail });
+            }
+            fields[index].name = shown.clone();
+        }
+        Ok(DatasetVersion { inner: self.inner.clone(), view: Some(Arc::new(Schema { fields })) })
     }
 
     pub fn rows(&self) -> u64 {
@@ -1034,6 +1072,44 @@ mod tests {
             vault.open_for_tenant("acme", "owner-log:job_1", &sealed),
             Err(VaultError::UnknownTenant(_))
         ));
+    }
+
+    #[test]
+    fn a_renamed_view_reads_mapped_columns_and_hides_the_rest() {
+        let vault = Vault::temporary().unwrap();
+        let csv = std::io::Cursor::new(b"chauffeur,liters,regio\nd1,2.5,noord\nd2,4.0,zuid\n".to_vec());
+        let options = crate::IngestOptions::entity("chauffeur");
+        let reader = crate::open_stream(crate::InputFormat::Csv, "ritten.csv", csv, &options).unwrap();
+        vault.ingest("acme", "ritten", WriteMode::Replace, reader, "ritten.csv").unwrap();
+        let stored = vault.dataset("acme", "ritten", None).unwrap();
+        let names: BTreeMap<String, String> =
+            [("driver_id", "chauffeur"), ("fuel_litres", "liters")].map(|(a, b)| (a.into(), b.into())).into();
+        let view = stored.with_column_names(&names).unwrap();
+        let shown: Vec<&str> = view.schema().fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(shown, ["driver_id", "fuel_litres", ""]);
+        assert_eq!(view.schema().entity().map(|f| f.name.as_str()), Some("driver_id"));
+        assert_eq!(stored.schema().fields[0].name, "chauffeur", "the stored version is unchanged");
+
+        let key = crate::PseudonymKey::for_run(&[7; 32], b"run");
+        let mut scan = crate::Scan::new(view.clone(), &["fuel_litres"], 10, key.clone()).unwrap();
+        let batch = scan.next_batch().unwrap().unwrap();
+        assert!(matches!(&batch.columns[0].values, crate::BatchValues::Float(v) if v == &[2.5, 4.0]));
+        for hidden in ["regio", "liters", ""] {
+            assert!(
+                matches!(
+                    crate::Scan::new(view.clone(), &[hidden], 10, key.clone()),
+                    Err(crate::ScanError::UnknownColumn { .. })
+                ),
+                "`{hidden}` is not in the view"
+            );
+        }
+        let bad = |pairs: &[(&str, &str)]| {
+            let names: BTreeMap<String, String> = pairs.iter().map(|&(a, b)| (a.into(), b.into())).collect();
+            stored.with_column_names(&names).unwrap_err().to_string()
+        };
+        assert!(bad(&[("a", "nope")]).contains("no column `nope`"));
+        assert!(bad(&[("a", "liters"), ("b", "liters")]).contains("mapped twice"));
+        assert!(bad(&[("", "liters")]).contains("empty name"));
     }
 
     /// The parser thread is joined on every path, and its panic is reported
