@@ -77,6 +77,7 @@ pub fn run_benchmark(plugin: &LoadedPlugin, tenants: &[String]) -> BenchmarkRepo
             tenant: format!("tenant-{i}"),
             datasets: [("trips".to_owned(), table("trips", csv, "driver_id"))].into(),
             secret: [i as u8 + 1; 32],
+            member: i as u32,
         })
         .collect();
     let request = BenchmarkRequest {
@@ -84,6 +85,8 @@ pub fn run_benchmark(plugin: &LoadedPlugin, tenants: &[String]) -> BenchmarkRepo
         tenants,
         params: "{}".into(),
         policy: Policy::default(),
+        history: Default::default(),
+        version: 1,
     };
     runtime().run_benchmark(plugin, request).expect("the request fits the plugin")
 }

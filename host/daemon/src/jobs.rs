@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use crate::approvals::{self, JobAsk};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
+use crate::sealed::{self, Sealed};
 use crate::store::{JOBS, OWNER_LOGS, RESULTS, TENANTS, Write};
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
@@ -561,45 +562,24 @@ pub(crate) fn result(app: &App, id: &str) -> Result<Release> {
     app.store.read()?.get(RESULTS, id)?.ok_or_else(|| Error::NotFound(format!("results of job `{id}`")))
 }
 
-/// An owner log as stored: sealed under the tenant's data key (it may
-/// carry the tenant's data), hex-encoded.
-#[derive(Debug, Serialize, Deserialize)]
-struct SealedLog {
-    sealed_hex: String,
-}
-
 fn log_label(job: &str) -> String {
     format!("owner-log:{job}")
 }
 
-fn seal_log(app: &App, tenant: &str, log: &JobLog) -> SealedLog {
-    let plain = serde_json::to_vec(log).expect("logs serialize");
-    let sealed = app.vault.seal_for_tenant(tenant, &log_label(&log.job), &plain).unwrap_or_else(|e| {
-        // Without a data key there is nowhere safe to keep it: keep nothing.
-        tracing::warn!(job = %log.job, error = %e, "the owner log cannot be sealed; it is dropped");
-        Vec::new()
-    });
-    SealedLog { sealed_hex: sealed.iter().map(|b| format!("{b:02x}")).collect() }
+fn seal_log(app: &App, tenant: &str, log: &JobLog) -> Sealed {
+    sealed::seal(app, tenant, &log_label(&log.job), log)
 }
 
 /// The owner log of a finished job, opened with the tenant's data key.
 pub(crate) fn owner_log(app: &App, tenant: &str, id: &str) -> Result<JobLog> {
-    let stored: SealedLog = app
+    let stored: Sealed = app
         .store
         .read()?
         .get(OWNER_LOGS, id)?
         .ok_or_else(|| Error::NotFound(format!("log of job `{id}`")))?;
-    let sealed: Vec<u8> = (0..stored.sealed_hex.len() / 2)
-        .map(|i| u8::from_str_radix(&stored.sealed_hex[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Internal(format!("owner log of {id}: {e}")))?;
-    if sealed.is_empty() {
-        return Ok(JobLog {
-            job: id.to_owned(),
-            error: Some("(the log could not be kept)".into()),
-            ..JobLog::default()
-        });
-    }
-    let plain = app.vault.open_for_tenant(tenant, &log_label(id), &sealed)?;
-    serde_json::from_slice(&plain).map_err(|e| Error::Internal(format!("owner log of {id}: {e}")))
+    Ok(sealed::open(app, tenant, &log_label(id), &stored)?.unwrap_or_else(|| JobLog {
+        job: id.to_owned(),
+        error: Some("(the log could not be kept)".into()),
+        ..JobLog::default()
+    }))
 }

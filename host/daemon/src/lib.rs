@@ -18,10 +18,12 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod error;
+pub mod export;
 pub mod grants;
 pub mod jobs;
 mod metrics;
 pub mod registry;
+mod sealed;
 mod store;
 pub mod tenants;
 

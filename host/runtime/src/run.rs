@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kanon_gate::{Gate, Policy, Release, ReleaseRecord, Scope, TenantIntake};
+use kanon_gate::{Gate, OwnPosition, Policy, Release, ReleaseHistory, ReleaseRecord, Scope, TenantIntake};
 use kanon_vault::{DatasetVersion, PseudonymKey};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
@@ -78,6 +78,9 @@ pub struct TenantInput {
     pub datasets: BTreeMap<String, DatasetVersion>,
     /// The tenant's secret, from which its pseudonym key for the run derives.
     pub secret: [u8; 32],
+    /// The tenant's ordinal in the benchmark, the same in every version:
+    /// what the subtraction rule compares tenant sets by.
+    pub member: u32,
 }
 
 /// A vendor benchmark run: one isolated instance per opted-in tenant,
@@ -90,6 +93,10 @@ pub struct BenchmarkRequest {
     pub params: String,
     /// The strictest policy of every participant (see [`Policy::for_run`]).
     pub policy: Policy,
+    /// What the benchmark's earlier versions released.
+    pub history: ReleaseHistory,
+    /// The number of the version this run releases.
+    pub version: u64,
 }
 
 /// Why a run failed, as its caller may see it: a class, never the plugin's
@@ -190,6 +197,12 @@ pub struct BenchmarkReport {
     /// Per tenant, in request order: its owner log (for that tenant only)
     /// and the figures of its instance.
     pub tenants: Vec<(String, OwnerLog, RunStats)>,
+    /// Per tenant, in request order, when there is a release: what it sees
+    /// of itself next to the peers.
+    pub positions: Vec<OwnPosition>,
+    /// The history the next version is checked against (the request's own
+    /// when nothing was released).
+    pub history: ReleaseHistory,
 }
 
 impl RunReport {
@@ -322,9 +335,13 @@ impl Runtime {
             intakes.push(run.intake);
             tenants.push((tenant.tenant.clone(), run.owner_log, run.stats));
         }
-        let outcome = match failure {
-            None => Ok(gate.release(&intakes)),
-            Some(failure) => Err(failure),
+        let members: Vec<u32> = request.tenants.iter().map(|t| t.member).collect();
+        let (outcome, positions, history) = match failure {
+            None => {
+                let version = gate.release_benchmark(&intakes, &members, &request.history, request.version);
+                (Ok(version.release), version.positions, version.history)
+            }
+            Some(failure) => (Err(failure), Vec::new(), request.history),
         };
         Ok(BenchmarkReport {
             run_id: request.run_id,
@@ -332,6 +349,8 @@ impl Runtime {
             params_hash: params_hash(&params),
             outcome,
             tenants,
+            positions,
+            history,
         })
     }
 

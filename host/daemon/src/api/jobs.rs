@@ -10,7 +10,6 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kanon_gate::Release;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -143,50 +142,10 @@ async fn job_results(
     match args.format.as_deref() {
         None | Some("json") => Ok(axum::Json(release).into_response()),
         Some("csv") => {
-            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], release_csv(&release)?).into_response())
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::export::release_csv(&release, false)?).into_response())
         }
         Some(other) => Err(Error::BadRequest(format!("unknown format `{other}`: use json or csv"))),
     }
-}
-
-/// A release as one CSV: `table`, then every dimension and statistic of any
-/// table (blank where a table has no such column), then `suppressed`.
-pub fn release_csv(release: &Release) -> Result<String> {
-    let mut columns: Vec<String> = Vec::new();
-    for table in &release.tables {
-        for name in table.dimensions.iter().chain(&table.statistics) {
-            if !columns.contains(name) {
-                columns.push(name.clone());
-            }
-        }
-    }
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let header: Vec<&str> =
-        std::iter::once("table").chain(columns.iter().map(String::as_str)).chain(["suppressed"]).collect();
-    let csv_err = |e: csv::Error| Error::Internal(e.to_string());
-    out.write_record(&header).map_err(csv_err)?;
-    for table in &release.tables {
-        for cell in &table.cells {
-            let mut row = vec![String::new(); columns.len() + 2];
-            row[0] = table.name.clone();
-            for (dimension, key) in table.dimensions.iter().zip(&cell.key) {
-                row[1 + columns.iter().position(|c| c == dimension).expect("listed")] = key.clone();
-            }
-            match &cell.values {
-                Some(values) => {
-                    for (statistic, value) in table.statistics.iter().zip(values) {
-                        row[1 + columns.iter().position(|c| c == statistic).expect("listed")] =
-                            value.to_string();
-                    }
-                    row[columns.len() + 1] = "false".into();
-                }
-                None => row[columns.len() + 1] = "true".into(),
-            }
-            out.write_record(&row).map_err(csv_err)?;
-        }
-    }
-    String::from_utf8(out.into_inner().map_err(|e| Error::Internal(e.to_string()))?)
-        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// What the plugin printed and its error text: the tenant's (its admin, or
