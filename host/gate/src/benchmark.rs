@@ -430,8 +430,9 @@ mod tests {
     #[test]
     fn own_values_follow_the_tenant_rules_and_bands_need_enough_tenants() {
         // Ten tenants: tenant 0 has 12 drivers in north (its own value is
-        // released), 3 in south (not: fewer than k of its own).
-        let mut counts = vec![[12, 3, 0]];
+        // released), 3 in south (not: fewer than k of its own) and 11 in
+        // east (hidden with south, or its total would give south away).
+        let mut counts = vec![[12, 3, 11]];
         counts.extend((1..10).map(|i| [i + 5, 6, 0]));
         let members: Vec<u32> = (0..10).collect();
         let release = run(&members, &counts, &ReleaseHistory::default(), 1);

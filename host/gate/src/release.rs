@@ -224,16 +224,30 @@ impl Gate {
 
     /// Complementary suppression: hide more cells until no hidden cell can
     /// be recovered by arithmetic on released ones.
+    ///
+    /// An empty cell (no entity) hides nothing: a plugin's author knows
+    /// which cells it left empty. So cells with entities are protected first
+    /// with empty cells as known values, then every hidden cell, empty ones
+    /// too, as before.
     pub(crate) fn protect(&self, tallies: &[Tally], hidden: &mut [Vec<bool>]) {
         for family in &self.families {
             let mut linked = vec![false; family.cells()];
+            let mut known = vec![false; family.cells()];
             let mut cost = vec![0u64; family.cells()];
             for (m, &t) in family.members.iter().enumerate() {
                 let vars = family.member_vars(m);
-                linked[vars.clone()].copy_from_slice(&hidden[t]);
-                cost[vars].iter_mut().zip(&tallies[t].entities).for_each(|(c, &e)| *c = e + 1);
+                let entities = &tallies[t].entities;
+                for ((v, &h), &e) in vars.clone().zip(&hidden[t]).zip(entities) {
+                    known[v] = e == 0;
+                    linked[v] = h && e > 0;
+                    cost[v] = e + 1;
+                }
             }
-            family.protect(&mut linked, &cost);
+            family.protect(&mut linked, &cost, &known);
+            // Empty cells stay suppressed (below any k), and are protected
+            // in their turn.
+            linked.iter_mut().zip(&known).for_each(|(h, &k)| *h |= k);
+            family.protect(&mut linked, &cost, &vec![false; known.len()]);
             for (m, &t) in family.members.iter().enumerate() {
                 hidden[t].copy_from_slice(&linked[family.member_vars(m)]);
             }
@@ -569,6 +583,27 @@ mod tests {
         assert_eq!(table.cells[1].values, None, "south, the cheapest complement, goes too");
         assert_eq!(table.cells[3].values.as_ref().map(|v| v[0]), Some(40.0));
         assert_eq!(table.suppressed_cells, 2);
+    }
+
+    #[test]
+    fn an_empty_cell_hides_nothing() {
+        let mut with_margins = spec();
+        with_margins.margins = true;
+        let gate = Gate::new(vec![with_margins], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(21);
+        let mut intake = gate.intake();
+        // North: one target. South: 20. East: left empty by the plugin, so
+        // its author knows it is zero: the total minus south is the target.
+        let codes: Vec<u32> = (0..21).map(|i| u32::from(i > 0)).collect();
+        add(&mut intake, &issued, &ids, &codes, &[1.0; 21]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        assert_eq!(table.cells[0].values, None, "the target");
+        assert_eq!(table.cells[2].values, None, "empty");
+        assert!(
+            table.cells[1].values.is_none() || table.cells[3].values.is_none(),
+            "south or the total must go too: {:?}",
+            table.cells
+        );
     }
 
     #[test]

@@ -354,7 +354,13 @@ impl Family {
 
     /// Hide cells until no hidden cell is exposed. `cost` is what hiding
     /// each cell loses (its entities, plus one).
-    pub fn protect(&self, hidden: &mut [bool], cost: &[u64]) {
+    ///
+    /// `known` cells are ones a reader knows without their release: cells
+    /// no entity contributed to, which a plugin's author can arrange. They
+    /// are never hidden (a hidden empty cell would hide nothing) and no
+    /// pattern moves them.
+    pub fn protect(&self, hidden: &mut [bool], cost: &[u64], known: &[bool]) {
+        debug_assert!(hidden.iter().zip(known).all(|(&h, &k)| !(h && k)), "known cells are not hidden");
         for _ in 0..MAX_ROUNDS {
             let exposed = self.exposed(hidden);
             if exposed.is_empty() {
@@ -362,7 +368,7 @@ impl Family {
             }
             let mut progress = false;
             for j in exposed {
-                if let Some(support) = self.cheapest_pattern(j, hidden, cost) {
+                if let Some(support) = self.cheapest_pattern(j, hidden, cost, known) {
                     for v in support {
                         progress |= !hidden[v];
                         hidden[v] = true;
@@ -388,7 +394,13 @@ impl Family {
 
     /// The cheapest set of cells, `j` among them, that carries a change of
     /// values keeping every relation.
-    fn cheapest_pattern(&self, j: usize, hidden: &[bool], cost: &[u64]) -> Option<Vec<usize>> {
+    fn cheapest_pattern(
+        &self,
+        j: usize,
+        hidden: &[bool],
+        cost: &[u64],
+        known: &[bool],
+    ) -> Option<Vec<usize>> {
         let (x, cell) = self.locate(j);
         let mut best: Option<(u64, Vec<usize>)> = None;
         // Patterns start in the finest tables that refine j's own.
@@ -405,6 +417,9 @@ impl Family {
                     }
                     let support: Vec<usize> =
                         signed.into_iter().filter(|&(_, s)| s != 0).map(|(v, _)| v).collect();
+                    if support.iter().any(|&v| known[v]) {
+                        continue;
+                    }
                     let price: u64 = support.iter().filter(|&&v| !hidden[v]).map(|&v| cost[v]).sum();
                     if best.as_ref().is_none_or(|(b, _)| price < *b) {
                         best = Some((price, support));
@@ -593,7 +608,7 @@ mod tests {
         let mut hidden = vec![false; f.cells()];
         hidden[7] = true;
         let cost: Vec<u64> = (0..f.cells() as u64).map(|c| 10 + c % 7).collect();
-        f.protect(&mut hidden, &cost);
+        f.protect(&mut hidden, &cost, &vec![false; f.cells()]);
         assert!(f.exposed(&hidden).is_empty());
         assert_eq!(hidden.iter().filter(|&&h| h).count(), 4, "one rectangle suffices");
     }
@@ -611,7 +626,7 @@ mod tests {
         let mut hidden = vec![false; f.cells()];
         hidden[0] = true;
         assert_eq!(f.exposed(&hidden), vec![0]);
-        f.protect(&mut hidden, &[1; 6]);
+        f.protect(&mut hidden, &[1; 6], &[false; 6]);
         assert!(f.exposed(&hidden).is_empty());
     }
 
