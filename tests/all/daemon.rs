@@ -12,15 +12,15 @@ use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
 /// A daemon on a free loopback port over a fresh data directory.
-struct TestDaemon {
-    operator: Client,
+pub(crate) struct TestDaemon {
+    pub(crate) operator: Client,
     tokio: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
     _dir: tempfile::TempDir,
 }
 
 impl TestDaemon {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = DaemonConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -41,7 +41,13 @@ impl TestDaemon {
     }
 
     /// A client holding a new token.
-    fn token(&self, role: Role, name: &str, tenant: Option<&str>, ttl_secs: Option<u64>) -> (Client, String) {
+    pub(crate) fn token(
+        &self,
+        role: Role,
+        name: &str,
+        tenant: Option<&str>,
+        ttl_secs: Option<u64>,
+    ) -> (Client, String) {
         let issued: Value = self
             .operator
             .send(
@@ -54,7 +60,7 @@ impl TestDaemon {
         (self.operator.with_token(Some(token.clone())), issued["info"]["id"].as_str().unwrap().to_owned())
     }
 
-    fn tenant(&self, name: &str) -> Client {
+    pub(crate) fn tenant(&self, name: &str) -> Client {
         let _: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
         self.token(Role::TenantAdmin, &format!("{name}-admin"), Some(name), None).0
     }
@@ -79,7 +85,7 @@ fn ingest_trips(admin: &Client, tenant: &str) -> Value {
         .unwrap()
 }
 
-fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
+pub(crate) fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
     analyst.raw("POST", "/v1/plugins", Some(("application/wasm", bytes))).unwrap()
 }
 
@@ -115,11 +121,11 @@ fn wait_for(client: &Client, job: &str) -> Value {
     }
 }
 
-fn audit(admin: &Client, tenant: &str) -> AuditExport {
+pub(crate) fn audit(admin: &Client, tenant: &str) -> AuditExport {
     admin.get(&format!("/v1/tenants/{tenant}/audit")).unwrap()
 }
 
-fn actions(export: &AuditExport) -> Vec<&str> {
+pub(crate) fn actions(export: &AuditExport) -> Vec<&str> {
     export.entries.iter().map(|e| e.action.as_str()).collect()
 }
 
@@ -402,6 +408,20 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("POST", "/v1/jobs/{id}/cancel") => &[(Analyst, 404), (TenantAdmin, 404)],
         ("GET", "/v1/jobs/{id}/results") => &[(Analyst, 404)],
         ("GET", "/v1/jobs/{id}/log") => &[(TenantAdmin, 404), (Operator, 404)],
+        ("POST", "/v1/benchmarks") => &[(Vendor, 400)],
+        ("GET", "/v1/benchmarks") => &[(Vendor, 200), (TenantAdmin, 200), (Operator, 200)],
+        ("GET", "/v1/benchmarks/{benchmark}") => &[(Vendor, 404), (TenantAdmin, 404), (Operator, 404)],
+        ("POST", "/v1/benchmarks/{benchmark}/runs") => &[(Vendor, 404)],
+        ("GET", "/v1/benchmarks/{benchmark}/runs")
+        | ("GET", "/v1/benchmarks/{benchmark}/runs/{run}")
+        | ("GET", "/v1/benchmarks/{benchmark}/versions")
+        | ("GET", "/v1/benchmarks/{benchmark}/versions/{version}") => &[(Vendor, 404), (Operator, 404)],
+        ("GET", "/v1/tenants/{tenant}/benchmarks") => &[(TenantAdmin, 200)],
+        ("PUT", "/v1/tenants/{tenant}/benchmarks/{benchmark}") => &[(TenantAdmin, 400)],
+        ("DELETE", "/v1/tenants/{tenant}/benchmarks/{benchmark}")
+        | ("GET", "/v1/tenants/{tenant}/benchmarks/{benchmark}/versions/{version}") => &[(TenantAdmin, 404)],
+        // The operator passes the role check but holds no support grant.
+        ("GET", "/v1/tenants/{tenant}/benchmark-runs/{run}/log") => &[(TenantAdmin, 404), (Operator, 403)],
         _ => panic!("no expected statuses for {method} {path}: add the new route to this table"),
     };
     allowed.iter().find(|(r, _)| *r == role).map_or(403, |(_, status)| *status)
@@ -412,6 +432,9 @@ fn probe_path(path: &str) -> String {
         .replace("{dataset}", "nope")
         .replace("{id}", "nope")
         .replace("{hash}", &"0".repeat(64))
+        .replace("{benchmark}", "nope")
+        .replace("{run}", "nope")
+        .replace("{version}", "latest")
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! kanon's end-to-end tests, in one binary.
 
+mod benchmarks;
 mod daemon;
 mod hostile;
 mod plugins;

@@ -37,7 +37,7 @@ pub struct Connection {
     token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ fn read_profiles(path: &Path) -> anyhow::Result<Profiles> {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let profile = match &self.profile {
             Some(name) => {
                 let path = profiles_path()?;
@@ -102,13 +102,13 @@ pub fn exit_code(error: &anyhow::Error) -> Option<ExitCode> {
     }))
 }
 
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Rows as aligned columns under a header.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -126,7 +126,7 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// A reply as JSON, or as a table of its items (one row per item).
-fn show(
+pub(crate) fn show(
     json: bool,
     value: Value,
     header: &[&str],
@@ -154,12 +154,12 @@ pub(crate) fn text(value: &Value) -> String {
     }
 }
 
-fn when(ms: &Value) -> String {
+pub(crate) fn when(ms: &Value) -> String {
     let Some(ms) = ms.as_u64() else { return "-".into() };
     kanon_vault::format_timestamp((ms * 1000) as i64)
 }
 
-fn list_of(value: Value) -> Vec<Value> {
+pub(crate) fn list_of(value: Value) -> Vec<Value> {
     match value {
         Value::Array(items) => items,
         _ => Vec::new(),
@@ -167,7 +167,7 @@ fn list_of(value: Value) -> Vec<Value> {
 }
 
 /// Seconds from `30s`, `15m`, `12h`, `7d` or a plain number of seconds.
-fn duration_secs(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn duration_secs(text: &str) -> anyhow::Result<u64> {
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = digits.parse().with_context(|| format!("`{text}` is not a duration like 30m, 12h or 7d"))?;
     let scale = match unit {
@@ -724,20 +724,20 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
             let job: Value = client.send("POST", &format!("/v1/jobs/{id}/cancel"), &json!({}))?;
             if json_out { print_json(&job)? } else { println!("job {id}: {}", text(&job["state"])) }
         }
-        JobsCommand::Log { id } => {
-            let log: Value = client.get(&format!("/v1/jobs/{id}/log"))?;
-            if json_out {
-                print_json(&log)?;
-            } else {
-                for (name, value) in
-                    [("stdout", &log["stdout"]), ("stderr", &log["stderr"]), ("error", &log["error"])]
-                {
-                    println!("== {name}\n{}", text(value));
-                }
-            }
-        }
+        JobsCommand::Log { id } => print_log(&client.get(&format!("/v1/jobs/{id}/log"))?, json_out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A plugin's output log of a run.
+pub(crate) fn print_log(log: &Value, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        return print_json(log);
+    }
+    for (name, value) in [("stdout", &log["stdout"]), ("stderr", &log["stderr"]), ("error", &log["error"])] {
+        println!("== {name}\n{}", text(value));
+    }
+    Ok(())
 }
 
 fn job_row(job: &Value) -> Vec<String> {

@@ -34,6 +34,19 @@ const CLASS_PROFILE: [(Range, Range, Range); 4] = [
 /// `rows` trips by `drivers` drivers; each driver keeps one vehicle class and
 /// home region, and a few class-region pairs have too few drivers to release.
 pub fn trips(out: &mut impl Write, rows: usize, drivers: usize, seed: u64) -> io::Result<()> {
+    carrier_trips(out, rows, drivers, seed, 1.0)
+}
+
+/// [`trips`] of a carrier whose fleet burns `thirst` times the usual fuel:
+/// carriers of a benchmark differ.
+pub fn carrier_trips(
+    out: &mut impl Write,
+    rows: usize,
+    drivers: usize,
+    seed: u64,
+    thirst: f64,
+) -> io::Result<()> {
+    let fleet = thirst;
     let mut rng = SmallRng::seed_from_u64(seed);
     let profile: Vec<(usize, usize, f64)> = (0..drivers)
         .map(|_| {
@@ -49,7 +62,7 @@ pub fn trips(out: &mut impl Write, rows: usize, drivers: usize, seed: u64) -> io
         let ((km_lo, km_hi), (t_lo, t_hi), (l_lo, l_hi)) = CLASS_PROFILE[class];
         let km: f64 = rng.random_range(km_lo..km_hi);
         let tonnes: f64 = rng.random_range(t_lo..t_hi);
-        let litres = km * rng.random_range(l_lo..l_hi) / 100.0 * thirst * (1.0 + 0.01 * tonnes);
+        let litres = km * rng.random_range(l_lo..l_hi) / 100.0 * thirst * fleet * (1.0 + 0.01 * tonnes);
         writeln!(
             out,
             "T{trip:08},D{driver:05},{},{},{km:.1},{tonnes:.2},{litres:.2}",

@@ -2,10 +2,13 @@
 //! starts an embedded daemon on a free loopback port, and then acts every
 //! role over HTTP. The operator creates two tenants. Each tenant ingests
 //! its data and approves a bundled plugin. An analyst runs both plugins and
-//! reads the gated tables. Each tenant verifies its audit log.
+//! reads the gated tables. Each tenant verifies its audit log. Then a
+//! vendor benchmarks eight carriers: they opt in, the vendor reads the
+//! version in the meta data vault, one carrier reads its own position, and
+//! one leaves, so the next version holds what it was in.
 
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -15,7 +18,7 @@ use kanon_daemon::approvals::covering;
 use kanon_daemon::client::Client;
 use kanon_daemon::registry::PluginRecord;
 use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
-use kanon_gate::Release;
+use kanon_gate::{OwnPosition, Release};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
@@ -33,6 +36,12 @@ pub struct DemoArgs {
     /// Employees in the HR data.
     #[arg(long, default_value_t = 5_000)]
     employees: usize,
+    /// Carriers in the cross-tenant benchmark.
+    #[arg(long, default_value_t = 8)]
+    carriers: usize,
+    /// Trips of each carrier.
+    #[arg(long, default_value_t = 100_000)]
+    carrier_trips: usize,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -99,9 +108,130 @@ pub fn run(args: DemoArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
             plugin: kanon_artifacts::ABSENCE_RATE,
         },
     ];
-    let result = walk(&operator, &tenants, args.json, &say);
+    let result = walk(&operator, &tenants, args.json, &say).and_then(|code| {
+        let benchmark = benchmark(&operator, &args, dir.path(), &say)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&json!({"jobs": code.1, "benchmark": benchmark}))?);
+        }
+        Ok(code.0)
+    });
     tokio.block_on(daemon.shutdown());
     result
+}
+
+/// Issue a token of `role`.
+fn token(operator: &Client, role: Role, name: &str, tenant: Option<&str>) -> anyhow::Result<Client> {
+    let issued: Value =
+        operator.send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))?;
+    Ok(operator.with_token(issued["token"].as_str().map(str::to_owned)))
+}
+
+/// The vendor's side: carriers with generated trips opt in to a CO2
+/// benchmark; the vendor runs it and reads its table; one carrier reads its
+/// own position; one leaves, and the next version holds what it was in.
+fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> anyhow::Result<Value> {
+    let vendor = token(operator, Role::Vendor, "benchco", None)?;
+    say(format!(
+        "operator: issued a vendor token for `benchco`; {} carriers join its benchmark",
+        args.carriers
+    ));
+    let mut admins = Vec::new();
+    for i in 1..=args.carriers {
+        let name = format!("carrier-{i:02}");
+        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": name}))?;
+        let admin = token(operator, Role::TenantAdmin, &format!("{name}-admin"), Some(&name))?;
+        let file = dir.join(format!("{name}.csv"));
+        // Each carrier's fleet burns its own share more or less fuel.
+        let thirst = 0.85 + 0.3 * (i as f64 * 0.618).fract();
+        datagen::carrier_trips(
+            &mut BufWriter::new(std::fs::File::create(&file)?),
+            args.carrier_trips,
+            args.carrier_trips.div_ceil(300).max(40),
+            100 + i as u64,
+            thirst,
+        )?;
+        // The last carrier keeps its trips under its own dataset name.
+        let dataset = if i == args.carriers { "ritten" } else { "trips" };
+        let _: Value = admin.upload(
+            "PUT",
+            &format!("/v1/tenants/{name}/datasets/{dataset}?format=csv&entity=driver_id"),
+            "text/csv",
+            std::fs::File::open(&file)?,
+        )?;
+        admins.push((name, dataset, admin));
+    }
+    say(format!("carriers: each ingested {} trips", args.carrier_trips));
+
+    let plugin: PluginRecord = vendor.call(
+        "POST",
+        "/v1/plugins",
+        Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)),
+    )?;
+    let published: Value = vendor.send(
+        "POST",
+        "/v1/benchmarks",
+        &json!({"name": "co2", "plugin": plugin.hash, "description": "CO2 per tonne-km across carriers"}),
+    )?;
+    say(format!("benchco: published benchmark `{}` over {}", text(&published["name"]), &plugin.hash[..16]));
+    for (name, dataset, admin) in &admins {
+        let _: Value = admin.send(
+            "PUT",
+            &format!("/v1/tenants/{name}/benchmarks/co2"),
+            &json!({"datasets": {"trips": {"dataset": dataset}}}),
+        )?;
+    }
+    say(format!("carriers: all {} opted in (the last maps its `ritten` to `trips`)", admins.len()));
+
+    let first = run_benchmark(&vendor, say)?;
+    let version: Value = vendor.get(&format!("/v1/benchmarks/co2/versions/{}", first["version"]))?;
+    let release: Release = serde_json::from_value(version["release"].clone())?;
+    say(format!(
+        "benchco: version {} of `co2` in the meta data vault; it names no carrier:",
+        version["version"]
+    ));
+    if !args.json {
+        println!("{}", render::release_text(&release));
+    }
+    let (me, _, admin) = &admins[2.min(admins.len() - 1)];
+    let position: Value = admin.get(&format!("/v1/tenants/{me}/benchmarks/co2/versions/latest"))?;
+    say(format!("{me}: its own position next to the peers, from its own data only:"));
+    if !args.json {
+        let own: OwnPosition = serde_json::from_value(position["position"].clone())?;
+        println!("{}", render::position_text(&own));
+    }
+
+    let (leaver, _, admin) = admins.last().expect("carriers");
+    let _: Value = admin.delete(&format!("/v1/tenants/{leaver}/benchmarks/co2"))?;
+    say(format!("{leaver}: opted out"));
+    let second = run_benchmark(&vendor, say)?;
+    let held = second["stats"]["held_cells"].as_u64().unwrap_or(0);
+    say(format!(
+        "benchco: version {} holds {held} cells at version {}'s values: their carriers changed by one, \
+         so no difference of the two versions gives {leaver}'s figures",
+        second["version"], first["version"]
+    ));
+    Ok(json!({"version": version, "position": position, "second_run": second}))
+}
+
+/// Queue a run of `co2` and follow it to its end.
+fn run_benchmark(vendor: &Client, say: &dyn Fn(String)) -> anyhow::Result<Value> {
+    let run: Value = vendor.send("POST", "/v1/benchmarks/co2/runs", &json!({}))?;
+    let id = text(&run["id"]);
+    let done = loop {
+        let run: Value = vendor.get(&format!("/v1/benchmarks/co2/runs/{id}"))?;
+        if matches!(run["state"].as_str(), Some("succeeded" | "failed")) {
+            break run;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if done["state"] != "succeeded" {
+        anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
+    }
+    say(format!(
+        "benchco: run {id} over {} carriers, {} rows, took {} ms",
+        done["participants"], done["stats"]["rows"], done["stats"]["run_ms"]
+    ));
+    Ok(done)
 }
 
 fn walk(
@@ -109,12 +239,8 @@ fn walk(
     tenants: &[DemoTenant],
     json: bool,
     say: &dyn Fn(String),
-) -> anyhow::Result<ExitCode> {
-    let token = |role: Role, name: &str, tenant: Option<&str>| -> anyhow::Result<Client> {
-        let issued: Value =
-            operator.send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))?;
-        Ok(operator.with_token(issued["token"].as_str().map(str::to_owned)))
-    };
+) -> anyhow::Result<(ExitCode, Value)> {
+    let token = |role, name: &str, tenant| token(operator, role, name, tenant);
     let analyst = token(Role::Analyst, "ana", None)?;
     say("operator: issued an analyst token for `ana`".into());
     let mut code = ExitCode::SUCCESS;
@@ -186,10 +312,7 @@ fn walk(
         let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
         say(format!("{}: audit log verifies, {count} entries: {}\n", tenant.name, actions.join(", ")));
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&releases)?);
-    }
-    Ok(code)
+    Ok((code, Value::Object(releases)))
 }
 
 /// Approve `plugin` on the tenant's dataset: every column and output the

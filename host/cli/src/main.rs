@@ -6,6 +6,7 @@
 //! refused the request; 5 the daemon is unreachable or failed.
 
 mod bench;
+mod benchmark_cmd;
 mod client_cmd;
 mod datagen;
 mod demo;
@@ -76,6 +77,9 @@ enum Command {
     Audit(client_cmd::AuditArgs),
     /// Daemon: support-access grants (tenant admin).
     Grants(client_cmd::GrantsArgs),
+    /// Daemon: cross-tenant benchmarks: publish and run (vendor), join and
+    /// leave, your own position (tenant admin), versions from the meta data vault.
+    Benchmarks(benchmark_cmd::BenchmarksArgs),
     /// Generate realistic synthetic data and run the bundled plugins on it.
     Demo(demo::DemoArgs),
     /// Measure the plugin group-by against native Rust, instantiation,
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Command::Results(args) => client_cmd::results(args),
         Command::Audit(args) => client_cmd::audit(args),
         Command::Grants(args) => client_cmd::grants(args),
+        Command::Benchmarks(args) => benchmark_cmd::benchmarks(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

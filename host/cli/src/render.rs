@@ -1,6 +1,6 @@
 //! Released tables for people (aligned text) and for scripts (JSON).
 
-use kanon_gate::{Release, ReleasedTable};
+use kanon_gate::{OwnPosition, Release, ReleasedTable, Scope};
 use kanon_runtime::RunReport;
 use serde_json::json;
 
@@ -18,10 +18,14 @@ pub fn release_json(report: &RunReport, release: &Release) -> serde_json::Value 
     })
 }
 
-/// A released table as aligned text; suppressed cells show `suppressed`.
+/// A released table as aligned text; suppressed cells show `suppressed`,
+/// held ones (benchmark versions) the version their values come from.
 pub fn table_text(table: &ReleasedTable) -> String {
     let mut header: Vec<String> = table.dimensions.clone();
     header.extend(table.statistics.iter().cloned());
+    if table.held_cells > 0 {
+        header.push("held".into());
+    }
     let mut rows: Vec<Vec<String>> = vec![header];
     for cell in &table.cells {
         let mut row = cell.key.clone();
@@ -32,11 +36,19 @@ pub fn table_text(table: &ReleasedTable) -> String {
                 row.extend(std::iter::repeat_n(String::new(), table.statistics.len() - 1));
             }
         }
+        if table.held_cells > 0 {
+            row.push(cell.held_from.map(|v| format!("from v{v}")).unwrap_or_default());
+        }
         rows.push(row);
     }
+    aligned(rows, table.dimensions.len())
+}
+
+/// Rows as columns, the first `dims` left-aligned (labels), the rest
+/// right-aligned (numbers), under a rule after the header.
+fn aligned(rows: Vec<Vec<String>>, dims: usize) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let dims = table.dimensions.len();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
         let line: Vec<String> =
@@ -77,8 +89,13 @@ pub fn release_text(release: &Release) -> String {
     let p = &release.policy;
     let mut out = String::new();
     for table in &release.tables {
+        let tenants = match release.scope {
+            Scope::Benchmark => format!(", t = {}, tenant share <= {}%", p.min_tenants, p.max_tenant_percent),
+            Scope::Tenant => String::new(),
+        };
+        let held = if table.held_cells > 0 { format!(", {} held", table.held_cells) } else { String::new() };
         out.push_str(&format!(
-            "\n{}: {} of {} cells suppressed (k = {}, dominance ({}, {}%))\n",
+            "\n{}: {} of {} cells suppressed{held} (k = {}, dominance ({}, {}%){tenants})\n",
             table.name,
             table.suppressed_cells,
             table.cells.len(),
@@ -87,6 +104,36 @@ pub fn release_text(release: &Release) -> String {
             p.dominance.percent
         ));
         out.push_str(&table_text(table));
+    }
+    out
+}
+
+/// A tenant's own position: per cell and statistic, the peers' released
+/// value, the tenant's own, and its band (`1/5`: the top fifth).
+pub fn position_text(position: &OwnPosition) -> String {
+    let mut out = String::new();
+    for table in &position.tables {
+        out.push_str(&format!("\n{} (band 1 holds the highest values)\n", table.name));
+        let mut header: Vec<String> = table.dimensions.clone();
+        for statistic in &table.statistics {
+            header.extend([format!("peers {statistic}"), format!("own {statistic}"), "band".into()]);
+        }
+        let mut rows = vec![header];
+        for cell in &table.cells {
+            let mut row = cell.key.clone();
+            for (s, statistic) in table.statistics.iter().enumerate() {
+                let peers = match (&cell.peers, cell.held_from) {
+                    (Some(v), Some(from)) => format!("{} (v{from})", number(statistic, v[s])),
+                    (Some(v), None) => number(statistic, v[s]),
+                    (None, _) => "suppressed".into(),
+                };
+                let own = cell.own.as_ref().map_or("suppressed".into(), |v| number(statistic, v[s]));
+                let band = cell.bands[s].map_or("-".into(), |b| format!("{}/{}", b.band, b.of));
+                row.extend([peers, own, band]);
+            }
+            rows.push(row);
+        }
+        out.push_str(&aligned(rows, table.dimensions.len()));
     }
     out
 }

@@ -140,6 +140,11 @@ impl Client {
         Ok(check(self.raw("GET", path, None)?)?.text())
     }
 
+    /// A body as bytes (a Parquet file).
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        Ok(check(self.raw("GET", path, None)?)?.body)
+    }
+
     pub fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,

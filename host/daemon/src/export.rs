@@ -43,23 +43,36 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// One flat row per cell: its table, its key and values placed in the
-/// union's columns, whether it is suppressed, and where it is held from.
-fn rows<'a>(
-    release: &'a Release,
-    columns: &'a Columns<'a>,
-) -> impl Iterator<Item = (&'a str, Vec<Option<&'a str>>, Vec<Option<f64>>, bool, Option<u64>)> + 'a {
+/// One cell as a flat row: its key and values placed in the union's
+/// columns.
+struct Row<'a> {
+    table: &'a str,
+    key: Vec<Option<&'a str>>,
+    values: Vec<Option<f64>>,
+    suppressed: bool,
+    held_from: Option<u64>,
+}
+
+/// Every cell of every table, as flat rows.
+fn rows<'a>(release: &'a Release, columns: &'a Columns<'a>) -> impl Iterator<Item = Row<'a>> + 'a {
     release.tables.iter().flat_map(move |table| {
         table.cells.iter().map(move |cell| {
             let mut key = vec![None; columns.dimensions.len()];
             for (dimension, label) in table.dimensions.iter().zip(&cell.key) {
-                key[columns.dimensions.iter().position(|c| c == dimension).expect("listed")] = Some(label.as_str());
+                key[columns.dimensions.iter().position(|c| c == dimension).expect("listed")] =
+                    Some(label.as_str());
             }
             let mut values = vec![None; columns.statistics.len()];
             for (statistic, &value) in table.statistics.iter().zip(cell.values.iter().flatten()) {
                 values[columns.statistics.iter().position(|c| c == statistic).expect("listed")] = Some(value);
             }
-            (table.name.as_str(), key, values, cell.values.is_none(), cell.held_from)
+            Row {
+                table: &table.name,
+                key,
+                values,
+                suppressed: cell.values.is_none(),
+                held_from: cell.held_from,
+            }
         })
     })
 }
@@ -76,13 +89,13 @@ pub fn release_csv(release: &Release, held_column: bool) -> Result<String> {
         header.push("held_from");
     }
     out.write_record(&header).map_err(csv_err)?;
-    for (table, key, values, suppressed, held_from) in rows(release, &columns) {
-        let mut row = vec![table.to_owned()];
-        row.extend(key.iter().map(|k| k.unwrap_or_default().to_owned()));
-        row.extend(values.iter().map(|v| v.map(|v| v.to_string()).unwrap_or_default()));
-        row.push(suppressed.to_string());
+    for cell in rows(release, &columns) {
+        let mut row = vec![cell.table.to_owned()];
+        row.extend(cell.key.iter().map(|k| k.unwrap_or_default().to_owned()));
+        row.extend(cell.values.iter().map(|v| v.map(|v| v.to_string()).unwrap_or_default()));
+        row.push(cell.suppressed.to_string());
         if held_column {
-            row.push(held_from.map(|v| v.to_string()).unwrap_or_default());
+            row.push(cell.held_from.map(|v| v.to_string()).unwrap_or_default());
         }
         out.write_record(&row).map_err(csv_err)?;
     }
@@ -99,12 +112,12 @@ pub fn release_parquet(release: &Release) -> Result<Vec<u8>> {
     let mut values: Vec<Float64Builder> = columns.statistics.iter().map(|_| Float64Builder::new()).collect();
     let mut suppressed = BooleanBuilder::new();
     let mut held = UInt64Builder::new();
-    for (name, key, value, hidden, held_from) in rows(release, &columns) {
-        table.append_value(name);
-        keys.iter_mut().zip(key).for_each(|(b, k)| b.append_option(k));
-        values.iter_mut().zip(value).for_each(|(b, v)| b.append_option(v));
-        suppressed.append_value(hidden);
-        held.append_option(held_from);
+    for cell in rows(release, &columns) {
+        table.append_value(cell.table);
+        keys.iter_mut().zip(cell.key).for_each(|(b, k)| b.append_option(k));
+        values.iter_mut().zip(cell.values).for_each(|(b, v)| b.append_option(v));
+        suppressed.append_value(cell.suppressed);
+        held.append_option(cell.held_from);
     }
     let mut fields = vec![Field::new("table", DataType::Utf8, false)];
     fields.extend(columns.dimensions.iter().map(|d| Field::new(*d, DataType::Utf8, true)));
@@ -120,7 +133,8 @@ pub fn release_parquet(release: &Release) -> Result<Vec<u8>> {
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| failed(&e))?;
     let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| failed(&e))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| failed(&e))?;
     writer.write(&batch).map_err(|e| failed(&e))?;
     writer.close().map_err(|e| failed(&e))?;
     Ok(out)

@@ -104,7 +104,7 @@ pub struct JobLog {
 }
 
 impl JobLog {
-    fn from_owner_log(job: &str, log: OwnerLog) -> Self {
+    pub(crate) fn from_owner_log(job: &str, log: OwnerLog) -> Self {
         Self {
             job: job.to_owned(),
             stdout: log.stdout,
@@ -329,6 +329,21 @@ impl Scheduler {
         *running.per_tenant.entry(job.tenant.clone()).or_default() += 1;
         running.jobs.insert(job.id.clone());
         true
+    }
+
+    /// Take a slot for a benchmark run, if the global limit allows. A
+    /// benchmark run reads many tenants; it counts against no tenant's limit.
+    pub fn claim_slot(&self) -> bool {
+        let mut running = self.running.lock().expect("lock");
+        if running.total >= self.limits.concurrent || self.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        running.total += 1;
+        true
+    }
+
+    pub fn release_slot(&self) {
+        self.running.lock().expect("lock").total -= 1;
     }
 
     fn release(&self, job: &Job) {
@@ -577,9 +592,16 @@ pub(crate) fn owner_log(app: &App, tenant: &str, id: &str) -> Result<JobLog> {
         .read()?
         .get(OWNER_LOGS, id)?
         .ok_or_else(|| Error::NotFound(format!("log of job `{id}`")))?;
-    Ok(sealed::open(app, tenant, &log_label(id), &stored)?.unwrap_or_else(|| JobLog {
-        job: id.to_owned(),
-        error: Some("(the log could not be kept)".into()),
-        ..JobLog::default()
-    }))
+    JobLog::open(app, tenant, &log_label(id), id, &stored)
+}
+
+impl JobLog {
+    /// Open the sealed log of run `id` (a job or a benchmark run).
+    pub(crate) fn open(app: &App, tenant: &str, label: &str, id: &str, stored: &Sealed) -> Result<JobLog> {
+        Ok(sealed::open(app, tenant, label, stored)?.unwrap_or_else(|| JobLog {
+            job: id.to_owned(),
+            error: Some("(the log could not be kept)".into()),
+            ..JobLog::default()
+        }))
+    }
 }

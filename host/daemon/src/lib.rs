@@ -15,6 +15,8 @@ pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod benchmark_runs;
+pub mod benchmarks;
 pub mod client;
 pub mod config;
 mod error;
@@ -79,6 +81,8 @@ pub(crate) struct App {
     pub metrics: metrics::Metrics,
     /// The key token secrets are hashed under, read once at start.
     pub token_key: [u8; 32],
+    /// Wakes the benchmark runner (a run was queued).
+    pub benchmark_wake: tokio::sync::Notify,
 }
 
 /// A running daemon.
@@ -111,8 +115,9 @@ impl Daemon {
         let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
         let token_key = store.write(auth::token_key)?;
         let interrupted = jobs::recover(&store)?;
+        let interrupted = interrupted + benchmark_runs::recover(&store)?;
         if interrupted > 0 {
-            tracing::warn!(interrupted, "jobs that were running when the daemon stopped are marked failed");
+            tracing::warn!(interrupted, "runs that were running when the daemon stopped are marked failed");
         }
         let listener = listen(config.listen)
             .map_err(|e| StartError::Listen { addr: config.listen, detail: e.to_string() })?;
@@ -126,6 +131,7 @@ impl Daemon {
             plugins: registry::PluginCache::new(plugins_dir),
             metrics: metrics::Metrics::new(),
             token_key,
+            benchmark_wake: tokio::sync::Notify::new(),
             config,
             store,
             vault,
@@ -133,6 +139,7 @@ impl Daemon {
         });
         let (stop, stopped) = watch::channel(false);
         jobs::Scheduler::spawn(app.clone(), stopped.clone());
+        benchmark_runs::spawn_runner(app.clone(), stopped.clone());
         let router = api::router(app.clone());
         let mut shutdown = stopped;
         let server = tokio::spawn(async move {

@@ -28,7 +28,12 @@ pub(crate) fn seal<T: Serialize>(app: &App, tenant: &str, label: &str, value: &T
 }
 
 /// Open a sealed record; `None` when it could not be kept.
-pub(crate) fn open<T: DeserializeOwned>(app: &App, tenant: &str, label: &str, stored: &Sealed) -> Result<Option<T>> {
+pub(crate) fn open<T: DeserializeOwned>(
+    app: &App,
+    tenant: &str,
+    label: &str,
+    stored: &Sealed,
+) -> Result<Option<T>> {
     let hex = &stored.sealed_hex;
     let sealed: Vec<u8> = (0..hex.len() / 2)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))

@@ -26,6 +26,21 @@ pub(crate) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs
 pub(crate) const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
 pub(crate) const OWNER_LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("owner_logs");
 pub(crate) const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+/// Published benchmarks, by name.
+pub(crate) const BENCHMARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("benchmarks");
+/// `benchmark/tenant` to the tenant's opt-in.
+pub(crate) const OPT_INS: TableDefinition<&str, &[u8]> = TableDefinition::new("opt_ins");
+/// Benchmark runs, by id.
+pub(crate) const BENCHMARK_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("benchmark_runs");
+/// The meta data vault: `benchmark/version` (zero-padded) to the released
+/// tables, the vendor's. Names no tenant, holds no tenant's own value.
+pub(crate) const META_VAULT: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_vault");
+/// Per benchmark, the tenant sets each cell was released with: the
+/// subtraction rule's memory. Host-internal, never served.
+pub(crate) const RELEASE_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("release_history");
+/// `benchmark/version/tenant` to the tenant's own position, sealed under
+/// its data key.
+pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
 /// Queued jobs in submission order: sequence number to job id.
 pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
@@ -33,8 +48,24 @@ pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 10] =
-    [META, TOKENS, TENANTS, PLUGINS, APPROVALS, JOBS, RESULTS, OWNER_LOGS, GRANTS, AUDIT_HEADS];
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 16] = [
+    META,
+    TOKENS,
+    TENANTS,
+    PLUGINS,
+    APPROVALS,
+    JOBS,
+    RESULTS,
+    OWNER_LOGS,
+    GRANTS,
+    AUDIT_HEADS,
+    BENCHMARKS,
+    OPT_INS,
+    BENCHMARK_RUNS,
+    META_VAULT,
+    RELEASE_HISTORY,
+    POSITIONS,
+];
 
 /// The control database failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +153,22 @@ fn all_from<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Every record whose key starts with `prefix`, in key order.
+fn prefixed_from<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.range(prefix..).map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode(key.value(), value.value())?);
+    }
+    Ok(out)
+}
+
 fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     for entry in table.iter().map_err(db_err)? {
@@ -157,6 +204,15 @@ impl Read {
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
         all_from(&self.txn.open_table(table).map_err(db_err)?)
+    }
+
+    /// Every record of `table` whose key starts with `prefix`, in key order.
+    pub fn prefixed<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        prefixed_from(&self.txn.open_table(table).map_err(db_err)?, prefix)
     }
 
     /// Job ids waiting to run, oldest first.
@@ -204,6 +260,15 @@ impl Write<'_> {
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
         all_from(&self.txn.open_table(table).map_err(db_err)?)
+    }
+
+    /// Every record of `table` whose key starts with `prefix`, in key order.
+    pub fn prefixed<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        prefixed_from(&self.txn.open_table(table).map_err(db_err)?, prefix)
     }
 
     pub fn put<T: Serialize>(

@@ -141,9 +141,11 @@ async fn job_results(
     let release = jobs::result(&app, &id)?;
     match args.format.as_deref() {
         None | Some("json") => Ok(axum::Json(release).into_response()),
-        Some("csv") => {
-            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::export::release_csv(&release, false)?).into_response())
-        }
+        Some("csv") => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::export::release_csv(&release, false)?,
+        )
+            .into_response()),
         Some(other) => Err(Error::BadRequest(format!("unknown format `{other}`: use json or csv"))),
     }
 }

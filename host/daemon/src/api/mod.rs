@@ -11,6 +11,7 @@
 //! analyst's jobs, an operator's support grant.
 
 mod approvals;
+mod benchmarks;
 mod datasets;
 mod extract;
 mod jobs;
@@ -89,6 +90,19 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/jobs/{id}/cancel", Access::Roles(&[Analyst, TenantAdmin])),
     ("GET", "/v1/jobs/{id}/results", Access::Roles(&[Analyst])),
     ("GET", "/v1/jobs/{id}/log", Access::Roles(&[TenantAdmin, Operator])),
+    ("POST", "/v1/benchmarks", Access::Roles(&[Vendor])),
+    ("GET", "/v1/benchmarks", Access::Roles(&[Vendor, TenantAdmin, Operator])),
+    ("GET", "/v1/benchmarks/{benchmark}", Access::Roles(&[Vendor, TenantAdmin, Operator])),
+    ("POST", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor])),
+    ("GET", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor, Operator])),
+    ("GET", "/v1/benchmarks/{benchmark}/runs/{run}", Access::Roles(&[Vendor, Operator])),
+    ("GET", "/v1/benchmarks/{benchmark}/versions", Access::Roles(&[Vendor, Operator])),
+    ("GET", "/v1/benchmarks/{benchmark}/versions/{version}", Access::Roles(&[Vendor, Operator])),
+    ("GET", "/v1/tenants/{tenant}/benchmarks", Access::Roles(&[TenantAdmin])),
+    ("PUT", "/v1/tenants/{tenant}/benchmarks/{benchmark}", Access::Roles(&[TenantAdmin])),
+    ("DELETE", "/v1/tenants/{tenant}/benchmarks/{benchmark}", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/tenants/{tenant}/benchmarks/{benchmark}/versions/{version}", Access::Roles(&[TenantAdmin])),
+    ("GET", "/v1/tenants/{tenant}/benchmark-runs/{run}/log", Access::Roles(&[TenantAdmin, Operator])),
 ];
 
 /// The access entry of a route.
@@ -98,7 +112,7 @@ pub fn access(method: &str, path: &str) -> Option<Access> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "kanon", description = "kanon's host daemon: tenants, datasets, plugins, approvals, jobs, results, audit."),
+    info(title = "kanon", description = "kanon's host daemon: tenants, datasets, plugins, approvals, jobs, results, audit, benchmarks."),
     modifiers(&BearerToken),
     components(schemas(ErrorBody))
 )]
@@ -127,6 +141,7 @@ pub(crate) fn routes(limits: &RequestLimits) -> OpenApiRouter<Arc<App>> {
         .merge(plugins::routes(limits.max_plugin_bytes))
         .merge(approvals::routes())
         .merge(jobs::routes())
+        .merge(benchmarks::routes())
 }
 
 /// The API document as served, with each operation's roles added as

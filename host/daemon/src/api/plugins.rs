@@ -130,6 +130,10 @@ async fn delete_plugin(
         if let Some(j) = w.all::<Job>(JOBS)?.into_iter().find(|j| j.plugin == hash && !j.state.is_final()) {
             return Err(Error::Conflict(format!("job {} uses this plugin", j.id)));
         }
+        let benchmarks: Vec<crate::benchmarks::Benchmark> = w.all(crate::store::BENCHMARKS)?;
+        if let Some(b) = benchmarks.iter().find(|b| b.plugin == hash) {
+            return Err(Error::Conflict(format!("benchmark `{}` uses this plugin", b.name)));
+        }
         w.remove(PLUGINS, &hash)?;
         w.audit(HOST_CHAIN, &caller.actor(), "plugin.delete", json!({"plugin": hash}))?;
         Ok(record)

@@ -1,0 +1,576 @@
+//! Benchmark runs: queued by the vendor or the schedule, run one at a time
+//! (one isolated instance per opted-in tenant, merged by the gate under the
+//! benchmark rules and the subtraction rule), and finished in one
+//! transaction that stores the version in the meta data vault, the
+//! benchmark's history, each tenant's own position (sealed) and owner log
+//! (sealed), and the audit entries on the host's and every participant's
+//! chain.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kanon_gate::{OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory};
+use kanon_runtime::{BenchmarkReport, BenchmarkRequest, TenantInput};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+use crate::audit::HOST_CHAIN;
+use crate::benchmarks::{self, Benchmark, OptIn};
+use crate::error::{Error, Result};
+use crate::jobs::{JobLog, JobState};
+use crate::sealed::{self, Sealed};
+use crate::store::{
+    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OWNER_LOGS, POSITIONS, RELEASE_HISTORY, TENANTS, Write,
+};
+use crate::tenants::TenantRecord;
+use crate::{App, ControlStore, StoreError, now_ms};
+
+/// A run of a benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BenchmarkRun {
+    pub id: String,
+    pub seq: u64,
+    pub benchmark: String,
+    /// Who queued it: the vendor, or `schedule`.
+    pub trigger: String,
+    pub state: JobState,
+    pub submitted_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// The failure class: a plugin's (`trap`, `timeout`, ...; which tenant's
+    /// instance failed is not said), or `too-few-tenants`, `interrupted`.
+    pub failure: Option<String>,
+    /// Tenants whose data the run read.
+    pub participants: Option<usize>,
+    /// The version it released.
+    pub version: Option<u64>,
+    pub stats: Option<BenchmarkStats>,
+}
+
+/// Figures of a finished run; nothing in them is one tenant's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BenchmarkStats {
+    pub run_ms: u64,
+    /// Rows of every participant's datasets.
+    pub rows: u64,
+    pub cells: usize,
+    pub suppressed_cells: usize,
+    pub held_cells: usize,
+    /// The largest linear memory of any one instance.
+    pub peak_instance_memory_bytes: usize,
+}
+
+/// A version in the meta data vault: the vendor's. It names no tenant and
+/// holds no tenant's own value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BenchmarkVersion {
+    pub benchmark: String,
+    pub version: u64,
+    pub run: String,
+    pub released_ms: u64,
+    pub plugin: String,
+    pub params_hash: String,
+    pub participants: usize,
+    #[schema(value_type = Object)]
+    pub release: Release,
+}
+
+/// A line of the version list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VersionSummary {
+    pub version: u64,
+    pub run: String,
+    pub released_ms: u64,
+    pub participants: usize,
+    pub cells: usize,
+    pub suppressed_cells: usize,
+    pub held_cells: usize,
+}
+
+impl BenchmarkVersion {
+    pub fn summary(&self) -> VersionSummary {
+        VersionSummary {
+            version: self.version,
+            run: self.run.clone(),
+            released_ms: self.released_ms,
+            participants: self.participants,
+            cells: self.release.tables.iter().map(|t| t.cells.len()).sum(),
+            suppressed_cells: self.release.tables.iter().map(|t| t.suppressed_cells).sum(),
+            held_cells: self.release.tables.iter().map(|t| t.held_cells).sum(),
+        }
+    }
+}
+
+/// A tenant's own view of a version: the peers' released values next to
+/// its own, and its rank bands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PositionView {
+    pub benchmark: String,
+    pub version: u64,
+    pub tenant: String,
+    #[schema(value_type = Object)]
+    pub position: OwnPosition,
+}
+
+/// The meta data vault's key of a version: zero-padded, so keys sort by
+/// version.
+pub(crate) fn version_key(benchmark: &str, version: u64) -> String {
+    format!("{benchmark}/{version:012}")
+}
+
+fn position_key(benchmark: &str, version: u64, tenant: &str) -> String {
+    format!("{}/{tenant}", version_key(benchmark, version))
+}
+
+fn position_label(benchmark: &str, version: u64) -> String {
+    format!("benchmark-position:{}", version_key(benchmark, version))
+}
+
+fn log_key(run: &str, tenant: &str) -> String {
+    format!("{run}/{tenant}")
+}
+
+fn log_label(run: &str) -> String {
+    format!("owner-log:{run}")
+}
+
+/// Queue a run of `benchmark`, unless one is queued or running already.
+pub(crate) fn queue(
+    write: &mut Write<'_>,
+    actor: &str,
+    benchmark: &str,
+    trigger: &str,
+) -> Result<BenchmarkRun> {
+    benchmarks::get(write, benchmark)?;
+    let runs: Vec<BenchmarkRun> = write.all(BENCHMARK_RUNS)?;
+    if let Some(pending) = runs.iter().find(|r| r.benchmark == benchmark && !r.state.is_final()) {
+        return Err(Error::Conflict(format!(
+            "run {} of `{benchmark}` is {}",
+            pending.id,
+            pending.state.name()
+        )));
+    }
+    let run = BenchmarkRun {
+        id: crate::new_id("brun"),
+        seq: write.next_sequence("benchmark-run-seq")?,
+        benchmark: benchmark.to_owned(),
+        trigger: trigger.to_owned(),
+        state: JobState::Queued,
+        submitted_ms: now_ms(),
+        started_ms: None,
+        finished_ms: None,
+        failure: None,
+        participants: None,
+        version: None,
+        stats: None,
+    };
+    write.put(BENCHMARK_RUNS, &run.id, &run)?;
+    write.audit(HOST_CHAIN, actor, "benchmark.run.queue", json!({"benchmark": benchmark, "run": run.id}))?;
+    Ok(run)
+}
+
+/// At start: runs a stopped daemon left running are marked failed
+/// (`interrupted`); queued ones stay queued. Returns how many.
+pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
+    store.write(|w| {
+        let running: Vec<BenchmarkRun> = w
+            .all::<BenchmarkRun>(BENCHMARK_RUNS)?
+            .into_iter()
+            .filter(|r| r.state == JobState::Running)
+            .collect();
+        for mut run in running.iter().cloned() {
+            run.state = JobState::Failed;
+            run.failure = Some("interrupted".into());
+            run.finished_ms = Some(now_ms());
+            w.put(BENCHMARK_RUNS, &run.id, &run)?;
+            w.audit(
+                HOST_CHAIN,
+                "daemon",
+                "benchmark.run.finish",
+                json!({"run": run.id, "failure": "interrupted"}),
+            )?;
+        }
+        Ok(running.len())
+    })
+}
+
+/// The runner: queues scheduled runs when due and runs queued ones, one at
+/// a time, each in a slot of the job scheduler, until `stopped`.
+pub(crate) fn spawn_runner(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            if *stopped.borrow() {
+                break;
+            }
+            if let Err(e) = queue_due(&app) {
+                tracing::error!(error = %e, "the benchmark schedule could not be read");
+            }
+            match next_queued(&app) {
+                Ok(Some(run)) if app.scheduler.claim_slot() => {
+                    let worker = app.clone();
+                    let ran = tokio::task::spawn_blocking(move || execute_and_finish(&worker, run)).await;
+                    app.scheduler.release_slot();
+                    app.scheduler.wake();
+                    if let Err(e) = ran {
+                        tracing::error!(error = %e, "a benchmark run panicked");
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "the benchmark queue could not be read"),
+            }
+            tokio::select! {
+                _ = app.benchmark_wake.notified() => {}
+                _ = stopped.wait_for(|stop| *stop) => break,
+                // Slots free up and schedules come due without a wake-up.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
+/// Queue a run of every scheduled benchmark that is due.
+fn queue_due(app: &App) -> Result<()> {
+    let now = now_ms();
+    let due: Vec<Benchmark> = app
+        .store
+        .read()?
+        .all::<Benchmark>(BENCHMARKS)?
+        .into_iter()
+        .filter(|b| b.every_hours.is_some_and(|h| now >= b.scheduled_ms + u64::from(h) * 3_600_000))
+        .collect();
+    for benchmark in due {
+        app.store.write(|w| {
+            let mut current = benchmarks::get(w, &benchmark.name)?;
+            current.scheduled_ms = now;
+            w.put(BENCHMARKS, &current.name, &current)?;
+            match queue(w, "daemon", &current.name, "schedule") {
+                // A run still pending covers this turn.
+                Ok(_) | Err(Error::Conflict(_)) => Ok::<_, Error>(()),
+                Err(e) => Err(e),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The oldest queued run, if any.
+fn next_queued(app: &App) -> Result<Option<BenchmarkRun>> {
+    let runs: Vec<BenchmarkRun> = app.store.read()?.all(BENCHMARK_RUNS)?;
+    Ok(runs.into_iter().filter(|r| r.state == JobState::Queued).min_by_key(|r| r.seq))
+}
+
+/// One participant, ready to run.
+struct Participant {
+    opt_in: OptIn,
+    versions: BTreeMap<String, u64>,
+}
+
+/// What a run came to, before it is recorded.
+enum Outcome {
+    Ran { report: Box<BenchmarkReport>, participants: Vec<Participant>, rows: u64, version: u64 },
+    NotRun { code: &'static str, detail: String, participants: Vec<Participant> },
+}
+
+fn execute_and_finish(app: &App, run: BenchmarkRun) {
+    let id = run.id.clone();
+    let result = start(app, &run.id).and_then(|started| {
+        let Some(started) = started else { return Ok(()) };
+        let clock = Instant::now();
+        let (outcome, skipped) = execute(app, &started);
+        finish(app, &started, outcome, skipped, clock.elapsed())
+    });
+    if let Err(e) = result {
+        // The run stays `running` in the database; the next start marks it
+        // interrupted.
+        tracing::error!(run = %id, error = %e, "cannot record a benchmark run");
+    }
+}
+
+/// Mark a queued run running. `None`: it is no longer queued.
+fn start(app: &App, id: &str) -> Result<Option<BenchmarkRun>> {
+    app.store.write(|w| {
+        let Some(mut run) = w.get::<BenchmarkRun>(BENCHMARK_RUNS, id)? else { return Ok(None) };
+        if run.state != JobState::Queued {
+            return Ok(None);
+        }
+        run.state = JobState::Running;
+        run.started_ms = Some(now_ms());
+        w.put(BENCHMARK_RUNS, id, &run)?;
+        w.audit(HOST_CHAIN, "daemon", "benchmark.run.start", json!({"benchmark": run.benchmark, "run": id}))?;
+        Ok(Some(run))
+    })
+}
+
+/// Run the benchmark over every tenant opted in now. A tenant whose mapped
+/// data cannot be read is left out (and told, on its chain); the others run.
+fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
+    let mut skipped = Vec::new();
+    let not_run = |code, detail: String, participants| Outcome::NotRun { code, detail, participants };
+    let read = match app.store.read() {
+        Ok(read) => read,
+        Err(e) => return (not_run("host-error", e.to_string(), Vec::new()), skipped),
+    };
+    let benchmark: Benchmark = match read.get(BENCHMARKS, &run.benchmark) {
+        Ok(Some(benchmark)) => benchmark,
+        Ok(None) => return (not_run("host-error", "the benchmark is gone".into(), Vec::new()), skipped),
+        Err(e) => return (not_run("host-error", e.to_string(), Vec::new()), skipped),
+    };
+    let plugin = match app.plugins.get(&app.runtime, &benchmark.plugin) {
+        Ok(plugin) => plugin,
+        Err(e) => return (not_run("host-error", e.to_string(), Vec::new()), skipped),
+    };
+    let opt_ins = match benchmarks::opt_ins(&read, &benchmark.name) {
+        Ok(all) => all.into_iter().filter(OptIn::active).collect::<Vec<_>>(),
+        Err(e) => return (not_run("host-error", e.to_string(), Vec::new()), skipped),
+    };
+    let mut participants = Vec::new();
+    let mut inputs = Vec::new();
+    let mut layers: Vec<PolicyLayer> = Vec::new();
+    let mut rows = 0;
+    for opt_in in opt_ins {
+        let tenant = opt_in.tenant.clone();
+        let ready = read
+            .get::<TenantRecord>(TENANTS, &tenant)
+            .map_err(Error::from)
+            .and_then(|t| t.ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`"))))
+            .and_then(|record| {
+                let datasets = benchmarks::mapped_datasets(app, &tenant, &plugin.manifest, &opt_in.datasets)?;
+                let secret = app.vault.pseudonym_secret(&tenant)?;
+                Ok((record, datasets, secret))
+            });
+        match ready {
+            Ok((record, datasets, secret)) => {
+                rows += datasets.values().map(|d| d.rows()).sum::<u64>();
+                let versions = datasets.iter().map(|(name, d)| (name.clone(), d.version())).collect();
+                layers.push(record.policy);
+                inputs.push(TenantInput { tenant: tenant.clone(), datasets, secret, member: opt_in.member });
+                participants.push(Participant { opt_in, versions });
+            }
+            Err(e) => skipped.push((tenant, e.to_string())),
+        }
+    }
+    let policy = match Policy::floor(&app.config.floor)
+        .and_then(|floor| Policy::for_run(&floor, &layers, &PolicyLayer::default()))
+    {
+        Ok(policy) => policy,
+        Err(e) => return (not_run("policy", e.to_string(), participants), skipped),
+    };
+    if inputs.len() < policy.min_tenants as usize {
+        let detail = format!("{} tenants take part; the policy needs {}", inputs.len(), policy.min_tenants);
+        return (not_run("too-few-tenants", detail, participants), skipped);
+    }
+    let history: ReleaseHistory = match read.get(RELEASE_HISTORY, &benchmark.name) {
+        Ok(history) => history.unwrap_or_default(),
+        Err(e) => return (not_run("host-error", e.to_string(), participants), skipped),
+    };
+    let version = benchmark.versions + 1;
+    drop(read);
+    let request = BenchmarkRequest {
+        run_id: run.id.clone(),
+        tenants: inputs,
+        params: benchmark.params.to_string(),
+        policy,
+        history,
+        version,
+    };
+    match app.runtime.run_benchmark(&plugin, request) {
+        Ok(report) => (Outcome::Ran { report: Box::new(report), participants, rows, version }, skipped),
+        Err(e) => (not_run("bad-request", e.to_string(), participants), skipped),
+    }
+}
+
+/// Record the end of a run in one transaction.
+fn finish(
+    app: &App,
+    run: &BenchmarkRun,
+    outcome: Outcome,
+    skipped: Vec<(String, String)>,
+    elapsed: Duration,
+) -> Result<()> {
+    // Seal what is each tenant's before the transaction: sealing reads the
+    // vault.
+    let (participants, logs, positions) = match &outcome {
+        Outcome::Ran { report, participants, version, .. } => {
+            let logs: Vec<Sealed> = report
+                .tenants
+                .iter()
+                .map(|(tenant, log, _)| {
+                    let log = JobLog::from_owner_log(&run.id, log.clone());
+                    sealed::seal(app, tenant, &log_label(&run.id), &log)
+                })
+                .collect();
+            let positions = match &report.outcome {
+                Ok(_) => report
+                    .tenants
+                    .iter()
+                    .zip(&report.positions)
+                    .map(|((tenant, _, _), position)| {
+                        sealed::seal(app, tenant, &position_label(&run.benchmark, *version), position)
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            (participants, logs, positions)
+        }
+        Outcome::NotRun { participants, detail, .. } => {
+            let log = JobLog { job: run.id.clone(), error: Some(detail.clone()), ..JobLog::default() };
+            let logs = participants
+                .iter()
+                .map(|p| sealed::seal(app, &p.opt_in.tenant, &log_label(&run.id), &log))
+                .collect();
+            (participants, logs, Vec::new())
+        }
+    };
+    let run_ms = elapsed.as_millis() as u64;
+    let recorded = app.store.write(|w| {
+        let mut current: BenchmarkRun = w.get(BENCHMARK_RUNS, &run.id)?.unwrap_or_else(|| run.clone());
+        current.finished_ms = Some(now_ms());
+        current.participants = Some(participants.len());
+        for (tenant, reason) in &skipped {
+            w.audit(tenant, "daemon", "benchmark.skipped", json!({"benchmark": run.benchmark, "run": run.id, "reason": reason}))?;
+        }
+        for (participant, log) in participants.iter().zip(&logs) {
+            w.put(OWNER_LOGS, &log_key(&run.id, &participant.opt_in.tenant), log)?;
+        }
+        let released = match &outcome {
+            Outcome::Ran { report, rows, version, .. } => match &report.outcome {
+                Ok(release) => {
+                    let mut benchmark = benchmarks::get(w, &run.benchmark)?;
+                    if benchmark.versions + 1 != *version {
+                        return Err(Error::Conflict(format!("benchmark `{}` got a version meanwhile", run.benchmark)));
+                    }
+                    benchmark.versions = *version;
+                    w.put(BENCHMARKS, &benchmark.name, &benchmark)?;
+                    let stored = BenchmarkVersion {
+                        benchmark: run.benchmark.clone(),
+                        version: *version,
+                        run: run.id.clone(),
+                        released_ms: now_ms(),
+                        plugin: report.plugin_hash.clone(),
+                        params_hash: report.params_hash.clone(),
+                        participants: participants.len(),
+                        release: release.clone(),
+                    };
+                    w.put(META_VAULT, &version_key(&run.benchmark, *version), &stored)?;
+                    w.put(RELEASE_HISTORY, &run.benchmark, &report.history)?;
+                    for (participant, position) in participants.iter().zip(&positions) {
+                        let key = position_key(&run.benchmark, *version, &participant.opt_in.tenant);
+                        w.put(POSITIONS, &key, position)?;
+                    }
+                    let summary = stored.summary();
+                    current.state = JobState::Succeeded;
+                    current.version = Some(*version);
+                    current.stats = Some(BenchmarkStats {
+                        run_ms,
+                        rows: *rows,
+                        cells: summary.cells,
+                        suppressed_cells: summary.suppressed_cells,
+                        held_cells: summary.held_cells,
+                        peak_instance_memory_bytes: report
+                            .tenants
+                            .iter()
+                            .map(|(_, _, stats)| stats.peak_memory_bytes)
+                            .max()
+                            .unwrap_or(0),
+                    });
+                    w.audit(
+                        HOST_CHAIN,
+                        "daemon",
+                        "benchmark.release",
+                        json!({"benchmark": run.benchmark, "run": run.id, "version": version,
+                               "participants": participants.len(), "record": report.record(),
+                               "held_cells": summary.held_cells}),
+                    )?;
+                    Some(*version)
+                }
+                Err(failure) => {
+                    current.state = JobState::Failed;
+                    current.failure = Some(failure.class.code().to_owned());
+                    None
+                }
+            },
+            Outcome::NotRun { code, .. } => {
+                current.state = JobState::Failed;
+                current.failure = Some((*code).to_owned());
+                None
+            }
+        };
+        for participant in participants {
+            w.audit(
+                &participant.opt_in.tenant,
+                "daemon",
+                "benchmark.run",
+                json!({"benchmark": run.benchmark, "run": run.id, "datasets": participant.opt_in.datasets,
+                       "versions": participant.versions, "outcome": current.state, "version": released}),
+            )?;
+        }
+        w.put(BENCHMARK_RUNS, &run.id, &current)?;
+        w.audit(
+            HOST_CHAIN,
+            "daemon",
+            "benchmark.run.finish",
+            json!({"benchmark": run.benchmark, "run": run.id, "outcome": current.state, "failure": current.failure}),
+        )?;
+        Ok(current.state)
+    })?;
+    app.metrics.job_finished(recorded.name(), Some((elapsed, None, 0)));
+    Ok(())
+}
+
+/// A version from the meta data vault; `None` for the latest.
+pub(crate) fn version(app: &App, benchmark: &Benchmark, version: Option<u64>) -> Result<BenchmarkVersion> {
+    let number = version.unwrap_or(benchmark.versions);
+    app.store
+        .read()?
+        .get(META_VAULT, &version_key(&benchmark.name, number))?
+        .ok_or_else(|| Error::NotFound(format!("version {number} of benchmark `{}`", benchmark.name)))
+}
+
+/// Every version's summary, oldest first.
+pub(crate) fn versions(app: &App, benchmark: &str) -> Result<Vec<VersionSummary>> {
+    let all: Vec<BenchmarkVersion> = app.store.read()?.prefixed(META_VAULT, &format!("{benchmark}/"))?;
+    Ok(all.iter().map(BenchmarkVersion::summary).collect())
+}
+
+/// A tenant's own position in a version, opened with its data key.
+pub(crate) fn position(
+    app: &App,
+    benchmark: &Benchmark,
+    version: Option<u64>,
+    tenant: &str,
+) -> Result<PositionView> {
+    let number = version.unwrap_or(benchmark.versions);
+    let missing = || {
+        Error::NotFound(format!(
+            "tenant `{tenant}` has no position in version {number} of `{}`",
+            benchmark.name
+        ))
+    };
+    let stored: Sealed = app
+        .store
+        .read()?
+        .get(POSITIONS, &position_key(&benchmark.name, number, tenant))?
+        .ok_or_else(missing)?;
+    let position =
+        sealed::open(app, tenant, &position_label(&benchmark.name, number), &stored)?.ok_or_else(missing)?;
+    Ok(PositionView {
+        benchmark: benchmark.name.clone(),
+        version: number,
+        tenant: tenant.to_owned(),
+        position,
+    })
+}
+
+/// A tenant's owner log of a run, opened with its data key.
+pub(crate) fn owner_log(app: &App, run: &str, tenant: &str) -> Result<JobLog> {
+    let stored: Sealed = app
+        .store
+        .read()?
+        .get(OWNER_LOGS, &log_key(run, tenant))?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}` has no log of run `{run}`")))?;
+    JobLog::open(app, tenant, &log_label(run), run, &stored)
+}

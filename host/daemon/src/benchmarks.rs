@@ -1,0 +1,249 @@
+//! Cross-tenant benchmarks: a vendor publishes one (a plugin, its params,
+//! on demand or every few hours); tenant admins read its manifest and opt in
+//! with a mapping from their own dataset to the shape the plugin reads, or
+//! opt out. Runs and their versions are in [`crate::benchmark_runs`].
+
+use std::collections::BTreeMap;
+
+use kanon_runtime::Manifest;
+use kanon_vault::DatasetVersion;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::audit::HOST_CHAIN;
+use crate::error::{Error, Result};
+use crate::registry::PluginRecord;
+use crate::store::{BENCHMARKS, OPT_INS, PLUGINS, Read, Write};
+use crate::tenants::check_name;
+use crate::{App, now_ms};
+
+/// Longest interval of a scheduled benchmark: a year.
+pub const MAX_EVERY_HOURS: u32 = 366 * 24;
+
+/// A published benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Benchmark {
+    pub name: String,
+    /// The vendor (token name) who published it; only it runs it and reads
+    /// its versions.
+    pub vendor: String,
+    /// The plugin's hash: fixed for the benchmark's life, so every version
+    /// answers the same manifest.
+    pub plugin: String,
+    pub description: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Run every this many hours; none: on demand only.
+    pub every_hours: Option<u32>,
+    pub published_ms: u64,
+    /// When the schedule last queued a run (or the benchmark was published).
+    pub scheduled_ms: u64,
+    /// Versions released so far.
+    pub versions: u64,
+    /// The ordinal the next tenant to opt in gets.
+    pub next_member: u32,
+}
+
+/// What a vendor publishes.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBenchmark {
+    pub name: String,
+    /// The plugin's hash (upload it first).
+    pub plugin: String,
+    #[serde(default)]
+    pub description: String,
+    /// The plugin's parameters, the same for every tenant. Default `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+    /// Run every this many hours (1 to a year); leave out for on demand.
+    pub every_hours: Option<u32>,
+}
+
+/// Which of a tenant's datasets stands for one the plugin reads, and which
+/// of its columns for the plugin's. A column left out maps to the column of
+/// the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetMapping {
+    pub dataset: String,
+    /// The plugin's column names to the tenant's.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+/// A tenant's participation in a benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OptIn {
+    pub benchmark: String,
+    pub tenant: String,
+    /// The tenant's ordinal in this benchmark, kept when it opts in again:
+    /// what the subtraction rule compares tenant sets by.
+    pub member: u32,
+    /// The manifest's dataset names to the tenant's datasets and columns.
+    pub datasets: BTreeMap<String, DatasetMapping>,
+    pub by: String,
+    pub opted_in_ms: u64,
+    /// Set when the tenant opted out: no later run reads its data.
+    pub opted_out_ms: Option<u64>,
+}
+
+impl OptIn {
+    pub fn active(&self) -> bool {
+        self.opted_out_ms.is_none()
+    }
+}
+
+/// What a tenant admin sends to opt in.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptInRequest {
+    /// The manifest's dataset names to the tenant's datasets and columns.
+    pub datasets: BTreeMap<String, DatasetMapping>,
+}
+
+/// The key of a tenant's opt-in.
+pub(crate) fn opt_in_key(benchmark: &str, tenant: &str) -> String {
+    format!("{benchmark}/{tenant}")
+}
+
+/// The benchmark, or 404.
+pub(crate) fn get(write: &Write<'_>, name: &str) -> Result<Benchmark> {
+    write.get(BENCHMARKS, name)?.ok_or_else(|| Error::NotFound(format!("benchmark `{name}`")))
+}
+
+/// Every opt-in of `benchmark`, past ones too, by tenant name.
+pub(crate) fn opt_ins(read: &Read, benchmark: &str) -> Result<Vec<OptIn>> {
+    Ok(read.prefixed(OPT_INS, &format!("{benchmark}/"))?)
+}
+
+/// Publish a benchmark: its plugin must be registered and its params fit
+/// the manifest. Audited on the host's chain.
+pub(crate) fn publish(
+    write: &mut Write<'_>,
+    actor: &str,
+    vendor: &str,
+    new: NewBenchmark,
+) -> Result<Benchmark> {
+    check_name("benchmark", &new.name)?;
+    if let Some(hours) = new.every_hours
+        && !(1..=MAX_EVERY_HOURS).contains(&hours)
+    {
+        return Err(Error::BadRequest(format!("every_hours must be 1 to {MAX_EVERY_HOURS}")));
+    }
+    if write.get::<Benchmark>(BENCHMARKS, &new.name)?.is_some() {
+        return Err(Error::Conflict(format!("benchmark `{}` exists", new.name)));
+    }
+    let plugin: PluginRecord = write
+        .get(PLUGINS, &new.plugin)?
+        .ok_or_else(|| Error::NotFound(format!("plugin `{}`", new.plugin)))?;
+    let params = new.params.unwrap_or_else(|| json!({}));
+    plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::Unprocessable(e.to_string()))?;
+    let now = now_ms();
+    let benchmark = Benchmark {
+        name: new.name,
+        vendor: vendor.to_owned(),
+        plugin: new.plugin,
+        description: new.description,
+        params,
+        every_hours: new.every_hours,
+        published_ms: now,
+        scheduled_ms: now,
+        versions: 0,
+        next_member: 0,
+    };
+    write.put(BENCHMARKS, &benchmark.name, &benchmark)?;
+    write.audit(
+        HOST_CHAIN,
+        actor,
+        "benchmark.publish",
+        json!({"benchmark": benchmark.name, "plugin": benchmark.plugin, "params": benchmark.params,
+               "every_hours": benchmark.every_hours}),
+    )?;
+    Ok(benchmark)
+}
+
+/// The tenant's datasets as the plugin reads them: the latest version of
+/// each mapped dataset, its columns under the plugin's names, checked
+/// against the manifest. The error says what does not fit.
+pub(crate) fn mapped_datasets(
+    app: &App,
+    tenant: &str,
+    manifest: &Manifest,
+    mapping: &BTreeMap<String, DatasetMapping>,
+) -> Result<BTreeMap<String, DatasetVersion>> {
+    if let Some(extra) = mapping.keys().find(|name| !manifest.inputs.iter().any(|need| &need.name == *name)) {
+        return Err(Error::Unprocessable(format!("the benchmark reads no dataset `{extra}`")));
+    }
+    let mut datasets = BTreeMap::new();
+    for need in &manifest.inputs {
+        let mapped = mapping
+            .get(&need.name)
+            .ok_or_else(|| Error::Unprocessable(format!("map a dataset of yours to `{}`", need.name)))?;
+        check_name("dataset", &mapped.dataset)?;
+        if let Some(extra) = mapped.columns.keys().find(|c| !need.columns.iter().any(|n| &n.name == *c)) {
+            return Err(Error::Unprocessable(format!("`{}` has no column `{extra}` to map", need.name)));
+        }
+        let names: BTreeMap<String, String> = need
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), mapped.columns.get(&c.name).unwrap_or(&c.name).clone()))
+            .collect();
+        let version = app.vault.dataset(tenant, &mapped.dataset, None)?;
+        let view = version.with_column_names(&names).map_err(|e| Error::Unprocessable(e.to_string()))?;
+        datasets.insert(need.name.clone(), view);
+    }
+    manifest.check_data(&datasets).map_err(|e| Error::Unprocessable(e.to_string()))?;
+    Ok(datasets)
+}
+
+/// Opt `tenant` in (again, with a new mapping, keeping its ordinal).
+pub(crate) fn opt_in(
+    write: &mut Write<'_>,
+    actor: &str,
+    benchmark: &str,
+    tenant: &str,
+    datasets: BTreeMap<String, DatasetMapping>,
+) -> Result<OptIn> {
+    crate::tenants::get(write, tenant)?;
+    let mut bench = get(write, benchmark)?;
+    let key = opt_in_key(benchmark, tenant);
+    let member = match write.get::<OptIn>(OPT_INS, &key)? {
+        Some(earlier) => earlier.member,
+        None => {
+            bench.next_member += 1;
+            write.put(BENCHMARKS, benchmark, &bench)?;
+            bench.next_member - 1
+        }
+    };
+    let opt_in = OptIn {
+        benchmark: benchmark.to_owned(),
+        tenant: tenant.to_owned(),
+        member,
+        datasets,
+        by: actor.to_owned(),
+        opted_in_ms: now_ms(),
+        opted_out_ms: None,
+    };
+    write.put(OPT_INS, &key, &opt_in)?;
+    write.audit(
+        tenant,
+        actor,
+        "benchmark.opt-in",
+        json!({"benchmark": benchmark, "plugin": bench.plugin, "datasets": opt_in.datasets}),
+    )?;
+    Ok(opt_in)
+}
+
+/// Opt `tenant` out: no run that starts later reads its data.
+pub(crate) fn opt_out(write: &mut Write<'_>, actor: &str, benchmark: &str, tenant: &str) -> Result<OptIn> {
+    let key = opt_in_key(benchmark, tenant);
+    let mut opt_in: OptIn = write.get(OPT_INS, &key)?.filter(OptIn::active).ok_or_else(|| {
+        Error::NotFound(format!("tenant `{tenant}` takes no part in benchmark `{benchmark}`"))
+    })?;
+    opt_in.opted_out_ms = Some(now_ms());
+    write.put(OPT_INS, &key, &opt_in)?;
+    write.audit(tenant, actor, "benchmark.opt-out", json!({"benchmark": benchmark}))?;
+    Ok(opt_in)
+}
