@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kanon_gate::{OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory};
+use kanon_gate::{CellHistory, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory};
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, TenantInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{JobLog, JobState};
 use crate::sealed::{self, Sealed};
 use crate::store::{
-    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OWNER_LOGS, POSITIONS, RELEASE_HISTORY, TENANTS, Write,
+    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OWNER_LOGS, POSITIONS, RELEASE_HISTORY, Read, TENANTS, Write,
 };
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
@@ -363,8 +363,8 @@ fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
         let detail = format!("{} tenants take part; the policy needs {}", inputs.len(), policy.min_tenants);
         return (not_run("too-few-tenants", detail, participants), skipped);
     }
-    let history: ReleaseHistory = match read.get(RELEASE_HISTORY, &benchmark.name) {
-        Ok(history) => history.unwrap_or_default(),
+    let history = match history_with_siblings(&read, &benchmark) {
+        Ok(history) => history,
         Err(e) => return (not_run("host-error", e.to_string(), participants), skipped),
     };
     let version = benchmark.versions + 1;
@@ -381,6 +381,45 @@ fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
         Ok(report) => (Outcome::Ran { report: Box::new(report), participants, rows, version }, skipped),
         Err(e) => (not_run("bad-request", e.to_string(), participants), skipped),
     }
+}
+
+/// The benchmark's history, with the tenant sets its vendor's other
+/// benchmarks of the same plugin released each cell with: publishing the
+/// plugin again under a new name, or with other params, does not start the
+/// subtraction rule afresh.
+fn history_with_siblings(read: &Read, benchmark: &Benchmark) -> Result<ReleaseHistory> {
+    let mut history: ReleaseHistory = read.get(RELEASE_HISTORY, &benchmark.name)?.unwrap_or_default();
+    let all: Vec<Benchmark> = read.all(BENCHMARKS)?;
+    for sibling in all
+        .iter()
+        .filter(|b| b.name != benchmark.name && b.vendor == benchmark.vendor && b.plugin == benchmark.plugin)
+    {
+        let Some(theirs) = read.get::<ReleaseHistory>(RELEASE_HISTORY, &sibling.name)? else { continue };
+        for table in theirs.tables {
+            let cells = table.cells.len();
+            let ours = match history.tables.iter_mut().position(|t| t.name == table.name) {
+                Some(i) => &mut history.tables[i],
+                None => {
+                    history.tables.push(TableHistory {
+                        name: table.name.clone(),
+                        cells: vec![CellHistory::default(); cells],
+                    });
+                    history.tables.last_mut().expect("just pushed")
+                }
+            };
+            if ours.cells.len() != cells {
+                continue;
+            }
+            for (mine, theirs) in ours.cells.iter_mut().zip(table.cells) {
+                for set in theirs.released_sets {
+                    if !mine.released_sets.contains(&set) {
+                        mine.released_sets.push(set);
+                    }
+                }
+            }
+        }
+    }
+    Ok(history)
 }
 
 /// Record the end of a run in one transaction.

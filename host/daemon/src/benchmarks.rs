@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use crate::audit::HOST_CHAIN;
 use crate::error::{Error, Result};
 use crate::registry::PluginRecord;
-use crate::store::{BENCHMARKS, OPT_INS, PLUGINS, Read, Write};
+use crate::store::{BENCHMARKS, META, OPT_INS, PLUGINS, Read, Write};
 use crate::tenants::check_name;
 use crate::{App, now_ms};
 
@@ -41,8 +41,6 @@ pub struct Benchmark {
     pub scheduled_ms: u64,
     /// Versions released so far.
     pub versions: u64,
-    /// The ordinal the next tenant to opt in gets.
-    pub next_member: u32,
 }
 
 /// What a vendor publishes.
@@ -78,8 +76,8 @@ pub struct DatasetMapping {
 pub struct OptIn {
     pub benchmark: String,
     pub tenant: String,
-    /// The tenant's ordinal in this benchmark, kept when it opts in again:
-    /// what the subtraction rule compares tenant sets by.
+    /// The tenant's ordinal, the same in every benchmark: what the
+    /// subtraction rule compares tenant sets by.
     pub member: u32,
     /// The manifest's dataset names to the tenant's datasets and columns.
     pub datasets: BTreeMap<String, DatasetMapping>,
@@ -151,7 +149,6 @@ pub(crate) fn publish(
         published_ms: now,
         scheduled_ms: now,
         versions: 0,
-        next_member: 0,
     };
     write.put(BENCHMARKS, &benchmark.name, &benchmark)?;
     write.audit(
@@ -207,16 +204,9 @@ pub(crate) fn opt_in(
     datasets: BTreeMap<String, DatasetMapping>,
 ) -> Result<OptIn> {
     crate::tenants::get(write, tenant)?;
-    let mut bench = get(write, benchmark)?;
+    let bench = get(write, benchmark)?;
     let key = opt_in_key(benchmark, tenant);
-    let member = match write.get::<OptIn>(OPT_INS, &key)? {
-        Some(earlier) => earlier.member,
-        None => {
-            bench.next_member += 1;
-            write.put(BENCHMARKS, benchmark, &bench)?;
-            bench.next_member - 1
-        }
-    };
+    let member = member(write, tenant)?;
     let opt_in = OptIn {
         benchmark: benchmark.to_owned(),
         tenant: tenant.to_owned(),
@@ -234,6 +224,20 @@ pub(crate) fn opt_in(
         json!({"benchmark": benchmark, "plugin": bench.plugin, "datasets": opt_in.datasets}),
     )?;
     Ok(opt_in)
+}
+
+/// The tenant's ordinal in every benchmark, given at its first opt-in.
+/// One ordinal across benchmarks lets a benchmark's tenant sets be compared
+/// with a sibling's (the same vendor and plugin).
+fn member(write: &mut Write<'_>, tenant: &str) -> Result<u32> {
+    let key = format!("benchmark-member:{tenant}");
+    if let Some(member) = write.get::<u32>(META, &key)? {
+        return Ok(member);
+    }
+    let member = u32::try_from(write.next_sequence("benchmark-member")?)
+        .map_err(|_| Error::Internal("out of benchmark ordinals".into()))?;
+    write.put(META, &key, &member)?;
+    Ok(member)
 }
 
 /// Opt `tenant` out: no run that starts later reads its data.

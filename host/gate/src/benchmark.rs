@@ -24,6 +24,9 @@ use crate::tally::Tally;
 /// What earlier versions of a benchmark released, per cell: the input of the
 /// subtraction rule. Tenants appear only as the ordinals the caller gave
 /// them, and no tenant's own value is kept; host-internal all the same.
+/// A caller may add the sets of other releases of the same tables (a
+/// sibling benchmark of the same plugin): a close set then suppresses the
+/// cell even where this benchmark has no value of its own to hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseHistory {
     pub tables: Vec<TableHistory>,
@@ -139,7 +142,7 @@ impl Gate {
         for (t, spec) in specs.iter().enumerate() {
             let Some(past) = history_of(history, spec, hidden[t].len()) else { continue };
             for (cell, past) in past.cells.iter().enumerate() {
-                if hidden[t][cell] || past.last.is_none() {
+                if hidden[t][cell] {
                     continue;
                 }
                 let now = contributors(t, cell);
@@ -148,7 +151,9 @@ impl Gate {
                     differ >= 1 && differ < min_tenants
                 });
                 if close {
-                    held[t][cell] = true;
+                    // With no value of its own to stand (the set came from
+                    // a sibling benchmark), the cell is only suppressed.
+                    held[t][cell] = past.last.is_some();
                     hidden[t][cell] = true;
                 }
             }
@@ -399,6 +404,19 @@ mod tests {
         // is caught even after another version in between.
         let fifth = run(&[0, 1, 2, 3, 4, 5, 6], &[[4, 4, 4]; 7], &fourth.history, 5);
         assert_eq!(values(&fifth.release, 0).1, Some(4), "differs from version 1 by one tenant");
+    }
+
+    #[test]
+    fn a_close_set_without_a_value_of_its_own_is_suppressed() {
+        // Another release of the same tables had tenants 0 to 5; this
+        // benchmark has none yet, and tenant 5 is not in it.
+        let sibling = run(&[0, 1, 2, 3, 4, 5], &[[4, 4, 4]; 6], &ReleaseHistory::default(), 1);
+        let mut history = sibling.history.clone();
+        history.tables[0].cells.iter_mut().for_each(|c| c.last = None);
+        let first = run(&[0, 1, 2, 3, 4], &[[4, 4, 4]; 5], &history, 1);
+        let table = &first.release.tables[0];
+        assert!(table.cells.iter().all(|c| c.values.is_none() && c.held_from.is_none()), "{table:?}");
+        assert_eq!((table.held_cells, table.suppressed_cells), (0, 4));
     }
 
     #[test]
