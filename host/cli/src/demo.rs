@@ -210,7 +210,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
          so no difference of the two versions gives {leaver}'s figures",
         second["version"], first["version"]
     ));
-    Ok(json!({"version": version, "position": position, "second_run": second}))
+    Ok(json!({"version": version, "position": position, "first_run": first, "second_run": second}))
 }
 
 /// Queue a run of `co2` and follow it to its end.
