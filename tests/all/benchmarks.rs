@@ -181,7 +181,7 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
         .clone();
     assert_eq!(north["own"][0], 10.0);
     assert_eq!(north["peers"], cell(&v1, ["rigid", "north"])["values"]);
-    assert_eq!(north["bands"][0]["of"], 3, "seven tenants: tertiles, two or more tenants a band");
+    assert_eq!(north["bands"][0]["of"], 2, "seven tenants: halves; quintiles from ten");
     let fields: Vec<&String> = north.as_object().unwrap().keys().collect();
     assert_eq!(fields, ["bands", "key", "own", "peers"], "nothing else of the peers");
     // Only its own admin reads it.

@@ -182,7 +182,8 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
     }
     say(format!("carriers: all {} opted in (the last maps its `ritten` to `trips`)", admins.len()));
 
-    let first = run_benchmark(&vendor, say)?;
+    let rows = args.carrier_trips * admins.len();
+    let first = run_benchmark(&vendor, rows, say)?;
     let version: Value = vendor.get(&format!("/v1/benchmarks/co2/versions/{}", first["version"]))?;
     let release: Release = serde_json::from_value(version["release"].clone())?;
     say(format!(
@@ -203,7 +204,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
     let (leaver, _, admin) = admins.last().expect("carriers");
     let _: Value = admin.delete(&format!("/v1/tenants/{leaver}/benchmarks/co2"))?;
     say(format!("{leaver}: opted out"));
-    let second = run_benchmark(&vendor, say)?;
+    let second = run_benchmark(&vendor, rows - args.carrier_trips, say)?;
     let held = second["stats"]["held_cells"].as_u64().unwrap_or(0);
     say(format!(
         "benchco: version {} holds {held} cells at version {}'s values: their carriers changed by one, \
@@ -214,7 +215,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
 }
 
 /// Queue a run of `co2` and follow it to its end.
-fn run_benchmark(vendor: &Client, say: &dyn Fn(String)) -> anyhow::Result<Value> {
+fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::Result<Value> {
     let run: Value = vendor.send("POST", "/v1/benchmarks/co2/runs", &json!({}))?;
     let id = text(&run["id"]);
     let done = loop {
@@ -228,8 +229,8 @@ fn run_benchmark(vendor: &Client, say: &dyn Fn(String)) -> anyhow::Result<Value>
         anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
     }
     say(format!(
-        "benchco: run {id} over {} carriers, {} rows, took {} ms",
-        done["participants"], done["stats"]["rows"], done["stats"]["run_ms"]
+        "benchco: run {id} over {} carriers ({rows} trips), took {} ms",
+        done["participants"], done["stats"]["run_ms"]
     ));
     Ok(done)
 }

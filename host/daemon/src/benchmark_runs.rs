@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kanon_gate::{CellHistory, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory};
+use kanon_gate::{
+    CellHistory, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory, TableSpec,
+};
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, TenantInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,9 +23,11 @@ use crate::audit::HOST_CHAIN;
 use crate::benchmarks::{self, Benchmark, OptIn};
 use crate::error::{Error, Result};
 use crate::jobs::{JobLog, JobState};
+use crate::registry::PluginRecord;
 use crate::sealed::{self, Sealed};
 use crate::store::{
-    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OWNER_LOGS, POSITIONS, RELEASE_HISTORY, Read, TENANTS, Write,
+    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OWNER_LOGS, PLUGINS, POSITIONS, RELEASE_HISTORY, Read, TENANTS,
+    Write,
 };
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
@@ -50,17 +54,16 @@ pub struct BenchmarkRun {
     pub stats: Option<BenchmarkStats>,
 }
 
-/// Figures of a finished run; nothing in them is one tenant's.
+/// Figures of a finished run, as its vendor sees them. Rows read and
+/// instance memory are not among them: the difference of two runs would
+/// give one tenant's dataset size, and a plugin sets its own memory. They
+/// are on the host's chain, for the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BenchmarkStats {
     pub run_ms: u64,
-    /// Rows of every participant's datasets.
-    pub rows: u64,
     pub cells: usize,
     pub suppressed_cells: usize,
     pub held_cells: usize,
-    /// The largest linear memory of any one instance.
-    pub peak_instance_memory_bytes: usize,
 }
 
 /// A version in the meta data vault: the vendor's. It names no tenant and
@@ -363,7 +366,7 @@ fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
         let detail = format!("{} tenants take part; the policy needs {}", inputs.len(), policy.min_tenants);
         return (not_run("too-few-tenants", detail, participants), skipped);
     }
-    let history = match history_with_siblings(&read, &benchmark) {
+    let history = match history_with_siblings(&read, &benchmark, &plugin.manifest.outputs) {
         Ok(history) => history,
         Err(e) => return (not_run("host-error", e.to_string(), participants), skipped),
     };
@@ -384,33 +387,32 @@ fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
 }
 
 /// The benchmark's history, with the tenant sets its vendor's other
-/// benchmarks of the same plugin released each cell with: publishing the
-/// plugin again under a new name, or with other params, does not start the
-/// subtraction rule afresh.
-fn history_with_siblings(read: &Read, benchmark: &Benchmark) -> Result<ReleaseHistory> {
+/// benchmarks released the same tables with. Same means the same
+/// dimensions, domains, measures and statistics, whatever the table is
+/// called and whichever plugin emits it: publishing a rebuilt plugin, other
+/// params or a new name does not start the subtraction rule afresh.
+fn history_with_siblings(read: &Read, benchmark: &Benchmark, ours: &[TableSpec]) -> Result<ReleaseHistory> {
     let mut history: ReleaseHistory = read.get(RELEASE_HISTORY, &benchmark.name)?.unwrap_or_default();
     let all: Vec<Benchmark> = read.all(BENCHMARKS)?;
-    for sibling in all
-        .iter()
-        .filter(|b| b.name != benchmark.name && b.vendor == benchmark.vendor && b.plugin == benchmark.plugin)
-    {
+    for sibling in all.iter().filter(|b| b.name != benchmark.name && b.vendor == benchmark.vendor) {
         let Some(theirs) = read.get::<ReleaseHistory>(RELEASE_HISTORY, &sibling.name)? else { continue };
+        let Some(plugin) = read.get::<PluginRecord>(PLUGINS, &sibling.plugin)? else { continue };
         for table in theirs.tables {
-            let cells = table.cells.len();
-            let ours = match history.tables.iter_mut().position(|t| t.name == table.name) {
-                Some(i) => &mut history.tables[i],
+            let Some(spec) = plugin.manifest.outputs.iter().find(|s| s.name == table.name) else { continue };
+            let Some(mine) = ours.iter().find(|o| same_table(o, spec)) else { continue };
+            let at = match history.tables.iter().position(|t| t.name == mine.name) {
+                Some(at) => at,
                 None => {
-                    history.tables.push(TableHistory {
-                        name: table.name.clone(),
-                        cells: vec![CellHistory::default(); cells],
-                    });
-                    history.tables.last_mut().expect("just pushed")
+                    let cells = vec![CellHistory::default(); table.cells.len()];
+                    history.tables.push(TableHistory { name: mine.name.clone(), cells });
+                    history.tables.len() - 1
                 }
             };
-            if ours.cells.len() != cells {
+            let mine = &mut history.tables[at];
+            if mine.cells.len() != table.cells.len() {
                 continue;
             }
-            for (mine, theirs) in ours.cells.iter_mut().zip(table.cells) {
+            for (mine, theirs) in mine.cells.iter_mut().zip(table.cells) {
                 for set in theirs.released_sets {
                     if !mine.released_sets.contains(&set) {
                         mine.released_sets.push(set);
@@ -420,6 +422,12 @@ fn history_with_siblings(read: &Read, benchmark: &Benchmark) -> Result<ReleaseHi
         }
     }
     Ok(history)
+}
+
+/// Whether two tables release the same cells, whatever their names.
+fn same_table(a: &TableSpec, b: &TableSpec) -> bool {
+    let unnamed = |s: &TableSpec| TableSpec { name: String::new(), description: String::new(), ..s.clone() };
+    unnamed(a) == unnamed(b)
 }
 
 /// Record the end of a run in one transaction.
@@ -505,24 +513,19 @@ fn finish(
                     current.version = Some(*version);
                     current.stats = Some(BenchmarkStats {
                         run_ms,
-                        rows: *rows,
                         cells: summary.cells,
                         suppressed_cells: summary.suppressed_cells,
                         held_cells: summary.held_cells,
-                        peak_instance_memory_bytes: report
-                            .tenants
-                            .iter()
-                            .map(|(_, _, stats)| stats.peak_memory_bytes)
-                            .max()
-                            .unwrap_or(0),
                     });
+                    let peak_memory = report.tenants.iter().map(|(_, _, stats)| stats.peak_memory_bytes).max();
                     w.audit(
                         HOST_CHAIN,
                         "daemon",
                         "benchmark.release",
                         json!({"benchmark": run.benchmark, "run": run.id, "version": version,
                                "participants": participants.len(), "record": report.record(),
-                               "held_cells": summary.held_cells}),
+                               "held_cells": summary.held_cells, "rows": rows, "run_ms": run_ms,
+                               "peak_instance_memory_bytes": peak_memory}),
                     )?;
                     Some(*version)
                 }

@@ -47,6 +47,32 @@ pub struct CellHistory {
     pub released_sets: Vec<Vec<u32>>,
     /// The version that last released the cell, and its values.
     pub last: Option<(u64, Vec<f64>)>,
+    /// Per tenant, what its last bands for this cell were computed from.
+    #[serde(default)]
+    pub bands_given: Vec<BandGiven>,
+}
+
+/// What a tenant's bands for a cell were computed from: blake3 of its
+/// peers' values and of its own, never the values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BandGiven {
+    pub member: u32,
+    pub peers: String,
+    pub own: String,
+}
+
+/// blake3 of value rows, in an order that does not depend on the tenants'.
+fn fingerprint(rows: &[Vec<f64>]) -> String {
+    let mut bits: Vec<Vec<u64>> = rows.iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect();
+    bits.sort_unstable();
+    let mut hasher = blake3::Hasher::new();
+    for row in &bits {
+        for v in row {
+            hasher.update(&v.to_le_bytes());
+        }
+        hasher.update(b";");
+    }
+    hasher.finalize().to_hex()[..32].to_owned()
 }
 
 /// A benchmark version: what the vendor sees, what the next version is
@@ -99,6 +125,10 @@ pub struct RankBand {
 /// The most bands a cell is cut into (quintiles).
 pub const MAX_BANDS: usize = 5;
 
+/// How far, as a share of the peers' mean, every peer must be able to move
+/// for a band to be given.
+const ROOM: f64 = 0.1;
+
 impl Gate {
     /// Release version `version` of a benchmark: the benchmark rules over
     /// every intake, then the subtraction rule against `history`. `members`
@@ -138,22 +168,29 @@ impl Gate {
         };
 
         let min_tenants = self.policy().min_tenants as usize;
-        let mut held: Vec<Vec<bool>> = hidden.iter().map(|h| vec![false; h.len()]).collect();
+        let mut changed = vec![false; specs.len()];
         for (t, spec) in specs.iter().enumerate() {
             let Some(past) = history_of(history, spec, hidden[t].len()) else { continue };
-            for (cell, past) in past.cells.iter().enumerate() {
-                if hidden[t][cell] {
-                    continue;
-                }
-                let now = contributors(t, cell);
-                let close = past.released_sets.iter().any(|set| {
-                    let differ = symmetric_difference(set, &now);
-                    differ >= 1 && differ < min_tenants
-                });
-                if close {
-                    // With no value of its own to stand (the set came from
-                    // a sibling benchmark), the cell is only suppressed.
-                    held[t][cell] = past.last.is_some();
+            changed[t] = past.cells.iter().enumerate().any(|(cell, past)| {
+                !hidden[t][cell]
+                    && past.released_sets.iter().any(|set| {
+                        let differ = symmetric_difference(set, &contributors(t, cell));
+                        differ >= 1 && differ < min_tenants
+                    })
+            });
+        }
+        // A close cell holds its whole table and every table linked to it. A
+        // fresh cell beside a held one would show which cells the tenants
+        // who came or went were in, and with an unchanged complement from an
+        // earlier version could close a line around the held cell. A cell
+        // with no value of its own to stand (a close set from a sibling
+        // benchmark) is only suppressed.
+        let mut held: Vec<Vec<bool>> = hidden.iter().map(|h| vec![false; h.len()]).collect();
+        for t in (0..specs.len()).filter(|&t| self.linked_tables(t).iter().any(|&u| changed[u])) {
+            let past = history_of(history, &specs[t], hidden[t].len());
+            for cell in 0..hidden[t].len() {
+                if !hidden[t][cell] {
+                    held[t][cell] = past.is_some_and(|p| p.cells[cell].last.is_some());
                     hidden[t][cell] = true;
                 }
             }
@@ -193,17 +230,22 @@ impl Gate {
                         let peers = &release.tables[t];
                         let mine = &own[i].1.tables[t];
                         let others: Vec<&Tally> = own.iter().map(|(tallies, _)| &tallies[t]).collect();
+                        let cells = peers
+                            .cells
+                            .iter()
+                            .zip(&mine.cells)
+                            .zip(&mut next.tables[t].cells)
+                            .enumerate()
+                            .map(|(cell, ((peer, own), past))| {
+                                let given = &mut past.bands_given;
+                                position_cell(spec, &others, (i, members[i]), cell, peer, own, given)
+                            })
+                            .collect();
                         PositionTable {
                             name: peers.name.clone(),
                             dimensions: peers.dimensions.clone(),
                             statistics: peers.statistics.clone(),
-                            cells: peers
-                                .cells
-                                .iter()
-                                .zip(&mine.cells)
-                                .enumerate()
-                                .map(|(cell, (peer, own))| position_cell(spec, &others, i, cell, peer, own))
-                                .collect(),
+                            cells,
                         }
                     })
                     .collect();
@@ -227,32 +269,54 @@ fn symmetric_difference(a: &[u32], b: &[u32]) -> usize {
 
 /// Tenant `me`'s view of one cell. `tallies` are every tenant's own tally of
 /// the table.
+#[allow(clippy::too_many_arguments)]
 fn position_cell(
     spec: &TableSpec,
     tallies: &[&Tally],
-    me: usize,
+    (me, member): (usize, u32),
     cell: usize,
     peer: &ReleasedCell,
     own: &ReleasedCell,
+    given: &mut Vec<BandGiven>,
 ) -> PositionCell {
     let mut bands = vec![None; spec.statistics.len()];
     // Bands only next to a fresh peer value the tenant took part in, and an
     // own value the tenant rules release.
     if let (Some(peers), None, Some(mine)) = (&peer.values, peer.held_from, &own.values) {
         let scales = fixed_point_scales(spec);
-        let values: Vec<Vec<f64>> = tallies
+        let others: Vec<Vec<f64>> = tallies
             .iter()
             .enumerate()
-            .filter(|(i, tally)| *i == me || tally.entities[cell] > 0)
-            .map(|(i, tally)| if i == me { mine.clone() } else { cell_values(spec, tally, cell, &scales) })
+            .filter(|(i, tally)| *i != me && tally.entities[cell] > 0)
+            .map(|(_, tally)| cell_values(spec, tally, cell, &scales))
             .collect();
-        let n = values.len();
+        // A tenant whose own values changed while its peers' did not would
+        // learn from a new band where they stand: probing with its own data
+        // from version to version. It keeps no band until they change.
+        let seen =
+            BandGiven { member, peers: fingerprint(&others), own: fingerprint(std::slice::from_ref(mine)) };
+        let earlier = given.iter().position(|g| g.member == member);
+        if earlier.is_some_and(|e| given[e].peers == seen.peers && given[e].own != seen.own) {
+            return position(peer, own, bands);
+        }
+        let n = others.len() + 1;
         for (s, statistic) in spec.statistics.iter().enumerate() {
             let own_value = mine[s];
-            let above = values.iter().filter(|v| v[s] > own_value).count();
+            let above = others.iter().filter(|v| v[s] > own_value).count();
             bands[s] = rank_band(spec, statistic, n, above, own_value, peers[s]);
         }
+        if bands.iter().any(Option::is_some) {
+            match earlier {
+                Some(e) => given[e] = seen,
+                None => given.push(seen),
+            }
+        }
     }
+    position(peer, own, bands)
+}
+
+/// A cell of a tenant's view.
+fn position(peer: &ReleasedCell, own: &ReleasedCell, bands: Vec<Option<RankBand>>) -> PositionCell {
     PositionCell {
         key: peer.key.clone(),
         peers: peer.values.clone(),
@@ -273,23 +337,28 @@ fn rank_band(
     own: f64,
     released: f64,
 ) -> Option<RankBand> {
-    // At least two tenants per band, so a band never names one rank.
-    let of = (n / 2).min(MAX_BANDS);
-    if of < 2 {
-        return None;
-    }
+    // Quintiles from ten tenants, halves from four: at least two tenants
+    // per band, so a band never names one rank, and the number of bands
+    // tells no more about the cell's tenants than that.
+    let of = match n {
+        10.. => MAX_BANDS,
+        4..=9 => 2,
+        _ => return None,
+    };
     let band = above * of / n;
     // The ranks this band stands for: lo..=hi peers above the tenant.
     let lo = (band * n).div_ceil(of);
     let hi = (((band + 1) * n).div_ceil(of) - 1).min(n - 1);
     // Counts and sums add up across tenants: the peers' total is known to
     // the tenant, and with it the order could corner the peers.
+    // Room is a tenth of the peers' mean (a count at least one): a band
+    // may confine a peer to no less.
+    let mean = (released - own).abs() / (n - 1) as f64;
     let (floor, unit) = match statistic {
-        Statistic::Count => (Some(1.0), 1.0),
+        Statistic::Count => (Some(1.0), (mean * ROOM).max(1.0)),
         Statistic::Sum(m) => {
             let lower = spec.measure_index(m).map_or(f64::NEG_INFINITY, |i| spec.measures[i].lower);
-            let rest = (released - own).abs() / (n - 1) as f64;
-            ((lower >= 0.0).then_some(0.0), (rest.max(own.abs()) * 0.01).max(f64::MIN_POSITIVE))
+            ((lower >= 0.0).then_some(0.0), (mean.max(own.abs()) * ROOM).max(f64::MIN_POSITIVE))
         }
         Statistic::Mean(_) | Statistic::Ratio(..) => {
             return Some(RankBand { band: band as u32 + 1, of: of as u32 });
@@ -420,21 +489,45 @@ mod tests {
     }
 
     #[test]
-    fn a_held_cell_is_protected_like_a_suppressed_one() {
+    fn a_held_cell_holds_its_whole_table() {
         // Tenant 5 is only in north: north and the total change by one
-        // tenant, south does not.
+        // tenant, south and east do not.
         let mut counts = vec![[4, 4, 4]; 5];
         counts.push([4, 0, 0]);
         let first = run(&[0, 1, 2, 3, 4, 5], &counts, &ReleaseHistory::default(), 1);
         assert!(first.release.tables[0].cells.iter().all(|c| c.values.is_some()));
         let second = run(&[0, 1, 2, 3, 4], &counts[..5], &first.history, 2);
-        let cells = &second.release.tables[0].cells;
-        assert_eq!(cells[0].held_from, Some(1), "north");
-        assert_eq!(cells[3].held_from, Some(1), "the total");
-        // North's new value is the new total minus south and east; both of
-        // those are released fresh, so nothing more needs to go.
-        assert_eq!(cells[1].values, Some(vec![20.0, 200.0]));
-        assert_eq!(cells[1].held_from, None);
+        // Fresh south and east would show the change was in north, and
+        // with version 1's south, the new total would give north away.
+        let table = &second.release.tables[0];
+        for (now, before) in table.cells.iter().zip(&first.release.tables[0].cells) {
+            assert_eq!((now.held_from, &now.values), (Some(1), &before.values), "{now:?}");
+        }
+        assert_eq!((table.held_cells, table.suppressed_cells), (4, 0));
+    }
+
+    #[test]
+    fn an_unchanged_complement_cannot_close_a_line_around_a_held_cell() {
+        // The reviewer's case: north, south and east each of five tenants,
+        // released. Then one tenant joins south with a few drivers, and five
+        // join north: south is close, north is not. Releasing north and the
+        // total fresh beside a hidden, unchanged east would give the joiner
+        // away: total - north - south(v1) - east(v1).
+        let mut counts: Vec<[usize; 3]> = (0..15)
+            .map(|i| {
+                [usize::from(i < 5) * 4, usize::from((5..10).contains(&i)) * 4, usize::from(i >= 10) * 4]
+            })
+            .collect();
+        let members: Vec<u32> = (0..15).collect();
+        let first = run(&members, &counts, &ReleaseHistory::default(), 1);
+        assert!(first.release.tables[0].cells.iter().all(|c| c.values.is_some()));
+        counts.push([0, 3, 0]);
+        counts.extend([[4, 0, 0]; 5]);
+        let members: Vec<u32> = (0..21).collect();
+        let second = run(&members, &counts, &first.history, 2);
+        for cell in &second.release.tables[0].cells {
+            assert!(cell.values.is_none() || cell.held_from == Some(1), "nothing fresh: {cell:?}");
+        }
     }
 
     #[test]
@@ -465,6 +558,29 @@ mod tests {
         // Five tenants cut into halves only.
         let release = run(&members[..5], &counts[..5], &ReleaseHistory::default(), 1);
         assert_eq!(release.positions[0].tables[0].cells[0].bands[0].map(|b| b.of), Some(2));
+    }
+
+    #[test]
+    fn a_tenant_cannot_probe_its_peers_with_its_own_data() {
+        // Ten tenants; tenant 0 tries other counts of its own from version
+        // to version while its peers stay the same.
+        let counts = |own: usize| {
+            let mut counts = vec![[own, 0, 0]];
+            counts.extend((1..10).map(|i| [10 + 2 * i, 0, 0]));
+            counts
+        };
+        let members: Vec<u32> = (0..10).collect();
+        let band = |release: &BenchmarkRelease| release.positions[0].tables[0].cells[0].bands[0];
+        let first = run(&members, &counts(20), &ReleaseHistory::default(), 1);
+        assert!(band(&first).is_some());
+        let probe = run(&members, &counts(25), &first.history, 2);
+        assert_eq!(band(&probe), None, "its own data changed, its peers' did not");
+        let back = run(&members, &counts(20), &probe.history, 3);
+        assert_eq!(band(&back), band(&first), "what it saw before, it may see again");
+        // Once a peer changes, a band is given again.
+        let mut moved = counts(25);
+        moved[5][0] += 3;
+        assert!(band(&run(&members, &moved, &back.history, 4)).is_some());
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod tally;
 pub use accumulator::MAX_MEASURES;
 pub use accumulator::{Contributions, TableAccumulator};
 pub use benchmark::{
-    BenchmarkRelease, CellHistory, MAX_BANDS, OwnPosition, PositionCell, PositionTable, RankBand,
+    BandGiven, BenchmarkRelease, CellHistory, MAX_BANDS, OwnPosition, PositionCell, PositionTable, RankBand,
     ReleaseHistory, TableHistory,
 };
 pub use entities::IssuedEntities;

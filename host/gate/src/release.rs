@@ -216,7 +216,7 @@ impl Gate {
             let summed = spec.summed_measures();
             let tally =
                 Tally::new(&self.shapes[t], &tenants, &summed, self.policy.dominance.n as usize, by_tenant);
-            hidden.push(self.primary(&summed, &tally, scope));
+            hidden.push(self.primary(spec, &summed, &tally, scope));
             tallies.push(tally);
         }
         (tallies, hidden)
@@ -268,6 +268,11 @@ impl Gate {
         &self.specs
     }
 
+    /// Table `t` and every table linked to it by margins or nesting.
+    pub(crate) fn linked_tables(&self, t: usize) -> Vec<usize> {
+        self.families.iter().find(|f| f.members.contains(&t)).map_or_else(|| vec![t], |f| f.members.clone())
+    }
+
     /// The scope this gate was made for.
     pub(crate) fn scope(&self) -> Scope {
         self.scope
@@ -275,7 +280,16 @@ impl Gate {
 
     /// Primary suppression of every released cell of one table; `summed`
     /// are the measures whose sums it releases.
-    fn primary(&self, summed: &[usize], tally: &Tally, scope: Scope) -> Vec<bool> {
+    fn primary(&self, spec: &TableSpec, summed: &[usize], tally: &Tally, scope: Scope) -> Vec<bool> {
+        // A ratio over a zero sum has no value to release.
+        let denominators: Vec<usize> = spec
+            .statistics
+            .iter()
+            .filter_map(|s| match s {
+                Statistic::Ratio(_, b) => spec.measure_index(b),
+                _ => None,
+            })
+            .collect();
         let policy = &self.policy;
         // The largest tenant share is the (1, share%) rule over tenants.
         let tenant_share = Dominance { n: 1, percent: policy.max_tenant_percent };
@@ -287,6 +301,9 @@ impl Gate {
                     return true;
                 }
                 if benchmark && tally.tenants[cell] < policy.min_tenants {
+                    return true;
+                }
+                if denominators.iter().any(|&m| tally.sum(cell, m) == 0) {
                     return true;
                 }
                 summed.iter().any(|&m| {
@@ -604,6 +621,26 @@ mod tests {
             "south or the total must go too: {:?}",
             table.cells
         );
+    }
+
+    #[test]
+    fn a_ratio_over_a_zero_sum_is_suppressed() {
+        let mut ratio = spec();
+        ratio.measures.push(Measure { name: "km".into(), lower: 0.0, upper: 100.0 });
+        ratio.statistics = vec![Statistic::Count, Statistic::Ratio("litres".into(), "km".into())];
+        let gate = Gate::new(vec![ratio], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(20);
+        let mut intake = gate.intake();
+        // North: 10 entities with no km; south: 10 with some.
+        let codes: Vec<u32> = (0..20).map(|i| u32::from(i >= 10)).collect();
+        let km: Vec<f64> = (0..20).map(|i| if i >= 10 { 2.0 } else { 0.0 }).collect();
+        let batch = Contributions { entities: &ids, dimensions: &[&codes], measures: &[&[1.0; 20], &km] };
+        intake.contribute(0, &issued, &batch).unwrap();
+        let release = gate.release(&[intake]);
+        assert_eq!(release.tables[0].cells[0].values, None, "no value, not inf or NaN");
+        assert_eq!(release.tables[0].cells[1].values, Some(vec![10.0, 0.5]));
+        let json = serde_json::to_string(&release).unwrap();
+        assert_eq!(serde_json::from_str::<Release>(&json).unwrap(), release, "a release reads back");
     }
 
     #[test]
