@@ -340,6 +340,11 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
             "no column `driver` to map",
         ),
         (json!({"trips": {"dataset": "trips"}, "hr": {"dataset": "trips"}}), 422, "reads no dataset `hr`"),
+        (
+            json!({"trips": {"dataset": "ritten", "columns": {"driver_id": "region", "region": "chauffeur", "fuel_litres": "liters"}}}),
+            422,
+            "map the entity column of `ritten` to one of `driver_id`",
+        ),
     ] {
         let reply = put(&admins[CARRIERS - 1], "carrier-6", mapping.clone());
         assert_eq!(reply.status, status, "{mapping}: {}", reply.text());
@@ -374,6 +379,25 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
         .get(&format!("/v1/tenants/carrier-0/benchmark-runs/{}/log", small["id"].as_str().unwrap()))
         .unwrap();
     assert!(log["error"].as_str().unwrap().contains("3 tenants take part; the policy needs 5"), "{log}");
+
+    // A tenant asking for more tenants than take part is left out and told;
+    // the others run. Every tenant's chain said its data might be read
+    // before the run read any.
+    for (i, admin) in admins.iter().enumerate().skip(3) {
+        opt_in(admin, i);
+    }
+    let _: Value =
+        admins[0].send("PUT", "/v1/tenants/carrier-0/policy", &json!({"min_tenants": 50})).unwrap();
+    let full = run(&vendor, "co2");
+    assert_eq!(
+        (full["state"].as_str(), full["participants"].as_u64()),
+        (Some("succeeded"), Some(6)),
+        "{full}"
+    );
+    let chain = audit(&admins[0], "carrier-0");
+    let skipped = chain.entries.iter().find(|e| e.action == "benchmark.skipped").expect("told");
+    assert!(skipped.detail["reason"].as_str().unwrap().contains("its policy needs 50 tenants; 7 take part"));
+    assert!(actions(&audit(&admins[1], "carrier-1")).contains(&"benchmark.run.start"));
 
     // The plugin cannot be deleted under a benchmark.
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 409);

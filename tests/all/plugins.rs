@@ -157,6 +157,17 @@ fn a_benchmark_merges_tenants_under_the_tenant_rules() {
     let record = report.record().unwrap();
     assert_eq!(record.scope, kanon_gate::Scope::Benchmark);
 
+    // No tenant at all: refused before anything runs.
+    let none = kanon_runtime::BenchmarkRequest {
+        run_id: "empty".into(),
+        tenants: Vec::new(),
+        params: "{}".into(),
+        policy: Policy::default(),
+        history: Default::default(),
+        version: 1,
+    };
+    assert!(matches!(runtime().run_benchmark(&plugin, none), Err(RunError::NoTenants)));
+
     // Four tenants: below t = 5, nothing is released, however many drivers.
     let report = kanon_tests::run_benchmark(&plugin, &even[..4]);
     let release = report.outcome.unwrap();

@@ -26,8 +26,8 @@ use crate::jobs::{JobLog, JobState};
 use crate::registry::PluginRecord;
 use crate::sealed::{self, Sealed};
 use crate::store::{
-    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OWNER_LOGS, PLUGINS, POSITIONS, RELEASE_HISTORY, Read, TENANTS,
-    Write,
+    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OPT_INS, OWNER_LOGS, PLUGINS, POSITIONS, RELEASE_HISTORY, Read,
+    TENANTS, Write,
 };
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
@@ -214,11 +214,13 @@ pub(crate) fn spawn_runner(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             match next_queued(&app) {
                 Ok(Some(run)) if app.scheduler.claim_slot() => {
                     let worker = app.clone();
+                    let id = run.id.clone();
                     let ran = tokio::task::spawn_blocking(move || execute_and_finish(&worker, run)).await;
                     app.scheduler.release_slot();
                     app.scheduler.wake();
                     if let Err(e) = ran {
-                        tracing::error!(error = %e, "a benchmark run panicked");
+                        tracing::error!(run = %id, error = %e, "a benchmark run panicked");
+                        abandon(&app, &id);
                     }
                     continue;
                 }
@@ -287,9 +289,29 @@ fn execute_and_finish(app: &App, run: BenchmarkRun) {
         finish(app, &started, outcome, skipped, clock.elapsed())
     });
     if let Err(e) = result {
-        // The run stays `running` in the database; the next start marks it
-        // interrupted.
         tracing::error!(run = %id, error = %e, "cannot record a benchmark run");
+        abandon(app, &id);
+    }
+}
+
+/// Mark a run that could not be recorded as failed (`host-error`), so the
+/// benchmark can run again. Nothing of it was released.
+fn abandon(app: &App, id: &str) {
+    let written = app.store.write(|w| {
+        let Some(mut run) = w.get::<BenchmarkRun>(BENCHMARK_RUNS, id)? else { return Ok(()) };
+        if run.state.is_final() {
+            return Ok(());
+        }
+        run.state = JobState::Failed;
+        run.failure = Some("host-error".into());
+        run.finished_ms = Some(now_ms());
+        w.put(BENCHMARK_RUNS, id, &run)?;
+        w.audit(HOST_CHAIN, "daemon", "benchmark.run.finish", json!({"run": id, "failure": "host-error"}))?;
+        Ok::<_, StoreError>(())
+    });
+    if let Err(e) = written {
+        // The next start marks it interrupted.
+        tracing::error!(run = %id, error = %e, "cannot mark a benchmark run failed");
     }
 }
 
@@ -304,6 +326,17 @@ fn start(app: &App, id: &str) -> Result<Option<BenchmarkRun>> {
         run.started_ms = Some(now_ms());
         w.put(BENCHMARK_RUNS, id, &run)?;
         w.audit(HOST_CHAIN, "daemon", "benchmark.run.start", json!({"benchmark": run.benchmark, "run": id}))?;
+        // Before any data is read, every tenant whose data the run may read
+        // finds it on its chain, even if the daemon dies mid-run.
+        let opted: Vec<OptIn> = w.prefixed(OPT_INS, &format!("{}/", run.benchmark))?;
+        for opt_in in opted.iter().filter(|o| o.active()) {
+            w.audit(
+                &opt_in.tenant,
+                "daemon",
+                "benchmark.run.start",
+                json!({"benchmark": run.benchmark, "run": id}),
+            )?;
+        }
         Ok(Some(run))
     })
 }
@@ -355,6 +388,21 @@ fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
             }
             Err(e) => skipped.push((tenant, e.to_string())),
         }
+    }
+    // A tenant whose own t asks for more tenants than take part is left out
+    // (and told), rather than failing the run for everyone.
+    loop {
+        let taking_part = inputs.len() as u32;
+        let Some(i) = layers.iter().position(|l| l.min_tenants.is_some_and(|t| t > taking_part)) else {
+            break;
+        };
+        let wants = layers.remove(i).min_tenants.unwrap_or_default();
+        inputs.remove(i);
+        let left_out = participants.remove(i);
+        skipped.push((
+            left_out.opt_in.tenant,
+            format!("its policy needs {wants} tenants; {taking_part} take part"),
+        ));
     }
     let policy = match Policy::floor(&app.config.floor)
         .and_then(|floor| Policy::for_run(&floor, &layers, &PolicyLayer::default()))

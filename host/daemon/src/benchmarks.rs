@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use kanon_runtime::Manifest;
+use kanon_runtime::{Manifest, PluginColumnType};
 use kanon_vault::DatasetVersion;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -189,6 +189,23 @@ pub(crate) fn mapped_datasets(
             .collect();
         let version = app.vault.dataset(tenant, &mapped.dataset, None)?;
         let view = version.with_column_names(&names).map_err(|e| Error::Unprocessable(e.to_string()))?;
+        // The plugin counts people by a pseudonym column: one of those it
+        // reads must be the dataset's entity, or no contribution could name
+        // an entity and every run would fail.
+        let pseudonyms: Vec<&str> = need
+            .columns
+            .iter()
+            .filter(|c| c.column_type == PluginColumnType::Pseudonym)
+            .map(|c| c.name.as_str())
+            .collect();
+        let entity = view.schema().entity().map(|f| f.name.as_str());
+        if !pseudonyms.is_empty() && !entity.is_some_and(|e| pseudonyms.contains(&e)) {
+            return Err(Error::Unprocessable(format!(
+                "map the entity column of `{}` to one of {}",
+                mapped.dataset,
+                pseudonyms.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
         datasets.insert(need.name.clone(), view);
     }
     manifest.check_data(&datasets).map_err(|e| Error::Unprocessable(e.to_string()))?;

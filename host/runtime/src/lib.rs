@@ -137,4 +137,6 @@ pub enum RunError {
     Gate(#[from] kanon_gate::GateError),
     #[error("all pooled instances are busy; try again")]
     Busy,
+    #[error("a benchmark needs at least one tenant")]
+    NoTenants,
 }

@@ -316,6 +316,9 @@ impl Runtime {
         plugin: &LoadedPlugin,
         request: BenchmarkRequest,
     ) -> Result<BenchmarkReport, RunError> {
+        if request.tenants.is_empty() {
+            return Err(RunError::NoTenants);
+        }
         let params = plugin.manifest.check_params(&request.params)?;
         for tenant in &request.tenants {
             plugin.manifest.check_data(&tenant.datasets)?;
