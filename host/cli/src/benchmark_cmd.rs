@@ -5,14 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use kanon_daemon::client::Client;
 use serde_json::{Value, json};
 
-use crate::client_cmd::{Connection, duration_secs, list_of, print_json, print_table, show, text, when};
+use crate::client_cmd::{
+    Connection, duration_secs, follow_at, list_of, print_json, print_table, show, text, when,
+};
 
 #[derive(Debug, Args)]
 pub struct BenchmarksArgs {
@@ -148,7 +149,12 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             if !wait {
                 return show(json_out, run, &RUN_HEADER, run_row);
             }
-            let run = follow(&client, &name, &id, !json_out)?;
+            let run = follow_at(
+                &client,
+                &format!("/v1/benchmarks/{name}/runs/{id}"),
+                &format!("run {id}"),
+                !json_out,
+            )?;
             if run["state"] != "succeeded" {
                 if json_out {
                     print_json(&run)?;
@@ -309,24 +315,6 @@ fn mapping(manifest: &Value, datasets: &[String], columns: &[String]) -> anyhow:
         entry["columns"][from.1] = json!(column);
     }
     Ok(json!(mapped))
-}
-
-/// Poll a run until it ends, showing its state on stderr.
-fn follow(client: &Client, benchmark: &str, id: &str, show: bool) -> anyhow::Result<Value> {
-    let started = Instant::now();
-    let mut last = String::new();
-    loop {
-        let run: Value = client.get(&format!("/v1/benchmarks/{benchmark}/runs/{id}"))?;
-        let state = text(&run["state"]);
-        if show && state != last {
-            eprintln!("run {id}: {state} ({:.1} s)", started.elapsed().as_secs_f64());
-            last = state.clone();
-        }
-        if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
-            return Ok(run);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A version as text (or JSON).

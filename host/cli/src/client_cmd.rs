@@ -752,17 +752,23 @@ fn job_row(job: &Value) -> Vec<String> {
 
 /// Poll a job until it ends, showing its state on stderr.
 pub(crate) fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
+    follow_at(client, &format!("/v1/jobs/{id}"), &format!("job {id}"), show)
+}
+
+/// Poll a job or a benchmark run at `path` until it ends, showing its state
+/// on stderr as `what`'s.
+pub(crate) fn follow_at(client: &Client, path: &str, what: &str, show: bool) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut last = String::new();
     loop {
-        let job: Value = client.get(&format!("/v1/jobs/{id}"))?;
-        let state = text(&job["state"]);
+        let item: Value = client.get(path)?;
+        let state = text(&item["state"]);
         if show && state != last {
-            eprintln!("job {id}: {state} ({:.1} s)", started.elapsed().as_secs_f64());
+            eprintln!("{what}: {state} ({:.1} s)", started.elapsed().as_secs_f64());
             last = state.clone();
         }
         if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
-            return Ok(job);
+            return Ok(item);
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -218,13 +218,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
 fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::Result<Value> {
     let run: Value = vendor.send("POST", "/v1/benchmarks/co2/runs", &json!({}))?;
     let id = text(&run["id"]);
-    let done = loop {
-        let run: Value = vendor.get(&format!("/v1/benchmarks/co2/runs/{id}"))?;
-        if matches!(run["state"].as_str(), Some("succeeded" | "failed")) {
-            break run;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let done = client_cmd::follow_at(vendor, &format!("/v1/benchmarks/co2/runs/{id}"), &id, false)?;
     if done["state"] != "succeeded" {
         anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
     }

@@ -373,11 +373,12 @@ pub(crate) fn cell_values(spec: &TableSpec, tally: &Tally, cell: usize, scales: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Dimension, Domain, ExcessContributions, Measure};
 
-    fn spec() -> TableSpec {
+    /// Fuel by region: count, sum and mean of litres, no margins.
+    pub(crate) fn spec() -> TableSpec {
         TableSpec {
             name: "fuel".into(),
             description: String::new(),
