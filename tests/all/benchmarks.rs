@@ -399,6 +399,14 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     assert!(skipped.detail["reason"].as_str().unwrap().contains("its policy needs 50 tenants; 7 take part"));
     assert!(actions(&audit(&admins[1], "carrier-1")).contains(&"benchmark.run.start"));
 
-    // The plugin cannot be deleted under a benchmark.
+    // The plugin cannot be deleted under a benchmark, until it is retired:
+    // then no run or opt-in follows, and its versions stay.
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 409);
+    assert_eq!(rival.raw("DELETE", "/v1/benchmarks/co2", None).unwrap().status, 404, "not its own");
+    let retired: Value = vendor.delete("/v1/benchmarks/co2").unwrap();
+    assert!(retired["retired_ms"].is_u64());
+    assert_eq!(vendor.raw("POST", "/v1/benchmarks/co2/runs", None).unwrap().status, 409);
+    assert_eq!(put(&admins[0], "carrier-0", json!({"trips": {"dataset": "trips"}})).status, 409);
+    assert_eq!(vendor.get::<Value>("/v1/benchmarks/co2/versions").unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 200);
 }

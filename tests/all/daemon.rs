@@ -411,7 +411,9 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("POST", "/v1/benchmarks") => &[(Vendor, 400)],
         ("GET", "/v1/benchmarks") => &[(Vendor, 200), (TenantAdmin, 200), (Operator, 200)],
         ("GET", "/v1/benchmarks/{benchmark}") => &[(Vendor, 404), (TenantAdmin, 404), (Operator, 404)],
-        ("POST", "/v1/benchmarks/{benchmark}/runs") => &[(Vendor, 404)],
+        ("POST", "/v1/benchmarks/{benchmark}/runs") | ("DELETE", "/v1/benchmarks/{benchmark}") => {
+            &[(Vendor, 404)]
+        }
         ("GET", "/v1/benchmarks/{benchmark}/runs")
         | ("GET", "/v1/benchmarks/{benchmark}/runs/{run}")
         | ("GET", "/v1/benchmarks/{benchmark}/versions")

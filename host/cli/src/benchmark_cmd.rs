@@ -44,6 +44,8 @@ enum BenchmarksCommand {
     List,
     /// A benchmark's manifest: the datasets and columns to map, the tables.
     Show { name: String },
+    /// Retire a benchmark (vendor): no more runs or opt-ins; its versions stay.
+    Retire { name: String },
     /// Opt in with your own data (tenant admin). Datasets and columns
     /// default to the manifest's names.
     Join {
@@ -128,6 +130,11 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
                 print_manifest(&shown["manifest"]);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        BenchmarksCommand::Retire { name } => {
+            show(json_out, client.delete(&format!("/v1/benchmarks/{name}"))?, &list_header[..4], |b| {
+                vec![text(&b["name"]), text(&b["vendor"]), short(&b["plugin"]), schedule(b)]
+            })
         }
         BenchmarksCommand::Join { name, tenant, datasets, columns } => {
             let shown: Value = client.get(&format!("/v1/benchmarks/{name}"))?;
@@ -243,6 +250,9 @@ fn short(hash: &Value) -> String {
 }
 
 fn schedule(benchmark: &Value) -> String {
+    if !benchmark["retired_ms"].is_null() {
+        return "retired".into();
+    }
     benchmark["every_hours"].as_u64().map_or("on demand".into(), |h| format!("every {h}h"))
 }
 

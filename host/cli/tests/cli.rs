@@ -239,6 +239,7 @@ fn vault_flags(dir: &Dir) -> Vec<String> {
 /// daemon's API, both plugins released, both audit logs verified.
 #[test]
 fn the_demo_walks_every_role_through_the_daemon() {
+    let _timed = timed_processes();
     let dir = Dir::new();
     let out = kanon(
         &dir,
@@ -890,5 +891,112 @@ mod serve {
         );
         check_results(&analyst, &after);
         check_audit(&served.client(Some(&tokens.admin)), &after);
+    }
+
+    /// The vendor's and the tenants' side of a benchmark, through `kanon
+    /// benchmarks` against `kanon serve`.
+    #[test]
+    fn the_benchmark_commands_take_vendor_and_tenants_through_two_versions() {
+        let _timed = super::timed_processes();
+        let dir = Dir::new();
+        let (served, operator) = Served::start(&dir, "benchmarks");
+        let client = served.client(operator.as_deref());
+        let token = |role: Role, name: &str, tenant: Option<&str>| -> String {
+            let issued: Value = client
+                .send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))
+                .unwrap();
+            issued["token"].as_str().unwrap().to_owned()
+        };
+        let vendor = token(Role::Vendor, "benchco", None);
+        let cli = |token: &str, args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend(["--url", served.base.as_str(), "--token", token]);
+            let out = Command::new(env!("CARGO_BIN_EXE_kanon"))
+                .args(&all)
+                .env("KANON_CACHE_DIR", dir.path().join("cache"))
+                .env_remove("KANON_PROFILE")
+                .output()
+                .unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let admins: Vec<String> = (0..6)
+            .map(|i| {
+                let tenant = format!("carrier-{i}");
+                let _: Value = client.send("POST", "/v1/tenants", &json!({"name": tenant})).unwrap();
+                let admin = token(Role::TenantAdmin, &format!("{tenant}-admin"), Some(&tenant));
+                let dataset = if i == 5 { "ritten" } else { "trips" };
+                let _: Value = served
+                    .client(Some(&admin))
+                    .upload(
+                        "PUT",
+                        &format!("/v1/tenants/{tenant}/datasets/{dataset}?format=csv&entity=driver_id"),
+                        "text/csv",
+                        std::io::Cursor::new(fleet_csv(20_000)),
+                    )
+                    .unwrap();
+                admin
+            })
+            .collect();
+
+        let wasm = dir.write("emissions.wasm", kanon_artifacts::EMISSIONS_BENCHMARK);
+        let (code, out, err) = cli(&vendor, &["plugins", "upload", wasm.to_str().unwrap(), "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let hash = serde_json::from_str::<Value>(&out).unwrap()["hash"].as_str().unwrap().to_owned();
+        let (code, _, err) =
+            cli(&vendor, &["benchmarks", "publish", "co2", "--plugin", &hash, "--every", "7d"]);
+        assert_eq!(code, Some(0), "{err}");
+        let (_, out, _) = cli(&admins[0], &["benchmarks", "show", "co2"]);
+        assert!(out.contains("every 168h") && out.contains("reads dataset `trips`"), "{out}");
+        assert!(out.lines().any(|l| l.starts_with("driver_id") && l.contains("pseudonym")), "{out}");
+        for (i, admin) in admins.iter().enumerate() {
+            let tenant = format!("carrier-{i}");
+            let mut args = vec!["benchmarks", "join", "co2", "--tenant", &tenant];
+            if i == 5 {
+                args.extend(["--dataset", "trips=ritten"]);
+            }
+            let (code, out, err) = cli(admin, &args);
+            assert_eq!(code, Some(0), "{err}");
+            assert!(out.contains("trips="), "{out}");
+        }
+
+        let (code, out, err) = cli(&vendor, &["benchmarks", "run", "co2", "--wait"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("co2 version 1 (6 tenants)")
+                && out.contains("co2_intensity: 0 of 30 cells suppressed"),
+            "{out}"
+        );
+        let (_, csv, _) = cli(&vendor, &["benchmarks", "table", "co2", "--format", "csv"]);
+        assert!(csv.starts_with("table,vehicle_class,region,count,"), "{csv}");
+        assert!(!csv.contains("carrier"), "no tenant named");
+        let parquet = dir.path().join("co2.parquet");
+        let (code, _, err) = cli(
+            &vendor,
+            &["benchmarks", "table", "co2", "--format", "parquet", "--out", parquet.to_str().unwrap()],
+        );
+        assert_eq!(code, Some(0), "{err}");
+        assert!(std::fs::read(&parquet).unwrap().starts_with(b"PAR1"));
+        let (code, out, err) = cli(&admins[0], &["benchmarks", "position", "co2", "--tenant", "carrier-0"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("carrier-0 in co2 version 1:") && out.contains("peers count"), "{out}");
+        let (code, _, err) = cli(&admins[1], &["benchmarks", "position", "co2", "--tenant", "carrier-0"]);
+        assert_eq!(code, Some(4), "another tenant's position is refused: {err}");
+
+        let (code, _, err) = cli(&admins[5], &["benchmarks", "leave", "co2", "--tenant", "carrier-5"]);
+        assert_eq!(code, Some(0), "{err}");
+        let (code, out, err) = cli(&vendor, &["benchmarks", "run", "co2", "--wait"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("co2 version 2 (5 tenants)") && out.contains("30 held") && out.contains("from v1"),
+            "{out}"
+        );
+        let (_, out, _) = cli(&vendor, &["benchmarks", "versions", "co2", "--json"]);
+        let versions: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(versions[1]["held_cells"], 30, "{versions}");
+
+        let (code, _, _) = cli(&vendor, &["benchmarks", "retire", "co2"]);
+        assert_eq!(code, Some(0));
+        let (code, _, err) = cli(&vendor, &["benchmarks", "run", "co2"]);
+        assert_eq!(code, Some(4), "a retired benchmark runs no more: {err}");
     }
 }

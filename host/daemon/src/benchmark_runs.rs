@@ -140,14 +140,17 @@ fn log_label(run: &str) -> String {
     format!("owner-log:{run}")
 }
 
-/// Queue a run of `benchmark`, unless one is queued or running already.
+/// Queue a run of `benchmark`, unless it is retired or one is queued or
+/// running already.
 pub(crate) fn queue(
     write: &mut Write<'_>,
     actor: &str,
     benchmark: &str,
     trigger: &str,
 ) -> Result<BenchmarkRun> {
-    benchmarks::get(write, benchmark)?;
+    if benchmarks::get(write, benchmark)?.retired_ms.is_some() {
+        return Err(Error::Conflict(format!("benchmark `{benchmark}` is retired")));
+    }
     let runs: Vec<BenchmarkRun> = write.all(BENCHMARK_RUNS)?;
     if let Some(pending) = runs.iter().find(|r| r.benchmark == benchmark && !r.state.is_final()) {
         return Err(Error::Conflict(format!(
@@ -208,7 +211,7 @@ pub(crate) fn spawn_runner(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             if *stopped.borrow() {
                 break;
             }
-            if let Err(e) = queue_due(&app) {
+            if let Err(e) = queue_due(&app.store, now_ms()) {
                 tracing::error!(error = %e, "the benchmark schedule could not be read");
             }
             match next_queued(&app) {
@@ -237,29 +240,30 @@ pub(crate) fn spawn_runner(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     });
 }
 
-/// Queue a run of every scheduled benchmark that is due.
-fn queue_due(app: &App) -> Result<()> {
-    let now = now_ms();
-    let due: Vec<Benchmark> = app
-        .store
+/// Queue a run of every scheduled benchmark that is due at `now`. Returns
+/// how many were queued; one still pending covers its turn.
+fn queue_due(store: &ControlStore, now: u64) -> Result<usize> {
+    let due: Vec<Benchmark> = store
         .read()?
         .all::<Benchmark>(BENCHMARKS)?
         .into_iter()
+        .filter(|b| b.retired_ms.is_none())
         .filter(|b| b.every_hours.is_some_and(|h| now >= b.scheduled_ms + u64::from(h) * 3_600_000))
         .collect();
+    let mut queued = 0;
     for benchmark in due {
-        app.store.write(|w| {
+        queued += store.write(|w| {
             let mut current = benchmarks::get(w, &benchmark.name)?;
             current.scheduled_ms = now;
             w.put(BENCHMARKS, &current.name, &current)?;
             match queue(w, "daemon", &current.name, "schedule") {
-                // A run still pending covers this turn.
-                Ok(_) | Err(Error::Conflict(_)) => Ok::<_, Error>(()),
+                Ok(_) => Ok::<_, Error>(1),
+                Err(Error::Conflict(_)) => Ok(0),
                 Err(e) => Err(e),
             }
         })?;
     }
-    Ok(())
+    Ok(queued)
 }
 
 /// The oldest queued run, if any.
@@ -663,4 +667,61 @@ pub(crate) fn owner_log(app: &App, run: &str, tenant: &str) -> Result<JobLog> {
         .get(OWNER_LOGS, &log_key(run, tenant))?
         .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}` has no log of run `{run}`")))?;
     JobLog::open(app, tenant, &log_label(run), run, &stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn benchmark(name: &str, every_hours: Option<u32>, scheduled_ms: u64) -> Benchmark {
+        Benchmark {
+            name: name.into(),
+            vendor: "benchco".into(),
+            plugin: "0".repeat(64),
+            description: String::new(),
+            params: json!({}),
+            every_hours,
+            published_ms: scheduled_ms,
+            scheduled_ms,
+            versions: 0,
+            retired_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_schedule_queues_a_due_benchmark_once_per_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let hour = 3_600_000;
+        let mut retired = benchmark("retired", Some(1), 0);
+        retired.retired_ms = Some(1);
+        let all = [
+            benchmark("daily", Some(24), 0),
+            benchmark("hourly", Some(1), 0),
+            benchmark("asked", None, 0),
+            retired,
+        ];
+        store
+            .write(|w| {
+                for b in &all {
+                    w.put(BENCHMARKS, &b.name, b)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let queued = |store: &ControlStore| -> Vec<(String, String)> {
+            let runs: Vec<BenchmarkRun> = store.read().unwrap().all(BENCHMARK_RUNS).unwrap();
+            let mut runs: Vec<(String, String)> =
+                runs.into_iter().map(|r| (r.benchmark, r.trigger)).collect();
+            runs.sort();
+            runs
+        };
+        assert_eq!(queue_due(&store, hour - 1).unwrap(), 0, "nothing is due yet");
+        assert_eq!(queue_due(&store, hour).unwrap(), 1);
+        assert_eq!(queued(&store), [("hourly".to_owned(), "schedule".to_owned())]);
+        // Its run is still queued at the next turn: that covers it.
+        assert_eq!(queue_due(&store, 2 * hour).unwrap(), 0);
+        assert_eq!(queue_due(&store, 24 * hour).unwrap(), 1, "the daily one");
+        assert_eq!(queued(&store).len(), 2, "never the on-demand or the retired one");
+    }
 }

@@ -12,9 +12,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::audit::HOST_CHAIN;
+use crate::benchmark_runs::BenchmarkRun;
 use crate::error::{Error, Result};
+use crate::jobs::JobState;
 use crate::registry::PluginRecord;
-use crate::store::{BENCHMARKS, META, OPT_INS, PLUGINS, Read, Write};
+use crate::store::{BENCHMARK_RUNS, BENCHMARKS, META, OPT_INS, PLUGINS, Read, Write};
 use crate::tenants::check_name;
 use crate::{App, now_ms};
 
@@ -41,6 +43,10 @@ pub struct Benchmark {
     pub scheduled_ms: u64,
     /// Versions released so far.
     pub versions: u64,
+    /// Set when its vendor retired it: no more runs or opt-ins; its
+    /// versions stay readable.
+    #[serde(default)]
+    pub retired_ms: Option<u64>,
 }
 
 /// What a vendor publishes.
@@ -149,6 +155,7 @@ pub(crate) fn publish(
         published_ms: now,
         scheduled_ms: now,
         versions: 0,
+        retired_ms: None,
     };
     write.put(BENCHMARKS, &benchmark.name, &benchmark)?;
     write.audit(
@@ -222,6 +229,9 @@ pub(crate) fn opt_in(
 ) -> Result<OptIn> {
     crate::tenants::get(write, tenant)?;
     let bench = get(write, benchmark)?;
+    if bench.retired_ms.is_some() {
+        return Err(Error::Conflict(format!("benchmark `{benchmark}` is retired")));
+    }
     let key = opt_in_key(benchmark, tenant);
     let member = member(write, tenant)?;
     let opt_in = OptIn {
@@ -241,6 +251,25 @@ pub(crate) fn opt_in(
         json!({"benchmark": benchmark, "plugin": bench.plugin, "datasets": opt_in.datasets}),
     )?;
     Ok(opt_in)
+}
+
+/// Retire a benchmark: its queued runs are cancelled, no run or opt-in
+/// follows, and a run already going finishes. Its versions stay.
+pub(crate) fn retire(write: &mut Write<'_>, actor: &str, name: &str) -> Result<Benchmark> {
+    let mut benchmark = get(write, name)?;
+    if benchmark.retired_ms.is_some() {
+        return Err(Error::Conflict(format!("benchmark `{name}` is already retired")));
+    }
+    benchmark.retired_ms = Some(now_ms());
+    write.put(BENCHMARKS, name, &benchmark)?;
+    let runs: Vec<BenchmarkRun> = write.all(BENCHMARK_RUNS)?;
+    for mut run in runs.into_iter().filter(|r| r.benchmark == name && r.state == JobState::Queued) {
+        run.state = JobState::Cancelled;
+        run.finished_ms = benchmark.retired_ms;
+        write.put(BENCHMARK_RUNS, &run.id, &run)?;
+    }
+    write.audit(HOST_CHAIN, actor, "benchmark.retire", json!({"benchmark": name}))?;
+    Ok(benchmark)
 }
 
 /// The tenant's ordinal in every benchmark, given at its first opt-in.

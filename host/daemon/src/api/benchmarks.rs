@@ -33,7 +33,7 @@ use crate::store::{BENCHMARK_RUNS, BENCHMARKS, PLUGINS};
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(publish_benchmark, list_benchmarks))
-        .routes(routes!(show_benchmark))
+        .routes(routes!(show_benchmark, retire_benchmark))
         .routes(routes!(queue_run, list_runs))
         .routes(routes!(show_run))
         .routes(routes!(list_versions))
@@ -121,6 +121,21 @@ async fn show_benchmark(
 ) -> Result<axum::Json<BenchmarkView>> {
     let benchmark = visible(&app, &caller, &name)?;
     Ok(axum::Json(view(&app, &caller, benchmark)?))
+}
+
+/// Retire a benchmark (its vendor): no more runs or opt-ins, its schedule
+/// stops, its queued runs are cancelled; its versions stay readable, and
+/// its plugin may be deleted.
+#[utoipa::path(delete, path = "/v1/benchmarks/{benchmark}", tag = "benchmarks", security(("token" = [])),
+    params(("benchmark" = String, Path)),
+    responses((status = 200, body = Benchmark), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+async fn retire_benchmark(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(name): PathArgs<String>,
+) -> Result<axum::Json<Benchmark>> {
+    visible(&app, &caller, &name)?;
+    Ok(axum::Json(app.store.write(|w| benchmarks::retire(w, &caller.actor(), &name))?))
 }
 
 /// Queue a run over every tenant opted in when it starts (its vendor).

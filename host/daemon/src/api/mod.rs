@@ -93,6 +93,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/benchmarks", Access::Roles(&[Vendor])),
     ("GET", "/v1/benchmarks", Access::Roles(&[Vendor, TenantAdmin, Operator])),
     ("GET", "/v1/benchmarks/{benchmark}", Access::Roles(&[Vendor, TenantAdmin, Operator])),
+    ("DELETE", "/v1/benchmarks/{benchmark}", Access::Roles(&[Vendor])),
     ("POST", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor])),
     ("GET", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor, Operator])),
     ("GET", "/v1/benchmarks/{benchmark}/runs/{run}", Access::Roles(&[Vendor, Operator])),

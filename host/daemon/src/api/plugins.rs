@@ -131,7 +131,7 @@ async fn delete_plugin(
             return Err(Error::Conflict(format!("job {} uses this plugin", j.id)));
         }
         let benchmarks: Vec<crate::benchmarks::Benchmark> = w.all(crate::store::BENCHMARKS)?;
-        if let Some(b) = benchmarks.iter().find(|b| b.plugin == hash) {
+        if let Some(b) = benchmarks.iter().find(|b| b.plugin == hash && b.retired_ms.is_none()) {
             return Err(Error::Conflict(format!("benchmark `{}` uses this plugin", b.name)));
         }
         w.remove(PLUGINS, &hash)?;
