@@ -115,7 +115,7 @@ async fn cancel_job(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ResultArgs {
-    /// `json` (default) or `csv`.
+    /// `json` (default) or `csv`; a benchmark version also `parquet`.
     pub format: Option<String>,
 }
 
