@@ -134,6 +134,10 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     let first = run(&vendor, "co2");
     assert_eq!(first["state"], "succeeded", "{first}");
     assert_eq!((first["participants"].as_u64(), first["version"].as_u64()), (Some(7), Some(1)));
+    // No figure of the run's that a difference of two runs could tie to
+    // one tenant: no rows read, no instance memory.
+    let stats: Vec<&String> = first["stats"].as_object().unwrap().keys().collect();
+    assert_eq!(stats, ["cells", "held_cells", "run_ms", "suppressed_cells"]);
     let v1: Value = vendor.get("/v1/benchmarks/co2/versions/1").unwrap();
     // Seven tenants of ten drivers each, the last one read through its own
     // column names.
@@ -409,4 +413,46 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     assert_eq!(put(&admins[0], "carrier-0", json!({"trips": {"dataset": "trips"}})).status, 409);
     assert_eq!(vendor.get::<Value>("/v1/benchmarks/co2/versions").unwrap().as_array().unwrap().len(), 1);
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 200);
+}
+
+#[test]
+fn another_plugin_releasing_the_same_table_shares_the_subtraction_rule() {
+    let d = TestDaemon::start();
+    let admins = carriers(&d);
+    let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
+    // Two different components that release the same `by_region` table.
+    let publish = |name: &str, path: &str| {
+        let plugin: Value = upload_plugin(&vendor, &std::fs::read(path).unwrap()).json().unwrap();
+        let _: Value =
+            vendor.send("POST", "/v1/benchmarks", &json!({"name": name, "plugin": plugin["hash"]})).unwrap();
+        plugin["hash"].as_str().unwrap().to_owned()
+    };
+    let first = publish("fuel", kanon_artifacts::CARRIES_STATE);
+    let second = publish("fuel-again", kanon_artifacts::SINGLES_OUT_A_TENANT);
+    assert_ne!(first, second);
+    for (i, admin) in admins.iter().enumerate().take(6) {
+        join(admin, i, "fuel");
+    }
+    let v1 = run(&vendor, "fuel");
+    let v1: Value = vendor.get(&format!("/v1/benchmarks/fuel/versions/{}", v1["version"])).unwrap();
+    let released: Vec<&Value> = v1["release"]["tables"][0]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["values"].is_null())
+        .collect();
+    assert!(released.len() >= 3, "{v1}");
+
+    // The other plugin, without carrier 5: every cell differs from `fuel`'s
+    // version 1 by one tenant, so nothing of it is released.
+    for (i, admin) in admins.iter().enumerate().take(5) {
+        join(admin, i, "fuel-again");
+    }
+    let again = run(&vendor, "fuel-again");
+    assert_eq!(again["state"], "succeeded", "{again}");
+    let version: Value =
+        vendor.get(&format!("/v1/benchmarks/fuel-again/versions/{}", again["version"])).unwrap();
+    for cell in version["release"]["tables"][0]["cells"].as_array().unwrap() {
+        assert_eq!(cell["values"], Value::Null, "{cell}");
+    }
 }
