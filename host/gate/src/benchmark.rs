@@ -172,11 +172,14 @@ impl Gate {
         for (t, spec) in specs.iter().enumerate() {
             let Some(past) = history_of(history, spec, hidden[t].len()) else { continue };
             changed[t] = past.cells.iter().enumerate().any(|(cell, past)| {
-                !hidden[t][cell]
-                    && past.released_sets.iter().any(|set| {
-                        let differ = symmetric_difference(set, &contributors(t, cell));
-                        differ >= 1 && differ < min_tenants
-                    })
+                if hidden[t][cell] {
+                    return false;
+                }
+                let now = contributors(t, cell);
+                past.released_sets.iter().any(|set| {
+                    let differ = symmetric_difference(set, &now);
+                    differ >= 1 && differ < min_tenants
+                })
             });
         }
         // A close cell holds its whole table and every table linked to it. A
