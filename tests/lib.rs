@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kanon_gate::Policy;
 use kanon_runtime::{
-    BenchmarkReport, BenchmarkRequest, LoadedPlugin, RunLimits, RunReport, RunRequest, Runtime,
+    BenchmarkReport, BenchmarkRequest, CancelToken, LoadedPlugin, RunLimits, RunReport, RunRequest, Runtime,
     RuntimeConfig, TenantInput,
 };
 use kanon_vault::{CsvReader, DatasetVersion, IngestOptions, Vault, WriteMode};
@@ -87,6 +87,7 @@ pub fn run_benchmark(plugin: &LoadedPlugin, tenants: &[String]) -> BenchmarkRepo
         policy: Policy::default(),
         history: Default::default(),
         version: 1,
+        cancel: CancelToken::new(),
     };
     runtime().run_benchmark(plugin, request).expect("the request fits the plugin")
 }
@@ -116,6 +117,7 @@ pub fn request(datasets: BTreeMap<String, DatasetVersion>, params: &str) -> RunR
         params: params.into(),
         policy: Policy::default(),
         tenant_secret: [42; 32],
+        cancel: CancelToken::new(),
     }
 }
 

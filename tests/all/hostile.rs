@@ -4,9 +4,11 @@
 use std::time::Instant;
 
 use kanon_gate::{Dominance, Policy};
-use kanon_runtime::RunRequest;
+use kanon_runtime::{CancelToken, RunLimits, RunRequest, Runtime, RuntimeConfig};
 use kanon_runtime::{FailureClass, RunReport, UploadError};
-use kanon_tests::{fleet_csv, load_path, request, run_benchmark, run_on_trips, runtime, trips};
+use kanon_tests::{
+    fleet_csv, load_path, request, run_benchmark, run_on_trips, runtime, table, test_limits, trips,
+};
 
 // A fixture without a test below fails to compile here.
 macro_rules! has_test {
@@ -64,6 +66,89 @@ fn loops_in_host_calls() {
     let report = fails_with(kanon_artifacts::LOOPS_IN_HOST_CALLS, FailureClass::Timeout);
     assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
     assert!(report.owner_log.error.is_some());
+}
+
+/// `work` on its own thread, failing the test if it has not returned after
+/// `secs`: what a sleep past the deadline would do.
+fn within<T: Send + 'static>(secs: u64, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(work()));
+    finished.recv_timeout(std::time::Duration::from_secs(secs)).expect("still running past the deadline")
+}
+
+#[test]
+fn sleeps_forever() {
+    within(20, || fails_with(kanon_artifacts::SLEEPS_FOREVER, FailureClass::Timeout));
+}
+
+#[test]
+fn sleeps_in_manifest() {
+    let err = within(30, || load_path(kanon_artifacts::SLEEPS_IN_MANIFEST).unwrap_err());
+    let UploadError::ManifestFailed(why) = &err else { panic!("{err}") };
+    assert!(why.starts_with("timeout"), "the 5 s upload deadline held: {why}");
+}
+
+/// A cancel ends a run wherever it is: spinning in guest code, asleep in a
+/// WASI poll, or going round host calls. Cancelled well before the 2 s
+/// deadline, each run must say `cancelled`, not `timeout`.
+#[test]
+fn a_cancel_interrupts_a_run_wherever_it_is() {
+    for path in [
+        kanon_artifacts::LOOPS_FOREVER,
+        kanon_artifacts::SLEEPS_FOREVER,
+        kanon_artifacts::LOOPS_IN_HOST_CALLS,
+    ] {
+        let plugin = load_path(path).unwrap();
+        let cancel = CancelToken::new();
+        let canceller = std::thread::spawn({
+            let cancel = cancel.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                cancel.cancel();
+            }
+        });
+        let report = runtime().run(&plugin, RunRequest { cancel, ..request(trips(), "{}") }).unwrap();
+        canceller.join().unwrap();
+        let failure = report.outcome.expect_err("nothing may be released");
+        assert_eq!(failure.class, FailureClass::Cancelled, "{path}: {:?}", report.owner_log);
+    }
+}
+
+/// 32 open scans of a column of 2 KB texts, one batch in each, would hold
+/// about 16 MB each on the host; a 64 MiB budget ends the run.
+#[test]
+fn hoards_scans() {
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: RunLimits { host_memory_bytes: 64 << 20, ..test_limits() },
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let mut csv = String::from("driver_id,region,fuel_litres\n");
+    for row in 0..4000 {
+        csv.push_str(&format!("D{row},r{row:01999},1.0\n"));
+    }
+    let plugin = runtime.load(&std::fs::read(kanon_artifacts::HOARDS_SCANS).unwrap()).unwrap();
+    let datasets = [("trips".to_owned(), table("trips", &csv, "driver_id"))].into();
+    let report = runtime.run(&plugin, request(datasets, "{}")).unwrap();
+    let failure = report.outcome.expect_err("nothing may be released");
+    assert_eq!(failure.class, FailureClass::Limit, "{:?}", report.owner_log);
+    assert!(report.owner_log.error.as_deref().unwrap().contains("host memory"), "{:?}", report.owner_log);
+    let peak = report.stats.peak_host_bytes;
+    assert!((64 << 20..(64 << 20) + (40 << 20)).contains(&peak), "overshoot by at most one chunk: {peak}");
+}
+
+/// The same request, run again under a fresh run id, flips the same coins:
+/// with fresh randomness, 16 runs would agree with a chance of 2^-15.
+#[test]
+fn flips_a_coin() {
+    let plugin = load_path(kanon_artifacts::FLIPS_A_COIN).unwrap();
+    let releases: Vec<_> = (0..16)
+        .map(|i| {
+            let request = RunRequest { run_id: format!("run-{i}"), ..request(trips(), "{}") };
+            runtime().run(&plugin, request).unwrap().outcome.unwrap()
+        })
+        .collect();
+    assert!(releases.windows(2).all(|w| w[0] == w[1]), "a repeated request released something else");
 }
 
 #[test]

@@ -165,6 +165,7 @@ fn a_benchmark_merges_tenants_under_the_tenant_rules() {
         policy: Policy::default(),
         history: Default::default(),
         version: 1,
+        cancel: kanon_runtime::CancelToken::new(),
     };
     assert!(matches!(runtime().run_benchmark(&plugin, none), Err(RunError::NoTenants)));
 

@@ -20,6 +20,8 @@ use kanon_daemon::{AuditExport, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::render;
+
 pub const EXIT_REFUSED: u8 = 4;
 pub const EXIT_UNREACHABLE: u8 = 5;
 
@@ -95,7 +97,8 @@ impl Connection {
 /// A client error as an exit code, printing the message.
 pub fn exit_code(error: &anyhow::Error) -> Option<ExitCode> {
     let client = error.downcast_ref::<ClientError>()?;
-    eprintln!("error: {error:#}");
+    // The daemon's message can quote what a plugin declared.
+    eprintln!("error: {}", render::escape_controls(&format!("{error:#}")));
     Some(ExitCode::from(match client.status() {
         Some(status) if (400..500).contains(&status) => EXIT_REFUSED,
         _ => EXIT_UNREACHABLE,
@@ -146,10 +149,13 @@ fn revoked_or<'a>(item: &Value, live: &'a str) -> &'a str {
     if item["revoked_ms"].is_null() { live } else { "revoked" }
 }
 
+/// A value of the daemon's answer as text for a terminal; strings may be
+/// plugin-supplied (names, labels, logs), so their control characters are
+/// escaped.
 pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => render::escape_controls(s).into_owned(),
         other => other.to_string(),
     }
 }
@@ -779,7 +785,7 @@ fn show_results(client: &Client, id: &str, json_out: bool) -> anyhow::Result<()>
     if json_out {
         return print_json(&release);
     }
-    print!("{}", crate::render::release_text(&release));
+    print!("{}", render::release_text(&release));
     Ok(())
 }
 

@@ -57,7 +57,7 @@ struct DemoTenant {
     plugin: &'static [u8],
 }
 
-pub fn run(args: DemoArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let say = |line: String| {
         if !args.json {
@@ -82,7 +82,7 @@ pub fn run(args: DemoArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
         data_dir: dir.path().join("data"),
         ..DaemonConfig::default()
     };
-    let runtime = runner::runtime(cache_dir)?;
+    let runtime = runner::runtime(options)?;
     let tokio =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     let (daemon, first) = tokio.block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))?;
@@ -223,8 +223,8 @@ fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::
         anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
     }
     say(format!(
-        "benchco: run {id} over {} carriers ({rows} trips), took {} ms",
-        done["participants"], done["stats"]["run_ms"]
+        "benchco: run {id} over {} carriers ({rows} trips), took {} s (vendors see whole seconds)",
+        done["participants"], done["stats"]["run_secs"]
     ));
     Ok(done)
 }
@@ -294,7 +294,10 @@ fn walk(
             continue;
         }
         let release: Release = analyst.get(&format!("/v1/jobs/{id}/results"))?;
-        say(format!("ana: job {id} succeeded in {} ms; the gate released:", done["stats"]["run_ms"]));
+        say(format!(
+            "ana: job {id} succeeded in {} s (analysts see whole seconds); the gate released:",
+            done["stats"]["run_secs"]
+        ));
         if json {
             releases.insert(tenant.name.to_owned(), serde_json::to_value(&release)?);
         } else {

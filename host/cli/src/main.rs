@@ -15,7 +15,6 @@ mod runner;
 mod serve;
 mod vault_cmd;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,9 +26,8 @@ use clap::{Parser, Subcommand};
     about = "Run sandboxed analytics plugins over private data; only gated aggregates leave."
 )]
 struct Cli {
-    /// Where compiled plugins are cached (default: $KANON_CACHE_DIR, else ~/.cache/kanon).
-    #[arg(long, global = true, env = "KANON_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: runner::RuntimeOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +83,10 @@ enum Command {
     /// Measure the plugin group-by against native Rust, instantiation,
     /// compile caching and the gate.
     Bench(bench::BenchArgs),
+    /// Compile one uploaded component from stdin under memory and CPU
+    /// limits: the child process every upload is compiled in.
+    #[command(hide = true)]
+    CompileWorker,
 }
 
 fn main() -> ExitCode {
@@ -95,9 +97,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let cache_dir = cli.cache_dir.or_else(default_cache_dir);
+    let runtime = cli.runtime;
     let result = match cli.command {
-        Command::Run(args) => runner::run(args, cache_dir),
+        Command::Run(args) => runner::run(args, &runtime),
         Command::Ingest(args) => vault_cmd::ingest(args),
         Command::Datasets(args) => vault_cmd::datasets(args),
         Command::Export(args) => vault_cmd::export(args),
@@ -105,9 +107,9 @@ fn main() -> ExitCode {
         Command::Backup(args) => vault_cmd::backup(args),
         Command::Restore(args) => vault_cmd::restore(args),
         Command::RotateKey(args) => vault_cmd::rotate_key(args),
-        Command::Manifest(args) => runner::manifest(args, cache_dir),
-        Command::Demo(args) => demo::run(args, cache_dir),
-        Command::Serve(args) => serve::run(args, cache_dir),
+        Command::Manifest(args) => runner::manifest(args, &runtime),
+        Command::Demo(args) => demo::run(args, &runtime),
+        Command::Serve(args) => serve::run(args, &runtime),
         Command::Login(args) => client_cmd::login(args),
         Command::Tenants(args) => client_cmd::tenants(args),
         Command::Tokens(args) => client_cmd::tokens(args),
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Grants(args) => client_cmd::grants(args),
         Command::Benchmarks(args) => benchmark_cmd::benchmarks(args),
         Command::Bench(args) => bench::run(args),
+        Command::CompileWorker => return kanon_runtime::compile_worker_main(),
     };
     match result {
         Ok(code) => code,
@@ -126,15 +129,8 @@ fn main() -> ExitCode {
             if let Some(code) = client_cmd::exit_code(&e) {
                 return code;
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render::escape_controls(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("kanon"))
 }

@@ -1,4 +1,8 @@
-//! Released tables for people (aligned text) and for scripts (JSON).
+//! Released tables for people (aligned text) and for scripts (JSON), and
+//! the one escape every piece of plugin-supplied text goes through before it
+//! reaches a terminal.
+
+use std::borrow::Cow;
 
 use kanon_gate::{OwnPosition, Release, ReleasedTable, Scope};
 use kanon_runtime::RunReport;
@@ -44,9 +48,30 @@ pub fn table_text(table: &ReleasedTable) -> String {
     aligned(rows, table.dimensions.len())
 }
 
+/// `text` with every control character other than newline and tab, and
+/// every bidirectional override, written as a `\u{..}` escape: what a plugin
+/// printed or declared can then neither move the cursor, redraw a row, set a
+/// window title nor reorder what the reader sees.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let escape = |c: char| c != '\n' && c != '\t' && !kanon_runtime::is_printable_char(c);
+    if !text.chars().any(escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escape(c) { out.extend(c.escape_unicode()) } else { out.push(c) }
+    }
+    Cow::Owned(out)
+}
+
 /// Rows as columns, the first `dims` left-aligned (labels), the rest
 /// right-aligned (numbers), under a rule after the header.
 fn aligned(rows: Vec<Vec<String>>, dims: usize) -> String {
+    // Labels come from the plugin: one line per row, whatever they hold.
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.into_iter().map(|v| escape_controls(&v).replace(['\n', '\t'], " ")).collect())
+        .collect();
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
@@ -136,4 +161,28 @@ pub fn position_text(position: &OwnPosition) -> String {
         out.push_str(&aligned(rows, table.dimensions.len()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_text_cannot_drive_the_terminal() {
+        assert!(matches!(escape_controls("north\tsouth\nwest"), Cow::Borrowed(_)));
+        assert_eq!(escape_controls("ok\x1b[2K\rfake row"), "ok\\u{1b}[2K\\u{d}fake row");
+        assert_eq!(escape_controls("\u{202e}evil"), "\\u{202e}evil");
+        assert_eq!(escape_controls("CO₂ – 東京"), "CO₂ – 東京");
+    }
+
+    #[test]
+    fn a_label_is_one_line_of_a_table() {
+        let rows = vec![
+            vec!["region".to_owned(), "count".to_owned()],
+            vec!["a\nb\x1b[A".to_owned(), "12".to_owned()],
+        ];
+        let text = aligned(rows, 1);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+    }
 }

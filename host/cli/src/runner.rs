@@ -6,11 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use kanon_gate::{Policy, PolicyLayer};
-use kanon_runtime::{LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig};
+use kanon_runtime::{
+    CancelToken, CompileLimits, CompileWorker, LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig,
+};
 use kanon_vault::{DatasetVersion, IngestOptions, Vault, WriteMode, open_file};
 
 use crate::render;
@@ -75,8 +78,40 @@ pub struct ManifestArgs {
     plugin: PathBuf,
 }
 
-pub fn runtime(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
-    Ok(Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })?)
+/// How every command that loads a plugin compiles and caches it.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeOptions {
+    /// Where compiled plugins are cached (default: ~/.cache/kanon).
+    #[arg(long, global = true, env = "KANON_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Seconds compiling one plugin may take before it is refused.
+    #[arg(long, global = true, env = "KANON_COMPILE_TIMEOUT", default_value_t = 60)]
+    compile_timeout: u64,
+    /// MiB of memory compiling one plugin may use before it is refused.
+    #[arg(long, global = true, env = "KANON_COMPILE_MEMORY", default_value_t = 2048)]
+    compile_memory: u64,
+}
+
+/// The runtime every command uses: plugins compile in a child process of
+/// this binary (`kanon compile-worker`), under time and memory limits.
+pub fn runtime(options: &RuntimeOptions) -> anyhow::Result<Runtime> {
+    let program = std::env::current_exe().context("cannot find the kanon binary to compile plugins with")?;
+    Ok(Runtime::new(RuntimeConfig {
+        cache_dir: options.cache_dir.clone().or_else(default_cache_dir),
+        compile_worker: Some(CompileWorker { program, args: vec!["compile-worker".into()] }),
+        compile_limits: CompileLimits {
+            timeout: Duration::from_secs(options.compile_timeout),
+            memory_bytes: options.compile_memory << 20,
+        },
+        ..RuntimeConfig::default()
+    })?)
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kanon"))
 }
 
 pub fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<LoadedPlugin> {
@@ -84,8 +119,8 @@ pub fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<LoadedPlugin> {
     runtime.load(&bytes).with_context(|| format!("plugin {} refused", path.display()))
 }
 
-pub fn manifest(args: ManifestArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let plugin = load(&runtime(cache_dir)?, &args.plugin)?;
+pub fn manifest(args: ManifestArgs, options: &RuntimeOptions) -> anyhow::Result<ExitCode> {
+    let plugin = load(&runtime(options)?, &args.plugin)?;
     let out = serde_json::json!({ "hash": plugin.hash, "size": plugin.size, "manifest": plugin.manifest });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
@@ -179,9 +214,9 @@ fn stored_datasets(
     Ok(datasets)
 }
 
-pub fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, options: &RuntimeOptions) -> anyhow::Result<ExitCode> {
     let policy = run_policy(&args)?;
-    let runtime = runtime(cache_dir)?;
+    let runtime = runtime(options)?;
     let plugin = load(&runtime, &args.plugin)?;
     let request = match &args.tenant {
         Some(tenant) => {
@@ -193,6 +228,7 @@ pub fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode
                 params: args.params,
                 policy,
                 tenant_secret: vault.pseudonym_secret(tenant)?,
+                cancel: CancelToken::new(),
             }
         }
         None => {
@@ -216,7 +252,14 @@ pub fn local_request(
     params: String,
     policy: Policy,
 ) -> RunRequest {
-    RunRequest { run_id: random_run_id(), datasets, params, policy, tenant_secret: rand::random() }
+    RunRequest {
+        run_id: random_run_id(),
+        datasets,
+        params,
+        policy,
+        tenant_secret: rand::random(),
+        cancel: CancelToken::new(),
+    }
 }
 
 /// Print a run's release (or its failure class) and return the exit code.
@@ -254,14 +297,14 @@ pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner
         eprintln!("--- owner log (data owner only) ---");
         for (label, text) in [("stdout", &log.stdout), ("stderr", &log.stderr)] {
             if !text.is_empty() {
-                eprintln!("{label}:\n{text}");
+                eprintln!("{label}:\n{}", render::escape_controls(text));
             }
         }
         if let Some(error) = &log.error {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", render::escape_controls(error));
         }
         for refusal in &log.refusals {
-            eprintln!("refused: {refusal}");
+            eprintln!("refused: {}", render::escape_controls(refusal));
         }
     }
     code

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -19,13 +20,13 @@ pub struct ServeArgs {
     key: KeyArgs,
 }
 
-pub fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn run(args: ServeArgs, options: &runner::RuntimeOptions) -> anyhow::Result<ExitCode> {
     let config = DaemonConfig::load(args.config.as_deref())?;
     let kek = args.key.key(&config.data_dir)?;
-    let runtime = runner::runtime(cache_dir)?;
+    let runtime = runner::runtime(options)?;
     let tokio =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
-    tokio.block_on(async move {
+    let served = tokio.block_on(async move {
         // Listening for the signals before the daemon answers: a SIGTERM
         // right after start still stops it gracefully.
         let stop = shutdown_signal()?;
@@ -38,7 +39,11 @@ pub fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCo
         eprintln!("stopping: finishing running jobs");
         daemon.shutdown().await;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Dropping the runtime would wait for every blocking task; the daemon's
+    // shutdown already bounded and recorded what mattered.
+    tokio.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 /// SIGTERM or Ctrl-C, registered now, awaited later.

@@ -511,6 +511,83 @@ fn sigkill_during_ingest_or_read_leaves_each_version_whole_or_absent() {
     assert!(interrupted >= 12, "only {interrupted} of 24 processes were killed mid-way");
 }
 
+/// A component that passes upload's static checks (no import, both plugin
+/// exports, every function under the size cap) but is built to be costly to
+/// compile: `functions` bodies of `ops` multiplications over 256 locals that
+/// all start from the argument and all feed the result, so none folds away.
+fn costly_component(functions: u32, ops: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ComponentBuilder, ComponentExportKind, ExportKind, ExportSection, Function,
+        FunctionSection, Module, PrimitiveValType, TypeSection, ValType,
+    };
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I64], [ValType::I64]);
+    module.section(&types);
+    let mut declared = FunctionSection::new();
+    (0..functions).for_each(|_| {
+        declared.function(0);
+    });
+    module.section(&declared);
+    let mut exports = ExportSection::new();
+    exports.export("f", ExportKind::Func, 0);
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    for _ in 0..functions {
+        // Local 0 is the argument; 1..=256 are the working set.
+        let mut body = Function::new([(256, ValType::I64)]);
+        for local in 1..=256 {
+            body.instructions().local_get(0).i64_const(i64::from(local)).i64_add().local_set(local);
+        }
+        for i in 0..ops {
+            body.instructions()
+                .local_get(1 + i % 256)
+                .local_get(1 + (i * 7 + 3) % 256)
+                .i64_mul()
+                .local_set(1 + (i * 13 + 5) % 256);
+        }
+        body.instructions().i64_const(0);
+        for local in 1..=256 {
+            body.instructions().local_get(local).i64_add();
+        }
+        body.instructions().end();
+        code.function(&body);
+    }
+    module.section(&code);
+    let mut component = ComponentBuilder::default();
+    let module = component.core_module(None, &module);
+    let instance = component.core_instantiate(None, module, []);
+    let f = component.core_alias_export(None, instance, "f", ExportKind::Func);
+    let (ty, encoder) = component.ty(None);
+    encoder.function().params([("x", PrimitiveValType::S64)]).result(Some(PrimitiveValType::S64.into()));
+    let lifted = component.lift_func(None, f, ty, []);
+    component.export("manifest", ComponentExportKind::Func, lifted, None);
+    component.export("run", ComponentExportKind::Func, lifted, None);
+    component.finish()
+}
+
+#[test]
+fn a_component_costly_to_compile_is_refused_within_the_compile_limits() {
+    let dir = Dir::new();
+    let costly = dir.write("costly.wasm", costly_component(2, 110_000));
+    let costly = costly.to_str().unwrap();
+    for limits in [["--compile-timeout", "1"], ["--compile-memory", "128"]] {
+        let start = std::time::Instant::now();
+        let out = kanon(&dir, &[&["manifest", costly], &limits[..]].concat());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{limits:?}: {stderr}");
+        assert!(stderr.contains("too costly to compile"), "{limits:?}: {stderr}");
+        assert!(start.elapsed().as_secs() < 60, "{limits:?}: {:?}", start.elapsed());
+    }
+    // Nothing of a refused upload is cached.
+    let cached = std::fs::read_dir(dir.path().join("cache")).map_or(0, |d| d.count());
+    assert_eq!(cached, 0);
+    // A plugin compiles in the same worker under the same limits.
+    let (dir, plugin) = setup();
+    let out = kanon(&dir, &["manifest", &plugin, "--compile-timeout", "1", "--compile-memory", "128"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 /// `kanon serve` as a process: what survives a SIGKILL and what a SIGTERM waits for.
 mod serve {
     use std::path::PathBuf;

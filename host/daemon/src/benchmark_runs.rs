@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kanon_gate::{
     CellHistory, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory, TableSpec,
 };
-use kanon_runtime::{BenchmarkReport, BenchmarkRequest, TenantInput};
+use kanon_runtime::{BenchmarkReport, BenchmarkRequest, CancelToken, TenantInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use crate::audit::HOST_CHAIN;
 use crate::benchmarks::{self, Benchmark, OptIn};
 use crate::error::{Error, Result};
-use crate::jobs::{JobLog, JobState};
+use crate::jobs::{JobLog, JobState, now_to_the_second, seen_failure, whole_seconds};
 use crate::registry::PluginRecord;
 use crate::sealed::{self, Sealed};
 use crate::store::{
@@ -44,8 +44,9 @@ pub struct BenchmarkRun {
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
-    /// The failure class: a plugin's (`trap`, `timeout`, ...; which tenant's
-    /// instance failed is not said), or `too-few-tenants`, `interrupted`.
+    /// Why it failed: `failed` when a plugin instance failed (which one, and
+    /// its class, only that tenant's owner log says), or a reason no plugin
+    /// influences (`too-few-tenants`, `interrupted`, ...).
     pub failure: Option<String>,
     /// Tenants whose data the run read.
     pub participants: Option<usize>,
@@ -60,7 +61,9 @@ pub struct BenchmarkRun {
 /// are on the host's chain, for the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BenchmarkStats {
-    pub run_ms: u64,
+    /// Whole seconds; the exact time is on the host's chain.
+    #[serde(default)]
+    pub run_secs: u64,
     pub cells: usize,
     pub suppressed_cells: usize,
     pub held_cells: usize,
@@ -165,7 +168,7 @@ pub(crate) fn queue(
         benchmark: benchmark.to_owned(),
         trigger: trigger.to_owned(),
         state: JobState::Queued,
-        submitted_ms: now_ms(),
+        submitted_ms: now_to_the_second(),
         started_ms: None,
         finished_ms: None,
         failure: None,
@@ -190,7 +193,7 @@ pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
         for mut run in running.iter().cloned() {
             run.state = JobState::Failed;
             run.failure = Some("interrupted".into());
-            run.finished_ms = Some(now_ms());
+            run.finished_ms = Some(now_to_the_second());
             w.put(BENCHMARK_RUNS, &run.id, &run)?;
             w.audit(
                 HOST_CHAIN,
@@ -214,21 +217,24 @@ pub(crate) fn spawn_runner(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             if let Err(e) = queue_due(&app.store, now_ms()) {
                 tracing::error!(error = %e, "the benchmark schedule could not be read");
             }
-            match next_queued(&app) {
-                Ok(Some(run)) if app.scheduler.claim_slot() => {
-                    let worker = app.clone();
-                    let id = run.id.clone();
-                    let ran = tokio::task::spawn_blocking(move || execute_and_finish(&worker, run)).await;
-                    app.scheduler.release_slot();
-                    app.scheduler.wake();
-                    if let Err(e) = ran {
-                        tracing::error!(run = %id, error = %e, "a benchmark run panicked");
-                        abandon(&app, &id);
-                    }
-                    continue;
+            let claimed = match next_queued(&app) {
+                Ok(run) => run.and_then(|run| Some((app.scheduler.claim_slot(&run.id)?, run))),
+                Err(e) => {
+                    tracing::error!(error = %e, "the benchmark queue could not be read");
+                    None
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "the benchmark queue could not be read"),
+            };
+            if let Some((cancel, run)) = claimed {
+                let worker = app.clone();
+                let id = run.id.clone();
+                let ran = tokio::task::spawn_blocking(move || execute_and_finish(&worker, run, cancel)).await;
+                app.scheduler.release_slot(&id);
+                app.scheduler.wake();
+                if let Err(e) = ran {
+                    tracing::error!(run = %id, error = %e, "a benchmark run panicked");
+                    abandon(&app, &id);
+                }
+                continue;
             }
             tokio::select! {
                 _ = app.benchmark_wake.notified() => {}
@@ -284,12 +290,12 @@ enum Outcome {
     NotRun { code: &'static str, detail: String, participants: Vec<Participant> },
 }
 
-fn execute_and_finish(app: &App, run: BenchmarkRun) {
+fn execute_and_finish(app: &App, run: BenchmarkRun, cancel: CancelToken) {
     let id = run.id.clone();
     let result = start(app, &run.id).and_then(|started| {
         let Some(started) = started else { return Ok(()) };
         let clock = Instant::now();
-        let (outcome, skipped) = execute(app, &started);
+        let (outcome, skipped) = execute(app, &started, cancel);
         finish(app, &started, outcome, skipped, clock.elapsed())
     });
     if let Err(e) = result {
@@ -308,7 +314,7 @@ fn abandon(app: &App, id: &str) {
         }
         run.state = JobState::Failed;
         run.failure = Some("host-error".into());
-        run.finished_ms = Some(now_ms());
+        run.finished_ms = Some(now_to_the_second());
         w.put(BENCHMARK_RUNS, id, &run)?;
         w.audit(HOST_CHAIN, "daemon", "benchmark.run.finish", json!({"run": id, "failure": "host-error"}))?;
         Ok::<_, StoreError>(())
@@ -327,7 +333,7 @@ fn start(app: &App, id: &str) -> Result<Option<BenchmarkRun>> {
             return Ok(None);
         }
         run.state = JobState::Running;
-        run.started_ms = Some(now_ms());
+        run.started_ms = Some(now_to_the_second());
         w.put(BENCHMARK_RUNS, id, &run)?;
         w.audit(HOST_CHAIN, "daemon", "benchmark.run.start", json!({"benchmark": run.benchmark, "run": id}))?;
         // Before any data is read, every tenant whose data the run may read
@@ -347,7 +353,7 @@ fn start(app: &App, id: &str) -> Result<Option<BenchmarkRun>> {
 
 /// Run the benchmark over every tenant opted in now. A tenant whose mapped
 /// data cannot be read is left out (and told, on its chain); the others run.
-fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
+fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<(String, String)>) {
     let mut skipped = Vec::new();
     let not_run = |code, detail: String, participants| Outcome::NotRun { code, detail, participants };
     let read = match app.store.read() {
@@ -431,6 +437,7 @@ fn execute(app: &App, run: &BenchmarkRun) -> (Outcome, Vec<(String, String)>) {
         policy,
         history,
         version,
+        cancel,
     };
     match app.runtime.run_benchmark(&plugin, request) {
         Ok(report) => (Outcome::Ran { report: Box::new(report), participants, rows, version }, skipped),
@@ -497,8 +504,8 @@ fn finish(
             let logs: Vec<Sealed> = report
                 .tenants
                 .iter()
-                .map(|(tenant, log, _)| {
-                    let log = JobLog::from_owner_log(&run.id, log.clone());
+                .map(|(tenant, log, stats)| {
+                    let log = JobLog::from_owner_log(&run.id, log.clone(), stats);
                     sealed::seal(app, tenant, &log_label(&run.id), &log)
                 })
                 .collect();
@@ -527,7 +534,7 @@ fn finish(
     let run_ms = elapsed.as_millis() as u64;
     let recorded = app.store.write(|w| {
         let mut current: BenchmarkRun = w.get(BENCHMARK_RUNS, &run.id)?.unwrap_or_else(|| run.clone());
-        current.finished_ms = Some(now_ms());
+        current.finished_ms = Some(now_to_the_second());
         current.participants = Some(participants.len());
         for (tenant, reason) in &skipped {
             w.audit(tenant, "daemon", "benchmark.skipped", json!({"benchmark": run.benchmark, "run": run.id, "reason": reason}))?;
@@ -548,7 +555,7 @@ fn finish(
                         benchmark: run.benchmark.clone(),
                         version: *version,
                         run: run.id.clone(),
-                        released_ms: now_ms(),
+                        released_ms: now_to_the_second(),
                         plugin: report.plugin_hash.clone(),
                         params_hash: report.params_hash.clone(),
                         participants: participants.len(),
@@ -564,7 +571,7 @@ fn finish(
                     current.state = JobState::Succeeded;
                     current.version = Some(*version);
                     current.stats = Some(BenchmarkStats {
-                        run_ms,
+                        run_secs: whole_seconds(elapsed),
                         cells: summary.cells,
                         suppressed_cells: summary.suppressed_cells,
                         held_cells: summary.held_cells,
@@ -583,7 +590,7 @@ fn finish(
                 }
                 Err(failure) => {
                     current.state = JobState::Failed;
-                    current.failure = Some(failure.class.code().to_owned());
+                    current.failure = Some(seen_failure(failure.class).to_owned());
                     None
                 }
             },

@@ -4,13 +4,13 @@
 //! finished in one transaction that stores the release, the owner log and
 //! the audit entries together, so no result is ever half-written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kanon_gate::{Policy, PolicyLayer, Release};
-use kanon_runtime::{OwnerLog, RunReport, RunRequest};
+use kanon_runtime::{CancelToken, FailureClass, OwnerLog, RunReport, RunRequest, RunStats};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -20,7 +20,7 @@ use crate::approvals::{self, JobAsk};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::sealed::{self, Sealed};
-use crate::store::{JOBS, OWNER_LOGS, RESULTS, TENANTS, Write};
+use crate::store::{JOBS, OWNER_LOGS, REPLAYS, RESULTS, RecordRead, TENANTS, Write};
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
 
@@ -51,11 +51,13 @@ impl JobState {
     }
 }
 
-/// Figures of a finished run; nothing in them depends on single values.
+/// Figures of a finished run as its analyst sees them: nothing the plugin
+/// could set from one person's value. The run time is in whole seconds; the
+/// exact figures are in the owner log ([`RunFigures`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobStats {
-    pub run_ms: u64,
-    pub contributions: u64,
+    #[serde(default)]
+    pub run_secs: u64,
     pub cells: usize,
     pub suppressed_cells: usize,
 }
@@ -84,16 +86,24 @@ pub struct Job {
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
-    /// The failure class of a failed job (`trap`, `timeout`, ...,
-    /// `not-approved`, `interrupted`): all its submitter learns.
+    /// Why a job failed, as its submitter may know it: `failed` when the
+    /// plugin's run failed (its class is in the owner log), or a reason
+    /// that no plugin influences (`not-approved`, `data-unavailable`,
+    /// `bad-request`, `policy`, `interrupted`).
     pub failure: Option<String>,
     /// The dataset versions the run read.
     pub versions: BTreeMap<String, u64>,
     pub stats: Option<JobStats>,
+    /// The earlier job whose stored release answered this identical request:
+    /// the same plugin, params, dataset versions and policy get the same
+    /// release, never a second run.
+    #[serde(default)]
+    pub replay_of: Option<String>,
 }
 
 /// What the tenant admin (and support staff under a grant) may read of a
-/// run: the plugin's output and error text.
+/// run: the plugin's output and error text, the exact failure class and the
+/// run's figures, any of which a plugin can make carry data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobLog {
     pub job: String,
@@ -101,18 +111,76 @@ pub struct JobLog {
     pub stderr: String,
     pub error: Option<String>,
     pub refusals: Vec<String>,
+    /// The failure class (`trap`, `timeout`, `memory`, `limit`,
+    /// `contract-violation`, `plugin-error`, `host-error`, `cancelled`).
+    #[serde(default)]
+    pub failure: Option<String>,
+    #[serde(default)]
+    pub figures: Option<RunFigures>,
+}
+
+/// A run's exact figures, for the data owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunFigures {
+    pub run_ms: u64,
+    pub instantiation_us: u64,
+    pub contributions: u64,
+    pub dropped_contributions: u64,
+    pub entities: usize,
+    pub bytes_to_host: u64,
+    pub peak_memory_bytes: usize,
+    pub peak_host_bytes: usize,
+}
+
+impl RunFigures {
+    pub(crate) fn of(stats: &RunStats) -> Self {
+        Self {
+            run_ms: stats.duration.as_millis() as u64,
+            instantiation_us: stats.instantiation.as_micros() as u64,
+            contributions: stats.contributions,
+            dropped_contributions: stats.dropped_contributions,
+            entities: stats.entities_issued,
+            bytes_to_host: stats.bytes_to_host,
+            peak_memory_bytes: stats.peak_memory_bytes,
+            peak_host_bytes: stats.peak_host_bytes,
+        }
+    }
 }
 
 impl JobLog {
-    pub(crate) fn from_owner_log(job: &str, log: OwnerLog) -> Self {
+    pub(crate) fn from_owner_log(job: &str, log: OwnerLog, stats: &RunStats) -> Self {
         Self {
             job: job.to_owned(),
             stdout: log.stdout,
             stderr: log.stderr,
             error: log.error,
             refusals: log.refusals,
+            failure: log.failure.map(|class| class.code().to_owned()),
+            figures: Some(RunFigures::of(stats)),
         }
     }
+}
+
+/// What an analyst or vendor learns of a failed run: that it failed, and
+/// whether the daemon's stop interrupted it. The class (about three bits a
+/// run a plugin could choose) is the data owner's.
+pub(crate) fn seen_failure(class: FailureClass) -> &'static str {
+    match class {
+        // Nobody asked for it: the daemon's shutdown ended it.
+        FailureClass::Cancelled => "interrupted",
+        _ => "failed",
+    }
+}
+
+/// Now, to the whole second: the stamps an analyst or vendor sees, so a run's
+/// start and end carry no finer timing than its rounded run time.
+pub(crate) fn now_to_the_second() -> u64 {
+    now_ms() / 1000 * 1000
+}
+
+/// A run time in whole seconds, rounded.
+pub(crate) fn whole_seconds(elapsed: Duration) -> u64 {
+    (elapsed.as_millis() as u64 + 500) / 1000
 }
 
 /// Submit a job in `write`: checks the approval and the tenant's queue.
@@ -172,12 +240,13 @@ pub(crate) fn submit(
         policy: ask.policy.unwrap_or_default(),
         state: JobState::Queued,
         cancel_requested: false,
-        submitted_ms: now_ms(),
+        submitted_ms: now_to_the_second(),
         started_ms: None,
         finished_ms: None,
         failure: None,
         versions: BTreeMap::new(),
         stats: None,
+        replay_of: None,
     };
     write.put(JOBS, &job.id, &job)?;
     write.enqueue(seq, &job.id)?;
@@ -207,15 +276,16 @@ pub struct SubmitRequest {
     pub policy: Option<PolicyLayer>,
 }
 
-/// Cancel a job: a queued one at once, a running one when its run returns
-/// (its result is then discarded).
+/// Cancel a job: a queued one at once; a running one is marked here, and
+/// the caller interrupts its run ([`Scheduler::cancel`]), whose result is
+/// then discarded.
 pub(crate) fn cancel(write: &mut Write<'_>, actor: &str, id: &str) -> Result<Job> {
     let mut job: Job = write.get(JOBS, id)?.ok_or_else(|| Error::NotFound(format!("job `{id}`")))?;
     match job.state {
         JobState::Queued => {
             write.dequeue(job.seq)?;
             job.state = JobState::Cancelled;
-            job.finished_ms = Some(now_ms());
+            job.finished_ms = Some(now_to_the_second());
         }
         JobState::Running => job.cancel_requested = true,
         _ => return Err(Error::Conflict(format!("job `{id}` has already finished ({})", job.state.name()))),
@@ -234,7 +304,7 @@ pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
         for mut job in running.iter().cloned() {
             job.state = JobState::Failed;
             job.failure = Some("interrupted".into());
-            job.finished_ms = Some(now_ms());
+            job.finished_ms = Some(now_to_the_second());
             w.put(JOBS, &job.id, &job)?;
             w.audit(
                 &job.tenant,
@@ -260,8 +330,9 @@ pub(crate) struct Scheduler {
 struct Running {
     total: usize,
     per_tenant: HashMap<String, usize>,
-    /// Jobs being started or run, so one is never started twice.
-    jobs: HashSet<String>,
+    /// Jobs and benchmark runs being started or run, so one is never started
+    /// twice, each with what interrupts it.
+    runs: HashMap<String, CancelToken>,
 }
 
 impl Scheduler {
@@ -302,7 +373,22 @@ impl Scheduler {
         });
     }
 
-    /// Wait until no job runs, or `grace` passes. Whether all finished.
+    /// Interrupt the run of job or benchmark run `id`, if it is running.
+    pub fn cancel(&self, id: &str) {
+        if let Some(cancel) = self.running.lock().expect("lock").runs.get(id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Interrupt every run: the end of a shutdown's grace.
+    pub fn cancel_all(&self) {
+        for cancel in self.running.lock().expect("lock").runs.values() {
+            cancel.cancel();
+        }
+    }
+
+    /// Stop starting runs, and wait until none runs or `grace` passes.
+    /// Whether all finished.
     pub async fn wait_idle(&self, grace: Duration) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
@@ -315,47 +401,58 @@ impl Scheduler {
         true
     }
 
-    /// Take a slot for `job` if the limits allow.
-    fn claim(&self, job: &Job) -> bool {
+    /// Take a slot for `job` if the limits allow; what interrupts its run.
+    fn claim(&self, job: &Job) -> Option<CancelToken> {
         let mut running = self.running.lock().expect("lock");
         let tenant = running.per_tenant.get(&job.tenant).copied().unwrap_or(0);
-        if running.total >= self.limits.concurrent
-            || tenant >= self.limits.per_tenant
-            || running.jobs.contains(&job.id)
-        {
-            return false;
+        if tenant >= self.limits.per_tenant {
+            return None;
         }
-        running.total += 1;
+        let cancel = running.claim(&job.id, self.limits.concurrent)?;
         *running.per_tenant.entry(job.tenant.clone()).or_default() += 1;
-        running.jobs.insert(job.id.clone());
-        true
+        Some(cancel)
     }
 
-    /// Take a slot for a benchmark run, if the global limit allows. A
+    /// Take a slot for benchmark run `id`, if the global limit allows. A
     /// benchmark run reads many tenants; it counts against no tenant's limit.
-    pub fn claim_slot(&self) -> bool {
-        let mut running = self.running.lock().expect("lock");
-        if running.total >= self.limits.concurrent || self.stopping.load(Ordering::SeqCst) {
-            return false;
+    pub fn claim_slot(&self, id: &str) -> Option<CancelToken> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
         }
-        running.total += 1;
-        true
+        self.running.lock().expect("lock").claim(id, self.limits.concurrent)
     }
 
-    pub fn release_slot(&self) {
-        self.running.lock().expect("lock").total -= 1;
+    pub fn release_slot(&self, id: &str) {
+        self.running.lock().expect("lock").release(id);
     }
 
     fn release(&self, job: &Job) {
         let mut running = self.running.lock().expect("lock");
-        running.total -= 1;
+        running.release(&job.id);
         if let Some(n) = running.per_tenant.get_mut(&job.tenant) {
             *n -= 1;
             if *n == 0 {
                 running.per_tenant.remove(&job.tenant);
             }
         }
-        running.jobs.remove(&job.id);
+    }
+}
+
+impl Running {
+    fn claim(&mut self, id: &str, limit: usize) -> Option<CancelToken> {
+        if self.total >= limit || self.runs.contains_key(id) {
+            return None;
+        }
+        self.total += 1;
+        let cancel = CancelToken::new();
+        self.runs.insert(id.to_owned(), cancel.clone());
+        Some(cancel)
+    }
+
+    fn release(&mut self, id: &str) {
+        if self.runs.remove(id).is_some() {
+            self.total -= 1;
+        }
     }
 }
 
@@ -370,13 +467,11 @@ fn dispatch(app: &Arc<App>) -> Result<()> {
             break;
         }
         let Some(job) = read.get::<Job>(JOBS, &id)? else { continue };
-        if !app.scheduler.claim(&job) {
-            continue;
-        }
+        let Some(cancel) = app.scheduler.claim(&job) else { continue };
         match start(app, &job.id) {
             Ok(Some(job)) => {
                 let app = app.clone();
-                tokio::task::spawn_blocking(move || run(&app, job));
+                tokio::task::spawn_blocking(move || run(&app, job, cancel));
             }
             Ok(None) => {
                 app.scheduler.release(&job);
@@ -410,7 +505,7 @@ fn start(app: &App, id: &str) -> Result<Option<Job>> {
         if let Some(reason) = approvals::refusal(w, &job.approval, &ask)? {
             job.state = JobState::Failed;
             job.failure = Some("not-approved".into());
-            job.finished_ms = Some(now_ms());
+            job.finished_ms = Some(now_to_the_second());
             w.put(JOBS, id, &job)?;
             w.audit(
                 &job.tenant,
@@ -421,7 +516,7 @@ fn start(app: &App, id: &str) -> Result<Option<Job>> {
             return Ok(None);
         }
         job.state = JobState::Running;
-        job.started_ms = Some(now_ms());
+        job.started_ms = Some(now_to_the_second());
         w.put(JOBS, id, &job)?;
         w.audit(&job.tenant, "daemon", "job.start", json!({"job": id}))?;
         Ok(Some(job))
@@ -429,9 +524,9 @@ fn start(app: &App, id: &str) -> Result<Option<Job>> {
 }
 
 /// Run a started job to its end. Blocking: on a blocking thread.
-fn run(app: &Arc<App>, job: Job) {
+fn run(app: &Arc<App>, job: Job, cancel: CancelToken) {
     let started = Instant::now();
-    let outcome = execute(app, &job);
+    let outcome = execute(app, &job, cancel);
     let elapsed = started.elapsed();
     if let Err(e) = finish(app, &job, outcome, elapsed) {
         // The job stays `running` in the database; the next start marks it
@@ -444,7 +539,17 @@ fn run(app: &Arc<App>, job: Job) {
 
 /// What a run came to, before it is recorded.
 enum Outcome {
-    Ran(Box<RunReport>, BTreeMap<String, u64>),
+    Ran {
+        report: Box<RunReport>,
+        versions: BTreeMap<String, u64>,
+        request: String,
+    },
+    /// An identical request was answered before: its release, not a run.
+    Replayed {
+        of: String,
+        release: Box<Release>,
+        versions: BTreeMap<String, u64>,
+    },
     /// The run could not be set up; the detail is for the tenant only.
     NotRun {
         code: &'static str,
@@ -452,7 +557,7 @@ enum Outcome {
     },
 }
 
-fn execute(app: &App, job: &Job) -> Outcome {
+fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
     let not_run = |code, detail: String| Outcome::NotRun { code, detail };
     let plugin = match app.plugins.get(&app.runtime, &job.plugin) {
         Ok(plugin) => plugin,
@@ -469,7 +574,11 @@ fn execute(app: &App, job: &Job) -> Outcome {
             Err(e) => return not_run("data-unavailable", e.to_string()),
         }
     }
-    let tenant_policy = match app.store.read().and_then(|r| r.get::<TenantRecord>(TENANTS, &job.tenant)) {
+    let read = match app.store.read() {
+        Ok(read) => read,
+        Err(e) => return not_run("host-error", e.to_string()),
+    };
+    let tenant_policy = match read.get::<TenantRecord>(TENANTS, &job.tenant) {
         Ok(Some(tenant)) => tenant.policy,
         Ok(None) => return not_run("data-unavailable", format!("tenant {} is gone", job.tenant)),
         Err(e) => return not_run("host-error", e.to_string()),
@@ -480,95 +589,139 @@ fn execute(app: &App, job: &Job) -> Outcome {
         Ok(policy) => policy,
         Err(e) => return not_run("policy", e.to_string()),
     };
+    let request = request_key(job, &versions, &policy);
+    match replayed(&read, &request) {
+        Ok(Some((of, release))) => return Outcome::Replayed { of, release: Box::new(release), versions },
+        Ok(None) => {}
+        Err(e) => return not_run("host-error", e.to_string()),
+    }
+    drop(read);
     let secret = match app.vault.pseudonym_secret(&job.tenant) {
         Ok(secret) => secret,
         Err(e) => return not_run("host-error", e.to_string()),
     };
-    let request = RunRequest {
+    let run = RunRequest {
         run_id: job.id.clone(),
         datasets,
         params: job.params.to_string(),
         policy,
         tenant_secret: secret,
+        cancel,
     };
-    match app.runtime.run(&plugin, request) {
-        Ok(report) => Outcome::Ran(Box::new(report), versions),
+    match app.runtime.run(&plugin, run) {
+        Ok(report) => Outcome::Ran { report: Box::new(report), versions, request },
         Err(e) => not_run("bad-request", e.to_string()),
     }
+}
+
+/// What makes two jobs the same request: the tenant, the plugin, the params,
+/// the dataset versions read and the policy the release answers to. The hash
+/// keys the stored releases.
+fn request_key(job: &Job, versions: &BTreeMap<String, u64>, policy: &Policy) -> String {
+    let mut hasher = blake3::Hasher::new_derive_key("kanon job request v1");
+    let datasets: Vec<(&String, &String, u64)> = job
+        .datasets
+        .iter()
+        .map(|(name, dataset)| (name, dataset, versions.get(name).copied().unwrap_or(0)))
+        .collect();
+    // JSON of maps with sorted keys: one text per request.
+    let parts = json!({
+        "tenant": job.tenant,
+        "plugin": job.plugin,
+        "params": job.params,
+        "datasets": datasets,
+        "policy": policy,
+    });
+    hasher.update(parts.to_string().as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// The job whose release answers `request`, with that release, if any.
+fn replayed(read: &impl RecordRead, request: &str) -> Result<Option<(String, Release)>> {
+    let Some(of) = read.get::<String>(REPLAYS, request)? else { return Ok(None) };
+    Ok(read.get::<Release>(RESULTS, &of)?.map(|release| (of, release)))
 }
 
 /// Record the end of a run: job, release, owner log and audit entries in
 /// one transaction.
 fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<()> {
-    let (state, failure, stats, release, log, versions, refusals) = match outcome {
-        Outcome::Ran(report, versions) => {
+    let (state, failure, release, log, versions, refusals, request) = match outcome {
+        Outcome::Ran { report, versions, request } => {
             let refusals = report.owner_log.refusals.len();
-            let log = JobLog::from_owner_log(&job.id, report.owner_log.clone());
+            let log = JobLog::from_owner_log(&job.id, report.owner_log.clone(), &report.stats);
             match &report.outcome {
                 Ok(release) => {
-                    let stats = JobStats {
-                        run_ms: elapsed.as_millis() as u64,
-                        contributions: report.stats.contributions,
-                        cells: release.tables.iter().map(|t| t.cells.len()).sum(),
-                        suppressed_cells: release.tables.iter().map(|t| t.suppressed_cells).sum(),
-                    };
-                    let record = report.record();
-                    (
-                        JobState::Succeeded,
-                        None,
-                        Some(stats),
-                        Some((release.clone(), record)),
-                        log,
-                        versions,
-                        refusals,
-                    )
+                    let release = (release.clone(), report.record(), None);
+                    (JobState::Succeeded, None, Some(release), log, versions, refusals, Some(request))
                 }
-                Err(failure) => (
-                    JobState::Failed,
-                    Some(failure.class.code().to_owned()),
-                    None,
-                    None,
-                    log,
-                    versions,
-                    refusals,
-                ),
+                Err(failure) => {
+                    let seen = seen_failure(failure.class).to_owned();
+                    (JobState::Failed, Some(seen), None, log, versions, refusals, None)
+                }
             }
+        }
+        Outcome::Replayed { of, release, versions } => {
+            let log = JobLog { job: job.id.clone(), ..JobLog::default() };
+            (JobState::Succeeded, None, Some((*release, None, Some(of))), log, versions, 0, None)
         }
         Outcome::NotRun { code, detail } => {
             let log = JobLog { job: job.id.clone(), error: Some(detail), ..JobLog::default() };
-            (JobState::Failed, Some(code.to_owned()), None, None, log, BTreeMap::new(), 0)
+            (JobState::Failed, Some(code.to_owned()), None, log, BTreeMap::new(), 0, None)
         }
     };
     let sealed = seal_log(app, &job.tenant, &log);
     let recorded = app.store.write(|w| {
         let mut current: Job = w.get(JOBS, &job.id)?.unwrap_or_else(|| job.clone());
-        current.finished_ms = Some(now_ms());
+        current.finished_ms = Some(now_to_the_second());
         current.versions = versions;
         w.put(OWNER_LOGS, &job.id, &sealed)?;
         if current.cancel_requested {
             current.state = JobState::Cancelled;
             w.put(JOBS, &job.id, &current)?;
             w.audit(&job.tenant, "daemon", "job.finish", json!({"job": job.id, "outcome": "cancelled"}))?;
-            return Ok::<_, Error>(JobState::Cancelled);
+            return Ok::<_, Error>((JobState::Cancelled, None));
+        }
+        let mut release = release.clone();
+        // Two identical requests that ran side by side: the first to finish
+        // answers both, so one request never has two releases.
+        if let (Some(request), Some((_, _, replay_of))) = (&request, &mut release) {
+            match replayed(w, request)? {
+                Some((of, earlier)) => {
+                    release = Some((earlier, None, Some(of)));
+                }
+                None => {
+                    *replay_of = None;
+                    w.put(REPLAYS, request, &job.id)?;
+                }
+            }
         }
         current.state = state;
         current.failure = failure.clone();
-        current.stats = stats.clone();
+        current.stats = release.as_ref().map(|(release, _, _)| JobStats {
+            run_secs: whole_seconds(elapsed),
+            cells: release.tables.iter().map(|t| t.cells.len()).sum(),
+            suppressed_cells: release.tables.iter().map(|t| t.suppressed_cells).sum(),
+        });
+        current.replay_of = release.as_ref().and_then(|(_, _, of)| of.clone());
         w.put(JOBS, &job.id, &current)?;
         w.audit(
             &job.tenant,
             "daemon",
             "job.finish",
-            json!({"job": job.id, "outcome": state, "failure": failure, "versions": current.versions}),
+            json!({"job": job.id, "outcome": state, "failure": failure, "versions": current.versions,
+                   "replay_of": current.replay_of}),
         )?;
-        if let Some((release, record)) = &release {
+        if let Some((release, record, _)) = &release {
             w.put(RESULTS, &job.id, release)?;
-            w.audit(&job.tenant, "daemon", "release", json!({"job": job.id, "record": record}))?;
+            // A replay repeats a release already on the chain: its
+            // `job.finish` names the job it came from.
+            if let Some(record) = record {
+                w.audit(&job.tenant, "daemon", "release", json!({"job": job.id, "record": record}))?;
+            }
         }
-        Ok(state)
+        Ok((state, current.stats.as_ref().map(|s| s.suppressed_cells)))
     })?;
-    let suppressed = stats.as_ref().map(|s| s.suppressed_cells);
-    app.metrics.job_finished(recorded.name(), Some((elapsed, suppressed, refusals)));
+    app.metrics.job_finished(recorded.0.name(), Some((elapsed, recorded.1, refusals)));
     Ok(())
 }
 

@@ -162,17 +162,27 @@ impl Daemon {
     }
 
     /// Stop taking requests and starting jobs, let running jobs finish for
-    /// up to the configured grace, and return. Jobs still running then are
-    /// abandoned; the next start marks them failed.
+    /// up to the configured grace, then interrupt them: they are recorded as
+    /// failed (`interrupted`), or, when even that takes too long, marked so
+    /// at the next start.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
         let grace = Duration::from_secs(self.app.config.jobs.shutdown_grace_secs);
         if !self.app.scheduler.wait_idle(grace).await {
-            tracing::warn!(?grace, "jobs still running at the shutdown deadline are abandoned");
+            tracing::warn!(?grace, "runs still running at the end of the grace are interrupted");
+            self.app.scheduler.cancel_all();
+            // A cancelled run stops at its next epoch tick or host call; its
+            // record is one commit.
+            if !self.app.scheduler.wait_idle(INTERRUPT_GRACE).await {
+                tracing::warn!("interrupted runs are abandoned; the next start marks them failed");
+            }
         }
     }
 }
+
+/// How long interrupted runs get to record themselves at shutdown.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 
 /// Bind with a deep accept backlog: with tokio's default of 128, a burst of
 /// clients overflows the kernel's queue and each dropped connection waits a

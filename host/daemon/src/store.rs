@@ -41,6 +41,9 @@ pub(crate) const RELEASE_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition
 /// `benchmark/version/tenant` to the tenant's own position, sealed under
 /// its data key.
 pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
+/// A job request's key (`jobs::request_key`) to the job whose release answers
+/// it.
+pub(crate) const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("replays");
 /// Queued jobs in submission order: sequence number to job id.
 pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
@@ -48,7 +51,7 @@ pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 16] = [
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 17] = [
     META,
     TOKENS,
     TENANTS,
@@ -65,6 +68,7 @@ const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 16] = [
     META_VAULT,
     RELEASE_HISTORY,
     POSITIONS,
+    REPLAYS,
 ];
 
 /// The control database failed.
@@ -230,6 +234,35 @@ impl Read {
         }
         let head = self.get(AUDIT_HEADS, chain)?.unwrap_or_default();
         Ok((entries, head))
+    }
+}
+
+/// Reading one record, the same in a read and in a write transaction.
+pub(crate) trait RecordRead {
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError>;
+}
+
+impl RecordRead for Read {
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        Read::get(self, table, key)
+    }
+}
+
+impl RecordRead for Write<'_> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        Write::get(self, table, key)
     }
 }
 

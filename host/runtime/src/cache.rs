@@ -53,25 +53,30 @@ impl ArtifactCache {
         hasher.0.finalize().to_hex().to_string()
     }
 
-    /// The compiled component, from disk when possible.
-    pub(crate) fn load_or_compile(
+    /// The compiled component from disk, if it is there, whole and loadable.
+    pub(crate) fn lookup(&self, engine: &Engine, component_hash: &blake3::Hash) -> Option<Component> {
+        read_artifact(engine, &self.path(engine, component_hash)?)
+    }
+
+    /// Keep a compiled artifact. Called only once the upload has passed every
+    /// check, so a refused component never fills the cache.
+    pub(crate) fn store(
         &self,
         engine: &Engine,
-        bytes: &[u8],
         component_hash: &blake3::Hash,
-    ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes)?, CacheOutcome::Disabled));
+        artifact: &[u8],
+    ) -> CacheOutcome {
+        let (Some(dir), Some(path)) = (&self.dir, self.path(engine, component_hash)) else {
+            return CacheOutcome::Disabled;
         };
-        let path = dir.join(format!("{}.cwasm", Self::key(engine, component_hash)));
-        if let Some(component) = read_artifact(engine, &path) {
-            return Ok((component, CacheOutcome::Hit));
-        }
-        let component = Component::new(engine, bytes)?;
-        if let Err(e) = write_artifact(dir, &path, &component.serialize()?) {
+        if let Err(e) = write_artifact(dir, &path, artifact) {
             tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
         }
-        Ok((component, CacheOutcome::Compiled))
+        CacheOutcome::Compiled
+    }
+
+    fn path(&self, engine: &Engine, component_hash: &blake3::Hash) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(format!("{}.cwasm", Self::key(engine, component_hash))))
     }
 }
 

@@ -27,6 +27,8 @@ pub struct ScanHandle {
     scan: Scan,
     /// Per scanned column: int data read by a plugin that declared float.
     widen: Vec<bool>,
+    /// What the scan holds, as charged to the run's host memory budget.
+    charged: usize,
 }
 
 /// What the data capability's host functions see of a run's store.
@@ -138,7 +140,7 @@ impl HostDataset for DataView<'_> {
             Err(e) => return Ok(Err(DataError::InvalidRequest(e.to_string()))),
         };
         self.meter.open_resource()?;
-        Ok(Ok(self.resources.push(ScanHandle { scan, widen })?))
+        Ok(Ok(self.resources.push(ScanHandle { scan, widen, charged: 0 })?))
     }
 
     fn drop(&mut self, dataset: Resource<DatasetHandle>) -> wasmtime::Result<()> {
@@ -152,7 +154,11 @@ impl HostScan for DataView<'_> {
     fn next(&mut self, scan: Resource<ScanHandle>) -> wasmtime::Result<Option<Batch>> {
         self.meter.enter_host_call(0)?;
         let handle = self.resources.get_mut(&scan)?;
-        let batch = match handle.scan.next_batch() {
+        let next = handle.scan.next_batch();
+        // A chunk is charged once it has loaded: a run overshoots its budget
+        // by at most one chunk (64 K rows, about 32 MiB) before it ends.
+        self.meter.hold(&mut handle.charged, handle.scan.held_bytes())?;
+        let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => return Ok(None),
             Err(e) => return Err(self.meter.abort(Abort::Host(e.to_string()))),
@@ -189,8 +195,8 @@ impl HostScan for DataView<'_> {
     }
 
     fn drop(&mut self, scan: Resource<ScanHandle>) -> wasmtime::Result<()> {
-        self.resources.delete(scan)?;
+        let mut handle = self.resources.delete(scan)?;
         self.meter.close_resource();
-        Ok(())
+        self.meter.hold(&mut handle.charged, 0)
     }
 }

@@ -32,15 +32,28 @@ pub(crate) fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError>
         // Keep freed slots' pages mapped so the next instantiation is cheap.
         .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(1 << 16);
+    let mut wasm = code_config();
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.to_string()))
+}
 
+/// An engine that only compiles, for the compile worker: the same code
+/// settings as [`new_engine`] (the allocation strategy does not shape
+/// compiled code), without the pool's address-space reservation.
+pub(crate) fn compile_engine() -> Result<Engine, RuntimeError> {
+    Engine::new(&code_config()).map_err(|e| RuntimeError::Engine(e.to_string()))
+}
+
+/// The settings that shape compiled code and its checks, shared by the
+/// engine that runs plugins and the one that compiles them.
+fn code_config() -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .memory_init_cow(true)
         .parallel_compilation(true)
         .max_wasm_stack(1 << 20);
-    Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.to_string()))
+    wasm
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

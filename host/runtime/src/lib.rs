@@ -13,6 +13,8 @@
 
 mod bindings;
 mod cache;
+mod clocks;
+mod compile;
 mod data;
 mod engine;
 mod gate;
@@ -26,11 +28,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cache::CacheOutcome;
+pub use clocks::CancelToken;
+pub use compile::{CompileLimits, CompileWorker, compile_worker_main};
 pub use data::{DatasetHandle, ScanHandle};
 pub use gate::TableHandle;
 pub use manifest::{
-    ColumnNeed, DataMismatch, DatasetNeed, Manifest, ManifestError, ParamSpec, ParamType, ParamsError,
-    PluginColumnType,
+    ColumnNeed, DataMismatch, DatasetNeed, MAX_MANIFEST_BYTES, Manifest, ManifestError, ParamSpec, ParamType,
+    ParamsError, PluginColumnType, is_printable, is_printable_char,
 };
 pub use run::{
     BenchmarkReport, BenchmarkRequest, FailureClass, LoadedPlugin, OwnerLog, RunFailure, RunReport,
@@ -52,6 +56,9 @@ pub struct RunLimits {
     pub max_open_resources: usize,
     /// Bytes of stdout and of stderr kept for the data owner.
     pub output_bytes: usize,
+    /// Host memory a run makes the host hold outside the guest's own memory:
+    /// decoded chunks and dictionaries of its open scans.
+    pub host_memory_bytes: usize,
 }
 
 impl Default for RunLimits {
@@ -63,6 +70,7 @@ impl Default for RunLimits {
             max_contributions: 100_000_000,
             max_open_resources: 256,
             output_bytes: 64 << 10,
+            host_memory_bytes: 1 << 30,
         }
     }
 }
@@ -80,6 +88,12 @@ pub struct RuntimeConfig {
     pub concurrent_runs: u32,
     /// Limits of the `manifest()` call at upload, which sees no data.
     pub manifest_timeout: Duration,
+    /// Where uploads are compiled: `None` in this process, with only the
+    /// static bounds of upload validation; a worker process adds
+    /// `compile_limits`. Take a worker wherever uploads are not your own.
+    pub compile_worker: Option<CompileWorker>,
+    /// What one compile in the worker may cost.
+    pub compile_limits: CompileLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -90,6 +104,8 @@ impl Default for RuntimeConfig {
             max_component_bytes: 64 << 20,
             concurrent_runs: 16,
             manifest_timeout: Duration::from_secs(5),
+            compile_worker: None,
+            compile_limits: CompileLimits::default(),
         }
     }
 }
@@ -115,6 +131,10 @@ pub enum UploadError {
     CoreModule,
     #[error("the component does not compile: {0}")]
     Invalid(String),
+    #[error("a function of the component is {size} bytes, more than the {max} allowed")]
+    FunctionTooLarge { size: usize, max: usize },
+    #[error("the component is too costly to compile: {0}")]
+    CompileLimit(String),
     #[error("the component imports `{0}`, which plugins may not use")]
     RefusedImport(String),
     #[error("the component does not export the kanon:plugin world: {0}")]

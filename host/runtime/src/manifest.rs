@@ -16,6 +16,21 @@ const MAX_COLUMNS: usize = 256;
 const MAX_OUTPUTS: usize = 32;
 const MAX_PARAMS: usize = 64;
 const MAX_TEXT: usize = 4096;
+/// The whole manifest as the registry stores and serves it (JSON).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// Whether plugin-supplied text is safe to show in a terminal or a log: no
+/// control characters (escape sequences, carriage returns that redraw a
+/// row) and no bidirectional overrides that reorder what a reader sees.
+pub fn is_printable(text: &str) -> bool {
+    text.chars().all(is_printable_char)
+}
+
+/// One character of [`is_printable`] text.
+pub fn is_printable_char(c: char) -> bool {
+    !(c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+}
 
 /// What a plugin reads and emits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +233,9 @@ impl Manifest {
         if self.version.is_empty() || self.version.len() > 64 || self.description.len() > MAX_TEXT {
             return invalid("version must be 1-64 characters and the description at most 4 KiB".into());
         }
+        if let Some(field) = self.unprintable_field() {
+            return invalid(format!("{field} holds control or bidirectional-override characters"));
+        }
         if self.inputs.len() > MAX_INPUTS || self.outputs.is_empty() || self.outputs.len() > MAX_OUTPUTS {
             return invalid(format!("needs at most {MAX_INPUTS} inputs and 1 to {MAX_OUTPUTS} outputs"));
         }
@@ -255,7 +273,40 @@ impl Manifest {
                 return invalid(format!("param `{}`: default does not have type {:?}", p.name, p.param_type));
             }
         }
+        // Every part is bounded above, but their product is not: the whole
+        // is what the registry stores and every listing returns.
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |json| json.len());
+        if size > MAX_MANIFEST_BYTES {
+            return invalid(format!("is {size} bytes as JSON, more than the {MAX_MANIFEST_BYTES} allowed"));
+        }
         Ok(())
+    }
+
+    /// The first plugin-supplied text that is not [`is_printable`], named.
+    fn unprintable_field(&self) -> Option<String> {
+        let mut texts: Vec<(String, &str)> =
+            vec![("the version".into(), &self.version), ("the description".into(), &self.description)];
+        for d in &self.inputs {
+            texts
+                .extend(d.columns.iter().map(|c| (format!("dataset `{}`: a column name", d.name), &*c.name)));
+        }
+        for t in &self.outputs {
+            texts.push((format!("table `{}`: the description", t.name), &t.description));
+            for d in &t.dimensions {
+                if let Domain::Labels(labels) = &d.domain {
+                    texts.extend(
+                        labels.iter().map(|l| (format!("table `{}`: a label of `{}`", t.name, d.name), &**l)),
+                    );
+                }
+            }
+        }
+        for p in &self.params {
+            texts.push((format!("param `{}`: the description", p.name), &p.description));
+            if let Some(Value::String(default)) = &p.default {
+                texts.push((format!("param `{}`: the default", p.name), default));
+            }
+        }
+        texts.into_iter().find(|(_, text)| !is_printable(text)).map(|(field, _)| field)
     }
 
     /// Check a run's params against the declaration and fill in defaults:
@@ -413,5 +464,42 @@ mod tests {
         let mut m = manifest();
         m.name = "a b".into();
         assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn text_that_would_drive_a_terminal_is_refused() {
+        for (bad, field) in [
+            ("north\x1b[2K\rsouth", "a label of `d`"),
+            ("a\rb", "a label of `d`"),
+            ("\u{202e}tsaf", "a label of `d`"),
+            ("x\u{7}", "a label of `d`"),
+        ] {
+            let mut m = manifest();
+            m.outputs[0].dimensions[0].domain = Domain::Labels(vec![bad.into()]);
+            let err = m.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("control"), "{err}");
+        }
+        let mut m = manifest();
+        m.description = "line one\nline two".into();
+        assert!(m.validate().unwrap_err().to_string().contains("the description"));
+        let mut m = manifest();
+        m.params[1].description = "\x1b]0;title\x07".into();
+        assert!(m.validate().unwrap_err().to_string().contains("param `year`"));
+        // Ordinary text in any script passes.
+        let mut m = manifest();
+        m.outputs[0].dimensions[0].domain =
+            Domain::Labels(vec!["Zuid-Holland".into(), "東京".into(), "Île".into()]);
+        m.description = "CO₂ per km – by region".into();
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn a_manifest_too_large_to_store_is_refused() {
+        let mut m = manifest();
+        // Each part within its own bound: 5 000 labels of 250 bytes.
+        let labels = (0..5000).map(|l| format!("{l:0250}")).collect();
+        m.outputs[0].dimensions[0].domain = Domain::Labels(labels);
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("bytes as JSON, more than the 1048576 allowed"), "{err}");
     }
 }

@@ -12,10 +12,11 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::{Plugin, PluginPre};
 use crate::cache::{ArtifactCache, CacheOutcome};
+use crate::clocks::CancelToken;
 use crate::engine::{EpochTicker, new_engine};
 use crate::manifest::Manifest;
 use crate::sandbox::{Abort, DataState, Grant, StoreState, new_store, truncate};
-use crate::{RunError, RunLimits, RuntimeConfig, RuntimeError, UploadError, validate};
+use crate::{RunError, RunLimits, RuntimeConfig, RuntimeError, UploadError, compile, validate};
 
 /// The sandbox: one engine, one linker, a compiled-artifact cache.
 pub struct Runtime {
@@ -67,6 +68,8 @@ pub struct RunRequest {
     pub policy: Policy,
     /// The data owner's secret, from which the run's pseudonym key derives.
     pub tenant_secret: [u8; 32],
+    /// Ends the run from outside; [`CancelToken::new`] when nobody will.
+    pub cancel: CancelToken,
 }
 
 /// One tenant's part of a benchmark run.
@@ -97,6 +100,8 @@ pub struct BenchmarkRequest {
     pub history: ReleaseHistory,
     /// The number of the version this run releases.
     pub version: u64,
+    /// Ends the run, every tenant's instance, from outside.
+    pub cancel: CancelToken,
 }
 
 /// Why a run failed, as its caller may see it: a class, never the plugin's
@@ -108,6 +113,8 @@ pub enum FailureClass {
     Trap,
     /// The run passed its deadline.
     Timeout,
+    /// The run was cancelled from outside.
+    Cancelled,
     /// The run hit its memory cap.
     Memory,
     /// The run passed too many bytes, contributions or handles to the host.
@@ -128,6 +135,7 @@ impl FailureClass {
         match self {
             FailureClass::Trap => "trap",
             FailureClass::Timeout => "timeout",
+            FailureClass::Cancelled => "cancelled",
             FailureClass::Memory => "memory",
             FailureClass::Limit => "limit",
             FailureClass::ContractViolation => "contract-violation",
@@ -160,6 +168,9 @@ pub struct OwnerLog {
     pub error: Option<String>,
     /// Requests the host refused (undeclared datasets, columns, tables).
     pub refusals: Vec<String>,
+    /// The class of the failure, which the caller sees only as "failed":
+    /// a plugin picks its class, so it could carry a few bits a run.
+    pub failure: Option<FailureClass>,
 }
 
 /// Figures of a run.
@@ -172,6 +183,8 @@ pub struct RunStats {
     pub dropped_contributions: u64,
     pub entities_issued: usize,
     pub peak_memory_bytes: usize,
+    /// Most host memory the run's scans held at once.
+    pub peak_host_bytes: usize,
 }
 
 /// The result of a run.
@@ -255,12 +268,15 @@ impl Runtime {
     /// uploaded component. Nothing runs over data here.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedPlugin, UploadError> {
         validate::check_bytes(bytes, self.config.max_component_bytes)?;
+        validate::check_component(bytes)?;
         let hash = blake3::hash(bytes);
-        let (component, cache) = self
-            .cache
-            .load_or_compile(&self.engine, bytes, &hash)
-            .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
-        validate::check_imports(&self.engine, &component)?;
+        let (component, compiled) = match self.cache.lookup(&self.engine, &hash) {
+            Some(component) => (component, None),
+            None => {
+                let compiled = compile::compile(&self.engine, &self.config, bytes)?;
+                (compiled.component, Some(compiled.artifact))
+            }
+        };
         let pre =
             self.linker.instantiate_pre(&component).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
@@ -275,6 +291,10 @@ impl Runtime {
                 UploadError::ManifestFailed(format!("{}: {e:#}\n{stderr}", class.code()))
             })?;
         let manifest = Manifest::from_wit(manifest)?;
+        let cache = match compiled {
+            Some(artifact) => self.cache.store(&self.engine, &hash, &artifact),
+            None => CacheOutcome::Hit,
+        };
         Ok(LoadedPlugin { hash: hash.to_hex().to_string(), size: bytes.len(), manifest, cache, pre })
     }
 
@@ -292,6 +312,7 @@ impl Runtime {
             &request.datasets,
             &request.tenant_secret,
             &params,
+            &request.cancel,
         );
         let outcome = match run.result {
             Ok(()) => Ok(gate.release(std::slice::from_ref(&run.intake))),
@@ -329,8 +350,15 @@ impl Runtime {
         let mut failure = None;
         for tenant in &request.tenants {
             let started = Instant::now();
-            let mut run =
-                self.run_instance(plugin, &gate, &request.run_id, &tenant.datasets, &tenant.secret, &params);
+            let mut run = self.run_instance(
+                plugin,
+                &gate,
+                &request.run_id,
+                &tenant.datasets,
+                &tenant.secret,
+                &params,
+                &request.cancel,
+            );
             run.stats.duration = started.elapsed();
             if let Err(class) = run.result {
                 failure.get_or_insert(RunFailure { class });
@@ -366,6 +394,7 @@ impl Runtime {
         datasets: &BTreeMap<String, DatasetVersion>,
         secret: &[u8; 32],
         params: &str,
+        cancel: &CancelToken,
     ) -> InstanceRun {
         let grants = plugin
             .manifest
@@ -377,7 +406,14 @@ impl Runtime {
             })
             .collect();
         let key = PseudonymKey::for_run(secret, run_id.as_bytes());
-        let state = StoreState::new(self.config.limits.clone(), DataState { grants, key }, gate.intake());
+        let seed = random_seed(secret, &plugin.hash, params, datasets);
+        let state = StoreState::new(
+            self.config.limits.clone(),
+            cancel.clone(),
+            seed,
+            DataState { grants, key },
+            gate.intake(),
+        );
         let mut store = new_store(&self.engine, state);
 
         let instantiating = Instant::now();
@@ -402,10 +438,17 @@ impl Runtime {
             dropped_contributions: state.intake.dropped_contributions(),
             entities_issued: state.issued.len(),
             peak_memory_bytes: state.limiter.peak_memory,
+            peak_host_bytes: state.meter.peak_host_bytes,
         };
         InstanceRun {
             result,
-            owner_log: OwnerLog { stdout, stderr, error, refusals: state.meter.refusals },
+            owner_log: OwnerLog {
+                stdout,
+                stderr,
+                error,
+                refusals: state.meter.refusals,
+                failure: result.err(),
+            },
             intake: state.intake,
             stats,
         }
@@ -419,6 +462,31 @@ impl Runtime {
         plugin.pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
         Ok(start.elapsed())
     }
+}
+
+/// The seed of a run's `wasi:random`: the same for the same plugin, params
+/// and dataset versions, so a repeated request repeats its randomness; keyed
+/// by the tenant's secret, so no one else can predict it.
+fn random_seed(
+    secret: &[u8; 32],
+    plugin_hash: &str,
+    params: &str,
+    datasets: &BTreeMap<String, DatasetVersion>,
+) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(&blake3::derive_key("kanon wasi:random seed v1", secret));
+    hasher
+        .update(plugin_hash.as_bytes())
+        .update(&(params.len() as u64).to_le_bytes())
+        .update(params.as_bytes());
+    for (name, dataset) in datasets {
+        hasher
+            .update(&(name.len() as u64).to_le_bytes())
+            .update(name.as_bytes())
+            .update(&(dataset.name().len() as u64).to_le_bytes())
+            .update(dataset.name().as_bytes())
+            .update(&dataset.version().to_le_bytes());
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// blake3 of the params as the plugin received them, hex.
@@ -442,6 +510,7 @@ fn call_run(
 fn classify(error: &wasmtime::Error, state: &StoreState) -> FailureClass {
     match &state.meter.abort {
         Some(Abort::Timeout) => return FailureClass::Timeout,
+        Some(Abort::Cancelled) => return FailureClass::Cancelled,
         Some(Abort::Limit(_)) => return FailureClass::Limit,
         Some(Abort::Violation(_)) => return FailureClass::ContractViolation,
         Some(Abort::Host(_)) => return FailureClass::HostError,

@@ -7,17 +7,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kanon_gate::{Gate, IssuedEntities, Policy, Scope, TenantIntake};
 use kanon_vault::{DatasetVersion, PseudonymKey};
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::{ClosedInputStream, MemoryOutputPipe};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
+use crate::RunLimits;
+use crate::clocks::CancelToken;
 use crate::manifest::DatasetNeed;
-use crate::{RunLimits, engine::EPOCH_TICK};
 
 /// Why the host ended a run from inside a host call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Abort {
     Timeout,
+    /// Ended from outside ([`CancelToken::cancel`]).
+    Cancelled,
     Limit(String),
     Violation(String),
     /// The host could not serve a request (a vault read failed).
@@ -28,6 +31,7 @@ impl std::fmt::Display for Abort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Abort::Timeout => f.write_str("the run passed its deadline"),
+            Abort::Cancelled => f.write_str("the run was cancelled"),
             Abort::Limit(what) => write!(f, "limit reached: {what}"),
             Abort::Violation(what) => write!(f, "contract violation: {what}"),
             Abort::Host(what) => write!(f, "host fault: {what}"),
@@ -39,10 +43,15 @@ impl std::fmt::Display for Abort {
 #[derive(Debug)]
 pub(crate) struct Meter {
     pub(crate) limits: RunLimits,
+    pub(crate) started: Instant,
     pub(crate) deadline: Instant,
+    pub(crate) cancel: CancelToken,
     pub(crate) bytes_to_host: u64,
     pub(crate) contributions: u64,
     pub(crate) open_resources: usize,
+    /// Host memory held for the run now, and at most so far.
+    pub(crate) host_bytes: usize,
+    pub(crate) peak_host_bytes: usize,
     /// The first abort, which classifies the run's failure.
     pub(crate) abort: Option<Abort>,
     /// Refused requests (undeclared datasets, columns, tables), for the
@@ -58,9 +67,12 @@ impl Meter {
         wasmtime::Error::msg(message)
     }
 
-    /// Every host call checks the wall clock, so a guest that lives inside
-    /// host calls meets the deadline too.
+    /// Every host call and every epoch tick checks the wall clock and the
+    /// cancel, so a guest meets both wherever it is.
     pub(crate) fn check_deadline(&mut self) -> wasmtime::Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(self.abort(Abort::Cancelled));
+        }
         if Instant::now() >= self.deadline {
             return Err(self.abort(Abort::Timeout));
         }
@@ -90,6 +102,21 @@ impl Meter {
         if self.contributions > self.limits.max_contributions {
             return Err(self
                 .abort(Abort::Limit(format!("more than {} contributions", self.limits.max_contributions))));
+        }
+        Ok(())
+    }
+
+    /// Move what one holder (a scan) is charged for from `*held` to `now`,
+    /// against the run's host memory budget.
+    pub(crate) fn hold(&mut self, held: &mut usize, now: usize) -> wasmtime::Result<()> {
+        self.host_bytes = self.host_bytes - *held + now;
+        *held = now;
+        self.peak_host_bytes = self.peak_host_bytes.max(self.host_bytes);
+        if self.host_bytes > self.limits.host_memory_bytes {
+            return Err(self.abort(Abort::Limit(format!(
+                "more than {} bytes of host memory",
+                self.limits.host_memory_bytes
+            ))));
         }
         Ok(())
     }
@@ -217,21 +244,14 @@ impl HostWallClock for FrozenWallClock {
     }
 }
 
-/// A monotonic clock in whole epoch ticks.
-struct CoarseMonotonicClock(Instant);
-
-impl HostMonotonicClock for CoarseMonotonicClock {
-    fn resolution(&self) -> u64 {
-        EPOCH_TICK.as_nanos() as u64
-    }
-    fn now(&self) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        (self.0.elapsed().as_nanos() / tick * tick) as u64
-    }
-}
-
 impl StoreState {
-    pub(crate) fn new(limits: RunLimits, data: DataState, intake: TenantIntake) -> Self {
+    pub(crate) fn new(
+        limits: RunLimits,
+        cancel: CancelToken,
+        seed: [u8; 32],
+        data: DataState,
+        intake: TenantIntake,
+    ) -> Self {
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
         let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -242,22 +262,34 @@ impl StoreState {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .wall_clock(FrozenWallClock(Duration::from_secs(start.as_secs())))
-            .monotonic_clock(CoarseMonotonicClock(Instant::now()))
+            // Repeating a request repeats its randomness, so a coin flip in
+            // the plugin cannot make two runs of one request differ.
+            .secure_random(SeededRandom::new(&seed, b"secure"))
+            .insecure_random(SeededRandom::new(&seed, b"insecure"))
+            .insecure_random_seed(u128::from_le_bytes(
+                *blake3::keyed_hash(&seed, b"insecure-seed").as_bytes().first_chunk().expect("32 bytes"),
+            ))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let deadline = Instant::now() + limits.timeout;
+        // The monotonic clock is `clocks`' own, bounded by this deadline.
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
         Self {
             wasi,
             resources: ResourceTable::new(),
             limiter: Limiter { memory_bytes: limits.memory_bytes, peak_memory: 0, denied: false },
             meter: Meter {
                 limits,
+                started,
                 deadline,
+                cancel,
                 bytes_to_host: 0,
                 contributions: 0,
                 open_resources: 0,
+                host_bytes: 0,
+                peak_host_bytes: 0,
                 abort: None,
                 refusals: Vec::new(),
             },
@@ -274,7 +306,12 @@ impl StoreState {
     pub(crate) fn without_data(limits: RunLimits) -> Self {
         let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"no data") };
         let gate = Gate::new(Vec::new(), Policy::default(), Scope::Tenant).expect("no tables is valid");
-        Self::new(limits, data, gate.intake())
+        Self::new(limits, CancelToken::new(), [0; 32], data, gate.intake())
+    }
+
+    /// The resource table and the meter, borrowed together.
+    pub(crate) fn resources_and_meter(&mut self) -> (&mut ResourceTable, &mut Meter) {
+        (&mut self.resources, &mut self.meter)
     }
 
     /// What the plugin wrote to stdout and stderr.
@@ -284,14 +321,47 @@ impl StoreState {
     }
 }
 
-/// A store for one run, with its limits in force.
+/// `wasi:random` for one run: blake3's extendable output under the run's
+/// seed and a purpose, a stream no one without the seed can predict.
+struct SeededRandom(blake3::OutputReader);
+
+impl SeededRandom {
+    fn new(seed: &[u8; 32], purpose: &[u8]) -> Self {
+        Self(blake3::Hasher::new_keyed(seed).update(purpose).finalize_xof())
+    }
+}
+
+impl rand_core::TryRng for SeededRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut bytes = [0; 4];
+        self.0.fill(&mut bytes);
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut bytes = [0; 8];
+        self.0.fill(&mut bytes);
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill(dst);
+        Ok(())
+    }
+}
+
+/// A store for one run, with its limits in force: at every epoch tick the
+/// guest's code stops to meet the deadline and the cancel.
 pub(crate) fn new_store(engine: &wasmtime::Engine, state: StoreState) -> Store<StoreState> {
-    let timeout = state.meter.limits.timeout;
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut store| {
+        store.data_mut().meter.check_deadline()?;
+        Ok(UpdateDeadline::Continue(1))
+    });
     store
 }
 
@@ -320,6 +390,15 @@ mod tests {
 
         let mut m = meter(RunLimits { max_contributions: 5, ..RunLimits::default() });
         assert!(m.charge_contributions(6).is_err());
+
+        let mut m = meter(RunLimits { host_memory_bytes: 100, ..RunLimits::default() });
+        let (mut scan, mut other) = (0, 0);
+        m.hold(&mut scan, 60).unwrap();
+        m.hold(&mut other, 40).unwrap();
+        m.hold(&mut scan, 10).unwrap();
+        assert_eq!(m.host_bytes, 50, "a holder's charge moves, it does not add up");
+        assert!(m.hold(&mut other, 91).is_err());
+        assert!(matches!(m.abort, Some(Abort::Limit(ref what)) if what.contains("host memory")));
 
         let mut m = meter(RunLimits { timeout: Duration::ZERO, ..RunLimits::default() });
         assert!(m.check_deadline().is_err());

@@ -1,7 +1,5 @@
-//! Upload validation: what a component may be and what it may import.
-
-use wasmtime::Engine;
-use wasmtime::component::Component;
+//! Upload validation before anything is compiled: what a component may be,
+//! what it may import and export, and how large its functions may be.
 
 use crate::UploadError;
 
@@ -59,18 +57,66 @@ pub(crate) fn is_allowed_import(name: &str) -> bool {
         .any(|(p, v, interfaces)| *p == package && version.starts_with(v) && interfaces.contains(&interface))
 }
 
-/// Refuse a compiled component with any import outside the allowed set,
-/// naming the first one.
-pub(crate) fn check_imports(engine: &Engine, component: &Component) -> Result<(), UploadError> {
-    let mut refused: Vec<String> = component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name.to_owned())
-        .filter(|n| !is_allowed_import(n))
-        .collect();
+/// The plugin world's exports: what `manifest()` and `run()` are called by.
+const REQUIRED_EXPORTS: [&str; 2] = ["manifest", "run"];
+
+/// Largest core function body accepted. The compiler's time and memory grow
+/// faster than linearly in one function's size; Rust plugins' largest are
+/// tens of KiB, so a cap far above that refuses only what is built to hurt.
+pub(crate) const MAX_FUNCTION_BYTES: usize = 1 << 20;
+
+/// Read the component's structure without compiling it: every import must
+/// be in the allowed set (the first one that is not is named), the top
+/// level must export the plugin world's functions, and no core function
+/// may be larger than [`MAX_FUNCTION_BYTES`]. Linear in the bytes, and
+/// nothing it reads is kept.
+pub(crate) fn check_component(bytes: &[u8]) -> Result<(), UploadError> {
+    use wasmparser::{ComponentExternalKind, ComponentTypeRef, Parser, Payload};
+
+    let invalid = |e: wasmparser::BinaryReaderError| UploadError::Invalid(e.to_string());
+    // Nesting depth: 1 is the uploaded component itself.
+    let mut depth = 0usize;
+    let mut refused: Vec<String> = Vec::new();
+    let mut exports: Vec<&str> = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth -= 1,
+            Payload::ComponentImportSection(imports) if depth == 1 => {
+                for import in imports {
+                    let import = import.map_err(invalid)?;
+                    // A type import names a type (wit-component imports the
+                    // types of the exports' signatures); it carries no
+                    // capability, and the linker refuses one it cannot meet.
+                    if !matches!(import.ty, ComponentTypeRef::Type(_)) && !is_allowed_import(import.name.name)
+                    {
+                        refused.push(import.name.name.to_owned());
+                    }
+                }
+            }
+            Payload::ComponentExportSection(section) if depth == 1 => {
+                for export in section {
+                    let export = export.map_err(invalid)?;
+                    if export.kind == ComponentExternalKind::Func {
+                        exports.push(export.name.name);
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let size = body.range().len();
+                if size > MAX_FUNCTION_BYTES {
+                    return Err(UploadError::FunctionTooLarge { size, max: MAX_FUNCTION_BYTES });
+                }
+            }
+            _ => {}
+        }
+    }
     refused.sort();
-    match refused.into_iter().next() {
-        Some(first) => Err(UploadError::RefusedImport(first)),
+    if let Some(first) = refused.into_iter().next() {
+        return Err(UploadError::RefusedImport(first));
+    }
+    match REQUIRED_EXPORTS.iter().find(|name| !exports.contains(name)) {
+        Some(missing) => Err(UploadError::WrongWorld(format!("it exports no `{missing}` function"))),
         None => Ok(()),
     }
 }

@@ -23,7 +23,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     sync::io::poll::add_to_linker::<StoreState, HasIo>(l, |t| t.ctx().table)?;
     sync::io::streams::add_to_linker::<StoreState, HasIo>(l, |t| t.ctx().table)?;
     clocks::wall_clock::add_to_linker::<StoreState, WasiClocks>(l, StoreState::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<StoreState, WasiClocks>(l, StoreState::clocks)?;
+    // The monotonic clock is `crate::clocks`', whose timers end at the
+    // run's deadline or cancel.
+    crate::clocks::add_to_linker(l)?;
     random::random::add_to_linker::<StoreState, WasiRandom>(l, |t| t.ctx().ctx.random())?;
     random::insecure::add_to_linker::<StoreState, WasiRandom>(l, |t| t.ctx().ctx.random())?;
     random::insecure_seed::add_to_linker::<StoreState, WasiRandom>(l, |t| t.ctx().ctx.random())?;

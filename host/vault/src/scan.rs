@@ -52,6 +52,26 @@ pub enum BatchValues {
     Pseudonym(Vec<u64>),
 }
 
+impl BatchValues {
+    /// Heap bytes these values hold.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            BatchValues::Int(v) | BatchValues::Timestamp(v) => v.capacity() * 8,
+            BatchValues::Float(v) => v.capacity() * 8,
+            BatchValues::Bool(v) => v.capacity(),
+            BatchValues::Pseudonym(v) => v.capacity() * 8,
+            BatchValues::Text { new_entries, codes } => {
+                new_entries.iter().map(|e| e.capacity() + ENTRY_OVERHEAD).sum::<usize>()
+                    + codes.capacity() * 4
+            }
+        }
+    }
+}
+
+/// What one string in a dictionary or map costs beyond its bytes: its
+/// `String`, the value beside it and the hash table's slot, about.
+const ENTRY_OVERHEAD: usize = 48;
+
 /// A run of rows, in the order the scan named the columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -82,6 +102,13 @@ pub struct Scan {
     failed: bool,
 }
 
+/// Whether this machine can load a chunk's columns on two threads; asked
+/// once per process (it reads cgroup files).
+fn parallel_loads() -> bool {
+    static PARALLEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PARALLEL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
 /// What a scan keeps per column to map chunks onto itself.
 #[derive(Debug)]
 struct ColumnScan {
@@ -93,6 +120,8 @@ struct ColumnScan {
     /// A pseudonymised column's pseudonyms so far, so a value repeated
     /// across chunks is hashed with blake3 once per scan.
     pseudonyms: FxHashMap<String, u64>,
+    /// Heap bytes of `dictionary` and `pseudonyms`, about.
+    map_bytes: usize,
 }
 
 /// A decoded chunk being handed out.
@@ -103,6 +132,8 @@ struct LoadedChunk {
     next_row: usize,
     /// For the chunk's first batch: the chunk's entity pseudonyms.
     new_entities: Vec<u64>,
+    /// Heap bytes of the chunk as decoded.
+    bytes: usize,
 }
 
 /// One column of a chunk, already in the scan's terms.
@@ -140,9 +171,10 @@ impl Scan {
                 classification: dataset.schema().fields[index].classification,
                 dictionary: FxHashMap::default(),
                 pseudonyms: FxHashMap::default(),
+                map_bytes: 0,
             });
         }
-        let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let parallel = parallel_loads();
         Ok(Self {
             dataset,
             columns: scans,
@@ -208,7 +240,20 @@ impl Scan {
             columns.push(column);
             new_entities.extend(entities);
         }
-        Ok(LoadedChunk { columns, rows, next_row: 0, new_entities })
+        let bytes = new_entities.capacity() * 8
+            + columns
+                .iter()
+                .map(|c| c.values.heap_bytes() + c.validity.as_ref().map_or(0, Vec::capacity))
+                .sum::<usize>();
+        Ok(LoadedChunk { columns, rows, next_row: 0, new_entities, bytes })
+    }
+
+    /// Heap bytes the scan holds for its reader: the chunk being handed out
+    /// (counted whole until the next one loads) and the text dictionaries and
+    /// pseudonyms seen so far. About: what a run charges against its host
+    /// memory budget.
+    pub fn held_bytes(&self) -> usize {
+        self.current.as_ref().map_or(0, |c| c.bytes) + self.columns.iter().map(|c| c.map_bytes).sum::<usize>()
     }
 
     /// The next batch, or `None` at the end. After an error, every call
@@ -271,7 +316,10 @@ impl ColumnScan {
                 .iter()
                 .map(|&e| match known.get(e) {
                     Some(&p) => p,
-                    None => *known.entry(e.to_owned()).or_insert_with(|| key.pseudonym(e)),
+                    None => {
+                        self.map_bytes += e.len() + ENTRY_OVERHEAD;
+                        *known.entry(e.to_owned()).or_insert_with(|| key.pseudonym(e))
+                    }
                 })
                 .collect();
             let values = BatchValues::Pseudonym(codes.iter().map(|&c| pseudonyms[c as usize]).collect());
@@ -288,6 +336,7 @@ impl ColumnScan {
                 None => {
                     let code = dictionary.len() as u32;
                     dictionary.insert(entry.to_owned(), code);
+                    self.map_bytes += entry.len() + ENTRY_OVERHEAD;
                     new_entries.push(entry.to_owned());
                     code
                 }

@@ -108,6 +108,7 @@ async fn cancel_job(
     let job = load(&app, &id)?;
     may_see(&app, &caller, &job, "job cancel")?;
     let job = app.store.write(|w| jobs::cancel(w, &caller.actor(), &id))?;
+    app.scheduler.cancel(&id);
     Ok(axum::Json(job))
 }
 
