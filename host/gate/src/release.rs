@@ -624,6 +624,64 @@ pub(crate) mod tests {
         );
     }
 
+    /// One entity sends `first` then `then` (value, rows) to north, in
+    /// batches; another sends 1 once. Sum and count of north and the total.
+    fn many_rows(first: (f64, usize), then: (f64, usize)) -> Vec<Vec<f64>> {
+        let mut spec = spec();
+        spec.measures[0] = Measure { name: "litres".into(), lower: -1.0, upper: 1.0 };
+        spec.margins = true;
+        let policy =
+            Policy { min_entities: 2, dominance: Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
+        let gate = Gate::new(vec![spec], policy, Scope::Tenant).unwrap();
+        let (issued, ids) = issued(2);
+        let mut intake = gate.intake();
+        const BATCH: usize = 1 << 16;
+        let entities = vec![ids[0]; BATCH];
+        let codes = vec![0; BATCH];
+        for (value, rows) in [first, then] {
+            let values = vec![value; BATCH];
+            for start in (0..rows).step_by(BATCH) {
+                let n = BATCH.min(rows - start);
+                add(&mut intake, &issued, &entities[..n], &codes[..n], &values[..n]).unwrap();
+            }
+        }
+        add(&mut intake, &issued, &ids[1..], &[0], &[1.0]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        [0, 3].iter().map(|&c| table.cells[c].values.clone().unwrap()).collect()
+    }
+
+    #[test]
+    fn one_entity_sending_the_largest_value_millions_of_times_sums_exactly() {
+        // Bounds of +-1 make a contribution of 1 the fixed-point 2^40, so
+        // 2^23 of them fill an i64. One entity sends more ones than that,
+        // and as many minus ones but 3: its sum passes 2^63 on the way
+        // (upwards in one order, downwards in the other) and ends at 3.
+        let many = (1 << 23) + (1 << 20);
+        let up_first = many_rows((1.0, many + 3), (-1.0, many));
+        let down_first = many_rows((-1.0, many), (1.0, many + 3));
+        // North and the total: 2 entities, 3 + 1.
+        assert_eq!(up_first, vec![vec![2.0, 4.0, 2.0]; 2]);
+        assert_eq!(down_first, up_first, "the order of contributions does not matter");
+        // A sum beyond i64 is released exactly too.
+        let beyond = many_rows((1.0, many), (1.0, many));
+        assert_eq!(beyond[0][1], 2.0 * many as f64 + 1.0);
+    }
+
+    #[test]
+    fn a_measure_with_tiny_bounds_is_summed_exactly() {
+        // The scale that maps 2^-1000 to 2^40 is 2^1040, past f64: it used
+        // to be infinite, and every contribution became i64::MAX.
+        let tiny = 2f64.powi(-1000);
+        let mut spec = spec();
+        spec.measures[0] = Measure { name: "litres".into(), lower: 0.0, upper: tiny };
+        let gate = Gate::new(vec![spec], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(10);
+        let mut intake = gate.intake();
+        add(&mut intake, &issued, &ids, &[0; 10], &[tiny; 10]).unwrap();
+        let released = gate.release(&[intake]).tables[0].cells[0].values.clone().unwrap();
+        assert_eq!(released, vec![10.0, 10.0 * tiny, tiny]);
+    }
+
     #[test]
     fn a_ratio_over_a_zero_sum_is_suppressed() {
         let mut ratio = spec();

@@ -4,6 +4,13 @@
 //! Built from every tenant's accumulator of one table. An entity's total in a
 //! cell is formed first (its slots merged, margins included) and only then
 //! counted, summed and ranked, so dominance is judged on people, not rows.
+//!
+//! Every sum here is an exact integer: i128 sums and u128 magnitudes. A
+//! released cell, a margin or a tenant's share adds up each contribution at
+//! most once, and each is at most 2^40, so no sum passes 2^40 times the
+//! rows of all tenants together: far inside 2^127 for any number of rows a
+//! host could take (2^64 rows would still leave a factor of 2^23). Integer
+//! addition in any order gives the same result.
 
 use crate::accumulator::TableAccumulator;
 use crate::shape::Shape;
@@ -89,7 +96,7 @@ impl Tally {
                     shape.covering(shape.cell_of_interior(cell), &mut covering);
                     for &c in &covering {
                         own_cells.push(c);
-                        own_sums.extend(summed.iter().map(|&m| i128::from(sums[m])));
+                        own_sums.extend(summed.iter().map(|&m| sums.get(m)));
                     }
                 }
                 // Cells of one slot are distinct; several slots may share a
