@@ -226,9 +226,17 @@ impl Gate {
     /// be recovered by arithmetic on released ones.
     ///
     /// An empty cell (no entity) hides nothing: a plugin's author knows
-    /// which cells it left empty. So cells with entities are protected first
-    /// with empty cells as known values, then every hidden cell, empty ones
-    /// too, as before.
+    /// which cells it left empty. So the cells with entities are protected
+    /// with the empty cells as known values; then every hidden cell, empty
+    /// ones too, is protected for readers who do not know which are empty;
+    /// and then the first pass runs again, because the second may have
+    /// hidden cells with entities as complements of empty ones (a line of
+    /// an empty cell, a hidden complement of 12 people and released rest
+    /// gives the 12 away to whoever knows the empty cell is empty).
+    ///
+    /// Hiding more cells never makes a hidden cell determined (fewer known
+    /// values), so the last pass keeps what the second achieved, and every
+    /// family ends with the exact check that treats empty cells as known.
     pub(crate) fn protect(&self, tallies: &[Tally], hidden: &mut [Vec<bool>]) {
         for family in &self.families {
             let mut linked = vec![false; family.cells()];
@@ -248,6 +256,11 @@ impl Gate {
             // in their turn.
             linked.iter_mut().zip(&known).for_each(|(h, &k)| *h |= k);
             family.protect(&mut linked, &cost, &vec![false; known.len()]);
+            // Again with the empty cells known: the complements of the
+            // second pass are protected too.
+            linked.iter_mut().zip(&known).for_each(|(h, &k)| *h &= !k);
+            family.protect(&mut linked, &cost, &known);
+            linked.iter_mut().zip(&known).for_each(|(h, &k)| *h |= k);
             for (m, &t) in family.members.iter().enumerate() {
                 hidden[t].copy_from_slice(&linked[family.member_vars(m)]);
             }
@@ -680,6 +693,28 @@ pub(crate) mod tests {
         add(&mut intake, &issued, &ids, &[0; 10], &[tiny; 10]).unwrap();
         let released = gate.release(&[intake]).tables[0].cells[0].values.clone().unwrap();
         assert_eq!(released, vec![10.0, 10.0 * tiny, tiny]);
+    }
+
+    #[test]
+    fn a_complement_of_an_empty_cell_is_protected_in_its_turn() {
+        let mut with_margins = spec();
+        with_margins.margins = true;
+        let gate = Gate::new(vec![with_margins], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(42);
+        let mut intake = gate.intake();
+        // North: left empty. South: 12 people, east: 30. Protecting the
+        // empty north hides its cheapest complement, south; with north
+        // known to be empty, the total minus east would give south away.
+        let codes: Vec<u32> = (0..42).map(|i| if i < 12 { 1 } else { 2 }).collect();
+        add(&mut intake, &issued, &ids, &codes, &[1.0; 42]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        assert_eq!(table.cells[0].values, None, "empty");
+        assert_eq!(table.cells[1].values, None, "the complement of the empty cell");
+        assert!(
+            table.cells[2].values.is_none() || table.cells[3].values.is_none(),
+            "east or the total must go too: {:?}",
+            table.cells
+        );
     }
 
     #[test]
