@@ -45,6 +45,9 @@ pub struct TableAccumulator {
     pub(crate) scales: Vec<f64>,
     slots_per_entity: usize,
     excess: ExcessContributions,
+    /// The gate derives this table from a linked one: contributions are
+    /// checked against the contract and then not kept.
+    derived: bool,
     /// Per entity, `slots_per_entity` slots of `1 + measures` words: the
     /// cell (`EMPTY` when unused), then the entity's fixed-point sum of each
     /// measure in that cell. One slot is one contiguous run of memory, so a
@@ -185,11 +188,24 @@ impl TableAccumulator {
             scales,
             slots_per_entity: policy.max_cells_per_entity as usize,
             excess: policy.excess_contributions,
+            derived: false,
             slots: Vec::new(),
             wraps: Wraps::default(),
             dropped: 0,
             scratch: Scratch::default(),
         }
+    }
+
+    /// The same accumulator for a table the gate derives from a linked one
+    /// (see [`crate::suppression`]): it checks contributions and keeps none.
+    pub(crate) fn derived(self) -> Self {
+        Self { derived: true, ..self }
+    }
+
+    /// Whether the gate derives this table from a linked one, so that what
+    /// is contributed to it is checked and then not used.
+    pub fn is_derived(&self) -> bool {
+        self.derived
     }
 
     /// The table's spec.
@@ -307,12 +323,19 @@ impl TableAccumulator {
                     measure: self.spec.measures[m].name.clone(),
                 });
             }
+            if self.derived {
+                continue;
+            }
             let (lower, upper, scale) = (self.lower[m], self.upper[m], self.scales[m]);
             for (row, &v) in column.iter().enumerate() {
                 scratch.values[row * measures + m] = (v.clamp(lower, upper) * scale).round() as i64;
             }
         }
 
+        if self.derived {
+            // Checked; the release computes this table from its family's root.
+            return Ok(());
+        }
         let stride = self.stride();
         let words_per_entity = self.slots_per_entity * stride;
         let words_needed = issued.len() * words_per_entity;

@@ -10,10 +10,13 @@
 //! - every measure is clamped to its declared bounds;
 //! - each entity counts towards at most `max_cells_per_entity` cells of a
 //!   table, chosen independently of contribution order;
-//! - a cell is released only with at least `k` distinct entities.
+//! - a cell is released only with at least `k` distinct entities;
+//! - tables linked by their declarations (nesting, identical domains) are
+//!   all computed from the contributions to the one that refines them all,
+//!   so they cannot disagree.
 //!
-//! Sums are kept in fixed point, so a release is bit-identical whatever the
-//! order and batching of the contributions.
+//! Sums are kept in exact fixed point, so a release is bit-identical
+//! whatever the order and batching of the contributions.
 //!
 //! No wasmtime and no I/O: this crate compiles and tests in seconds.
 

@@ -1224,6 +1224,47 @@ proptest! {
         let (specs, fine) = n.specs();
         check_linked(&specs, fine, &n.policy, &n.rows)?;
     }
+
+    /// A hostile plugin sends the tables linked to the finest one other
+    /// people and values than the finest: it leaves some out, changes
+    /// others and adds strangers. What is released is what the finest
+    /// table's contributions give, so the relations the check relies on
+    /// hold and no difference between linked tables isolates anyone.
+    #[test]
+    fn linked_tables_follow_the_finest_one_whatever_the_plugin_sends_them(
+        n in nested(),
+        seed in any::<u64>(),
+        strangers in prop::collection::vec((0usize..64, exact_value(), exact_value()), 0..24),
+    ) {
+        let n = Nested { fine_first: true, ..n };
+        let (specs, fine) = n.specs();
+        let linked = Linked::new(&specs, fine);
+        let honest = rows_of(&linked, &n.rows);
+        let mut hostile = Vec::new();
+        for r in &honest {
+            let mut r = r.clone();
+            if r.table != fine {
+                match pseudonym(r.table, r.entity ^ seed) % 4 {
+                    0 => continue,
+                    1 => r.x = -r.x + 1.0,
+                    _ => {}
+                }
+            }
+            hostile.push(r);
+        }
+        let atoms = linked.atoms.count();
+        for (i, &(atom, x, y)) in strangers.iter().enumerate() {
+            for t in (0..specs.len()).filter(|&t| t != fine) {
+                if let Some(codes) = linked.image(t, atom % atoms) {
+                    let codes = codes.iter().map(|&c| c as u32).collect();
+                    hostile.push(Row { tenant: 0, table: t, entity: 1_000_000 + i as u64, codes, x, y });
+                }
+            }
+        }
+        let expected = run(&specs, &n.policy, Scope::Tenant, &honest, 7, &[0]);
+        let released = run(&specs, &n.policy, Scope::Tenant, &hostile, 7, &[0]);
+        prop_assert_eq!(&released.release, &expected.release);
+    }
 }
 
 proptest! {
