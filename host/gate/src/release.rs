@@ -232,8 +232,9 @@ impl Gate {
             let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
             let summed = spec.summed_measures();
             let n = self.policy.dominance.n as usize;
-            let tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant);
+            let mut tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant);
             hidden.push(self.primary(spec, &summed, &tally, scope));
+            tally.forget_contributors();
             tallies.push(tally);
         }
         (tallies, hidden)

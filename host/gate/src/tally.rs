@@ -164,6 +164,18 @@ impl Tally {
         tally
     }
 
+    /// Free what only the primary rules read (magnitudes and the largest
+    /// contributors): a run keeps every table's tally until it is released,
+    /// a benchmark one per tenant too, and these lists are most of a tally
+    /// (16 bytes per cell, summed measure and contributor ranked).
+    /// [`Tally::magnitude`], [`Tally::top_entities`] and
+    /// [`Tally::top_tenants`] are not to be called after this.
+    pub fn forget_contributors(&mut self) {
+        self.magnitude = Vec::new();
+        self.top_entities = Vec::new();
+        self.top_tenants = Vec::new();
+    }
+
     fn index(&self, cell: usize, m: usize) -> usize {
         cell * self.tracked + self.position[m].expect("a tracked measure")
     }
