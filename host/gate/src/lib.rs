@@ -44,8 +44,8 @@ pub use release::{
     TenantIntake,
 };
 pub use spec::{
-    Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_SUMS, Measure, SpecError, Statistic,
-    TableSpec, validate_tables,
+    Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_CELLS, MAX_RELEASED_SUMS, MAX_STATISTICS,
+    Measure, SpecError, Statistic, TableSpec, validate_tables,
 };
 pub use suppression::MAX_LINKED_CELLS;
 
