@@ -16,7 +16,9 @@
 //! - nor, for a suppressed cell that holds someone, by adding and
 //!   subtracting released cells and the cells no contribution reached,
 //!   which the plugin's author knows to be empty (computed here from the
-//!   rows, not from the release).
+//!   rows, not from the release);
+//! - linked tables are what the finest one's contributions give, whatever a
+//!   plugin sends the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Add, Div, Mul, Neg, Sub};
