@@ -5,6 +5,18 @@
 //! exact distinct counts and per-entity totals with one array access per
 //! contribution, and bounds the cells an entity reaches without depending on
 //! the order contributions arrive in.
+//!
+//! Sums are exact over any number of contributions. A contribution is an
+//! integer of at most 2^40 in magnitude ([`fixed_point_scales`]); a slot
+//! keeps its sum as an i64 word that wraps, and counts each wrap on the side
+//! ([`Wraps`]), so the slot's exact sum is the word plus 2^64 times its wrap
+//! count. Wrapping addition is associative and commutative, and a wrap is
+//! counted exactly when it happens, so the result does not depend on the
+//! order of contributions. One entity sending the largest value 10^8 times
+//! (the runtime's cap per run) reaches about 2^67, far past i64 and far
+//! below i128, which holds every sum after the slots ([`SlotSums::get`]).
+
+use std::collections::HashMap;
 
 use crate::spec::TableSpec;
 use crate::{ContractViolation, ExcessContributions, IssuedEntities, Policy};
@@ -33,11 +45,19 @@ pub struct TableAccumulator {
     pub(crate) scales: Vec<f64>,
     slots_per_entity: usize,
     excess: ExcessContributions,
+    /// The gate derives this table from a linked one: contributions are
+    /// checked against the contract and then not kept.
+    derived: bool,
     /// Per entity, `slots_per_entity` slots of `1 + measures` words: the
     /// cell (`EMPTY` when unused), then the entity's fixed-point sum of each
     /// measure in that cell. One slot is one contiguous run of memory, so a
     /// contribution costs one random access.
     pub(crate) slots: Vec<i64>,
+    /// Per word of `slots` whose sum left i64's range: how many times it
+    /// wrapped upwards, less the times it wrapped downwards. Empty unless an
+    /// entity's sum in one cell passes 2^63, which takes 2^23 maximal
+    /// contributions.
+    wraps: Wraps,
     pub(crate) dropped: u64,
     /// Per-batch scratch, kept to avoid reallocating.
     scratch: Scratch,
@@ -50,16 +70,21 @@ struct Scratch {
     values: Vec<i64>,
 }
 
-/// The power of two that maps the largest bound to 2^40: every clamped
-/// contribution becomes an integer with a relative precision of 2^-40 of
-/// the bound, and 2^23 maximal contributions fit one entity's i64 sum.
-/// Integer sums make the release independent of contribution order.
+/// The power of two that maps the largest bound to at most 2^40: every
+/// clamped contribution becomes an integer of at most 2^40 in magnitude,
+/// with a relative precision of 2^-40 of the bound. Integer sums make the
+/// release independent of contribution order.
+///
+/// The exponent stops at 2^1023, the largest finite power of two: below
+/// bounds of about 2^-983 the precision is less, but the scale stays finite
+/// (an infinite one turned every contribution into `i64::MAX`).
 fn fixed_point_scale(lower: f64, upper: f64) -> f64 {
     let magnitude = lower.abs().max(upper.abs());
     if magnitude == 0.0 {
         return 1.0;
     }
-    2f64.powi(40 - magnitude.log2().ceil() as i32)
+    let exponent = 40 - magnitude.log2().ceil() as i32;
+    2f64.powi(exponent.min(f64::MAX_EXP - 1))
 }
 
 /// The fixed-point scale of each measure of a table.
@@ -67,14 +92,73 @@ pub(crate) fn fixed_point_scales(spec: &TableSpec) -> Vec<f64> {
     spec.measures.iter().map(|m| fixed_point_scale(m.lower, m.upper)).collect()
 }
 
-/// Claim `slot` for `cell` and add one contribution's fixed-point values.
+/// Per word of the slots, its net count of wraps past i64's range.
+#[derive(Debug, Default)]
+pub(crate) struct Wraps(HashMap<usize, i64>);
+
+impl Wraps {
+    /// Word `word` wrapped while `value` was added to it.
+    #[cold]
+    #[inline(never)]
+    fn record(&mut self, word: usize, value: i64) {
+        let count = self.0.entry(word).or_default();
+        *count += if value > 0 { 1 } else { -1 };
+        if *count == 0 {
+            self.0.remove(&word);
+        }
+    }
+
+    /// Forget the wraps of `words` (an evicted slot's sums, now zero).
+    fn clear(&mut self, words: std::ops::Range<usize>) {
+        if !self.0.is_empty() {
+            words.for_each(|w| {
+                self.0.remove(&w);
+            });
+        }
+    }
+
+    /// The exact value of word `word`, which holds `low`.
+    #[inline]
+    fn exact(&self, word: usize, low: i64) -> i128 {
+        let wraps = if self.0.is_empty() { 0 } else { self.0.get(&word).copied().unwrap_or(0) };
+        i128::from(low) + (i128::from(wraps) << 64)
+    }
+}
+
+/// Claim `slot`, which starts at word `at` of the slots, for `cell` and add
+/// one contribution's fixed-point values. A sum that passes i64's range
+/// wraps, and the wrap is counted: the slot stays exact.
+///
+/// Bound: a contribution is at most 2^40 in magnitude, so a wrap takes at
+/// least 2^23 contributions to one slot, and the wrap count (an i64) and
+/// the exact sum (an i128, 2^127) cannot overflow in fewer than 2^86
+/// contributions, which no run can send.
 #[inline]
-fn accumulate(slot: &mut [i64], cell: i64, values: &[i64]) {
+fn accumulate(slot: &mut [i64], at: usize, cell: i64, values: &[i64], wraps: &mut Wraps) {
     slot[0] = cell;
-    for (sum, &v) in slot[1..].iter_mut().zip(values) {
-        // Saturates only past 2^23 maximal contributions of one entity to
-        // one cell, which the run's contribution cap prevents.
-        *sum = sum.saturating_add(v);
+    for (m, (sum, &v)) in slot[1..].iter_mut().zip(values).enumerate() {
+        let (next, wrapped) = sum.overflowing_add(v);
+        *sum = next;
+        if wrapped {
+            wraps.record(at + 1 + m, v);
+        }
+    }
+}
+
+/// One entity's exact sums in one of its cells, by measure.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotSums<'a> {
+    words: &'a [i64],
+    /// Index of `words[0]` among the slots.
+    at: usize,
+    wraps: &'a Wraps,
+}
+
+impl SlotSums<'_> {
+    /// The exact fixed-point sum of measure `m`.
+    #[inline]
+    pub fn get(&self, m: usize) -> i128 {
+        self.wraps.exact(self.at + m, self.words[m])
     }
 }
 
@@ -104,10 +188,24 @@ impl TableAccumulator {
             scales,
             slots_per_entity: policy.max_cells_per_entity as usize,
             excess: policy.excess_contributions,
+            derived: false,
             slots: Vec::new(),
+            wraps: Wraps::default(),
             dropped: 0,
             scratch: Scratch::default(),
         }
+    }
+
+    /// The same accumulator for a table the gate derives from a linked one
+    /// (see [`crate::suppression`]): it checks contributions and keeps none.
+    pub(crate) fn derived(self) -> Self {
+        Self { derived: true, ..self }
+    }
+
+    /// Whether the gate derives this table from a linked one, so that what
+    /// is contributed to it is checked and then not used.
+    pub fn is_derived(&self) -> bool {
+        self.derived
     }
 
     /// The table's spec.
@@ -125,11 +223,17 @@ impl TableAccumulator {
         self.stride() * size_of::<i64>()
     }
 
-    /// Per entity, its used slots: (interior cell, the entity's sums in it).
-    pub(crate) fn entities(&self) -> impl Iterator<Item = impl Iterator<Item = (usize, &[i64])>> + '_ {
+    /// Per entity, its used slots: (interior cell, the entity's exact sums
+    /// in it).
+    pub(crate) fn entities(&self) -> impl Iterator<Item = impl Iterator<Item = (usize, SlotSums<'_>)>> + '_ {
         let stride = self.stride();
-        self.slots.chunks_exact(self.slots_per_entity * stride).map(move |own| {
-            own.chunks_exact(stride).filter(|s| s[0] != EMPTY).map(|s| (s[0] as usize, &s[1..]))
+        let per_entity = self.slots_per_entity * stride;
+        let wraps = &self.wraps;
+        self.slots.chunks_exact(per_entity).enumerate().map(move |(entity, own)| {
+            own.chunks_exact(stride).enumerate().filter(|(_, s)| s[0] != EMPTY).map(move |(i, s)| {
+                let at = entity * per_entity + i * stride + 1;
+                (s[0] as usize, SlotSums { words: &s[1..], at, wraps })
+            })
         })
     }
 
@@ -219,12 +323,19 @@ impl TableAccumulator {
                     measure: self.spec.measures[m].name.clone(),
                 });
             }
+            if self.derived {
+                continue;
+            }
             let (lower, upper, scale) = (self.lower[m], self.upper[m], self.scales[m]);
             for (row, &v) in column.iter().enumerate() {
                 scratch.values[row * measures + m] = (v.clamp(lower, upper) * scale).round() as i64;
             }
         }
 
+        if self.derived {
+            // Checked; the release computes this table from its family's root.
+            return Ok(());
+        }
         let stride = self.stride();
         let words_per_entity = self.slots_per_entity * stride;
         let words_needed = issued.len() * words_per_entity;
@@ -242,9 +353,10 @@ impl TableAccumulator {
             let entity = scratch.entities[row] as usize;
             if self.slots_per_entity == 1 {
                 // The default policy's fast path: one slot, no search.
-                let slot = &mut self.slots[entity * stride..(entity + 1) * stride];
+                let at = entity * stride;
+                let slot = &mut self.slots[at..at + stride];
                 if slot[0] == cell || slot[0] == EMPTY {
-                    accumulate(slot, cell, values);
+                    accumulate(slot, at, cell, values, &mut self.wraps);
                     continue;
                 }
             }
@@ -299,11 +411,13 @@ impl TableAccumulator {
                         return Ok(());
                     }
                     own[worst * stride + 1..(worst + 1) * stride].fill(0);
+                    self.wraps.clear(first + worst * stride + 1..first + (worst + 1) * stride);
                     worst
                 }
             },
         };
-        accumulate(&mut own[slot * stride..(slot + 1) * stride], cell, values);
+        let at = first + slot * stride;
+        accumulate(&mut own[slot * stride..(slot + 1) * stride], at, cell, values, &mut self.wraps);
         Ok(())
     }
 }

@@ -10,10 +10,13 @@
 //! - every measure is clamped to its declared bounds;
 //! - each entity counts towards at most `max_cells_per_entity` cells of a
 //!   table, chosen independently of contribution order;
-//! - a cell is released only with at least `k` distinct entities.
+//! - a cell is released only with at least `k` distinct entities;
+//! - tables linked by their declarations (nesting, identical domains) are
+//!   all computed from the contributions to the one that refines them all,
+//!   so they cannot disagree.
 //!
-//! Sums are kept in fixed point, so a release is bit-identical whatever the
-//! order and batching of the contributions.
+//! Sums are kept in exact fixed point, so a release is bit-identical
+//! whatever the order and batching of the contributions.
 //!
 //! No wasmtime and no I/O: this crate compiles and tests in seconds.
 
@@ -41,8 +44,8 @@ pub use release::{
     TenantIntake,
 };
 pub use spec::{
-    Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_SUMS, Measure, SpecError, Statistic,
-    TableSpec, validate_tables,
+    Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_CELLS, MAX_RELEASED_SUMS, MAX_STATISTICS,
+    Measure, SpecError, Statistic, TableSpec, validate_tables,
 };
 pub use suppression::MAX_LINKED_CELLS;
 

@@ -8,14 +8,16 @@
 //!    `k` entities; a released sum whose `n` largest entities hold more than
 //!    `p%`; and in benchmark runs fewer than `t` tenants, the same (n, p%)
 //!    rule over tenants, or one tenant above its maximum share.
-//! 3. Complementary suppression across linked tables ([`crate::suppression`]).
+//! 3. Complementary suppression across linked tables ([`crate::suppression`]),
+//!    every linked table but the finest computed from the finest one's
+//!    contributions.
 
 use serde::{Deserialize, Serialize};
 
 use crate::accumulator::{Contributions, TableAccumulator, fixed_point_scales};
 use crate::shape::Shape;
 use crate::spec::{SpecError, Statistic, TableSpec, validate_tables};
-use crate::suppression::{Family, families};
+use crate::suppression::{Derivation, Family, families};
 use crate::tally::Tally;
 use crate::{ContractViolation, Dominance, IssuedEntities, Policy, PolicyError};
 
@@ -43,6 +45,9 @@ pub struct Gate {
     specs: Vec<TableSpec>,
     shapes: Vec<Shape>,
     families: Vec<Family>,
+    /// Per table: how the gate derives it from its family's root, if it is
+    /// linked and not the root.
+    derivations: Vec<Option<Derivation>>,
 }
 
 /// Why a gate could not be set up.
@@ -155,7 +160,9 @@ impl TenantIntake {
     }
 
     /// Add a batch of contributions to table `index`. `issued` holds the
-    /// pseudonyms the host issued to this tenant's instance.
+    /// pseudonyms the host issued to this tenant's instance. A table the
+    /// gate derives from a linked one checks the batch and keeps nothing
+    /// ([`TableAccumulator::is_derived`]).
     pub fn contribute(
         &mut self,
         index: usize,
@@ -182,7 +189,11 @@ impl Gate {
         validate_tables(&tables)?;
         let families = families(&tables)?;
         let shapes = tables.iter().map(Shape::of).collect();
-        Ok(Self { policy, scope, specs: tables, shapes, families })
+        let mut derivations = vec![None; tables.len()];
+        for (t, derivation) in families.iter().flat_map(|f| &f.derived) {
+            derivations[*t] = Some(derivation.clone());
+        }
+        Ok(Self { policy, scope, specs: tables, shapes, families, derivations })
     }
 
     /// The policy the release answers to.
@@ -192,9 +203,11 @@ impl Gate {
 
     /// An empty intake for one tenant's instance.
     pub fn intake(&self) -> TenantIntake {
-        TenantIntake {
-            tables: self.specs.iter().map(|spec| TableAccumulator::new(spec.clone(), &self.policy)).collect(),
-        }
+        let accumulator = |(spec, derivation): (&TableSpec, &Option<Derivation>)| {
+            let accumulator = TableAccumulator::new(spec.clone(), &self.policy);
+            if derivation.is_some() { accumulator.derived() } else { accumulator }
+        };
+        TenantIntake { tables: self.specs.iter().zip(&self.derivations).map(accumulator).collect() }
     }
 
     /// Apply the release rules to every tenant's intake and produce what may
@@ -212,11 +225,16 @@ impl Gate {
         let mut tallies = Vec::with_capacity(self.specs.len());
         let mut hidden = Vec::with_capacity(self.specs.len());
         for (t, spec) in self.specs.iter().enumerate() {
-            let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[t]).collect();
+            // A linked table is computed from its family's root, never from
+            // what the plugin contributed to it.
+            let derivation = self.derivations[t].as_ref();
+            let source = derivation.map_or(t, |d| d.root);
+            let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
             let summed = spec.summed_measures();
-            let tally =
-                Tally::new(&self.shapes[t], &tenants, &summed, self.policy.dominance.n as usize, by_tenant);
+            let n = self.policy.dominance.n as usize;
+            let mut tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant);
             hidden.push(self.primary(spec, &summed, &tally, scope));
+            tally.forget_contributors();
             tallies.push(tally);
         }
         (tallies, hidden)
@@ -226,9 +244,17 @@ impl Gate {
     /// be recovered by arithmetic on released ones.
     ///
     /// An empty cell (no entity) hides nothing: a plugin's author knows
-    /// which cells it left empty. So cells with entities are protected first
-    /// with empty cells as known values, then every hidden cell, empty ones
-    /// too, as before.
+    /// which cells it left empty. So the cells with entities are protected
+    /// with the empty cells as known values; then every hidden cell, empty
+    /// ones too, is protected for readers who do not know which are empty;
+    /// and then the first pass runs again, because the second may have
+    /// hidden cells with entities as complements of empty ones (a line of
+    /// an empty cell, a hidden complement of 12 people and released rest
+    /// gives the 12 away to whoever knows the empty cell is empty).
+    ///
+    /// Hiding more cells never makes a hidden cell determined (fewer known
+    /// values), so the last pass keeps what the second achieved, and every
+    /// family ends with the exact check that treats empty cells as known.
     pub(crate) fn protect(&self, tallies: &[Tally], hidden: &mut [Vec<bool>]) {
         for family in &self.families {
             let mut linked = vec![false; family.cells()];
@@ -248,6 +274,11 @@ impl Gate {
             // in their turn.
             linked.iter_mut().zip(&known).for_each(|(h, &k)| *h |= k);
             family.protect(&mut linked, &cost, &vec![false; known.len()]);
+            // Again with the empty cells known: the complements of the
+            // second pass are protected too.
+            linked.iter_mut().zip(&known).for_each(|(h, &k)| *h &= !k);
+            family.protect(&mut linked, &cost, &known);
+            linked.iter_mut().zip(&known).for_each(|(h, &k)| *h |= k);
             for (m, &t) in family.members.iter().enumerate() {
                 hidden[t].copy_from_slice(&linked[family.member_vars(m)]);
             }
@@ -622,6 +653,184 @@ pub(crate) mod tests {
             "south or the total must go too: {:?}",
             table.cells
         );
+    }
+
+    /// One entity sends `first` then `then` (value, rows) to north, in
+    /// batches; another sends 1 once. Sum and count of north and the total.
+    fn many_rows(first: (f64, usize), then: (f64, usize)) -> Vec<Vec<f64>> {
+        let mut spec = spec();
+        spec.measures[0] = Measure { name: "litres".into(), lower: -1.0, upper: 1.0 };
+        spec.margins = true;
+        let policy =
+            Policy { min_entities: 2, dominance: Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
+        let gate = Gate::new(vec![spec], policy, Scope::Tenant).unwrap();
+        let (issued, ids) = issued(2);
+        let mut intake = gate.intake();
+        const BATCH: usize = 1 << 16;
+        let entities = vec![ids[0]; BATCH];
+        let codes = vec![0; BATCH];
+        for (value, rows) in [first, then] {
+            let values = vec![value; BATCH];
+            for start in (0..rows).step_by(BATCH) {
+                let n = BATCH.min(rows - start);
+                add(&mut intake, &issued, &entities[..n], &codes[..n], &values[..n]).unwrap();
+            }
+        }
+        add(&mut intake, &issued, &ids[1..], &[0], &[1.0]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        [0, 3].iter().map(|&c| table.cells[c].values.clone().unwrap()).collect()
+    }
+
+    #[test]
+    fn one_entity_sending_the_largest_value_millions_of_times_sums_exactly() {
+        // Bounds of +-1 make a contribution of 1 the fixed-point 2^40, so
+        // 2^23 of them fill an i64. One entity sends more ones than that,
+        // and as many minus ones but 3: its sum passes 2^63 on the way
+        // (upwards in one order, downwards in the other) and ends at 3.
+        let many = (1 << 23) + (1 << 20);
+        let up_first = many_rows((1.0, many + 3), (-1.0, many));
+        let down_first = many_rows((-1.0, many), (1.0, many + 3));
+        // North and the total: 2 entities, 3 + 1.
+        assert_eq!(up_first, vec![vec![2.0, 4.0, 2.0]; 2]);
+        assert_eq!(down_first, up_first, "the order of contributions does not matter");
+        // A sum beyond i64 is released exactly too.
+        let beyond = many_rows((1.0, many), (1.0, many));
+        assert_eq!(beyond[0][1], 2.0 * many as f64 + 1.0);
+    }
+
+    #[test]
+    fn a_measure_with_tiny_bounds_is_summed_exactly() {
+        // The scale that maps 2^-1000 to 2^40 is 2^1040, past f64: it used
+        // to be infinite, and every contribution became i64::MAX.
+        let tiny = 2f64.powi(-1000);
+        let mut spec = spec();
+        spec.measures[0] = Measure { name: "litres".into(), lower: 0.0, upper: tiny };
+        let gate = Gate::new(vec![spec], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(10);
+        let mut intake = gate.intake();
+        add(&mut intake, &issued, &ids, &[0; 10], &[tiny; 10]).unwrap();
+        let released = gate.release(&[intake]).tables[0].cells[0].values.clone().unwrap();
+        assert_eq!(released, vec![10.0, 10.0 * tiny, tiny]);
+    }
+
+    #[test]
+    fn a_complement_of_an_empty_cell_is_protected_in_its_turn() {
+        let mut with_margins = spec();
+        with_margins.margins = true;
+        let gate = Gate::new(vec![with_margins], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(42);
+        let mut intake = gate.intake();
+        // North: left empty. South: 12 people, east: 30. Protecting the
+        // empty north hides its cheapest complement, south; with north
+        // known to be empty, the total minus east would give south away.
+        let codes: Vec<u32> = (0..42).map(|i| if i < 12 { 1 } else { 2 }).collect();
+        add(&mut intake, &issued, &ids, &codes, &[1.0; 42]).unwrap();
+        let table = &gate.release(&[intake]).tables[0];
+        assert_eq!(table.cells[0].values, None, "empty");
+        assert_eq!(table.cells[1].values, None, "the complement of the empty cell");
+        assert!(
+            table.cells[2].values.is_none() || table.cells[3].values.is_none(),
+            "east or the total must go too: {:?}",
+            table.cells
+        );
+    }
+
+    /// Litres by age: 10-year buckets from 0 to 40, or the given edges.
+    fn by_age(name: &str, edges: &[f64]) -> TableSpec {
+        TableSpec {
+            name: name.into(),
+            dimensions: vec![Dimension { name: "age".into(), domain: Domain::Buckets(edges.to_vec()) }],
+            ..spec()
+        }
+    }
+
+    /// One batch to table `t`: entity `i` of `ids` in bucket `codes[i]`.
+    fn add_to(
+        intake: &mut TenantIntake,
+        t: usize,
+        issued: &IssuedEntities,
+        entities: &[u64],
+        codes: &[u32],
+        values: &[f64],
+    ) {
+        let batch = Contributions { entities, dimensions: &[codes], measures: &[values] };
+        intake.contribute(t, issued, &batch).unwrap();
+    }
+
+    /// A released cell's (count, sum).
+    fn count_and_sum(table: &ReleasedTable, cell: usize) -> (f64, f64) {
+        let values = table.cells[cell].values.as_ref().expect("released");
+        (values[0], values[1])
+    }
+
+    #[test]
+    fn a_person_left_out_of_a_coarse_table_cannot_be_subtracted() {
+        // Fine: ages 0-10 (the target, 50 litres, and 11 others of 5) and
+        // 10-20 (12 of 5). Coarse: 0-20. The plugin leaves the target out of
+        // the coarse table: fine 0-10 + fine 10-20 - coarse 0-20 would be
+        // the target, every cell released and nothing suppressed.
+        let fine = by_age("fine", &[0.0, 10.0, 20.0, 30.0, 40.0]);
+        let coarse = by_age("coarse", &[0.0, 20.0, 40.0]);
+        let gate = Gate::new(vec![fine, coarse], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(24);
+        let mut intake = gate.intake();
+        let codes: Vec<u32> = (0..24).map(|i| u32::from(i >= 12)).collect();
+        let mut values = vec![5.0; 24];
+        values[0] = 50.0;
+        add_to(&mut intake, 0, &issued, &ids, &codes, &values);
+        add_to(&mut intake, 1, &issued, &ids[1..], &[0; 23], &values[1..]);
+        let release = gate.release(&[intake]);
+        let (young, older) = (count_and_sum(&release.tables[0], 0), count_and_sum(&release.tables[0], 1));
+        let both = count_and_sum(&release.tables[1], 0);
+        assert_eq!(young, (12.0, 105.0));
+        assert_eq!(both, (young.0 + older.0, young.1 + older.1), "the coarse cell is the fine cells' sum");
+    }
+
+    #[test]
+    fn a_duplicate_table_that_differs_by_one_person_releases_the_same() {
+        // Two tables under identical declarations; the plugin leaves the
+        // target out of the second. Their difference would be the target.
+        let mut second = spec();
+        second.name = "fuel-again".into();
+        let gate = Gate::new(vec![spec(), second], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(24);
+        let mut intake = gate.intake();
+        let codes: Vec<u32> = (0..24).map(|i| u32::from(i >= 12)).collect();
+        let mut values = vec![5.0; 24];
+        values[0] = 50.0;
+        add_to(&mut intake, 0, &issued, &ids, &codes, &values);
+        add_to(&mut intake, 1, &issued, &ids[1..], &codes[1..], &values[1..]);
+        let release = gate.release(&[intake]);
+        assert_eq!(count_and_sum(&release.tables[0], 0), (12.0, 105.0));
+        assert_eq!(release.tables[0].cells, release.tables[1].cells);
+    }
+
+    #[test]
+    fn a_linked_table_is_derived_under_the_roots_cell_limit() {
+        // Entities in two fine cells keep one (max_cells_per_entity = 1);
+        // the coarse table counts exactly the fine cells they kept, whatever
+        // the plugin sent it.
+        let fine = by_age("fine", &[0.0, 10.0, 20.0, 30.0, 40.0]);
+        let coarse = by_age("coarse", &[0.0, 20.0, 40.0]);
+        let policy = Policy { min_entities: 2, ..Policy::default() };
+        let gate = Gate::new(vec![coarse, fine], policy, Scope::Tenant).unwrap();
+        let (issued, ids) = issued(40);
+        let mut intake = gate.intake();
+        // Entity i sends 1 to age i % 2 (0-10 or 10-20) and 2 to age
+        // 2 + i / 2 % 2 (20-30 or 30-40).
+        let young: Vec<u32> = (0..40).map(|i| i % 2).collect();
+        let old: Vec<u32> = (0..40).map(|i| 2 + i / 2 % 2).collect();
+        add_to(&mut intake, 1, &issued, &ids, &young, &[1.0; 40]);
+        add_to(&mut intake, 1, &issued, &ids, &old, &[2.0; 40]);
+        add_to(&mut intake, 0, &issued, &ids[..3], &[1; 3], &[100.0; 3]);
+        assert!(intake.table(0).is_derived() && !intake.table(1).is_derived());
+        let release = gate.release(&[intake]);
+        let (fine, coarse) = (&release.tables[1], &release.tables[0]);
+        let cells: Vec<(f64, f64)> = (0..4).map(|c| count_and_sum(fine, c)).collect();
+        assert_eq!(cells.iter().map(|c| c.0).sum::<f64>(), 40.0, "each entity kept one fine cell");
+        let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
+        assert_eq!(count_and_sum(coarse, 0), add(cells[0], cells[1]));
+        assert_eq!(count_and_sum(coarse, 1), add(cells[2], cells[3]));
     }
 
     #[test]

@@ -10,6 +10,22 @@ pub const MAX_CELLS: usize = 1 << 20;
 /// Most released cells (totals included) times released sums a table may
 /// have: bounds the gate's memory at release, about 100 bytes each.
 pub const MAX_RELEASED_SUMS: usize = 1 << 21;
+/// Most released cells (totals included) all of a plugin's tables may have
+/// together: bounds what its declarations cost the host at release.
+///
+/// Measured (`examples/release_memory.rs`, peak live heap during the
+/// release, per released cell): about 150 bytes for a table of buckets with
+/// three statistics, and 4.6 KB for the most a declaration can ask for per
+/// cell (eight dimensions of 256-byte labels, 16 summed measures, 32
+/// statistics, dominance over the 16 largest). So a plugin's release costs
+/// a tenant's run at most about 150 MB, and a benchmark about 90 MB plus
+/// 175 MB per tenant (each tenant's own values and position). Every table
+/// counts, derived ones too, whatever its family.
+pub const MAX_RELEASED_CELLS: usize = 1 << 15;
+/// Most statistics a table may release per cell.
+pub const MAX_STATISTICS: usize = 32;
+/// Longest label, bucket labels (`[lo, hi)`) included, in bytes.
+const MAX_LABEL: usize = 256;
 
 /// An output table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,12 +120,26 @@ pub enum SpecError {
     Invalid { table: String, detail: String },
     #[error("two output tables are named `{0}`")]
     DuplicateTable(String),
+    /// The tables together release more cells than a plugin may.
+    #[error(
+        "the output tables release {cells} cells in all (totals included), more than the {max} a plugin \
+         may release; declare fewer or smaller tables"
+    )]
+    TooManyReleasedCells { cells: usize, max: usize },
 }
 
 impl TableSpec {
     /// How many cells the table has (product of domain sizes).
     pub fn cell_count(&self) -> usize {
         self.dimensions.iter().map(|d| d.domain.len()).product()
+    }
+
+    /// How many cells the table releases: its cells and, with margins, every
+    /// total. Saturates rather than overflow.
+    pub fn released_cells(&self) -> usize {
+        self.dimensions
+            .iter()
+            .fold(1usize, |n, d| n.saturating_mul(d.domain.len() + usize::from(self.margins)))
     }
 
     /// The index of a measure by name.
@@ -135,7 +165,7 @@ impl TableSpec {
             match &d.domain {
                 Domain::Labels(labels) => {
                     let distinct: std::collections::BTreeSet<_> = labels.iter().collect();
-                    let bad = |l: &String| l.is_empty() || l.len() > 256 || l == crate::TOTAL_LABEL;
+                    let bad = |l: &String| l.is_empty() || l.len() > MAX_LABEL || l == crate::TOTAL_LABEL;
                     if distinct.len() != labels.len() || labels.iter().any(bad) {
                         return Err(invalid(format!(
                             "dimension `{}` has empty, long, repeated or `*` labels (`*` marks totals)",
@@ -147,6 +177,15 @@ impl TableSpec {
                     if !edges.iter().all(|e| e.is_finite()) || !edges.windows(2).all(|w| w[0] < w[1]) {
                         return Err(invalid(format!(
                             "dimension `{}` needs finite, strictly ascending edges",
+                            d.name
+                        )));
+                    }
+                    // Every released key repeats its labels (`[lo, hi)`), and
+                    // `1e300` is written out in 301 digits.
+                    let lengths: Vec<usize> = edges.iter().map(|e| e.to_string().len()).collect();
+                    if lengths.windows(2).any(|w| w[0] + w[1] + "[, )".len() > MAX_LABEL) {
+                        return Err(invalid(format!(
+                            "dimension `{}` has bucket labels longer than {MAX_LABEL} bytes",
                             d.name
                         )));
                     }
@@ -171,16 +210,15 @@ impl TableSpec {
                 return Err(invalid(format!("measure `{}` needs finite bounds with lower <= upper", m.name)));
             }
         }
-        let released: usize =
-            self.dimensions.iter().map(|d| d.domain.len() + usize::from(self.margins)).product();
+        let released = self.released_cells();
         let sums = self.summed_measures().len();
         if released.saturating_mul(sums) > MAX_RELEASED_SUMS {
             return Err(invalid(format!(
                 "releases {sums} sums over {released} cells, more than {MAX_RELEASED_SUMS} values"
             )));
         }
-        if self.statistics.is_empty() {
-            return Err(invalid("releases no statistic".into()));
+        if self.statistics.is_empty() || self.statistics.len() > MAX_STATISTICS {
+            return Err(invalid(format!("releases no statistic or more than {MAX_STATISTICS}")));
         }
         for s in &self.statistics {
             let refs: &[&String] = match s {
@@ -219,9 +257,16 @@ impl TableSpec {
     }
 }
 
-/// Validate a set of tables: each on its own, their names unique, and the
-/// tables that margins and nesting link small enough to check.
+/// Validate a set of tables: each on its own, their names unique, the cells
+/// they release together within [`MAX_RELEASED_CELLS`], and the tables that
+/// margins and nesting link small enough to check and derivable from one of
+/// them. The runtime calls this at upload.
 pub fn validate_tables(tables: &[TableSpec]) -> Result<(), SpecError> {
+    // First, as it is cheap: validating a table of a million buckets is not.
+    let cells = tables.iter().fold(0usize, |n, t| n.saturating_add(t.released_cells()));
+    if cells > MAX_RELEASED_CELLS {
+        return Err(SpecError::TooManyReleasedCells { cells, max: MAX_RELEASED_CELLS });
+    }
     let mut names = std::collections::BTreeSet::new();
     for t in tables {
         t.validate()?;
@@ -276,6 +321,8 @@ mod tests {
             (|s| s.measures[0].lower = f64::NAN, "bounds"),
             (|s| s.statistics = vec![Statistic::Sum("nope".into())], "no declared measure"),
             (|s| s.statistics.clear(), "no statistic"),
+            (|s| s.statistics = vec![Statistic::Count; 33], "more than 32"),
+            (|s| s.dimensions[0].domain = Domain::Buckets(vec![0.0, 1e300]), "longer than 256 bytes"),
             (|s| s.name = "../etc".into(), "table name"),
             (
                 |s| {
@@ -309,6 +356,51 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(expected), "`{err}` should mention `{expected}`");
         }
+    }
+
+    /// A table of `cells` buckets, and margins, linked to no other.
+    fn buckets(name: &str, cells: usize, margins: bool) -> TableSpec {
+        let mut t = spec();
+        t.name = name.into();
+        t.dimensions[0].name = name.into();
+        t.dimensions[0].domain = Domain::Buckets((0..=cells).map(|e| e as f64).collect());
+        t.margins = margins;
+        t
+    }
+
+    #[test]
+    fn the_cells_of_all_tables_count_against_one_bound() {
+        // Each table alone is well within its own limits.
+        let half = MAX_RELEASED_CELLS / 2;
+        let tables = [buckets("a", half, false), buckets("b", half - 1, false)];
+        validate_tables(&tables).unwrap();
+        for t in &tables {
+            validate_tables(std::slice::from_ref(t)).unwrap();
+        }
+        // One more cell, or a total, is over.
+        let over = [buckets("a", half, false), buckets("b", half, false), buckets("c", 1, false)];
+        let err = validate_tables(&over).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::TooManyReleasedCells { cells: MAX_RELEASED_CELLS + 1, max: MAX_RELEASED_CELLS }
+        );
+        assert!(err.to_string().contains(&format!("{} cells in all", MAX_RELEASED_CELLS + 1)), "{err}");
+        assert!(err.to_string().contains(&MAX_RELEASED_CELLS.to_string()), "{err}");
+        // 32 tables of a million cells each, as upload allowed before.
+        let many: Vec<TableSpec> = (0..32).map(|i| buckets(&format!("t{i}"), 1 << 20, false)).collect();
+        assert!(matches!(validate_tables(&many), Err(SpecError::TooManyReleasedCells { .. })));
+    }
+
+    #[test]
+    fn totals_are_released_cells_too() {
+        let mut t = spec();
+        t.dimensions = vec![
+            Dimension { name: "a".into(), domain: Domain::Labels(vec!["x".into(), "y".into()]) },
+            Dimension { name: "b".into(), domain: Domain::Buckets(vec![0.0, 1.0, 2.0, 3.0]) },
+        ];
+        assert_eq!(t.released_cells(), 6);
+        t.margins = true;
+        assert_eq!(t.released_cells(), 12);
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! that table's cells. Tables so linked form a [`Family`]; the relations of a
 //! family are a matrix `A` with `A x = 0` for the true cell values `x`.
 //!
+//! Those relations hold because the gate makes them hold: a plugin could
+//! send linked tables different people, and then subtracting one from the
+//! other would isolate them. Every family has a root, the member every other
+//! member coarsens, and the gate computes the other members from the root's
+//! contributions ([`Derivation`]), as it computes margins.
+//!
 //! A hidden cell `j` is exactly determined by the released ones if and only
 //! if the column of `j` in `A`, restricted to hidden cells, is independent of
 //! the other hidden columns (then no change of hidden values that keeps every
@@ -50,7 +56,27 @@ struct Nesting {
     coarse: usize,
     /// Per coarse dimension: the fine dimension it coarsens, and per fine
     /// code the coarse code it falls in (`None`: outside the coarse range).
-    dims: Vec<(usize, Vec<Option<usize>>)>,
+    dims: DimensionMaps,
+}
+
+/// A derived interior cell that does not exist: the root's cell lies
+/// outside the derived table's range.
+pub(crate) const OUTSIDE: u32 = u32::MAX;
+
+/// How the gate computes a linked table from its family's root: the root's
+/// per-entity slots, each mapped to the derived table's interior cell, with
+/// the derived table's measures read from the root's measures of the same
+/// name and bounds. What the plugin contributed to the derived table itself
+/// is checked and then not used.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Derivation {
+    /// Gate table index of the root.
+    pub root: usize,
+    /// Per interior cell of the root, the derived table's interior cell,
+    /// or [`OUTSIDE`].
+    pub cells: Vec<u32>,
+    /// Per measure of the derived table, the root's measure.
+    pub measures: Vec<usize>,
 }
 
 /// Tables of a run linked by margins or nesting, and their relations.
@@ -58,6 +84,9 @@ struct Nesting {
 pub(crate) struct Family {
     /// Gate table index of each member.
     pub members: Vec<usize>,
+    /// Every member but the root, by gate table index, and how the gate
+    /// derives it from the root: the one member every other coarsens.
+    pub derived: Vec<(usize, Derivation)>,
     shapes: Vec<Shape>,
     /// Where each member's cells start among the family's variables.
     offsets: Vec<usize>,
@@ -87,7 +116,7 @@ fn coarsening(coarse: &Domain, fine: &Domain) -> Option<Vec<Option<usize>>> {
 
 /// How `coarse` sums `fine`, if every dimension of `coarse` coarsens a
 /// dimension of `fine` of the same name.
-fn nesting(coarse: &TableSpec, fine: &TableSpec) -> Option<Vec<(usize, Vec<Option<usize>>)>> {
+fn nesting(coarse: &TableSpec, fine: &TableSpec) -> Option<DimensionMaps> {
     coarse
         .dimensions
         .iter()
@@ -97,6 +126,10 @@ fn nesting(coarse: &TableSpec, fine: &TableSpec) -> Option<Vec<(usize, Vec<Optio
         })
         .collect()
 }
+
+/// Per coarse dimension: the fine dimension it coarsens, and per fine code
+/// the coarse code (`None`: outside the coarse range).
+type DimensionMaps = Vec<(usize, Vec<Option<usize>>)>;
 
 /// Group the tables into families; tables with no relation are left out.
 pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
@@ -153,13 +186,14 @@ pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
                 ),
             ));
         }
+        let derived = derivations(specs, &members, &pairs).map_err(|detail| refuse(&members, detail))?;
         let member = |t: usize| members.iter().position(|&m| m == t).expect("same family");
         let nestings = pairs
             .iter()
             .filter(|(f, _, _)| members.contains(f))
             .map(|(f, c, dims)| Nesting { fine: member(*f), coarse: member(*c), dims: dims.clone() })
             .collect();
-        let mut family = Family { members, shapes, offsets, cells, nestings, relations: Vec::new() };
+        let mut family = Family { members, derived, shapes, offsets, cells, nestings, relations: Vec::new() };
         family.relations = family.build_relations();
         let rows = family.relations.len() as u128;
         if rows * rows * cells as u128 > MAX_CHECK_COST {
@@ -174,6 +208,81 @@ pub(crate) fn families(specs: &[TableSpec]) -> Result<Vec<Family>, SpecError> {
         families.push(family);
     }
     Ok(families)
+}
+
+/// The root of a family, the one member every other member coarsens, and
+/// how the gate derives every other member from it.
+///
+/// A plugin could contribute different people or values to two linked
+/// tables; the relations the exact check relies on would then be false, and
+/// subtracting one table from the other would isolate the difference. So the
+/// gate computes every linked table from the root's contributions, as it
+/// computes margins. That needs a root that refines every member and
+/// declares every member's measures with the same bounds (so the clamping
+/// and the fixed-point scale are the same); a family without one is refused.
+fn derivations(
+    specs: &[TableSpec],
+    members: &[usize],
+    pairs: &[(usize, usize, DimensionMaps)],
+) -> Result<Vec<(usize, Derivation)>, String> {
+    let dims_of = |fine: usize, coarse: usize| {
+        pairs.iter().find(|(f, c, _)| *f == fine && *c == coarse).map(|(_, _, dims)| dims)
+    };
+    let refines_all = |r: usize| members.iter().all(|&m| m == r || dims_of(r, m).is_some());
+    let candidates: Vec<usize> = members.iter().copied().filter(|&r| refines_all(r)).collect();
+    let Some(&first) = candidates.first() else {
+        return Err("are linked by their dimensions, but none of them refines all the others; the gate \
+                    derives linked tables from the finest one, so declare a table that they all coarsen"
+            .into());
+    };
+    // Per member, the root's measure of each of its measures.
+    let measures_from = |root: usize, m: usize| -> Result<Vec<usize>, String> {
+        let (from, to) = (&specs[root], &specs[m]);
+        to.measures
+            .iter()
+            .map(|wanted| {
+                from.measures
+                    .iter()
+                    .position(|have| {
+                        have.name == wanted.name && have.lower == wanted.lower && have.upper == wanted.upper
+                    })
+                    .ok_or_else(|| {
+                        format!(
+                            "the gate derives table `{}` from the linked table `{}`, which declares no measure \
+                             `{}` with bounds [{}, {}]",
+                            to.name, from.name, wanted.name, wanted.lower, wanted.upper
+                        )
+                    })
+            })
+            .collect()
+    };
+    let covering = |root: usize| members.iter().try_for_each(|&m| measures_from(root, m).map(drop));
+    let root = match candidates.iter().copied().find(|&r| covering(r).is_ok()) {
+        Some(root) => root,
+        None => return Err(covering(first).err().unwrap_or_default()),
+    };
+    let root_sizes: Vec<usize> = specs[root].dimensions.iter().map(|d| d.domain.len()).collect();
+    let root_cells: usize = root_sizes.iter().product();
+    let mut derived = Vec::new();
+    for &m in members.iter().filter(|&&m| m != root) {
+        let Some(dims) = dims_of(root, m) else { continue };
+        let sizes: Vec<usize> = specs[m].dimensions.iter().map(|d| d.domain.len()).collect();
+        let mut codes = vec![0; root_sizes.len()];
+        let cells = (0..root_cells)
+            .map(|mut interior| {
+                for d in (0..root_sizes.len()).rev() {
+                    codes[d] = interior % root_sizes[d];
+                    interior /= root_sizes[d];
+                }
+                dims.iter()
+                    .zip(&sizes)
+                    .try_fold(0usize, |cell, ((fd, map), &size)| Some(cell * size + map[codes[*fd]]?))
+                    .map_or(OUTSIDE, |cell| cell as u32)
+            })
+            .collect();
+        derived.push((m, Derivation { root, cells, measures: measures_from(root, m)? }));
+    }
+    Ok(derived)
 }
 
 /// GF(2^61 - 1): a Mersenne prime, so reduction is a shift and an add.
@@ -628,6 +737,65 @@ mod tests {
         assert_eq!(f.exposed(&hidden), vec![0]);
         f.protect(&mut hidden, &[1; 6], &[false; 6]);
         assert!(f.exposed(&hidden).is_empty());
+    }
+
+    #[test]
+    fn linked_tables_are_derived_from_the_one_that_refines_them_all() {
+        let ages = |edges: &[f64]| Domain::Buckets(edges.to_vec());
+        let coarse = table("coarse", &[("age", ages(&[0.0, 20.0, 40.0]))], true);
+        let fine =
+            table("fine", &[("region", labels(2)), ("age", ages(&[0.0, 10.0, 20.0, 30.0, 40.0]))], false);
+        let fams = families(&[coarse, fine]).unwrap();
+        let derived = &fams[0].derived;
+        assert_eq!(derived.len(), 1);
+        let (t, d) = &derived[0];
+        assert_eq!((*t, d.root, d.measures.as_slice()), (0, 1, &[0][..]));
+        // Fine interior cell (region r, age a) is 4r + a; coarse age a / 2.
+        assert_eq!(d.cells, vec![0, 0, 1, 1, 0, 0, 1, 1]);
+
+        // A coarse range narrower than the fine one: the rest is outside.
+        let narrow = table("narrow", &[("age", ages(&[10.0, 30.0]))], false);
+        let fine = table("fine", &[("age", ages(&[0.0, 10.0, 20.0, 30.0, 40.0]))], false);
+        let fams = families(&[narrow, fine]).unwrap();
+        assert_eq!(fams[0].derived[0].1.cells, vec![OUTSIDE, 0, 0, OUTSIDE]);
+    }
+
+    #[test]
+    fn linked_tables_without_one_finest_table_are_refused() {
+        // By age and region, by age and sex, by age: the last is linked to
+        // both, and neither refines the other.
+        let ages = Domain::Buckets(vec![0.0, 20.0, 40.0]);
+        let specs = [
+            table("by_region", &[("age", ages.clone()), ("region", labels(2))], false),
+            table("by_sex", &[("age", ages.clone()), ("sex", labels(2))], false),
+            table("by_age", &[("age", ages)], false),
+        ];
+        let err = families(&specs).unwrap_err().to_string();
+        assert!(err.contains("none of them refines all the others"), "{err}");
+        assert!(err.contains("by_region") && err.contains("by_sex") && err.contains("by_age"), "{err}");
+        families(&specs[..1]).unwrap();
+        families(&[specs[0].clone(), specs[2].clone()]).unwrap();
+    }
+
+    #[test]
+    fn a_linked_table_needs_its_measures_in_the_finest_one() {
+        let ages = |edges: &[f64]| Domain::Buckets(edges.to_vec());
+        let fine = table("fine", &[("age", ages(&[0.0, 10.0, 20.0]))], false);
+        let mut coarse = table("coarse", &[("age", ages(&[0.0, 20.0]))], false);
+        coarse.measures[0].upper = 2.0;
+        let err = families(&[fine.clone(), coarse.clone()]).unwrap_err().to_string();
+        assert!(err.contains("no measure `x` with bounds [0, 2]"), "{err}");
+        coarse.measures[0].name = "other".into();
+        let err = families(&[fine.clone(), coarse]).unwrap_err().to_string();
+        assert!(err.contains("no measure `other`"), "{err}");
+        // Identical declarations: the one that declares every measure is
+        // the root, whichever comes first.
+        let mut more = fine.clone();
+        more.name = "more".into();
+        more.measures.push(Measure { name: "y".into(), lower: 0.0, upper: 1.0 });
+        let fams = families(&[fine, more]).unwrap();
+        assert_eq!(fams[0].derived[0].0, 0);
+        assert_eq!(fams[0].derived[0].1.root, 1);
     }
 
     #[test]

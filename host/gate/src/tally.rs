@@ -4,9 +4,17 @@
 //! Built from every tenant's accumulator of one table. An entity's total in a
 //! cell is formed first (its slots merged, margins included) and only then
 //! counted, summed and ranked, so dominance is judged on people, not rows.
+//!
+//! Every sum here is an exact integer: i128 sums and u128 magnitudes. A
+//! released cell, a margin or a tenant's share adds up each contribution at
+//! most once, and each is at most 2^40, so no sum passes 2^40 times the
+//! rows of all tenants together: far inside 2^127 for any number of rows a
+//! host could take (2^64 rows would still leave a factor of 2^23). Integer
+//! addition in any order gives the same result.
 
 use crate::accumulator::TableAccumulator;
 use crate::shape::Shape;
+use crate::suppression::{Derivation, OUTSIDE};
 
 /// Per released cell statistics of one table.
 #[derive(Debug)]
@@ -46,16 +54,21 @@ impl Tally {
     /// Tally one table over every tenant's accumulator. Only the measures in
     /// `summed` (those whose sums are released) are tracked; `n` is how many
     /// of the largest contributors to keep; the largest tenants are kept
-    /// only when `by_tenant`.
+    /// only when `by_tenant`. With a `derivation`, the accumulators are
+    /// those of the family's root, and each slot counts in the derived
+    /// table's cell it falls in, with the root's measures of the same name.
     pub fn new(
         shape: &Shape,
         tenants: &[&TableAccumulator],
         summed: &[usize],
+        derivation: Option<&Derivation>,
         n: usize,
         by_tenant: bool,
     ) -> Tally {
         let cells = shape.count();
-        let measures = tenants.first().map_or(0, |t| t.spec.measures.len());
+        let measures = summed.iter().max().map_or(0, |&m| m + 1);
+        // The measure each tracked sum reads from a slot.
+        let read: Vec<usize> = summed.iter().map(|&m| derivation.map_or(m, |d| d.measures[m])).collect();
         let mut position = vec![None; measures];
         summed.iter().enumerate().for_each(|(k, &m)| position[m] = Some(k));
         let tracked = summed.len();
@@ -86,14 +99,22 @@ impl Tally {
                 own_cells.clear();
                 own_sums.clear();
                 for (cell, sums) in slots {
-                    shape.covering(shape.cell_of_interior(cell), &mut covering);
+                    let interior = match derivation {
+                        None => cell,
+                        Some(d) => match d.cells[cell] {
+                            OUTSIDE => continue,
+                            derived => derived as usize,
+                        },
+                    };
+                    shape.covering(shape.cell_of_interior(interior), &mut covering);
                     for &c in &covering {
                         own_cells.push(c);
-                        own_sums.extend(summed.iter().map(|&m| i128::from(sums[m])));
+                        own_sums.extend(read.iter().map(|&m| sums.get(m)));
                     }
                 }
                 // Cells of one slot are distinct; several slots may share a
-                // margin, which must count the entity once with its total.
+                // margin (or, derived, a coarser cell), which must count the
+                // entity once with its total.
                 order.clear();
                 order.extend(0..own_cells.len());
                 order.sort_unstable_by_key(|&i| own_cells[i]);
@@ -141,6 +162,18 @@ impl Tally {
             touched.clear();
         }
         tally
+    }
+
+    /// Free what only the primary rules read (magnitudes and the largest
+    /// contributors): a run keeps every table's tally until it is released,
+    /// a benchmark one per tenant too, and these lists are most of a tally
+    /// (16 bytes per cell, summed measure and contributor ranked).
+    /// [`Tally::magnitude`], [`Tally::top_entities`] and
+    /// [`Tally::top_tenants`] are not to be called after this.
+    pub fn forget_contributors(&mut self) {
+        self.magnitude = Vec::new();
+        self.top_entities = Vec::new();
+        self.top_tenants = Vec::new();
     }
 
     fn index(&self, cell: usize, m: usize) -> usize {

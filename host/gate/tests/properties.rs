@@ -12,7 +12,13 @@
 //! - no suppressed cell can be worked out by adding and subtracting released
 //!   cells of the same run: an exact rational linear-algebra check, written
 //!   here from the tables' structure (margins and nesting), derives each
-//!   suppressed cell's recoverability twice, by two different routes.
+//!   suppressed cell's recoverability twice, by two different routes;
+//! - nor, for a suppressed cell that holds someone, by adding and
+//!   subtracting released cells and the cells no contribution reached,
+//!   which the plugin's author knows to be empty (computed here from the
+//!   rows, not from the release);
+//! - linked tables are what the finest one's contributions give, whatever a
+//!   plugin sends the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -819,7 +825,33 @@ fn check_linked(
         linked.describe(&determined),
         linked.describe(&(0..hidden.len()).filter(|&v| hidden[v]).collect())
     );
+    // The plugin's author knows which cells it left empty: with those as
+    // known values, still no suppressed cell that holds someone is
+    // determined.
+    let empty = empty_cells(&linked, contributions);
+    let unknown: Vec<bool> = hidden.iter().zip(&empty).map(|(&h, &e)| h && !e).collect();
+    let determined = linked.determined(&unknown);
+    prop_assert!(
+        determined.is_empty(),
+        "suppressed cells recoverable from released and empty ones: {:?}\nsuppressed: {:?}\nempty: {:?}",
+        linked.describe(&determined),
+        linked.describe(&(0..unknown.len()).filter(|&v| unknown[v]).collect()),
+        linked.describe(&(0..empty.len()).filter(|&v| empty[v]).collect())
+    );
     Ok(())
+}
+
+/// The released cells that no contribution reached, across the tables:
+/// known to be empty by whoever wrote the plugin.
+fn empty_cells(linked: &Linked, contributions: &[(usize, f64, f64)]) -> Vec<bool> {
+    let mut reached = vec![false; linked.atoms.count()];
+    contributions.iter().for_each(|&(atom, _, _)| reached[atom] = true);
+    (0..linked.vars())
+        .map(|v| {
+            let (t, cell) = linked.locate(v);
+            linked.atoms_of(t, cell).iter().all(|&a| !reached[a])
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -966,6 +998,32 @@ fn sparse(sizes: impl Strategy<Value = Vec<usize>>) -> impl Strategy<Value = Spa
         let atoms: usize = sizes.iter().product();
         prop::collection::vec((0..atoms, exact_value(), exact_value()), 0..=atoms * 8)
             .prop_map(move |rows| Sparse { sizes: sizes.clone(), policy: policy.clone(), rows })
+    })
+}
+
+/// A table whose cells are often empty, often below k and often well
+/// above it: per atom, no entity, 1 to 9, or 12 to 25, each entity with
+/// its own values.
+fn with_empty_cells(sizes: impl Strategy<Value = Vec<usize>>) -> impl Strategy<Value = Sparse> {
+    let policy = (5u32..=10, 1u32..=3, 60u32..=100).prop_map(|(k, n, percent)| Policy {
+        min_entities: k,
+        dominance: Dominance { n, percent: f64::from(percent) },
+        max_cells_per_entity: 1,
+        ..Policy::default()
+    });
+    (sizes, policy).prop_flat_map(|(sizes, policy)| {
+        let atoms: usize = sizes.iter().product();
+        let count = prop_oneof![3 => Just(0usize), 2 => 1usize..=9, 4 => 12usize..=25];
+        let entities = count.prop_flat_map(|n| prop::collection::vec((exact_value(), exact_value()), n));
+        prop::collection::vec(entities, atoms).prop_map(move |per_atom| Sparse {
+            sizes: sizes.clone(),
+            policy: policy.clone(),
+            rows: per_atom
+                .iter()
+                .enumerate()
+                .flat_map(|(atom, values)| values.iter().map(move |&(x, y)| (atom, x, y)))
+                .collect(),
+        })
     })
 }
 
@@ -1167,6 +1225,66 @@ proptest! {
     fn nested_tables_leave_nothing_recoverable(n in nested()) {
         let (specs, fine) = n.specs();
         check_linked(&specs, fine, &n.policy, &n.rows)?;
+    }
+
+    /// A hostile plugin sends the tables linked to the finest one other
+    /// people and values than the finest: it leaves some out, changes
+    /// others and adds strangers. What is released is what the finest
+    /// table's contributions give, so the relations the check relies on
+    /// hold and no difference between linked tables isolates anyone.
+    #[test]
+    fn linked_tables_follow_the_finest_one_whatever_the_plugin_sends_them(
+        n in nested(),
+        seed in any::<u64>(),
+        strangers in prop::collection::vec((0usize..64, exact_value(), exact_value()), 0..24),
+    ) {
+        let n = Nested { fine_first: true, ..n };
+        let (specs, fine) = n.specs();
+        let linked = Linked::new(&specs, fine);
+        let honest = rows_of(&linked, &n.rows);
+        let mut hostile = Vec::new();
+        for r in &honest {
+            let mut r = r.clone();
+            if r.table != fine {
+                match pseudonym(r.table, r.entity ^ seed) % 4 {
+                    0 => continue,
+                    1 => r.x = -r.x + 1.0,
+                    _ => {}
+                }
+            }
+            hostile.push(r);
+        }
+        let atoms = linked.atoms.count();
+        for (i, &(atom, x, y)) in strangers.iter().enumerate() {
+            for t in (0..specs.len()).filter(|&t| t != fine) {
+                if let Some(codes) = linked.image(t, atom % atoms) {
+                    let codes = codes.iter().map(|&c| c as u32).collect();
+                    hostile.push(Row { tenant: 0, table: t, entity: 1_000_000 + i as u64, codes, x, y });
+                }
+            }
+        }
+        let expected = run(&specs, &n.policy, Scope::Tenant, &honest, 7, &[0]);
+        let released = run(&specs, &n.policy, Scope::Tenant, &hostile, 7, &[0]);
+        prop_assert_eq!(&released.release, &expected.release);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// The attacker's case: 5 x 5 tables with margins, cells empty, small
+    /// and of 12 to 25 people. Checked by this file's own rational
+    /// arithmetic, with the empty cells as known values.
+    #[test]
+    fn tables_with_empty_cells_leave_nothing_recoverable(s in with_empty_cells(Just(vec![5, 5]))) {
+        check_linked(&[grid_table(&s.sizes, true)], 0, &s.policy, &s.rows)?;
+    }
+
+    #[test]
+    fn smaller_tables_with_empty_cells_leave_nothing_recoverable(
+        s in with_empty_cells(prop::collection::vec(2usize..=4, 1..=3))
+    ) {
+        check_linked(&[grid_table(&s.sizes, true)], 0, &s.policy, &s.rows)?;
     }
 }
 
