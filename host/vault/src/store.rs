@@ -62,6 +62,8 @@ pub enum VaultError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("metadata store: {0}")]
     Metadata(Box<redb::Error>),
+    #[error("{path} is damaged ({detail}): restore the data directory from a backup")]
+    DamagedMetadata { path: PathBuf, detail: String },
     #[error("metadata record is unreadable: {0}")]
     Record(postcard::Error),
     #[error("{dataset} v{version}, chunk {chunk}: {detail}")]
@@ -82,6 +84,31 @@ pub enum VaultError {
 
 pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
     VaultError::Metadata(Box::new(e.into()))
+}
+
+/// Whether redb's error says its file is damaged (rather than, say, not
+/// readable by this user).
+fn is_damage(error: &redb::Error) -> bool {
+    use std::io::ErrorKind;
+    match error {
+        redb::Error::Corrupted(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_) => true,
+        redb::Error::Io(e) => matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData),
+        _ => false,
+    }
+}
+
+/// Whether `chunks` holds a tenant's directory.
+fn holds_tenant_chunks(chunks: &Path) -> Result<bool, VaultError> {
+    for entry in std::fs::read_dir(chunks).map_err(io(chunks))? {
+        let entry = entry.map_err(io(chunks))?;
+        if entry.file_name().to_str().is_some_and(is_uid) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
@@ -176,12 +203,34 @@ pub struct Vault {
 
 pub(crate) struct VaultInner {
     pub(crate) dir: PathBuf,
-    pub(crate) db: Database,
+    pub(crate) db: MetadataStore,
     pub(crate) kek: RwLock<KeyEncryptionKey>,
     /// Shared by backups, exclusive for deleting files: a backup only ever
     /// copies files that stay.
     pub(crate) deletions: RwLock<()>,
     _temporary: Option<tempfile::TempDir>,
+}
+
+/// The open `kanon.redb`, closed under `catch_unwind`: redb writes its
+/// allocator state as it closes and panics on some damage there.
+pub(crate) struct MetadataStore(Option<Database>);
+
+impl std::ops::Deref for MetadataStore {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("only dropping takes the database")
+    }
+}
+
+impl Drop for MetadataStore {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take()
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err()
+        {
+            tracing::error!("closing {DATABASE_FILE} failed: it may be damaged");
+        }
+    }
 }
 
 impl std::fmt::Debug for VaultInner {
@@ -234,13 +283,67 @@ impl Vault {
         Self::open_inner(&dir, KeyEncryptionKey::generate(), Some(temp))
     }
 
+    /// Open the metadata store and collect garbage. A damaged `kanon.redb`
+    /// is a [`VaultError::DamagedMetadata`]: redb panics on some damage (a
+    /// truncated file, a length field gone wrong), so the whole open runs
+    /// under `catch_unwind`, and it opens one table of the write
+    /// transaction at a time (a redb table dropped while another one's
+    /// opening panics aborts the process). Opening reads every tenant and
+    /// version record, so damage in them shows here, not later.
     fn open_inner(
         dir: &Path,
         kek: KeyEncryptionKey,
         temporary: Option<tempfile::TempDir>,
     ) -> Result<Self, VaultError> {
-        std::fs::create_dir_all(dir.join(CHUNKS_DIR)).map_err(io(dir))?;
-        let db = Database::create(dir.join(DATABASE_FILE)).map_err(|e| match e {
+        let chunks = dir.join(CHUNKS_DIR);
+        std::fs::create_dir_all(&chunks).map_err(io(dir))?;
+        let path = dir.join(DATABASE_FILE);
+        // redb makes a fresh store of a missing or empty file, and the
+        // garbage collection would then delete every chunk it does not name.
+        let lost = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if lost && holds_tenant_chunks(&chunks)? {
+            return Err(VaultError::DamagedMetadata {
+                path,
+                detail: "missing or empty, while chunks/ holds tenant data".into(),
+            });
+        }
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = Self::open_database(dir, &path, &kek)?;
+            let vault = Self {
+                inner: Arc::new(VaultInner {
+                    dir: dir.to_owned(),
+                    db: MetadataStore(Some(db)),
+                    kek: RwLock::new(kek),
+                    deletions: RwLock::new(()),
+                    _temporary: temporary,
+                }),
+            };
+            let removed = vault.collect_garbage()?;
+            Ok::<_, VaultError>((vault, removed))
+        }));
+        let damaged = |detail: String| VaultError::DamagedMetadata { path: path.clone(), detail };
+        let (vault, removed) = match opened {
+            Ok(Ok(opened)) => opened,
+            Err(panic) => {
+                let what = crate::ingest::panic_message(&*panic);
+                return Err(damaged(format!("redb failed reading it: {}", crate::ingest::truncate(what))));
+            }
+            Ok(Err(VaultError::Metadata(e))) if is_damage(&e) => return Err(damaged(e.to_string())),
+            // The key check passed, so a record that does not open or
+            // decode was altered.
+            Ok(Err(e @ (VaultError::Record(_) | VaultError::Seal(_)))) => return Err(damaged(e.to_string())),
+            Ok(Err(e)) => return Err(e),
+        };
+        if removed > 0 {
+            tracing::info!(removed, "deleted the chunks of writes that never committed");
+        }
+        Ok(vault)
+    }
+
+    /// Open `path`, check the key against it (storing its check if new)
+    /// and make sure the tables exist.
+    fn open_database(dir: &Path, path: &Path, kek: &KeyEncryptionKey) -> Result<Database, VaultError> {
+        let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse(dir.to_owned()),
             other => db_err(other),
         })?;
@@ -255,24 +358,12 @@ impl Vault {
                     meta.insert(KEY_CHECK, kek.check_value().as_slice()).map_err(db_err)?;
                 }
             }
-            txn.open_table(TENANTS).map_err(db_err)?;
-            txn.open_table(VERSIONS).map_err(db_err)?;
         }
+        // One at a time: see `open_inner`.
+        drop(txn.open_table(TENANTS).map_err(db_err)?);
+        drop(txn.open_table(VERSIONS).map_err(db_err)?);
         txn.commit().map_err(db_err)?;
-        let vault = Self {
-            inner: Arc::new(VaultInner {
-                dir: dir.to_owned(),
-                db,
-                kek: RwLock::new(kek),
-                deletions: RwLock::new(()),
-                _temporary: temporary,
-            }),
-        };
-        let removed = vault.collect_garbage()?;
-        if removed > 0 {
-            tracing::info!(removed, "deleted the chunks of writes that never committed");
-        }
-        Ok(vault)
+        Ok(db)
     }
 
     /// The data directory.
@@ -1139,5 +1230,87 @@ mod tests {
             "{err}"
         );
         assert!(vault.datasets("t").is_err(), "nothing was stored");
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::*;
+
+    fn csv_reader(text: &str) -> Box<dyn ChunkReader> {
+        let csv = std::io::Cursor::new(text.as_bytes().to_vec());
+        crate::open_stream(crate::InputFormat::Csv, "t.csv", csv, &crate::IngestOptions::entity("id"))
+            .unwrap()
+    }
+
+    fn chunk_files(dir: &Path) -> usize {
+        fn count(path: &Path) -> usize {
+            std::fs::read_dir(path).map_or(1, |entries| entries.map(|e| count(&e.unwrap().path())).sum())
+        }
+        count(&dir.join(CHUNKS_DIR))
+    }
+
+    /// A `kanon.redb` cut short at many offsets, or with bytes flipped, or
+    /// gone: opening the vault never panics, and a damaged file is named
+    /// as damaged with a pointer to the backups, without deleting any
+    /// chunk. The original opens again afterwards, in the same process.
+    #[test]
+    fn a_damaged_metadata_store_is_an_error_naming_it_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = KeyEncryptionKey::generate();
+        {
+            let vault = Vault::open(dir.path(), kek.clone()).unwrap();
+            for dataset in ["a", "b", "c"] {
+                let reader = csv_reader("id,x\ne1,1\ne2,2\n");
+                vault.ingest("acme", dataset, WriteMode::Replace, reader, "t.csv").unwrap();
+            }
+        }
+        let db = dir.path().join(DATABASE_FILE);
+        let original = std::fs::read(&db).unwrap();
+        let files = chunk_files(dir.path());
+        let open = |bytes: Option<&[u8]>| {
+            match bytes {
+                Some(bytes) => std::fs::write(&db, bytes).unwrap(),
+                None => std::fs::remove_file(&db).unwrap(),
+            }
+            let opened = std::panic::catch_unwind(|| {
+                Vault::open(dir.path(), kek.clone()).and_then(|vault| vault.datasets("acme").map(|_| ()))
+            });
+            assert_eq!(chunk_files(dir.path()), files, "no chunk was deleted");
+            opened.map_err(|_| "panicked")
+        };
+        let damaged = |outcome: Result<Result<(), VaultError>, &str>, what: &str| match outcome {
+            Ok(Err(e @ VaultError::DamagedMetadata { .. })) => {
+                let message = e.to_string();
+                assert!(message.contains("kanon.redb is damaged"), "{what}: {message}");
+                assert!(message.ends_with("restore the data directory from a backup"), "{message}");
+                assert!(message.len() < 400, "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        let len = original.len();
+        let mut cuts: Vec<usize> = (0..len).step_by(len / 40).collect();
+        cuts.extend([1, 16, 100, 511, 4096, 4097, len - 1]);
+        for cut in cuts {
+            damaged(open(Some(&original[..cut])), &format!("cut at {cut}"));
+        }
+        damaged(open(None), "removed");
+        // Some flips hit free pages and change nothing.
+        let mut flips = 0;
+        for at in (0..len).step_by(997) {
+            let mut bytes = original.clone();
+            bytes[at..(at + 64).min(len)].iter_mut().for_each(|b| *b ^= 0x5a);
+            match open(Some(&bytes)) {
+                Ok(Ok(())) => {}
+                outcome => {
+                    damaged(outcome, &format!("flip at {at}"));
+                    flips += 1;
+                }
+            }
+        }
+        assert!(flips > 5, "{flips} flips were noticed");
+        open(Some(&original)).unwrap().unwrap();
+        let vault = Vault::open(dir.path(), kek).unwrap();
+        assert_eq!(vault.datasets("acme").unwrap().len(), 3);
     }
 }
