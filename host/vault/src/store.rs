@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::IngestError;
 use crate::chunk::{self, SegmentError};
 use crate::ingest::ChunkReader;
+use crate::ingest::truncate;
 use crate::schema::Schema;
 use crate::sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SealError};
 use crate::table::{Column, Table};
@@ -245,7 +246,7 @@ fn check_name(name: &str) -> Result<&str, VaultError> {
     let ok = name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok { Ok(name) } else { Err(VaultError::BadName(name.to_owned())) }
+    if ok { Ok(name) } else { Err(VaultError::BadName(truncate(name))) }
 }
 
 pub(crate) fn random_uid() -> String {
@@ -326,7 +327,7 @@ impl Vault {
             Ok(Ok(opened)) => opened,
             Err(panic) => {
                 let what = crate::ingest::panic_message(&*panic);
-                return Err(damaged(format!("redb failed reading it: {}", crate::ingest::truncate(what))));
+                return Err(damaged(format!("redb failed reading it: {}", truncate(what))));
             }
             Ok(Err(VaultError::Metadata(e))) if is_damage(&e) => return Err(damaged(e.to_string())),
             // The key check passed, so a record that does not open or
@@ -436,7 +437,7 @@ impl Vault {
     /// The secret `tenant`'s run pseudonyms derive from (with the run id).
     pub fn pseudonym_secret(&self, tenant: &str) -> Result<[u8; 32], VaultError> {
         let record =
-            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(truncate(tenant)))?;
         Ok(self.data_key(tenant, &record)?.pseudonym_secret())
     }
 
@@ -486,7 +487,7 @@ impl Vault {
     /// The tenant's record and data key.
     fn tenant(&self, tenant: &str) -> Result<(TenantRecord, DataKey), VaultError> {
         let record =
-            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(truncate(tenant)))?;
         let key = self.data_key(tenant, &record)?;
         Ok((record, key))
     }
@@ -515,7 +516,10 @@ impl Vault {
         let mut chunks = match (mode, &latest) {
             (WriteMode::Replace, _) => Vec::new(),
             (WriteMode::Append, None) => {
-                return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+                return Err(VaultError::UnknownDataset {
+                    tenant: truncate(tenant),
+                    dataset: truncate(dataset),
+                });
             }
             (WriteMode::Append, Some(base)) => {
                 if let Some(detail) = schema_difference(&base.schema, reader.schema()) {
@@ -612,7 +616,7 @@ impl Vault {
                 }
                 tenants.insert(tenant, encode(&tenant_record).as_slice()).map_err(db_err)?;
             } else if !now_exists {
-                return Err(VaultError::UnknownTenant(tenant.into()));
+                return Err(VaultError::UnknownTenant(truncate(tenant)));
             }
             let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
             let newest = versions
@@ -660,7 +664,7 @@ impl Vault {
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let records = Self::version_records(&txn, &key, tenant, dataset)?;
         if records.is_empty() {
-            return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+            return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
         }
         Ok(records.iter().map(|r| info(tenant, dataset, r)).collect())
     }
@@ -682,7 +686,7 @@ impl Vault {
         let (record, key) = self.tenant(tenant)?;
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let mut records = Self::version_records(&txn, &key, tenant, dataset)?;
-        let unknown = || VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() };
+        let unknown = || VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) };
         let found = match version {
             None => records.pop().ok_or_else(unknown)?,
             Some(v) => {
@@ -726,7 +730,7 @@ impl Vault {
                 .collect::<Result<_, _>>()?
         };
         let Some(latest) = records.last().cloned() else {
-            return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+            return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
         };
         txn.commit().map_err(db_err)?;
         let dirs: HashSet<&String> = records.iter().flat_map(|r| r.chunks.iter().map(|c| &c.dir)).collect();
@@ -747,7 +751,7 @@ impl Vault {
             let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
             let record: TenantRecord = match tenants.remove(tenant).map_err(db_err)? {
                 Some(v) => decode(v.value())?,
-                None => return Err(VaultError::UnknownTenant(tenant.to_owned())),
+                None => return Err(VaultError::UnknownTenant(truncate(tenant))),
             };
             let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
             let erased = versions
@@ -826,7 +830,7 @@ fn schema_difference(base: &Schema, next: &Schema) -> Option<String> {
     let describe = |s: &Schema| {
         s.fields
             .iter()
-            .map(|f| format!("{} {:?} {}", f.name, f.classification, f.column_type))
+            .map(|f| format!("{} {:?} {}", truncate(&f.name), f.classification, f.column_type))
             .collect::<Vec<_>>()
     };
     let (a, b) = (describe(base), describe(next));
@@ -966,13 +970,13 @@ impl DatasetVersion {
         for (shown, column) in names {
             let index = stored.index_of(column).ok_or_else(|| VaultError::UnknownColumn {
                 dataset: self.inner.dataset.clone(),
-                column: column.clone(),
+                column: truncate(column),
             })?;
             // An empty name would find the unnamed columns.
             let detail = if shown.is_empty() {
-                format!("column `{column}` is mapped to an empty name")
+                format!("column `{}` is mapped to an empty name", truncate(column))
             } else if !fields[index].name.is_empty() {
-                format!("column `{column}` is mapped twice")
+                format!("column `{}` is mapped twice", truncate(column))
             } else {
                 String::new()
             };
@@ -1201,6 +1205,44 @@ mod tests {
         assert!(bad(&[("a", "nope")]).contains("no column `nope`"));
         assert!(bad(&[("a", "liters"), ("b", "liters")]).contains("mapped twice"));
         assert!(bad(&[("", "liters")]).contains("empty name"));
+    }
+
+    /// A name the caller gives (tenant, dataset, a column to map or scan)
+    /// comes back in an error cut to a short quote.
+    #[test]
+    fn errors_quote_a_short_cut_of_the_names_given() {
+        let vault = Vault::temporary().unwrap();
+        let csv = std::io::Cursor::new(b"id,x\ne1,1\n".to_vec());
+        let reader =
+            crate::open_stream(crate::InputFormat::Csv, "t.csv", csv, &crate::IngestOptions::entity("id"))
+                .unwrap();
+        vault.ingest("acme", "d", WriteMode::Replace, reader, "t.csv").unwrap();
+        let long = "é".repeat(5000);
+        let stored = vault.dataset("acme", "d", None).unwrap();
+        let mapping = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|&(a, b)| (a.into(), b.into())).collect()
+        };
+        let key = crate::PseudonymKey::for_run(&[7; 32], b"run");
+        let errors = [
+            vault.datasets(&long).unwrap_err().to_string(),
+            vault.dataset("acme", &long, None).unwrap_err().to_string(),
+            vault.pseudonym_secret(&long).unwrap_err().to_string(),
+            stored.with_column_names(&mapping(&[("a", &long)])).unwrap_err().to_string(),
+            crate::Scan::new(stored.clone(), &[&long], 10, key).unwrap_err().to_string(),
+        ];
+        for err in errors {
+            assert!(err.len() < 300 && err.contains('…'), "{} bytes: {err}", err.len());
+        }
+        let append = format!("id,{long}\ne1,1\n");
+        let reader = crate::open_stream(
+            crate::InputFormat::Csv,
+            "t.csv",
+            std::io::Cursor::new(append.into_bytes()),
+            &crate::IngestOptions::entity("id"),
+        )
+        .unwrap();
+        let err = vault.ingest("acme", "d", WriteMode::Append, reader, "t.csv").unwrap_err().to_string();
+        assert!(err.len() < 400 && err.contains('…'), "{} bytes: {err}", err.len());
     }
 
     /// The parser thread is joined on every path, and its panic is reported
