@@ -25,7 +25,7 @@ use arrow_buffer::ScalarBuffer;
 use arrow_schema::{ArrowError, DataType, TimeUnit};
 
 use crate::IngestError;
-use crate::ingest::{self, ChunkReader, IngestOptions};
+use crate::ingest::{self, ChunkReader, IngestOptions, InputLimits};
 use crate::schema::{Classification, ColumnType, Schema};
 use crate::table::{Table, TableBuilder};
 use crate::timestamp::{TIMESTAMP_RANGE, format_timestamp};
@@ -67,7 +67,7 @@ impl ArrowReader {
     pub fn parquet(source: &str, file: File, options: &IngestOptions) -> Result<Self, IngestError> {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let invalid = |e: parquet::errors::ParquetError| {
-            IngestError::whole(source, format!("not a readable Parquet file: {e}"))
+            IngestError::whole(source, format!("not a readable Parquet file: {}", ingest::message(&e)))
         };
         let batch_rows = options.chunk_rows.clamp(1, 1 << 16);
         let (schema, batches) = guarded(source, || {
@@ -106,10 +106,14 @@ impl ArrowReader {
             message: Vec::new(),
             served: 0,
             ended: false,
+            max_columns: options.limits.max_columns,
         };
         let reader = guarded(source, || {
             arrow_ipc::reader::StreamReader::try_new(input, None).map_err(|e| {
-                IngestError::whole(source, format!("not a readable Arrow IPC file or stream: {e}"))
+                IngestError::whole(
+                    source,
+                    format!("not a readable Arrow IPC file or stream: {}", ingest::message(&e)),
+                )
             })
         })?;
         let schema = reader.schema();
@@ -123,18 +127,20 @@ impl ArrowReader {
         options: &IngestOptions,
     ) -> Result<Self, IngestError> {
         let names: Vec<String> = arrow_schema.fields().iter().map(|f| f.name().clone()).collect();
+        ingest::check_columns(source, names.iter().map(String::as_str), &options.limits)?;
         let mut types = Vec::with_capacity(names.len());
         for field in arrow_schema.fields() {
-            let column_type = column_type(field.data_type()).ok_or_else(|| IngestError {
-                column: Some(field.name().clone()),
-                ..IngestError::whole(
+            let column_type = column_type(field.data_type()).ok_or_else(|| {
+                // A nested type's text names its fields: quote only so much.
+                let data_type = ingest::truncate(&field.data_type().to_string());
+                IngestError::whole(
                     source,
                     format!(
-                        "its type {} is not one kanon stores (int, float, bool, text, timestamp): \
-                         cast or flatten it first",
-                        field.data_type()
+                        "its type {data_type} is not one kanon stores (int, float, bool, text, timestamp): \
+                         cast or flatten it first"
                     ),
                 )
+                .in_column(field.name())
             })?;
             types.push(column_type);
         }
@@ -152,7 +158,7 @@ impl ArrowReader {
     /// Push row `row` of a batch's cells and end it.
     fn push_row(&mut self, cells: &[Cells], row: usize) -> Result<(), IngestError> {
         for (i, cell) in cells.iter().enumerate() {
-            if let Err(detail) = push_cell(&mut self.builder, i, cell, row) {
+            if let Err(detail) = push_cell(&mut self.builder, i, cell, row, &self.options.limits) {
                 let field = &self.builder.schema().fields[i];
                 let data_row = self.rows_before + row as u64 + 1;
                 return Err(IngestError::at(&self.source, data_row, None, &field.name, detail));
@@ -185,7 +191,11 @@ impl ArrowReader {
                         let batch = batch.map_err(|e| {
                             IngestError::whole(
                                 &self.source,
-                                format!("cannot decode the rows after row {}: {e}", self.rows_before),
+                                format!(
+                                    "cannot decode the rows after row {}: {}",
+                                    self.rows_before,
+                                    ingest::message(&e)
+                                ),
                             )
                         })?;
                         let mut cells = Vec::with_capacity(batch.num_columns());
@@ -247,6 +257,8 @@ struct CheckedIpcStream<R> {
     served: usize,
     /// Past the end-of-stream marker (a file's footer follows it).
     ended: bool,
+    /// Most fields the schema may have: refused before arrow-ipc decodes it.
+    max_columns: usize,
 }
 
 impl<R: Read> Read for CheckedIpcStream<R> {
@@ -283,6 +295,13 @@ impl<R: Read> CheckedIpcStream<R> {
         let metadata = self.message[self.message.len() - length as usize..].to_vec();
         let message =
             arrow_ipc::root_as_message(&metadata).map_err(|e| invalid(format!("bad message header: {e}")))?;
+        let columns = message.header_as_schema().and_then(|s| s.fields()).map_or(0, |f| f.len());
+        if columns > self.max_columns {
+            return Err(invalid(format!(
+                "the schema has {columns} columns, over the limit of {}",
+                self.max_columns
+            )));
+        }
         let batch = message
             .header_as_record_batch()
             .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
@@ -364,7 +383,10 @@ fn cut_short() -> std::io::Error {
 fn guarded<T>(source: &str, decode: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
         let what = ingest::panic_message(&*panic);
-        Err(IngestError::whole(source, format!("the file is malformed: its decoder failed ({what})")))
+        Err(IngestError::whole(
+            source,
+            format!("the file is malformed: its decoder failed ({})", ingest::message(&what)),
+        ))
     })
 }
 
@@ -543,7 +565,13 @@ impl Cells {
 
 /// Push row `row` of `cells` into column `i`. A value of the column's own
 /// type goes in as it is; any other through its text form, as CSV would.
-fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) -> Result<(), String> {
+fn push_cell(
+    builder: &mut TableBuilder,
+    i: usize,
+    cells: &Cells,
+    row: usize,
+    limits: &InputLimits,
+) -> Result<(), String> {
     let field = &builder.schema().fields[i];
     let entity = field.classification == Classification::Entity;
     // NaN is how pandas writes a missing float.
@@ -592,8 +620,10 @@ fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) ->
             builder.push_f64(i, values[row] as f64 / 10f64.powi(i32::from(*scale)))
         }
         (Values::Text(t), ColumnType::Text) => {
+            let value = t.value(row);
+            ingest::check_field(value, limits)?;
             // Trimmed, as the CSV reader trims.
-            let value = t.value(row).trim();
+            let value = value.trim();
             if entity && value.is_empty() {
                 return Err("the entity column is empty".into());
             }
@@ -611,7 +641,7 @@ fn push_cell(builder: &mut TableBuilder, i: usize, cells: &Cells, row: usize) ->
                 Values::Text(t) => t.value(row).to_owned(),
                 Values::Null => unreachable!("handled above"),
             };
-            return ingest::push_text_value(builder, i, &text);
+            return ingest::push_text_value(builder, i, &text, limits);
         }
     }
     Ok(())
@@ -1227,5 +1257,66 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Parquet and Arrow IPC are held to the same column limit as CSV; IPC's
+    /// schema is refused before arrow-ipc decodes it.
+    #[test]
+    fn the_column_count_is_capped() {
+        let wide = |n: usize| {
+            let mut columns: Vec<(String, ArrayRef)> =
+                vec![("customer".into(), Arc::new(StringArray::from(vec!["a", "b"])))];
+            columns.extend(
+                (1..n).map(|i| (format!("c{i}"), Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef)),
+            );
+            RecordBatch::try_from_iter(columns).unwrap()
+        };
+        let limits = InputLimits { max_columns: 10, ..InputLimits::default() };
+        let options = IngestOptions { limits, ..options(100) };
+        let file = parquet_file(&[wide(10)], Compression::UNCOMPRESSED);
+        assert!(ArrowReader::parquet("in.parquet", file.reopen().unwrap(), &options).is_ok());
+        let file = parquet_file(&[wide(11)], Compression::UNCOMPRESSED);
+        let err = ArrowReader::parquet("in.parquet", file.reopen().unwrap(), &options).unwrap_err();
+        assert_eq!(err.to_string(), "in.parquet: the input has 11 columns, over the limit of 10");
+        for file_format in [true, false] {
+            let bytes = ipc_bytes(&[wide(10)], file_format);
+            assert!(ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options).is_ok());
+            let bytes = ipc_bytes(&[wide(11)], file_format);
+            let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options).unwrap_err();
+            assert!(err.to_string().ends_with("the schema has 11 columns, over the limit of 10"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_long_value_or_name_is_refused_and_quoted_short() {
+        let limits = InputLimits { max_field_bytes: 1 << 10, ..InputLimits::default() };
+        let limited = IngestOptions { limits, ..options(100) };
+        let long = "é".repeat(5000);
+        let values = batch(vec![
+            ("customer", Arc::new(StringArray::from(vec!["a", "b"]))),
+            ("note", Arc::new(StringArray::from(vec!["short".to_owned(), "n".repeat(2000)]))),
+        ]);
+        let bytes = ipc_bytes(&[values], true);
+        let err = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &limited)
+            .and_then(|mut reader| read_all(&mut reader))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "in.arrow, row 2, column `note`: the value takes 2000 bytes, over the limit of 1 KiB"
+        );
+
+        // A nested type, its field named at length, under a long name.
+        let inner = Field::new(long.clone(), DataType::Int32, true);
+        let offsets = arrow_buffer::OffsetBuffer::from_lengths([1]);
+        let list = ListArray::new(Arc::new(inner), offsets, Arc::new(Int32Array::from(vec![1])), None);
+        let nested = batch(vec![
+            ("customer", Arc::new(StringArray::from(vec!["a"]))),
+            (long.as_str(), Arc::new(list)),
+        ]);
+        let bytes = ipc_bytes(&[nested], true);
+        let err =
+            ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100)).unwrap_err().to_string();
+        assert!(err.len() < 400 && err.contains('…'), "{} bytes: {err}", err.len());
     }
 }

@@ -26,7 +26,9 @@ pub use arrow_reader::ArrowReader;
 pub use backup::BackupSummary;
 pub use csv_reader::CsvReader;
 pub use export::{export_csv, export_parquet};
-pub use ingest::{CHUNK_BYTES, CHUNK_ROWS, ChunkReader, IngestOptions, InputFormat, open_file, open_stream};
+pub use ingest::{
+    CHUNK_BYTES, CHUNK_ROWS, ChunkReader, IngestOptions, InputFormat, InputLimits, open_file, open_stream,
+};
 pub use jsonl_reader::JsonLinesReader;
 pub use pseudonym::PseudonymKey;
 pub use scan::{Batch, BatchColumn, BatchValues, Scan, ScanError};

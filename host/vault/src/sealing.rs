@@ -51,6 +51,16 @@ impl Secret {
     }
 }
 
+/// The value of an ASCII hex digit (0 for any other byte).
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
+}
+
 /// The host's key-encryption key: it only wraps tenant data keys.
 #[derive(Clone)]
 pub struct KeyEncryptionKey(Secret);
@@ -153,23 +163,26 @@ impl KeyEncryptionKey {
     }
 
     /// The key from a key file's contents: 32 raw bytes, or 64 hex digits
-    /// (surrounding whitespace ignored). `path` names the file in errors.
+    /// (surrounding whitespace ignored). `path` names the file in errors,
+    /// which never quote the contents.
     pub fn from_key_file(path: &str, contents: &[u8]) -> Result<Self, SealError> {
         let error = |detail: &str| SealError::KeyFile { path: path.to_owned(), detail: detail.to_owned() };
-        let mut key = [0u8; 32];
+        // Filled in place, so it is wiped on every path.
+        let mut key = Secret([0; 32]);
         if contents.len() == 32 {
-            key.copy_from_slice(contents);
+            key.0.copy_from_slice(contents);
         } else {
-            let text = std::str::from_utf8(contents).map_err(|_| error("not 32 bytes, nor hex text"))?.trim();
-            if text.len() != 64 {
+            // Bytes, not text: slicing a `str` inside a multi-byte character
+            // panics, and the panic message quotes the whole string.
+            let digits = contents.trim_ascii();
+            if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
                 return Err(error("expected 32 bytes or 64 hex digits"));
             }
-            for (i, byte) in key.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                    .map_err(|_| error("expected 32 bytes or 64 hex digits"))?;
+            for (byte, pair) in key.0.iter_mut().zip(digits.chunks_exact(2)) {
+                *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
             }
         }
-        Ok(Self(Secret(key)))
+        Ok(Self(key))
     }
 
     /// The key as 64 hex digits, for writing a generated key file.
@@ -339,5 +352,34 @@ mod tests {
             assert!(err.to_string().starts_with("key file `kek.key`"), "{err}");
         }
         assert_eq!(format!("{kek:?}"), "KeyEncryptionKey(..)", "keys never print");
+    }
+
+    /// A key file that is almost hex is refused with an error that quotes
+    /// none of it: no panic (a `str` sliced inside a multi-byte character
+    /// panics with the whole text in its message), no `+` read as a sign.
+    #[test]
+    fn a_bad_key_file_is_an_error_that_prints_no_key_material() {
+        let secret = "0123456789abcdef".repeat(4);
+        let mut bad = vec![
+            // 62 digits and an `é`: 64 bytes, not 64 characters.
+            format!("{}é", &secret[..62]),
+            format!("é{}", &secret[..62]),
+            format!("{}é{}\n", &secret[..31], &secret[..31]),
+            // `u8::from_str_radix` takes `+a` for 10.
+            format!("+a{}", &secret[2..]),
+            format!("{} ", &secret[..63]),
+            format!("{}00", secret),
+        ];
+        bad.push(format!("{}\u{2028}", &secret[..61]));
+        for text in &bad {
+            let err =
+                std::panic::catch_unwind(|| KeyEncryptionKey::from_key_file("kek.hex", text.as_bytes()))
+                    .unwrap_or_else(|_| panic!("a key file of {} bytes panicked", text.len()))
+                    .unwrap_err()
+                    .to_string();
+            assert_eq!(err, "key file `kek.hex`: expected 32 bytes or 64 hex digits");
+        }
+        let upper = KeyEncryptionKey::from_key_file("k", secret.to_uppercase().as_bytes()).unwrap();
+        assert_eq!(upper.to_hex(), secret);
     }
 }

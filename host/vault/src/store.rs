@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::IngestError;
 use crate::chunk::{self, SegmentError};
 use crate::ingest::ChunkReader;
+use crate::ingest::truncate;
 use crate::schema::Schema;
 use crate::sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SealError};
 use crate::table::{Column, Table};
@@ -62,6 +63,8 @@ pub enum VaultError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("metadata store: {0}")]
     Metadata(Box<redb::Error>),
+    #[error("{path} is damaged ({detail}): restore the data directory from a backup")]
+    DamagedMetadata { path: PathBuf, detail: String },
     #[error("metadata record is unreadable: {0}")]
     Record(postcard::Error),
     #[error("{dataset} v{version}, chunk {chunk}: {detail}")]
@@ -82,6 +85,31 @@ pub enum VaultError {
 
 pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
     VaultError::Metadata(Box::new(e.into()))
+}
+
+/// Whether redb's error says its file is damaged (rather than, say, not
+/// readable by this user).
+fn is_damage(error: &redb::Error) -> bool {
+    use std::io::ErrorKind;
+    match error {
+        redb::Error::Corrupted(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_) => true,
+        redb::Error::Io(e) => matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData),
+        _ => false,
+    }
+}
+
+/// Whether `chunks` holds a tenant's directory.
+fn holds_tenant_chunks(chunks: &Path) -> Result<bool, VaultError> {
+    for entry in std::fs::read_dir(chunks).map_err(io(chunks))? {
+        let entry = entry.map_err(io(chunks))?;
+        if entry.file_name().to_str().is_some_and(is_uid) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
@@ -176,12 +204,34 @@ pub struct Vault {
 
 pub(crate) struct VaultInner {
     pub(crate) dir: PathBuf,
-    pub(crate) db: Database,
+    pub(crate) db: MetadataStore,
     pub(crate) kek: RwLock<KeyEncryptionKey>,
     /// Shared by backups, exclusive for deleting files: a backup only ever
     /// copies files that stay.
     pub(crate) deletions: RwLock<()>,
     _temporary: Option<tempfile::TempDir>,
+}
+
+/// The open `kanon.redb`, closed under `catch_unwind`: redb writes its
+/// allocator state as it closes and panics on some damage there.
+pub(crate) struct MetadataStore(Option<Database>);
+
+impl std::ops::Deref for MetadataStore {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("only dropping takes the database")
+    }
+}
+
+impl Drop for MetadataStore {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take()
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err()
+        {
+            tracing::error!("closing {DATABASE_FILE} failed: it may be damaged");
+        }
+    }
 }
 
 impl std::fmt::Debug for VaultInner {
@@ -196,7 +246,7 @@ fn check_name(name: &str) -> Result<&str, VaultError> {
     let ok = name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok { Ok(name) } else { Err(VaultError::BadName(name.to_owned())) }
+    if ok { Ok(name) } else { Err(VaultError::BadName(truncate(name))) }
 }
 
 pub(crate) fn random_uid() -> String {
@@ -234,13 +284,67 @@ impl Vault {
         Self::open_inner(&dir, KeyEncryptionKey::generate(), Some(temp))
     }
 
+    /// Open the metadata store and collect garbage. A damaged `kanon.redb`
+    /// is a [`VaultError::DamagedMetadata`]: redb panics on some damage (a
+    /// truncated file, a length field gone wrong), so the whole open runs
+    /// under `catch_unwind`, and it opens one table of the write
+    /// transaction at a time (a redb table dropped while another one's
+    /// opening panics aborts the process). Opening reads every tenant and
+    /// version record, so damage in them shows here, not later.
     fn open_inner(
         dir: &Path,
         kek: KeyEncryptionKey,
         temporary: Option<tempfile::TempDir>,
     ) -> Result<Self, VaultError> {
-        std::fs::create_dir_all(dir.join(CHUNKS_DIR)).map_err(io(dir))?;
-        let db = Database::create(dir.join(DATABASE_FILE)).map_err(|e| match e {
+        let chunks = dir.join(CHUNKS_DIR);
+        std::fs::create_dir_all(&chunks).map_err(io(dir))?;
+        let path = dir.join(DATABASE_FILE);
+        // redb makes a fresh store of a missing or empty file, and the
+        // garbage collection would then delete every chunk it does not name.
+        let lost = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if lost && holds_tenant_chunks(&chunks)? {
+            return Err(VaultError::DamagedMetadata {
+                path,
+                detail: "missing or empty, while chunks/ holds tenant data".into(),
+            });
+        }
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = Self::open_database(dir, &path, &kek)?;
+            let vault = Self {
+                inner: Arc::new(VaultInner {
+                    dir: dir.to_owned(),
+                    db: MetadataStore(Some(db)),
+                    kek: RwLock::new(kek),
+                    deletions: RwLock::new(()),
+                    _temporary: temporary,
+                }),
+            };
+            let removed = vault.collect_garbage()?;
+            Ok::<_, VaultError>((vault, removed))
+        }));
+        let damaged = |detail: String| VaultError::DamagedMetadata { path: path.clone(), detail };
+        let (vault, removed) = match opened {
+            Ok(Ok(opened)) => opened,
+            Err(panic) => {
+                let what = crate::ingest::panic_message(&*panic);
+                return Err(damaged(format!("redb failed reading it: {}", truncate(what))));
+            }
+            Ok(Err(VaultError::Metadata(e))) if is_damage(&e) => return Err(damaged(e.to_string())),
+            // The key check passed, so a record that does not open or
+            // decode was altered.
+            Ok(Err(e @ (VaultError::Record(_) | VaultError::Seal(_)))) => return Err(damaged(e.to_string())),
+            Ok(Err(e)) => return Err(e),
+        };
+        if removed > 0 {
+            tracing::info!(removed, "deleted the chunks of writes that never committed");
+        }
+        Ok(vault)
+    }
+
+    /// Open `path`, check the key against it (storing its check if new)
+    /// and make sure the tables exist.
+    fn open_database(dir: &Path, path: &Path, kek: &KeyEncryptionKey) -> Result<Database, VaultError> {
+        let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse(dir.to_owned()),
             other => db_err(other),
         })?;
@@ -255,24 +359,12 @@ impl Vault {
                     meta.insert(KEY_CHECK, kek.check_value().as_slice()).map_err(db_err)?;
                 }
             }
-            txn.open_table(TENANTS).map_err(db_err)?;
-            txn.open_table(VERSIONS).map_err(db_err)?;
         }
+        // One at a time: see `open_inner`.
+        drop(txn.open_table(TENANTS).map_err(db_err)?);
+        drop(txn.open_table(VERSIONS).map_err(db_err)?);
         txn.commit().map_err(db_err)?;
-        let vault = Self {
-            inner: Arc::new(VaultInner {
-                dir: dir.to_owned(),
-                db,
-                kek: RwLock::new(kek),
-                deletions: RwLock::new(()),
-                _temporary: temporary,
-            }),
-        };
-        let removed = vault.collect_garbage()?;
-        if removed > 0 {
-            tracing::info!(removed, "deleted the chunks of writes that never committed");
-        }
-        Ok(vault)
+        Ok(db)
     }
 
     /// The data directory.
@@ -345,7 +437,7 @@ impl Vault {
     /// The secret `tenant`'s run pseudonyms derive from (with the run id).
     pub fn pseudonym_secret(&self, tenant: &str) -> Result<[u8; 32], VaultError> {
         let record =
-            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(truncate(tenant)))?;
         Ok(self.data_key(tenant, &record)?.pseudonym_secret())
     }
 
@@ -395,7 +487,7 @@ impl Vault {
     /// The tenant's record and data key.
     fn tenant(&self, tenant: &str) -> Result<(TenantRecord, DataKey), VaultError> {
         let record =
-            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(tenant.to_owned()))?;
+            self.tenant_record(tenant)?.ok_or_else(|| VaultError::UnknownTenant(truncate(tenant)))?;
         let key = self.data_key(tenant, &record)?;
         Ok((record, key))
     }
@@ -424,7 +516,10 @@ impl Vault {
         let mut chunks = match (mode, &latest) {
             (WriteMode::Replace, _) => Vec::new(),
             (WriteMode::Append, None) => {
-                return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+                return Err(VaultError::UnknownDataset {
+                    tenant: truncate(tenant),
+                    dataset: truncate(dataset),
+                });
             }
             (WriteMode::Append, Some(base)) => {
                 if let Some(detail) = schema_difference(&base.schema, reader.schema()) {
@@ -521,7 +616,7 @@ impl Vault {
                 }
                 tenants.insert(tenant, encode(&tenant_record).as_slice()).map_err(db_err)?;
             } else if !now_exists {
-                return Err(VaultError::UnknownTenant(tenant.into()));
+                return Err(VaultError::UnknownTenant(truncate(tenant)));
             }
             let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
             let newest = versions
@@ -569,7 +664,7 @@ impl Vault {
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let records = Self::version_records(&txn, &key, tenant, dataset)?;
         if records.is_empty() {
-            return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+            return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
         }
         Ok(records.iter().map(|r| info(tenant, dataset, r)).collect())
     }
@@ -591,7 +686,7 @@ impl Vault {
         let (record, key) = self.tenant(tenant)?;
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let mut records = Self::version_records(&txn, &key, tenant, dataset)?;
-        let unknown = || VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() };
+        let unknown = || VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) };
         let found = match version {
             None => records.pop().ok_or_else(unknown)?,
             Some(v) => {
@@ -635,7 +730,7 @@ impl Vault {
                 .collect::<Result<_, _>>()?
         };
         let Some(latest) = records.last().cloned() else {
-            return Err(VaultError::UnknownDataset { tenant: tenant.into(), dataset: dataset.into() });
+            return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
         };
         txn.commit().map_err(db_err)?;
         let dirs: HashSet<&String> = records.iter().flat_map(|r| r.chunks.iter().map(|c| &c.dir)).collect();
@@ -656,7 +751,7 @@ impl Vault {
             let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
             let record: TenantRecord = match tenants.remove(tenant).map_err(db_err)? {
                 Some(v) => decode(v.value())?,
-                None => return Err(VaultError::UnknownTenant(tenant.to_owned())),
+                None => return Err(VaultError::UnknownTenant(truncate(tenant))),
             };
             let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
             let erased = versions
@@ -735,7 +830,7 @@ fn schema_difference(base: &Schema, next: &Schema) -> Option<String> {
     let describe = |s: &Schema| {
         s.fields
             .iter()
-            .map(|f| format!("{} {:?} {}", f.name, f.classification, f.column_type))
+            .map(|f| format!("{} {:?} {}", truncate(&f.name), f.classification, f.column_type))
             .collect::<Vec<_>>()
     };
     let (a, b) = (describe(base), describe(next));
@@ -875,13 +970,13 @@ impl DatasetVersion {
         for (shown, column) in names {
             let index = stored.index_of(column).ok_or_else(|| VaultError::UnknownColumn {
                 dataset: self.inner.dataset.clone(),
-                column: column.clone(),
+                column: truncate(column),
             })?;
             // An empty name would find the unnamed columns.
             let detail = if shown.is_empty() {
-                format!("column `{column}` is mapped to an empty name")
+                format!("column `{}` is mapped to an empty name", truncate(column))
             } else if !fields[index].name.is_empty() {
-                format!("column `{column}` is mapped twice")
+                format!("column `{}` is mapped twice", truncate(column))
             } else {
                 String::new()
             };
@@ -1112,6 +1207,44 @@ mod tests {
         assert!(bad(&[("", "liters")]).contains("empty name"));
     }
 
+    /// A name the caller gives (tenant, dataset, a column to map or scan)
+    /// comes back in an error cut to a short quote.
+    #[test]
+    fn errors_quote_a_short_cut_of_the_names_given() {
+        let vault = Vault::temporary().unwrap();
+        let csv = std::io::Cursor::new(b"id,x\ne1,1\n".to_vec());
+        let reader =
+            crate::open_stream(crate::InputFormat::Csv, "t.csv", csv, &crate::IngestOptions::entity("id"))
+                .unwrap();
+        vault.ingest("acme", "d", WriteMode::Replace, reader, "t.csv").unwrap();
+        let long = "é".repeat(5000);
+        let stored = vault.dataset("acme", "d", None).unwrap();
+        let mapping = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|&(a, b)| (a.into(), b.into())).collect()
+        };
+        let key = crate::PseudonymKey::for_run(&[7; 32], b"run");
+        let errors = [
+            vault.datasets(&long).unwrap_err().to_string(),
+            vault.dataset("acme", &long, None).unwrap_err().to_string(),
+            vault.pseudonym_secret(&long).unwrap_err().to_string(),
+            stored.with_column_names(&mapping(&[("a", &long)])).unwrap_err().to_string(),
+            crate::Scan::new(stored.clone(), &[&long], 10, key).unwrap_err().to_string(),
+        ];
+        for err in errors {
+            assert!(err.len() < 300 && err.contains('…'), "{} bytes: {err}", err.len());
+        }
+        let append = format!("id,{long}\ne1,1\n");
+        let reader = crate::open_stream(
+            crate::InputFormat::Csv,
+            "t.csv",
+            std::io::Cursor::new(append.into_bytes()),
+            &crate::IngestOptions::entity("id"),
+        )
+        .unwrap();
+        let err = vault.ingest("acme", "d", WriteMode::Append, reader, "t.csv").unwrap_err().to_string();
+        assert!(err.len() < 400 && err.contains('…'), "{} bytes: {err}", err.len());
+    }
+
     /// The parser thread is joined on every path, and its panic is reported
     /// with what it said, also when writing has failed as well.
     #[test]
@@ -1139,5 +1272,87 @@ mod tests {
             "{err}"
         );
         assert!(vault.datasets("t").is_err(), "nothing was stored");
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::*;
+
+    fn csv_reader(text: &str) -> Box<dyn ChunkReader> {
+        let csv = std::io::Cursor::new(text.as_bytes().to_vec());
+        crate::open_stream(crate::InputFormat::Csv, "t.csv", csv, &crate::IngestOptions::entity("id"))
+            .unwrap()
+    }
+
+    fn chunk_files(dir: &Path) -> usize {
+        fn count(path: &Path) -> usize {
+            std::fs::read_dir(path).map_or(1, |entries| entries.map(|e| count(&e.unwrap().path())).sum())
+        }
+        count(&dir.join(CHUNKS_DIR))
+    }
+
+    /// A `kanon.redb` cut short at many offsets, or with bytes flipped, or
+    /// gone: opening the vault never panics, and a damaged file is named
+    /// as damaged with a pointer to the backups, without deleting any
+    /// chunk. The original opens again afterwards, in the same process.
+    #[test]
+    fn a_damaged_metadata_store_is_an_error_naming_it_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = KeyEncryptionKey::generate();
+        {
+            let vault = Vault::open(dir.path(), kek.clone()).unwrap();
+            for dataset in ["a", "b", "c"] {
+                let reader = csv_reader("id,x\ne1,1\ne2,2\n");
+                vault.ingest("acme", dataset, WriteMode::Replace, reader, "t.csv").unwrap();
+            }
+        }
+        let db = dir.path().join(DATABASE_FILE);
+        let original = std::fs::read(&db).unwrap();
+        let files = chunk_files(dir.path());
+        let open = |bytes: Option<&[u8]>| {
+            match bytes {
+                Some(bytes) => std::fs::write(&db, bytes).unwrap(),
+                None => std::fs::remove_file(&db).unwrap(),
+            }
+            let opened = std::panic::catch_unwind(|| {
+                Vault::open(dir.path(), kek.clone()).and_then(|vault| vault.datasets("acme").map(|_| ()))
+            });
+            assert_eq!(chunk_files(dir.path()), files, "no chunk was deleted");
+            opened.map_err(|_| "panicked")
+        };
+        let damaged = |outcome: Result<Result<(), VaultError>, &str>, what: &str| match outcome {
+            Ok(Err(e @ VaultError::DamagedMetadata { .. })) => {
+                let message = e.to_string();
+                assert!(message.contains("kanon.redb is damaged"), "{what}: {message}");
+                assert!(message.ends_with("restore the data directory from a backup"), "{message}");
+                assert!(message.len() < 400, "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        let len = original.len();
+        let mut cuts: Vec<usize> = (0..len).step_by(len / 40).collect();
+        cuts.extend([1, 16, 100, 511, 4096, 4097, len - 1]);
+        for cut in cuts {
+            damaged(open(Some(&original[..cut])), &format!("cut at {cut}"));
+        }
+        damaged(open(None), "removed");
+        // Some flips hit free pages and change nothing.
+        let mut flips = 0;
+        for at in (0..len).step_by(997) {
+            let mut bytes = original.clone();
+            bytes[at..(at + 64).min(len)].iter_mut().for_each(|b| *b ^= 0x5a);
+            match open(Some(&bytes)) {
+                Ok(Ok(())) => {}
+                outcome => {
+                    damaged(outcome, &format!("flip at {at}"));
+                    flips += 1;
+                }
+            }
+        }
+        assert!(flips > 5, "{flips} flips were noticed");
+        open(Some(&original)).unwrap().unwrap();
+        let vault = Vault::open(dir.path(), kek).unwrap();
+        assert_eq!(vault.datasets("acme").unwrap().len(), 3);
     }
 }
