@@ -761,10 +761,14 @@ mod serve {
         (tokens, submit)
     }
 
+    /// `count` jobs, each a different request (a stricter k each), so none is
+    /// answered from another's stored release.
     fn submit_jobs(analyst: &Client, submit: &Value, count: usize) -> Vec<String> {
         (0..count)
-            .map(|_| {
-                let job: Job = analyst.send("POST", "/v1/jobs", submit).unwrap();
+            .map(|i| {
+                let mut submit = submit.clone();
+                submit["policy"] = json!({"min_entities": 10 + i});
+                let job: Job = analyst.send("POST", "/v1/jobs", &submit).unwrap();
                 assert_eq!(job.state, JobState::Queued);
                 job.id
             })
@@ -779,14 +783,18 @@ mod serve {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
     }
 
-    /// How long a job runs here: the shortest of the first `count` to succeed.
-    fn job_duration_ms(analyst: &Client, count: usize) -> u64 {
+    /// How long a job runs here: the shortest of the first `count` to succeed,
+    /// from the owner log's exact figures (the analyst sees whole seconds).
+    fn job_duration_ms(analyst: &Client, admin: &Client, count: usize) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let done: Vec<u64> = jobs_of(analyst)
                 .iter()
                 .filter(|j| j.state == JobState::Succeeded)
-                .map(|j| j.finished_ms.unwrap() - j.started_ms.unwrap())
+                .map(|j| {
+                    let log: Value = admin.get(&format!("/v1/jobs/{}/log", j.id)).unwrap();
+                    log["figures"]["run_ms"].as_u64().unwrap()
+                })
                 .collect();
             if done.len() >= count {
                 return done.into_iter().min().unwrap();
@@ -796,19 +804,27 @@ mod serve {
         }
     }
 
-    /// Poll until a job has run for less than a third of `duration_ms`: it is
-    /// sure to be running for a while yet. That job, and every job as seen then.
+    /// Poll until a job is seen running that was queued at the poll before,
+    /// less than a third of `duration_ms` earlier: it is sure to be running
+    /// for a while yet (stamps are whole seconds, so the polls time it).
+    /// That job, and every job as seen then.
     fn catch_a_running_job(analyst: &Client, duration_ms: u64) -> (Job, Vec<Job>) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut queued_at: std::collections::HashMap<String, Instant> = Default::default();
         loop {
+            let polled = Instant::now();
             let jobs = jobs_of(analyst);
-            let now = now_ms();
             let fresh = jobs.iter().find(|j| {
-                j.state == JobState::Running && now.saturating_sub(j.started_ms.unwrap()) < duration_ms / 3
+                j.state == JobState::Running
+                    && queued_at
+                        .get(&j.id)
+                        .is_some_and(|&at| at.elapsed().as_millis() < u128::from(duration_ms / 3))
             });
             if let Some(job) = fresh {
                 return (job.clone(), jobs);
             }
+            queued_at =
+                jobs.iter().filter(|j| j.state == JobState::Queued).map(|j| (j.id.clone(), polled)).collect();
             assert!(Instant::now() < deadline, "no job was caught running: {jobs:?}");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -881,7 +897,7 @@ mod serve {
 
         // Two jobs succeed first, to learn how long one takes here; then the
         // kill lands early in another's run.
-        let duration = job_duration_ms(&analyst, 2);
+        let duration = job_duration_ms(&analyst, &served.client(Some(&tokens.admin)), 2);
         let (running, before) = catch_a_running_job(&analyst, duration);
         served.kill();
         let killed_ms = now_ms();
@@ -911,8 +927,10 @@ mod serve {
             (JobState::Failed, Some("interrupted")),
             "the job running at the kill: {interrupted:?}"
         );
+        // Stamps are whole seconds, rounded down.
+        let killed_second = killed_ms / 1000 * 1000;
         assert!(
-            interrupted.stats.is_none() && interrupted.finished_ms.unwrap() >= killed_ms,
+            interrupted.stats.is_none() && interrupted.finished_ms.unwrap() >= killed_second,
             "{interrupted:?}"
         );
         for job in &after {
@@ -923,7 +941,7 @@ mod serve {
         }
         // Those queued at the kill ran after the restart.
         for job in &queued {
-            assert!(state(&job.id).started_ms.unwrap() > killed_ms, "{:?}", state(&job.id));
+            assert!(state(&job.id).started_ms.unwrap() >= killed_second, "{:?}", state(&job.id));
         }
         check_results(&analyst, &after);
         let audit = check_audit(&admin, &after);
@@ -943,7 +961,7 @@ mod serve {
             daemon_setup(&served, operator.expect("the first start prints the operator token"));
         let analyst = served.client(Some(&tokens.analyst));
         let submitted = submit_jobs(&analyst, &submit, 5);
-        let duration = job_duration_ms(&analyst, 2);
+        let duration = job_duration_ms(&analyst, &served.client(Some(&tokens.admin)), 2);
         let (running, _) = catch_a_running_job(&analyst, duration);
         let term_ms = now_ms();
         let kill = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
@@ -961,9 +979,10 @@ mod serve {
         assert!(after.iter().all(|j| j.state == JobState::Succeeded), "{after:?}");
         // The job running at SIGTERM finished after the signal and before the
         // exit, which came when it finished, not at the 30 s grace deadline.
+        // (Stamps are whole seconds, rounded down.)
         let finished = after.iter().find(|j| j.id == running.id).unwrap().finished_ms.unwrap();
         assert!(
-            term_ms <= finished && finished <= exit_ms && exit_ms - term_ms < 10_000,
+            term_ms / 1000 * 1000 <= finished && finished <= exit_ms && exit_ms - term_ms < 10_000,
             "signal {term_ms}, finished {finished}, exit {exit_ms}"
         );
         check_results(&analyst, &after);

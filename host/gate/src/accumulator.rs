@@ -108,6 +108,11 @@ impl Wraps {
         }
     }
 
+    /// Heap bytes, about (a hash map's entry and control byte per wrap).
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * (size_of::<(usize, i64)>() + 1)
+    }
+
     /// Forget the wraps of `words` (an evicted slot's sums, now zero).
     fn clear(&mut self, words: std::ops::Range<usize>) {
         if !self.0.is_empty() {
@@ -174,6 +179,16 @@ fn rank(pseudonym: u64, cell: i64) -> u64 {
 }
 
 impl TableAccumulator {
+    /// Heap bytes the accumulator holds, its per-entity slots above all:
+    /// what a run charges to its host memory.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * 8
+            + self.wraps.heap_bytes()
+            + self.scratch.entities.capacity() * 4
+            + self.scratch.cells.capacity() * 4
+            + self.scratch.values.capacity() * 8
+    }
+
     /// An empty accumulator for a validated spec.
     pub fn new(spec: TableSpec, policy: &Policy) -> Self {
         let radix = spec.dimensions.iter().map(|d| d.domain.len() as u32).collect();

@@ -89,6 +89,11 @@ impl IssuedEntities {
     }
 
     /// Whether none was issued.
+    /// Heap bytes the table holds: what a run charges to its host memory.
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * size_of::<(u64, u32)>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -172,6 +172,12 @@ impl TenantIntake {
         self.tables[index].contribute(issued, batch)
     }
 
+    /// Heap bytes of every table's accumulator: what a run charges to its
+    /// host memory.
+    pub fn heap_bytes(&self) -> usize {
+        self.tables.iter().map(TableAccumulator::heap_bytes).sum()
+    }
+
     /// Contributions dropped, when they arrived or later by a lower-ranked
     /// cell of the same entity, because their entity had reached its cell
     /// limit. A figure for the owner: what is released does not depend on

@@ -157,7 +157,7 @@ impl HostScan for DataView<'_> {
         let next = handle.scan.next_batch();
         // A chunk is charged once it has loaded: a run overshoots its budget
         // by at most one chunk (64 K rows, about 32 MiB) before it ends.
-        self.meter.hold(&mut handle.charged, handle.scan.held_bytes())?;
+        handle.charged = self.meter.hold(handle.charged, handle.scan.held_bytes())?;
         let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => return Ok(None),
@@ -168,6 +168,7 @@ impl HostScan for DataView<'_> {
         for &pseudonym in &batch.new_entities {
             self.issued.issue(pseudonym);
         }
+        self.meter.issued_bytes = self.meter.hold(self.meter.issued_bytes, self.issued.heap_bytes())?;
         Ok(Some(Batch {
             rows: batch.rows as u32,
             columns: batch
@@ -195,8 +196,8 @@ impl HostScan for DataView<'_> {
     }
 
     fn drop(&mut self, scan: Resource<ScanHandle>) -> wasmtime::Result<()> {
-        let mut handle = self.resources.delete(scan)?;
+        let handle = self.resources.delete(scan)?;
         self.meter.close_resource();
-        self.meter.hold(&mut handle.charged, 0)
+        self.meter.hold(handle.charged, 0).map(drop)
     }
 }

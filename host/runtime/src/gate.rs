@@ -70,7 +70,10 @@ impl HostTable for GateView<'_> {
             GateBatch { entities: &batch.entities, dimensions: &dimensions, measures: &measures };
         self.intake
             .contribute(index, self.issued, &contributions)
-            .map_err(|violation| self.meter.abort(Abort::Violation(violation.to_string())))
+            .map_err(|violation| self.meter.abort(Abort::Violation(violation.to_string())))?;
+        // The per-entity slots grow with the entities a table reaches.
+        self.meter.intake_bytes = self.meter.hold(self.meter.intake_bytes, self.intake.heap_bytes())?;
+        Ok(())
     }
 
     fn drop(&mut self, table: Resource<TableHandle>) -> wasmtime::Result<()> {

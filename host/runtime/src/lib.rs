@@ -57,7 +57,8 @@ pub struct RunLimits {
     /// Bytes of stdout and of stderr kept for the data owner.
     pub output_bytes: usize,
     /// Host memory a run makes the host hold outside the guest's own memory:
-    /// decoded chunks and dictionaries of its open scans.
+    /// decoded chunks and dictionaries of its open scans, the entities issued
+    /// to it and the gate's per-entity slots.
     pub host_memory_bytes: usize,
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct Meter {
     /// Host memory held for the run now, and at most so far.
     pub(crate) host_bytes: usize,
     pub(crate) peak_host_bytes: usize,
+    /// What the issued entities and the gate's intake are charged for.
+    pub(crate) issued_bytes: usize,
+    pub(crate) intake_bytes: usize,
     /// The first abort, which classifies the run's failure.
     pub(crate) abort: Option<Abort>,
     /// Refused requests (undeclared datasets, columns, tables), for the
@@ -106,11 +109,11 @@ impl Meter {
         Ok(())
     }
 
-    /// Move what one holder (a scan) is charged for from `*held` to `now`,
-    /// against the run's host memory budget.
-    pub(crate) fn hold(&mut self, held: &mut usize, now: usize) -> wasmtime::Result<()> {
-        self.host_bytes = self.host_bytes - *held + now;
-        *held = now;
+    /// Move what one holder (a scan, the issued entities, the intake) is
+    /// charged for from `held` to `now`, against the run's host memory
+    /// budget. Returns `now`, the holder's new charge.
+    pub(crate) fn hold(&mut self, held: usize, now: usize) -> wasmtime::Result<usize> {
+        self.host_bytes = self.host_bytes - held + now;
         self.peak_host_bytes = self.peak_host_bytes.max(self.host_bytes);
         if self.host_bytes > self.limits.host_memory_bytes {
             return Err(self.abort(Abort::Limit(format!(
@@ -118,7 +121,7 @@ impl Meter {
                 self.limits.host_memory_bytes
             ))));
         }
-        Ok(())
+        Ok(now)
     }
 
     pub(crate) fn open_resource(&mut self) -> wasmtime::Result<()> {
@@ -290,6 +293,8 @@ impl StoreState {
                 open_resources: 0,
                 host_bytes: 0,
                 peak_host_bytes: 0,
+                issued_bytes: 0,
+                intake_bytes: 0,
                 abort: None,
                 refusals: Vec::new(),
             },
@@ -392,12 +397,11 @@ mod tests {
         assert!(m.charge_contributions(6).is_err());
 
         let mut m = meter(RunLimits { host_memory_bytes: 100, ..RunLimits::default() });
-        let (mut scan, mut other) = (0, 0);
-        m.hold(&mut scan, 60).unwrap();
-        m.hold(&mut other, 40).unwrap();
-        m.hold(&mut scan, 10).unwrap();
+        let scan = m.hold(0, 60).unwrap();
+        let other = m.hold(0, 40).unwrap();
+        m.hold(scan, 10).unwrap();
         assert_eq!(m.host_bytes, 50, "a holder's charge moves, it does not add up");
-        assert!(m.hold(&mut other, 91).is_err());
+        assert!(m.hold(other, 91).is_err());
         assert!(matches!(m.abort, Some(Abort::Limit(ref what)) if what.contains("host memory")));
 
         let mut m = meter(RunLimits { timeout: Duration::ZERO, ..RunLimits::default() });
