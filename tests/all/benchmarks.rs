@@ -137,7 +137,7 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     // No figure of the run's that a difference of two runs could tie to
     // one tenant: no rows read, no instance memory.
     let stats: Vec<&String> = first["stats"].as_object().unwrap().keys().collect();
-    assert_eq!(stats, ["cells", "held_cells", "run_ms", "suppressed_cells"]);
+    assert_eq!(stats, ["cells", "held_cells", "run_secs", "suppressed_cells"]);
     let v1: Value = vendor.get("/v1/benchmarks/co2/versions/1").unwrap();
     // Seven tenants of ten drivers each, the last one read through its own
     // column names.
