@@ -38,7 +38,10 @@ pub use benchmark::{
     ReleaseHistory, TableHistory,
 };
 pub use entities::IssuedEntities;
-pub use policy::{Dominance, ExcessContributions, Policy, PolicyError, PolicyLayer};
+pub use policy::{
+    Dominance, EntityBudget, EntityBudgetLayer, ExcessContributions, Isolation, Policy, PolicyError,
+    PolicyLayer,
+};
 pub use release::{
     Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL, TableRecord,
     TenantIntake,

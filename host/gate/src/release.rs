@@ -412,7 +412,7 @@ pub(crate) fn cell_values(spec: &TableSpec, tally: &Tally, cell: usize, scales: 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{Dimension, Domain, ExcessContributions, Measure};
+    use crate::{Dimension, Domain, ExcessContributions, Isolation, Measure};
 
     /// Fuel by region: count, sum and mean of litres, no margins.
     pub(crate) fn spec() -> TableSpec {
@@ -867,5 +867,16 @@ pub(crate) mod tests {
         assert_eq!((record.plugin_hash.as_str(), record.params_hash.as_str()), ("abc", "def"));
         assert_eq!(record.policy, Policy::default());
         assert_eq!(record.tables, vec![TableRecord { name: "fuel".into(), cells: 3, suppressed_cells: 3 }]);
+
+        // The isolation mode shows in every record.
+        let isolated = Policy { isolation: Isolation::Entity, ..Policy::default() };
+        let (gate, intake) = tenant_gate(isolated.clone());
+        let record = gate.release(&[intake]).record("abc", "def");
+        assert_eq!(record.policy, isolated);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""isolation":"entity""#), "{json}");
+        assert_eq!(serde_json::from_str::<ReleaseRecord>(&json).unwrap(), record);
+        let json = serde_json::to_string(&release.record("abc", "def")).unwrap();
+        assert!(json.contains(r#""isolation":"shared""#), "{json}");
     }
 }
