@@ -43,8 +43,8 @@ pub use policy::{
     PolicyLayer,
 };
 pub use release::{
-    Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL, TableRecord,
-    TenantIntake,
+    AbsorbError, Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL,
+    TableRecord, TenantIntake,
 };
 pub use spec::{
     Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_CELLS, MAX_RELEASED_SUMS, MAX_STATISTICS,
