@@ -113,6 +113,35 @@ impl Wraps {
         self.0.capacity() * (size_of::<(usize, i64)>() + 1)
     }
 
+    /// Whether no word ever wrapped (or every wrap was undone).
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The net wrap count of word `word`.
+    #[inline]
+    fn count(&self, word: usize) -> i64 {
+        if self.0.is_empty() { 0 } else { self.0.get(&word).copied().unwrap_or(0) }
+    }
+
+    /// Add `count` net wraps to word `word`.
+    fn add(&mut self, word: usize, count: i64) {
+        if count == 0 {
+            return;
+        }
+        let total = self.0.entry(word).or_default();
+        *total += count;
+        if *total == 0 {
+            self.0.remove(&word);
+        }
+    }
+
+    /// Forget every wrap, keeping the map's allocation.
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+
     /// Forget the wraps of `words` (an evicted slot's sums, now zero).
     fn clear(&mut self, words: std::ops::Range<usize>) {
         if !self.0.is_empty() {
@@ -252,6 +281,152 @@ impl TableAccumulator {
         })
     }
 
+    /// Whether `other` keeps its slots as this accumulator does (the same
+    /// table under the same policy, derived or not), so that its entities
+    /// can be absorbed into this one.
+    pub(crate) fn same_layout(&self, other: &TableAccumulator) -> bool {
+        self.derived == other.derived
+            && self.slots_per_entity == other.slots_per_entity
+            && self.excess == other.excess
+            && self.radix == other.radix
+            && self.lower == other.lower
+            && self.upper == other.upper
+            && self.scales == other.scales
+    }
+
+    /// How many entities have slots (used or not) in this accumulator.
+    pub(crate) fn entities_with_slots(&self) -> usize {
+        self.slots.len() / (self.slots_per_entity * self.stride()).max(1)
+    }
+
+    /// Forget every contribution, keeping the allocations: the slots are
+    /// marked unused again as the next contribution needs them.
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.wraps.reset();
+        self.dropped = 0;
+    }
+
+    /// Make room for the slots of `entities` entities, new slots unused.
+    fn reserve_entities(&mut self, entities: usize) {
+        let stride = self.stride();
+        let words_needed = entities * self.slots_per_entity * stride;
+        if self.slots.len() < words_needed {
+            let old = self.slots.len();
+            self.slots.resize(words_needed, 0);
+            self.slots[old..].chunks_exact_mut(stride).for_each(|s| s[0] = EMPTY);
+        }
+    }
+
+    /// Add entity `from` of `other` (whose pseudonym is `pseudonym`) to
+    /// entity `to` of this accumulator, which has slots for `entities`
+    /// entities at least; `other` has [`same_layout`](Self::same_layout).
+    ///
+    /// When `to` holds nothing yet, its slots become a copy of `from`'s,
+    /// wrap counts included: O(slots). Otherwise each of `from`'s cells is
+    /// merged as [`add`](Self::add) would take a contribution with those
+    /// sums: added to the same cell (wraps added, and counted where the
+    /// addition wraps), or put in an unused slot, or, with every slot used,
+    /// under `drop` kept in place of the highest-ranked cell if it ranks
+    /// lower (counted as dropped either way), under `fail` refused. The kept
+    /// cells are then the lowest-ranked of all the entity's cells, as in one
+    /// accumulator fed both sets of contributions, since each side kept its
+    /// lowest-ranked ones.
+    pub(crate) fn absorb_entity(
+        &mut self,
+        entities: usize,
+        to: usize,
+        other: &TableAccumulator,
+        from: usize,
+        pseudonym: u64,
+    ) -> Result<(), ContractViolation> {
+        if self.derived {
+            return Ok(());
+        }
+        let stride = self.stride();
+        let per_entity = self.slots_per_entity * stride;
+        let from_first = from * per_entity;
+        let Some(source) = other.slots.get(from_first..from_first + per_entity) else {
+            // The entity never contributed to this table.
+            return Ok(());
+        };
+        if source.chunks_exact(stride).all(|s| s[0] == EMPTY) {
+            return Ok(());
+        }
+        self.reserve_entities(entities.max(to + 1));
+        let first = to * per_entity;
+        let own = &mut self.slots[first..first + per_entity];
+        if own.chunks_exact(stride).all(|s| s[0] == EMPTY) {
+            // The entity is new here: the common case, and an exact copy.
+            own.copy_from_slice(source);
+            if !other.wraps.is_empty() {
+                for w in 0..per_entity {
+                    self.wraps.add(first + w, other.wraps.count(from_first + w));
+                }
+            }
+            return Ok(());
+        }
+        for (i, slot) in source.chunks_exact(stride).enumerate().filter(|(_, s)| s[0] != EMPTY) {
+            self.merge_slot(first, pseudonym, slot, &other.wraps, from_first + i * stride)?;
+        }
+        Ok(())
+    }
+
+    /// Merge one slot of another accumulator (`slot`, its words; `wraps`
+    /// and `at`, its wrap counts and the index of its first word there)
+    /// into the entity whose slots start at word `first`.
+    fn merge_slot(
+        &mut self,
+        first: usize,
+        pseudonym: u64,
+        slot: &[i64],
+        wraps: &Wraps,
+        at: usize,
+    ) -> Result<(), ContractViolation> {
+        let stride = self.stride();
+        let cell = slot[0];
+        let own = &mut self.slots[first..first + self.slots_per_entity * stride];
+        let found = own
+            .chunks_exact(stride)
+            .position(|s| s[0] == cell)
+            .or_else(|| own.chunks_exact(stride).position(|s| s[0] == EMPTY));
+        let target = match found {
+            Some(i) => i,
+            None => match self.excess {
+                ExcessContributions::Fail => {
+                    return Err(ContractViolation::TooManyCells {
+                        table: self.spec.name.clone(),
+                        limit: self.slots_per_entity as u32,
+                    });
+                }
+                ExcessContributions::Drop => {
+                    let worst = own
+                        .chunks_exact(stride)
+                        .map(|s| rank(pseudonym, s[0]))
+                        .enumerate()
+                        .max_by_key(|&(_, r)| r);
+                    self.dropped += 1;
+                    let Some((worst, worst_rank)) = worst else { return Ok(()) };
+                    if rank(pseudonym, cell) > worst_rank {
+                        return Ok(());
+                    }
+                    own[worst * stride + 1..(worst + 1) * stride].fill(0);
+                    self.wraps.clear(first + worst * stride + 1..first + (worst + 1) * stride);
+                    worst
+                }
+            },
+        };
+        let to = first + target * stride;
+        self.slots[to] = cell;
+        for (m, &value) in slot.iter().enumerate().skip(1) {
+            let (sum, wrapped) = self.slots[to + m].overflowing_add(value);
+            self.slots[to + m] = sum;
+            let carried = if wrapped { value.signum() } else { 0 };
+            self.wraps.add(to + m, wraps.count(at + m) + carried);
+        }
+        Ok(())
+    }
+
     fn violation(&self, detail: String) -> ContractViolation {
         ContractViolation::MalformedBatch { table: self.spec.name.clone(), detail }
     }
@@ -353,12 +528,7 @@ impl TableAccumulator {
         }
         let stride = self.stride();
         let words_per_entity = self.slots_per_entity * stride;
-        let words_needed = issued.len() * words_per_entity;
-        if self.slots.len() < words_needed {
-            let old = self.slots.len();
-            self.slots.resize(words_needed, 0);
-            self.slots[old..].chunks_exact_mut(stride).for_each(|s| s[0] = EMPTY);
-        }
+        self.reserve_entities(issued.len());
         for row in 0..rows {
             if let Some(&next) = scratch.entities.get(row + AHEAD) {
                 crate::prefetch::prefetch(&self.slots[next as usize * words_per_entity]);

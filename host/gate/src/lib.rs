@@ -38,10 +38,13 @@ pub use benchmark::{
     ReleaseHistory, TableHistory,
 };
 pub use entities::IssuedEntities;
-pub use policy::{Dominance, ExcessContributions, Policy, PolicyError, PolicyLayer};
+pub use policy::{
+    Dominance, EntityBudget, EntityBudgetLayer, ExcessContributions, Isolation, Policy, PolicyError,
+    PolicyLayer,
+};
 pub use release::{
-    Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL, TableRecord,
-    TenantIntake,
+    AbsorbError, Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL,
+    TableRecord, TenantIntake,
 };
 pub use spec::{
     Dimension, Domain, MAX_CELLS, MAX_DIMENSIONS, MAX_RELEASED_CELLS, MAX_RELEASED_SUMS, MAX_STATISTICS,

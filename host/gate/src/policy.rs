@@ -2,6 +2,8 @@
 //! set them combine: the operator's floor, each tenant's own policy (never
 //! looser than the floor) and the job's request. The strictest value wins.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// What happens to an entity's contributions beyond its cell limit.
@@ -36,6 +38,134 @@ impl Dominance {
     }
 }
 
+/// Whose rows one plugin instance sees.
+///
+/// Variants are ordered from looser to stricter: the strictest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// One instance per tenant sees all the tenant's granted rows, so a
+    /// plugin can make one person's contribution depend on another
+    /// person's rows (SECURITY.md, "The honest limits").
+    #[default]
+    Shared,
+    /// One fresh instance per entity, which sees only that entity's rows
+    /// and runs within [`Policy::entity_budget`]; each instance's intake is
+    /// merged into the run's ([`crate::TenantIntake::absorb`]) only if the
+    /// instance succeeded. Stricter than `Shared`.
+    Entity,
+}
+
+impl Isolation {
+    /// The name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::Shared => "shared",
+            Isolation::Entity => "entity",
+        }
+    }
+}
+
+/// What one entity's instance may use in an entity-isolated run. Stricter
+/// is smaller, field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityBudget {
+    /// Wall-clock time of one instance, in milliseconds, in and out of host
+    /// calls.
+    pub timeout_ms: u64,
+    /// Linear memory one instance may grow to, in MiB.
+    pub memory_mib: u32,
+    /// Bytes one instance may pass into host calls, in MiB.
+    pub bytes_to_host_mib: u32,
+    /// Contribution rows one instance may send to the gate.
+    pub contributions: u64,
+}
+
+impl Default for EntityBudget {
+    /// Small per-entity work: a second, 64 MiB, 16 MiB to the host and a
+    /// million contribution rows.
+    fn default() -> Self {
+        Self { timeout_ms: 1_000, memory_mib: 64, bytes_to_host_mib: 16, contributions: 1_000_000 }
+    }
+}
+
+impl EntityBudget {
+    /// The most linear memory one instance may have: the runtime's cap per
+    /// run.
+    pub const MAX_MEMORY_MIB: u32 = 512;
+
+    /// Field by field: name, value (widened), for validation and errors.
+    fn fields(&self) -> [(&'static str, u64); 4] {
+        [
+            ("entity_budget.timeout_ms", self.timeout_ms),
+            ("entity_budget.memory_mib", u64::from(self.memory_mib)),
+            ("entity_budget.bytes_to_host_mib", u64::from(self.bytes_to_host_mib)),
+            ("entity_budget.contributions", self.contributions),
+        ]
+    }
+
+    /// The wall-clock budget of one instance.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The linear memory budget of one instance, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
+    /// The bytes one instance may pass into host calls.
+    pub fn bytes_to_host(&self) -> u64 {
+        u64::from(self.bytes_to_host_mib) << 20
+    }
+
+    /// This budget with the fields `layer` sets replaced, as written.
+    fn with(&self, layer: &EntityBudgetLayer) -> EntityBudget {
+        EntityBudget {
+            timeout_ms: layer.timeout_ms.unwrap_or(self.timeout_ms),
+            memory_mib: layer.memory_mib.unwrap_or(self.memory_mib),
+            bytes_to_host_mib: layer.bytes_to_host_mib.unwrap_or(self.bytes_to_host_mib),
+            contributions: layer.contributions.unwrap_or(self.contributions),
+        }
+    }
+
+    /// This budget with every smaller field of `layer` applied.
+    fn tightened(&self, layer: &EntityBudgetLayer) -> EntityBudget {
+        EntityBudget {
+            timeout_ms: layer.timeout_ms.map_or(self.timeout_ms, |v| v.min(self.timeout_ms)),
+            memory_mib: layer.memory_mib.map_or(self.memory_mib, |v| v.min(self.memory_mib)),
+            bytes_to_host_mib: layer
+                .bytes_to_host_mib
+                .map_or(self.bytes_to_host_mib, |v| v.min(self.bytes_to_host_mib)),
+            contributions: layer.contributions.map_or(self.contributions, |v| v.min(self.contributions)),
+        }
+    }
+}
+
+/// An entity budget as a policy layer writes it: any field may be left out,
+/// so a tenant can tighten just one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityBudgetLayer {
+    pub timeout_ms: Option<u64>,
+    pub memory_mib: Option<u32>,
+    pub bytes_to_host_mib: Option<u32>,
+    pub contributions: Option<u64>,
+}
+
+impl EntityBudgetLayer {
+    /// In the order of [`EntityBudget::fields`].
+    fn values(&self) -> [Option<u64>; 4] {
+        [
+            self.timeout_ms,
+            self.memory_mib.map(u64::from),
+            self.bytes_to_host_mib.map(u64::from),
+            self.contributions,
+        ]
+    }
+}
+
 /// The rules a run's release is held to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +183,14 @@ pub struct Policy {
     /// Benchmark runs: the largest share of a cell's sum one tenant may hold,
     /// in percent. The dominance rule applies to tenants as well.
     pub max_tenant_percent: f64,
+    /// Whether the plugin runs once per tenant or once per entity. Absent
+    /// from policies written before it existed, which were all `shared`.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// What one entity's instance may use when `isolation` is `entity`
+    /// (checked, and combined strictest-wins, whatever the isolation).
+    #[serde(default)]
+    pub entity_budget: EntityBudget,
 }
 
 impl Default for Policy {
@@ -64,6 +202,8 @@ impl Default for Policy {
             excess_contributions: ExcessContributions::Drop,
             min_tenants: 5,
             max_tenant_percent: 50.0,
+            isolation: Isolation::Shared,
+            entity_budget: EntityBudget::default(),
         }
     }
 }
@@ -78,6 +218,8 @@ pub struct PolicyLayer {
     pub excess_contributions: Option<ExcessContributions>,
     pub min_tenants: Option<u32>,
     pub max_tenant_percent: Option<f64>,
+    pub isolation: Option<Isolation>,
+    pub entity_budget: Option<EntityBudgetLayer>,
 }
 
 /// Why a policy was refused.
@@ -126,6 +268,21 @@ impl Policy {
         if !(share > 0.0 && share <= 100.0) {
             return invalid("max_tenant_percent", format!("must be above 0 and at most 100, got {share}"));
         }
+        for (field, value) in self.entity_budget.fields() {
+            if value == 0 {
+                return invalid(field, "must be above 0, got 0".into());
+            }
+        }
+        let memory = self.entity_budget.memory_mib;
+        if memory > EntityBudget::MAX_MEMORY_MIB {
+            return invalid(
+                "entity_budget.memory_mib",
+                format!(
+                    "must be at most {} (the runtime's cap per run), got {memory}",
+                    EntityBudget::MAX_MEMORY_MIB
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -140,6 +297,10 @@ impl Policy {
             excess_contributions: layer.excess_contributions.unwrap_or(default.excess_contributions),
             min_tenants: layer.min_tenants.unwrap_or(default.min_tenants),
             max_tenant_percent: layer.max_tenant_percent.unwrap_or(default.max_tenant_percent),
+            isolation: layer.isolation.unwrap_or(default.isolation),
+            entity_budget: layer
+                .entity_budget
+                .map_or(default.entity_budget, |b| default.entity_budget.with(&b)),
         };
         floor.validate()?;
         Ok(floor)
@@ -178,6 +339,16 @@ impl Policy {
         if let Some(s) = layer.max_tenant_percent.filter(|&s| s > self.max_tenant_percent) {
             return looser("max_tenant_percent", s.to_string(), self.max_tenant_percent.to_string());
         }
+        if let Some(i) = layer.isolation.filter(|&i| i < self.isolation) {
+            return looser("isolation", i.name().into(), self.isolation.name().into());
+        }
+        if let Some(budget) = &layer.entity_budget {
+            for ((field, floor), value) in self.entity_budget.fields().into_iter().zip(budget.values()) {
+                if let Some(v) = value.filter(|&v| v > floor) {
+                    return looser(field, v.to_string(), floor.to_string());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -203,6 +374,10 @@ impl Policy {
             max_tenant_percent: layer
                 .max_tenant_percent
                 .map_or(self.max_tenant_percent, |s| s.min(self.max_tenant_percent)),
+            isolation: layer.isolation.map_or(self.isolation, |i| i.max(self.isolation)),
+            entity_budget: layer
+                .entity_budget
+                .map_or(self.entity_budget, |b| self.entity_budget.tightened(&b)),
         }
     }
 
@@ -336,6 +511,176 @@ mod tests {
         let floor = Policy::floor(&PolicyLayer::from_toml("floor", "min_entities = 5").unwrap()).unwrap();
         assert_eq!(floor.min_entities, 5);
         assert_eq!(floor.dominance, Policy::default().dominance);
+    }
+
+    #[test]
+    fn isolation_and_entity_budget_default_to_shared_and_small() {
+        let p = Policy::default();
+        assert_eq!(p.isolation, Isolation::Shared);
+        assert_eq!(
+            p.entity_budget,
+            EntityBudget {
+                timeout_ms: 1_000,
+                memory_mib: 64,
+                bytes_to_host_mib: 16,
+                contributions: 1_000_000
+            }
+        );
+        assert_eq!(p.entity_budget.timeout(), Duration::from_secs(1));
+        assert_eq!(p.entity_budget.memory_bytes(), 64 << 20);
+        assert_eq!(p.entity_budget.bytes_to_host(), 16 << 20);
+        assert!(Isolation::Entity > Isolation::Shared, "entity is the stricter");
+    }
+
+    #[test]
+    fn an_unusable_entity_budget_names_the_field() {
+        let budget = |b: EntityBudget| Policy { entity_budget: b, ..Policy::default() };
+        let d = EntityBudget::default();
+        let cases = [
+            (budget(EntityBudget { timeout_ms: 0, ..d }), "entity_budget.timeout_ms"),
+            (budget(EntityBudget { memory_mib: 0, ..d }), "entity_budget.memory_mib"),
+            (budget(EntityBudget { memory_mib: 513, ..d }), "entity_budget.memory_mib"),
+            (budget(EntityBudget { bytes_to_host_mib: 0, ..d }), "entity_budget.bytes_to_host_mib"),
+            (budget(EntityBudget { contributions: 0, ..d }), "entity_budget.contributions"),
+        ];
+        for (policy, field) in cases {
+            let err = policy.validate().unwrap_err();
+            assert!(matches!(err, PolicyError::Invalid { field: f, .. } if f == field), "{err}");
+            assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+        }
+        budget(EntityBudget { memory_mib: 512, ..d }).validate().unwrap();
+        // A file is checked on its own too.
+        let err = PolicyLayer::from_toml("t.toml", "[entity_budget]\nmemory_mib = 1024\n").unwrap_err();
+        assert!(err.to_string().contains("`entity_budget.memory_mib`"), "{err}");
+        let err = PolicyLayer::from_toml("t.toml", "[entity_budget]\ncontributions = 0\n").unwrap_err();
+        assert!(err.to_string().contains("`entity_budget.contributions`"), "{err}");
+    }
+
+    #[test]
+    fn a_file_may_ask_for_entity_isolation_and_part_of_a_budget() {
+        let text =
+            "min_entities = 12\nisolation = \"entity\"\n[entity_budget]\nmemory_mib = 32\ntimeout_ms = 500\n";
+        let layer = PolicyLayer::from_toml("tenant.toml", text).unwrap();
+        assert_eq!(layer.isolation, Some(Isolation::Entity));
+        let budget = EntityBudgetLayer { timeout_ms: Some(500), memory_mib: Some(32), ..Default::default() };
+        assert_eq!(layer.entity_budget, Some(budget));
+        let floor = Policy::floor(&layer).unwrap();
+        assert_eq!(floor.isolation, Isolation::Entity);
+        assert_eq!(
+            floor.entity_budget,
+            EntityBudget { timeout_ms: 500, memory_mib: 32, ..EntityBudget::default() },
+            "the fields left out keep the defaults"
+        );
+        let layer = PolicyLayer::from_toml("t.toml", "isolation = \"shared\"").unwrap();
+        assert_eq!(layer.isolation, Some(Isolation::Shared));
+
+        // Unknown fields and values are refused, in the budget too.
+        let err = PolicyLayer::from_toml("t.toml", "[entity_budget]\nmemory_mb = 32\n").unwrap_err();
+        assert!(err.to_string().contains("memory_mb"), "{err}");
+        let err = PolicyLayer::from_toml("t.toml", "isolation = \"person\"\n").unwrap_err();
+        assert!(err.to_string().contains("person") || err.to_string().contains("isolation"), "{err}");
+        let err = PolicyLayer::from_toml("t.toml", "isolated = \"entity\"\n").unwrap_err();
+        assert!(err.to_string().contains("isolated"), "{err}");
+        let err = PolicyLayer::from_toml("t.toml", "[entity_budget]\nmemory_mib = -1\n").unwrap_err();
+        assert!(err.to_string().contains("memory_mib"), "{err}");
+
+        // JSON, as the daemon stores layers and the API reads them.
+        let layer: PolicyLayer =
+            serde_json::from_str(r#"{"isolation":"entity","entity_budget":{"contributions":10}}"#).unwrap();
+        assert_eq!(layer.isolation, Some(Isolation::Entity));
+        assert_eq!(layer.entity_budget.and_then(|b| b.contributions), Some(10));
+        assert!(serde_json::from_str::<PolicyLayer>(r#"{"entity_budget":{"rows":10}}"#).is_err());
+        assert_eq!(serde_json::from_str::<PolicyLayer>("{}").unwrap(), PolicyLayer::default());
+    }
+
+    #[test]
+    fn a_tenant_may_not_loosen_isolation_or_the_entity_budget() {
+        let floor = Policy {
+            isolation: Isolation::Entity,
+            entity_budget: EntityBudget {
+                timeout_ms: 500,
+                memory_mib: 32,
+                bytes_to_host_mib: 8,
+                contributions: 1000,
+            },
+            ..Policy::default()
+        };
+        let looser = [
+            ("isolation = \"shared\"", "isolation"),
+            ("[entity_budget]\ntimeout_ms = 501", "entity_budget.timeout_ms"),
+            ("[entity_budget]\nmemory_mib = 64", "entity_budget.memory_mib"),
+            ("[entity_budget]\nbytes_to_host_mib = 9", "entity_budget.bytes_to_host_mib"),
+            ("[entity_budget]\ncontributions = 1001", "entity_budget.contributions"),
+        ];
+        for (text, field) in looser {
+            let layer = PolicyLayer::from_toml("tenant.toml", text).unwrap();
+            let err = Policy::for_run(&floor, [&layer], &PolicyLayer::default()).unwrap_err();
+            assert!(matches!(err, PolicyError::LooserThanFloor { field: f, .. } if f == field), "{err}");
+            assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+        }
+        let err = floor.check_not_looser(&PolicyLayer::from_toml("t", "isolation = \"shared\"").unwrap());
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "policy field `isolation`: shared, which is looser than the operator's floor of entity"
+        );
+        // The same values, or stricter ones, are fine.
+        let same = PolicyLayer::from_toml(
+            "tenant.toml",
+            "isolation = \"entity\"\n[entity_budget]\ntimeout_ms = 500\nmemory_mib = 16",
+        )
+        .unwrap();
+        let policy = Policy::for_run(&floor, [&same], &PolicyLayer::default()).unwrap();
+        assert_eq!(policy.entity_budget.memory_mib, 16);
+    }
+
+    #[test]
+    fn entity_isolation_and_the_smallest_budget_win() {
+        let floor = Policy::default();
+        let a =
+            PolicyLayer::from_toml("a", "isolation = \"entity\"\n[entity_budget]\nmemory_mib = 32").unwrap();
+        let b =
+            PolicyLayer::from_toml("b", "isolation = \"shared\"\n[entity_budget]\ntimeout_ms = 200").unwrap();
+        // The job asks for shared and a bigger budget: it cannot loosen.
+        let job = PolicyLayer::from_toml(
+            "job",
+            "isolation = \"shared\"\n[entity_budget]\nmemory_mib = 48\ncontributions = 5000",
+        )
+        .unwrap();
+        let policy = Policy::for_run(&floor, [&a, &b], &job).unwrap();
+        assert_eq!(policy.isolation, Isolation::Entity);
+        assert_eq!(
+            policy.entity_budget,
+            EntityBudget { timeout_ms: 200, memory_mib: 32, bytes_to_host_mib: 16, contributions: 5000 }
+        );
+        // Whichever layer asks for it, entity isolation stays.
+        for order in [[&a, &b], [&b, &a]] {
+            assert_eq!(
+                Policy::for_run(&floor, order, &PolicyLayer::default()).unwrap().isolation,
+                Isolation::Entity
+            );
+        }
+        let entity_job = PolicyLayer { isolation: Some(Isolation::Entity), ..PolicyLayer::default() };
+        let policy = Policy::for_run(&floor, [&b], &entity_job).unwrap();
+        assert_eq!(policy.isolation, Isolation::Entity);
+        assert_eq!(policy.tightened(&b).isolation, Isolation::Entity);
+        // Nobody asking keeps the floor's shared.
+        let policy = Policy::for_run(&floor, [&b], &PolicyLayer::default()).unwrap();
+        assert_eq!(policy.isolation, Isolation::Shared);
+    }
+
+    #[test]
+    fn a_policy_serialises_its_isolation_and_reads_older_json() {
+        let policy = Policy { isolation: Isolation::Entity, ..Policy::default() };
+        let json = serde_json::to_string(&policy).unwrap();
+        assert!(json.contains(r#""isolation":"entity""#), "{json}");
+        assert!(json.contains(r#""entity_budget":{"timeout_ms":1000,"memory_mib":64"#), "{json}");
+        assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), policy);
+        // A policy stored before isolation existed reads as shared.
+        let old = r#"{"min_entities":10,"dominance":{"n":2,"percent":90.0},"max_cells_per_entity":1,
+            "excess_contributions":"drop","min_tenants":5,"max_tenant_percent":50.0}"#;
+        assert_eq!(serde_json::from_str::<Policy>(old).unwrap(), Policy::default());
+        let unknown = json.replace("\"isolation\"", "\"isolate\"");
+        assert!(serde_json::from_str::<Policy>(&unknown).is_err());
     }
 
     #[test]

@@ -60,10 +60,36 @@ pub enum GateError {
 }
 
 /// One tenant's contributions to a run's tables: what one isolated plugin
-/// instance fed the gate.
+/// instance fed the gate. In an entity-isolated run, what one entity's
+/// instance fed it, absorbed into the run's intake
+/// ([`TenantIntake::absorb`]).
 #[derive(Debug)]
 pub struct TenantIntake {
     tables: Vec<TableAccumulator>,
+}
+
+/// Why one intake could not absorb another.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AbsorbError {
+    /// An entity of the absorbed intake has no index in the absorbing
+    /// intake's issued entities: the caller must issue it there first.
+    #[error("entity pseudonym {pseudonym:#018x} of the absorbed intake was not issued to the absorbing one")]
+    UnknownEntity { pseudonym: u64 },
+    /// The intakes were not made by gates over the same tables and policy.
+    #[error("the absorbed intake has {got} tables, the absorbing one {expected}")]
+    TableCount { expected: usize, got: usize },
+    /// A table of the absorbed intake keeps its slots otherwise (another
+    /// table or policy), or holds more entities than the issued entities
+    /// given for it.
+    #[error(
+        "table `{table}` of the absorbed intake does not match the absorbing one's, or its issued entities"
+    )]
+    Mismatch { table: String },
+    /// An entity already in the absorbing intake would reach more cells of
+    /// a table than the policy allows, and the policy says to fail: one
+    /// intake fed both sets of contributions would have failed too.
+    #[error(transparent)]
+    Contract(#[from] ContractViolation),
 }
 
 /// One released cell: its key labels (`*` for a total) and either its
@@ -170,6 +196,78 @@ impl TenantIntake {
         batch: &Contributions<'_>,
     ) -> Result<(), ContractViolation> {
         self.tables[index].contribute(issued, batch)
+    }
+
+    /// Add every entity of `other` to this intake, as if its contributions
+    /// had been made here: `issued` holds the pseudonyms this intake's
+    /// entities are indexed by, `other_issued` those of `other`.
+    ///
+    /// This is how an entity-isolated run gathers its instances' intakes
+    /// (each over an `IssuedEntities` of one entity), and how partial
+    /// intakes built by several threads over disjoint entities are merged.
+    /// Both intakes must come from gates over the same tables and policy
+    /// (the same [`Gate`], typically), and the caller must have issued
+    /// every pseudonym of `other_issued` in `issued` first.
+    ///
+    /// **Disjoint entities** (the intended use): each entity's slots are
+    /// copied as they are, the cells it kept under `drop`, its exact sums
+    /// and their wrap counts, so the release of the merged intake equals,
+    /// bit for bit, that of one intake fed the same contributions; the
+    /// dropped counts add up to what that intake would count given each
+    /// entity's contributions in the same order. Tables the gate derives
+    /// from a linked one keep nothing, here as anywhere.
+    ///
+    /// **An entity in both intakes** is merged as one intake fed both sets
+    /// of contributions would hold it: sums add exactly, and under `drop`
+    /// it keeps the lowest-ranked of all its cells (each side kept its
+    /// lowest-ranked ones). Under `fail`, an entity that now reaches too
+    /// many cells is [`AbsorbError::Contract`]; then this intake holds part
+    /// of `other` and the run is over, as with a contribution that breaks
+    /// the contract. The dropped count of a merged entity is the two sides'
+    /// plus one per cell the merge dropped (it depends on order anyway).
+    ///
+    /// Every other error is found before anything changes. Cost:
+    /// O(tables × slots per entity) per entity of `other`, plus one pass
+    /// over `other_issued`'s table; nothing in proportion to this intake's
+    /// entities (the first absorb allocates this intake's slots for every
+    /// entity of `issued`, as a first contribution does).
+    pub fn absorb(
+        &mut self,
+        issued: &IssuedEntities,
+        other: &TenantIntake,
+        other_issued: &IssuedEntities,
+    ) -> Result<(), AbsorbError> {
+        if self.tables.len() != other.tables.len() {
+            return Err(AbsorbError::TableCount { expected: self.tables.len(), got: other.tables.len() });
+        }
+        for (own, theirs) in self.tables.iter().zip(&other.tables) {
+            if !own.same_layout(theirs) || theirs.entities_with_slots() > other_issued.len() {
+                return Err(AbsorbError::Mismatch { table: theirs.spec.name.clone() });
+            }
+        }
+        if let Some((pseudonym, _)) = other_issued.iter().find(|&(p, _)| issued.lookup(p).is_none()) {
+            return Err(AbsorbError::UnknownEntity { pseudonym });
+        }
+        let entities = issued.len();
+        for (pseudonym, from) in other_issued.iter() {
+            let Some(to) = issued.lookup(pseudonym) else { continue };
+            for (own, theirs) in self.tables.iter_mut().zip(&other.tables) {
+                own.absorb_entity(entities, to as usize, theirs, from as usize, pseudonym)?;
+            }
+        }
+        for (own, theirs) in self.tables.iter_mut().zip(&other.tables) {
+            own.dropped += theirs.dropped;
+        }
+        Ok(())
+    }
+
+    /// Forget every contribution, keeping the allocations, so that one
+    /// scratch intake serves entity after entity: afterwards the intake is
+    /// as [`Gate::intake`] made it (its tables derived or not as before).
+    /// Clear the [`IssuedEntities`] it was fed under as well
+    /// ([`IssuedEntities::clear`]). O(tables); nothing is freed.
+    pub fn clear(&mut self) {
+        self.tables.iter_mut().for_each(TableAccumulator::clear);
     }
 
     /// Heap bytes of every table's accumulator: what a run charges to its
@@ -412,7 +510,7 @@ pub(crate) fn cell_values(spec: &TableSpec, tally: &Tally, cell: usize, scales: 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{Dimension, Domain, ExcessContributions, Measure};
+    use crate::{Dimension, Domain, ExcessContributions, Isolation, Measure};
 
     /// Fuel by region: count, sum and mean of litres, no margins.
     pub(crate) fn spec() -> TableSpec {
@@ -859,6 +957,202 @@ pub(crate) mod tests {
         assert_eq!(serde_json::from_str::<Release>(&json).unwrap(), release, "a release reads back");
     }
 
+    /// Per entity of `ids`, (cell, value) rows to table 0 of `spec()`.
+    type Rows = Vec<(usize, u32, f64)>;
+
+    /// One intake fed `rows` (entity index into `ids`, cell, value) in order.
+    fn fed(gate: &Gate, issued: &IssuedEntities, ids: &[u64], rows: &Rows) -> TenantIntake {
+        let mut intake = gate.intake();
+        for &(e, code, value) in rows {
+            add(&mut intake, issued, &ids[e..=e], &[code], &[value]).unwrap();
+        }
+        intake
+    }
+
+    /// The run's intake gathered entity by entity, each in a scratch intake
+    /// and issued set cleared between entities, as an entity-isolated run
+    /// does.
+    fn gathered(gate: &Gate, issued: &IssuedEntities, ids: &[u64], rows: &Rows) -> TenantIntake {
+        let mut run = gate.intake();
+        let (mut scratch, mut own) = (gate.intake(), IssuedEntities::new());
+        for (e, &id) in ids.iter().enumerate() {
+            own.issue(id);
+            for &(_, code, value) in rows.iter().filter(|r| r.0 == e) {
+                add(&mut scratch, &own, &[id], &[code], &[value]).unwrap();
+            }
+            run.absorb(issued, &scratch, &own).unwrap();
+            scratch.clear();
+            own.clear();
+        }
+        run
+    }
+
+    #[test]
+    fn intakes_of_one_entity_each_release_what_one_intake_releases() {
+        let policy = Policy { min_entities: 3, max_cells_per_entity: 2, ..Policy::default() };
+        let mut with_margins = spec();
+        with_margins.margins = true;
+        let gate = Gate::new(vec![with_margins], policy, Scope::Tenant).unwrap();
+        let (issued, ids) = issued(30);
+        // Every entity sends to two or three cells (one dropped), values
+        // clamped and not.
+        let rows: Rows = (0..90)
+            .map(|i| (i % 30, (i / 7 % 3) as u32, if i % 11 == 0 { 500.0 } else { (i % 13) as f64 }))
+            .collect();
+        let one = fed(&gate, &issued, &ids, &rows);
+        let merged = gathered(&gate, &issued, &ids, &rows);
+        assert!(one.dropped_contributions() > 0);
+        assert_eq!(merged.dropped_contributions(), one.dropped_contributions());
+        assert_eq!(gate.release(&[merged]), gate.release(&[one]));
+    }
+
+    #[test]
+    fn absorbing_carries_sums_beyond_i64_exactly() {
+        // As in one_entity_sending_the_largest_value_millions_of_times:
+        // entity 0's sum in north passes 2^63, and only the wrap count
+        // holds the difference; dominance off so the sum is released.
+        let mut spec = spec();
+        spec.measures[0] = Measure { name: "litres".into(), lower: -1.0, upper: 1.0 };
+        spec.margins = true;
+        let policy =
+            Policy { min_entities: 2, dominance: Dominance { n: 1, percent: 100.0 }, ..Policy::default() };
+        let gate = Gate::new(vec![spec], policy, Scope::Tenant).unwrap();
+        let (issued, ids) = issued(2);
+        let many = (1 << 23) + (1 << 20);
+        let mut big = gate.intake();
+        let (mut own, mut one) = (IssuedEntities::new(), gate.intake());
+        own.issue(ids[0]);
+        let ones = vec![1.0; many];
+        for (intake, entities) in [(&mut big, &own), (&mut one, &issued)] {
+            let batch = Contributions {
+                entities: &vec![ids[0]; many],
+                dimensions: &[&vec![0; many]],
+                measures: &[&ones],
+            };
+            intake.contribute(0, entities, &batch).unwrap();
+        }
+        add(&mut one, &issued, &ids[1..], &[0], &[1.0]).unwrap();
+        let (mut merged, mut other, mut other_issued) = (gate.intake(), gate.intake(), IssuedEntities::new());
+        other_issued.issue(ids[1]);
+        add(&mut other, &other_issued, &ids[1..], &[0], &[1.0]).unwrap();
+        merged.absorb(&issued, &other, &other_issued).unwrap();
+        merged.absorb(&issued, &big, &own).unwrap();
+        let release = gate.release(&[merged]);
+        assert_eq!(
+            release.tables[0].cells[0].values,
+            Some(vec![2.0, many as f64 + 1.0, (many as f64 + 1.0) / 2.0])
+        );
+        assert_eq!(release, gate.release(&[one]));
+
+        // The same entity absorbed twice: its sums add, wraps and all.
+        let mut twice = gate.intake();
+        twice.absorb(&issued, &big, &own).unwrap();
+        twice.absorb(&issued, &big, &own).unwrap();
+        twice.absorb(&issued, &other, &other_issued).unwrap();
+        let cells = &gate.release(&[twice]).tables[0].cells;
+        assert_eq!(
+            cells[0].values,
+            Some(vec![2.0, 2.0 * many as f64 + 1.0, (2.0 * many as f64 + 1.0) / 2.0])
+        );
+    }
+
+    #[test]
+    fn an_entity_in_both_intakes_is_merged_as_one_intake_would_hold_it() {
+        let policy = Policy { min_entities: 2, max_cells_per_entity: 2, ..Policy::default() };
+        let gate = Gate::new(vec![spec()], policy.clone(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(12);
+        // Each entity sends to all three cells, its rows split between two
+        // intakes in every way: it keeps the same two cells.
+        let rows: Rows = (0..36).map(|i| (i % 12, (i / 12) as u32, 1.0 + (i % 5) as f64)).collect();
+        let one = gate.release(&[fed(&gate, &issued, &ids, &rows)]);
+        for split in 0..8u32 {
+            let (mut a, mut b) = (Rows::new(), Rows::new());
+            for &row in &rows {
+                if split >> row.1 & 1 == 1 { a.push(row) } else { b.push(row) }
+            }
+            let mut first = fed(&gate, &issued, &ids, &a);
+            first.absorb(&issued, &fed(&gate, &issued, &ids, &b), &issued).unwrap();
+            assert_eq!(gate.release(&[first]), one, "split {split}");
+        }
+        // Under `fail`, an entity that reaches three cells only once merged
+        // fails the merge, as it would have failed one intake.
+        let fail = Policy { excess_contributions: ExcessContributions::Fail, ..policy };
+        let gate = Gate::new(vec![spec()], fail, Scope::Tenant).unwrap();
+        let mut first = fed(&gate, &issued, &ids, &vec![(0, 0, 1.0), (0, 1, 1.0)]);
+        let second = fed(&gate, &issued, &ids, &vec![(0, 2, 1.0)]);
+        let err = first.absorb(&issued, &second, &issued).unwrap_err();
+        assert!(
+            matches!(err, AbsorbError::Contract(ContractViolation::TooManyCells { limit: 2, .. })),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn absorb_refuses_what_it_cannot_place_and_changes_nothing() {
+        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(10);
+        let mut run = fed(&gate, &issued, &ids, &(0..10).map(|e| (e, 0, 1.0)).collect());
+        let before = gate.release(&[fed(&gate, &issued, &ids, &(0..10).map(|e| (e, 0, 1.0)).collect())]);
+
+        // A pseudonym the run never issued.
+        let mut stranger = IssuedEntities::new();
+        stranger.issue(0xbad);
+        let mut other = gate.intake();
+        add(&mut other, &stranger, &[0xbad], &[1], &[1.0]).unwrap();
+        let err = run.absorb(&issued, &other, &stranger).unwrap_err();
+        assert_eq!(err, AbsorbError::UnknownEntity { pseudonym: 0xbad });
+
+        // An intake of another gate: other tables, or another policy.
+        let mut two = spec();
+        two.name = "other".into();
+        two.dimensions[0].name = "area".into();
+        let wider = Gate::new(vec![spec(), two], Policy::default(), Scope::Tenant).unwrap();
+        let err = run.absorb(&issued, &wider.intake(), &issued).unwrap_err();
+        assert_eq!(err, AbsorbError::TableCount { expected: 1, got: 2 });
+        let looser = Policy { max_cells_per_entity: 2, ..Policy::default() };
+        let err =
+            run.absorb(&issued, &Gate::new(vec![spec()], looser, Scope::Tenant).unwrap().intake(), &issued);
+        assert_eq!(err.unwrap_err(), AbsorbError::Mismatch { table: "fuel".into() });
+        let mut bounds = spec();
+        bounds.measures[0].upper = 1000.0;
+        let err = run.absorb(
+            &issued,
+            &Gate::new(vec![bounds], Policy::default(), Scope::Tenant).unwrap().intake(),
+            &issued,
+        );
+        assert!(matches!(err, Err(AbsorbError::Mismatch { .. })));
+
+        // An intake given with too few issued entities for what it holds.
+        let full = fed(&gate, &issued, &ids, &vec![(9, 1, 1.0)]);
+        let mut fewer = IssuedEntities::new();
+        fewer.issue(ids[0]);
+        assert!(matches!(run.absorb(&issued, &full, &fewer), Err(AbsorbError::Mismatch { .. })));
+
+        assert_eq!(gate.release(&[run]), before, "nothing changed");
+    }
+
+    #[test]
+    fn a_cleared_intake_is_as_new_and_keeps_its_memory() {
+        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
+        let (issued, ids) = issued(20);
+        let rows: Rows = (0..40).map(|i| (i % 20, (i % 3) as u32, i as f64)).collect();
+        let mut intake = fed(&gate, &issued, &ids, &rows);
+        assert!(intake.dropped_contributions() > 0);
+        let bytes = intake.heap_bytes();
+        intake.clear();
+        assert_eq!(intake.heap_bytes(), bytes, "nothing freed");
+        assert_eq!(intake.dropped_contributions(), 0);
+        assert_eq!(gate.release(&[gate.intake()]), gate.release(&[intake]));
+
+        let mut intake = fed(&gate, &issued, &ids, &rows);
+        intake.clear();
+        for &(e, code, value) in rows.iter().rev() {
+            add(&mut intake, &issued, &ids[e..=e], &[code], &[value]).unwrap();
+        }
+        assert_eq!(intake.heap_bytes(), bytes, "refilled in place");
+        assert_eq!(gate.release(&[intake]), gate.release(&[fed(&gate, &issued, &ids, &rows)]));
+    }
+
     #[test]
     fn release_record_names_what_ran() {
         let (gate, intake) = tenant_gate(Policy::default());
@@ -867,5 +1161,16 @@ pub(crate) mod tests {
         assert_eq!((record.plugin_hash.as_str(), record.params_hash.as_str()), ("abc", "def"));
         assert_eq!(record.policy, Policy::default());
         assert_eq!(record.tables, vec![TableRecord { name: "fuel".into(), cells: 3, suppressed_cells: 3 }]);
+
+        // The isolation mode shows in every record.
+        let isolated = Policy { isolation: Isolation::Entity, ..Policy::default() };
+        let (gate, intake) = tenant_gate(isolated.clone());
+        let record = gate.release(&[intake]).record("abc", "def");
+        assert_eq!(record.policy, isolated);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""isolation":"entity""#), "{json}");
+        assert_eq!(serde_json::from_str::<ReleaseRecord>(&json).unwrap(), record);
+        let json = serde_json::to_string(&release.record("abc", "def")).unwrap();
+        assert!(json.contains(r#""isolation":"shared""#), "{json}");
     }
 }

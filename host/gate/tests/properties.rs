@@ -890,6 +890,7 @@ fn policy() -> impl Strategy<Value = Policy> {
             excess_contributions: ExcessContributions::Drop,
             min_tenants: t,
             max_tenant_percent: f64::from(share),
+            ..Policy::default()
         },
     )
 }
