@@ -10,6 +10,9 @@ use kanon_tests::{
     fleet_csv, load_path, request, run_benchmark, run_on_trips, runtime, table, test_limits, trips,
 };
 
+// The attacks on entity isolation are tested in `isolation`.
+use crate::isolation::{cancels_pairs, moves_data_across_entities, spells_with_counts, traps_for_one_entity};
+
 // A fixture without a test below fails to compile here.
 macro_rules! has_test {
     ($name:ident) => {

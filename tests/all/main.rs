@@ -3,6 +3,7 @@
 mod benchmarks;
 mod daemon;
 mod hostile;
+mod isolation;
 mod plugins;
 mod upload;
 mod vault;

@@ -412,7 +412,10 @@ pub fn datasets(command: DatasetsCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open {}", args.file.display()))?;
             let total = file.metadata()?.len();
             let columns = &args.columns;
-            let mut query = format!("format={format}&entity={}", columns.entity);
+            let mut query = match &columns.entity {
+                Some(entity) => format!("format={format}&entity={entity}"),
+                None => format!("format={format}&reference=true"),
+            };
             if !columns.identifier.is_empty() {
                 query.push_str(&format!("&identifiers={}", columns.identifier.join(",")));
             }

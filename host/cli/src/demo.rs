@@ -55,6 +55,8 @@ struct DemoTenant {
     entity: &'static str,
     identifiers: &'static str,
     plugin: &'static [u8],
+    /// Also run the job once per entity, each in its own instance.
+    isolated: bool,
 }
 
 pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<ExitCode> {
@@ -98,6 +100,7 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
             entity: "driver_id",
             identifiers: "",
             plugin: kanon_artifacts::EMISSIONS_BENCHMARK,
+            isolated: true,
         },
         DemoTenant {
             name: "peoplefirst",
@@ -106,6 +109,7 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
             entity: "employee_id",
             identifiers: "manager_id",
             plugin: kanon_artifacts::ABSENCE_RATE,
+            isolated: false,
         },
     ];
     let result = walk(&operator, &tenants, args.json, &say).and_then(|code| {
@@ -276,32 +280,42 @@ fn walk(
             text(&approval["id"])
         ));
 
-        let job: Value = analyst.send(
-            "POST",
-            "/v1/jobs",
-            &json!({"tenant": tenant.name, "plugin": plugin.hash, "approval": approval["id"],
-                    "datasets": {tenant.dataset: tenant.dataset}}),
-        )?;
-        let id = text(&job["id"]);
-        let done = client_cmd::follow(&analyst, &id, false)?;
-        if done["state"] != "succeeded" {
-            say(format!(
-                "ana: job {id} {}: {}; nothing was released",
-                text(&done["state"]),
-                text(&done["failure"])
-            ));
-            code = ExitCode::from(runner::EXIT_RUN_FAILED);
-            continue;
-        }
-        let release: Release = analyst.get(&format!("/v1/jobs/{id}/results"))?;
-        say(format!(
-            "ana: job {id} succeeded in {} s (analysts see whole seconds); the gate released:",
-            done["stats"]["run_secs"]
-        ));
-        if json {
-            releases.insert(tenant.name.to_owned(), serde_json::to_value(&release)?);
+        let modes: &[(&str, Value)] = if tenant.isolated {
+            &[("", json!({})), ("_isolated", json!({"isolation": "entity"}))]
         } else {
-            println!("{}", render::release_text(&release));
+            &[("", json!({}))]
+        };
+        for (suffix, policy) in modes {
+            if !suffix.is_empty() {
+                say("ana: the same job with one instance per driver, each seeing only its own trips:".into());
+            }
+            let job: Value = analyst.send(
+                "POST",
+                "/v1/jobs",
+                &json!({"tenant": tenant.name, "plugin": plugin.hash, "approval": approval["id"],
+                        "datasets": {tenant.dataset: tenant.dataset}, "policy": policy}),
+            )?;
+            let id = text(&job["id"]);
+            let done = client_cmd::follow(&analyst, &id, false)?;
+            if done["state"] != "succeeded" {
+                say(format!(
+                    "ana: job {id} {}: {}; nothing was released",
+                    text(&done["state"]),
+                    text(&done["failure"])
+                ));
+                code = ExitCode::from(runner::EXIT_RUN_FAILED);
+                continue;
+            }
+            let release: Release = analyst.get(&format!("/v1/jobs/{id}/results"))?;
+            say(format!(
+                "ana: job {id} succeeded in {} s (analysts see whole seconds); the gate released:",
+                done["stats"]["run_secs"]
+            ));
+            if json {
+                releases.insert(format!("{}{suffix}", tenant.name), serde_json::to_value(&release)?);
+            } else {
+                println!("{}", render::release_text(&release));
+            }
         }
 
         let audit: AuditExport = admin.get(&format!("/v1/tenants/{}/audit", tenant.name))?;

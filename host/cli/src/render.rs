@@ -119,8 +119,12 @@ pub fn release_text(release: &Release) -> String {
             Scope::Tenant => String::new(),
         };
         let held = if table.held_cells > 0 { format!(", {} held", table.held_cells) } else { String::new() };
+        let isolation = match p.isolation {
+            kanon_gate::Isolation::Entity => ", one instance per entity",
+            kanon_gate::Isolation::Shared => "",
+        };
         out.push_str(&format!(
-            "\n{}: {} of {} cells suppressed{held} (k = {}, dominance ({}, {}%){tenants})\n",
+            "\n{}: {} of {} cells suppressed{held} (k = {}, dominance ({}, {}%){tenants}{isolation})\n",
             table.name,
             table.suppressed_cells,
             table.cells.len(),

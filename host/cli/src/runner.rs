@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kanon_gate::{Policy, PolicyLayer};
+use kanon_gate::{Isolation, Policy, PolicyLayer};
 use kanon_runtime::{
     CancelToken, CompileLimits, CompileWorker, LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig,
 };
@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Another identifier column, pseudonymised like the entity: COLUMN or NAME=COLUMN.
     #[arg(long, value_name = "[NAME=]COLUMN")]
     identifier: Vec<String>,
+    /// A --data dataset that is reference data (no personal data, no entity
+    /// column); repeatable.
+    #[arg(long, value_name = "NAME")]
+    reference: Vec<String>,
     /// Read the stored datasets of this tenant instead of local files.
     #[arg(long, conflicts_with = "data", requires = "dataset")]
     tenant: Option<String>,
@@ -63,6 +67,11 @@ pub struct RunArgs {
     /// request: can only tighten.
     #[arg(long)]
     min_entities: Option<u32>,
+    /// `entity`: run the plugin once per entity, each in a fresh instance
+    /// that sees only that entity's rows (part of the job's request: can only
+    /// tighten).
+    #[arg(long, value_parser = ["shared", "entity"])]
+    isolation: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -143,6 +152,7 @@ pub fn read_datasets(
     data: &[String],
     entity: &[String],
     identifier: &[String],
+    reference: &[String],
 ) -> anyhow::Result<BTreeMap<String, DatasetVersion>> {
     let vault = Vault::temporary()?;
     let mut datasets = BTreeMap::new();
@@ -150,15 +160,20 @@ pub fn read_datasets(
         let Some((name, file)) = spec.split_once('=') else {
             bail!("--data takes NAME=FILE, got `{spec}`");
         };
-        let entities = per_dataset(entity, name);
-        let [entity] = entities.as_slice() else {
-            bail!(
-                "dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity {name}=COLUMN)"
-            );
-        };
-        let options = IngestOptions {
-            identifiers: per_dataset(identifier, name),
-            ..IngestOptions::entity(entity.clone())
+        let options = if reference.iter().any(|r| r == name) {
+            IngestOptions::reference()
+        } else {
+            let entities = per_dataset(entity, name);
+            let [entity] = entities.as_slice() else {
+                bail!(
+                    "dataset `{name}` needs exactly one entity column (--entity COLUMN or --entity \
+                     {name}=COLUMN), or --reference {name} if it holds no personal data"
+                );
+            };
+            IngestOptions {
+                identifiers: per_dataset(identifier, name),
+                ..IngestOptions::entity(entity.clone())
+            }
         };
         let reader = open_file(Path::new(file), None, &options)?;
         let stored = vault.ingest(LOCAL_TENANT, name, WriteMode::Replace, reader, file)?;
@@ -184,6 +199,9 @@ fn run_policy(args: &RunArgs) -> anyhow::Result<Policy> {
     let mut job = policy_layer(args.policy.as_deref())?;
     if let Some(k) = args.min_entities {
         job.min_entities = Some(job.min_entities.map_or(k, |j| j.max(k)));
+    }
+    if args.isolation.as_deref() == Some("entity") {
+        job.isolation = Some(Isolation::Entity);
     }
     Ok(Policy::for_run(&floor, [&tenant], &job)?)
 }
@@ -232,7 +250,7 @@ pub fn run(args: RunArgs, options: &RuntimeOptions) -> anyhow::Result<ExitCode> 
             }
         }
         None => {
-            let datasets = read_datasets(&args.data, &args.entity, &args.identifier)?;
+            let datasets = read_datasets(&args.data, &args.entity, &args.identifier, &args.reference)?;
             local_request(datasets, args.params, policy)
         }
     };
@@ -273,8 +291,15 @@ pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner
             println!("{} {} (plugin {})", plugin.manifest.name, plugin.manifest.version, &plugin.hash[..16]);
             print!("{}", render::release_text(release));
             let s = &report.stats;
+            let isolated = match s.entities_run {
+                0 => String::new(),
+                run => format!(
+                    ", each in its own instance ({run} run, {} failed and left out)",
+                    s.entities_failed
+                ),
+            };
             println!(
-                "\n{} entities, {} contributions, {:.0} ms",
+                "\n{} entities{isolated}, {} contributions, {:.0} ms",
                 s.entities_issued,
                 s.contributions,
                 s.duration.as_secs_f64() * 1000.0
@@ -305,6 +330,9 @@ pub fn print_report(plugin: &LoadedPlugin, report: &RunReport, json: bool, owner
         }
         for refusal in &log.refusals {
             eprintln!("refused: {}", render::escape_controls(refusal));
+        }
+        for (class, count) in &log.entity_failures {
+            eprintln!("entities whose instance failed ({}): {count}", class.code());
         }
     }
     code

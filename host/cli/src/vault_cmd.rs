@@ -96,8 +96,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct ColumnArgs {
     /// The entity column (the person or customer group sizes count).
-    #[arg(long)]
-    pub entity: String,
+    #[arg(long, required_unless_present = "reference")]
+    pub entity: Option<String>,
+    /// Reference data: no personal data, no entity or identifier column.
+    /// An entity-isolated run gives it whole to every entity.
+    #[arg(long, conflicts_with_all = ["entity", "identifier"])]
+    pub reference: bool,
     /// Another identifier column, pseudonymised like the entity; repeatable.
     #[arg(long)]
     pub identifier: Vec<String>,
@@ -128,9 +132,10 @@ impl ColumnArgs {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(IngestOptions {
-            entity: self.entity.clone(),
+            entity: self.entity.clone().unwrap_or_default(),
             identifiers: self.identifier.clone(),
             types,
+            reference: self.reference,
             ..IngestOptions::default()
         })
     }

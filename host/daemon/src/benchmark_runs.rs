@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kanon_gate::{
-    CellHistory, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory, TableSpec,
+    CellHistory, Isolation, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory,
+    TableSpec,
 };
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, CancelToken, TenantInput};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,13 @@ use crate::store::{
 };
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
+
+/// What every benchmark run asks of the gate beyond its participants'
+/// policies: one instance per entity, so no plugin can make one person's
+/// contribution depend on another's rows, in any tenant.
+fn benchmark_layer() -> PolicyLayer {
+    PolicyLayer { isolation: Some(Isolation::Entity), ..PolicyLayer::default() }
+}
 
 /// A run of a benchmark.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -415,7 +423,7 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
         ));
     }
     let policy = match Policy::floor(&app.config.floor)
-        .and_then(|floor| Policy::for_run(&floor, &layers, &PolicyLayer::default()))
+        .and_then(|floor| Policy::for_run(&floor, &layers, &benchmark_layer()))
     {
         Ok(policy) => policy,
         Err(e) => return (not_run("policy", e.to_string(), participants), skipped),

@@ -9,6 +9,7 @@ use crate::bindings::data::{
     self, Batch, Column, ColumnInfo, ColumnValues, DataError, HostDataset, HostScan, TextColumn,
 };
 use crate::bindings::types::{self, Classification, ColumnType};
+use crate::isolation::SliceScan;
 use crate::manifest::PluginColumnType;
 use crate::sandbox::{Abort, DataState, Meter, StoreState};
 
@@ -24,11 +25,37 @@ pub struct DatasetHandle {
 /// An open scan.
 #[derive(Debug)]
 pub struct ScanHandle {
-    scan: Scan,
+    scan: ScanSource,
     /// Per scanned column: int data read by a plugin that declared float.
     widen: Vec<bool>,
     /// What the scan holds, as charged to the run's host memory budget.
     charged: usize,
+}
+
+/// Where a scan's batches come from: the vault, or in an entity-isolated
+/// run the instance's own rows of the data read once.
+#[derive(Debug)]
+enum ScanSource {
+    Vault(Box<Scan>),
+    Entity(SliceScan),
+}
+
+impl ScanSource {
+    fn next_batch(&mut self) -> Result<Option<kanon_vault::Batch>, ScanError> {
+        match self {
+            ScanSource::Vault(scan) => scan.next_batch(),
+            ScanSource::Entity(slice) => Ok(slice.next_batch()),
+        }
+    }
+
+    /// Host memory the scan holds of its own (the isolated run's data is the
+    /// run's, charged once).
+    fn held_bytes(&self) -> usize {
+        match self {
+            ScanSource::Vault(scan) => scan.held_bytes(),
+            ScanSource::Entity(_) => 0,
+        }
+    }
 }
 
 /// What the data capability's host functions see of a run's store.
@@ -132,12 +159,18 @@ impl HostDataset for DataView<'_> {
             })
             .collect();
         let rows = batch_rows.min(MAX_BATCH_ROWS) as usize;
-        let scan = match Scan::new(grant.dataset.clone(), &names, rows, self.state.key.clone()) {
-            Ok(scan) => scan,
-            Err(ScanError::UnknownColumn { column, .. }) => {
-                return Ok(Err(DataError::ColumnNotGranted(column)));
-            }
-            Err(e) => return Ok(Err(DataError::InvalidRequest(e.to_string()))),
+        let scan = match &self.state.entity {
+            Some((data, entity)) => match data.scan(*entity, &name, &names, rows) {
+                Some(slice) => ScanSource::Entity(slice),
+                None => return Ok(Err(DataError::InvalidRequest("a column was named twice".into()))),
+            },
+            None => match Scan::new(grant.dataset.clone(), &names, rows, self.state.key.clone()) {
+                Ok(scan) => ScanSource::Vault(Box::new(scan)),
+                Err(ScanError::UnknownColumn { column, .. }) => {
+                    return Ok(Err(DataError::ColumnNotGranted(column)));
+                }
+                Err(e) => return Ok(Err(DataError::InvalidRequest(e.to_string()))),
+            },
         };
         self.meter.open_resource()?;
         Ok(Ok(self.resources.push(ScanHandle { scan, widen, charged: 0 })?))

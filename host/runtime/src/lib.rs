@@ -18,6 +18,7 @@ mod compile;
 mod data;
 mod engine;
 mod gate;
+mod isolation;
 mod manifest;
 mod run;
 mod sandbox;
@@ -85,8 +86,11 @@ pub struct RuntimeConfig {
     pub limits: RunLimits,
     /// Largest component accepted at upload.
     pub max_component_bytes: usize,
-    /// Runs that may hold a pooled instance at once.
+    /// Instances that may be alive at once (the pool's slots): every shared
+    /// run holds one, every worker of an isolated run one at a time.
     pub concurrent_runs: u32,
+    /// Threads an entity-isolated run spreads its entities over.
+    pub isolated_workers: usize,
     /// Limits of the `manifest()` call at upload, which sees no data.
     pub manifest_timeout: Duration,
     /// Where uploads are compiled: `None` in this process, with only the
@@ -104,6 +108,7 @@ impl Default for RuntimeConfig {
             limits: RunLimits::default(),
             max_component_bytes: 64 << 20,
             concurrent_runs: 16,
+            isolated_workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             manifest_timeout: Duration::from_secs(5),
             compile_worker: None,
             compile_limits: CompileLimits::default(),

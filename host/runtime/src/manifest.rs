@@ -156,7 +156,10 @@ pub enum DataMismatch {
     MissingColumn { dataset: String, column: String },
     #[error("dataset `{dataset}`, column `{column}`: the plugin expects {expected:?}, the data is {found:?}")]
     WrongType { dataset: String, column: String, expected: PluginColumnType, found: PluginColumnType },
-    #[error("dataset `{0}` has no entity column")]
+    #[error(
+        "dataset `{0}` has no entity column and is not marked as reference data: a run needs to know \
+         whose rows are whose, or that no row is anyone's"
+    )]
     NoEntity(String),
 }
 
@@ -343,7 +346,7 @@ impl Manifest {
         for need in &self.inputs {
             let dataset =
                 datasets.get(&need.name).ok_or_else(|| DataMismatch::MissingDataset(need.name.clone()))?;
-            if dataset.schema().entity().is_none() {
+            if dataset.schema().entity().is_none() && !dataset.schema().reference {
                 return Err(DataMismatch::NoEntity(need.name.clone()));
             }
             for column in &need.columns {

@@ -2,9 +2,12 @@
 //! down, from request checks to release.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kanon_gate::{Gate, OwnPosition, Policy, Release, ReleaseHistory, ReleaseRecord, Scope, TenantIntake};
+use kanon_gate::{
+    Gate, Isolation, OwnPosition, Policy, Release, ReleaseHistory, ReleaseRecord, Scope, TenantIntake,
+};
 use kanon_vault::{DatasetVersion, PseudonymKey};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
@@ -106,7 +109,7 @@ pub struct BenchmarkRequest {
 
 /// Why a run failed, as its caller may see it: a class, never the plugin's
 /// own words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureClass {
     /// The plugin trapped (panic, unreachable, stack overflow, exit).
@@ -171,6 +174,10 @@ pub struct OwnerLog {
     /// The class of the failure, which the caller sees only as "failed":
     /// a plugin picks its class, so it could carry a few bits a run.
     pub failure: Option<FailureClass>,
+    /// In an entity-isolated run: how many entities' instances failed, by
+    /// class. Each such entity is absent from the release; the run goes on.
+    #[serde(default)]
+    pub entity_failures: BTreeMap<FailureClass, u64>,
 }
 
 /// Figures of a run.
@@ -185,6 +192,10 @@ pub struct RunStats {
     pub peak_memory_bytes: usize,
     /// Most host memory the run's scans held at once.
     pub peak_host_bytes: usize,
+    /// In an entity-isolated run: the entities run, one instance each, and
+    /// how many of those failed. `instantiation` is then the median.
+    pub entities_run: usize,
+    pub entities_failed: usize,
 }
 
 /// The result of a run.
@@ -232,12 +243,13 @@ impl BenchmarkReport {
     }
 }
 
-/// What one tenant's isolated instance left behind.
-struct InstanceRun {
-    result: Result<(), FailureClass>,
-    intake: TenantIntake,
-    owner_log: OwnerLog,
-    stats: RunStats,
+/// What one tenant's run left behind: its one instance's, or in an
+/// entity-isolated run every entity's instance's.
+pub(crate) struct InstanceRun {
+    pub(crate) result: Result<(), FailureClass>,
+    pub(crate) intake: TenantIntake,
+    pub(crate) owner_log: OwnerLog,
+    pub(crate) stats: RunStats,
 }
 
 impl Runtime {
@@ -305,7 +317,7 @@ impl Runtime {
         let params = plugin.manifest.check_params(&request.params)?;
         plugin.manifest.check_data(&request.datasets)?;
         let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy, Scope::Tenant)?;
-        let mut run = self.run_instance(
+        let mut run = self.run_tenant(
             plugin,
             &gate,
             &request.run_id,
@@ -350,7 +362,7 @@ impl Runtime {
         let mut failure = None;
         for tenant in &request.tenants {
             let started = Instant::now();
-            let mut run = self.run_instance(
+            let mut run = self.run_tenant(
                 plugin,
                 &gate,
                 &request.run_id,
@@ -385,8 +397,28 @@ impl Runtime {
         })
     }
 
+    /// One tenant's part of a run: one instance over all its data, or, when
+    /// the policy asks for entity isolation, one per entity.
+    #[allow(clippy::too_many_arguments)]
+    fn run_tenant(
+        &self,
+        plugin: &LoadedPlugin,
+        gate: &Gate,
+        run_id: &str,
+        datasets: &BTreeMap<String, DatasetVersion>,
+        secret: &[u8; 32],
+        params: &str,
+        cancel: &CancelToken,
+    ) -> InstanceRun {
+        match gate.policy().isolation {
+            Isolation::Entity => self.run_isolated(plugin, gate, run_id, datasets, secret, params, cancel),
+            Isolation::Shared => self.run_shared(plugin, gate, run_id, datasets, secret, params, cancel),
+        }
+    }
+
     /// One tenant's instance, in a fresh store, feeding a fresh intake.
-    fn run_instance(
+    #[allow(clippy::too_many_arguments)]
+    fn run_shared(
         &self,
         plugin: &LoadedPlugin,
         gate: &Gate,
@@ -411,20 +443,10 @@ impl Runtime {
             self.config.limits.clone(),
             cancel.clone(),
             seed,
-            DataState { grants, key },
+            DataState { grants: Arc::new(grants), key, entity: None },
             gate.intake(),
         );
-        let mut store = new_store(&self.engine, state);
-
-        let instantiating = Instant::now();
-        let instance = plugin.pre.instantiate(&mut store);
-        let instantiation = instantiating.elapsed();
-        let result = match instance {
-            Ok(instance) => call_run(&instance, &mut store, params),
-            Err(e) => Err((classify(&e, store.data()), format!("instantiation failed: {e:#}"))),
-        };
-
-        let state = store.into_data();
+        let (result, state, instantiation) = self.instance(plugin, state, params);
         let (stdout, stderr) = state.output();
         let (result, error) = match result {
             Ok(()) => (Ok(()), None),
@@ -439,6 +461,8 @@ impl Runtime {
             entities_issued: state.issued.len(),
             peak_memory_bytes: state.limiter.peak_memory,
             peak_host_bytes: state.meter.peak_host_bytes,
+            entities_run: 0,
+            entities_failed: 0,
         };
         InstanceRun {
             result,
@@ -448,10 +472,32 @@ impl Runtime {
                 error,
                 refusals: state.meter.refusals,
                 failure: result.err(),
+                entity_failures: BTreeMap::new(),
             },
             intake: state.intake,
             stats,
         }
+    }
+
+    /// Instantiate `plugin` in a fresh store over `state` and call its
+    /// `run(params)`: how the run went, the store's state after it, and how
+    /// long instantiating took.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn instance(
+        &self,
+        plugin: &LoadedPlugin,
+        state: StoreState,
+        params: &str,
+    ) -> (Result<(), (FailureClass, String)>, StoreState, Duration) {
+        let mut store = new_store(&self.engine, state);
+        let instantiating = Instant::now();
+        let instance = plugin.pre.instantiate(&mut store);
+        let instantiation = instantiating.elapsed();
+        let result = match instance {
+            Ok(instance) => call_run(&instance, &mut store, params),
+            Err(e) => Err((classify(&e, store.data()), format!("instantiation failed: {e:#}"))),
+        };
+        (result, store.into_data(), instantiation)
     }
 
     /// Instantiate a plugin in a fresh store and drop it: what every run pays
@@ -462,6 +508,20 @@ impl Runtime {
         plugin.pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
         Ok(start.elapsed())
     }
+}
+
+/// The seed of an entity's `wasi:random` in an isolated run: the plugin, the
+/// params and the entity, keyed by the tenant's secret. Nothing in it depends
+/// on another entity's data, nor on the dataset's version (which would).
+pub(crate) fn entity_seed(secret: &[u8; 32], plugin_hash: &str, params: &str, entity: u64) -> [u8; 32] {
+    let mut hasher =
+        blake3::Hasher::new_keyed(&blake3::derive_key("kanon wasi:random entity seed v1", secret));
+    hasher
+        .update(plugin_hash.as_bytes())
+        .update(&(params.len() as u64).to_le_bytes())
+        .update(params.as_bytes())
+        .update(&entity.to_le_bytes());
+    *hasher.finalize().as_bytes()
 }
 
 /// The seed of a run's `wasi:random`: the same for the same plugin, params

@@ -2,6 +2,7 @@
 //! data and gate capabilities. A store serves one run and is dropped with it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kanon_gate::{Gate, IssuedEntities, Policy, Scope, TenantIntake};
@@ -13,6 +14,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::RunLimits;
 use crate::clocks::CancelToken;
+use crate::isolation::IsolatedData;
 use crate::manifest::DatasetNeed;
 
 /// Why the host ended a run from inside a host call.
@@ -211,8 +213,13 @@ pub(crate) struct Grant {
 /// What a run may read, and with which pseudonym key.
 #[derive(Debug)]
 pub(crate) struct DataState {
-    pub(crate) grants: BTreeMap<String, Grant>,
+    /// Shared by every instance of an isolated run.
+    pub(crate) grants: Arc<BTreeMap<String, Grant>>,
     pub(crate) key: PseudonymKey,
+    /// In an entity-isolated run: the run's data, read once, and this
+    /// instance's entity (an index into [`IsolatedData::entities`]). Scans
+    /// then see that entity's rows only.
+    pub(crate) entity: Option<(Arc<IsolatedData>, usize)>,
 }
 
 /// The data of one run's store.
@@ -309,7 +316,11 @@ impl StoreState {
     /// A store that grants no data and declares no tables: for the
     /// `manifest()` call at upload, and for measuring instantiation.
     pub(crate) fn without_data(limits: RunLimits) -> Self {
-        let data = DataState { grants: BTreeMap::new(), key: PseudonymKey::for_run(&[0; 32], b"no data") };
+        let data = DataState {
+            grants: Arc::default(),
+            key: PseudonymKey::for_run(&[0; 32], b"no data"),
+            entity: None,
+        };
         let gate = Gate::new(Vec::new(), Policy::default(), Scope::Tenant).expect("no tables is valid");
         Self::new(limits, CancelToken::new(), [0; 32], data, gate.intake())
     }

@@ -240,6 +240,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reference_data_has_no_entity_and_other_data_must_have_one() {
+        let csv = "region,factor\nnorth,1.5\nsouth,2\n";
+        let reference = IngestOptions { chunk_rows: usize::MAX, ..IngestOptions::reference() };
+        let t = read_with(csv, &reference).unwrap();
+        assert!(t.schema.reference && t.schema.entity().is_none());
+        assert!(t.schema.fields.iter().all(|f| f.classification == Classification::Attribute));
+
+        let err = read_with(csv, &IngestOptions { chunk_rows: usize::MAX, ..IngestOptions::default() });
+        assert!(err.unwrap_err().to_string().contains("no entity column given"));
+        let err = read_with(csv, &IngestOptions { entity: "region".into(), ..reference.clone() });
+        assert!(err.unwrap_err().to_string().contains("reference data has no entity or identifier column"));
+        let err = read_with(csv, &IngestOptions { identifiers: vec!["region".into()], ..reference });
+        assert!(err.unwrap_err().to_string().contains("reference data has no entity or identifier column"));
+    }
+
+    #[test]
     fn infers_types_and_classifies_columns() {
         let csv = "driver,plate,km,loaded,when,region,n\nd1,AB-1,1.5,true,2024-01-01,north,3\nd2,AB-2,2,false,2024-01-02T10:00:00Z,,4\n";
         let options = IngestOptions { identifiers: vec!["plate".into()], ..options() };

@@ -210,6 +210,7 @@ mod tests {
         };
         let schema = Schema {
             fields: vec![text("id", Classification::Entity), text("note", Classification::Attribute)],
+            reference: false,
         };
         let rows = 33_000;
         let note = "n".repeat(1 << 16);

@@ -75,6 +75,8 @@ pub struct IngestOptions {
     pub chunk_rows: usize,
     /// What one input may hold.
     pub limits: InputLimits,
+    /// Reference data (no personal data): no entity and no identifier column.
+    pub reference: bool,
 }
 
 impl Default for IngestOptions {
@@ -85,6 +87,7 @@ impl Default for IngestOptions {
             types: Vec::new(),
             chunk_rows: CHUNK_ROWS,
             limits: InputLimits::default(),
+            reference: false,
         }
     }
 }
@@ -93,6 +96,11 @@ impl IngestOptions {
     /// Options naming the entity column and nothing else.
     pub fn entity(column: impl Into<String>) -> Self {
         Self { entity: column.into(), ..Self::default() }
+    }
+
+    /// Options for reference data: no entity, no identifiers.
+    pub fn reference() -> Self {
+        Self { reference: true, ..Self::default() }
     }
 }
 
@@ -272,10 +280,17 @@ pub(crate) fn classify(
             return Err(error(Some(name), "the column name appears twice".into()));
         }
     }
-    if options.entity.is_empty() {
-        return Err(error(None, "no entity column given".into()));
+    match (options.reference, options.entity.is_empty() && options.identifiers.is_empty()) {
+        (false, _) if options.entity.is_empty() => {
+            return Err(error(None, "no entity column given (or mark the dataset as reference data)".into()));
+        }
+        (true, false) => {
+            return Err(error(None, "reference data has no entity or identifier column".into()));
+        }
+        _ => {}
     }
     let named = std::iter::once(&options.entity)
+        .filter(|entity| !entity.is_empty())
         .chain(&options.identifiers)
         .chain(options.types.iter().map(|(name, _)| name));
     for wanted in named {
@@ -318,7 +333,7 @@ pub(crate) fn classify(
             Ok(Field { name: name.clone(), column_type, classification })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Schema { fields })
+    Ok(Schema { fields, reference: options.reference })
 }
 
 /// The narrowest type every non-empty sample value parses as.

@@ -57,6 +57,11 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Schema {
     pub fields: Vec<Field>,
+    /// The tenant marked the dataset as reference data: no personal data, no
+    /// entity or identifier column. An entity-isolated run gives it whole to
+    /// every entity's instance.
+    #[serde(default)]
+    pub reference: bool,
 }
 
 impl Schema {

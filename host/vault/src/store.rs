@@ -985,7 +985,10 @@ impl DatasetVersion {
             }
             fields[index].name = shown.clone();
         }
-        Ok(DatasetVersion { inner: self.inner.clone(), view: Some(Arc::new(Schema { fields })) })
+        Ok(DatasetVersion {
+            inner: self.inner.clone(),
+            view: Some(Arc::new(Schema { fields, reference: self.schema().reference })),
+        })
     }
 
     pub fn rows(&self) -> u64 {
@@ -1134,7 +1137,7 @@ mod tests {
             column_type: ColumnType::Text,
             classification: Classification::Entity,
         };
-        Box::new(Buggy { schema: Schema { fields: vec![entity] }, chunks: 0, before_first })
+        Box::new(Buggy { schema: Schema { fields: vec![entity], reference: false }, chunks: 0, before_first })
     }
 
     #[test]

@@ -43,7 +43,12 @@ pub struct UploadArgs {
     /// `csv`, `jsonl`, `parquet` or `arrow` (Arrow IPC file or stream).
     pub format: String,
     /// The entity column: the person or customer whom group sizes count.
-    pub entity: String,
+    /// Required unless `reference` is true.
+    pub entity: Option<String>,
+    /// `true`: reference data, with no personal data in it (no entity or
+    /// identifier column). An entity-isolated run gives it whole to every
+    /// entity's instance. Recorded in the version and on the audit chain.
+    pub reference: Option<bool>,
     /// Other identifier columns, comma-separated: pseudonymised like the entity.
     pub identifiers: Option<String>,
     /// Column types instead of inferring them: `col:int,col2:text`.
@@ -124,8 +129,14 @@ async fn upload_dataset(
             Ok((column.to_owned(), parse_type(name)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let options =
-        IngestOptions { identifiers: list(&args.identifiers), types, ..IngestOptions::entity(args.entity) };
+    let reference = args.reference.unwrap_or(false);
+    let options = IngestOptions {
+        entity: args.entity.clone().unwrap_or_default(),
+        identifiers: list(&args.identifiers),
+        types,
+        reference,
+        ..IngestOptions::default()
+    };
 
     let (file, bytes) = receive(&app, body).await?;
     let source = format!("upload of {dataset}");
@@ -158,7 +169,7 @@ async fn upload_dataset(
                 &actor,
                 "dataset.ingest",
                 json!({"dataset": dataset2, "version": info.version, "rows": info.rows, "bytes": bytes,
-                       "format": format_name, "content_hash": info.content_hash}),
+                       "format": format_name, "content_hash": info.content_hash, "reference": reference}),
             )
         })?;
         Ok::<_, Error>(info)
