@@ -18,7 +18,9 @@
 //!   which the plugin's author knows to be empty (computed here from the
 //!   rows, not from the release);
 //! - linked tables are what the finest one's contributions give, whatever a
-//!   plugin sends the others.
+//!   plugin sends the others;
+//! - intakes built per entity or per group and merged with
+//!   `TenantIntake::absorb` release exactly what one intake releases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Add, Div, Mul, Neg, Sub};
