@@ -265,7 +265,8 @@ impl TenantIntake {
     /// scratch intake serves entity after entity: afterwards the intake is
     /// as [`Gate::intake`] made it (its tables derived or not as before).
     /// Clear the [`IssuedEntities`] it was fed under as well
-    /// ([`IssuedEntities::clear`]). O(tables); nothing is freed.
+    /// ([`IssuedEntities::clear`]). O(tables), plus the wrap counts if a
+    /// sum passed i64's range; nothing is freed.
     pub fn clear(&mut self) {
         self.tables.iter_mut().for_each(TableAccumulator::clear);
     }
@@ -957,7 +958,8 @@ pub(crate) mod tests {
         assert_eq!(serde_json::from_str::<Release>(&json).unwrap(), release, "a release reads back");
     }
 
-    /// Per entity of `ids`, (cell, value) rows to table 0 of `spec()`.
+    /// Rows to table 0 of `spec()`: (entity, an index into `ids`; cell;
+    /// value).
     type Rows = Vec<(usize, u32, f64)>;
 
     /// One intake fed `rows` (entity index into `ids`, cell, value) in order.
