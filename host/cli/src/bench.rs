@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use emissions_benchmark::kernel::{self, Groups, REGIONS, Trips, UNKNOWN, VEHICLE_CLASSES};
 use kanon_gate::{
-    Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Scope, Statistic, TableSpec,
+    Contributions, Dimension, Domain, Gate, Isolation, IssuedEntities, Measure, Policy, Scope, Statistic,
+    TableSpec,
 };
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::{
@@ -70,6 +71,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let vault = Vault::temporary()?;
     let trips = vault_io(&vault, rows, repeats, &mut report)?;
     group_by(&runtime, &trips, repeats, &mut report)?;
+    isolation(&runtime, &vault, &trips, if args.quick { 20_000 } else { 100_000 }, repeats, &mut report)?;
     instantiation(&runtime, instantiations, &mut report)?;
     compile_cache(&mut report)?;
     gate(contributions, &mut report)?;
@@ -205,6 +207,79 @@ fn group_by(
         name: "groupby_wasm_vs_native",
         value: native.as_secs_f64() / wasm.as_secs_f64(),
         unit: "ratio",
+    });
+    Ok(())
+}
+
+/// Entity-isolated runs of the emissions plugin: one fresh instance per
+/// driver. Over the same trips as `group_by`, side by side with a shared run;
+/// then over `small` drivers of one trip each, where the per-entity cost is
+/// all there is.
+fn isolation(
+    runtime: &Runtime,
+    vault: &Vault,
+    trips: &DatasetVersion,
+    small: usize,
+    repeats: usize,
+    report: &mut impl FnMut(Figure),
+) -> anyhow::Result<()> {
+    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+    let run = |dataset: &DatasetVersion, isolation| -> anyhow::Result<kanon_runtime::RunStats> {
+        let datasets: BTreeMap<String, DatasetVersion> = [("trips".to_owned(), dataset.clone())].into();
+        let policy = Policy { isolation, ..Policy::default() };
+        let report = runtime.run(&plugin, runner::local_request(datasets, "{}".into(), policy))?;
+        match report.outcome {
+            Ok(_) if report.stats.entities_failed == 0 => Ok(report.stats),
+            Ok(_) => bail!("{} entities failed: {:?}", report.stats.entities_failed, report.owner_log),
+            Err(failure) => bail!("{failure}: {:?}", report.owner_log.error),
+        }
+    };
+    let mut stats = kanon_runtime::RunStats::default();
+    let shared = best_of(repeats, || run(trips, Isolation::Shared).map(drop))?;
+    let isolated = best_of(repeats, || {
+        stats = run(trips, Isolation::Entity)?;
+        Ok(())
+    })?;
+    report(Figure { name: "isolated_run_s", value: isolated.as_secs_f64(), unit: "s" });
+    report(Figure {
+        name: "isolated_vs_shared",
+        value: isolated.as_secs_f64() / shared.as_secs_f64(),
+        unit: "ratio",
+    });
+    report(Figure {
+        name: "isolated_entities_per_s",
+        value: stats.entities_run as f64 / isolated.as_secs_f64(),
+        unit: "entities/s",
+    });
+    report(Figure {
+        name: "isolated_instantiate_p50",
+        value: stats.instantiation.as_secs_f64() * 1e6,
+        unit: "us",
+    });
+    report(Figure {
+        name: "isolated_peak_host_mib",
+        value: stats.peak_host_bytes as f64 / 1048576.0,
+        unit: "MiB",
+    });
+
+    let mut csv = Vec::with_capacity(small * 64);
+    datagen::trips(&mut csv, small, small, 5)?;
+    let reader = open_stream(
+        InputFormat::Csv,
+        "small",
+        std::io::Cursor::new(csv),
+        &IngestOptions::entity("driver_id"),
+    )?;
+    vault.ingest("bench", "small", WriteMode::Replace, reader, "generated")?;
+    let small = vault.dataset("bench", "small", None)?;
+    let time = best_of(repeats, || {
+        stats = run(&small, Isolation::Entity)?;
+        Ok(())
+    })?;
+    report(Figure {
+        name: "isolated_small_entities_per_s",
+        value: stats.entities_run as f64 / time.as_secs_f64(),
+        unit: "entities/s",
     });
     Ok(())
 }
