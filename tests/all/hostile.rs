@@ -11,7 +11,9 @@ use kanon_tests::{
 };
 
 // The attacks on entity isolation are tested in `isolation`.
-use crate::isolation::{cancels_pairs, moves_data_across_entities, spells_with_counts, traps_for_one_entity};
+use crate::isolation::{
+    cancels_pairs, joins_on_the_entity, moves_data_across_entities, spells_with_counts, traps_for_one_entity,
+};
 
 // A fixture without a test below fails to compile here.
 macro_rules! has_test {

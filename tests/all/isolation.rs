@@ -176,3 +176,106 @@ pub(crate) fn traps_for_one_entity() {
     assert_eq!((isolated.stats.entities_run, isolated.stats.entities_failed), (12, 1));
     assert_eq!((clean.stats.entities_run, clean.stats.entities_failed), (11, 0));
 }
+
+/// Through the daemon: a plugin that joins two datasets on the entity and
+/// weighs by a reference table releases the same table isolated as shared,
+/// and the release record says which mode it ran in.
+#[test]
+pub(crate) fn joins_on_the_entity() {
+    use kanon_daemon::Role;
+    use kanon_daemon::approvals::covering;
+    use kanon_daemon::registry::PluginRecord;
+    use serde_json::{Value, json};
+
+    use crate::daemon::{TestDaemon, audit, upload_plugin};
+
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let regions = ["north", "east", "south"];
+    let mut trips = String::from("driver_id,region,fuel_litres\n");
+    let mut contracts = String::from("driver_id,contract\n");
+    // 120 drivers: 40 per region, half employed (20 a cell, over k = 10);
+    // two trips each.
+    let mut expected: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    let factor = |region: &str| match region {
+        "north" => 1.5,
+        "east" => 2.0,
+        _ => 1.0,
+    };
+    for d in 0..120 {
+        let (region, contract) = (regions[d % 3], if d % 2 == 0 { "employed" } else { "freelance" });
+        let fuel = 10.0 + d as f64;
+        trips.push_str(&format!("D{d},{region},{fuel}\nD{d},{region},{}\n", fuel / 2.0));
+        contracts.push_str(&format!("D{d},{contract}\n"));
+        let cell = expected.entry((contract, region)).or_default();
+        cell.0 += 1.0;
+        cell.1 += 1.5 * fuel * factor(region);
+    }
+    let put = |name: &str, query: &str, csv: String| {
+        let _: Value = admin
+            .upload(
+                "PUT",
+                &format!("/v1/tenants/acme/datasets/{name}?format=csv&{query}"),
+                "text/csv",
+                std::io::Cursor::new(csv.into_bytes()),
+            )
+            .unwrap();
+    };
+    put("trips", "entity=driver_id", trips);
+    put("contracts", "entity=driver_id", contracts);
+    put("factors", "reference=true", "region,factor\nnorth,1.5\neast,2.0\nsouth,1.0\n".into());
+    let ingested = audit(&admin, "acme");
+    let reference: Vec<&Value> = ingested
+        .entries
+        .iter()
+        .filter(|e| e.action == "dataset.ingest")
+        .map(|e| &e.detail["reference"])
+        .collect();
+    assert_eq!(reference, [&json!(false), &json!(false), &json!(true)], "the mark is on the chain");
+
+    let bytes = std::fs::read(kanon_artifacts::JOINS_ON_THE_ENTITY).unwrap();
+    let uploaded = upload_plugin(&analyst, &bytes);
+    assert_eq!(uploaded.status, 201, "{}", uploaded.text());
+    let plugin: PluginRecord = uploaded.json().unwrap();
+    let (datasets, outputs) = covering(&plugin.manifest, str::to_owned);
+    let approval: Value = admin
+        .send(
+            "POST",
+            "/v1/tenants/acme/approvals",
+            &json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 3600}),
+        )
+        .unwrap();
+    let run = |policy: Value| -> Value {
+        let job: Value = analyst
+            .send(
+                "POST",
+                "/v1/jobs",
+                &json!({"tenant": "acme", "plugin": plugin.hash, "approval": approval["id"], "policy": policy,
+                        "datasets": {"trips": "trips", "contracts": "contracts", "factors": "factors"}}),
+            )
+            .unwrap();
+        let id = job["id"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let job: Value = analyst.get(&format!("/v1/jobs/{id}")).unwrap();
+            if job["state"] == "succeeded" {
+                return analyst.get(&format!("/v1/jobs/{id}/results")).unwrap();
+            }
+            assert!(job["state"] == "queued" || job["state"] == "running", "{job}");
+            assert!(std::time::Instant::now() < deadline, "{job}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let shared = run(json!({}));
+    let isolated = run(json!({"isolation": "entity"}));
+    assert_eq!(shared["tables"], isolated["tables"], "the join is the same in both modes");
+    assert_eq!(isolated["policy"]["isolation"], "entity");
+    for cell in isolated["tables"][0]["cells"].as_array().unwrap() {
+        let key = (cell["key"][0].as_str().unwrap(), cell["key"][1].as_str().unwrap());
+        let (count, sum) = expected[&key];
+        let values = cell["values"].as_array().unwrap_or_else(|| panic!("{key:?} suppressed: {isolated}"));
+        assert_eq!(values[0], count, "{key:?}");
+        assert!((values[1].as_f64().unwrap() - sum).abs() < 1e-6, "{key:?}: {values:?} vs {sum}");
+    }
+}
