@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use kanon_gate::{Gate, IssuedEntities, TenantIntake};
 use kanon_vault::{Batch, BatchColumn, BatchValues, DatasetVersion, PseudonymKey, Scan, ScanError};
+use rustc_hash::FxHashMap;
 
 use crate::RunLimits;
 use crate::clocks::CancelToken;
@@ -90,15 +91,16 @@ impl IsolatedData {
             read.iter().flat_map(|(_, _, e, _)| e.iter().flatten().copied()).collect();
         entities.sort_unstable();
         entities.dedup();
+        let index: FxHashMap<u64, u32> = entities.iter().enumerate().map(|(i, &p)| (p, i as u32)).collect();
         let datasets = read
             .into_iter()
             .map(|(name, mut columns, entity, rows)| {
                 let ranges = entity.map(|pseudonyms| {
-                    let order = entity_order(&pseudonyms);
+                    let (order, ranges) = group_by_entity(&pseudonyms, &index, entities.len());
                     for (_, values) in &mut columns {
                         values.permute(&order);
                     }
-                    ranges_of(&pseudonyms, &order, &entities)
+                    ranges
                 });
                 (name, Materialized { columns, ranges, rows })
             })
@@ -204,26 +206,33 @@ fn read_columns(
     Ok((columns, pseudonyms, rows))
 }
 
-/// Row indices in entity order; an entity's rows keep their stored order.
-fn entity_order(pseudonyms: &[u64]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..pseudonyms.len() as u32).collect();
-    order.sort_by_key(|&row| pseudonyms[row as usize]);
-    order
-}
-
-/// Per entity of `entities` (ascending), its rows once the dataset is in
-/// `order`: empty where the dataset has none of its rows.
-fn ranges_of(pseudonyms: &[u64], order: &[u32], entities: &[u64]) -> Vec<(u32, u32)> {
-    let mut ranges = Vec::with_capacity(entities.len());
-    let mut row = 0;
-    for &entity in entities {
-        let start = row;
-        while row < order.len() && pseudonyms[order[row] as usize] == entity {
-            row += 1;
-        }
-        ranges.push((start as u32, row as u32));
+/// Row indices in entity order (an entity's rows keep their stored order),
+/// and per entity of the run (by its index in `index`) its rows in that
+/// order: a counting sort, one pass to count and one to place, since every
+/// row's entity is known.
+fn group_by_entity(
+    pseudonyms: &[u64],
+    index: &FxHashMap<u64, u32>,
+    entities: usize,
+) -> (Vec<u32>, Vec<(u32, u32)>) {
+    let of_row: Vec<u32> = pseudonyms.iter().map(|p| index[p]).collect();
+    let mut ranges = vec![(0u32, 0u32); entities];
+    for &entity in &of_row {
+        ranges[entity as usize].1 += 1;
     }
-    ranges
+    let mut start = 0;
+    for range in &mut ranges {
+        let count = range.1;
+        *range = (start, start);
+        start += count;
+    }
+    let mut order = vec![0u32; pseudonyms.len()];
+    for (row, &entity) in of_row.iter().enumerate() {
+        let range = &mut ranges[entity as usize];
+        order[range.1 as usize] = row as u32;
+        range.1 += 1;
+    }
+    (order, ranges)
 }
 
 impl Values {
