@@ -14,15 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kanon_gate::{Gate, IssuedEntities, TenantIntake};
+use kanon_gate::{IssuedEntities, TenantIntake};
 use kanon_vault::{Batch, BatchColumn, BatchValues, DatasetVersion, PseudonymKey, Scan, ScanError};
 use rustc_hash::FxHashMap;
 
 use crate::RunLimits;
-use crate::clocks::CancelToken;
 use crate::data::MAX_BATCH_ROWS;
 use crate::manifest::DatasetNeed;
-use crate::run::{FailureClass, InstanceRun, LoadedPlugin, OwnerLog, RunStats, Runtime, entity_seed};
+use crate::run::{FailureClass, InstanceRun, OwnerLog, RunStats, Runtime, TenantRun, entity_seed};
 use crate::sandbox::{DataState, Grant, StoreState, truncate};
 
 /// Every granted dataset of an isolated run, read once, and the entities
@@ -441,17 +440,8 @@ impl Runtime {
     /// entity whose instance fails is left out and counted in the owner log;
     /// the run fails only at its own deadline, on cancel, or if its data
     /// cannot be read.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn run_isolated(
-        &self,
-        plugin: &LoadedPlugin,
-        gate: &Gate,
-        run_id: &str,
-        datasets: &BTreeMap<String, DatasetVersion>,
-        secret: &[u8; 32],
-        params: &str,
-        cancel: &CancelToken,
-    ) -> InstanceRun {
+    pub(crate) fn run_isolated(&self, run: &TenantRun<'_>) -> InstanceRun {
+        let TenantRun { plugin, gate, run_id, datasets, secret, .. } = *run;
         let limits = &self.config().limits;
         let deadline = Instant::now() + limits.timeout;
         let key = PseudonymKey::for_run(secret, run_id.as_bytes());
@@ -494,14 +484,10 @@ impl Runtime {
             ..limits.clone()
         };
         let shared = Shared {
-            plugin,
-            gate,
+            run,
             data: &data,
             grants: &grants,
             key: &key,
-            secret,
-            params,
-            cancel,
             limits: &entity_limits,
             deadline,
             next: AtomicUsize::new(0),
@@ -551,7 +537,7 @@ impl Runtime {
     /// until none is left, each in a fresh instance; the intake of every one
     /// that succeeded is absorbed into the worker's.
     fn isolated_worker(&self, shared: &Shared<'_>) -> Worker {
-        let gate = shared.gate;
+        let TenantRun { plugin, gate, secret, params, cancel, .. } = *shared.run;
         let mut worker = Worker {
             intake: gate.intake(),
             issued: IssuedEntities::new(),
@@ -569,7 +555,7 @@ impl Runtime {
         loop {
             let entity = shared.next.fetch_add(1, Ordering::Relaxed);
             let Some(&pseudonym) = shared.data.entities.get(entity) else { break };
-            if shared.cancel.is_cancelled() {
+            if cancel.is_cancelled() {
                 worker.result = Err(FailureClass::Cancelled);
                 break;
             }
@@ -587,10 +573,10 @@ impl Runtime {
                 key: shared.key.clone(),
                 entity: Some((Arc::clone(shared.data), entity)),
             };
-            let seed = entity_seed(shared.secret, &shared.plugin.hash, shared.params, pseudonym);
-            let mut state = StoreState::new(limits, shared.cancel.clone(), seed, data, scratch.0);
+            let seed = entity_seed(secret, &plugin.hash, params, pseudonym);
+            let mut state = StoreState::new(limits, cancel.clone(), seed, data, scratch.0);
             state.issued = scratch.1;
-            let (result, state, instantiation) = self.instance(shared.plugin, state, shared.params);
+            let (result, state, instantiation) = self.instance(plugin, state, params);
             let (stdout, stderr) = state.output();
             worker.log.output(&stdout, &stderr);
             worker.log.refusals(&state.meter.refusals);
@@ -614,7 +600,7 @@ impl Runtime {
                 Err((class, error)) => {
                     worker.entities_failed += 1;
                     worker.log.entity_failed(class, error);
-                    if shared.cancel.is_cancelled() {
+                    if cancel.is_cancelled() {
                         worker.result = Err(FailureClass::Cancelled);
                         break;
                     }
@@ -634,14 +620,10 @@ impl Runtime {
 
 /// What every worker of an isolated run shares.
 struct Shared<'a> {
-    plugin: &'a LoadedPlugin,
-    gate: &'a Gate,
+    run: &'a TenantRun<'a>,
     data: &'a Arc<IsolatedData>,
     grants: &'a Arc<BTreeMap<String, Grant>>,
     key: &'a PseudonymKey,
-    secret: &'a [u8; 32],
-    params: &'a str,
-    cancel: &'a CancelToken,
     /// One entity's instance's limits.
     limits: &'a RunLimits,
     deadline: Instant,

@@ -243,6 +243,22 @@ impl BenchmarkReport {
     }
 }
 
+/// One tenant's part of a run: what every instance of it is given.
+#[derive(Clone, Copy)]
+pub(crate) struct TenantRun<'a> {
+    pub(crate) plugin: &'a LoadedPlugin,
+    pub(crate) gate: &'a Gate,
+    /// Keys the run's pseudonyms.
+    pub(crate) run_id: &'a str,
+    pub(crate) datasets: &'a BTreeMap<String, DatasetVersion>,
+    /// The tenant's secret: its pseudonym key and its instances' seeds derive
+    /// from it.
+    pub(crate) secret: &'a [u8; 32],
+    /// The params as checked and completed from the manifest.
+    pub(crate) params: &'a str,
+    pub(crate) cancel: &'a CancelToken,
+}
+
 /// What one tenant's run left behind: its one instance's, or in an
 /// entity-isolated run every entity's instance's.
 pub(crate) struct InstanceRun {
@@ -317,15 +333,15 @@ impl Runtime {
         let params = plugin.manifest.check_params(&request.params)?;
         plugin.manifest.check_data(&request.datasets)?;
         let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy, Scope::Tenant)?;
-        let mut run = self.run_tenant(
+        let mut run = self.run_tenant(&TenantRun {
             plugin,
-            &gate,
-            &request.run_id,
-            &request.datasets,
-            &request.tenant_secret,
-            &params,
-            &request.cancel,
-        );
+            gate: &gate,
+            run_id: &request.run_id,
+            datasets: &request.datasets,
+            secret: &request.tenant_secret,
+            params: &params,
+            cancel: &request.cancel,
+        });
         let outcome = match run.result {
             Ok(()) => Ok(gate.release(std::slice::from_ref(&run.intake))),
             Err(class) => Err(RunFailure { class }),
@@ -362,15 +378,15 @@ impl Runtime {
         let mut failure = None;
         for tenant in &request.tenants {
             let started = Instant::now();
-            let mut run = self.run_tenant(
+            let mut run = self.run_tenant(&TenantRun {
                 plugin,
-                &gate,
-                &request.run_id,
-                &tenant.datasets,
-                &tenant.secret,
-                &params,
-                &request.cancel,
-            );
+                gate: &gate,
+                run_id: &request.run_id,
+                datasets: &tenant.datasets,
+                secret: &tenant.secret,
+                params: &params,
+                cancel: &request.cancel,
+            });
             run.stats.duration = started.elapsed();
             if let Err(class) = run.result {
                 failure.get_or_insert(RunFailure { class });
@@ -399,35 +415,16 @@ impl Runtime {
 
     /// One tenant's part of a run: one instance over all its data, or, when
     /// the policy asks for entity isolation, one per entity.
-    #[allow(clippy::too_many_arguments)]
-    fn run_tenant(
-        &self,
-        plugin: &LoadedPlugin,
-        gate: &Gate,
-        run_id: &str,
-        datasets: &BTreeMap<String, DatasetVersion>,
-        secret: &[u8; 32],
-        params: &str,
-        cancel: &CancelToken,
-    ) -> InstanceRun {
-        match gate.policy().isolation {
-            Isolation::Entity => self.run_isolated(plugin, gate, run_id, datasets, secret, params, cancel),
-            Isolation::Shared => self.run_shared(plugin, gate, run_id, datasets, secret, params, cancel),
+    fn run_tenant(&self, run: &TenantRun<'_>) -> InstanceRun {
+        match run.gate.policy().isolation {
+            Isolation::Entity => self.run_isolated(run),
+            Isolation::Shared => self.run_shared(run),
         }
     }
 
     /// One tenant's instance, in a fresh store, feeding a fresh intake.
-    #[allow(clippy::too_many_arguments)]
-    fn run_shared(
-        &self,
-        plugin: &LoadedPlugin,
-        gate: &Gate,
-        run_id: &str,
-        datasets: &BTreeMap<String, DatasetVersion>,
-        secret: &[u8; 32],
-        params: &str,
-        cancel: &CancelToken,
-    ) -> InstanceRun {
+    fn run_shared(&self, run: &TenantRun<'_>) -> InstanceRun {
+        let TenantRun { plugin, gate, run_id, datasets, secret, params, cancel } = *run;
         let grants = plugin
             .manifest
             .inputs
