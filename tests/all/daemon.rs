@@ -665,3 +665,30 @@ fn the_metrics_count_requests_jobs_and_refusals() {
     assert!(text.contains("kanon_refusals_total{reason=\"token\"} 1"), "{text}");
     assert!(text.contains("route=\"/v1/tenants\""), "{text}");
 }
+
+#[test]
+fn a_large_field_is_cut_in_the_audit_entry_and_kept_whole_in_its_record() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    ingest_trips(&admin, "acme");
+    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let approval = approve(&admin, "acme", &plugin, "ana");
+    let long = "x".repeat(900_000);
+    let schema = json!({"type": "object", "description": long});
+    let body = json!({"plugin": plugin["hash"], "analyst": "ana", "outputs": approval["outputs"], "ttl_secs": 3600,
+                      "datasets": approval["datasets"], "params_schema": schema});
+    let created: Value = admin.send("POST", "/v1/tenants/acme/approvals", &body).unwrap();
+    assert_eq!(
+        created["params_schema"]["description"].as_str().unwrap().len(),
+        long.len(),
+        "the record is whole"
+    );
+    let export = audit(&admin, "acme");
+    let entry = export.entries.last().unwrap();
+    assert_eq!(entry.action, "approval.grant");
+    assert_eq!(entry.detail["approval"], created["id"]);
+    let size = serde_json::to_vec(entry).unwrap().len();
+    assert!(size <= kanon_daemon::audit::MAX_DETAIL_BYTES + 1024, "the entry holds {size} bytes");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+}

@@ -14,6 +14,16 @@ use utoipa::ToSchema;
 /// operator tokens). Not a valid tenant name, so it cannot collide.
 pub const HOST_CHAIN: &str = "_host";
 
+/// Longest string an entry keeps whole, in bytes: a longer one (a detail's
+/// value or key, or the actor) keeps this many bytes and says how long it
+/// was.
+pub const MAX_DETAIL_STRING: usize = 512;
+
+/// Largest detail an entry keeps whole, serialized, in bytes. Past it, the
+/// largest top-level fields are replaced by their size and blake3 digest
+/// (`{"cut": {"bytes": …, "blake3": …}}`) until the detail fits.
+pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
+
 /// The `prev` of a chain's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -75,9 +85,9 @@ impl AuditEntry {
             seq: head.count + 1,
             at_ms: crate::now_ms(),
             chain: chain.to_owned(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            detail,
+            actor: cut_string(actor),
+            action: cut_string(action),
+            detail: capped(detail),
             prev,
             hash: String::new(),
         };
@@ -100,6 +110,78 @@ impl AuditEntry {
         hasher.update(&serde_json::to_vec(&hashed).expect("audit entries serialize"));
         hasher.finalize().to_hex().to_string()
     }
+}
+
+/// `text` as an entry keeps it: whole up to [`MAX_DETAIL_STRING`] bytes,
+/// else that many (at a character boundary) and its length.
+fn cut_string(text: &str) -> String {
+    if text.len() <= MAX_DETAIL_STRING {
+        return text.to_owned();
+    }
+    let mut end = MAX_DETAIL_STRING;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes]", &text[..end], text.len())
+}
+
+/// Every string of `value` (keys too) cut by [`cut_string`].
+fn cut_strings(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.len() > MAX_DETAIL_STRING => Value::String(cut_string(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(cut_strings).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (cut_string(&k), cut_strings(v))).collect())
+        }
+        other => other,
+    }
+}
+
+fn json_len(value: &serde_json::Value) -> usize {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len())
+}
+
+/// What stands for a value too large to keep: its size and digest.
+fn cut_marker(original: &serde_json::Value) -> serde_json::Value {
+    let bytes = serde_json::to_vec(original).unwrap_or_default();
+    serde_json::json!({"cut": {"bytes": bytes.len(), "blake3": blake3::hash(&bytes).to_hex().as_str()}})
+}
+
+/// A detail as an entry keeps it, whatever a caller put in it: strings cut
+/// to [`MAX_DETAIL_STRING`], and the whole at most about
+/// [`MAX_DETAIL_BYTES`]. The one place every entry's detail is bounded.
+pub(crate) fn capped(detail: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let fits = |value: &Value| json_len(value) <= MAX_DETAIL_BYTES;
+    let Value::Object(original) = detail else {
+        let cut = cut_strings(detail.clone());
+        return if fits(&cut) { cut } else { cut_marker(&detail) };
+    };
+    let mut kept: serde_json::Map<String, Value> =
+        original.iter().map(|(k, v)| (cut_string(k), cut_strings(v.clone()))).collect();
+    let mut total = json_len(&Value::Object(kept.clone()));
+    if total > MAX_DETAIL_BYTES {
+        // The largest fields go first, each for its size and digest.
+        let mut sizes: Vec<(String, String, usize)> =
+            original.keys().map(|k| (k.clone(), cut_string(k), json_len(&kept[&cut_string(k)]))).collect();
+        sizes.sort_by(|a, b| b.2.cmp(&a.2));
+        for (key, cut_key, size) in sizes {
+            if total <= MAX_DETAIL_BYTES {
+                break;
+            }
+            let marker = cut_marker(&original[&key]);
+            let marker_len = json_len(&marker);
+            if marker_len >= size {
+                // The rest are smaller still: only a digest of the whole helps.
+                break;
+            }
+            total = total - size + marker_len;
+            kept.insert(cut_key, marker);
+        }
+    }
+    let kept = Value::Object(kept);
+    if fits(&kept) { kept } else { cut_marker(&Value::Object(original)) }
 }
 
 /// A chain as exported: what `kanon audit verify` checks.
@@ -259,6 +341,49 @@ mod tests {
         let (mut entries, head) = chain(2);
         entries[1].chain = "other".into();
         assert!(matches!(verify("acme", &entries, &head), Err(ChainBreak::WrongChain { seq: 2, .. })));
+    }
+
+    #[test]
+    fn a_long_string_in_a_detail_is_cut_and_the_entry_still_verifies() {
+        let long = "x".repeat(1_000_000);
+        let entry = AuditEntry::next(
+            &AuditHead::default(),
+            "acme",
+            &long,
+            "access.refused",
+            json!({"what": "job.submit", "approval": long, "nested": [{"k": long}], long.clone(): 1}),
+        );
+        let size = serde_json::to_vec(&entry).unwrap().len();
+        assert!(size < 6 * MAX_DETAIL_STRING, "four long strings, each cut: {size} bytes");
+        assert_eq!(entry.detail["what"], "job.submit", "short fields are kept whole");
+        let approval = entry.detail["approval"].as_str().unwrap();
+        assert!(approval.starts_with(&"x".repeat(MAX_DETAIL_STRING)), "{approval}");
+        assert!(approval.ends_with("…[1000000 bytes]"), "{approval}");
+        assert!(entry.actor.len() < MAX_DETAIL_STRING + 32);
+        let head = AuditHead { count: 1, hash: entry.hash.clone() };
+        assert_eq!(verify("acme", &[entry], &head), Ok(1));
+    }
+
+    #[test]
+    fn a_large_detail_keeps_its_small_fields_and_a_digest_of_the_large_ones() {
+        let many: Vec<String> = (0..100_000).map(|i| format!("column_{i}")).collect();
+        let detail = json!({"approval": "apr_1", "columns": many, "analyst": "ana"});
+        let entry = AuditEntry::next(&AuditHead::default(), "acme", "a", "approval.grant", detail);
+        assert!(serde_json::to_vec(&entry.detail).unwrap().len() <= MAX_DETAIL_BYTES);
+        assert_eq!(entry.detail["approval"], "apr_1");
+        assert_eq!(entry.detail["analyst"], "ana");
+        let cut = &entry.detail["columns"]["cut"];
+        let whole = serde_json::to_vec(&json!(many)).unwrap();
+        assert_eq!(cut["bytes"], whole.len());
+        assert_eq!(cut["blake3"], blake3::hash(&whole).to_hex().as_str());
+        // A detail of many small fields is kept as one digest.
+        let wide: serde_json::Map<String, serde_json::Value> =
+            (0..10_000).map(|i| (format!("k{i}"), json!(i))).collect();
+        let entry = AuditEntry::next(&AuditHead::default(), "acme", "a", "x", json!(wide));
+        assert!(serde_json::to_vec(&entry.detail).unwrap().len() <= MAX_DETAIL_BYTES);
+        // Small details are untouched.
+        let small = json!({"job": "job_1", "datasets": {"trips": "trips"}, "n": 3});
+        assert_eq!(AuditEntry::next(&AuditHead::default(), "acme", "a", "x", small.clone()).detail, small);
     }
 
     #[test]
