@@ -16,7 +16,7 @@ pub(crate) struct TestDaemon {
     pub(crate) operator: Client,
     tokio: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl TestDaemon {
@@ -37,7 +37,12 @@ impl TestDaemon {
             .expect("daemon starts");
         let base = format!("http://{}", daemon.local_addr());
         let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
-        Self { operator, tokio, daemon: Some(daemon), _dir: dir }
+        Self { operator, tokio, daemon: Some(daemon), dir }
+    }
+
+    /// The size of the control database now.
+    pub(crate) fn control_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.path().join(kanon_daemon::CONTROL_FILE)).unwrap().len()
     }
 
     /// A client holding a new token.
@@ -293,6 +298,8 @@ fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
     let before = audit(&admin, "acme").entries.len();
     assert_eq!(intruder.raw("GET", "/v1/tenants/acme/audit", None).unwrap().status, 403);
     assert_eq!(analyst.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
+    // A percent-encoded name is the same tenant's.
+    assert_eq!(analyst.raw("GET", "/v1/tenants/%61c%6De/approvals", None).unwrap().status, 403);
     // Without a token: refused and counted, but not written to the log.
     assert_eq!(
         d.operator.with_token(None).raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status,
@@ -300,9 +307,14 @@ fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
     );
     let export = audit(&admin, "acme");
     let refused: Vec<_> = export.entries[before..].iter().filter(|e| e.action == "access.refused").collect();
-    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused.len(), 3, "{refused:?}");
     assert!(refused[0].actor.starts_with("tenant-admin other-admin"), "{:?}", refused[0]);
     assert!(refused[1].detail["what"].as_str().unwrap().contains("as analyst"), "{:?}", refused[1]);
+    assert_eq!(
+        refused[2].detail["what"], "GET /v1/tenants/{tenant}/approvals as analyst",
+        "{:?}",
+        refused[2]
+    );
     assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
 }
 
@@ -429,14 +441,44 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
     allowed.iter().find(|(r, _)| *r == role).map_or(403, |(_, status)| *status)
 }
 
+/// A well-formed id that names nothing, for the `{id}` of `path`.
+fn absent_id(path: &str) -> String {
+    let zeros = "0".repeat(24);
+    if path.starts_with("/v1/tokens/") {
+        "0".repeat(12)
+    } else if path.starts_with("/v1/jobs/") {
+        format!("job_{zeros}")
+    } else if path.contains("/approvals/") {
+        format!("apr_{zeros}")
+    } else if path.contains("/grants/") {
+        format!("grant_{zeros}")
+    } else {
+        panic!("no id shape for {path}: add it here")
+    }
+}
+
 fn probe_path(path: &str) -> String {
+    let path = if path.contains("{id}") { path.replace("{id}", &absent_id(path)) } else { path.to_owned() };
     path.replace("{tenant}", "acme")
         .replace("{dataset}", "nope")
-        .replace("{id}", "nope")
         .replace("{hash}", &"0".repeat(64))
         .replace("{benchmark}", "nope")
-        .replace("{run}", "nope")
+        .replace("{run}", &format!("brun_{}", "0".repeat(24)))
         .replace("{version}", "latest")
+}
+
+/// `path` with each parameter malformed in turn (too long, or not of its
+/// shape), and which.
+fn malformed_path(path: &str, long: &str) -> Vec<(&'static str, String)> {
+    let params = ["{tenant}", "{dataset}", "{id}", "{hash}", "{benchmark}", "{run}", "{version}"];
+    let mut paths = Vec::new();
+    for param in params.iter().filter(|p| path.contains(*p)) {
+        let correct = probe_path(path.replace(param, "\u{1}").as_str());
+        for bad in [long, "..%2F..%2Fcontrol.redb", "-x", "%ff"] {
+            paths.push((*param, correct.replace('\u{1}', bad)));
+        }
+    }
+    paths
 }
 
 #[test]
@@ -493,6 +535,58 @@ fn every_route_answers_every_role_and_every_bad_token_with_the_exact_status() {
             assert_eq!(status, bad_token_status, "{what} {method} {url}");
         }
     }
+}
+
+#[test]
+fn malformed_ids_and_names_are_refused_before_any_lookup_or_audit() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let clients = [
+        (Role::Operator, d.operator.clone()),
+        (Role::TenantAdmin, admin.clone()),
+        (Role::Analyst, d.token(Role::Analyst, "ana", None, None).0),
+        (Role::Vendor, d.token(Role::Vendor, "ven", None, None).0),
+    ];
+    let head = audit(&admin, "acme").head;
+    let long = "a".repeat(1000);
+    let mut probed = 0;
+    for (method, path, access) in ACCESS {
+        let body = matches!(*method, "POST" | "PUT").then_some(("application/json", b"{}".as_slice()));
+        for (param, url) in malformed_path(path, &long) {
+            for (role, client) in &clients {
+                // A role the route refuses is refused before its parameters
+                // are read (and audited if the tenant is well-formed).
+                let allowed = matches!(access, Access::Roles(roles) if roles.contains(role));
+                if !allowed && param != "{tenant}" {
+                    continue;
+                }
+                let status = if allowed { 400 } else { 403 };
+                let reply = client.raw(method, &url, body).unwrap();
+                assert_eq!(reply.status, status, "{role} {method} {url}: {}", reply.text());
+                assert!(reply.body.len() < 400, "the refusal quotes a bounded part: {}", reply.text());
+                probed += 1;
+            }
+        }
+    }
+    assert!(probed > 100, "{probed}");
+    assert_eq!(audit(&admin, "acme").head, head, "nothing was audited");
+
+    // The same in a body: a 1 MB approval id is refused whole, and nothing is written.
+    let (analyst, _) = (&clients[2].1, ());
+    let size = d.control_bytes();
+    let body = json!({"tenant": "acme", "plugin": "0".repeat(64), "approval": "a".repeat(1_000_000), "datasets": {}});
+    for _ in 0..50 {
+        let reply =
+            analyst.raw("POST", "/v1/jobs", Some(("application/json", body.to_string().as_bytes()))).unwrap();
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert!(
+            reply.text().contains("not a approval id") || reply.text().contains("approval id"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(audit(&admin, "acme").head, head, "nothing was audited");
+    assert_eq!(d.control_bytes(), size, "the control database did not grow");
 }
 
 /// What the state looks like from outside, to compare before and after.

@@ -276,6 +276,22 @@ pub struct SubmitRequest {
     pub policy: Option<PolicyLayer>,
 }
 
+impl SubmitRequest {
+    /// The shapes of its ids and names, checked before anything is looked
+    /// up or audited.
+    pub(crate) fn check(&self) -> Result<()> {
+        crate::tenants::check_name("tenant", &self.tenant)?;
+        crate::ids::check_hash(&self.plugin)?;
+        crate::ids::check_id("approval", crate::ids::APPROVAL, &self.approval)?;
+        crate::ids::check_count("datasets", self.datasets.len(), crate::ids::MAX_DATASETS)?;
+        for (name, dataset) in &self.datasets {
+            crate::ids::check_manifest_name("dataset", name)?;
+            crate::tenants::check_name("dataset", dataset)?;
+        }
+        Ok(())
+    }
+}
+
 /// Cancel a job: a queued one at once; a running one is marked here, and
 /// the caller interrupts its run ([`Scheduler::cancel`]), whose result is
 /// then discarded.

@@ -22,6 +22,7 @@ pub mod config;
 mod error;
 pub mod export;
 pub mod grants;
+pub mod ids;
 pub mod jobs;
 mod metrics;
 pub mod registry;

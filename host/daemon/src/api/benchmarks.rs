@@ -271,6 +271,7 @@ async fn opt_in(
     JsonBody(request): JsonBody<OptInRequest>,
 ) -> Result<axum::Json<OptIn>> {
     tenant_admin_of(&app, &caller, &tenant)?;
+    request.check()?;
     let benchmark = visible(&app, &caller, &name)?;
     let plugin: PluginRecord = app
         .store

@@ -42,6 +42,7 @@ async fn submit_job(
     Extension(caller): Extension<Caller>,
     JsonBody(ask): JsonBody<SubmitRequest>,
 ) -> Result<(StatusCode, axum::Json<Job>)> {
+    ask.check()?;
     let limits = app.config.jobs.clone();
     let job = app.store.write(|w| jobs::submit(w, &limits, &caller.actor(), &caller.name, ask))??;
     app.scheduler.wake();

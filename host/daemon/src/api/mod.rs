@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,11 +35,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::App;
 use crate::auth::{self, Caller, Role};
 use crate::config::RequestLimits;
 use crate::error::Error;
 use crate::store::TOKENS;
+use crate::{App, ids};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,8 +243,10 @@ async fn observe(
     response
 }
 
-/// Check the caller against the route's [`ACCESS`] entry.
-async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+/// Check the caller against the route's [`ACCESS`] entry, and the shape of
+/// every path parameter: a malformed id or name is refused before any
+/// handler looks it up or any refusal is audited under it.
+async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let roles = match access(request.method().as_str(), &path) {
         Some(Access::Public) => return next.run(request).await,
@@ -263,13 +265,27 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
             return unauthorized();
         }
     };
+    let (mut parts, body) = request.into_parts();
+    // Percent-decoded, as the handlers see them.
+    let params = RawPathParams::from_request_parts(&mut parts, &()).await;
+    let checked = match &params {
+        Ok(params) => params.iter().try_for_each(|(name, value)| ids::check_path_param(&path, name, value)),
+        Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
+    };
+    let mut request = Request::from_parts(parts, body);
     if !roles.contains(&caller.role) {
         app.metrics.refusal("role");
-        if let Some(tenant) = tenant_in_path(&path, request.uri().path()) {
+        // Only a well-formed name can be a tenant's, to write the refusal to.
+        let tenant = params.iter().flatten().find(|(name, _)| *name == "tenant").map(|(_, value)| value);
+        if let Some(tenant) = tenant.filter(|t| crate::tenants::check_name("tenant", t).is_ok()) {
             let what = format!("{} {path} as {}", request.method(), caller.role);
             audit_refusal(&app, &caller, tenant, &what);
         }
         return Error::Forbidden(format!("this route is not open to {} tokens", caller.role)).into_response();
+    }
+    if let Err(refused) = checked {
+        app.metrics.refusal("path");
+        return refused.into_response();
     }
     tracing::debug!(token = %caller.token_id, role = %caller.role, "authorized");
     request.extensions_mut().insert(caller);
@@ -360,10 +376,4 @@ fn audit_refusal(app: &App, caller: &Caller, tenant: &str, what: &str) {
     if let Err(e) = written {
         tracing::error!(error = %e, "cannot audit a refused access");
     }
-}
-
-/// The `{tenant}` segment of a request path, given its route template.
-fn tenant_in_path<'a>(template: &str, path: &'a str) -> Option<&'a str> {
-    let position = template.split('/').position(|segment| segment == "{tenant}")?;
-    path.split('/').nth(position)
 }

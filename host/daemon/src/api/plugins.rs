@@ -11,14 +11,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::PathArgs;
-use crate::App;
 use crate::approvals::Approval;
 use crate::audit::HOST_CHAIN;
 use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
-use crate::registry::{PluginRecord, is_hash};
+use crate::registry::PluginRecord;
 use crate::store::{APPROVALS, JOBS, PLUGINS};
+use crate::{App, ids};
 
 pub(super) fn routes(max_plugin_bytes: usize) -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
@@ -82,14 +82,6 @@ async fn list_plugins(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<Plug
     Ok(axum::Json(app.store.read()?.all(PLUGINS)?))
 }
 
-fn checked_hash(hash: &str) -> Result<&str> {
-    if is_hash(hash) {
-        Ok(hash)
-    } else {
-        Err(Error::BadRequest(format!("`{hash}` is not a plugin hash (64 hex digits)")))
-    }
-}
-
 /// One plugin: manifest, hash, size, uploader.
 #[utoipa::path(get, path = "/v1/plugins/{hash}", tag = "plugins", security(("token" = [])),
     params(("hash" = String, Path)), responses((status = 200, body = PluginRecord), (status = 404, body = super::ErrorBody)))]
@@ -97,7 +89,7 @@ async fn show_plugin(
     State(app): State<Arc<App>>,
     PathArgs(hash): PathArgs<String>,
 ) -> Result<axum::Json<PluginRecord>> {
-    let hash = checked_hash(&hash)?;
+    let hash = ids::check_hash(&hash)?;
     let record =
         app.store.read()?.get(PLUGINS, hash)?.ok_or_else(|| Error::NotFound(format!("plugin `{hash}`")))?;
     Ok(axum::Json(record))
@@ -113,7 +105,7 @@ async fn delete_plugin(
     Extension(caller): Extension<Caller>,
     PathArgs(hash): PathArgs<String>,
 ) -> Result<axum::Json<PluginRecord>> {
-    let hash = checked_hash(&hash)?.to_owned();
+    let hash = ids::check_hash(&hash)?.to_owned();
     let now = crate::now_ms();
     let record = app.store.write(|w| {
         let record: PluginRecord =

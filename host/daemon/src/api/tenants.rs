@@ -123,6 +123,9 @@ async fn issue_token(
     JsonBody(new): JsonBody<NewToken>,
 ) -> Result<(StatusCode, axum::Json<IssuedToken>)> {
     check_name("token holder", &new.name)?;
+    if let Some(tenant) = &new.tenant {
+        check_name("tenant", tenant)?;
+    }
     match (new.role, &new.tenant) {
         (Role::TenantAdmin, None) => {
             return Err(Error::BadRequest("a tenant-admin token needs a tenant".into()));
