@@ -589,6 +589,79 @@ fn malformed_ids_and_names_are_refused_before_any_lookup_or_audit() {
     assert_eq!(d.control_bytes(), size, "the control database did not grow");
 }
 
+#[test]
+fn repeated_refusals_fold_into_counted_entries() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let before = audit(&admin, "acme").entries.len();
+    let started = Instant::now();
+    for _ in 0..2000 {
+        assert_eq!(vendor.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
+    }
+    // Job submissions under approvals that do not exist, each another id.
+    for i in 0..200 {
+        let body = json!({"tenant": "acme", "plugin": "0".repeat(64), "approval": format!("apr_{i:024x}"),
+                          "datasets": {}});
+        let reply =
+            analyst.raw("POST", "/v1/jobs", Some(("application/json", body.to_string().as_bytes()))).unwrap();
+        assert_eq!(reply.status, 403, "{}", reply.text());
+    }
+    // Windows begun while refusing; each caller writes at most one entry
+    // per window, and one more for the count the reader takes.
+    let windows =
+        started.elapsed().as_millis() as usize / kanon_daemon::audit::REFUSAL_WINDOW_MS as usize + 1;
+    let export = audit(&admin, "acme");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+    let refused: Vec<_> = export.entries[before..].iter().filter(|e| e.action == "access.refused").collect();
+    for (who, refusals) in [("vendor ven", 2000), ("analyst ana", 200)] {
+        let entries: Vec<_> = refused.iter().filter(|e| e.actor.starts_with(who)).collect();
+        assert!((1..=windows + 1).contains(&entries.len()), "{who}: {} entries", entries.len());
+        let counted: u64 = entries.iter().map(|e| e.detail["count"].as_u64().unwrap()).sum();
+        assert_eq!(counted, refusals, "{who}: every refusal is counted");
+    }
+    let last = refused.iter().rfind(|e| e.actor.starts_with("analyst ana")).unwrap();
+    assert_eq!(last.detail["what"], "job.submit");
+    assert_eq!(last.detail["approval"], format!("apr_{:024x}", 199), "the last refusal's particulars");
+    // Read again: nothing more was counted, nothing more is written.
+    assert_eq!(audit(&admin, "acme").head, export.head);
+}
+
+#[test]
+fn a_non_member_cannot_tell_which_tenants_exist() {
+    let d = TestDaemon::start();
+    let _admin = d.tenant("acme");
+    let other = d.tenant("other");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
+    let absent = format!("apr_{}", "0".repeat(24));
+    // Every answer a non-member gets about `tenant`, its name blanked.
+    let answers = |tenant: &str| -> Vec<(u16, String)> {
+        let submit = json!({"tenant": tenant, "plugin": "0".repeat(64), "approval": absent,
+                            "datasets": {"trips": "trips"}})
+        .to_string();
+        let probes = [
+            (&analyst, "POST", "/v1/jobs".to_owned(), Some(submit.as_bytes())),
+            (&analyst, "GET", format!("/v1/tenants/{tenant}/datasets"), None),
+            (&vendor, "GET", format!("/v1/tenants/{tenant}/benchmarks"), None),
+            (&other, "GET", format!("/v1/tenants/{tenant}/audit"), None),
+            (&other, "GET", format!("/v1/tenants/{tenant}/jobs"), None),
+            (&other, "DELETE", format!("/v1/tenants/{tenant}/approvals/{absent}"), None),
+        ];
+        probes
+            .into_iter()
+            .map(|(client, method, path, body)| {
+                let reply = client.raw(method, &path, body.map(|b| ("application/json", b))).unwrap();
+                (reply.status, reply.text().replace(tenant, "TENANT"))
+            })
+            .collect()
+    };
+    let existing = answers("acme");
+    assert!(existing.iter().all(|(status, _)| *status == 403), "{existing:?}");
+    assert_eq!(existing, answers("nosuch"));
+}
+
 /// What the state looks like from outside, to compare before and after.
 fn state(d: &TestDaemon, admin: &Client) -> Value {
     json!({

@@ -184,6 +184,110 @@ pub(crate) fn capped(detail: serde_json::Value) -> serde_json::Value {
     if fits(&kept) { kept } else { cut_marker(&Value::Object(original)) }
 }
 
+/// How long identical refusals fold into one entry.
+pub const REFUSAL_WINDOW_MS: u64 = 60_000;
+
+/// Most (chain, actor, what) folding at once; past it, refusals are written
+/// one by one.
+const MAX_FOLDING: usize = 10_000;
+
+/// Refusals folded into counts, so that repeating a refused request cannot
+/// grow a chain by an entry each time. The first refusal of an actor to
+/// `what` on a chain is written at once (`count` 1); identical ones within
+/// [`REFUSAL_WINDOW_MS`] of it are only counted; the next one after the
+/// window is written with `count` = itself and those folded before it, and
+/// starts a new window. [`Refusals::take_folded`] hands out what is counted
+/// and not yet written, for a reader of the chain or the daemon's stop.
+/// Every entry carries the particulars of the last refusal it stands for,
+/// and the counts of a chain's `access.refused` entries add up to its
+/// refusals (those of the current window once a reader takes them; a crash
+/// loses at most one window's count).
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    folding: std::sync::Mutex<std::collections::HashMap<RefusalKey, Folding>>,
+}
+
+/// (chain, actor, what)
+type RefusalKey = (String, String, String);
+
+#[derive(Debug)]
+struct Folding {
+    since_ms: u64,
+    folded: u64,
+    /// The last folded refusal's particulars.
+    detail: serde_json::Value,
+}
+
+/// A folded count to write: the refusals of `actor` on `chain` since its
+/// last entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FoldedRefusals {
+    pub chain: String,
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+fn with_count(mut detail: serde_json::Value, count: u64) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut detail {
+        map.insert("count".into(), count.into());
+    }
+    detail
+}
+
+impl Refusals {
+    /// A refusal of `actor` to `what` on `chain` at `now_ms`, with its
+    /// particulars: the detail to write now (with its `count`), or `None`
+    /// when it is folded into a later entry.
+    pub(crate) fn note(
+        &self,
+        chain: &str,
+        actor: &str,
+        what: &str,
+        detail: serde_json::Value,
+        now_ms: u64,
+    ) -> Option<serde_json::Value> {
+        let mut folding = self.folding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (chain.to_owned(), actor.to_owned(), what.to_owned());
+        if let Some(entry) = folding.get_mut(&key) {
+            if now_ms < entry.since_ms.saturating_add(REFUSAL_WINDOW_MS) {
+                entry.folded += 1;
+                entry.detail = detail;
+                return None;
+            }
+            let count = entry.folded + 1;
+            *entry = Folding { since_ms: now_ms, folded: 0, detail: serde_json::Value::Null };
+            return Some(with_count(detail, count));
+        }
+        if folding.len() >= MAX_FOLDING {
+            folding.retain(|_, f| f.folded > 0 || now_ms < f.since_ms.saturating_add(REFUSAL_WINDOW_MS));
+        }
+        if folding.len() < MAX_FOLDING {
+            folding.insert(key, Folding { since_ms: now_ms, folded: 0, detail: serde_json::Value::Null });
+        }
+        Some(with_count(detail, 1))
+    }
+
+    /// The counted refusals not yet written, of `chain` or of every chain,
+    /// taken: the caller writes them. Their windows go on.
+    pub(crate) fn take_folded(&self, chain: Option<&str>) -> Vec<FoldedRefusals> {
+        let mut folding = self.folding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut taken = Vec::new();
+        for ((on, actor, _), entry) in folding.iter_mut() {
+            if entry.folded == 0 || chain.is_some_and(|c| c != on) {
+                continue;
+            }
+            let detail = std::mem::take(&mut entry.detail);
+            taken.push(FoldedRefusals {
+                chain: on.clone(),
+                actor: actor.clone(),
+                detail: with_count(detail, entry.folded),
+            });
+            entry.folded = 0;
+        }
+        taken
+    }
+}
+
 /// A chain as exported: what `kanon audit verify` checks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +488,37 @@ mod tests {
         // Small details are untouched.
         let small = json!({"job": "job_1", "datasets": {"trips": "trips"}, "n": 3});
         assert_eq!(AuditEntry::next(&AuditHead::default(), "acme", "a", "x", small.clone()).detail, small);
+    }
+
+    #[test]
+    fn identical_refusals_fold_into_counts_per_window() {
+        let refusals = Refusals::default();
+        let note = |actor: &str, what: &str, n: u64, at: u64| {
+            refusals.note("acme", actor, what, json!({"what": what, "n": n}), at)
+        };
+        let t0 = 1_000_000;
+        assert_eq!(note("ven", "GET x", 0, t0), Some(json!({"what": "GET x", "n": 0, "count": 1})));
+        for n in 1..2000 {
+            assert_eq!(note("ven", "GET x", n, t0 + n), None, "folded");
+        }
+        // Another actor, or another route, is its own.
+        assert_eq!(note("ana", "GET x", 0, t0 + 5), Some(json!({"what": "GET x", "n": 0, "count": 1})));
+        assert_eq!(note("ven", "GET y", 0, t0 + 5), Some(json!({"what": "GET y", "n": 0, "count": 1})));
+        // A reader takes the count so far, with the last particulars.
+        let taken = refusals.take_folded(Some("acme"));
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(taken[0].actor, "ven");
+        assert_eq!(taken[0].detail, json!({"what": "GET x", "n": 1999, "count": 1999}));
+        assert!(refusals.take_folded(None).is_empty(), "taken once");
+        // Still in the window: folded again; after it, written with the count.
+        assert_eq!(note("ven", "GET x", 2000, t0 + 10), None);
+        assert_eq!(
+            note("ven", "GET x", 2001, t0 + REFUSAL_WINDOW_MS),
+            Some(json!({"what": "GET x", "n": 2001, "count": 2}))
+        );
+        assert_eq!(note("ven", "GET x", 2002, t0 + REFUSAL_WINDOW_MS + 1), None);
+        assert!(refusals.take_folded(Some("other")).is_empty());
+        assert_eq!(refusals.take_folded(None)[0].detail["count"], 1);
     }
 
     #[test]

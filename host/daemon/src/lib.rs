@@ -84,6 +84,8 @@ pub(crate) struct App {
     pub token_key: [u8; 32],
     /// Wakes the benchmark runner (a run was queued).
     pub benchmark_wake: tokio::sync::Notify,
+    /// Refusals folded into counts, not yet written.
+    pub refusals: audit::Refusals,
 }
 
 /// A running daemon.
@@ -133,6 +135,7 @@ impl Daemon {
             metrics: metrics::Metrics::new(),
             token_key,
             benchmark_wake: tokio::sync::Notify::new(),
+            refusals: audit::Refusals::default(),
             config,
             store,
             vault,
@@ -169,6 +172,7 @@ impl Daemon {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        api::write_folded_refusals(&self.app, None);
         let grace = Duration::from_secs(self.app.config.jobs.shutdown_grace_secs);
         if !self.app.scheduler.wait_idle(grace).await {
             tracing::warn!(?grace, "runs still running at the end of the grace are interrupted");

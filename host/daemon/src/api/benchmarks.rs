@@ -326,6 +326,6 @@ async fn run_log(
     Extension(caller): Extension<Caller>,
     PathArgs((tenant, run)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<JobLog>> {
-    support_access(&app, &caller, &tenant, &format!("benchmark run log {run}"))?;
+    support_access(&app, &caller, &tenant, "benchmark run log", Some(&run))?;
     Ok(axum::Json(benchmark_runs::owner_log(&app, &run, &tenant)?))
 }

@@ -279,7 +279,7 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
         let tenant = params.iter().flatten().find(|(name, _)| *name == "tenant").map(|(_, value)| value);
         if let Some(tenant) = tenant.filter(|t| crate::tenants::check_name("tenant", t).is_ok()) {
             let what = format!("{} {path} as {}", request.method(), caller.role);
-            audit_refusal(&app, &caller, tenant, &what);
+            audit_refusal(&app, &caller, tenant, &what, None);
         }
         return Error::Forbidden(format!("this route is not open to {} tokens", caller.role)).into_response();
     }
@@ -359,21 +359,60 @@ pub(crate) fn tenant_admin_of(app: &App, caller: &Caller, tenant: &str) -> Resul
     if caller.role == TenantAdmin && caller.tenant.as_deref() == Some(tenant) {
         return Ok(());
     }
-    audit_refusal(app, caller, tenant, "a route of another tenant");
+    audit_refusal(app, caller, tenant, "a route of another tenant", None);
     Err(Error::Forbidden(format!("this token is not a tenant admin of `{tenant}`")))
 }
 
 /// Write an authenticated caller's refused access to `tenant`'s chain, if
-/// there is such a tenant. Anonymous refusals are only counted: anyone could
-/// fill a tenant's log with them.
-fn audit_refusal(app: &App, caller: &Caller, tenant: &str, what: &str) {
+/// there is such a tenant, as `access.refused` with `what` and the
+/// particulars in `extra` (an object). Identical refusals (same caller, same
+/// `what`) fold into counts ([`crate::audit::Refusals`]), so repeating one
+/// cannot grow the chain by an entry each time. Anonymous refusals are only
+/// counted in the metrics: anyone could fill a tenant's log with them.
+pub(crate) fn audit_refusal(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    what: &str,
+    extra: Option<serde_json::Value>,
+) {
+    let exists =
+        app.store.read().and_then(|r| r.get::<crate::tenants::TenantRecord>(crate::store::TENANTS, tenant));
+    match exists {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot audit a refused access");
+            return;
+        }
+    }
+    let mut detail = serde_json::json!({"what": what});
+    if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (extra, &mut detail) {
+        map.extend(extra);
+    }
+    let actor = caller.actor();
+    let Some(detail) = app.refusals.note(tenant, &actor, what, detail, crate::now_ms()) else {
+        return;
+    };
+    if let Err(e) = app.store.write(|w| w.audit(tenant, &actor, "access.refused", detail)) {
+        tracing::error!(error = %e, "cannot audit a refused access");
+    }
+}
+
+/// Write the refusals counted and not yet written: of `chain` before its
+/// log is read, of every chain when the daemon stops.
+pub(crate) fn write_folded_refusals(app: &App, chain: Option<&str>) {
+    let folded = app.refusals.take_folded(chain);
+    if folded.is_empty() {
+        return;
+    }
     let written = app.store.write(|w| {
-        if w.get::<crate::tenants::TenantRecord>(crate::store::TENANTS, tenant)?.is_some() {
-            w.audit(tenant, &caller.actor(), "access.refused", serde_json::json!({"what": what}))?;
+        for refusals in &folded {
+            w.audit(&refusals.chain, &refusals.actor, "access.refused", refusals.detail.clone())?;
         }
         Ok::<_, crate::StoreError>(())
     });
     if let Err(e) = written {
-        tracing::error!(error = %e, "cannot audit a refused access");
+        tracing::error!(error = %e, lost = folded.len(), "cannot write counted refusals");
     }
 }

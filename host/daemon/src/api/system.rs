@@ -79,6 +79,7 @@ async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<WhoAmI> {
 /// The host's own audit chain: tokens, tenants, plugin uploads.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("token" = [])), responses((status = 200, body = AuditExport)))]
 async fn host_audit(State(app): State<Arc<App>>) -> Result<axum::Json<AuditExport>> {
+    super::write_folded_refusals(&app, Some(HOST_CHAIN));
     let (entries, head) = app.store.read()?.audit(HOST_CHAIN)?;
     Ok(axum::Json(AuditExport { chain: HOST_CHAIN.into(), head, entries }))
 }

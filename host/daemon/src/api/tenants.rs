@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs};
-use super::tenant_admin_of;
+use super::{audit_refusal, tenant_admin_of, write_folded_refusals};
 use crate::audit::{AuditExport, HOST_CHAIN};
 use crate::auth::{self, Caller, Role, TokenRecord, TokenSpec};
 use crate::error::{Error, Result};
@@ -244,6 +244,7 @@ async fn tenant_audit(
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<AuditExport>> {
     tenant_admin_of(&app, &caller, &tenant)?;
+    write_folded_refusals(&app, Some(&tenant));
     let (entries, head) = app.store.read()?.audit(&tenant)?;
     Ok(axum::Json(AuditExport { chain: tenant, head, entries }))
 }
@@ -338,30 +339,39 @@ async fn revoke_grant(
     Ok(axum::Json(grant))
 }
 
-/// Operator staff reading `tenant`'s job metadata or logs: only under a live
-/// grant, and every use is audited in the tenant's chain (refusals too).
-pub(crate) fn support_access(app: &App, caller: &Caller, tenant: &str, what: &str) -> Result<()> {
+/// Operator staff reading `tenant`'s job metadata or logs (`what`, of
+/// `item`): only under a live grant, and every use is audited in the
+/// tenant's chain (refusals too, folded into counts like every refusal).
+pub(crate) fn support_access(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    what: &str,
+    item: Option<&str>,
+) -> Result<()> {
     if caller.role != Role::Operator {
         return tenant_admin_of(app, caller, tenant);
     }
     let now = now_ms();
-    app.store.write(|w| {
+    let read = match item {
+        Some(item) => format!("{what} {item}"),
+        None => what.to_owned(),
+    };
+    let used = app.store.write(|w| {
         tenants::get(w, tenant)?;
         let grants: Vec<SupportGrant> = w.all(GRANTS)?;
         match grants.iter().find(|g| g.tenant == tenant && g.live(now)) {
             Some(grant) => {
-                w.audit(tenant, &caller.actor(), "support.use", json!({"grant": grant.id, "read": what}))?;
-                Ok::<_, Error>(Ok(()))
+                w.audit(tenant, &caller.actor(), "support.use", json!({"grant": grant.id, "read": read}))?;
+                Ok::<_, Error>(true)
             }
-            None => {
-                w.audit(
-                    tenant,
-                    &caller.actor(),
-                    "access.refused",
-                    json!({"what": what, "reason": "no live support grant"}),
-                )?;
-                Ok(Err(Error::Forbidden(format!("tenant `{tenant}` has granted no live support access"))))
-            }
+            None => Ok(false),
         }
-    })?
+    })?;
+    if used {
+        return Ok(());
+    }
+    let extra = json!({"read": read, "reason": "no live support grant"});
+    audit_refusal(app, caller, tenant, &format!("support: {what}"), Some(extra));
+    Err(Error::Forbidden(format!("tenant `{tenant}` has granted no live support access")))
 }
