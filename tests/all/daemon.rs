@@ -328,7 +328,7 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
     approve(&admin, "acme", &plugin, "ana");
     let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
-    assert_eq!(vendor.raw("DELETE", &path, None).unwrap().status, 403, "only the uploader or an operator");
+    assert_eq!(vendor.raw("DELETE", &path, None).unwrap().status, 404, "another's plugin is not there for it");
     let in_use = analyst.raw("DELETE", &path, None).unwrap();
     assert_eq!(in_use.status, 409, "{}", in_use.text());
 
@@ -337,6 +337,62 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     assert!(not_wasm.text().contains("not a WebAssembly binary"), "{}", not_wasm.text());
     let plugins: Vec<Value> = analyst.get("/v1/plugins").unwrap();
     assert_eq!(plugins.len(), 1, "a refused upload leaves nothing");
+}
+
+#[test]
+fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uploader() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (ana, _) = d.token(Role::Analyst, "ana", None, None);
+    let (bob, _) = d.token(Role::Analyst, "bob", None, None);
+    let (ven, _) = d.token(Role::Vendor, "ven", None, None);
+    ingest_trips(&admin, "acme");
+    let emissions: Value = upload_plugin(&ana, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let absence: Value = upload_plugin(&ven, kanon_artifacts::ABSENCE_RATE).json().unwrap();
+    let (e, a) = (emissions["hash"].as_str().unwrap(), absence["hash"].as_str().unwrap());
+    let listed = |client: &Client| -> BTreeSet<String> {
+        let list: Vec<Value> = client.get("/v1/plugins").unwrap();
+        list.iter().map(|p| p["hash"].as_str().unwrap().to_owned()).collect()
+    };
+    let show = |client: &Client, hash: &str| client.raw("GET", &format!("/v1/plugins/{hash}"), None).unwrap();
+    assert_eq!(listed(&ana), BTreeSet::from([e.to_owned()]));
+    assert_eq!(listed(&ven), BTreeSet::from([a.to_owned()]));
+    assert_eq!(listed(&bob), BTreeSet::new());
+    assert_eq!(listed(&admin), BTreeSet::from([e.to_owned(), a.to_owned()]), "a tenant admin approves any");
+    for (client, hash) in [(&bob, e), (&ven, e), (&ana, a)] {
+        assert_eq!(show(client, hash).status, 404, "{hash}");
+    }
+    let shown: Value = admin.get(&format!("/v1/plugins/{e}")).unwrap();
+    assert_eq!(shown["uploader"], "analyst ana", "the tenant admin knows whose plugin it approves");
+
+    // Approved for bob: he sees it, not who uploaded it.
+    approve(&admin, "acme", &emissions, "bob");
+    assert_eq!(listed(&bob), BTreeSet::from([e.to_owned()]));
+    let seen = show(&bob, e);
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.json::<Value>().unwrap()["uploader"], "");
+    assert!(!seen.text().contains("ana"), "{}", seen.text());
+
+    // The same bytes from the vendor: its own to see, under its name only;
+    // and ana's view names no one else.
+    let again = upload_plugin(&ven, kanon_artifacts::EMISSIONS_BENCHMARK);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json::<Value>().unwrap()["uploader"], "vendor ven");
+    assert_eq!(listed(&ven), BTreeSet::from([e.to_owned(), a.to_owned()]));
+    let ana_view = show(&ana, e);
+    assert_eq!(ana_view.json::<Value>().unwrap()["uploader"], "analyst ana");
+    assert!(!ana_view.text().contains("ven"), "{}", ana_view.text());
+    // Only the first uploader deletes (it is in use anyway); others do not see it.
+    assert_eq!(ven.raw("DELETE", &format!("/v1/plugins/{e}"), None).unwrap().status, 403);
+    assert_eq!(bob.raw("DELETE", &format!("/v1/plugins/{a}"), None).unwrap().status, 404);
+    // A vendor publishes only over a plugin it uploaded.
+    let (rival, _) = d.token(Role::Vendor, "rival", None, None);
+    let publish = |client: &Client, hash: &str| {
+        let body = json!({"name": "co2", "plugin": hash}).to_string();
+        client.raw("POST", "/v1/benchmarks", Some(("application/json", body.as_bytes()))).unwrap().status
+    };
+    assert_eq!(publish(&rival, a), 404);
+    assert_eq!(publish(&ven, a), 201);
 }
 
 #[test]

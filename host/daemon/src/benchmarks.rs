@@ -164,8 +164,10 @@ pub(crate) fn publish(
     if write.get::<Benchmark>(BENCHMARKS, &new.name)?.is_some() {
         return Err(Error::Conflict(format!("benchmark `{}` exists", new.name)));
     }
+    // Only over a plugin the vendor uploaded: it sees no other.
     let plugin: PluginRecord = write
         .get(PLUGINS, &new.plugin)?
+        .filter(|p: &PluginRecord| p.uploaded_by(&format!("{} {vendor}", crate::auth::Role::Vendor)))
         .ok_or_else(|| Error::NotFound(format!("plugin `{}`", new.plugin)))?;
     let params = new.params.unwrap_or_else(|| json!({}));
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::Unprocessable(e.to_string()))?;
