@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kanon_daemon::api::{ACCESS, Access};
 use kanon_daemon::client::{Client, Reply};
-use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+use kanon_daemon::{AuditExport, Daemon, DaemonConfig, FirstStart, Role};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
@@ -17,27 +17,41 @@ pub(crate) struct TestDaemon {
     tokio: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
     dir: tempfile::TempDir,
+    /// The key-encryption key, to start again over the same directory.
+    kek: String,
 }
 
 impl TestDaemon {
     pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = DaemonConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_owned(),
-            ..DaemonConfig::default()
-        };
+        let tokio =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let kek = KeyEncryptionKey::generate().to_hex();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let (daemon, first) = tokio.block_on(Self::daemon(dir.path(), listen, &kek));
+        let base = format!("http://{}", daemon.local_addr());
+        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
+        Self { operator, tokio, daemon: Some(daemon), dir, kek }
+    }
+
+    async fn daemon(dir: &std::path::Path, listen: std::net::SocketAddr, kek: &str) -> (Daemon, FirstStart) {
+        let config = DaemonConfig { listen, data_dir: dir.to_owned(), ..DaemonConfig::default() };
         let runtime =
             Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
                 .unwrap();
-        let tokio =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (daemon, first) = tokio
-            .block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))
-            .expect("daemon starts");
-        let base = format!("http://{}", daemon.local_addr());
-        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
-        Self { operator, tokio, daemon: Some(daemon), dir }
+        let kek = KeyEncryptionKey::from_key_file("test key", kek.as_bytes()).unwrap();
+        Daemon::start(config, kek, runtime).await.expect("daemon starts")
+    }
+
+    /// Stop the daemon, do `between` to its data directory, and start it
+    /// again on the same address.
+    pub(crate) fn restart(&mut self, between: impl FnOnce(&std::path::Path)) {
+        let daemon = self.daemon.take().expect("running");
+        let listen = daemon.local_addr();
+        self.tokio.block_on(daemon.shutdown());
+        between(self.dir.path());
+        let (daemon, _) = self.tokio.block_on(Self::daemon(self.dir.path(), listen, &self.kek));
+        self.daemon = Some(daemon);
     }
 
     /// The size of the control database now.
@@ -328,7 +342,11 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
     approve(&admin, "acme", &plugin, "ana");
     let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
-    assert_eq!(vendor.raw("DELETE", &path, None).unwrap().status, 404, "another's plugin is not there for it");
+    assert_eq!(
+        vendor.raw("DELETE", &path, None).unwrap().status,
+        404,
+        "another's plugin is not there for it"
+    );
     let in_use = analyst.raw("DELETE", &path, None).unwrap();
     assert_eq!(in_use.status, 409, "{}", in_use.text());
 
@@ -443,7 +461,7 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("GET", "/health") | ("GET", "/openapi.json") => {
             &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)]
         }
-        ("GET", "/metrics") => &[(Operator, 200)],
+        ("GET", "/metrics") | ("GET", "/v1/status") => &[(Operator, 200)],
         ("GET", "/v1/whoami") => &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)],
         ("POST", "/v1/tenants") | ("POST", "/v1/tokens") => &[(Operator, 400)],
         ("GET", "/v1/tenants") | ("GET", "/v1/tokens") | ("GET", "/v1/audit") => &[(Operator, 200)],
@@ -877,6 +895,77 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
         assert!(serde_json::from_slice::<Value>(&reply.body).is_ok(), "errors are JSON: {}", reply.text());
     }
     assert_eq!(state(&d, &admin), before, "a refused request changed the state");
+}
+
+#[test]
+fn anonymous_health_says_only_that_the_daemon_is_up() {
+    let d = TestDaemon::start();
+    let health: Value = d.operator.with_token(None).get("/health").unwrap();
+    assert_eq!(health, json!({"status": "ok"}));
+    let status: Value = d.operator.get("/v1/status").unwrap();
+    assert_eq!(
+        (status["running_jobs"].as_u64(), status["queued_jobs"].as_u64()),
+        (Some(0), Some(0)),
+        "{status}"
+    );
+    assert_eq!(status["broken_chains"], json!({}));
+    assert!(status["version"].is_string());
+}
+
+/// Edit entry `seq` of `chain` in a stopped daemon's control database, as
+/// someone holding the file could.
+fn tamper(dir: &std::path::Path, chain: &str, seq: u64) {
+    use redb::ReadableTable as _;
+    const AUDIT: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("audit");
+    let db = redb::Database::open(dir.join(kanon_daemon::CONTROL_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(AUDIT).unwrap();
+        let bytes = table.get((chain, seq)).unwrap().unwrap().value().to_vec();
+        let mut entry: Value = serde_json::from_slice(&bytes).unwrap();
+        entry["detail"]["edited"] = json!(true);
+        table.insert((chain, seq), serde_json::to_vec(&entry).unwrap().as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_chain_that_does_not_verify_at_start_is_reported_and_refuses_every_write() {
+    let mut d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let other = d.tenant("other");
+    ingest_trips(&admin, "acme");
+    let head = audit(&admin, "acme").head;
+    d.restart(|dir| tamper(dir, "acme", 2));
+
+    let status: Value = d.operator.get("/v1/status").unwrap();
+    let why = status["broken_chains"]["acme"].as_str().unwrap_or_else(|| panic!("{status}"));
+    assert!(why.contains("entry 2 was altered"), "{why}");
+    assert_eq!(status["broken_chains"].as_object().unwrap().len(), 1, "{status}");
+    // Every change that acme's chain would record is refused, with why.
+    let policy =
+        admin.raw("PUT", "/v1/tenants/acme/policy", Some(("application/json", b"{\"min_entities\": 20}")));
+    let upload = admin.raw(
+        "PUT",
+        "/v1/tenants/acme/datasets/more?format=csv&entity=driver_id",
+        Some(("text/csv", kanon_tests::trips_csv().as_bytes())),
+    );
+    for reply in [policy.unwrap(), upload.unwrap()] {
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            reply.text().contains("the audit log of `acme` does not verify (entry 2 was altered"),
+            "{}",
+            reply.text()
+        );
+    }
+    let datasets: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+    assert_eq!(datasets.len(), 1, "the upload was refused before the vault stored it");
+    // The tenant still reads its log, and sees the break itself.
+    let export = audit(&admin, "acme");
+    assert_eq!(export.head, head, "nothing was appended");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_err());
+    // Other tenants carry on.
+    ingest_trips(&other, "other");
 }
 
 #[test]

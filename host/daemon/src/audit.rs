@@ -316,37 +316,63 @@ pub enum ChainBreak {
     Head,
 }
 
-/// Check a whole chain against its head. `Ok` gives the entry count.
-pub fn verify(chain: &str, entries: &[AuditEntry], head: &AuditHead) -> Result<u64, ChainBreak> {
-    let mut prev = GENESIS;
-    for (i, entry) in entries.iter().enumerate() {
-        let expected = i as u64 + 1;
+/// Checks a chain entry by entry, as they are read, without holding it
+/// whole: what [`verify`] does.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    chain: String,
+    prev: String,
+    count: u64,
+}
+
+impl ChainVerifier {
+    pub fn new(chain: &str) -> Self {
+        Self { chain: chain.to_owned(), prev: GENESIS.to_owned(), count: 0 }
+    }
+
+    /// The next entry: it must follow the ones before.
+    pub fn push(&mut self, entry: &AuditEntry) -> Result<(), ChainBreak> {
+        let expected = self.count + 1;
         if entry.seq != expected {
-            return Err(ChainBreak::Sequence { position: i + 1, expected, found: entry.seq });
+            return Err(ChainBreak::Sequence { position: expected as usize, expected, found: entry.seq });
         }
-        if entry.chain != chain {
+        if entry.chain != self.chain {
             return Err(ChainBreak::WrongChain {
                 seq: entry.seq,
-                expected: chain.to_owned(),
+                expected: self.chain.clone(),
                 found: entry.chain.clone(),
             });
         }
         if entry.computed_hash() != entry.hash {
             return Err(ChainBreak::Altered { seq: entry.seq });
         }
-        if entry.prev != prev {
+        if entry.prev != self.prev {
             return Err(ChainBreak::Link { seq: entry.seq });
         }
-        prev = &entry.hash;
+        self.prev.clone_from(&entry.hash);
+        self.count = expected;
+        Ok(())
     }
-    let found = entries.len() as u64;
-    if found != head.count {
-        return Err(ChainBreak::Count { expected: head.count, found });
+
+    /// The end of the chain: it must be `head`. `Ok` gives the entry count.
+    pub fn finish(self, head: &AuditHead) -> Result<u64, ChainBreak> {
+        if self.count != head.count {
+            return Err(ChainBreak::Count { expected: head.count, found: self.count });
+        }
+        if self.count > 0 && head.hash != self.prev {
+            return Err(ChainBreak::Head);
+        }
+        Ok(self.count)
     }
-    if found > 0 && head.hash != prev {
-        return Err(ChainBreak::Head);
+}
+
+/// Check a whole chain against its head. `Ok` gives the entry count.
+pub fn verify(chain: &str, entries: &[AuditEntry], head: &AuditHead) -> Result<u64, ChainBreak> {
+    let mut verifier = ChainVerifier::new(chain);
+    for entry in entries {
+        verifier.push(entry)?;
     }
-    Ok(found)
+    verifier.finish(head)
 }
 
 #[cfg(test)]

@@ -311,8 +311,13 @@ pub(crate) fn cancel(write: &mut Write<'_>, actor: &str, id: &str) -> Result<Job
 /// (`interrupted`); queued jobs stay queued and run. Returns how many.
 pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
     store.write(|w| {
-        let running: Vec<Job> =
-            w.all::<Job>(JOBS)?.into_iter().filter(|j| j.state == JobState::Running).collect();
+        // A job of a chain that does not verify stays as it is: its entry
+        // could not be written.
+        let running: Vec<Job> = w
+            .all::<Job>(JOBS)?
+            .into_iter()
+            .filter(|j| j.state == JobState::Running && !w.chain_broken(&j.tenant))
+            .collect();
         for mut job in running.iter().cloned() {
             job.state = JobState::Failed;
             job.failure = Some("interrupted".into());
@@ -490,8 +495,9 @@ fn dispatch(app: &Arc<App>) -> Result<()> {
                 app.metrics.job_finished("refused", None);
             }
             Err(e) => {
+                // This job stays queued; the ones behind it may start.
                 app.scheduler.release(&job);
-                return Err(e);
+                tracing::error!(job = %job.id, error = %e, "cannot start a job");
             }
         }
     }

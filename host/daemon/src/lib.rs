@@ -115,6 +115,9 @@ impl Daemon {
     ) -> Result<(Daemon, FirstStart), StartError> {
         let vault = Vault::open(&config.data_dir, kek)?;
         let store = ControlStore::open(&config.data_dir)?;
+        for (chain, reason) in store.verify_chains()? {
+            tracing::error!(%chain, %reason, "an audit chain does not verify; the daemon refuses to append to it");
+        }
         let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
         let token_key = store.write(auth::token_key)?;
         let interrupted = jobs::recover(&store)?;

@@ -59,6 +59,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/openapi.json", Access::Public),
     ("GET", "/metrics", Access::Roles(&[Operator])),
+    ("GET", "/v1/status", Access::Roles(&[Operator])),
     ("GET", "/v1/whoami", Access::Roles(&[Operator, TenantAdmin, Analyst, Vendor])),
     ("POST", "/v1/tenants", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants", Access::Roles(&[Operator])),
@@ -342,7 +343,9 @@ impl IntoResponse for Error {
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many"),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Unavailable(_) | Error::Store(crate::StoreError::ChainBroken { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Error::Store(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
