@@ -79,9 +79,12 @@ impl TestDaemon {
         (self.operator.with_token(Some(token.clone())), issued["info"]["id"].as_str().unwrap().to_owned())
     }
 
+    /// A new tenant, and a client holding the token its admin enrolled
+    /// for (holder `<name>-admin`).
     pub(crate) fn tenant(&self, name: &str) -> Client {
-        let _: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
-        self.token(Role::TenantAdmin, &format!("{name}-admin"), Some(name), None).0
+        let created: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
+        let code = created["enrolment"]["code"].as_str().unwrap();
+        self.operator.enrol(code, &format!("{name}-admin"), None).unwrap().0
     }
 }
 
@@ -304,6 +307,94 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
 }
 
 #[test]
+fn a_tenant_enrols_its_own_admin_and_the_operator_never_holds_its_token() {
+    let d = TestDaemon::start();
+    let created: Value = d.operator.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+    assert_eq!(created["name"], "acme");
+    let code = created["enrolment"]["code"].as_str().unwrap().to_owned();
+    let post = |client: &Client, path: &str, body: Value| {
+        client.raw("POST", path, Some(("application/json", body.to_string().as_bytes()))).unwrap()
+    };
+    // The operator issues no tenant-admin token, under any name.
+    for body in [
+        json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
+        json!({"role": "tenant-admin", "name": "someone"}),
+    ] {
+        let reply = post(&d.operator, "/v1/tokens", body);
+        assert_eq!(reply.status, 403, "{}", reply.text());
+    }
+
+    // A wrong code, and the right one twice: refused alike but once.
+    let anonymous = d.operator.with_token(None);
+    let last = code.chars().last().unwrap();
+    let forged = format!("{}{}", &code[..code.len() - 1], if last == '0' { '1' } else { '0' });
+    let refusal = post(&anonymous, "/v1/enrol", json!({"code": forged, "name": "acme-admin"}));
+    assert_eq!(refusal.status, 403, "{}", refusal.text());
+    let (admin, _) = anonymous.enrol(&code, "acme-admin", None).unwrap();
+    let me: Value = admin.get("/v1/whoami").unwrap();
+    assert_eq!((me["role"].as_str(), me["tenant"].as_str()), (Some("tenant-admin"), Some("acme")));
+    let again = post(&anonymous, "/v1/enrol", json!({"code": code, "name": "acme-admin-2"}));
+    assert_eq!((again.status, again.text()), (refusal.status, refusal.text()), "used and forged look alike");
+    // The holder name is the admin's now.
+    let taken = post(&d.operator, "/v1/tokens", json!({"role": "analyst", "name": "acme-admin"}));
+    assert_eq!(taken.status, 409, "{}", taken.text());
+
+    // The admin issues a further admin token of its tenant, and no other.
+    let ops: Value =
+        admin.send("POST", "/v1/tokens", &json!({"role": "tenant-admin", "name": "acme-ops"})).unwrap();
+    assert_eq!(ops["info"]["tenant"], "acme");
+    assert_eq!(post(&admin, "/v1/tokens", json!({"role": "analyst", "name": "ana"})).status, 403);
+
+    // Lost access: a fresh code, which replaces the unused one before it;
+    // the operator still holds no token, and the admin's tokens still work.
+    let fresh = |ttl: Value| -> Value {
+        d.operator.send("POST", "/v1/tenants/acme/enrolments", &json!({"ttl_secs": ttl})).unwrap()
+    };
+    let replaced = fresh(Value::Null);
+    let current = fresh(json!(3600));
+    assert!(replaced.get("token").is_none() && current.get("token").is_none());
+    let stale = post(&anonymous, "/v1/enrol", json!({"code": replaced["code"], "name": "acme-new"}));
+    assert_eq!(stale.status, 403, "{}", stale.text());
+    let (_, _) = anonymous.enrol(current["code"].as_str().unwrap(), "acme-new", Some(3600)).unwrap();
+    assert_eq!(admin.raw("GET", "/v1/whoami", None).unwrap().status, 200);
+
+    // The admin sees and revokes its tenant's tokens, and no one else's.
+    let tokens: Vec<Value> = admin.get("/v1/tokens").unwrap();
+    let mut names: Vec<&str> = tokens.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["acme-admin", "acme-new", "acme-ops"]);
+    let new_id = tokens.iter().find(|t| t["name"] == "acme-new").unwrap()["id"].as_str().unwrap().to_owned();
+    let _: Value = admin.delete(&format!("/v1/tokens/{new_id}")).unwrap();
+    let operator_id = d.operator.get::<Value>("/v1/whoami").unwrap()["token"].as_str().unwrap().to_owned();
+    assert_eq!(admin.raw("DELETE", &format!("/v1/tokens/{operator_id}"), None).unwrap().status, 404);
+
+    // Every code and every token on the tenant is on its chain.
+    let export = audit(&admin, "acme");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+    let seen: Vec<String> = export
+        .entries
+        .iter()
+        .map(|e| format!("{} {}", e.action, e.detail.get("name").and_then(Value::as_str).unwrap_or("")))
+        .collect();
+    let expected = [
+        "tenant.create ",
+        "enrolment.issue ",
+        "enrolment.redeem ",
+        "token.issue acme-admin",
+        "token.issue acme-ops",
+        "enrolment.issue ",
+        "enrolment.issue ",
+        "enrolment.redeem ",
+        "token.issue acme-new",
+        "token.revoke acme-new",
+    ];
+    assert_eq!(seen, expected);
+    let issued = export.entries.iter().filter(|e| e.action == "enrolment.issue").collect::<Vec<_>>();
+    assert_eq!(issued[2].detail["replaced"], json!([replaced["id"]]));
+    assert!(issued[1].actor.starts_with("operator "), "{:?}", issued[1]);
+}
+
+#[test]
 fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
     let d = TestDaemon::start();
     let admin = d.tenant("acme");
@@ -463,9 +554,15 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         }
         ("GET", "/metrics") | ("GET", "/v1/status") => &[(Operator, 200)],
         ("GET", "/v1/whoami") => &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)],
-        ("POST", "/v1/tenants") | ("POST", "/v1/tokens") => &[(Operator, 400)],
-        ("GET", "/v1/tenants") | ("GET", "/v1/tokens") | ("GET", "/v1/audit") => &[(Operator, 200)],
-        ("DELETE", "/v1/tokens/{id}") => &[(Operator, 404)],
+        ("POST", "/v1/tenants") => &[(Operator, 400)],
+        ("POST", "/v1/tokens") => &[(Operator, 400), (TenantAdmin, 400)],
+        ("GET", "/v1/tenants") | ("GET", "/v1/audit") => &[(Operator, 200)],
+        ("GET", "/v1/tokens") => &[(Operator, 200), (TenantAdmin, 200)],
+        ("DELETE", "/v1/tokens/{id}") => &[(Operator, 404), (TenantAdmin, 404)],
+        // A fresh code for the tenant's admin.
+        ("POST", "/v1/tenants/{tenant}/enrolments") => &[(Operator, 201)],
+        // Public: `{}` is no code, whoever asks.
+        ("POST", "/v1/enrol") => &[(Operator, 400), (TenantAdmin, 400), (Analyst, 400), (Vendor, 400)],
         ("GET", "/v1/tenants/{tenant}/policy") | ("PUT", "/v1/tenants/{tenant}/policy") => {
             &[(TenantAdmin, 200)]
         }
@@ -597,7 +694,8 @@ fn every_route_answers_every_role_and_every_bad_token_with_the_exact_status() {
             let status = client.raw(method, &url, body).unwrap().status;
             assert_eq!(status, expected(method, path, *role), "{role} {method} {url}");
         }
-        let bad_token_status = if *access == Access::Public { 200 } else { 401 };
+        let bad_token_status =
+            if *access == Access::Public { expected(method, path, Role::Operator) } else { 401 };
         for (what, client) in [
             ("no token", &anonymous),
             ("expired", &expired),
@@ -806,17 +904,53 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
             &d.operator,
             "POST",
             "/v1/tokens".into(),
-            json_body("{\"role\": \"tenant-admin\", \"name\": \"x\"}"),
-            400,
-            "needs a tenant",
+            json_body("{\"role\": \"tenant-admin\", \"name\": \"x\", \"tenant\": \"acme\"}"),
+            403,
+            "does not issue tenant-admin tokens",
         ),
         (
             &d.operator,
             "POST",
             "/v1/tokens".into(),
+            json_body("{\"role\": \"vendor\", \"name\": \"x\", \"tenant\": \"acme\"}"),
+            400,
+            "not bound to a tenant",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"analyst\", \"name\": \"acme-admin\"}"),
+            409,
+            "taken by a live token",
+        ),
+        (
+            &admin,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"analyst\", \"name\": \"x\"}"),
+            403,
+            "not analyst tokens",
+        ),
+        (
+            &admin,
+            "POST",
+            "/v1/tokens".into(),
             json_body("{\"role\": \"tenant-admin\", \"name\": \"x\", \"tenant\": \"nobody\"}"),
-            404,
-            "tenant `nobody`",
+            403,
+            "not a tenant admin of `nobody`",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/enrol".into(),
+            json_body(&format!(
+                "{{\"code\": \"kanon_enrol_{}_{}\", \"name\": \"x\"}}",
+                "0".repeat(24),
+                "0".repeat(64)
+            )),
+            403,
+            "not valid",
         ),
         (
             &admin,

@@ -19,6 +19,7 @@ pub mod benchmark_runs;
 pub mod benchmarks;
 pub mod client;
 pub mod config;
+pub mod enrolment;
 mod error;
 pub mod export;
 pub mod grants;

@@ -46,6 +46,9 @@ pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// A job request's key (`jobs::request_key`) to the job whose release answers
 /// it.
 pub(crate) const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("replays");
+/// One-time enrolment codes of tenant admins, by id: only a keyed hash of
+/// each secret.
+pub(crate) const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
 /// Queued jobs in submission order: sequence number to job id.
 pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
@@ -53,7 +56,7 @@ pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 17] = [
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
     META,
     TOKENS,
     TENANTS,
@@ -71,6 +74,7 @@ const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 17] = [
     RELEASE_HISTORY,
     POSITIONS,
     REPLAYS,
+    ENROLMENTS,
 ];
 
 /// The control database failed.

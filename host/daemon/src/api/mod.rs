@@ -44,7 +44,8 @@ use crate::{App, ids};
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// No token needed: health and the API document.
+    /// No token needed: health, the API document, and redeeming an
+    /// enrolment code.
     Public,
     /// A live token of one of these roles.
     Roles(&'static [Role]),
@@ -63,9 +64,12 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/whoami", Access::Roles(&[Operator, TenantAdmin, Analyst, Vendor])),
     ("POST", "/v1/tenants", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants", Access::Roles(&[Operator])),
-    ("POST", "/v1/tokens", Access::Roles(&[Operator])),
-    ("GET", "/v1/tokens", Access::Roles(&[Operator])),
-    ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator])),
+    ("POST", "/v1/tenants/{tenant}/enrolments", Access::Roles(&[Operator])),
+    // Unauthenticated: the one-time code is the credential.
+    ("POST", "/v1/enrol", Access::Public),
+    ("POST", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
+    ("GET", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
+    ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator, TenantAdmin])),
     ("GET", "/v1/audit", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
     ("PUT", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
