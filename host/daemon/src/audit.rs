@@ -165,7 +165,7 @@ pub(crate) fn capped(detail: serde_json::Value) -> serde_json::Value {
         // The largest fields go first, each for its size and digest.
         let mut sizes: Vec<(String, String, usize)> =
             original.keys().map(|k| (k.clone(), cut_string(k), json_len(&kept[&cut_string(k)]))).collect();
-        sizes.sort_by(|a, b| b.2.cmp(&a.2));
+        sizes.sort_by_key(|field| std::cmp::Reverse(field.2));
         for (key, cut_key, size) in sizes {
             if total <= MAX_DETAIL_BYTES {
                 break;
