@@ -1051,7 +1051,17 @@ fn anonymous_health_says_only_that_the_daemon_is_up() {
 fn tamper(dir: &std::path::Path, chain: &str, seq: u64) {
     use redb::ReadableTable as _;
     const AUDIT: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("audit");
-    let db = redb::Database::open(dir.join(kanon_daemon::CONTROL_FILE)).unwrap();
+    // The stopped daemon's background tasks let go of the file as they end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let db = loop {
+        match redb::Database::open(dir.join(kanon_daemon::CONTROL_FILE)) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the control database: {e}"),
+        }
+    };
     let txn = db.begin_write().unwrap();
     {
         let mut table = txn.open_table(AUDIT).unwrap();
