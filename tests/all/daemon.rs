@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kanon_daemon::api::{ACCESS, Access};
 use kanon_daemon::client::{Client, Reply};
-use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+use kanon_daemon::{AuditExport, Daemon, DaemonConfig, FirstStart, Role};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
@@ -16,28 +16,47 @@ pub(crate) struct TestDaemon {
     pub(crate) operator: Client,
     tokio: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The key-encryption key, to start again over the same directory.
+    kek: String,
 }
 
 impl TestDaemon {
     pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = DaemonConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_owned(),
-            ..DaemonConfig::default()
-        };
+        let tokio =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let kek = KeyEncryptionKey::generate().to_hex();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let (daemon, first) = tokio.block_on(Self::daemon(dir.path(), listen, &kek));
+        let base = format!("http://{}", daemon.local_addr());
+        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
+        Self { operator, tokio, daemon: Some(daemon), dir, kek }
+    }
+
+    async fn daemon(dir: &std::path::Path, listen: std::net::SocketAddr, kek: &str) -> (Daemon, FirstStart) {
+        let config = DaemonConfig { listen, data_dir: dir.to_owned(), ..DaemonConfig::default() };
         let runtime =
             Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
                 .unwrap();
-        let tokio =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (daemon, first) = tokio
-            .block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))
-            .expect("daemon starts");
-        let base = format!("http://{}", daemon.local_addr());
-        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
-        Self { operator, tokio, daemon: Some(daemon), _dir: dir }
+        let kek = KeyEncryptionKey::from_key_file("test key", kek.as_bytes()).unwrap();
+        Daemon::start(config, kek, runtime).await.expect("daemon starts")
+    }
+
+    /// Stop the daemon, do `between` to its data directory, and start it
+    /// again on the same address.
+    pub(crate) fn restart(&mut self, between: impl FnOnce(&std::path::Path)) {
+        let daemon = self.daemon.take().expect("running");
+        let listen = daemon.local_addr();
+        self.tokio.block_on(daemon.shutdown());
+        between(self.dir.path());
+        let (daemon, _) = self.tokio.block_on(Self::daemon(self.dir.path(), listen, &self.kek));
+        self.daemon = Some(daemon);
+    }
+
+    /// The size of the control database now.
+    pub(crate) fn control_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.path().join(kanon_daemon::CONTROL_FILE)).unwrap().len()
     }
 
     /// A client holding a new token.
@@ -60,9 +79,12 @@ impl TestDaemon {
         (self.operator.with_token(Some(token.clone())), issued["info"]["id"].as_str().unwrap().to_owned())
     }
 
+    /// A new tenant, and a client holding the token its admin enrolled
+    /// for (holder `<name>-admin`).
     pub(crate) fn tenant(&self, name: &str) -> Client {
-        let _: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
-        self.token(Role::TenantAdmin, &format!("{name}-admin"), Some(name), None).0
+        let created: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
+        let code = created["enrolment"]["code"].as_str().unwrap();
+        self.operator.enrol(code, &format!("{name}-admin"), None).unwrap().0
     }
 }
 
@@ -285,6 +307,94 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
 }
 
 #[test]
+fn a_tenant_enrols_its_own_admin_and_the_operator_never_holds_its_token() {
+    let d = TestDaemon::start();
+    let created: Value = d.operator.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+    assert_eq!(created["name"], "acme");
+    let code = created["enrolment"]["code"].as_str().unwrap().to_owned();
+    let post = |client: &Client, path: &str, body: Value| {
+        client.raw("POST", path, Some(("application/json", body.to_string().as_bytes()))).unwrap()
+    };
+    // The operator issues no tenant-admin token, under any name.
+    for body in [
+        json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
+        json!({"role": "tenant-admin", "name": "someone"}),
+    ] {
+        let reply = post(&d.operator, "/v1/tokens", body);
+        assert_eq!(reply.status, 403, "{}", reply.text());
+    }
+
+    // A wrong code, and the right one twice: refused alike but once.
+    let anonymous = d.operator.with_token(None);
+    let last = code.chars().last().unwrap();
+    let forged = format!("{}{}", &code[..code.len() - 1], if last == '0' { '1' } else { '0' });
+    let refusal = post(&anonymous, "/v1/enrol", json!({"code": forged, "name": "acme-admin"}));
+    assert_eq!(refusal.status, 403, "{}", refusal.text());
+    let (admin, _) = anonymous.enrol(&code, "acme-admin", None).unwrap();
+    let me: Value = admin.get("/v1/whoami").unwrap();
+    assert_eq!((me["role"].as_str(), me["tenant"].as_str()), (Some("tenant-admin"), Some("acme")));
+    let again = post(&anonymous, "/v1/enrol", json!({"code": code, "name": "acme-admin-2"}));
+    assert_eq!((again.status, again.text()), (refusal.status, refusal.text()), "used and forged look alike");
+    // The holder name is the admin's now.
+    let taken = post(&d.operator, "/v1/tokens", json!({"role": "analyst", "name": "acme-admin"}));
+    assert_eq!(taken.status, 409, "{}", taken.text());
+
+    // The admin issues a further admin token of its tenant, and no other.
+    let ops: Value =
+        admin.send("POST", "/v1/tokens", &json!({"role": "tenant-admin", "name": "acme-ops"})).unwrap();
+    assert_eq!(ops["info"]["tenant"], "acme");
+    assert_eq!(post(&admin, "/v1/tokens", json!({"role": "analyst", "name": "ana"})).status, 403);
+
+    // Lost access: a fresh code, which replaces the unused one before it;
+    // the operator still holds no token, and the admin's tokens still work.
+    let fresh = |ttl: Value| -> Value {
+        d.operator.send("POST", "/v1/tenants/acme/enrolments", &json!({"ttl_secs": ttl})).unwrap()
+    };
+    let replaced = fresh(Value::Null);
+    let current = fresh(json!(3600));
+    assert!(replaced.get("token").is_none() && current.get("token").is_none());
+    let stale = post(&anonymous, "/v1/enrol", json!({"code": replaced["code"], "name": "acme-new"}));
+    assert_eq!(stale.status, 403, "{}", stale.text());
+    let (_, _) = anonymous.enrol(current["code"].as_str().unwrap(), "acme-new", Some(3600)).unwrap();
+    assert_eq!(admin.raw("GET", "/v1/whoami", None).unwrap().status, 200);
+
+    // The admin sees and revokes its tenant's tokens, and no one else's.
+    let tokens: Vec<Value> = admin.get("/v1/tokens").unwrap();
+    let mut names: Vec<&str> = tokens.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["acme-admin", "acme-new", "acme-ops"]);
+    let new_id = tokens.iter().find(|t| t["name"] == "acme-new").unwrap()["id"].as_str().unwrap().to_owned();
+    let _: Value = admin.delete(&format!("/v1/tokens/{new_id}")).unwrap();
+    let operator_id = d.operator.get::<Value>("/v1/whoami").unwrap()["token"].as_str().unwrap().to_owned();
+    assert_eq!(admin.raw("DELETE", &format!("/v1/tokens/{operator_id}"), None).unwrap().status, 404);
+
+    // Every code and every token on the tenant is on its chain.
+    let export = audit(&admin, "acme");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+    let seen: Vec<String> = export
+        .entries
+        .iter()
+        .map(|e| format!("{} {}", e.action, e.detail.get("name").and_then(Value::as_str).unwrap_or("")))
+        .collect();
+    let expected = [
+        "tenant.create ",
+        "enrolment.issue ",
+        "enrolment.redeem ",
+        "token.issue acme-admin",
+        "token.issue acme-ops",
+        "enrolment.issue ",
+        "enrolment.issue ",
+        "enrolment.redeem ",
+        "token.issue acme-new",
+        "token.revoke acme-new",
+    ];
+    assert_eq!(seen, expected);
+    let issued = export.entries.iter().filter(|e| e.action == "enrolment.issue").collect::<Vec<_>>();
+    assert_eq!(issued[2].detail["replaced"], json!([replaced["id"]]));
+    assert!(issued[1].actor.starts_with("operator "), "{:?}", issued[1]);
+}
+
+#[test]
 fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
     let d = TestDaemon::start();
     let admin = d.tenant("acme");
@@ -293,6 +403,8 @@ fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
     let before = audit(&admin, "acme").entries.len();
     assert_eq!(intruder.raw("GET", "/v1/tenants/acme/audit", None).unwrap().status, 403);
     assert_eq!(analyst.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
+    // A percent-encoded name is the same tenant's.
+    assert_eq!(analyst.raw("GET", "/v1/tenants/%61c%6De/approvals", None).unwrap().status, 403);
     // Without a token: refused and counted, but not written to the log.
     assert_eq!(
         d.operator.with_token(None).raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status,
@@ -300,9 +412,14 @@ fn refused_access_by_another_tenant_or_role_lands_in_the_tenants_audit_log() {
     );
     let export = audit(&admin, "acme");
     let refused: Vec<_> = export.entries[before..].iter().filter(|e| e.action == "access.refused").collect();
-    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused.len(), 3, "{refused:?}");
     assert!(refused[0].actor.starts_with("tenant-admin other-admin"), "{:?}", refused[0]);
     assert!(refused[1].detail["what"].as_str().unwrap().contains("as analyst"), "{:?}", refused[1]);
+    assert_eq!(
+        refused[2].detail["what"], "GET /v1/tenants/{tenant}/approvals as analyst",
+        "{:?}",
+        refused[2]
+    );
     assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
 }
 
@@ -316,7 +433,11 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
     approve(&admin, "acme", &plugin, "ana");
     let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
-    assert_eq!(vendor.raw("DELETE", &path, None).unwrap().status, 403, "only the uploader or an operator");
+    assert_eq!(
+        vendor.raw("DELETE", &path, None).unwrap().status,
+        404,
+        "another's plugin is not there for it"
+    );
     let in_use = analyst.raw("DELETE", &path, None).unwrap();
     assert_eq!(in_use.status, 409, "{}", in_use.text());
 
@@ -325,6 +446,62 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     assert!(not_wasm.text().contains("not a WebAssembly binary"), "{}", not_wasm.text());
     let plugins: Vec<Value> = analyst.get("/v1/plugins").unwrap();
     assert_eq!(plugins.len(), 1, "a refused upload leaves nothing");
+}
+
+#[test]
+fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uploader() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (ana, _) = d.token(Role::Analyst, "ana", None, None);
+    let (bob, _) = d.token(Role::Analyst, "bob", None, None);
+    let (ven, _) = d.token(Role::Vendor, "ven", None, None);
+    ingest_trips(&admin, "acme");
+    let emissions: Value = upload_plugin(&ana, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let absence: Value = upload_plugin(&ven, kanon_artifacts::ABSENCE_RATE).json().unwrap();
+    let (e, a) = (emissions["hash"].as_str().unwrap(), absence["hash"].as_str().unwrap());
+    let listed = |client: &Client| -> BTreeSet<String> {
+        let list: Vec<Value> = client.get("/v1/plugins").unwrap();
+        list.iter().map(|p| p["hash"].as_str().unwrap().to_owned()).collect()
+    };
+    let show = |client: &Client, hash: &str| client.raw("GET", &format!("/v1/plugins/{hash}"), None).unwrap();
+    assert_eq!(listed(&ana), BTreeSet::from([e.to_owned()]));
+    assert_eq!(listed(&ven), BTreeSet::from([a.to_owned()]));
+    assert_eq!(listed(&bob), BTreeSet::new());
+    assert_eq!(listed(&admin), BTreeSet::from([e.to_owned(), a.to_owned()]), "a tenant admin approves any");
+    for (client, hash) in [(&bob, e), (&ven, e), (&ana, a)] {
+        assert_eq!(show(client, hash).status, 404, "{hash}");
+    }
+    let shown: Value = admin.get(&format!("/v1/plugins/{e}")).unwrap();
+    assert_eq!(shown["uploader"], "analyst ana", "the tenant admin knows whose plugin it approves");
+
+    // Approved for bob: he sees it, not who uploaded it.
+    approve(&admin, "acme", &emissions, "bob");
+    assert_eq!(listed(&bob), BTreeSet::from([e.to_owned()]));
+    let seen = show(&bob, e);
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.json::<Value>().unwrap()["uploader"], "");
+    assert!(!seen.text().contains("ana"), "{}", seen.text());
+
+    // The same bytes from the vendor: its own to see, under its name only;
+    // and ana's view names no one else.
+    let again = upload_plugin(&ven, kanon_artifacts::EMISSIONS_BENCHMARK);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json::<Value>().unwrap()["uploader"], "vendor ven");
+    assert_eq!(listed(&ven), BTreeSet::from([e.to_owned(), a.to_owned()]));
+    let ana_view = show(&ana, e);
+    assert_eq!(ana_view.json::<Value>().unwrap()["uploader"], "analyst ana");
+    assert!(!ana_view.text().contains("ven"), "{}", ana_view.text());
+    // Only the first uploader deletes (it is in use anyway); others do not see it.
+    assert_eq!(ven.raw("DELETE", &format!("/v1/plugins/{e}"), None).unwrap().status, 403);
+    assert_eq!(bob.raw("DELETE", &format!("/v1/plugins/{a}"), None).unwrap().status, 404);
+    // A vendor publishes only over a plugin it uploaded.
+    let (rival, _) = d.token(Role::Vendor, "rival", None, None);
+    let publish = |client: &Client, hash: &str| {
+        let body = json!({"name": "co2", "plugin": hash}).to_string();
+        client.raw("POST", "/v1/benchmarks", Some(("application/json", body.as_bytes()))).unwrap().status
+    };
+    assert_eq!(publish(&rival, a), 404);
+    assert_eq!(publish(&ven, a), 201);
 }
 
 #[test]
@@ -375,11 +552,17 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("GET", "/health") | ("GET", "/openapi.json") => {
             &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)]
         }
-        ("GET", "/metrics") => &[(Operator, 200)],
+        ("GET", "/metrics") | ("GET", "/v1/status") => &[(Operator, 200)],
         ("GET", "/v1/whoami") => &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)],
-        ("POST", "/v1/tenants") | ("POST", "/v1/tokens") => &[(Operator, 400)],
-        ("GET", "/v1/tenants") | ("GET", "/v1/tokens") | ("GET", "/v1/audit") => &[(Operator, 200)],
-        ("DELETE", "/v1/tokens/{id}") => &[(Operator, 404)],
+        ("POST", "/v1/tenants") => &[(Operator, 400)],
+        ("POST", "/v1/tokens") => &[(Operator, 400), (TenantAdmin, 400)],
+        ("GET", "/v1/tenants") | ("GET", "/v1/audit") => &[(Operator, 200)],
+        ("GET", "/v1/tokens") => &[(Operator, 200), (TenantAdmin, 200)],
+        ("DELETE", "/v1/tokens/{id}") => &[(Operator, 404), (TenantAdmin, 404)],
+        // A fresh code for the tenant's admin.
+        ("POST", "/v1/tenants/{tenant}/enrolments") => &[(Operator, 201)],
+        // Public: `{}` is no code, whoever asks.
+        ("POST", "/v1/enrol") => &[(Operator, 400), (TenantAdmin, 400), (Analyst, 400), (Vendor, 400)],
         ("GET", "/v1/tenants/{tenant}/policy") | ("PUT", "/v1/tenants/{tenant}/policy") => {
             &[(TenantAdmin, 200)]
         }
@@ -429,14 +612,44 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
     allowed.iter().find(|(r, _)| *r == role).map_or(403, |(_, status)| *status)
 }
 
+/// A well-formed id that names nothing, for the `{id}` of `path`.
+fn absent_id(path: &str) -> String {
+    let zeros = "0".repeat(24);
+    if path.starts_with("/v1/tokens/") {
+        "0".repeat(12)
+    } else if path.starts_with("/v1/jobs/") {
+        format!("job_{zeros}")
+    } else if path.contains("/approvals/") {
+        format!("apr_{zeros}")
+    } else if path.contains("/grants/") {
+        format!("grant_{zeros}")
+    } else {
+        panic!("no id shape for {path}: add it here")
+    }
+}
+
 fn probe_path(path: &str) -> String {
+    let path = if path.contains("{id}") { path.replace("{id}", &absent_id(path)) } else { path.to_owned() };
     path.replace("{tenant}", "acme")
         .replace("{dataset}", "nope")
-        .replace("{id}", "nope")
         .replace("{hash}", &"0".repeat(64))
         .replace("{benchmark}", "nope")
-        .replace("{run}", "nope")
+        .replace("{run}", &format!("brun_{}", "0".repeat(24)))
         .replace("{version}", "latest")
+}
+
+/// `path` with each parameter malformed in turn (too long, or not of its
+/// shape), and which.
+fn malformed_path(path: &str, long: &str) -> Vec<(&'static str, String)> {
+    let params = ["{tenant}", "{dataset}", "{id}", "{hash}", "{benchmark}", "{run}", "{version}"];
+    let mut paths = Vec::new();
+    for param in params.iter().filter(|p| path.contains(*p)) {
+        let correct = probe_path(path.replace(param, "\u{1}").as_str());
+        for bad in [long, "..%2F..%2Fcontrol.redb", "-x", "%ff"] {
+            paths.push((*param, correct.replace('\u{1}', bad)));
+        }
+    }
+    paths
 }
 
 #[test]
@@ -481,7 +694,8 @@ fn every_route_answers_every_role_and_every_bad_token_with_the_exact_status() {
             let status = client.raw(method, &url, body).unwrap().status;
             assert_eq!(status, expected(method, path, *role), "{role} {method} {url}");
         }
-        let bad_token_status = if *access == Access::Public { 200 } else { 401 };
+        let bad_token_status =
+            if *access == Access::Public { expected(method, path, Role::Operator) } else { 401 };
         for (what, client) in [
             ("no token", &anonymous),
             ("expired", &expired),
@@ -493,6 +707,131 @@ fn every_route_answers_every_role_and_every_bad_token_with_the_exact_status() {
             assert_eq!(status, bad_token_status, "{what} {method} {url}");
         }
     }
+}
+
+#[test]
+fn malformed_ids_and_names_are_refused_before_any_lookup_or_audit() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let clients = [
+        (Role::Operator, d.operator.clone()),
+        (Role::TenantAdmin, admin.clone()),
+        (Role::Analyst, d.token(Role::Analyst, "ana", None, None).0),
+        (Role::Vendor, d.token(Role::Vendor, "ven", None, None).0),
+    ];
+    let head = audit(&admin, "acme").head;
+    let long = "a".repeat(1000);
+    let mut probed = 0;
+    for (method, path, access) in ACCESS {
+        let body = matches!(*method, "POST" | "PUT").then_some(("application/json", b"{}".as_slice()));
+        for (param, url) in malformed_path(path, &long) {
+            for (role, client) in &clients {
+                // A role the route refuses is refused before its parameters
+                // are read (and audited if the tenant is well-formed).
+                let allowed = matches!(access, Access::Roles(roles) if roles.contains(role));
+                if !allowed && param != "{tenant}" {
+                    continue;
+                }
+                let status = if allowed { 400 } else { 403 };
+                let reply = client.raw(method, &url, body).unwrap();
+                assert_eq!(reply.status, status, "{role} {method} {url}: {}", reply.text());
+                assert!(reply.body.len() < 400, "the refusal quotes a bounded part: {}", reply.text());
+                probed += 1;
+            }
+        }
+    }
+    assert!(probed > 100, "{probed}");
+    assert_eq!(audit(&admin, "acme").head, head, "nothing was audited");
+
+    // The same in a body: a 1 MB approval id is refused whole, and nothing is written.
+    let (analyst, _) = (&clients[2].1, ());
+    let size = d.control_bytes();
+    let body = json!({"tenant": "acme", "plugin": "0".repeat(64), "approval": "a".repeat(1_000_000), "datasets": {}});
+    for _ in 0..50 {
+        let reply =
+            analyst.raw("POST", "/v1/jobs", Some(("application/json", body.to_string().as_bytes()))).unwrap();
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert!(
+            reply.text().contains("not a approval id") || reply.text().contains("approval id"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(audit(&admin, "acme").head, head, "nothing was audited");
+    assert_eq!(d.control_bytes(), size, "the control database did not grow");
+}
+
+#[test]
+fn repeated_refusals_fold_into_counted_entries() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let before = audit(&admin, "acme").entries.len();
+    let started = Instant::now();
+    for _ in 0..2000 {
+        assert_eq!(vendor.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
+    }
+    // Job submissions under approvals that do not exist, each another id.
+    for i in 0..200 {
+        let body = json!({"tenant": "acme", "plugin": "0".repeat(64), "approval": format!("apr_{i:024x}"),
+                          "datasets": {}});
+        let reply =
+            analyst.raw("POST", "/v1/jobs", Some(("application/json", body.to_string().as_bytes()))).unwrap();
+        assert_eq!(reply.status, 403, "{}", reply.text());
+    }
+    // Windows begun while refusing; each caller writes at most one entry
+    // per window, and one more for the count the reader takes.
+    let windows =
+        started.elapsed().as_millis() as usize / kanon_daemon::audit::REFUSAL_WINDOW_MS as usize + 1;
+    let export = audit(&admin, "acme");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
+    let refused: Vec<_> = export.entries[before..].iter().filter(|e| e.action == "access.refused").collect();
+    for (who, refusals) in [("vendor ven", 2000), ("analyst ana", 200)] {
+        let entries: Vec<_> = refused.iter().filter(|e| e.actor.starts_with(who)).collect();
+        assert!((1..=windows + 1).contains(&entries.len()), "{who}: {} entries", entries.len());
+        let counted: u64 = entries.iter().map(|e| e.detail["count"].as_u64().unwrap()).sum();
+        assert_eq!(counted, refusals, "{who}: every refusal is counted");
+    }
+    let last = refused.iter().rfind(|e| e.actor.starts_with("analyst ana")).unwrap();
+    assert_eq!(last.detail["what"], "job.submit");
+    assert_eq!(last.detail["approval"], format!("apr_{:024x}", 199), "the last refusal's particulars");
+    // Read again: nothing more was counted, nothing more is written.
+    assert_eq!(audit(&admin, "acme").head, export.head);
+}
+
+#[test]
+fn a_non_member_cannot_tell_which_tenants_exist() {
+    let d = TestDaemon::start();
+    let _admin = d.tenant("acme");
+    let other = d.tenant("other");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
+    let absent = format!("apr_{}", "0".repeat(24));
+    // Every answer a non-member gets about `tenant`, its name blanked.
+    let answers = |tenant: &str| -> Vec<(u16, String)> {
+        let submit = json!({"tenant": tenant, "plugin": "0".repeat(64), "approval": absent,
+                            "datasets": {"trips": "trips"}})
+        .to_string();
+        let probes = [
+            (&analyst, "POST", "/v1/jobs".to_owned(), Some(submit.as_bytes())),
+            (&analyst, "GET", format!("/v1/tenants/{tenant}/datasets"), None),
+            (&vendor, "GET", format!("/v1/tenants/{tenant}/benchmarks"), None),
+            (&other, "GET", format!("/v1/tenants/{tenant}/audit"), None),
+            (&other, "GET", format!("/v1/tenants/{tenant}/jobs"), None),
+            (&other, "DELETE", format!("/v1/tenants/{tenant}/approvals/{absent}"), None),
+        ];
+        probes
+            .into_iter()
+            .map(|(client, method, path, body)| {
+                let reply = client.raw(method, &path, body.map(|b| ("application/json", b))).unwrap();
+                (reply.status, reply.text().replace(tenant, "TENANT"))
+            })
+            .collect()
+    };
+    let existing = answers("acme");
+    assert!(existing.iter().all(|(status, _)| *status == 403), "{existing:?}");
+    assert_eq!(existing, answers("nosuch"));
 }
 
 /// What the state looks like from outside, to compare before and after.
@@ -565,17 +904,53 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
             &d.operator,
             "POST",
             "/v1/tokens".into(),
-            json_body("{\"role\": \"tenant-admin\", \"name\": \"x\"}"),
-            400,
-            "needs a tenant",
+            json_body("{\"role\": \"tenant-admin\", \"name\": \"x\", \"tenant\": \"acme\"}"),
+            403,
+            "does not issue tenant-admin tokens",
         ),
         (
             &d.operator,
             "POST",
             "/v1/tokens".into(),
+            json_body("{\"role\": \"vendor\", \"name\": \"x\", \"tenant\": \"acme\"}"),
+            400,
+            "not bound to a tenant",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"analyst\", \"name\": \"acme-admin\"}"),
+            409,
+            "taken by a live token",
+        ),
+        (
+            &admin,
+            "POST",
+            "/v1/tokens".into(),
+            json_body("{\"role\": \"analyst\", \"name\": \"x\"}"),
+            403,
+            "not analyst tokens",
+        ),
+        (
+            &admin,
+            "POST",
+            "/v1/tokens".into(),
             json_body("{\"role\": \"tenant-admin\", \"name\": \"x\", \"tenant\": \"nobody\"}"),
-            404,
-            "tenant `nobody`",
+            403,
+            "not a tenant admin of `nobody`",
+        ),
+        (
+            &d.operator,
+            "POST",
+            "/v1/enrol".into(),
+            json_body(&format!(
+                "{{\"code\": \"kanon_enrol_{}_{}\", \"name\": \"x\"}}",
+                "0".repeat(24),
+                "0".repeat(64)
+            )),
+            403,
+            "not valid",
         ),
         (
             &admin,
@@ -657,6 +1032,87 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
 }
 
 #[test]
+fn anonymous_health_says_only_that_the_daemon_is_up() {
+    let d = TestDaemon::start();
+    let health: Value = d.operator.with_token(None).get("/health").unwrap();
+    assert_eq!(health, json!({"status": "ok"}));
+    let status: Value = d.operator.get("/v1/status").unwrap();
+    assert_eq!(
+        (status["running_jobs"].as_u64(), status["queued_jobs"].as_u64()),
+        (Some(0), Some(0)),
+        "{status}"
+    );
+    assert_eq!(status["broken_chains"], json!({}));
+    assert!(status["version"].is_string());
+}
+
+/// Edit entry `seq` of `chain` in a stopped daemon's control database, as
+/// someone holding the file could.
+fn tamper(dir: &std::path::Path, chain: &str, seq: u64) {
+    use redb::ReadableTable as _;
+    const AUDIT: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("audit");
+    // The stopped daemon's background tasks let go of the file as they end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let db = loop {
+        match redb::Database::open(dir.join(kanon_daemon::CONTROL_FILE)) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the control database: {e}"),
+        }
+    };
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(AUDIT).unwrap();
+        let bytes = table.get((chain, seq)).unwrap().unwrap().value().to_vec();
+        let mut entry: Value = serde_json::from_slice(&bytes).unwrap();
+        entry["detail"]["edited"] = json!(true);
+        table.insert((chain, seq), serde_json::to_vec(&entry).unwrap().as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_chain_that_does_not_verify_at_start_is_reported_and_refuses_every_write() {
+    let mut d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let other = d.tenant("other");
+    ingest_trips(&admin, "acme");
+    let head = audit(&admin, "acme").head;
+    d.restart(|dir| tamper(dir, "acme", 2));
+
+    let status: Value = d.operator.get("/v1/status").unwrap();
+    let why = status["broken_chains"]["acme"].as_str().unwrap_or_else(|| panic!("{status}"));
+    assert!(why.contains("entry 2 was altered"), "{why}");
+    assert_eq!(status["broken_chains"].as_object().unwrap().len(), 1, "{status}");
+    // Every change that acme's chain would record is refused, with why.
+    let policy =
+        admin.raw("PUT", "/v1/tenants/acme/policy", Some(("application/json", b"{\"min_entities\": 20}")));
+    let upload = admin.raw(
+        "PUT",
+        "/v1/tenants/acme/datasets/more?format=csv&entity=driver_id",
+        Some(("text/csv", kanon_tests::trips_csv().as_bytes())),
+    );
+    for reply in [policy.unwrap(), upload.unwrap()] {
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            reply.text().contains("the audit log of `acme` does not verify (entry 2 was altered"),
+            "{}",
+            reply.text()
+        );
+    }
+    let datasets: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+    assert_eq!(datasets.len(), 1, "the upload was refused before the vault stored it");
+    // The tenant still reads its log, and sees the break itself.
+    let export = audit(&admin, "acme");
+    assert_eq!(export.head, head, "nothing was appended");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_err());
+    // Other tenants carry on.
+    ingest_trips(&other, "other");
+}
+
+#[test]
 fn the_metrics_count_requests_jobs_and_refusals() {
     let d = TestDaemon::start();
     let _ = d.operator.with_token(None).raw("GET", "/v1/tenants", None).unwrap();
@@ -664,4 +1120,31 @@ fn the_metrics_count_requests_jobs_and_refusals() {
     assert!(text.contains("kanon_http_requests_total{"), "{text}");
     assert!(text.contains("kanon_refusals_total{reason=\"token\"} 1"), "{text}");
     assert!(text.contains("route=\"/v1/tenants\""), "{text}");
+}
+
+#[test]
+fn a_large_field_is_cut_in_the_audit_entry_and_kept_whole_in_its_record() {
+    let d = TestDaemon::start();
+    let admin = d.tenant("acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    ingest_trips(&admin, "acme");
+    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let approval = approve(&admin, "acme", &plugin, "ana");
+    let long = "x".repeat(900_000);
+    let schema = json!({"type": "object", "description": long});
+    let body = json!({"plugin": plugin["hash"], "analyst": "ana", "outputs": approval["outputs"], "ttl_secs": 3600,
+                      "datasets": approval["datasets"], "params_schema": schema});
+    let created: Value = admin.send("POST", "/v1/tenants/acme/approvals", &body).unwrap();
+    assert_eq!(
+        created["params_schema"]["description"].as_str().unwrap().len(),
+        long.len(),
+        "the record is whole"
+    );
+    let export = audit(&admin, "acme");
+    let entry = export.entries.last().unwrap();
+    assert_eq!(entry.action, "approval.grant");
+    assert_eq!(entry.detail["approval"], created["id"]);
+    let size = serde_json::to_vec(entry).unwrap().len();
+    assert!(size <= kanon_daemon::audit::MAX_DETAIL_BYTES + 1024, "the entry holds {size} bytes");
+    assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
 }

@@ -737,16 +737,13 @@ mod load {
     /// A tenant with its trips, an admin, an analyst and an approval of the
     /// emissions plugin.
     fn tenant(operator: &Client, name: &str, seed: u64) -> anyhow::Result<Tenant> {
-        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": name}))?;
-        let token = |role: Role, who: &str, tenant: Option<&str>| -> anyhow::Result<String> {
-            let issued: Value =
-                operator.send("POST", "/v1/tokens", &json!({"role": role, "name": who, "tenant": tenant}))?;
-            Ok(issued["token"].as_str().context("a token")?.to_owned())
-        };
-        let admin =
-            operator.with_token(Some(token(Role::TenantAdmin, &format!("{name}-admin"), Some(name))?));
+        let created: Value = operator.send("POST", "/v1/tenants", &json!({"name": name}))?;
+        let code = created["enrolment"]["code"].as_str().context("an enrolment code")?;
+        let (admin, _) = operator.enrol(code, &format!("{name}-admin"), None)?;
         let analyst_name = format!("{name}-analyst");
-        let analyst_token = token(Role::Analyst, &analyst_name, None)?;
+        let issued: Value =
+            operator.send("POST", "/v1/tokens", &json!({"role": Role::Analyst, "name": analyst_name}))?;
+        let analyst_token = issued["token"].as_str().context("a token")?.to_owned();
         let analyst = operator.with_token(Some(analyst_token.clone()));
         let mut csv = Vec::new();
         datagen::trips(&mut csv, ROWS, 60, seed)?;

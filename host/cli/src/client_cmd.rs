@@ -1,5 +1,5 @@
 //! The daemon's client: `kanon tenants|tokens|datasets …|plugins|approvals|
-//! jobs|results|audit|grants|login`, all through the HTTP API.
+//! jobs|results|audit|grants|login|enrol`, all through the HTTP API.
 //!
 //! Exit codes (beyond main's): 3 a job failed; 4 the daemon refused the
 //! request (any 4xx; the message says why); 5 the daemon is unreachable or
@@ -199,20 +199,26 @@ pub struct LoginArgs {
     token: Option<String>,
 }
 
-pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
-    let token = match args.token {
-        Some(token) => token,
+/// A secret from `given`, else the first line of stdin.
+fn secret_or_stdin(given: Option<String>) -> anyhow::Result<String> {
+    Ok(match given {
+        Some(secret) => secret,
         None => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
             line.trim().to_owned()
         }
-    };
-    let client = Client::new(&args.url, Some(token.clone()));
+    })
+}
+
+/// Save `token` for `url` as profile `name` (the file readable by its owner
+/// only), and say whose it is.
+fn save_profile(name: &str, url: &str, token: String) -> anyhow::Result<()> {
+    let client = Client::new(url, Some(token.clone()));
     let me: Value = client.get("/v1/whoami")?;
     let path = profiles_path()?;
     let mut profiles = read_profiles(&path)?;
-    profiles.profiles.insert(args.name.clone(), Profile { url: args.url, token });
+    profiles.profiles.insert(name.to_owned(), Profile { url: url.to_owned(), token });
     std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -220,13 +226,49 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(toml::to_string(&profiles)?.as_bytes())?;
+    let tenant =
+        me["tenant"].as_str().map(|t| format!(" of `{}`", render::escape_controls(t))).unwrap_or_default();
     println!(
-        "profile `{}`: {} {} ({})",
-        args.name,
+        "profile `{name}`: {} {}{tenant} ({})",
         me["role"].as_str().unwrap_or("?"),
         text(&me["name"]),
         path.display()
     );
+    Ok(())
+}
+
+pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let token = secret_or_stdin(args.token)?;
+    save_profile(&args.name, &args.url, token)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct EnrolArgs {
+    /// The profile to save the new token as.
+    profile: String,
+    #[arg(long)]
+    url: String,
+    /// Your holder name, unique on the daemon (default: the profile's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The one-time enrolment code; read from stdin if absent (keeps it
+    /// out of shell history).
+    #[arg(long)]
+    code: Option<String>,
+    /// The token's lifetime: 90d, 12h; none means until revoked.
+    #[arg(long)]
+    ttl: Option<String>,
+}
+
+/// `kanon enrol`: a tenant's admin redeems the code the operator handed
+/// over, and keeps the token as a profile.
+pub fn enrol(args: EnrolArgs) -> anyhow::Result<ExitCode> {
+    let code = secret_or_stdin(args.code)?;
+    let name = args.name.unwrap_or_else(|| args.profile.clone());
+    let ttl_secs = args.ttl.as_deref().map(duration_secs).transpose()?;
+    let (_, token) = Client::new(&args.url, None).enrol(&code, &name, ttl_secs)?;
+    save_profile(&args.profile, &args.url, token)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,16 +284,66 @@ pub struct TenantsArgs {
 
 #[derive(Debug, Subcommand)]
 enum TenantsCommand {
-    /// Create a tenant (operator).
-    Create { name: String },
+    /// Create a tenant (operator); prints the one-time code its admin
+    /// enrols with (`kanon enrol`).
+    Create {
+        name: String,
+        /// How long the code lasts: 12h, 7d (at most 30d; default 7d).
+        #[arg(long)]
+        enrolment_ttl: Option<String>,
+    },
     /// List tenants (operator).
     List,
+    /// A fresh one-time enrolment code for a tenant whose admin lost access
+    /// (operator). It replaces the tenant's unused code; its admin tokens
+    /// stay, and its audit log shows the code.
+    Enrolment {
+        name: String,
+        /// How long the code lasts: 12h, 7d (at most 30d; default 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+/// Print an enrolment code: the code alone on stdout, how to use it on stderr.
+fn print_enrolment(enrolment: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(enrolment);
+    }
+    println!("{}", text(&enrolment["code"]));
+    eprintln!(
+        "one-time enrolment code for the admin of `{}`, until {} (shown once): the admin runs \
+         `kanon enrol PROFILE --url URL --name HOLDER` and pastes it",
+        text(&enrolment["tenant"]),
+        when(&enrolment["expires_ms"])
+    );
+    Ok(())
 }
 
 pub fn tenants(args: TenantsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
+    let ttl = |text: Option<String>| text.as_deref().map(duration_secs).transpose();
     let value: Value = match args.command {
-        TenantsCommand::Create { name } => client.send("POST", "/v1/tenants", &json!({"name": name}))?,
+        TenantsCommand::Create { name, enrolment_ttl } => {
+            let body = json!({"name": name, "enrolment_ttl_secs": ttl(enrolment_ttl)?});
+            let created: Value = client.send("POST", "/v1/tenants", &body)?;
+            if args.conn.json {
+                print_json(&created)?;
+            } else {
+                eprintln!("created tenant `{}`", text(&created["name"]));
+                print_enrolment(&created["enrolment"], false)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TenantsCommand::Enrolment { name, ttl: given } => {
+            let enrolment: Value = client.send(
+                "POST",
+                &format!("/v1/tenants/{name}/enrolments"),
+                &json!({"ttl_secs": ttl(given)?}),
+            )?;
+            print_enrolment(&enrolment, args.conn.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         TenantsCommand::List => client.get("/v1/tenants")?,
     };
     show(args.conn.json, value, &["tenant", "created"], |t| vec![text(&t["name"]), when(&t["created_ms"])])
@@ -267,23 +359,27 @@ pub struct TokensArgs {
 
 #[derive(Debug, Subcommand)]
 enum TokensCommand {
-    /// Issue a token (operator); the token is printed once.
+    /// Issue a token; it is printed once. The operator issues operator,
+    /// analyst and vendor tokens; a tenant admin further tenant-admin tokens
+    /// of its tenant.
     Issue {
         #[arg(long, value_parser = parse_role)]
         role: Role,
-        /// The holder's name (approvals name analysts by it).
+        /// The holder's name (approvals name analysts by it); unique among
+        /// live tokens.
         #[arg(long)]
         name: String,
-        /// The tenant of a tenant-admin token.
+        /// The tenant of a tenant-admin token (default: the issuer's).
         #[arg(long)]
         tenant: Option<String>,
         /// Lifetime: 30m, 12h, 90d; none means until revoked.
         #[arg(long)]
         ttl: Option<String>,
     },
-    /// List tokens, without secrets (operator).
+    /// List tokens, without secrets (the operator every one, a tenant
+    /// admin its tenant's).
     List,
-    /// Revoke a token by id (operator).
+    /// Revoke a token by id (the operator any, a tenant admin its tenant's).
     Revoke { id: String },
 }
 

@@ -130,20 +130,27 @@ fn token(operator: &Client, role: Role, name: &str, tenant: Option<&str>) -> any
     Ok(operator.with_token(issued["token"].as_str().map(str::to_owned)))
 }
 
+/// Create `tenant` (operator), then enrol its admin with the one-time code
+/// (no token): the admin's client. The operator never holds it.
+fn tenant_with_admin(operator: &Client, tenant: &str) -> anyhow::Result<Client> {
+    let created: Value = operator.send("POST", "/v1/tenants", &json!({"name": tenant}))?;
+    let code = created["enrolment"]["code"].as_str().context("no enrolment code for the new tenant")?;
+    Ok(operator.enrol(code, &format!("{tenant}-admin"), None)?.0)
+}
+
 /// The vendor's side: carriers with generated trips opt in to a CO2
 /// benchmark; the vendor runs it and reads its table; one carrier reads its
 /// own position; one leaves, and the next version holds what it was in.
 fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> anyhow::Result<Value> {
     let vendor = token(operator, Role::Vendor, "benchco", None)?;
     say(format!(
-        "operator: issued a vendor token for `benchco`; {} carriers join its benchmark",
+        "operator: issued a vendor token for `benchco`; {} carriers, each enrolling its own admin, join its benchmark",
         args.carriers
     ));
     let mut admins = Vec::new();
     for i in 1..=args.carriers {
         let name = format!("carrier-{i:02}");
-        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": name}))?;
-        let admin = token(operator, Role::TenantAdmin, &format!("{name}-admin"), Some(&name))?;
+        let admin = tenant_with_admin(operator, &name)?;
         let file = dir.join(format!("{name}.csv"));
         // Each carrier's fleet burns its own share more or less fuel.
         let thirst = 0.85 + 0.3 * (i as f64 * 0.618).fract();
@@ -245,9 +252,11 @@ fn walk(
     let mut code = ExitCode::SUCCESS;
     let mut releases = serde_json::Map::new();
     for tenant in tenants {
-        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": tenant.name}))?;
-        let admin = token(Role::TenantAdmin, &format!("{}-admin", tenant.name), Some(tenant.name))?;
-        say(format!("operator: created tenant `{}` and its admin's token", tenant.name));
+        let admin = tenant_with_admin(operator, tenant.name)?;
+        say(format!(
+            "operator: created tenant `{}`; its admin enrolled with the one-time code (the operator holds no admin token)",
+            tenant.name
+        ));
 
         let started = Instant::now();
         let stored: Value = admin.upload(

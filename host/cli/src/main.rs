@@ -59,9 +59,13 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Save a daemon address and token as a named profile.
     Login(client_cmd::LoginArgs),
-    /// Daemon: create and list tenants (operator).
+    /// Redeem a tenant admin's one-time enrolment code and save the token
+    /// as a profile.
+    Enrol(client_cmd::EnrolArgs),
+    /// Daemon: create and list tenants, new enrolment codes (operator).
     Tenants(client_cmd::TenantsArgs),
-    /// Daemon: issue, list and revoke tokens (operator).
+    /// Daemon: issue, list and revoke tokens (operator; a tenant admin its
+    /// tenant's admins).
     Tokens(client_cmd::TokensArgs),
     /// Daemon: upload, list, show and delete plugins.
     Plugins(client_cmd::PluginsArgs),
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, &runtime),
         Command::Serve(args) => serve::run(args, &runtime),
         Command::Login(args) => client_cmd::login(args),
+        Command::Enrol(args) => client_cmd::enrol(args),
         Command::Tenants(args) => client_cmd::tenants(args),
         Command::Tokens(args) => client_cmd::tokens(args),
         Command::Plugins(args) => client_cmd::plugins(args),

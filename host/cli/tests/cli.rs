@@ -715,18 +715,13 @@ mod serve {
     /// plugin and an approval: the tokens and the body of a job submission.
     fn daemon_setup(served: &Served, operator: String) -> (Tokens, Value) {
         let client = served.client(Some(&operator));
-        let _: Value = client.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
-        let token = |role: Role, name: &str, tenant: Option<&str>| {
-            let issued: Value = client
-                .send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))
-                .unwrap();
+        let token = |role: Role, name: &str| {
+            let issued: Value =
+                client.send("POST", "/v1/tokens", &json!({"role": role, "name": name})).unwrap();
             issued["token"].as_str().unwrap().to_owned()
         };
-        let tokens = Tokens {
-            admin: token(Role::TenantAdmin, "acme-admin", Some("acme")),
-            analyst: token(Role::Analyst, "ana", None),
-            operator,
-        };
+        let tokens =
+            Tokens { admin: tenant_admin(&client, "acme"), analyst: token(Role::Analyst, "ana"), operator };
         let (admin, analyst) = (served.client(Some(&tokens.admin)), served.client(Some(&tokens.analyst)));
         let stored: Value = admin
             .upload(
@@ -759,6 +754,14 @@ mod serve {
         let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
                             "datasets": {"trips": "trips"}});
         (tokens, submit)
+    }
+
+    /// Create `tenant` (as the operator `client`) and enrol its admin
+    /// `<tenant>-admin` with the one-time code: the admin's token.
+    fn tenant_admin(client: &Client, tenant: &str) -> String {
+        let created: Value = client.send("POST", "/v1/tenants", &json!({"name": tenant})).unwrap();
+        let code = created["enrolment"]["code"].as_str().unwrap();
+        client.enrol(code, &format!("{tenant}-admin"), None).unwrap().1
     }
 
     /// `count` jobs, each a different request (a stricter k each), so none is
@@ -989,6 +992,80 @@ mod serve {
         check_audit(&served.client(Some(&tokens.admin)), &after);
     }
 
+    /// The operator creates a tenant and gets a one-time code, never a
+    /// token; the tenant's admin redeems it with `kanon enrol`, which saves
+    /// its profile.
+    #[test]
+    fn tenants_create_prints_a_one_time_code_and_enrol_saves_the_admins_profile() {
+        let _timed = super::timed_processes();
+        let dir = Dir::new();
+        let (served, operator) = Served::start(&dir, "enrol");
+        let operator = operator.expect("the first start prints the operator token");
+        let config = dir.path().join("config");
+        let cli = |args: &[&str], stdin: &str| {
+            use std::io::Write;
+            let mut child = Command::new(env!("CARGO_BIN_EXE_kanon"))
+                .args(args)
+                .env("XDG_CONFIG_HOME", &config)
+                .env_remove("KANON_PROFILE")
+                .env_remove("KANON_TOKEN")
+                .env_remove("KANON_URL")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let url = served.base.as_str();
+        let as_operator = |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend(["--url", url, "--token", operator.as_str()]);
+            cli(&all, "")
+        };
+        let (code, out, err) = as_operator(&["tenants", "create", "acme"]);
+        assert_eq!(code, Some(0), "{err}");
+        let enrolment = out.trim().to_owned();
+        assert!(enrolment.starts_with("kanon_enrol_"), "{out}");
+        assert!(err.contains("kanon enrol"), "{err}");
+        // The operator cannot issue the tenant's admin a token instead.
+        let (code, _, err) = as_operator(&[
+            "tokens",
+            "issue",
+            "--role",
+            "tenant-admin",
+            "--name",
+            "acme-admin",
+            "--tenant",
+            "acme",
+        ]);
+        assert_eq!(code, Some(4), "{err}");
+        assert!(err.contains("does not issue tenant-admin tokens"), "{err}");
+
+        let (code, out, err) = cli(&["enrol", "acme", "--url", url, "--name", "acme-admin"], &enrolment);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("profile `acme`: tenant-admin acme-admin of `acme`"), "{out}");
+        let (code, out, err) = cli(&["tokens", "list", "--profile", "acme"], "");
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("acme-admin") && out.contains("live"), "{out}");
+        // Once only.
+        let (code, _, err) = cli(&["enrol", "again", "--url", url, "--name", "someone"], &enrolment);
+        assert_eq!(code, Some(4), "{err}");
+        assert!(err.contains("not valid"), "{err}");
+
+        // A fresh code for a lost admin: printed, and on the tenant's log.
+        let (code, out, err) = as_operator(&["tenants", "enrolment", "acme", "--ttl", "1d"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.trim().starts_with("kanon_enrol_") && out.trim() != enrolment, "{out}");
+        let (code, out, err) = cli(&["audit", "show", "--tenant", "acme", "--profile", "acme"], "");
+        assert_eq!(code, Some(0), "{err}");
+        let issued = out.lines().filter(|l| l.contains("enrolment.issue")).count();
+        assert_eq!(issued, 2, "{out}");
+        assert!(out.contains("enrolment.redeem"), "{out}");
+    }
+
     /// The vendor's and the tenants' side of a benchmark, through `kanon
     /// benchmarks` against `kanon serve`.
     #[test]
@@ -1018,8 +1095,7 @@ mod serve {
         let admins: Vec<String> = (0..6)
             .map(|i| {
                 let tenant = format!("carrier-{i}");
-                let _: Value = client.send("POST", "/v1/tenants", &json!({"name": tenant})).unwrap();
-                let admin = token(Role::TenantAdmin, &format!("{tenant}-admin"), Some(&tenant));
+                let admin = tenant_admin(&client, &tenant);
                 let dataset = if i == 5 { "ritten" } else { "trips" };
                 let _: Value = served
                     .client(Some(&admin))

@@ -14,6 +14,16 @@ use utoipa::ToSchema;
 /// operator tokens). Not a valid tenant name, so it cannot collide.
 pub const HOST_CHAIN: &str = "_host";
 
+/// Longest string an entry keeps whole, in bytes: a longer one (a detail's
+/// value or key, or the actor) keeps this many bytes and says how long it
+/// was.
+pub const MAX_DETAIL_STRING: usize = 512;
+
+/// Largest detail an entry keeps whole, serialized, in bytes. Past it, the
+/// largest top-level fields are replaced by their size and blake3 digest
+/// (`{"cut": {"bytes": …, "blake3": …}}`) until the detail fits.
+pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
+
 /// The `prev` of a chain's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -75,9 +85,9 @@ impl AuditEntry {
             seq: head.count + 1,
             at_ms: crate::now_ms(),
             chain: chain.to_owned(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            detail,
+            actor: cut_string(actor),
+            action: cut_string(action),
+            detail: capped(detail),
             prev,
             hash: String::new(),
         };
@@ -99,6 +109,182 @@ impl AuditEntry {
         let mut hasher = blake3::Hasher::new_derive_key("kanon 2026-11 audit entry");
         hasher.update(&serde_json::to_vec(&hashed).expect("audit entries serialize"));
         hasher.finalize().to_hex().to_string()
+    }
+}
+
+/// `text` as an entry keeps it: whole up to [`MAX_DETAIL_STRING`] bytes,
+/// else that many (at a character boundary) and its length.
+fn cut_string(text: &str) -> String {
+    if text.len() <= MAX_DETAIL_STRING {
+        return text.to_owned();
+    }
+    let mut end = MAX_DETAIL_STRING;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes]", &text[..end], text.len())
+}
+
+/// Every string of `value` (keys too) cut by [`cut_string`].
+fn cut_strings(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.len() > MAX_DETAIL_STRING => Value::String(cut_string(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(cut_strings).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (cut_string(&k), cut_strings(v))).collect())
+        }
+        other => other,
+    }
+}
+
+fn json_len(value: &serde_json::Value) -> usize {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len())
+}
+
+/// What stands for a value too large to keep: its size and digest.
+fn cut_marker(original: &serde_json::Value) -> serde_json::Value {
+    let bytes = serde_json::to_vec(original).unwrap_or_default();
+    serde_json::json!({"cut": {"bytes": bytes.len(), "blake3": blake3::hash(&bytes).to_hex().as_str()}})
+}
+
+/// A detail as an entry keeps it, whatever a caller put in it: strings cut
+/// to [`MAX_DETAIL_STRING`], and the whole at most about
+/// [`MAX_DETAIL_BYTES`]. The one place every entry's detail is bounded.
+pub(crate) fn capped(detail: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let fits = |value: &Value| json_len(value) <= MAX_DETAIL_BYTES;
+    let Value::Object(original) = detail else {
+        let cut = cut_strings(detail.clone());
+        return if fits(&cut) { cut } else { cut_marker(&detail) };
+    };
+    let mut kept: serde_json::Map<String, Value> =
+        original.iter().map(|(k, v)| (cut_string(k), cut_strings(v.clone()))).collect();
+    let mut total = json_len(&Value::Object(kept.clone()));
+    if total > MAX_DETAIL_BYTES {
+        // The largest fields go first, each for its size and digest.
+        let mut sizes: Vec<(String, String, usize)> =
+            original.keys().map(|k| (k.clone(), cut_string(k), json_len(&kept[&cut_string(k)]))).collect();
+        sizes.sort_by_key(|field| std::cmp::Reverse(field.2));
+        for (key, cut_key, size) in sizes {
+            if total <= MAX_DETAIL_BYTES {
+                break;
+            }
+            let marker = cut_marker(&original[&key]);
+            let marker_len = json_len(&marker);
+            if marker_len >= size {
+                // The rest are smaller still: only a digest of the whole helps.
+                break;
+            }
+            total = total - size + marker_len;
+            kept.insert(cut_key, marker);
+        }
+    }
+    let kept = Value::Object(kept);
+    if fits(&kept) { kept } else { cut_marker(&Value::Object(original)) }
+}
+
+/// How long identical refusals fold into one entry.
+pub const REFUSAL_WINDOW_MS: u64 = 60_000;
+
+/// Most (chain, actor, what) folding at once; past it, refusals are written
+/// one by one.
+const MAX_FOLDING: usize = 10_000;
+
+/// Refusals folded into counts, so that repeating a refused request cannot
+/// grow a chain by an entry each time. The first refusal of an actor to
+/// `what` on a chain is written at once (`count` 1); identical ones within
+/// [`REFUSAL_WINDOW_MS`] of it are only counted; the next one after the
+/// window is written with `count` = itself and those folded before it, and
+/// starts a new window. [`Refusals::take_folded`] hands out what is counted
+/// and not yet written, for a reader of the chain or the daemon's stop.
+/// Every entry carries the particulars of the last refusal it stands for,
+/// and the counts of a chain's `access.refused` entries add up to its
+/// refusals (those of the current window once a reader takes them; a crash
+/// loses at most one window's count).
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    folding: std::sync::Mutex<std::collections::HashMap<RefusalKey, Folding>>,
+}
+
+/// (chain, actor, what)
+type RefusalKey = (String, String, String);
+
+#[derive(Debug)]
+struct Folding {
+    since_ms: u64,
+    folded: u64,
+    /// The last folded refusal's particulars.
+    detail: serde_json::Value,
+}
+
+/// A folded count to write: the refusals of `actor` on `chain` since its
+/// last entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FoldedRefusals {
+    pub chain: String,
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+fn with_count(mut detail: serde_json::Value, count: u64) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut detail {
+        map.insert("count".into(), count.into());
+    }
+    detail
+}
+
+impl Refusals {
+    /// A refusal of `actor` to `what` on `chain` at `now_ms`, with its
+    /// particulars: the detail to write now (with its `count`), or `None`
+    /// when it is folded into a later entry.
+    pub(crate) fn note(
+        &self,
+        chain: &str,
+        actor: &str,
+        what: &str,
+        detail: serde_json::Value,
+        now_ms: u64,
+    ) -> Option<serde_json::Value> {
+        let mut folding = self.folding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (chain.to_owned(), actor.to_owned(), what.to_owned());
+        if let Some(entry) = folding.get_mut(&key) {
+            if now_ms < entry.since_ms.saturating_add(REFUSAL_WINDOW_MS) {
+                entry.folded += 1;
+                entry.detail = detail;
+                return None;
+            }
+            let count = entry.folded + 1;
+            *entry = Folding { since_ms: now_ms, folded: 0, detail: serde_json::Value::Null };
+            return Some(with_count(detail, count));
+        }
+        if folding.len() >= MAX_FOLDING {
+            folding.retain(|_, f| f.folded > 0 || now_ms < f.since_ms.saturating_add(REFUSAL_WINDOW_MS));
+        }
+        if folding.len() < MAX_FOLDING {
+            folding.insert(key, Folding { since_ms: now_ms, folded: 0, detail: serde_json::Value::Null });
+        }
+        Some(with_count(detail, 1))
+    }
+
+    /// The counted refusals not yet written, of `chain` or of every chain,
+    /// taken: the caller writes them. Their windows go on.
+    pub(crate) fn take_folded(&self, chain: Option<&str>) -> Vec<FoldedRefusals> {
+        let mut folding = self.folding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut taken = Vec::new();
+        for ((on, actor, _), entry) in folding.iter_mut() {
+            if entry.folded == 0 || chain.is_some_and(|c| c != on) {
+                continue;
+            }
+            let detail = std::mem::take(&mut entry.detail);
+            taken.push(FoldedRefusals {
+                chain: on.clone(),
+                actor: actor.clone(),
+                detail: with_count(detail, entry.folded),
+            });
+            entry.folded = 0;
+        }
+        taken
     }
 }
 
@@ -130,37 +316,63 @@ pub enum ChainBreak {
     Head,
 }
 
-/// Check a whole chain against its head. `Ok` gives the entry count.
-pub fn verify(chain: &str, entries: &[AuditEntry], head: &AuditHead) -> Result<u64, ChainBreak> {
-    let mut prev = GENESIS;
-    for (i, entry) in entries.iter().enumerate() {
-        let expected = i as u64 + 1;
+/// Checks a chain entry by entry, as they are read, without holding it
+/// whole: what [`verify`] does.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    chain: String,
+    prev: String,
+    count: u64,
+}
+
+impl ChainVerifier {
+    pub fn new(chain: &str) -> Self {
+        Self { chain: chain.to_owned(), prev: GENESIS.to_owned(), count: 0 }
+    }
+
+    /// The next entry: it must follow the ones before.
+    pub fn push(&mut self, entry: &AuditEntry) -> Result<(), ChainBreak> {
+        let expected = self.count + 1;
         if entry.seq != expected {
-            return Err(ChainBreak::Sequence { position: i + 1, expected, found: entry.seq });
+            return Err(ChainBreak::Sequence { position: expected as usize, expected, found: entry.seq });
         }
-        if entry.chain != chain {
+        if entry.chain != self.chain {
             return Err(ChainBreak::WrongChain {
                 seq: entry.seq,
-                expected: chain.to_owned(),
+                expected: self.chain.clone(),
                 found: entry.chain.clone(),
             });
         }
         if entry.computed_hash() != entry.hash {
             return Err(ChainBreak::Altered { seq: entry.seq });
         }
-        if entry.prev != prev {
+        if entry.prev != self.prev {
             return Err(ChainBreak::Link { seq: entry.seq });
         }
-        prev = &entry.hash;
+        self.prev.clone_from(&entry.hash);
+        self.count = expected;
+        Ok(())
     }
-    let found = entries.len() as u64;
-    if found != head.count {
-        return Err(ChainBreak::Count { expected: head.count, found });
+
+    /// The end of the chain: it must be `head`. `Ok` gives the entry count.
+    pub fn finish(self, head: &AuditHead) -> Result<u64, ChainBreak> {
+        if self.count != head.count {
+            return Err(ChainBreak::Count { expected: head.count, found: self.count });
+        }
+        if self.count > 0 && head.hash != self.prev {
+            return Err(ChainBreak::Head);
+        }
+        Ok(self.count)
     }
-    if found > 0 && head.hash != prev {
-        return Err(ChainBreak::Head);
+}
+
+/// Check a whole chain against its head. `Ok` gives the entry count.
+pub fn verify(chain: &str, entries: &[AuditEntry], head: &AuditHead) -> Result<u64, ChainBreak> {
+    let mut verifier = ChainVerifier::new(chain);
+    for entry in entries {
+        verifier.push(entry)?;
     }
-    Ok(found)
+    verifier.finish(head)
 }
 
 #[cfg(test)]
@@ -259,6 +471,80 @@ mod tests {
         let (mut entries, head) = chain(2);
         entries[1].chain = "other".into();
         assert!(matches!(verify("acme", &entries, &head), Err(ChainBreak::WrongChain { seq: 2, .. })));
+    }
+
+    #[test]
+    fn a_long_string_in_a_detail_is_cut_and_the_entry_still_verifies() {
+        let long = "x".repeat(1_000_000);
+        let entry = AuditEntry::next(
+            &AuditHead::default(),
+            "acme",
+            &long,
+            "access.refused",
+            json!({"what": "job.submit", "approval": long, "nested": [{"k": long}], long.clone(): 1}),
+        );
+        let size = serde_json::to_vec(&entry).unwrap().len();
+        assert!(size < 6 * MAX_DETAIL_STRING, "four long strings, each cut: {size} bytes");
+        assert_eq!(entry.detail["what"], "job.submit", "short fields are kept whole");
+        let approval = entry.detail["approval"].as_str().unwrap();
+        assert!(approval.starts_with(&"x".repeat(MAX_DETAIL_STRING)), "{approval}");
+        assert!(approval.ends_with("…[1000000 bytes]"), "{approval}");
+        assert!(entry.actor.len() < MAX_DETAIL_STRING + 32);
+        let head = AuditHead { count: 1, hash: entry.hash.clone() };
+        assert_eq!(verify("acme", &[entry], &head), Ok(1));
+    }
+
+    #[test]
+    fn a_large_detail_keeps_its_small_fields_and_a_digest_of_the_large_ones() {
+        let many: Vec<String> = (0..100_000).map(|i| format!("column_{i}")).collect();
+        let detail = json!({"approval": "apr_1", "columns": many, "analyst": "ana"});
+        let entry = AuditEntry::next(&AuditHead::default(), "acme", "a", "approval.grant", detail);
+        assert!(serde_json::to_vec(&entry.detail).unwrap().len() <= MAX_DETAIL_BYTES);
+        assert_eq!(entry.detail["approval"], "apr_1");
+        assert_eq!(entry.detail["analyst"], "ana");
+        let cut = &entry.detail["columns"]["cut"];
+        let whole = serde_json::to_vec(&json!(many)).unwrap();
+        assert_eq!(cut["bytes"], whole.len());
+        assert_eq!(cut["blake3"], blake3::hash(&whole).to_hex().as_str());
+        // A detail of many small fields is kept as one digest.
+        let wide: serde_json::Map<String, serde_json::Value> =
+            (0..10_000).map(|i| (format!("k{i}"), json!(i))).collect();
+        let entry = AuditEntry::next(&AuditHead::default(), "acme", "a", "x", json!(wide));
+        assert!(serde_json::to_vec(&entry.detail).unwrap().len() <= MAX_DETAIL_BYTES);
+        // Small details are untouched.
+        let small = json!({"job": "job_1", "datasets": {"trips": "trips"}, "n": 3});
+        assert_eq!(AuditEntry::next(&AuditHead::default(), "acme", "a", "x", small.clone()).detail, small);
+    }
+
+    #[test]
+    fn identical_refusals_fold_into_counts_per_window() {
+        let refusals = Refusals::default();
+        let note = |actor: &str, what: &str, n: u64, at: u64| {
+            refusals.note("acme", actor, what, json!({"what": what, "n": n}), at)
+        };
+        let t0 = 1_000_000;
+        assert_eq!(note("ven", "GET x", 0, t0), Some(json!({"what": "GET x", "n": 0, "count": 1})));
+        for n in 1..2000 {
+            assert_eq!(note("ven", "GET x", n, t0 + n), None, "folded");
+        }
+        // Another actor, or another route, is its own.
+        assert_eq!(note("ana", "GET x", 0, t0 + 5), Some(json!({"what": "GET x", "n": 0, "count": 1})));
+        assert_eq!(note("ven", "GET y", 0, t0 + 5), Some(json!({"what": "GET y", "n": 0, "count": 1})));
+        // A reader takes the count so far, with the last particulars.
+        let taken = refusals.take_folded(Some("acme"));
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(taken[0].actor, "ven");
+        assert_eq!(taken[0].detail, json!({"what": "GET x", "n": 1999, "count": 1999}));
+        assert!(refusals.take_folded(None).is_empty(), "taken once");
+        // Still in the window: folded again; after it, written with the count.
+        assert_eq!(note("ven", "GET x", 2000, t0 + 10), None);
+        assert_eq!(
+            note("ven", "GET x", 2001, t0 + REFUSAL_WINDOW_MS),
+            Some(json!({"what": "GET x", "n": 2001, "count": 2}))
+        );
+        assert_eq!(note("ven", "GET x", 2002, t0 + REFUSAL_WINDOW_MS + 1), None);
+        assert!(refusals.take_folded(Some("other")).is_empty());
+        assert_eq!(refusals.take_folded(None)[0].detail["count"], 1);
     }
 
     #[test]

@@ -133,6 +133,25 @@ pub struct TokenSpec {
     pub expires_ms: Option<u64>,
 }
 
+impl TokenRecord {
+    /// Neither revoked nor expired at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.revoked_ms.is_none() && self.expires_ms.is_none_or(|at| now_ms < at)
+    }
+}
+
+/// Refuse a holder name that a live token already carries: approvals, jobs
+/// and the audit log name holders, so a name is one holder's at a time.
+pub(crate) fn check_holder_free(write: &Write<'_>, name: &str, now_ms: u64) -> Result<(), crate::Error> {
+    let tokens: Vec<TokenRecord> = write.all(TOKENS)?;
+    if tokens.iter().any(|t| t.name == name && t.live(now_ms)) {
+        return Err(crate::Error::Conflict(format!(
+            "the holder name `{name}` is taken by a live token: pick another, or revoke that token first"
+        )));
+    }
+    Ok(())
+}
+
 /// Store a new token; the returned string is the only copy of its secret.
 pub(crate) fn issue(write: &mut Write<'_>, spec: TokenSpec) -> Result<(TokenRecord, String), StoreError> {
     let id = hex(&rand::random::<[u8; ID_HEX / 2]>());

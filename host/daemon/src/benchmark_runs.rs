@@ -193,6 +193,10 @@ pub(crate) fn queue(
 /// (`interrupted`); queued ones stay queued. Returns how many.
 pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
     store.write(|w| {
+        if w.chain_broken(HOST_CHAIN) {
+            // Their entries could not be written; they stay as they are.
+            return Ok(0);
+        }
         let running: Vec<BenchmarkRun> = w
             .all::<BenchmarkRun>(BENCHMARK_RUNS)?
             .into_iter()

@@ -107,6 +107,27 @@ pub struct OptInRequest {
     pub datasets: BTreeMap<String, DatasetMapping>,
 }
 
+/// Longest description of a benchmark.
+pub const MAX_DESCRIPTION: usize = 4096;
+
+impl OptInRequest {
+    /// The shapes of its names, before anything is looked up.
+    pub(crate) fn check(&self) -> Result<()> {
+        use crate::ids;
+        ids::check_count("datasets", self.datasets.len(), ids::MAX_DATASETS)?;
+        for (name, mapping) in &self.datasets {
+            ids::check_manifest_name("dataset", name)?;
+            check_name("dataset", &mapping.dataset)?;
+            ids::check_count("columns", mapping.columns.len(), ids::MAX_COLUMNS)?;
+            for (theirs, ours) in &mapping.columns {
+                ids::check_column_name(theirs)?;
+                ids::check_column_name(ours)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The key of a tenant's opt-in.
 pub(crate) fn opt_in_key(benchmark: &str, tenant: &str) -> String {
     format!("{benchmark}/{tenant}")
@@ -131,6 +152,10 @@ pub(crate) fn publish(
     new: NewBenchmark,
 ) -> Result<Benchmark> {
     check_name("benchmark", &new.name)?;
+    crate::ids::check_hash(&new.plugin)?;
+    if new.description.len() > MAX_DESCRIPTION {
+        return Err(Error::BadRequest(format!("description: at most {MAX_DESCRIPTION} bytes")));
+    }
     if let Some(hours) = new.every_hours
         && !(1..=MAX_EVERY_HOURS).contains(&hours)
     {
@@ -139,8 +164,10 @@ pub(crate) fn publish(
     if write.get::<Benchmark>(BENCHMARKS, &new.name)?.is_some() {
         return Err(Error::Conflict(format!("benchmark `{}` exists", new.name)));
     }
+    // Only over a plugin the vendor uploaded: it sees no other.
     let plugin: PluginRecord = write
         .get(PLUGINS, &new.plugin)?
+        .filter(|p: &PluginRecord| p.uploaded_by(&format!("{} {vendor}", crate::auth::Role::Vendor)))
         .ok_or_else(|| Error::NotFound(format!("plugin `{}`", new.plugin)))?;
     let params = new.params.unwrap_or_else(|| json!({}));
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::Unprocessable(e.to_string()))?;

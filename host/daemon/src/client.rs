@@ -159,6 +159,23 @@ impl Client {
         self.call("DELETE", path, None)
     }
 
+    /// Redeem a one-time enrolment code for a tenant admin's token held by
+    /// `name` (no token needed): the token, and this daemon with it.
+    pub fn enrol(
+        &self,
+        code: &str,
+        name: &str,
+        ttl_secs: Option<u64>,
+    ) -> Result<(Client, String), ClientError> {
+        let body = serde_json::json!({"code": code, "name": name, "ttl_secs": ttl_secs});
+        let issued: serde_json::Value = self.with_token(None).send("POST", "/v1/enrol", &body)?;
+        let token = issued["token"]
+            .as_str()
+            .ok_or_else(|| ClientError::Decode("the enrolment's answer holds no token".into()))?
+            .to_owned();
+        Ok((self.with_token(Some(token.clone())), token))
+    }
+
     /// Upload a file's bytes, streamed from `reader`.
     pub fn upload<T: DeserializeOwned>(
         &self,

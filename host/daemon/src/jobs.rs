@@ -184,34 +184,30 @@ pub(crate) fn whole_seconds(elapsed: Duration) -> u64 {
 }
 
 /// Submit a job in `write`: checks the approval and the tenant's queue.
-/// `Ok(Err(..))` is a refusal whose audit entry must still commit.
+/// `Ok(Err(reason))`: no live approval covers it; the caller audits the
+/// refusal. A tenant that does not exist is refused alike, so the answer
+/// does not tell an analyst which tenants exist.
 pub(crate) fn submit(
     write: &mut Write<'_>,
     limits: &JobLimits,
     actor: &str,
     analyst: &str,
     ask: SubmitRequest,
-) -> Result<Result<Job>> {
-    let tenant: TenantRecord = write
-        .get(TENANTS, &ask.tenant)?
-        .ok_or_else(|| Error::NotFound(format!("tenant `{}`", ask.tenant)))?;
+) -> Result<Result<Job, String>> {
+    let tenant: Option<TenantRecord> = write.get(TENANTS, &ask.tenant)?;
     let params = ask.params.clone().unwrap_or_else(|| json!({}));
     let job_ask = JobAsk {
-        tenant: &tenant.name,
+        tenant: &ask.tenant,
         plugin: &ask.plugin,
         analyst,
         datasets: &ask.datasets,
         params: &params,
     };
     if let Some(reason) = approvals::refusal(write, &ask.approval, &job_ask)? {
-        write.audit(
-            &tenant.name,
-            actor,
-            "access.refused",
-            json!({"what": "job.submit", "plugin": ask.plugin, "approval": ask.approval, "reason": reason}),
-        )?;
-        return Ok(Err(Error::Forbidden(format!("no live approval covers this job: {reason}"))));
+        return Ok(Err(reason));
     }
+    // A covering approval names a tenant that exists.
+    let tenant = tenant.ok_or_else(|| Error::Internal(format!("approval {} has no tenant", ask.approval)))?;
     let plugin: Option<crate::registry::PluginRecord> = write.get(crate::store::PLUGINS, &ask.plugin)?;
     let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -222,10 +218,10 @@ pub(crate) fn submit(
         }
     }
     if queued >= limits.queued_per_tenant {
-        return Ok(Err(Error::TooMany(format!(
+        return Err(Error::TooMany(format!(
             "tenant `{}` already has {queued} jobs waiting; try again later",
             tenant.name
-        ))));
+        )));
     }
     let seq = write.next_sequence("job-seq")?;
     let job = Job {
@@ -276,6 +272,22 @@ pub struct SubmitRequest {
     pub policy: Option<PolicyLayer>,
 }
 
+impl SubmitRequest {
+    /// The shapes of its ids and names, checked before anything is looked
+    /// up or audited.
+    pub(crate) fn check(&self) -> Result<()> {
+        crate::tenants::check_name("tenant", &self.tenant)?;
+        crate::ids::check_hash(&self.plugin)?;
+        crate::ids::check_id("approval", crate::ids::APPROVAL, &self.approval)?;
+        crate::ids::check_count("datasets", self.datasets.len(), crate::ids::MAX_DATASETS)?;
+        for (name, dataset) in &self.datasets {
+            crate::ids::check_manifest_name("dataset", name)?;
+            crate::tenants::check_name("dataset", dataset)?;
+        }
+        Ok(())
+    }
+}
+
 /// Cancel a job: a queued one at once; a running one is marked here, and
 /// the caller interrupts its run ([`Scheduler::cancel`]), whose result is
 /// then discarded.
@@ -299,8 +311,13 @@ pub(crate) fn cancel(write: &mut Write<'_>, actor: &str, id: &str) -> Result<Job
 /// (`interrupted`); queued jobs stay queued and run. Returns how many.
 pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
     store.write(|w| {
-        let running: Vec<Job> =
-            w.all::<Job>(JOBS)?.into_iter().filter(|j| j.state == JobState::Running).collect();
+        // A job of a chain that does not verify stays as it is: its entry
+        // could not be written.
+        let running: Vec<Job> = w
+            .all::<Job>(JOBS)?
+            .into_iter()
+            .filter(|j| j.state == JobState::Running && !w.chain_broken(&j.tenant))
+            .collect();
         for mut job in running.iter().cloned() {
             job.state = JobState::Failed;
             job.failure = Some("interrupted".into());
@@ -478,8 +495,9 @@ fn dispatch(app: &Arc<App>) -> Result<()> {
                 app.metrics.job_finished("refused", None);
             }
             Err(e) => {
+                // This job stays queued; the ones behind it may start.
                 app.scheduler.release(&job);
-                return Err(e);
+                tracing::error!(job = %job.id, error = %e, "cannot start a job");
             }
         }
     }

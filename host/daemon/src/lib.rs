@@ -19,9 +19,11 @@ pub mod benchmark_runs;
 pub mod benchmarks;
 pub mod client;
 pub mod config;
+pub mod enrolment;
 mod error;
 pub mod export;
 pub mod grants;
+pub mod ids;
 pub mod jobs;
 mod metrics;
 pub mod registry;
@@ -83,6 +85,8 @@ pub(crate) struct App {
     pub token_key: [u8; 32],
     /// Wakes the benchmark runner (a run was queued).
     pub benchmark_wake: tokio::sync::Notify,
+    /// Refusals folded into counts, not yet written.
+    pub refusals: audit::Refusals,
 }
 
 /// A running daemon.
@@ -112,6 +116,9 @@ impl Daemon {
     ) -> Result<(Daemon, FirstStart), StartError> {
         let vault = Vault::open(&config.data_dir, kek)?;
         let store = ControlStore::open(&config.data_dir)?;
+        for (chain, reason) in store.verify_chains()? {
+            tracing::error!(%chain, %reason, "an audit chain does not verify; the daemon refuses to append to it");
+        }
         let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
         let token_key = store.write(auth::token_key)?;
         let interrupted = jobs::recover(&store)?;
@@ -132,6 +139,7 @@ impl Daemon {
             metrics: metrics::Metrics::new(),
             token_key,
             benchmark_wake: tokio::sync::Notify::new(),
+            refusals: audit::Refusals::default(),
             config,
             store,
             vault,
@@ -168,6 +176,7 @@ impl Daemon {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        api::write_folded_refusals(&self.app, None);
         let grace = Duration::from_secs(self.app.config.jobs.shutdown_grace_secs);
         if !self.app.scheduler.wait_idle(grace).await {
             tracing::warn!(?grace, "runs still running at the end of the grace are interrupted");

@@ -12,7 +12,9 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::audit::{AuditEntry, AuditHead};
+use std::collections::BTreeMap;
+
+use crate::audit::{AuditEntry, AuditHead, ChainVerifier};
 
 /// The control database's file name inside the data directory.
 pub const CONTROL_FILE: &str = "control.redb";
@@ -44,6 +46,9 @@ pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// A job request's key (`jobs::request_key`) to the job whose release answers
 /// it.
 pub(crate) const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("replays");
+/// One-time enrolment codes of tenant admins, by id: only a keyed hash of
+/// each secret.
+pub(crate) const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
 /// Queued jobs in submission order: sequence number to job id.
 pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
@@ -51,7 +56,7 @@ pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 17] = [
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
     META,
     TOKENS,
     TENANTS,
@@ -69,6 +74,7 @@ const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 17] = [
     RELEASE_HISTORY,
     POSITIONS,
     REPLAYS,
+    ENROLMENTS,
 ];
 
 /// The control database failed.
@@ -80,16 +86,31 @@ pub enum StoreError {
     Database(String),
     #[error("control database record `{key}` is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
+    /// The chain does not verify: nothing more is appended to it, so no
+    /// change that it would record is made.
+    #[error(
+        "the audit log of `{chain}` does not verify ({reason}); the daemon refuses every change it would \
+         record there until the operator restores control.redb from a backup"
+    )]
+    ChainBroken { chain: String, reason: String },
 }
 
 pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+/// Chains found not to verify, with why: appends to them are refused.
+type BrokenChains = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+fn lock(broken: &BrokenChains) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The open control database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControlStore {
     db: std::sync::Arc<Database>,
+    broken: BrokenChains,
 }
 
 impl ControlStore {
@@ -107,7 +128,88 @@ impl ControlStore {
         txn.open_table(QUEUE).map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(Self { db: std::sync::Arc::new(db) })
+        Ok(Self { db: std::sync::Arc::new(db), broken: BrokenChains::default() })
+    }
+
+    /// Check every audit chain whole, as the daemon starts. A chain that
+    /// does not verify is refused every later append (and with it every
+    /// change it would record). Returns those chains, with why.
+    pub fn verify_chains(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let mut heads = BTreeMap::new();
+        let mut broken = BTreeMap::new();
+        for entry in txn.open_table(AUDIT_HEADS).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let chain = key.value().to_owned();
+            match decode::<AuditHead>(&chain, value.value()) {
+                Ok(head) => {
+                    heads.insert(chain, head);
+                }
+                Err(e) => {
+                    broken.insert(chain, e.to_string());
+                }
+            }
+        }
+        let mut current: Option<(String, Result<ChainVerifier, String>)> = None;
+        let mut finish =
+            |chain: String, verifier: Result<ChainVerifier, String>, broken: &mut BTreeMap<_, _>| {
+                let head = heads.remove(&chain).unwrap_or_default();
+                if let Err(reason) = verifier.and_then(|v| v.finish(&head).map_err(|e| e.to_string())) {
+                    broken.entry(chain).or_insert(reason);
+                }
+            };
+        for entry in txn.open_table(AUDIT).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (chain, seq) = key.value();
+            if current.as_ref().is_none_or(|(c, _)| c != chain) {
+                if let Some((c, v)) = current.take() {
+                    finish(c, v, &mut broken);
+                }
+                current = Some((chain.to_owned(), Ok(ChainVerifier::new(chain))));
+            }
+            let Some((_, Ok(verifier))) = current.as_mut() else { continue };
+            let pushed = decode::<AuditEntry>(&format!("audit {chain} #{seq}"), value.value())
+                .map_err(|e| e.to_string())
+                .and_then(|entry| verifier.push(&entry).map_err(|e| e.to_string()));
+            if let (Err(reason), Some((_, v))) = (pushed, current.as_mut()) {
+                *v = Err(reason);
+            }
+        }
+        if let Some((c, v)) = current.take() {
+            finish(c, v, &mut broken);
+        }
+        // Heads of chains with no entries at all.
+        for (chain, head) in std::mem::take(&mut heads) {
+            if let Err(e) = ChainVerifier::new(&chain).finish(&head) {
+                broken.entry(chain).or_insert(e.to_string());
+            }
+        }
+        lock(&self.broken).extend(broken.clone());
+        Ok(broken)
+    }
+
+    /// The chains appends are refused to, with why.
+    pub fn broken_chains(&self) -> BTreeMap<String, String> {
+        lock(&self.broken).clone()
+    }
+
+    /// Whether an entry could be appended to `chain` now: for a change that
+    /// must not be made unless its entry can be (an ingest commits in the
+    /// vault before its entry is written).
+    pub fn appendable(&self, chain: &str) -> Result<(), StoreError> {
+        if let Some(reason) = lock(&self.broken).get(chain) {
+            return Err(StoreError::ChainBroken { chain: chain.to_owned(), reason: reason.clone() });
+        }
+        let read = self.read()?;
+        let head: AuditHead = read.get(AUDIT_HEADS, chain)?.unwrap_or_default();
+        let table = read.txn.open_table(AUDIT).map_err(db_err)?;
+        check_head(&table, chain, &head)?.map_err(|reason| self.refuse(chain, reason))
+    }
+
+    fn refuse(&self, chain: &str, reason: String) -> StoreError {
+        tracing::error!(chain, %reason, "an audit chain does not verify; appends to it are refused");
+        lock(&self.broken).insert(chain.to_owned(), reason.clone());
+        StoreError::ChainBroken { chain: chain.to_owned(), reason }
     }
 
     /// Run `change` in one write transaction and commit it if it returns
@@ -117,7 +219,7 @@ impl ControlStore {
         change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        let mut write = Write { txn: &txn };
+        let mut write = Write { txn: &txn, store: self };
         let value = change(&mut write)?;
         txn.commit().map_err(db_err)?;
         Ok(value)
@@ -266,9 +368,37 @@ impl RecordRead for Write<'_> {
     }
 }
 
+/// Whether the end of `chain` in `table` is its `head`: the entry the head
+/// names is there and whole, and nothing follows it. `Ok(Err(why))` if not.
+fn check_head(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    chain: &str,
+    head: &AuditHead,
+) -> Result<Result<(), String>, StoreError> {
+    if head.count > 0 {
+        let Some(last) = table.get((chain, head.count)).map_err(db_err)? else {
+            return Ok(Err(format!("entry {}, the last one, is missing", head.count)));
+        };
+        let Ok(last) = serde_json::from_slice::<AuditEntry>(last.value()) else {
+            return Ok(Err(format!("entry {} is unreadable", head.count)));
+        };
+        if last.seq != head.count || last.chain != chain || last.hash != head.hash {
+            return Ok(Err("the last entry is not the head the daemon recorded".into()));
+        }
+        if last.computed_hash() != last.hash {
+            return Ok(Err(format!("entry {} was altered", head.count)));
+        }
+    }
+    if table.get((chain, head.count + 1)).map_err(db_err)?.is_some() {
+        return Ok(Err(format!("an entry follows the head (entry {})", head.count)));
+    }
+    Ok(Ok(()))
+}
+
 /// A write transaction in progress.
 pub struct Write<'a> {
     txn: &'a WriteTransaction,
+    store: &'a ControlStore,
 }
 
 impl std::fmt::Debug for Write<'_> {
@@ -344,7 +474,14 @@ impl Write<'_> {
         Ok(())
     }
 
+    /// Whether appends to `chain` are refused: it did not verify.
+    pub fn chain_broken(&self, chain: &str) -> bool {
+        lock(&self.store.broken).contains_key(chain)
+    }
+
     /// Append an entry to `chain`'s audit log, linked to the one before.
+    /// Refused ([`StoreError::ChainBroken`]) if the chain did not verify at
+    /// start, or if its stored end is not its head now.
     pub fn audit(
         &mut self,
         chain: &str,
@@ -352,7 +489,12 @@ impl Write<'_> {
         action: &str,
         detail: serde_json::Value,
     ) -> Result<AuditEntry, StoreError> {
+        if let Some(reason) = lock(&self.store.broken).get(chain) {
+            return Err(StoreError::ChainBroken { chain: chain.to_owned(), reason: reason.clone() });
+        }
         let head: AuditHead = self.get(AUDIT_HEADS, chain)?.unwrap_or_default();
+        let checked = check_head(&self.txn.open_table(AUDIT).map_err(db_err)?, chain, &head)?;
+        checked.map_err(|reason| self.store.refuse(chain, reason))?;
         let entry = AuditEntry::next(&head, chain, actor, action, detail);
         {
             let mut table = self.txn.open_table(AUDIT).map_err(db_err)?;
@@ -434,6 +576,80 @@ mod tests {
         cut.write(|w| w.raw_audit_remove("acme", 4)).unwrap();
         assert_eq!(check(&cut), Err(ChainBreak::Count { expected: 4, found: 3 }));
         assert_eq!(entries.len(), 4);
+    }
+
+    fn refused(result: Result<AuditEntry, StoreError>) -> String {
+        match result {
+            Err(StoreError::ChainBroken { chain, reason }) => format!("{chain}: {reason}"),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_append_to_a_chain_whose_end_is_not_its_head_is_refused() {
+        // The last entry edited.
+        let (_dir, edited) = store_with_chain();
+        let mut entry = edited.read().unwrap().audit("acme").unwrap().0[3].clone();
+        entry.detail = json!({"job": 99});
+        edited.write(|w| w.raw_audit_insert("acme", 4, &encode(&entry))).unwrap();
+        let why = refused(edited.write(|w| w.audit("acme", "daemon", "job.finish", json!({}))));
+        assert!(why.contains("acme: entry 4 was altered"), "{why}");
+        // From now on, without looking again; other chains are not touched.
+        assert!(edited.broken_chains().contains_key("acme"));
+        assert!(matches!(edited.appendable("acme"), Err(StoreError::ChainBroken { .. })));
+        edited.write(|w| w.audit("other", "daemon", "job.finish", json!({}))).unwrap();
+        assert!(edited.appendable("other").is_ok());
+
+        // The last entry cut off, or one added past the head.
+        let (_dir, cut) = store_with_chain();
+        cut.write(|w| w.raw_audit_remove("acme", 4)).unwrap();
+        assert!(matches!(cut.appendable("acme"), Err(StoreError::ChainBroken { .. })));
+        let why = refused(cut.write(|w| w.audit("acme", "daemon", "job.finish", json!({}))));
+        assert!(why.contains("entry 4, the last one, is missing"), "{why}");
+        let (_dir, added) = store_with_chain();
+        let (entries, head) = added.read().unwrap().audit("acme").unwrap();
+        let forged = AuditEntry::next(&head, "acme", "forger", "nothing.happened", json!({}));
+        added.write(|w| w.raw_audit_insert("acme", 5, &encode(&forged))).unwrap();
+        let why = refused(added.write(|w| w.audit("acme", "daemon", "job.finish", json!({}))));
+        assert!(why.contains("follows the head"), "{why}");
+        assert_eq!(
+            added.read().unwrap().audit("acme").unwrap().0.len(),
+            entries.len() + 1,
+            "nothing appended"
+        );
+    }
+
+    #[test]
+    fn at_start_every_chain_is_verified_whole_and_a_broken_one_is_refused() {
+        let (dir, store) = store_with_chain();
+        store.write(|w| w.audit("other", "daemon", "job.finish", json!({}))).unwrap();
+        assert_eq!(store.verify_chains().unwrap(), BTreeMap::new());
+        // An entry in the middle edited: the end still matches the head.
+        let mut entry = store.read().unwrap().audit("acme").unwrap().0[1].clone();
+        entry.detail = json!({"job": 99});
+        store.write(|w| w.raw_audit_insert("acme", 2, &encode(&entry))).unwrap();
+        store.write(|w| w.audit("acme", "daemon", "job.finish", json!({}))).unwrap();
+        drop(store);
+
+        let store = ControlStore::open(dir.path()).unwrap();
+        let broken = store.verify_chains().unwrap();
+        assert_eq!(broken.keys().collect::<Vec<_>>(), ["acme"]);
+        assert!(broken["acme"].contains("entry 2 was altered"), "{broken:?}");
+        refused(store.write(|w| w.audit("acme", "daemon", "job.finish", json!({}))));
+        store.write(|w| w.audit("other", "daemon", "job.finish", json!({}))).unwrap();
+        // A head whose chain is gone.
+        store
+            .write(|w| {
+                for seq in 1..=2 {
+                    w.raw_audit_remove("other", seq)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        drop(store);
+        let store = ControlStore::open(dir.path()).unwrap();
+        let broken = store.verify_chains().unwrap();
+        assert!(broken["other"].contains("holds 0 entries but its head says 2"), "{broken:?}");
     }
 
     #[test]

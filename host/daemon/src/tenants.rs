@@ -30,8 +30,9 @@ pub fn check_name<'a>(what: &str, name: &'a str) -> Result<&'a str> {
         Ok(name)
     } else {
         Err(Error::BadRequest(format!(
-            "`{name}` is not a valid {what} name: use 1 to 64 ASCII letters, digits, `.`, `_` or `-`, \
-             starting with a letter or digit"
+            "`{}` is not a valid {what} name: use 1 to 64 ASCII letters, digits, `.`, `_` or `-`, \
+             starting with a letter or digit",
+            crate::ids::quote(name)
         )))
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::registry::PluginRecord;
 use crate::store::{APPROVALS, PLUGINS};
 use crate::tenants::{self, check_name};
-use crate::{App, now_ms};
+use crate::{App, ids, now_ms};
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
@@ -53,6 +53,28 @@ pub struct NewApproval {
     pub ttl_secs: u64,
 }
 
+impl NewApproval {
+    /// The shapes of its ids and names, before anything is looked up.
+    fn check(&self) -> Result<()> {
+        ids::check_hash(&self.plugin)?;
+        check_name("analyst", &self.analyst)?;
+        ids::check_count("datasets", self.datasets.len(), ids::MAX_DATASETS)?;
+        for (name, approved) in &self.datasets {
+            ids::check_manifest_name("dataset", name)?;
+            check_name("dataset", &approved.dataset)?;
+            ids::check_count("columns", approved.columns.len(), ids::MAX_COLUMNS)?;
+            for column in &approved.columns {
+                ids::check_column_name(column)?;
+            }
+        }
+        ids::check_count("outputs", self.outputs.len(), ids::MAX_OUTPUTS)?;
+        for output in &self.outputs {
+            ids::check_manifest_name("table", output)?;
+        }
+        Ok(())
+    }
+}
+
 /// Approve a plugin for an analyst on this tenant's data (tenant admin).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals", tag = "approvals", security(("token" = [])),
     params(("tenant" = String, Path)), request_body = NewApproval,
@@ -64,7 +86,7 @@ async fn create_approval(
     JsonBody(new): JsonBody<NewApproval>,
 ) -> Result<(StatusCode, axum::Json<Approval>)> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    check_name("analyst", &new.analyst)?;
+    new.check()?;
     if !(1..=MAX_APPROVAL_SECS).contains(&new.ttl_secs) {
         return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_APPROVAL_SECS}")));
     }

@@ -271,6 +271,7 @@ async fn opt_in(
     JsonBody(request): JsonBody<OptInRequest>,
 ) -> Result<axum::Json<OptIn>> {
     tenant_admin_of(&app, &caller, &tenant)?;
+    request.check()?;
     let benchmark = visible(&app, &caller, &name)?;
     let plugin: PluginRecord = app
         .store
@@ -325,6 +326,6 @@ async fn run_log(
     Extension(caller): Extension<Caller>,
     PathArgs((tenant, run)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<JobLog>> {
-    support_access(&app, &caller, &tenant, &format!("benchmark run log {run}"))?;
+    support_access(&app, &caller, &tenant, "benchmark run log", Some(&run))?;
     Ok(axum::Json(benchmark_runs::owner_log(&app, &run, &tenant)?))
 }

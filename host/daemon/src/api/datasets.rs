@@ -112,6 +112,8 @@ async fn upload_dataset(
         .read()?
         .get::<tenants::TenantRecord>(crate::store::TENANTS, &tenant)?
         .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
+    // The vault commits before the entry is written: not unless it can be.
+    app.store.appendable(&tenant)?;
     let format = parse_format(&args.format)?;
     let mode = match args.mode.as_deref() {
         None | Some("replace") => WriteMode::Replace,
@@ -238,6 +240,7 @@ async fn delete_dataset(
     {
         return Err(Error::Conflict(format!("approval {} uses dataset `{dataset}`; revoke it first", a.id)));
     }
+    app.store.appendable(&tenant)?;
     let worker = app.clone();
     let actor = caller.actor();
     let info = tokio::task::spawn_blocking(move || {

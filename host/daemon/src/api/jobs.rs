@@ -15,6 +15,9 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use serde_json::json;
+
+use super::audit_refusal;
 use super::extract::{JsonBody, PathArgs, QueryArgs};
 use super::tenants::support_access;
 use crate::App;
@@ -42,8 +45,17 @@ async fn submit_job(
     Extension(caller): Extension<Caller>,
     JsonBody(ask): JsonBody<SubmitRequest>,
 ) -> Result<(StatusCode, axum::Json<Job>)> {
+    ask.check()?;
     let limits = app.config.jobs.clone();
-    let job = app.store.write(|w| jobs::submit(w, &limits, &caller.actor(), &caller.name, ask))??;
+    let (tenant, plugin, approval) = (ask.tenant.clone(), ask.plugin.clone(), ask.approval.clone());
+    let job = match app.store.write(|w| jobs::submit(w, &limits, &caller.actor(), &caller.name, ask))? {
+        Ok(job) => job,
+        Err(reason) => {
+            let extra = json!({"plugin": plugin, "approval": approval, "reason": reason});
+            audit_refusal(&app, &caller, &tenant, "job.submit", Some(extra));
+            return Err(Error::Forbidden(format!("no live approval covers this job: {reason}")));
+        }
+    };
     app.scheduler.wake();
     Ok((StatusCode::ACCEPTED, axum::Json(job)))
 }
@@ -54,7 +66,7 @@ fn may_see(app: &App, caller: &Caller, job: &Job, what: &str) -> Result<()> {
     let allowed = match caller.role {
         Role::Analyst => job.analyst == caller.name,
         Role::TenantAdmin => caller.tenant.as_deref() == Some(job.tenant.as_str()),
-        Role::Operator => return support_access(app, caller, &job.tenant, what),
+        Role::Operator => return support_access(app, caller, &job.tenant, what, Some(&job.id)),
         Role::Vendor => false,
     };
     // Someone else's job answers as if it did not exist.
@@ -93,7 +105,7 @@ async fn show_job(
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<Job>> {
     let job = load(&app, &id)?;
-    may_see(&app, &caller, &job, &format!("job {id}"))?;
+    may_see(&app, &caller, &job, "job")?;
     Ok(axum::Json(job))
 }
 
@@ -161,7 +173,7 @@ async fn job_log(
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<JobLog>> {
     let job = load(&app, &id)?;
-    may_see(&app, &caller, &job, &format!("job log {id}"))?;
+    may_see(&app, &caller, &job, "job log")?;
     Ok(axum::Json(jobs::owner_log(&app, &job.tenant, &id)?))
 }
 
@@ -173,7 +185,7 @@ async fn tenant_jobs(
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<Job>>> {
-    support_access(&app, &caller, &tenant, "job list")?;
+    support_access(&app, &caller, &tenant, "job list", None)?;
     let all: Vec<Job> = app.store.read()?.all(JOBS)?;
     let mut jobs: Vec<Job> = all.into_iter().filter(|j| j.tenant == tenant).collect();
     jobs.sort_by_key(|j| j.seq);

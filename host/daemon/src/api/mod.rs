@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,16 +35,17 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::App;
 use crate::auth::{self, Caller, Role};
 use crate::config::RequestLimits;
 use crate::error::Error;
 use crate::store::TOKENS;
+use crate::{App, ids};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// No token needed: health and the API document.
+    /// No token needed: health, the API document, and redeeming an
+    /// enrolment code.
     Public,
     /// A live token of one of these roles.
     Roles(&'static [Role]),
@@ -59,12 +60,16 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/openapi.json", Access::Public),
     ("GET", "/metrics", Access::Roles(&[Operator])),
+    ("GET", "/v1/status", Access::Roles(&[Operator])),
     ("GET", "/v1/whoami", Access::Roles(&[Operator, TenantAdmin, Analyst, Vendor])),
     ("POST", "/v1/tenants", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants", Access::Roles(&[Operator])),
-    ("POST", "/v1/tokens", Access::Roles(&[Operator])),
-    ("GET", "/v1/tokens", Access::Roles(&[Operator])),
-    ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator])),
+    ("POST", "/v1/tenants/{tenant}/enrolments", Access::Roles(&[Operator])),
+    // Unauthenticated: the one-time code is the credential.
+    ("POST", "/v1/enrol", Access::Public),
+    ("POST", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
+    ("GET", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
+    ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator, TenantAdmin])),
     ("GET", "/v1/audit", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
     ("PUT", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
@@ -243,8 +248,10 @@ async fn observe(
     response
 }
 
-/// Check the caller against the route's [`ACCESS`] entry.
-async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+/// Check the caller against the route's [`ACCESS`] entry, and the shape of
+/// every path parameter: a malformed id or name is refused before any
+/// handler looks it up or any refusal is audited under it.
+async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let roles = match access(request.method().as_str(), &path) {
         Some(Access::Public) => return next.run(request).await,
@@ -263,13 +270,27 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
             return unauthorized();
         }
     };
+    let (mut parts, body) = request.into_parts();
+    // Percent-decoded, as the handlers see them.
+    let params = RawPathParams::from_request_parts(&mut parts, &()).await;
+    let checked = match &params {
+        Ok(params) => params.iter().try_for_each(|(name, value)| ids::check_path_param(&path, name, value)),
+        Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
+    };
+    let mut request = Request::from_parts(parts, body);
     if !roles.contains(&caller.role) {
         app.metrics.refusal("role");
-        if let Some(tenant) = tenant_in_path(&path, request.uri().path()) {
+        // Only a well-formed name can be a tenant's, to write the refusal to.
+        let tenant = params.iter().flatten().find(|(name, _)| *name == "tenant").map(|(_, value)| value);
+        if let Some(tenant) = tenant.filter(|t| crate::tenants::check_name("tenant", t).is_ok()) {
             let what = format!("{} {path} as {}", request.method(), caller.role);
-            audit_refusal(&app, &caller, tenant, &what);
+            audit_refusal(&app, &caller, tenant, &what, None);
         }
         return Error::Forbidden(format!("this route is not open to {} tokens", caller.role)).into_response();
+    }
+    if let Err(refused) = checked {
+        app.metrics.refusal("path");
+        return refused.into_response();
     }
     tracing::debug!(token = %caller.token_id, role = %caller.role, "authorized");
     request.extensions_mut().insert(caller);
@@ -326,7 +347,9 @@ impl IntoResponse for Error {
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many"),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Unavailable(_) | Error::Store(crate::StoreError::ChainBroken { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Error::Store(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -343,27 +366,60 @@ pub(crate) fn tenant_admin_of(app: &App, caller: &Caller, tenant: &str) -> Resul
     if caller.role == TenantAdmin && caller.tenant.as_deref() == Some(tenant) {
         return Ok(());
     }
-    audit_refusal(app, caller, tenant, "a route of another tenant");
+    audit_refusal(app, caller, tenant, "a route of another tenant", None);
     Err(Error::Forbidden(format!("this token is not a tenant admin of `{tenant}`")))
 }
 
 /// Write an authenticated caller's refused access to `tenant`'s chain, if
-/// there is such a tenant. Anonymous refusals are only counted: anyone could
-/// fill a tenant's log with them.
-fn audit_refusal(app: &App, caller: &Caller, tenant: &str, what: &str) {
-    let written = app.store.write(|w| {
-        if w.get::<crate::tenants::TenantRecord>(crate::store::TENANTS, tenant)?.is_some() {
-            w.audit(tenant, &caller.actor(), "access.refused", serde_json::json!({"what": what}))?;
+/// there is such a tenant, as `access.refused` with `what` and the
+/// particulars in `extra` (an object). Identical refusals (same caller, same
+/// `what`) fold into counts ([`crate::audit::Refusals`]), so repeating one
+/// cannot grow the chain by an entry each time. Anonymous refusals are only
+/// counted in the metrics: anyone could fill a tenant's log with them.
+pub(crate) fn audit_refusal(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    what: &str,
+    extra: Option<serde_json::Value>,
+) {
+    let exists =
+        app.store.read().and_then(|r| r.get::<crate::tenants::TenantRecord>(crate::store::TENANTS, tenant));
+    match exists {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot audit a refused access");
+            return;
         }
-        Ok::<_, crate::StoreError>(())
-    });
-    if let Err(e) = written {
+    }
+    let mut detail = serde_json::json!({"what": what});
+    if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (extra, &mut detail) {
+        map.extend(extra);
+    }
+    let actor = caller.actor();
+    let Some(detail) = app.refusals.note(tenant, &actor, what, detail, crate::now_ms()) else {
+        return;
+    };
+    if let Err(e) = app.store.write(|w| w.audit(tenant, &actor, "access.refused", detail)) {
         tracing::error!(error = %e, "cannot audit a refused access");
     }
 }
 
-/// The `{tenant}` segment of a request path, given its route template.
-fn tenant_in_path<'a>(template: &str, path: &'a str) -> Option<&'a str> {
-    let position = template.split('/').position(|segment| segment == "{tenant}")?;
-    path.split('/').nth(position)
+/// Write the refusals counted and not yet written: of `chain` before its
+/// log is read, of every chain when the daemon stops.
+pub(crate) fn write_folded_refusals(app: &App, chain: Option<&str>) {
+    let folded = app.refusals.take_folded(chain);
+    if folded.is_empty() {
+        return;
+    }
+    let written = app.store.write(|w| {
+        for refusals in &folded {
+            w.audit(&refusals.chain, &refusals.actor, "access.refused", refusals.detail.clone())?;
+        }
+        Ok::<_, crate::StoreError>(())
+    });
+    if let Err(e) = written {
+        tracing::error!(error = %e, lost = folded.len(), "cannot write counted refusals");
+    }
 }

@@ -11,14 +11,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::PathArgs;
-use crate::App;
 use crate::approvals::Approval;
 use crate::audit::HOST_CHAIN;
 use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
-use crate::registry::{PluginRecord, is_hash};
-use crate::store::{APPROVALS, JOBS, PLUGINS};
+use crate::registry::PluginRecord;
+use crate::store::{APPROVALS, JOBS, PLUGINS, Read};
+use crate::{App, ids};
 
 pub(super) fn routes(max_plugin_bytes: usize) -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
@@ -45,23 +45,39 @@ async fn upload_plugin(
         _ => Error::BadRequest(rejection.body_text()),
     })?;
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    if let Some(existing) = app.store.read()?.get::<PluginRecord>(PLUGINS, &hash)? {
-        return Ok((StatusCode::OK, axum::Json(existing)));
+    let me = uploader(&caller);
+    if let Some(existing) = app.store.read()?.get::<PluginRecord>(PLUGINS, &hash)?
+        && existing.uploaded_by(&me)
+    {
+        return Ok((StatusCode::OK, axum::Json(existing.seen_by(&me))));
     }
     let worker = app.clone();
     let plugin = tokio::task::spawn_blocking(move || worker.plugins.add(&worker.runtime, &bytes))
         .await
         .map_err(|e| Error::Internal(format!("the upload task failed: {e}")))??;
     let (status, record) = app.store.write(|w| {
-        if let Some(existing) = w.get::<PluginRecord>(PLUGINS, &plugin.hash)? {
+        if let Some(mut existing) = w.get::<PluginRecord>(PLUGINS, &plugin.hash)? {
+            if !existing.uploaded_by(&me) {
+                // The same bytes from someone else: theirs to see too.
+                existing.also_uploaded_by.push(me.clone());
+                w.put(PLUGINS, &existing.hash, &existing)?;
+                w.audit(
+                    HOST_CHAIN,
+                    &caller.actor(),
+                    "plugin.upload",
+                    json!({"plugin": existing.hash, "name": existing.manifest.name,
+                           "version": existing.manifest.version, "size": existing.size, "again": true}),
+                )?;
+            }
             return Ok::<_, Error>((StatusCode::OK, existing));
         }
         let record = PluginRecord {
             hash: plugin.hash.clone(),
             size: plugin.size,
             manifest: plugin.manifest.clone(),
-            uploader: format!("{} {}", caller.role, caller.name),
+            uploader: me.clone(),
             uploaded_ms: crate::now_ms(),
+            also_uploaded_by: Vec::new(),
         };
         w.put(PLUGINS, &record.hash, &record)?;
         w.audit(
@@ -72,35 +88,68 @@ async fn upload_plugin(
         )?;
         Ok((StatusCode::CREATED, record))
     })?;
-    Ok((status, axum::Json(record)))
+    Ok((status, axum::Json(record.seen_by(&me))))
 }
 
-/// Every registered plugin (tenant admin, analyst, vendor).
+/// How a plugin record names its uploader.
+fn uploader(caller: &Caller) -> String {
+    format!("{} {}", caller.role, caller.name)
+}
+
+/// `record` as `caller` may see it, if at all: a tenant admin sees every
+/// plugin (to approve it); an analyst those it uploaded or that an approval
+/// names it for; a vendor those it uploaded. Neither sees another
+/// uploader's name.
+fn visible(read: &Read, caller: &Caller, record: PluginRecord) -> Result<Option<PluginRecord>> {
+    let me = uploader(caller);
+    let seen = match caller.role {
+        Role::TenantAdmin => return Ok(Some(record)),
+        Role::Operator => false,
+        Role::Vendor => record.uploaded_by(&me),
+        Role::Analyst => {
+            record.uploaded_by(&me)
+                || read
+                    .all::<Approval>(APPROVALS)?
+                    .iter()
+                    .any(|a| a.plugin == record.hash && a.analyst == caller.name)
+        }
+    };
+    Ok(seen.then(|| record.seen_by(&me)))
+}
+
+/// The plugins the caller may see: every one for a tenant admin; an
+/// analyst's own and those approved for it; a vendor's own.
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins", security(("token" = [])),
     responses((status = 200, body = Vec<PluginRecord>)))]
-async fn list_plugins(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<PluginRecord>>> {
-    Ok(axum::Json(app.store.read()?.all(PLUGINS)?))
-}
-
-fn checked_hash(hash: &str) -> Result<&str> {
-    if is_hash(hash) {
-        Ok(hash)
-    } else {
-        Err(Error::BadRequest(format!("`{hash}` is not a plugin hash (64 hex digits)")))
+async fn list_plugins(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Vec<PluginRecord>>> {
+    let read = app.store.read()?;
+    let all: Vec<PluginRecord> = read.all(PLUGINS)?;
+    let mut seen = Vec::new();
+    for record in all {
+        seen.extend(visible(&read, &caller, record)?);
     }
+    Ok(axum::Json(seen))
 }
 
-/// One plugin: manifest, hash, size, uploader.
+/// One plugin: manifest, hash, size, uploader. One the caller may not see
+/// answers as if it did not exist.
 #[utoipa::path(get, path = "/v1/plugins/{hash}", tag = "plugins", security(("token" = [])),
     params(("hash" = String, Path)), responses((status = 200, body = PluginRecord), (status = 404, body = super::ErrorBody)))]
 async fn show_plugin(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     PathArgs(hash): PathArgs<String>,
 ) -> Result<axum::Json<PluginRecord>> {
-    let hash = checked_hash(&hash)?;
-    let record =
-        app.store.read()?.get(PLUGINS, hash)?.ok_or_else(|| Error::NotFound(format!("plugin `{hash}`")))?;
-    Ok(axum::Json(record))
+    let hash = ids::check_hash(&hash)?;
+    let read = app.store.read()?;
+    let record = match read.get(PLUGINS, hash)? {
+        Some(record) => visible(&read, &caller, record)?,
+        None => None,
+    };
+    Ok(axum::Json(record.ok_or_else(|| Error::NotFound(format!("plugin `{hash}`")))?))
 }
 
 /// Delete a plugin (its uploader, or the operator). Refused while a live
@@ -113,13 +162,18 @@ async fn delete_plugin(
     Extension(caller): Extension<Caller>,
     PathArgs(hash): PathArgs<String>,
 ) -> Result<axum::Json<PluginRecord>> {
-    let hash = checked_hash(&hash)?.to_owned();
+    let hash = ids::check_hash(&hash)?.to_owned();
     let now = crate::now_ms();
     let record = app.store.write(|w| {
-        let record: PluginRecord =
-            w.get(PLUGINS, &hash)?.ok_or_else(|| Error::NotFound(format!("plugin `{hash}`")))?;
-        if caller.role != Role::Operator && record.uploader != format!("{} {}", caller.role, caller.name) {
-            return Err(Error::Forbidden("only the plugin's uploader or an operator may delete it".into()));
+        let me = uploader(&caller);
+        let record: PluginRecord = w
+            .get(PLUGINS, &hash)?
+            .filter(|r: &PluginRecord| caller.role == Role::Operator || r.uploaded_by(&me))
+            .ok_or_else(|| Error::NotFound(format!("plugin `{hash}`")))?;
+        if caller.role != Role::Operator && record.uploader != me {
+            return Err(Error::Forbidden(
+                "only the plugin's first uploader or an operator may delete it".into(),
+            ));
         }
         if let Some(a) = w.all::<Approval>(APPROVALS)?.into_iter().find(|a| a.plugin == hash && a.live(now)) {
             return Err(Error::Conflict(format!(
@@ -139,5 +193,5 @@ async fn delete_plugin(
         Ok(record)
     })?;
     app.plugins.remove(&hash)?;
-    Ok(axum::Json(record))
+    Ok(axum::Json(if caller.role == Role::Operator { record } else { record.seen_by(&uploader(&caller)) }))
 }

@@ -13,9 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs};
-use super::tenant_admin_of;
+use super::{audit_refusal, tenant_admin_of, write_folded_refusals};
 use crate::audit::{AuditExport, HOST_CHAIN};
 use crate::auth::{self, Caller, Role, TokenRecord, TokenSpec};
+use crate::enrolment::{self, EnrolmentCode};
 use crate::error::{Error, Result};
 use crate::grants::{MAX_GRANT_SECS, SupportGrant};
 use crate::store::{GRANTS, TENANTS, TOKENS};
@@ -25,6 +26,8 @@ use crate::{App, now_ms};
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(issue_enrolment))
+        .routes(routes!(enrol))
         .routes(routes!(issue_token, list_tokens))
         .routes(routes!(revoke_token))
         .routes(routes!(get_policy, set_policy))
@@ -37,18 +40,33 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub name: String,
+    /// How long the admin's enrolment code lasts, in seconds (default a
+    /// week, at most 30 days).
+    pub enrolment_ttl_secs: Option<u64>,
 }
 
-/// Create a tenant (operator).
+/// A new tenant and the one-time code its admin enrols with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedTenant {
+    #[serde(flatten)]
+    pub tenant: TenantRecord,
+    /// Hand this to the tenant's admin: `POST /v1/enrol` (or `kanon enrol`)
+    /// gives it its token. Shown this once.
+    pub enrolment: EnrolmentCode,
+}
+
+/// Create a tenant (operator). The answer carries a one-time enrolment
+/// code for its admin: the operator never holds a tenant-admin token.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("token" = [])), request_body = NewTenant,
-    responses((status = 201, body = TenantRecord), (status = 409, body = super::ErrorBody)))]
+    responses((status = 201, body = CreatedTenant), (status = 409, body = super::ErrorBody)))]
 async fn create_tenant(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     JsonBody(new): JsonBody<NewTenant>,
-) -> Result<(StatusCode, axum::Json<TenantRecord>)> {
+) -> Result<(StatusCode, axum::Json<CreatedTenant>)> {
     check_name("tenant", &new.name)?;
-    let record = app.store.write(|w| {
+    let ttl = new.enrolment_ttl_secs.unwrap_or(enrolment::DEFAULT_TTL_SECS);
+    let created = app.store.write(|w| {
         if w.get::<TenantRecord>(TENANTS, &new.name)?.is_some() {
             return Err(Error::Conflict(format!("tenant `{}` exists", new.name)));
         }
@@ -57,9 +75,10 @@ async fn create_tenant(
         w.put(TENANTS, &record.name, &record)?;
         w.audit(HOST_CHAIN, &caller.actor(), "tenant.create", json!({"tenant": record.name}))?;
         w.audit(&record.name, &caller.actor(), "tenant.create", json!({}))?;
-        Ok(record)
+        let enrolment = enrolment::issue(w, &caller.actor(), &record.name, ttl)?;
+        Ok(CreatedTenant { tenant: record, enrolment })
     })?;
-    Ok((StatusCode::CREATED, axum::Json(record)))
+    Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
 /// Every tenant (operator).
@@ -69,13 +88,81 @@ async fn list_tenants(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<Tena
     Ok(axum::Json(app.store.read()?.all(TENANTS)?))
 }
 
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrolment {
+    /// How long the code lasts, in seconds (default a week, at most 30 days).
+    pub ttl_secs: Option<u64>,
+}
+
+/// A fresh one-time enrolment code for a tenant's admin, for a tenant whose
+/// admin lost access (operator). It replaces the tenant's unused code, if
+/// any, and lands on the tenant's chain; the tenant's admin tokens stay as
+/// they are.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/enrolments", tag = "tenants", security(("token" = [])),
+    params(("tenant" = String, Path)), request_body = NewEnrolment,
+    responses((status = 201, body = EnrolmentCode), (status = 404, body = super::ErrorBody)))]
+async fn issue_enrolment(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+    JsonBody(new): JsonBody<NewEnrolment>,
+) -> Result<(StatusCode, axum::Json<EnrolmentCode>)> {
+    let ttl = new.ttl_secs.unwrap_or(enrolment::DEFAULT_TTL_SECS);
+    let code = app.store.write(|w| enrolment::issue(w, &caller.actor(), &tenant, ttl))?;
+    Ok((StatusCode::CREATED, axum::Json(code)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Enrol {
+    /// The one-time code the operator handed over.
+    pub code: String,
+    /// The admin's holder name: unique among live tokens.
+    pub name: String,
+    /// The token's lifetime in seconds; none means until revoked.
+    pub ttl_secs: Option<u64>,
+}
+
+/// Redeem a one-time enrolment code for the tenant's admin token (no
+/// token needed). Unknown, used, replaced and expired codes are refused
+/// alike (403).
+#[utoipa::path(post, path = "/v1/enrol", tag = "tokens", request_body = Enrol,
+    responses((status = 201, body = IssuedToken), (status = 403, body = super::ErrorBody),
+              (status = 409, body = super::ErrorBody)))]
+async fn enrol(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<Enrol>,
+) -> Result<(StatusCode, axum::Json<IssuedToken>)> {
+    check_name("token holder", &request.name)?;
+    let expires_ms = expiry(request.ttl_secs)?;
+    let redeemed = app.store.write(|w| enrolment::redeem(w, &request.code, &request.name, expires_ms));
+    let (record, token) = redeemed.inspect_err(|e| {
+        if matches!(e, Error::Forbidden(_)) {
+            app.metrics.refusal("enrolment");
+        }
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(IssuedToken { token, info: record.into() })))
+}
+
+/// A token's expiry from its requested lifetime.
+fn expiry(ttl_secs: Option<u64>) -> Result<Option<u64>> {
+    match ttl_secs {
+        Some(0) => Err(Error::BadRequest("ttl_secs must be at least 1".into())),
+        Some(secs) => Ok(Some(now_ms().saturating_add(secs.saturating_mul(1000)))),
+        None => Ok(None),
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub role: Role,
-    /// The holder's name: approvals and jobs refer to it.
+    /// The holder's name: approvals and jobs refer to it. Unique among live
+    /// tokens.
     pub name: String,
-    /// Required for a tenant admin; refused for the other roles.
+    /// The tenant of a tenant-admin token (a tenant admin's own, which is
+    /// the default for it); refused for the other roles.
     pub tenant: Option<String>,
     /// Lifetime in seconds; none means until revoked.
     pub ttl_secs: Option<u64>,
@@ -114,33 +201,51 @@ pub struct IssuedToken {
     pub info: TokenInfo,
 }
 
-/// Issue a token (operator).
+/// Issue a token. The operator issues operator, analyst and vendor tokens,
+/// never a tenant admin's (a tenant enrols its admin); a tenant admin issues
+/// further tenant-admin tokens of its own tenant.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("token" = [])), request_body = NewToken,
-    responses((status = 201, body = IssuedToken), (status = 400, body = super::ErrorBody)))]
+    responses((status = 201, body = IssuedToken), (status = 400, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn issue_token(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     JsonBody(new): JsonBody<NewToken>,
 ) -> Result<(StatusCode, axum::Json<IssuedToken>)> {
     check_name("token holder", &new.name)?;
-    match (new.role, &new.tenant) {
-        (Role::TenantAdmin, None) => {
-            return Err(Error::BadRequest("a tenant-admin token needs a tenant".into()));
-        }
-        (Role::TenantAdmin, Some(_)) | (_, None) => {}
-        (role, Some(_)) => return Err(Error::BadRequest(format!("a {role} token is not bound to a tenant"))),
+    if let Some(tenant) = &new.tenant {
+        check_name("tenant", tenant)?;
     }
-    let expires_ms = match new.ttl_secs {
-        Some(0) => return Err(Error::BadRequest("ttl_secs must be at least 1".into())),
-        Some(secs) => Some(now_ms().saturating_add(secs.saturating_mul(1000))),
-        None => None,
+    let tenant = match (caller.role, new.role, &new.tenant) {
+        (Role::TenantAdmin, Role::TenantAdmin, None) => caller.tenant.clone(),
+        (Role::TenantAdmin, Role::TenantAdmin, Some(tenant)) => {
+            tenant_admin_of(&app, &caller, tenant)?;
+            Some(tenant.clone())
+        }
+        (Role::TenantAdmin, role, _) => {
+            return Err(Error::Forbidden(format!(
+                "a tenant admin issues tenant-admin tokens of its own tenant, not {role} tokens"
+            )));
+        }
+        (_, Role::TenantAdmin, _) => {
+            return Err(Error::Forbidden(
+                "the operator does not issue tenant-admin tokens: a tenant's admin enrols with the one-time \
+                 code from creating the tenant, or from POST /v1/tenants/{tenant}/enrolments"
+                    .into(),
+            ));
+        }
+        (_, _, None) => None,
+        (_, role, Some(_)) => {
+            return Err(Error::BadRequest(format!("a {role} token is not bound to a tenant")));
+        }
     };
+    let expires_ms = expiry(new.ttl_secs)?;
     let (record, token) = app.store.write(|w| {
-        if let Some(tenant) = &new.tenant {
+        if let Some(tenant) = &tenant {
             tenants::get(w, tenant)?;
         }
-        let spec =
-            TokenSpec { role: new.role, name: new.name.clone(), tenant: new.tenant.clone(), expires_ms };
+        auth::check_holder_free(w, &new.name, now_ms())?;
+        let spec = TokenSpec { role: new.role, name: new.name.clone(), tenant: tenant.clone(), expires_ms };
         let (record, token) = auth::issue(w, spec)?;
         let detail =
             json!({"token": record.id, "role": record.role, "name": record.name, "expires_ms": expires_ms});
@@ -153,15 +258,22 @@ async fn issue_token(
     Ok((StatusCode::CREATED, axum::Json(IssuedToken { token, info: record.into() })))
 }
 
-/// Every token, without secrets (operator).
+/// Tokens, without secrets: every one for the operator, its tenant's for a
+/// tenant admin.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("token" = [])),
     responses((status = 200, body = Vec<TokenInfo>)))]
-async fn list_tokens(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<TokenInfo>>> {
+async fn list_tokens(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Vec<TokenInfo>>> {
     let tokens: Vec<TokenRecord> = app.store.read()?.all(TOKENS)?;
-    Ok(axum::Json(tokens.into_iter().map(TokenInfo::from).collect()))
+    let mine =
+        |t: &TokenRecord| caller.role == Role::Operator || (t.tenant.is_some() && t.tenant == caller.tenant);
+    Ok(axum::Json(tokens.into_iter().filter(mine).map(TokenInfo::from).collect()))
 }
 
-/// Revoke a token (operator). It stops working at once.
+/// Revoke a token (the operator any; a tenant admin its tenant's). It stops
+/// working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", security(("token" = [])),
     params(("id" = String, Path, description = "The token id")),
     responses((status = 200, body = TokenInfo), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
@@ -171,13 +283,17 @@ async fn revoke_token(
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<TokenInfo>> {
     let record = app.store.write(|w| {
-        let mut record: TokenRecord =
-            w.get(TOKENS, &id)?.ok_or_else(|| Error::NotFound(format!("token `{id}`")))?;
+        let mut record: TokenRecord = w
+            .get(TOKENS, &id)?
+            .filter(|t: &TokenRecord| {
+                caller.role == Role::Operator || (t.tenant.is_some() && t.tenant == caller.tenant)
+            })
+            .ok_or_else(|| Error::NotFound(format!("token `{id}`")))?;
         if record.revoked_ms.is_some() {
             return Err(Error::Conflict(format!("token `{id}` is already revoked")));
         }
         if record.id == caller.token_id {
-            return Err(Error::Conflict("a token cannot revoke itself; use another operator token".into()));
+            return Err(Error::Conflict("a token cannot revoke itself; use another token".into()));
         }
         record.revoked_ms = Some(now_ms());
         w.put(TOKENS, &id, &record)?;
@@ -241,6 +357,7 @@ async fn tenant_audit(
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<AuditExport>> {
     tenant_admin_of(&app, &caller, &tenant)?;
+    write_folded_refusals(&app, Some(&tenant));
     let (entries, head) = app.store.read()?.audit(&tenant)?;
     Ok(axum::Json(AuditExport { chain: tenant, head, entries }))
 }
@@ -335,30 +452,39 @@ async fn revoke_grant(
     Ok(axum::Json(grant))
 }
 
-/// Operator staff reading `tenant`'s job metadata or logs: only under a live
-/// grant, and every use is audited in the tenant's chain (refusals too).
-pub(crate) fn support_access(app: &App, caller: &Caller, tenant: &str, what: &str) -> Result<()> {
+/// Operator staff reading `tenant`'s job metadata or logs (`what`, of
+/// `item`): only under a live grant, and every use is audited in the
+/// tenant's chain (refusals too, folded into counts like every refusal).
+pub(crate) fn support_access(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    what: &str,
+    item: Option<&str>,
+) -> Result<()> {
     if caller.role != Role::Operator {
         return tenant_admin_of(app, caller, tenant);
     }
     let now = now_ms();
-    app.store.write(|w| {
+    let read = match item {
+        Some(item) => format!("{what} {item}"),
+        None => what.to_owned(),
+    };
+    let used = app.store.write(|w| {
         tenants::get(w, tenant)?;
         let grants: Vec<SupportGrant> = w.all(GRANTS)?;
         match grants.iter().find(|g| g.tenant == tenant && g.live(now)) {
             Some(grant) => {
-                w.audit(tenant, &caller.actor(), "support.use", json!({"grant": grant.id, "read": what}))?;
-                Ok::<_, Error>(Ok(()))
+                w.audit(tenant, &caller.actor(), "support.use", json!({"grant": grant.id, "read": read}))?;
+                Ok::<_, Error>(true)
             }
-            None => {
-                w.audit(
-                    tenant,
-                    &caller.actor(),
-                    "access.refused",
-                    json!({"what": what, "reason": "no live support grant"}),
-                )?;
-                Ok(Err(Error::Forbidden(format!("tenant `{tenant}` has granted no live support access"))))
-            }
+            None => Ok(false),
         }
-    })?
+    })?;
+    if used {
+        return Ok(());
+    }
+    let extra = json!({"read": read, "reason": "no live support grant"});
+    audit_refusal(app, caller, tenant, &format!("support: {what}"), Some(extra));
+    Err(Error::Forbidden(format!("tenant `{tenant}` has granted no live support access")))
 }
