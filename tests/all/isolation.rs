@@ -246,7 +246,7 @@ pub(crate) fn joins_on_the_entity() {
             &json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 3600}),
         )
         .unwrap();
-    let run = |policy: Value| -> Value {
+    let run_under = |approval: &Value, policy: Value| -> Value {
         let job: Value = analyst
             .send(
                 "POST",
@@ -267,6 +267,7 @@ pub(crate) fn joins_on_the_entity() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
+    let run = |policy: Value| run_under(&approval, policy);
     let shared = run(json!({}));
     let isolated = run(json!({"isolation": "entity"}));
     assert_eq!(shared["tables"], isolated["tables"], "the join is the same in both modes");
@@ -278,4 +279,28 @@ pub(crate) fn joins_on_the_entity() {
         assert_eq!(values[0], count, "{key:?}");
         assert!((values[1].as_f64().unwrap() - sum).abs() < 1e-6, "{key:?}: {values:?} vs {sum}");
     }
+
+    // A tenant can approve the plugin for isolated runs only: a job that asks
+    // for nothing more runs isolated, and a looser approval is refused.
+    let grant = |policy: Value| {
+        admin
+            .raw(
+                "POST",
+                "/v1/tenants/acme/approvals",
+                Some((
+                    "application/json",
+                    json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets,
+                   "outputs": outputs, "ttl_secs": 3600, "policy": policy})
+                    .to_string()
+                    .as_bytes(),
+                )),
+            )
+            .unwrap()
+    };
+    let strict = grant(json!({"isolation": "entity"}));
+    assert_eq!(strict.status, 201, "{}", strict.text());
+    let strict: Value = strict.json().unwrap();
+    assert_eq!(run_under(&strict, json!({}))["policy"]["isolation"], "entity");
+    let loose = grant(json!({"min_entities": 2}));
+    assert_eq!(loose.status, 422, "looser than the floor: {}", loose.text());
 }

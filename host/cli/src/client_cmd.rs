@@ -652,6 +652,10 @@ enum ApprovalsCommand {
         /// Lifetime: 12h, 30d.
         #[arg(long, default_value = "30d")]
         ttl: String,
+        /// `entity`: every job under this approval runs once per entity, each
+        /// instance seeing only that entity's rows.
+        #[arg(long, value_parser = ["shared", "entity"])]
+        isolation: Option<String>,
     },
     /// List approvals: a tenant's (tenant admin), or those naming you (analyst).
     List {
@@ -669,7 +673,16 @@ enum ApprovalsCommand {
 pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let value: Value = match args.command {
-        ApprovalsCommand::Grant { tenant, plugin, analyst, datasets, params, params_schema, ttl } => {
+        ApprovalsCommand::Grant {
+            tenant,
+            plugin,
+            analyst,
+            datasets,
+            params,
+            params_schema,
+            ttl,
+            isolation,
+        } => {
             let record: PluginRecord = client.get(&format!("/v1/plugins/{plugin}"))?;
             let mapping: BTreeMap<String, String> = datasets
                 .iter()
@@ -685,6 +698,9 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             });
             let mut body = json!({"plugin": plugin, "analyst": analyst, "datasets": approved, "outputs": outputs,
                                   "ttl_secs": duration_secs(&ttl)?});
+            if let Some(isolation) = isolation {
+                body["policy"] = json!({"isolation": isolation});
+            }
             match params_schema {
                 Some(schema) => {
                     body["params_schema"] =

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use kanon_gate::PolicyLayer;
 use kanon_runtime::Manifest;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -42,6 +43,11 @@ pub struct Approval {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub params_schema: Option<serde_json::Value>,
+    /// What every job under it is held to on top of the tenant's policy
+    /// (only stricter): a tenant can approve a plugin for isolated runs only.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub policy: PolicyLayer,
     pub approved_by: String,
     pub created_ms: u64,
     pub expires_ms: u64,

@@ -16,11 +16,11 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use utoipa::ToSchema;
 
-use crate::approvals::{self, JobAsk};
+use crate::approvals::{self, Approval, JobAsk};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::sealed::{self, Sealed};
-use crate::store::{JOBS, OWNER_LOGS, REPLAYS, RESULTS, RecordRead, TENANTS, Write};
+use crate::store::{APPROVALS, JOBS, OWNER_LOGS, REPLAYS, RESULTS, RecordRead, TENANTS, Write};
 use crate::tenants::TenantRecord;
 use crate::{App, ControlStore, StoreError, now_ms};
 
@@ -601,8 +601,13 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         Ok(None) => return not_run("data-unavailable", format!("tenant {} is gone", job.tenant)),
         Err(e) => return not_run("host-error", e.to_string()),
     };
+    // The approval was checked at start; what it asks of the gate holds too.
+    let approval_policy = match read.get::<Approval>(APPROVALS, &job.approval) {
+        Ok(approval) => approval.map(|a| a.policy).unwrap_or_default(),
+        Err(e) => return not_run("host-error", e.to_string()),
+    };
     let policy = match Policy::floor(&app.config.floor)
-        .and_then(|floor| Policy::for_run(&floor, [&tenant_policy], &job.policy))
+        .and_then(|floor| Policy::for_run(&floor, [&tenant_policy, &approval_policy], &job.policy))
     {
         Ok(policy) => policy,
         Err(e) => return not_run("policy", e.to_string()),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
+use kanon_gate::{Policy, PolicyLayer};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -51,6 +52,10 @@ pub struct NewApproval {
     pub params_schema: Option<serde_json::Value>,
     /// Lifetime in seconds (at most a year).
     pub ttl_secs: u64,
+    /// What every job under the approval is held to, on top of the tenant's
+    /// policy: only ever stricter (e.g. `{"isolation": "entity"}`).
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<PolicyLayer>,
 }
 
 impl NewApproval {
@@ -100,6 +105,11 @@ async fn create_approval(
         }
         (params, None) => params.unwrap_or_else(|| json!({})),
     };
+    let policy = new.policy.clone().unwrap_or_default();
+    Policy::floor(&policy)
+        .and_then(|_| Policy::floor(&app.config.floor))
+        .and_then(|floor| floor.check_not_looser(&policy))
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     let plugin: PluginRecord = app
         .store
         .read()?
@@ -128,6 +138,7 @@ async fn create_approval(
             outputs: new.outputs.clone(),
             params: params.clone(),
             params_schema: new.params_schema.clone(),
+            policy: policy.clone(),
             approved_by: caller.actor(),
             created_ms: now,
             expires_ms: now + new.ttl_secs * 1000,
@@ -140,7 +151,7 @@ async fn create_approval(
             "approval.grant",
             json!({"approval": approval.id, "plugin": approval.plugin, "analyst": approval.analyst,
                    "datasets": approval.datasets, "outputs": approval.outputs, "params": approval.params, "params_schema": approval.params_schema,
-                   "expires_ms": approval.expires_ms}),
+                   "policy": approval.policy, "expires_ms": approval.expires_ms}),
         )?;
         Ok::<_, Error>(approval)
     })?;
