@@ -117,7 +117,7 @@ impl Vault {
         require_empty(dest)?;
         // Files that stay: no erase or delete may run until the copy is done.
         let _no_deletions = self.inner.deletions.read().expect("lock");
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let key_check = txn
             .open_table(META)
             .map_err(db_err)?

@@ -15,6 +15,7 @@ mod export;
 mod ingest;
 mod jsonl_reader;
 mod pseudonym;
+pub mod redb_file;
 mod scan;
 mod schema;
 mod sealing;
