@@ -21,12 +21,17 @@ pub(crate) struct TestDaemon {
 
 impl TestDaemon {
     pub(crate) fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = DaemonConfig {
+        Self::start_with(tempfile::tempdir().unwrap(), |_| {})
+    }
+
+    /// A daemon over `dir`, its settings changed by `configure`.
+    pub(crate) fn start_with(dir: tempfile::TempDir, configure: impl FnOnce(&mut DaemonConfig)) -> Self {
+        let mut config = DaemonConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_owned(),
             ..DaemonConfig::default()
         };
+        configure(&mut config);
         let runtime =
             Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
                 .unwrap();
@@ -74,7 +79,7 @@ impl Drop for TestDaemon {
     }
 }
 
-fn ingest_trips(admin: &Client, tenant: &str) -> Value {
+pub(crate) fn ingest_trips(admin: &Client, tenant: &str) -> Value {
     admin
         .upload(
             "PUT",

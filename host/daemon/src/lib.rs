@@ -24,6 +24,7 @@ pub mod export;
 pub mod grants;
 pub mod jobs;
 mod metrics;
+mod pending;
 pub mod registry;
 mod sealed;
 mod store;
@@ -83,6 +84,8 @@ pub(crate) struct App {
     pub token_key: [u8; 32],
     /// Wakes the benchmark runner (a run was queued).
     pub benchmark_wake: tokio::sync::Notify,
+    /// Dataset changes between the vault's commit and their audit entry.
+    pub pending: pending::Pending,
 }
 
 /// A running daemon.
@@ -126,17 +129,23 @@ impl Daemon {
             .map_err(|e| StartError::Listen { addr: config.listen, detail: e.to_string() })?;
         let plugins_dir = config.data_dir.join(registry::PLUGINS_DIR);
         std::fs::create_dir_all(&plugins_dir).map_err(io_err(&plugins_dir))?;
+        remove_leftovers(&config.data_dir)?;
         let app = Arc::new(App {
             scheduler: jobs::Scheduler::new(config.jobs.clone()),
             plugins: registry::PluginCache::new(plugins_dir),
             metrics: metrics::Metrics::new(),
             token_key,
             benchmark_wake: tokio::sync::Notify::new(),
+            pending: pending::Pending::default(),
             config,
             store,
             vault,
             runtime: Arc::new(runtime),
         });
+        // Dataset changes a stop or a storage failure left unaudited.
+        if let Err(e) = pending::reconcile(&app) {
+            tracing::error!(error = %e, "dataset changes are still waiting for their audit entries");
+        }
         let (stop, stopped) = watch::channel(false);
         jobs::Scheduler::spawn(app.clone(), stopped.clone());
         benchmark_runs::spawn_runner(app.clone(), stopped.clone());
@@ -179,6 +188,42 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Delete what requests that never finished left in the data directory:
+/// uploads being received (`uploads/`) and plugins being stored
+/// (`plugins/.tmp*`). Only this process uses the directory (the vault's
+/// lock), and nothing runs yet.
+fn remove_leftovers(data_dir: &Path) -> Result<(), StartError> {
+    let mut removed = (0u64, 0u64);
+    let mut remove = |path: &Path| -> Result<(), StartError> {
+        let len = std::fs::symlink_metadata(path).map_err(io_err(path))?.len();
+        std::fs::remove_file(path).map_err(io_err(path))?;
+        removed = (removed.0 + 1, removed.1 + len);
+        Ok(())
+    };
+    for (dir, leftover) in [
+        (api::UPLOADS_DIR, (|_: &str| true) as fn(&str) -> bool),
+        (registry::PLUGINS_DIR, |name: &str| name.starts_with(".tmp")),
+    ] {
+        let dir = data_dir.join(dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let is_file = entry.file_type().map_err(io_err(&dir))?.is_file();
+            if is_file && entry.file_name().to_str().is_some_and(leftover) {
+                remove(&entry.path())?;
+            }
+        }
+    }
+    if removed.0 > 0 {
+        tracing::info!(files = removed.0, bytes = removed.1, "deleted the leftovers of unfinished uploads");
+    }
+    Ok(())
 }
 
 /// How long interrupted runs get to record themselves at shutdown.

@@ -1,0 +1,277 @@
+//! The daemon under operations: a full disk, online backups, shutdown and
+//! connection limits.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kanon_daemon::client::{Client, Reply};
+use kanon_daemon::{Daemon, DaemonConfig};
+use kanon_runtime::{Runtime, RuntimeConfig};
+use kanon_vault::KeyEncryptionKey;
+use serde_json::{Value, json};
+
+use crate::daemon::{TestDaemon, audit, ingest_trips};
+
+/// A tmpfs of a few MiB, unmounted when dropped: a disk that really fills.
+/// Mounting needs root (or CAP_SYS_ADMIN); without it the tests that need
+/// one say so and pass.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (root or CAP_SYS_ADMIN is needed)");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill it up: a file that grows until the disk refuses.
+    fn fill(&self) -> Filler {
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for size in [1 << 20, 4096, 1] {
+            let block = vec![0xa5u8; size];
+            loop {
+                match file.write_all(&block).and_then(|()| file.sync_all()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => panic!("filling the tmpfs: {e}"),
+                }
+            }
+        }
+        Filler(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// The file that fills a disk; removing it gives the space back.
+struct Filler(PathBuf);
+
+impl Filler {
+    fn remove(self) {
+        std::fs::remove_file(&self.0).unwrap();
+    }
+}
+
+fn post_tenant(d: &TestDaemon, name: &str) -> Reply {
+    d.operator
+        .raw("POST", "/v1/tenants", Some(("application/json", json!({"name": name}).to_string().as_bytes())))
+        .unwrap()
+}
+
+fn upload_trips(admin: &Client) -> Reply {
+    admin
+        .raw(
+            "PUT",
+            "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id",
+            Some(("text/csv", kanon_tests::trips_csv().as_bytes())),
+        )
+        .unwrap()
+}
+
+fn health(d: &TestDaemon) -> (u16, Value) {
+    let reply = d.operator.with_token(None).raw("GET", "/health", None).unwrap();
+    (reply.status, reply.json().unwrap())
+}
+
+/// Every version of acme's `trips` has its `dataset.ingest` entry, and the
+/// chain verifies.
+fn every_version_is_audited(admin: &Client) -> usize {
+    let export = audit(admin, "acme");
+    assert_eq!(kanon_daemon::verify("acme", &export.entries, &export.head), Ok(export.entries.len() as u64));
+    let audited: Vec<u64> = export
+        .entries
+        .iter()
+        .filter(|e| e.action == "dataset.ingest")
+        .map(|e| e.detail["version"].as_u64().unwrap())
+        .collect();
+    let versions: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+    let latest =
+        versions.iter().find(|v| v["dataset"] == "trips").map_or(0, |v| v["version"].as_u64().unwrap());
+    assert_eq!(audited, (1..=latest).collect::<Vec<_>>(), "versions without their audit entry");
+    latest as usize
+}
+
+/// `control.redb` on a disk that fills up (a symlink into a small tmpfs),
+/// the vault beside it on a disk with room. Once the control database's
+/// disk is full, every change either goes through (redb reuses freed
+/// pages) or answers 507 with a JSON error, never 500 or 401; `/health`
+/// says storage is degraded; no dataset version is stored without its
+/// audit entry; and everything works again once space returns, without a
+/// restart.
+#[test]
+fn a_full_disk_under_the_control_database_answers_507_and_recovers_without_a_restart() {
+    let Some(disk) = Tmpfs::mount("2m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(disk.path().join("control.redb"), dir.path().join("control.redb")).unwrap();
+    let d = TestDaemon::start_with(dir, |_| {});
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+    assert_eq!(health(&d).0, 200);
+
+    let filler = disk.fill();
+    let (mut tenants, mut versions, mut refused, mut audited_late) = (2, 1, 0, 0);
+    for i in 0..40 {
+        let reply = if i % 2 == 0 { post_tenant(&d, &format!("t{i}")) } else { upload_trips(&admin) };
+        match reply.status {
+            201 if i % 2 == 0 => tenants += 1,
+            201 => versions += 1,
+            507 => {
+                let body: Value = reply.json().unwrap();
+                assert_eq!(body["error"]["code"], "insufficient-storage", "{body}");
+                refused += 1;
+                // The vault stored it; its audit entry waits for storage.
+                if body["error"]["message"].as_str().unwrap().contains("was stored") {
+                    versions += 1;
+                    audited_late += 1;
+                }
+            }
+            other => panic!("{other} on a full disk: {}", reply.text()),
+        }
+    }
+    eprintln!(
+        "on the full disk: {refused} of 40 changes answered 507, {audited_late} of them stored and audited later"
+    );
+    assert!(refused > 0, "the full disk never refused a write");
+    let (status, state) = health(&d);
+    assert_eq!(status, 503, "{state}");
+    assert_eq!(state["storage"], "degraded", "{state}");
+    assert!(state["storage_error"].as_str().unwrap().contains("No space left"), "{state}");
+
+    filler.remove();
+    let (status, state) = health(&d);
+    assert_eq!((status, &state["storage"]), (200, &json!("ok")), "{state}");
+    assert_eq!(post_tenant(&d, "after").status, 201);
+    assert_eq!(upload_trips(&admin).status, 201);
+    assert_eq!(every_version_is_audited(&admin), versions + 1);
+    let late = audit(&admin, "acme").entries.iter().filter(|e| e.detail["recovered"] == json!(true)).count();
+    assert_eq!(late, audited_late);
+    let listed: Vec<Value> = d.operator.get("/v1/tenants").unwrap();
+    assert_eq!(listed.len(), tenants, "acme, `after` and the tenants the full disk took");
+    let host: kanon_daemon::AuditExport = d.operator.get("/v1/audit").unwrap();
+    assert!(kanon_daemon::verify("_host", &host.entries, &host.head).is_ok());
+}
+
+/// The whole data directory on a disk that fills up: an upload answers 507
+/// and leaves nothing behind, `/health` says so, and the next upload after
+/// space returns is stored and audited.
+#[test]
+fn a_full_data_directory_refuses_uploads_with_507_and_recovers_without_a_restart() {
+    let Some(disk) = Tmpfs::mount("16m") else { return };
+    let data = tempfile::tempdir_in(disk.path()).unwrap();
+    let d = TestDaemon::start_with(data, |_| {});
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+
+    let filler = disk.fill();
+    let refused = upload_trips(&admin);
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert_eq!(refused.json::<Value>().unwrap()["error"]["code"], "insufficient-storage");
+    let (status, state) = health(&d);
+    assert_eq!((status, &state["storage"]), (503, &json!("degraded")), "{state}");
+
+    filler.remove();
+    assert_eq!(health(&d).0, 200);
+    let stored = upload_trips(&admin);
+    assert_eq!(stored.status, 201, "{}", stored.text());
+    assert_eq!(every_version_is_audited(&admin), 2);
+}
+
+/// A daemon over `dir` (kept after it stops), with its operator's client.
+fn start_over(
+    dir: &Path,
+    key: &KeyEncryptionKey,
+) -> Result<(tokio::runtime::Runtime, Daemon, Client), String> {
+    let config = DaemonConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        ..DaemonConfig::default()
+    };
+    let runtime =
+        Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
+            .unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (daemon, first) =
+        tokio.block_on(Daemon::start(config, key.clone(), runtime)).map_err(|e| e.to_string())?;
+    let client = Client::new(&format!("http://{}", daemon.local_addr()), first.operator_token);
+    Ok((tokio, daemon, client))
+}
+
+fn stop(started: (tokio::runtime::Runtime, Daemon, Client)) {
+    let (tokio, daemon, _) = started;
+    tokio.block_on(daemon.shutdown());
+}
+
+/// What unfinished uploads leave in the data directory (a crash, a kill)
+/// is deleted at the next start; stored plugins stay.
+#[test]
+fn a_start_deletes_what_unfinished_uploads_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyEncryptionKey::generate();
+    let started = start_over(dir.path(), &key).unwrap();
+    let (analyst, _) = {
+        let operator = &started.2;
+        let issued: Value =
+            operator.send("POST", "/v1/tokens", &json!({"role": "analyst", "name": "ana"})).unwrap();
+        (operator.with_token(Some(issued["token"].as_str().unwrap().to_owned())), ())
+    };
+    let plugin = crate::daemon::upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    assert_eq!(plugin.status, 201, "{}", plugin.text());
+    stop(started);
+
+    let uploads = dir.path().join("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    let leftovers =
+        [uploads.join(".tmpA1b2C3"), uploads.join(".tmpD4e5F6"), dir.path().join("plugins/.tmpG7h8I9")];
+    for path in &leftovers {
+        std::fs::write(path, vec![7u8; 1 << 20]).unwrap();
+    }
+    let started = start_over(dir.path(), &key).unwrap();
+    for path in &leftovers {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+    let hash = blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex();
+    assert!(dir.path().join(format!("plugins/{hash}.wasm")).exists(), "the stored plugin stays");
+    stop(started);
+}
+
+/// A `control.redb` cut short: the daemon does not start, and says which
+/// file is damaged and to restore from a backup.
+#[test]
+fn a_truncated_control_database_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyEncryptionKey::generate();
+    let started = start_over(dir.path(), &key).unwrap();
+    let _: Value = started.2.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+    stop(started);
+    let path = dir.path().join("control.redb");
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [bytes.len() / 2, 4096, 0] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let error = start_over(dir.path(), &key).err().expect("a damaged control.redb does not start");
+        assert!(error.contains("control.redb is damaged"), "cut at {cut}: {error}");
+        assert!(error.ends_with("restore the data directory from a backup"), "cut at {cut}: {error}");
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    stop(start_over(dir.path(), &key).unwrap());
+}
