@@ -275,3 +275,73 @@ fn a_truncated_control_database_stops_the_start_with_a_clear_error() {
     std::fs::write(&path, &bytes).unwrap();
     stop(start_over(dir.path(), &key).unwrap());
 }
+
+/// Open a connection and send the start of a request head, never its end.
+fn half_sent_head(addr: &str) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nhost: kanon\r\nx-slow: ").unwrap();
+    stream
+}
+
+/// What the daemon sends on `stream` until it closes it (bounded: a
+/// daemon that never closes fails the test after 30 s).
+fn read_until_closed(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => {
+            panic!("the daemon kept the connection open: {e}; it sent {:?}", String::from_utf8_lossy(&answer))
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn address(d: &TestDaemon) -> String {
+    d.operator.base().trim_start_matches("http://").to_owned()
+}
+
+/// A client that never finishes its request head is disconnected after
+/// `header_read_timeout_secs`, not held for ever.
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let d = TestDaemon::start_with(tempfile::tempdir().unwrap(), |c| c.limits.header_read_timeout_secs = 1);
+    let mut stuck = half_sent_head(&address(&d));
+    let started = std::time::Instant::now();
+    read_until_closed(&mut stuck);
+    eprintln!("a half-sent head was dropped after {:?}", started.elapsed());
+    assert_eq!(d.operator.with_token(None).raw("GET", "/health", None).unwrap().status, 200);
+}
+
+/// With `max_connections` open, one more is answered 503 (a JSON error)
+/// and closed; once one of them goes, the daemon answers again.
+#[test]
+fn connections_past_the_cap_are_answered_503_and_closed() {
+    let d = TestDaemon::start_with(tempfile::tempdir().unwrap(), |c| c.limits.max_connections = 4);
+    let addr = address(&d);
+    let mut held: Vec<_> = (0..4).map(|_| half_sent_head(&addr)).collect();
+    // Accepted in order: the four hold every slot when this one comes.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.write_all(b"GET /health HTTP/1.1\r\nhost: kanon\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut extra);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !d.operator.with_token(None).raw("GET", "/health", None).is_ok_and(|r| r.status == 200) {
+        assert!(std::time::Instant::now() < deadline, "a freed slot was never used again");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let metrics = d.operator.get_text("/metrics");
+    drop(held);
+    let metrics = match metrics {
+        Ok(metrics) => metrics,
+        // The operator's call may land while the slots are still taken.
+        Err(_) => d.operator.get_text("/metrics").unwrap(),
+    };
+    assert!(metrics.contains("kanon_refusals_total{reason=\"connections\"}"), "{metrics}");
+}

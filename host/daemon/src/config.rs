@@ -40,6 +40,15 @@ pub struct RequestLimits {
     pub upload_timeout_secs: u64,
     /// Requests served at once; more are refused with 503.
     pub max_concurrent_requests: usize,
+    /// Connections open at once; more are answered 503 and closed. Keep it
+    /// well below the process's file limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (and that a
+    /// keep-alive connection may sit idle) before its connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// At shutdown, how long requests in flight may take to finish before
+    /// they are dropped.
+    pub shutdown_grace_secs: u64,
 }
 
 /// Limits on jobs.
@@ -79,6 +88,9 @@ impl Default for RequestLimits {
             request_timeout_secs: 30,
             upload_timeout_secs: 3600,
             max_concurrent_requests: 512,
+            max_connections: 512,
+            header_read_timeout_secs: 10,
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -96,6 +108,14 @@ impl RequestLimits {
 
     pub fn upload_timeout(&self) -> Duration {
         Duration::from_secs(self.upload_timeout_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -155,6 +175,8 @@ impl DaemonConfig {
             ("jobs.per_tenant", self.jobs.per_tenant),
             ("limits.max_body_bytes", self.limits.max_body_bytes),
             ("limits.max_concurrent_requests", self.limits.max_concurrent_requests),
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.header_read_timeout_secs", self.limits.header_read_timeout_secs as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

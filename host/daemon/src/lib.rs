@@ -27,6 +27,7 @@ mod metrics;
 mod pending;
 pub mod registry;
 mod sealed;
+mod server;
 mod store;
 pub mod tenants;
 
@@ -107,7 +108,9 @@ pub struct FirstStart {
 
 impl Daemon {
     /// Open the data directory, recover jobs a crash interrupted, bind the
-    /// listener and start serving. Must be called inside a tokio runtime.
+    /// listener, create the first operator token (on the first start, once
+    /// the port is bound) and start serving. Must be called inside a tokio
+    /// runtime.
     pub async fn start(
         config: DaemonConfig,
         kek: KeyEncryptionKey,
@@ -115,7 +118,6 @@ impl Daemon {
     ) -> Result<(Daemon, FirstStart), StartError> {
         let vault = Vault::open(&config.data_dir, kek)?;
         let store = ControlStore::open(&config.data_dir)?;
-        let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
         let token_key = store.write(auth::token_key)?;
         let interrupted = jobs::recover(&store)?;
         let interrupted = interrupted + benchmark_runs::recover(&store)?;
@@ -146,21 +148,14 @@ impl Daemon {
         if let Err(e) = pending::reconcile(&app) {
             tracing::error!(error = %e, "dataset changes are still waiting for their audit entries");
         }
+        // Only now, with the port bound and nothing left to fail before the
+        // server runs: a start that fails never makes a token it cannot show.
+        let first = auth::ensure_operator_token(&app.store, app.config.operator_token_file.as_deref())?;
         let (stop, stopped) = watch::channel(false);
         jobs::Scheduler::spawn(app.clone(), stopped.clone());
         benchmark_runs::spawn_runner(app.clone(), stopped.clone());
         let router = api::router(app.clone());
-        let mut shutdown = stopped;
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = serve {
-                tracing::error!(error = %e, "the HTTP server failed");
-            }
-        });
+        let server = tokio::spawn(server::serve(listener, router, app.clone(), stopped));
         tracing::info!(%addr, "kanon daemon listening");
         Ok((Daemon { addr, stop, server, app }, first))
     }
@@ -170,10 +165,11 @@ impl Daemon {
         self.addr
     }
 
-    /// Stop taking requests and starting jobs, let running jobs finish for
-    /// up to the configured grace, then interrupt them: they are recorded as
-    /// failed (`interrupted`), or, when even that takes too long, marked so
-    /// at the next start.
+    /// Stop taking requests and starting jobs; let requests in flight
+    /// finish for up to `limits.shutdown_grace_secs` and drop the rest; let
+    /// running jobs finish for up to `jobs.shutdown_grace_secs`, then
+    /// interrupt them: they are recorded as failed (`interrupted`), or,
+    /// when even that takes too long, marked so at the next start.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
