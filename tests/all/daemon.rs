@@ -17,6 +17,8 @@ pub(crate) struct TestDaemon {
     tokio: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
     _dir: tempfile::TempDir,
+    /// The key-encryption key it runs under.
+    pub(crate) key: KeyEncryptionKey,
 }
 
 impl TestDaemon {
@@ -37,12 +39,12 @@ impl TestDaemon {
                 .unwrap();
         let tokio =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (daemon, first) = tokio
-            .block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))
-            .expect("daemon starts");
+        let key = KeyEncryptionKey::generate();
+        let (daemon, first) =
+            tokio.block_on(Daemon::start(config, key.clone(), runtime)).expect("daemon starts");
         let base = format!("http://{}", daemon.local_addr());
         let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
-        Self { operator, tokio, daemon: Some(daemon), _dir: dir }
+        Self { operator, tokio, daemon: Some(daemon), _dir: dir, key }
     }
 
     /// A client holding a new token.
@@ -95,7 +97,7 @@ pub(crate) fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
 }
 
 /// An approval of the emissions plugin on `trips`, every column it reads.
-fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value {
+pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value {
     let manifest = &plugin["manifest"];
     let need = &manifest["inputs"][0];
     let columns: Vec<&str> =
@@ -114,7 +116,7 @@ fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value
         .unwrap()
 }
 
-fn wait_for(client: &Client, job: &str) -> Value {
+pub(crate) fn wait_for(client: &Client, job: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let job: Value = client.get(&format!("/v1/jobs/{job}")).unwrap();
@@ -384,6 +386,7 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("GET", "/v1/whoami") => &[(Operator, 200), (TenantAdmin, 200), (Analyst, 200), (Vendor, 200)],
         ("POST", "/v1/tenants") | ("POST", "/v1/tokens") => &[(Operator, 400)],
         ("GET", "/v1/tenants") | ("GET", "/v1/tokens") | ("GET", "/v1/audit") => &[(Operator, 200)],
+        ("POST", "/v1/backups") => &[(Operator, 400)],
         ("DELETE", "/v1/tokens/{id}") => &[(Operator, 404)],
         ("GET", "/v1/tenants/{tenant}/policy") | ("PUT", "/v1/tenants/{tenant}/policy") => {
             &[(TenantAdmin, 200)]

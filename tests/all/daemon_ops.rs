@@ -217,7 +217,7 @@ fn start_over(
     Ok((tokio, daemon, client))
 }
 
-fn stop(started: (tokio::runtime::Runtime, Daemon, Client)) {
+fn stop_daemon(started: (tokio::runtime::Runtime, Daemon, Client)) {
     let (tokio, daemon, _) = started;
     tokio.block_on(daemon.shutdown());
 }
@@ -237,7 +237,7 @@ fn a_start_deletes_what_unfinished_uploads_left_behind() {
     };
     let plugin = crate::daemon::upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
     assert_eq!(plugin.status, 201, "{}", plugin.text());
-    stop(started);
+    stop_daemon(started);
 
     let uploads = dir.path().join("uploads");
     std::fs::create_dir_all(&uploads).unwrap();
@@ -252,7 +252,7 @@ fn a_start_deletes_what_unfinished_uploads_left_behind() {
     }
     let hash = blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex();
     assert!(dir.path().join(format!("plugins/{hash}.wasm")).exists(), "the stored plugin stays");
-    stop(started);
+    stop_daemon(started);
 }
 
 /// A `control.redb` cut short: the daemon does not start, and says which
@@ -263,7 +263,7 @@ fn a_truncated_control_database_stops_the_start_with_a_clear_error() {
     let key = KeyEncryptionKey::generate();
     let started = start_over(dir.path(), &key).unwrap();
     let _: Value = started.2.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
-    stop(started);
+    stop_daemon(started);
     let path = dir.path().join("control.redb");
     let bytes = std::fs::read(&path).unwrap();
     for cut in [bytes.len() / 2, 4096, 0] {
@@ -273,7 +273,7 @@ fn a_truncated_control_database_stops_the_start_with_a_clear_error() {
         assert!(error.ends_with("restore the data directory from a backup"), "cut at {cut}: {error}");
     }
     std::fs::write(&path, &bytes).unwrap();
-    stop(start_over(dir.path(), &key).unwrap());
+    stop_daemon(start_over(dir.path(), &key).unwrap());
 }
 
 /// Open a connection and send the start of a request head, never its end.
@@ -344,4 +344,174 @@ fn connections_past_the_cap_are_answered_503_and_closed() {
         Err(_) => d.operator.get_text("/metrics").unwrap(),
     };
     assert!(metrics.contains("kanon_refusals_total{reason=\"connections\"}"), "{metrics}");
+}
+
+/// The backup of a running daemon, taken while a tenant ingests and jobs
+/// run, restored into an empty directory: a daemon started on it has the
+/// tenants, tokens, approvals, plugins, jobs, results, benchmarks and audit
+/// chains the backup was taken with, every chain verifies and is the
+/// original's up to the backup, and every dataset version has its entry.
+#[test]
+fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use crate::benchmarks::{carriers, join, run};
+    use crate::daemon::{approve, upload_plugin, wait_for};
+
+    let d = TestDaemon::start();
+    let admins = carriers(&d);
+    let (vendor, _) = d.token(kanon_daemon::Role::Vendor, "ven", None, None);
+    let plugin: Value = upload_plugin(&vendor, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let _: Value =
+        vendor.send("POST", "/v1/benchmarks", &json!({"name": "co2", "plugin": plugin["hash"]})).unwrap();
+    for (i, admin) in admins.iter().enumerate() {
+        join(admin, i, "co2");
+    }
+    assert_eq!(run(&vendor, "co2")["state"], "succeeded");
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+    let (analyst, _) = d.token(kanon_daemon::Role::Analyst, "ana", None, None);
+    let approval = approve(&admin, "acme", &plugin, "ana");
+    let submit = |i: usize| {
+        let body = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                          "datasets": {"trips": "trips"}, "policy": {"min_entities": 10 + i}});
+        analyst.send::<_, Value>("POST", "/v1/jobs", &body).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    wait_for(&analyst, &submit(0));
+
+    // Ingests and jobs go on before, during and after the backup.
+    let (stop, ingests, jobs) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(1));
+    let backup: Value = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                ingest_trips(&admin, "acme");
+                ingests.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                submit(jobs.fetch_add(1, Ordering::SeqCst));
+            }
+        });
+        let at_least = |n: usize| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while ingests.load(Ordering::SeqCst) < n || jobs.load(Ordering::SeqCst) < n + 1 {
+                assert!(std::time::Instant::now() < deadline, "the load did not get going");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        at_least(3);
+        let started = std::time::Instant::now();
+        let backup: Value = d.operator.send("POST", "/v1/backups", &json!({"name": "under-load"})).unwrap();
+        eprintln!("backup under load took {:?}: {backup}", started.elapsed());
+        let after = ingests.load(Ordering::SeqCst);
+        at_least(after + 3);
+        stop.store(true, Ordering::SeqCst);
+        backup
+    });
+    let again =
+        d.operator.raw("POST", "/v1/backups", Some(("application/json", b"{\"name\": \"under-load\"}")));
+    assert_eq!(again.unwrap().status, 409, "a backup is never written over");
+    let submitted: Vec<Value> = analyst.get("/v1/jobs").unwrap();
+    for job in &submitted {
+        wait_for(&analyst, job["id"].as_str().unwrap());
+    }
+    let chains: Vec<String> = ["_host".to_owned(), "acme".to_owned()]
+        .into_iter()
+        .chain((0..admins.len()).map(|i| format!("carrier-{i}")))
+        .collect();
+    let chain_of = |client: &Client, chain: &str| -> kanon_daemon::AuditExport {
+        if chain == "_host" { client.get("/v1/audit").unwrap() } else { audit(client, chain) }
+    };
+    let carrier_admins: Vec<&Client> = admins.iter().collect();
+    let admin_of = |chain: &str| -> Client {
+        match chain {
+            "_host" => d.operator.clone(),
+            "acme" => admin.clone(),
+            carrier => {
+                carrier_admins[carrier.trim_start_matches("carrier-").parse::<usize>().unwrap()].clone()
+            }
+        }
+    };
+    let original: Vec<kanon_daemon::AuditExport> = chains.iter().map(|c| chain_of(&admin_of(c), c)).collect();
+    let original_versions: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+    let original_tokens: Value = d.operator.get("/v1/tokens").unwrap();
+    let original_tenants: Value = d.operator.get("/v1/tenants").unwrap();
+    let original_benchmark: Value = vendor.get("/v1/benchmarks/co2/versions/1").unwrap();
+
+    // Restore into an empty directory; before any daemon touches it, each
+    // chain is the original's up to the backup.
+    let restored = tempfile::tempdir().unwrap();
+    let summary = kanon_daemon::backup::restore(
+        Path::new(backup["path"].as_str().unwrap()),
+        restored.path(),
+        d.key.clone(),
+    )
+    .unwrap();
+    assert_eq!(summary.versions, backup["versions"].as_u64().unwrap() as usize);
+    {
+        let store = kanon_daemon::ControlStore::open(restored.path()).unwrap();
+        let read = store.read().unwrap();
+        for (chain, original) in chains.iter().zip(&original) {
+            let (entries, head) = read.audit(chain).unwrap();
+            assert_eq!(kanon_daemon::verify(chain, &entries, &head), Ok(entries.len() as u64), "{chain}");
+            assert!(!entries.is_empty() && entries.len() <= original.entries.len(), "{chain}");
+            assert_eq!(
+                entries,
+                original.entries[..entries.len()],
+                "{chain} is the original's up to the backup"
+            );
+        }
+    }
+
+    // A daemon over it.
+    let started = start_over(restored.path(), &d.key).unwrap();
+    assert!(started.2.get::<Value>("/v1/whoami").is_err(), "no new operator token: the restored one stands");
+    let base = started.2.base().to_owned();
+    let moved = |client: &Client| Client::new(&base, client.token().map(str::to_owned));
+    let (operator, admin2, analyst2, vendor2) =
+        (moved(&d.operator), moved(&admin), moved(&analyst), moved(&vendor));
+    assert_eq!(operator.get::<Value>("/v1/tenants").unwrap(), original_tenants);
+    assert_eq!(operator.get::<Value>("/v1/tokens").unwrap(), original_tokens);
+    assert_eq!(vendor2.get::<Value>("/v1/benchmarks/co2/versions/1").unwrap(), original_benchmark);
+    let approvals: Vec<Value> = admin2.get("/v1/tenants/acme/approvals").unwrap();
+    assert_eq!(approvals.len(), 1);
+    // Jobs: those the backup holds, each finished (queued ones ran here,
+    // a running one was interrupted), with the original's results.
+    let jobs: Vec<Value> = analyst2.get("/v1/jobs").unwrap();
+    assert!(jobs.len() >= 2 && jobs.len() <= submitted.len(), "{} of {}", jobs.len(), submitted.len());
+    for job in &jobs {
+        let id = job["id"].as_str().unwrap();
+        let done = wait_for(&analyst2, id);
+        let before = submitted.iter().find(|j| j["id"] == id).expect("a job of the original");
+        if done["state"] == "succeeded" && before["state"] == "succeeded" {
+            let results = |client: &Client| {
+                client.get::<Value>(&format!("/v1/jobs/{id}/results")).unwrap()["tables"].clone()
+            };
+            assert_eq!(results(&analyst2), results(&analyst), "{id}");
+        }
+    }
+    // Datasets: the versions the backup holds, the same contents.
+    let versions: Vec<Value> = admin2.get("/v1/tenants/acme/datasets").unwrap();
+    let latest = versions[0]["version"].as_u64().unwrap();
+    assert!(latest >= 3 && latest < original_versions[0]["version"].as_u64().unwrap());
+    assert_eq!(every_version_is_audited(&admin2), latest as usize);
+    for chain in &chains {
+        let client = match chain.as_str() {
+            "_host" => operator.clone(),
+            "acme" => admin2.clone(),
+            _ => moved(&admin_of(chain)),
+        };
+        let export = chain_of(&client, chain);
+        assert_eq!(
+            kanon_daemon::verify(chain, &export.entries, &export.head),
+            Ok(export.entries.len() as u64)
+        );
+    }
+    // And it goes on working: the restored plugin runs.
+    let body = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                      "datasets": {"trips": "trips"}, "policy": {"min_entities": 99}});
+    let job: Value = analyst2.send("POST", "/v1/jobs", &body).unwrap();
+    assert_eq!(wait_for(&analyst2, job["id"].as_str().unwrap())["state"], "succeeded");
+    stop_daemon(started);
 }

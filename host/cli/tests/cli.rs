@@ -1244,4 +1244,91 @@ mod serve {
         assert!(token.is_some(), "no operator token on stdout: {line:?}");
         assert_eq!(whoami.unwrap().unwrap()["role"], "operator");
     }
+
+    /// `kanon backups create` while the daemon serves, and `kanon backup` of
+    /// a stopped one: each restores (`kanon restore`) into a directory that a
+    /// daemon then serves with the same tenants, tokens and audit chains.
+    #[test]
+    fn backups_of_a_serving_and_of_a_stopped_daemon_restore_its_state() {
+        let dir = Dir::new();
+        let (mut served, operator) = Served::start(&dir, "first");
+        let operator = operator.expect("the first start prints the operator token");
+        let client = served.client(Some(&operator));
+        let _: Value = client.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+        let issued: Value = client
+            .send(
+                "POST",
+                "/v1/tokens",
+                &json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
+            )
+            .unwrap();
+        let admin = served.client(issued["token"].as_str());
+        let _: Value = admin
+            .upload(
+                "PUT",
+                "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id",
+                "text/csv",
+                std::io::Cursor::new(super::trips_csv().into_bytes()),
+            )
+            .unwrap();
+        let base = served.base.clone();
+        let kanon = |args: &[&str], data: &std::path::Path| {
+            let out = Command::new(env!("CARGO_BIN_EXE_kanon"))
+                .args(args)
+                .env("KANON_DATA_DIR", data)
+                .env("KANON_CACHE_DIR", dir.path().join("cache"))
+                .env("KANON_URL", &base)
+                .env("KANON_TOKEN", &operator)
+                .env_remove("KANON_KEY")
+                .env_remove("KANON_KEY_FILE")
+                .env_remove("KANON_PROFILE")
+                .output()
+                .unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let data = dir.path().join("data");
+        let offline = dir.path().join("offline");
+        let (code, _, err) = kanon(&["backup", "--dev-key", "--to", offline.to_str().unwrap()], &data);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("kanon backups create"), "{err}");
+        let (code, out, err) = kanon(&["backups", "create", "nightly"], &data);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("backed up 1 tenants, 1 dataset versions"), "{out}");
+        let (code, _, err) = kanon(&["backups", "create", "nightly"], &data);
+        assert_eq!(code, Some(4), "the name is taken: {err}");
+
+        let kill = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        assert!(served.child.wait().unwrap().success(), "{}", served.stderr());
+        let (code, out, err) = kanon(&["backup", "--dev-key", "--to", offline.to_str().unwrap()], &data);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("and the daemon's state and 0 plugins"), "{out}");
+        drop(served);
+
+        let key = data.join("dev.key");
+        for (run, backup) in [("online", data.join("backups/nightly")), ("offline", offline)] {
+            let restored = Dir::new();
+            let target = restored.path().join("data");
+            let (code, out, err) = kanon(
+                &["restore", "--from", backup.to_str().unwrap(), "--key-file", key.to_str().unwrap()],
+                &target,
+            );
+            assert_eq!(code, Some(0), "{run}: {err}");
+            assert!(out.contains("restored 1 tenants, 1 dataset versions"), "{run}: {out}");
+            std::fs::copy(&key, target.join("dev.key")).unwrap();
+            let (served, token) = Served::start(&restored, run);
+            assert!(token.is_none(), "{run}: the restored operator token stands");
+            let whoami: Value = served.client(Some(&operator)).get("/v1/whoami").unwrap();
+            assert_eq!(whoami["role"], "operator", "{run}");
+            let admin = served.client(admin.token());
+            let datasets: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+            assert_eq!(datasets[0]["version"], 1, "{run}");
+            let chain: AuditExport = admin.get("/v1/tenants/acme/audit").unwrap();
+            assert_eq!(
+                kanon_daemon::verify("acme", &chain.entries, &chain.head),
+                Ok(chain.entries.len() as u64)
+            );
+            assert!(chain.entries.iter().any(|e| e.action == "dataset.ingest"), "{run}");
+        }
+    }
 }

@@ -18,6 +18,9 @@ pub struct DaemonConfig {
     /// Where to write the first operator token (mode 0600) instead of
     /// printing it.
     pub operator_token_file: Option<PathBuf>,
+    /// Where `POST /v1/backups` writes backups: `backups/` in the data
+    /// directory unless set. Another disk is better.
+    pub backup_dir: Option<PathBuf>,
     pub limits: RequestLimits,
     pub jobs: JobLimits,
     /// The operator's floor under every tenant's policy.
@@ -72,6 +75,7 @@ impl Default for DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             data_dir: PathBuf::from("kanon-data"),
             operator_token_file: None,
+            backup_dir: None,
             limits: RequestLimits::default(),
             jobs: JobLimits::default(),
             floor: PolicyLayer::default(),
@@ -98,6 +102,13 @@ impl Default for RequestLimits {
 impl Default for JobLimits {
     fn default() -> Self {
         Self { concurrent: 2, per_tenant: 1, queued_per_tenant: 1000, shutdown_grace_secs: 30 }
+    }
+}
+
+impl DaemonConfig {
+    /// Where online backups go.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| self.data_dir.join("backups"))
     }
 }
 

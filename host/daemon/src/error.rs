@@ -48,7 +48,7 @@ impl From<kanon_vault::VaultError> for Error {
             }
             V::BadName(_) => Error::BadRequest(e.to_string()),
             V::Ingest(_) | V::SchemaMismatch { .. } => Error::Unprocessable(e.to_string()),
-            V::Conflict(_) => Error::Conflict(e.to_string()),
+            V::Conflict(_) | V::NotEmpty(_) => Error::Conflict(e.to_string()),
             _ if e.is_storage_full() => Error::InsufficientStorage(format!(
                 "no space left in the data directory ({e}); nothing was stored"
             )),

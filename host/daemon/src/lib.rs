@@ -15,6 +15,7 @@ pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod benchmark_runs;
 pub mod benchmarks;
 pub mod client;

@@ -340,6 +340,51 @@ fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<Strin
     Ok(out)
 }
 
+/// Write everything `read` sees into a new database at `path`: the
+/// control database as of that snapshot, for a backup. A table this list
+/// does not know (a new one, added without adding it here) fails the copy
+/// rather than being left out.
+pub(crate) fn copy_snapshot(read: &Read, path: &Path) -> Result<u64, StoreError> {
+    use redb::TableHandle;
+    let known: Vec<&str> =
+        RECORD_TABLES.iter().map(|t| t.name()).chain([QUEUE.name(), AUDIT.name()]).collect();
+    for table in read.txn.list_tables().map_err(db_err)? {
+        if !known.contains(&table.name()) {
+            return Err(StoreError::Database(format!(
+                "table `{}` is not among those a backup copies",
+                table.name()
+            )));
+        }
+    }
+    let db = redb::Database::create(path).map_err(db_err)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut records = 0;
+    for definition in RECORD_TABLES {
+        let mut copy = txn.open_table(definition).map_err(db_err)?;
+        for entry in read.txn.open_table(definition).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            copy.insert(key.value(), value.value()).map_err(db_err)?;
+            records += 1;
+        }
+    }
+    {
+        let mut copy = txn.open_table(QUEUE).map_err(db_err)?;
+        for entry in read.txn.open_table(QUEUE).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            copy.insert(key.value(), value.value()).map_err(db_err)?;
+            records += 1;
+        }
+        let mut copy = txn.open_table(AUDIT).map_err(db_err)?;
+        for entry in read.txn.open_table(AUDIT).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            copy.insert(key.value(), value.value()).map_err(db_err)?;
+            records += 1;
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(records)
+}
+
 /// A read snapshot.
 pub struct Read {
     txn: ReadTransaction,

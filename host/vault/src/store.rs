@@ -240,6 +240,9 @@ pub(crate) struct VaultInner {
     /// Shared by backups, exclusive for deleting files: a backup only ever
     /// copies files that stay.
     pub(crate) deletions: RwLock<()>,
+    /// Shared by every commit of a change, exclusive while a backup takes
+    /// its snapshots: no change commits between the caller's and the vault's.
+    pub(crate) commits: RwLock<()>,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -325,6 +328,7 @@ impl Vault {
                     db: Reopening::new(db, dir.to_owned()),
                     kek: RwLock::new(kek),
                     deletions: RwLock::new(()),
+                    commits: RwLock::new(()),
                     _temporary: temporary,
                 }),
             };
@@ -719,7 +723,10 @@ impl Vault {
             let sealed = key.seal_record(tenant, dataset, version, &encode(&record));
             versions.insert((tenant, dataset, version), sealed.as_slice()).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
         self.inner.db.committed();
         cleanup.0 = None;
         Ok(info(tenant, dataset, &record))
@@ -821,7 +828,10 @@ impl Vault {
         let Some(latest) = records.last().cloned() else {
             return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
         };
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
         self.inner.db.committed();
         let dirs: HashSet<&String> = records.iter().flat_map(|r| r.chunks.iter().map(|c| &c.dir)).collect();
         for dir in dirs {
@@ -851,7 +861,10 @@ impl Vault {
                 .count();
             (record, erased)
         };
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
         self.inner.db.committed();
         remove_dir_if_present(&self.chunks_dir().join(&record.uid))?;
         Ok(erased)
@@ -881,7 +894,10 @@ impl Vault {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert(KEY_CHECK, next.check_value().as_slice()).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
         self.inner.db.committed();
         *kek = next;
         Ok(count)

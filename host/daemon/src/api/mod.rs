@@ -11,6 +11,7 @@
 //! analyst's jobs, an operator's support grant.
 
 mod approvals;
+mod backups;
 mod benchmarks;
 mod datasets;
 mod extract;
@@ -66,6 +67,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/tokens", Access::Roles(&[Operator])),
     ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator])),
     ("GET", "/v1/audit", Access::Roles(&[Operator])),
+    ("POST", "/v1/backups", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
     ("PUT", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
     ("GET", "/v1/tenants/{tenant}/datasets", Access::Roles(&[TenantAdmin])),
@@ -143,6 +145,7 @@ pub(crate) fn routes(limits: &RequestLimits) -> OpenApiRouter<Arc<App>> {
         .merge(approvals::routes())
         .merge(jobs::routes())
         .merge(benchmarks::routes())
+        .merge(backups::routes())
 }
 
 /// The API document as served, with each operation's roles added as
@@ -199,9 +202,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 /// Where uploads are received, inside the data directory; emptied at start.
 pub(crate) const UPLOADS_DIR: &str = "uploads";
 
-/// Routes that take a file: their own body limit and timeout.
-const UPLOADS: [(&str, &str); 2] =
-    [("PUT", "/v1/tenants/{tenant}/datasets/{dataset}"), ("POST", "/v1/plugins")];
+/// Routes that take a file, or write a backup: the upload timeout.
+const UPLOADS: [(&str, &str); 3] =
+    [("PUT", "/v1/tenants/{tenant}/datasets/{dataset}"), ("POST", "/v1/plugins"), ("POST", "/v1/backups")];
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
