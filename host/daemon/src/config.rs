@@ -43,8 +43,10 @@ pub struct RequestLimits {
     pub upload_timeout_secs: u64,
     /// Requests served at once; more are refused with 503.
     pub max_concurrent_requests: usize,
-    /// Connections open at once; more are answered 503 and closed. Keep it
-    /// well below the process's file limit (`ulimit -n`).
+    /// Connections open at once. At the cap, the oldest connection that has
+    /// not sent a whole request head is closed to make room; if every one
+    /// has, the new one is answered 503 and closed. Keep it well below the
+    /// process's file limit (`ulimit -n`).
     pub max_connections: usize,
     /// Time a client has to send a request's headers (and that a
     /// keep-alive connection may sit idle) before its connection is closed.

@@ -7,7 +7,8 @@
 //! - every route names the roles that may call it ([`api::ACCESS`]); a route
 //!   missing from that table refuses everyone;
 //! - every state change commits together with the audit entries it causes
-//!   ([`ControlStore::write`]);
+//!   ([`ControlStore::write`]); a dataset change, which the vault commits,
+//!   is bracketed by an intent and settled by `pending::reconcile`;
 //! - an analyst or vendor sees a failed run's class, never the plugin's
 //!   output: that is the tenant's ([`jobs`]).
 

@@ -694,11 +694,13 @@ mod tests {
         let len = original.len();
         let mut cuts: Vec<usize> = (1..len).step_by(len / 40).collect();
         cuts.extend([1, 16, 100, 511, 4096, 4097, len - 1]);
+        let cut_count = cuts.len();
         for cut in cuts {
             damaged(open(&original[..cut]), &format!("cut at {cut}"));
         }
         // Some flips hit free pages and change nothing.
         let mut flips = 0;
+        let tried = (0..len).step_by(997).count();
         for at in (0..len).step_by(997) {
             let mut bytes = original.clone();
             bytes[at..(at + 64).min(len)].iter_mut().for_each(|b| *b ^= 0x5a);
@@ -711,6 +713,7 @@ mod tests {
             }
         }
         assert!(flips > 5, "{flips} flips were noticed");
+        eprintln!("{len} bytes: {cut_count} cuts refused, {flips} of {tried} flips noticed");
         open(&original).unwrap().unwrap();
         let store = ControlStore::open(dir.path()).unwrap();
         assert_eq!(check(&store), Ok(40));

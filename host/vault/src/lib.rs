@@ -5,7 +5,7 @@
 //! Architecture invariant: clear `entity` and `identifier` values never leave
 //! this crate. A [`Scan`] hands them out only as per-run keyed pseudonyms
 //! ([`PseudonymKey`]); the one way to read them in clear is the owning
-//! tenant's [`export_csv`].
+//! tenant's export ([`export_csv`], [`export_parquet`]).
 
 mod arrow_reader;
 mod backup;
