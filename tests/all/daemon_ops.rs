@@ -268,7 +268,7 @@ fn a_truncated_control_database_stops_the_start_with_a_clear_error() {
     let bytes = std::fs::read(&path).unwrap();
     for cut in [bytes.len() / 2, 4096, 0] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        let error = start_over(dir.path(), &key).err().expect("a damaged control.redb does not start");
+        let error = start_over(dir.path(), &key).expect_err("a damaged control.redb does not start");
         assert!(error.contains("control.redb is damaged"), "cut at {cut}: {error}");
         assert!(error.ends_with("restore the data directory from a backup"), "cut at {cut}: {error}");
     }

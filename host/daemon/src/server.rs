@@ -50,8 +50,11 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Open {
     next: AtomicU64,
-    connections: Mutex<BTreeMap<u64, (Arc<AtomicBool>, Arc<Notify>)>>,
+    connections: Mutex<BTreeMap<u64, Handles>>,
 }
+
+/// Whether a connection has sent a whole request head, and what closes it.
+type Handles = (Arc<AtomicBool>, Arc<Notify>);
 
 /// One open connection's entry, removed when it is dropped.
 struct Tracked {

@@ -31,14 +31,16 @@ const FORMAT: u32 = 2;
 const MANIFEST: &str = "manifest";
 const MANIFEST_MAC: &str = "manifest.mac";
 
+/// (tenant, dataset, version) and the sealed record.
+type SealedVersion = ((String, String, u64), Vec<u8>);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     format: u32,
     created_unix_ms: u64,
     key_check: Vec<u8>,
     tenants: Vec<(String, TenantRecord)>,
-    /// (tenant, dataset, version) and the sealed record.
-    versions: Vec<((String, String, u64), Vec<u8>)>,
+    versions: Vec<SealedVersion>,
     files: Vec<BackupFile>,
     /// The caller's files, relative to the backup's (and the data
     /// directory's) root.
@@ -53,7 +55,7 @@ struct ManifestV1 {
     created_unix_ms: u64,
     key_check: Vec<u8>,
     tenants: Vec<(String, TenantRecord)>,
-    versions: Vec<((String, String, u64), Vec<u8>)>,
+    versions: Vec<SealedVersion>,
     files: Vec<BackupFile>,
 }
 
@@ -422,7 +424,7 @@ mod tests {
             created_unix_ms: u64,
             key_check: &'a [u8],
             tenants: &'a [(String, TenantRecord)],
-            versions: &'a [((String, String, u64), Vec<u8>)],
+            versions: &'a [SealedVersion],
             files: &'a [BackupFile],
         }
         let old = dir.path().join("old");

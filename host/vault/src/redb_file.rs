@@ -70,7 +70,7 @@ pub fn free_space(_path: &Path) -> Option<(u64, u64)> {
 /// alone would call storage healthy too early.
 pub fn has_room(path: &Path) -> bool {
     match free_space(path) {
-        Some((free, size)) => free >= (size / 100).min(16 << 20).max(1),
+        Some((free, size)) => free >= (size / 100).clamp(1, 16 << 20),
         None => true,
     }
 }
