@@ -172,6 +172,47 @@ fn a_full_disk_under_the_control_database_answers_507_and_recovers_without_a_res
     assert!(kanon_daemon::verify("_host", &host.entries, &host.head).is_ok());
 }
 
+/// `kanon.redb` on a disk that fills up, the chunks beside it on a disk
+/// with room: an ingest whose vault commit the full disk refuses answers
+/// 507 and stores nothing, `/health` says so, and once space returns the
+/// vault (reopened: redb refuses every write of a handle after one failed)
+/// takes the next ingest, without a restart.
+#[test]
+fn a_full_disk_under_the_vaults_database_answers_507_and_recovers_without_a_restart() {
+    let Some(disk) = Tmpfs::mount("2m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(disk.path().join("kanon.redb"), dir.path().join("kanon.redb")).unwrap();
+    let d = TestDaemon::start_with(dir, |_| {});
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+
+    let filler = disk.fill();
+    let (mut versions, mut refused) = (1, 0);
+    for _ in 0..20 {
+        let reply = upload_trips(&admin);
+        match reply.status {
+            201 => versions += 1,
+            507 => {
+                let body: Value = reply.json().unwrap();
+                assert_eq!(body["error"]["code"], "insufficient-storage", "{body}");
+                refused += 1;
+            }
+            other => panic!("{other} on a full disk: {}", reply.text()),
+        }
+    }
+    eprintln!("on the full disk: {refused} of 20 ingests answered 507");
+    assert!(refused > 0, "the full disk never refused an ingest");
+    let (status, state) = health(&d);
+    assert_eq!((status, &state["storage"]), (503, &json!("degraded")), "{state}");
+
+    filler.remove();
+    let (status, state) = health(&d);
+    assert_eq!((status, &state["storage"]), (200, &json!("ok")), "{state}");
+    let stored = upload_trips(&admin);
+    assert_eq!(stored.status, 201, "{}", stored.text());
+    assert_eq!(every_version_is_audited(&admin), versions + 1);
+}
+
 /// The whole data directory on a disk that fills up: an upload answers 507
 /// and leaves nothing behind, `/health` says so, and the next upload after
 /// space returns is stored and audited.
