@@ -41,7 +41,7 @@ fn carrier(i: usize) -> String {
 
 /// Tenant admins of the carriers, each with its trips ingested. The last
 /// one names its dataset and columns its own way.
-fn carriers(d: &TestDaemon) -> Vec<Client> {
+pub(crate) fn carriers(d: &TestDaemon) -> Vec<Client> {
     (0..CARRIERS)
         .map(|i| {
             let tenant = carrier(i);
@@ -70,7 +70,7 @@ fn opt_in(admin: &Client, i: usize) -> Value {
     join(admin, i, "co2")
 }
 
-fn join(admin: &Client, i: usize, benchmark: &str) -> Value {
+pub(crate) fn join(admin: &Client, i: usize, benchmark: &str) -> Value {
     let mapping = if i == CARRIERS - 1 {
         json!({"trips": {"dataset": "ritten", "columns": {"driver_id": "chauffeur", "fuel_litres": "liters"}}})
     } else {
@@ -86,7 +86,7 @@ fn join(admin: &Client, i: usize, benchmark: &str) -> Value {
 }
 
 /// Queue a run and wait for its end.
-fn run(vendor: &Client, benchmark: &str) -> Value {
+pub(crate) fn run(vendor: &Client, benchmark: &str) -> Value {
     let run: Value = vendor.send("POST", &format!("/v1/benchmarks/{benchmark}/runs"), &json!({})).unwrap();
     let id = run["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -17,30 +17,38 @@ pub(crate) struct TestDaemon {
     tokio: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
     dir: tempfile::TempDir,
-    /// The key-encryption key, to start again over the same directory.
-    kek: String,
+    /// The key-encryption key it runs under, to start again over the same
+    /// directory.
+    pub(crate) key: KeyEncryptionKey,
 }
 
 impl TestDaemon {
     pub(crate) fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let tokio =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let kek = KeyEncryptionKey::generate().to_hex();
-        let listen = "127.0.0.1:0".parse().unwrap();
-        let (daemon, first) = tokio.block_on(Self::daemon(dir.path(), listen, &kek));
-        let base = format!("http://{}", daemon.local_addr());
-        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
-        Self { operator, tokio, daemon: Some(daemon), dir, kek }
+        Self::start_with(tempfile::tempdir().unwrap(), |_| {})
     }
 
-    async fn daemon(dir: &std::path::Path, listen: std::net::SocketAddr, kek: &str) -> (Daemon, FirstStart) {
-        let config = DaemonConfig { listen, data_dir: dir.to_owned(), ..DaemonConfig::default() };
+    /// A daemon over `dir`, its settings changed by `configure`.
+    pub(crate) fn start_with(dir: tempfile::TempDir, configure: impl FnOnce(&mut DaemonConfig)) -> Self {
+        let tokio =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let key = KeyEncryptionKey::generate();
+        let mut config = Self::config(dir.path(), "127.0.0.1:0".parse().unwrap());
+        configure(&mut config);
+        let (daemon, first) = tokio.block_on(Self::daemon(config, &key));
+        let base = format!("http://{}", daemon.local_addr());
+        let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
+        Self { operator, tokio, daemon: Some(daemon), dir, key }
+    }
+
+    fn config(dir: &std::path::Path, listen: std::net::SocketAddr) -> DaemonConfig {
+        DaemonConfig { listen, data_dir: dir.to_owned(), ..DaemonConfig::default() }
+    }
+
+    async fn daemon(config: DaemonConfig, key: &KeyEncryptionKey) -> (Daemon, FirstStart) {
         let runtime =
             Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
                 .unwrap();
-        let kek = KeyEncryptionKey::from_key_file("test key", kek.as_bytes()).unwrap();
-        Daemon::start(config, kek, runtime).await.expect("daemon starts")
+        Daemon::start(config, key.clone(), runtime).await.expect("daemon starts")
     }
 
     /// Stop the daemon, do `between` to its data directory, and start it
@@ -50,7 +58,7 @@ impl TestDaemon {
         let listen = daemon.local_addr();
         self.tokio.block_on(daemon.shutdown());
         between(self.dir.path());
-        let (daemon, _) = self.tokio.block_on(Self::daemon(self.dir.path(), listen, &self.kek));
+        let (daemon, _) = self.tokio.block_on(Self::daemon(Self::config(self.dir.path(), listen), &self.key));
         self.daemon = Some(daemon);
     }
 
@@ -96,7 +104,7 @@ impl Drop for TestDaemon {
     }
 }
 
-fn ingest_trips(admin: &Client, tenant: &str) -> Value {
+pub(crate) fn ingest_trips(admin: &Client, tenant: &str) -> Value {
     admin
         .upload(
             "PUT",
@@ -112,7 +120,7 @@ pub(crate) fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
 }
 
 /// An approval of the emissions plugin on `trips`, every column it reads.
-fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value {
+pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value {
     let manifest = &plugin["manifest"];
     let need = &manifest["inputs"][0];
     let columns: Vec<&str> =
@@ -131,7 +139,7 @@ fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value
         .unwrap()
 }
 
-fn wait_for(client: &Client, job: &str) -> Value {
+pub(crate) fn wait_for(client: &Client, job: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let job: Value = client.get(&format!("/v1/jobs/{job}")).unwrap();
@@ -563,6 +571,7 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("POST", "/v1/tenants/{tenant}/enrolments") => &[(Operator, 201)],
         // Public: `{}` is no code, whoever asks.
         ("POST", "/v1/enrol") => &[(Operator, 400), (TenantAdmin, 400), (Analyst, 400), (Vendor, 400)],
+        ("POST", "/v1/backups") => &[(Operator, 400)],
         ("GET", "/v1/tenants/{tenant}/policy") | ("PUT", "/v1/tenants/{tenant}/policy") => {
             &[(TenantAdmin, 200)]
         }

@@ -2,6 +2,7 @@
 
 mod benchmarks;
 mod daemon;
+mod daemon_ops;
 mod hostile;
 mod isolation;
 mod plugins;

@@ -1093,3 +1093,42 @@ pub fn grants(args: GrantsArgs) -> anyhow::Result<ExitCode> {
         vec![text(&g["id"]), when(&g["expires_ms"]), revoked_or(g, "granted").into(), text(&g["reason"])]
     })
 }
+
+// ---------------------------------------------------------------- backups
+
+#[derive(Debug, Args)]
+pub struct BackupsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: BackupsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupsCommand {
+    /// Back up the whole data directory while the daemon serves (operator):
+    /// written under the daemon's `backup_dir`, restored with `kanon restore`.
+    Create { name: String },
+}
+
+pub fn backups(args: BackupsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let BackupsCommand::Create { name } = args.command;
+    let info: Value = client.send("POST", "/v1/backups", &json!({"name": name}))?;
+    if args.conn.json {
+        print_json(&info)?;
+    } else {
+        println!(
+            "backed up {} tenants, {} dataset versions ({} files, {} bytes, still encrypted) and the daemon's \
+             state ({} files, {} bytes) to {} on the daemon's machine",
+            info["tenants"],
+            info["versions"],
+            info["chunk_files"],
+            info["chunk_bytes"],
+            info["daemon_files"],
+            info["daemon_bytes"],
+            text(&info["path"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

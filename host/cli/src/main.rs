@@ -47,9 +47,11 @@ enum Command {
     /// Erase a tenant (its data key destroyed, its files removed), or delete
     /// one dataset.
     Erase(vault_cmd::EraseArgs),
-    /// Write a consistent, still encrypted snapshot of the data directory.
+    /// Write a consistent, still encrypted snapshot of a data directory no
+    /// daemon serves (with the daemon's state, if one served it).
     Backup(vault_cmd::BackupArgs),
-    /// Restore a backup into an empty data directory.
+    /// Restore a backup (the vault, and the daemon's state if it holds it)
+    /// into an empty data directory.
     Restore(vault_cmd::RestoreArgs),
     /// Re-wrap every tenant's data key under a new key-encryption key.
     RotateKey(vault_cmd::RotateKeyArgs),
@@ -79,6 +81,8 @@ enum Command {
     Audit(client_cmd::AuditArgs),
     /// Daemon: support-access grants (tenant admin).
     Grants(client_cmd::GrantsArgs),
+    /// Daemon: back up the whole data directory while it serves (operator).
+    Backups(client_cmd::BackupsArgs),
     /// Daemon: cross-tenant benchmarks: publish and run (vendor), join and
     /// leave, your own position (tenant admin), versions from the meta data vault.
     Benchmarks(benchmark_cmd::BenchmarksArgs),
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         Command::Results(args) => client_cmd::results(args),
         Command::Audit(args) => client_cmd::audit(args),
         Command::Grants(args) => client_cmd::grants(args),
+        Command::Backups(args) => client_cmd::backups(args),
         Command::Benchmarks(args) => benchmark_cmd::benchmarks(args),
         Command::Bench(args) => bench::run(args),
         Command::CompileWorker => return kanon_runtime::compile_worker_main(),

@@ -318,16 +318,45 @@ pub struct BackupArgs {
 }
 
 pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let summary = args.vault.open()?.backup(&args.to)?;
+    let data_dir = &args.vault.data_dir;
+    let vault = args.vault.open().map_err(|e| {
+        if e.downcast_ref::<kanon_vault::VaultError>().is_some_and(|e| matches!(e, kanon_vault::VaultError::InUse(_)))
+        {
+            e.context("a daemon serves this data directory: back it up through the daemon with `kanon backups create NAME`")
+        } else {
+            e
+        }
+    })?;
+    // The daemon's state, if a daemon ever served this directory.
+    let control = data_dir.join(kanon_daemon::CONTROL_FILE);
+    let store = if control.exists() {
+        Some(
+            kanon_daemon::ControlStore::open(data_dir)
+                .with_context(|| format!("cannot open {}", control.display()))?,
+        )
+    } else {
+        None
+    };
+    let plugins = data_dir.join(kanon_daemon::registry::PLUGINS_DIR);
+    let summary = kanon_daemon::backup::backup(&vault, store.as_ref(), &plugins, &args.to)?;
     println!(
-        "backed up {} tenants, {} dataset versions, {} files ({} bytes, still encrypted) to {}",
+        "backed up {} tenants, {} dataset versions, {} files ({} bytes, still encrypted){} to {}",
         summary.tenants,
         summary.versions,
         summary.files,
         summary.bytes,
+        daemon_part(&summary),
         args.to.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a backup holds of the daemon, for the summary line.
+fn daemon_part(summary: &kanon_vault::BackupSummary) -> String {
+    match summary.extra_files {
+        0 => String::new(),
+        n => format!(", and the daemon's state and {} plugins ({} bytes)", n - 1, summary.extra_bytes),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -341,12 +370,13 @@ pub struct RestoreArgs {
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let key = args.vault.key.key(&args.vault.data_dir)?;
-    let (_, summary) = Vault::restore(&args.from, &args.vault.data_dir, key)?;
+    let summary = kanon_daemon::backup::restore(&args.from, &args.vault.data_dir, key)?;
     println!(
-        "restored {} tenants, {} dataset versions, {} files into {}",
+        "restored {} tenants, {} dataset versions, {} files{} into {}",
         summary.tenants,
         summary.versions,
         summary.files,
+        daemon_part(&summary),
         args.vault.data_dir.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -618,13 +618,30 @@ mod serve {
         /// Start it and wait until `/health` answers. The operator token, if this
         /// start printed one (only the first start of a data directory does).
         fn start(dir: &Dir, run: &str) -> (Self, Option<String>) {
+            Self::start_with(dir, run, "", None)
+        }
+
+        /// The same with `config` as its settings file, and at most
+        /// `open_files` file descriptors (`ulimit -n`) if given.
+        fn start_with(dir: &Dir, run: &str, config: &str, open_files: Option<u32>) -> (Self, Option<String>) {
             use std::io::BufRead;
             // A port the OS just handed out and nobody holds now.
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let log = dir.path().join(format!("serve-{run}.log"));
             let first = !dir.path().join("data").exists();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_kanon"))
-                .args(["serve", "--dev-key"])
+            let settings = dir.write(&format!("serve-{run}.toml"), config);
+            let mut command = match open_files {
+                Some(limit) => {
+                    let mut command = Command::new("sh");
+                    let script = format!("ulimit -n {limit} && exec \"$0\" \"$@\"");
+                    command.args(["-c", &script, env!("CARGO_BIN_EXE_kanon")]);
+                    command
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_kanon")),
+            };
+            let mut child = command
+                .args(["serve", "--dev-key", "--config"])
+                .arg(&settings)
                 .env("KANON_DATA_DIR", dir.path().join("data"))
                 .env("KANON_LISTEN", format!("127.0.0.1:{port}"))
                 .env("KANON_CACHE_DIR", dir.path().join("cache"))
@@ -1170,5 +1187,243 @@ mod serve {
         assert_eq!(code, Some(0));
         let (code, _, err) = cli(&vendor, &["benchmarks", "run", "co2"]);
         assert_eq!(code, Some(4), "a retired benchmark runs no more: {err}");
+    }
+
+    /// Send `GET /health` on a fresh connection and read the answer's status
+    /// line (`None`: refused, closed or silent for 30 s).
+    fn health_status(base: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.write_all(b"GET /health HTTP/1.1\r\nhost: kanon\r\nconnection: close\r\n\r\n").ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).ok()?;
+        text(&answer).lines().next().map(str::to_owned)
+    }
+
+    /// Many connections that never finish their request heads, more than the
+    /// daemon has file descriptors: `/health` still answers, because each
+    /// such connection is dropped after `header_read_timeout_secs` and those
+    /// past `max_connections` are turned away at once.
+    #[test]
+    fn a_flood_of_unfinished_request_heads_does_not_starve_health() {
+        use std::io::Write;
+        let _alone = super::timed_processes();
+        let dir = Dir::new();
+        let config = "[limits]\nmax_connections = 32\nheader_read_timeout_secs = 1\n";
+        let (served, _) = Served::start_with(&dir, "flood", config, Some(128));
+        let addr = served.base.trim_start_matches("http://").to_owned();
+        let mut flood = Vec::new();
+        for _ in 0..300 {
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            let _ = stream.write_all(b"GET /health HTTP/1.1\r\nhost: kanon\r\nx-slow: ");
+            flood.push(stream);
+        }
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            let status = health_status(&served.base);
+            if status.as_deref() == Some("HTTP/1.1 200 OK") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "/health did not answer under the flood: {status:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("/health answered {:?} into a flood of 300 unfinished heads", started.elapsed());
+        drop(flood);
+    }
+
+    /// SIGTERM while an upload crawls in: the request gets
+    /// `limits.shutdown_grace_secs`, then it is dropped and the daemon exits
+    /// 0, long before the upload's own timeout (an hour).
+    #[test]
+    fn sigterm_does_not_wait_for_a_slow_upload() {
+        use std::io::Write;
+        let _alone = super::timed_processes();
+        let dir = Dir::new();
+        let (mut served, operator) =
+            Served::start_with(&dir, "slow", "[limits]\nshutdown_grace_secs = 2\n", None);
+        let operator = served.client(operator.as_deref());
+        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+        let issued: Value = operator
+            .send(
+                "POST",
+                "/v1/tokens",
+                &json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
+            )
+            .unwrap();
+        let token = issued["token"].as_str().unwrap();
+        let mut upload = std::net::TcpStream::connect(served.base.trim_start_matches("http://")).unwrap();
+        let head = format!(
+            "PUT /v1/tenants/acme/datasets/trips?format=csv&entity=driver_id HTTP/1.1\r\nhost: kanon\r\n\
+             authorization: Bearer {token}\r\ncontent-type: text/csv\r\ncontent-length: 100000000\r\n\r\n\
+             driver_id,km\n"
+        );
+        upload.write_all(head.as_bytes()).unwrap();
+        // The handler is receiving it once its file shows up in uploads/.
+        let uploads = dir.path().join("data/uploads");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_dir(&uploads).map_or(true, |mut d| d.next().is_none()) {
+            assert!(Instant::now() < deadline, "the upload never started: {}", served.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let term = Instant::now();
+        let kill = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let status = loop {
+            if let Some(status) = served.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                term.elapsed() < Duration::from_secs(30),
+                "SIGTERM waited for the upload: {}",
+                served.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!("kanon serve exited {:?} after SIGTERM with an upload in flight", term.elapsed());
+        assert!(status.success(), "{status}: {}", served.stderr());
+        drop(upload);
+    }
+
+    /// A first start that cannot bind its port creates no operator token
+    /// (it could never show it); the next start that can prints one.
+    #[test]
+    fn a_first_start_that_cannot_listen_leaves_the_operator_token_to_the_next() {
+        let dir = Dir::new();
+        let serve = |listen: &str| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_kanon"));
+            command
+                .args(["serve", "--dev-key"])
+                .env("KANON_DATA_DIR", dir.path().join("data"))
+                .env("KANON_LISTEN", listen)
+                .env("KANON_CACHE_DIR", dir.path().join("cache"))
+                .env_remove("KANON_CONFIG")
+                .env_remove("KANON_KEY")
+                .env_remove("KANON_KEY_FILE");
+            command
+        };
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let out = serve(&taken.local_addr().unwrap().to_string()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("cannot listen on"), "{}", text(&out.stderr));
+        assert!(!text(&out.stdout).contains("kanon_"), "{}", text(&out.stdout));
+        drop(taken);
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = serve(&format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Read on a thread: a daemon that prints nothing keeps stdout open.
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut stdout = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = sender.send(line);
+            // Keep the pipe open until the daemon is gone.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        let line = receiver.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let token =
+            line.trim().strip_prefix("operator token (shown once; keep it safe): ").map(str::to_owned);
+        let whoami = token.as_ref().map(|token| {
+            Client::new(&format!("http://127.0.0.1:{port}"), Some(token.clone())).get::<Value>("/v1/whoami")
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(token.is_some(), "no operator token on stdout: {line:?}");
+        assert_eq!(whoami.unwrap().unwrap()["role"], "operator");
+    }
+
+    /// `kanon backups create` while the daemon serves, and `kanon backup` of
+    /// a stopped one: each restores (`kanon restore`) into a directory that a
+    /// daemon then serves with the same tenants, tokens and audit chains.
+    #[test]
+    fn backups_of_a_serving_and_of_a_stopped_daemon_restore_its_state() {
+        let dir = Dir::new();
+        let (mut served, operator) = Served::start(&dir, "first");
+        let operator = operator.expect("the first start prints the operator token");
+        let client = served.client(Some(&operator));
+        let _: Value = client.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+        let issued: Value = client
+            .send(
+                "POST",
+                "/v1/tokens",
+                &json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
+            )
+            .unwrap();
+        let admin = served.client(issued["token"].as_str());
+        let _: Value = admin
+            .upload(
+                "PUT",
+                "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id",
+                "text/csv",
+                std::io::Cursor::new(super::trips_csv().into_bytes()),
+            )
+            .unwrap();
+        let base = served.base.clone();
+        let kanon = |args: &[&str], data: &std::path::Path| {
+            let out = Command::new(env!("CARGO_BIN_EXE_kanon"))
+                .args(args)
+                .env("KANON_DATA_DIR", data)
+                .env("KANON_CACHE_DIR", dir.path().join("cache"))
+                .env("KANON_URL", &base)
+                .env("KANON_TOKEN", &operator)
+                .env_remove("KANON_KEY")
+                .env_remove("KANON_KEY_FILE")
+                .env_remove("KANON_PROFILE")
+                .output()
+                .unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let data = dir.path().join("data");
+        let offline = dir.path().join("offline");
+        let (code, _, err) = kanon(&["backup", "--dev-key", "--to", offline.to_str().unwrap()], &data);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("kanon backups create"), "{err}");
+        let (code, out, err) = kanon(&["backups", "create", "nightly"], &data);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("backed up 1 tenants, 1 dataset versions"), "{out}");
+        let (code, _, err) = kanon(&["backups", "create", "nightly"], &data);
+        assert_eq!(code, Some(4), "the name is taken: {err}");
+
+        let kill = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        assert!(served.child.wait().unwrap().success(), "{}", served.stderr());
+        let (code, out, err) = kanon(&["backup", "--dev-key", "--to", offline.to_str().unwrap()], &data);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("and the daemon's state and 0 plugins"), "{out}");
+        drop(served);
+
+        let key = data.join("dev.key");
+        for (run, backup) in [("online", data.join("backups/nightly")), ("offline", offline)] {
+            let restored = Dir::new();
+            let target = restored.path().join("data");
+            let (code, out, err) = kanon(
+                &["restore", "--from", backup.to_str().unwrap(), "--key-file", key.to_str().unwrap()],
+                &target,
+            );
+            assert_eq!(code, Some(0), "{run}: {err}");
+            assert!(out.contains("restored 1 tenants, 1 dataset versions"), "{run}: {out}");
+            std::fs::copy(&key, target.join("dev.key")).unwrap();
+            let (served, token) = Served::start(&restored, run);
+            assert!(token.is_none(), "{run}: the restored operator token stands");
+            let whoami: Value = served.client(Some(&operator)).get("/v1/whoami").unwrap();
+            assert_eq!(whoami["role"], "operator", "{run}");
+            let admin = served.client(admin.token());
+            let datasets: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+            assert_eq!(datasets[0]["version"], 1, "{run}");
+            let chain: AuditExport = admin.get("/v1/tenants/acme/audit").unwrap();
+            assert_eq!(
+                kanon_daemon::verify("acme", &chain.entries, &chain.head),
+                Ok(chain.entries.len() as u64)
+            );
+            assert!(chain.entries.iter().any(|e| e.action == "dataset.ingest"), "{run}");
+        }
     }
 }

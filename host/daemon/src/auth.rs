@@ -213,12 +213,18 @@ const INITIALIZED: &str = "initialized";
 
 /// On the first start, create the operator token: print it (returned to the
 /// caller) or, when the operator names a file, read it from there if the
-/// file exists, else write it there (mode 0600).
+/// file exists, else write it there (mode 0600). The file is written before
+/// the token commits, and removed again if the commit fails, so a token is
+/// never stored that nobody holds.
 pub(crate) fn ensure_operator_token(
     store: &crate::ControlStore,
     file: Option<&std::path::Path>,
 ) -> Result<crate::FirstStart, crate::StartError> {
-    let given = match file {
+    let none = crate::FirstStart { operator_token: None };
+    if store.read()?.get::<bool>(META, INITIALIZED)?.unwrap_or(false) {
+        return Ok(none);
+    }
+    let (token, written) = match file {
         Some(path) if path.exists() => {
             let text = std::fs::read_to_string(path).map_err(crate::io_err(path))?;
             let token = text.trim().to_owned();
@@ -228,37 +234,47 @@ pub(crate) fn ensure_operator_token(
                     detail: "not a kanon token (kanon_<12 hex>_<64 hex>)".into(),
                 });
             }
-            Some(token)
+            (token, None)
         }
-        _ => None,
+        Some(path) => {
+            let token = new_token();
+            write_private(path, token.as_bytes())?;
+            (token, Some(path))
+        }
+        None => (new_token(), None),
     };
-    let issued = store.write(|w| {
+    let committed = store.write(|w| {
         if w.get::<bool>(META, INITIALIZED)?.unwrap_or(false) {
-            return Ok::<_, StoreError>(None);
+            return Ok::<_, StoreError>(false);
         }
         w.put(META, INITIALIZED, &true)?;
         let spec = TokenSpec { role: Role::Operator, name: "operator".into(), tenant: None, expires_ms: None };
-        let (record, token) = match &given {
-            Some(token) => (register(w, token, spec)?, token.clone()),
-            None => issue(w, spec)?,
-        };
+        let record = register(w, &token, spec)?;
         w.audit(
             crate::audit::HOST_CHAIN,
             "daemon",
             "token.issue",
             serde_json::json!({"token": record.id, "role": record.role, "name": record.name, "first_start": true}),
         )?;
-        Ok(Some(token))
-    })?;
-    let Some(token) = issued else { return Ok(crate::FirstStart { operator_token: None }) };
-    match file {
-        Some(_) if given.is_some() => Ok(crate::FirstStart { operator_token: None }),
-        Some(path) => {
-            write_private(path, token.as_bytes())?;
-            Ok(crate::FirstStart { operator_token: None })
+        Ok(true)
+    });
+    match committed {
+        Ok(true) if file.is_none() => Ok(crate::FirstStart { operator_token: Some(token) }),
+        Ok(_) => Ok(none),
+        Err(e) => {
+            if let Some(path) = written {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e.into())
         }
-        None => Ok(crate::FirstStart { operator_token: Some(token) }),
     }
+}
+
+/// A fresh token: a random id and secret.
+fn new_token() -> String {
+    let id = hex(&rand::random::<[u8; ID_HEX / 2]>());
+    let secret = hex(&rand::random::<[u8; SECRET_HEX / 2]>());
+    format!("{PREFIX}{id}_{secret}")
 }
 
 /// Store a token the operator made: its id and secret are its own.

@@ -82,6 +82,11 @@ impl Client {
         &self.base
     }
 
+    /// The token it sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -18,6 +18,9 @@ pub struct DaemonConfig {
     /// Where to write the first operator token (mode 0600) instead of
     /// printing it.
     pub operator_token_file: Option<PathBuf>,
+    /// Where `POST /v1/backups` writes backups: `backups/` in the data
+    /// directory unless set. Another disk is better.
+    pub backup_dir: Option<PathBuf>,
     pub limits: RequestLimits,
     pub jobs: JobLimits,
     /// The operator's floor under every tenant's policy.
@@ -40,6 +43,17 @@ pub struct RequestLimits {
     pub upload_timeout_secs: u64,
     /// Requests served at once; more are refused with 503.
     pub max_concurrent_requests: usize,
+    /// Connections open at once. At the cap, the oldest connection that has
+    /// not sent a whole request head is closed to make room; if every one
+    /// has, the new one is answered 503 and closed. Keep it well below the
+    /// process's file limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (and that a
+    /// keep-alive connection may sit idle) before its connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// At shutdown, how long requests in flight may take to finish before
+    /// they are dropped.
+    pub shutdown_grace_secs: u64,
 }
 
 /// Limits on jobs.
@@ -63,6 +77,7 @@ impl Default for DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             data_dir: PathBuf::from("kanon-data"),
             operator_token_file: None,
+            backup_dir: None,
             limits: RequestLimits::default(),
             jobs: JobLimits::default(),
             floor: PolicyLayer::default(),
@@ -79,6 +94,9 @@ impl Default for RequestLimits {
             request_timeout_secs: 30,
             upload_timeout_secs: 3600,
             max_concurrent_requests: 512,
+            max_connections: 512,
+            header_read_timeout_secs: 10,
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -89,6 +107,13 @@ impl Default for JobLimits {
     }
 }
 
+impl DaemonConfig {
+    /// Where online backups go.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+}
+
 impl RequestLimits {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
@@ -96,6 +121,14 @@ impl RequestLimits {
 
     pub fn upload_timeout(&self) -> Duration {
         Duration::from_secs(self.upload_timeout_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -155,6 +188,8 @@ impl DaemonConfig {
             ("jobs.per_tenant", self.jobs.per_tenant),
             ("limits.max_body_bytes", self.limits.max_body_bytes),
             ("limits.max_concurrent_requests", self.limits.max_concurrent_requests),
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.header_read_timeout_secs", self.limits.header_read_timeout_secs as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

@@ -26,9 +26,12 @@ pub enum Error {
     /// A quota is full (429).
     #[error("{0}")]
     TooMany(String),
-    /// The daemon is stopping (503).
+    /// The daemon is stopping, or its storage failed and is recovering (503).
     #[error("{0}")]
     Unavailable(String),
+    /// No space is left on the data directory's disk (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Anything else on the host's side (500); details go to the log only.
@@ -45,7 +48,13 @@ impl From<kanon_vault::VaultError> for Error {
             }
             V::BadName(_) => Error::BadRequest(e.to_string()),
             V::Ingest(_) | V::SchemaMismatch { .. } => Error::Unprocessable(e.to_string()),
-            V::Conflict(_) => Error::Conflict(e.to_string()),
+            V::Conflict(_) | V::NotEmpty(_) => Error::Conflict(e.to_string()),
+            _ if e.is_storage_full() => Error::InsufficientStorage(format!(
+                "no space left in the data directory ({e}); nothing was stored"
+            )),
+            _ if e.is_storage_failure() => {
+                Error::Unavailable(format!("the data directory failed ({e}); try again"))
+            }
             other => Error::Internal(other.to_string()),
         }
     }

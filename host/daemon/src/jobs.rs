@@ -376,6 +376,8 @@ impl Scheduler {
                 if *stopped.borrow() {
                     break;
                 }
+                // Audit entries a storage failure held up, once it works again.
+                crate::pending::reconcile_logged(&app);
                 if let Err(e) = dispatch(&app) {
                     tracing::error!(error = %e, "the scheduler could not read the queue");
                 }

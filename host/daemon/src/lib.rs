@@ -7,7 +7,8 @@
 //! - every route names the roles that may call it ([`api::ACCESS`]); a route
 //!   missing from that table refuses everyone;
 //! - every state change commits together with the audit entries it causes
-//!   ([`ControlStore::write`]);
+//!   ([`ControlStore::write`]); a dataset change, which the vault commits,
+//!   is bracketed by an intent and settled by `pending::reconcile`;
 //! - an analyst or vendor sees a failed run's class, never the plugin's
 //!   output: that is the tenant's ([`jobs`]).
 
@@ -15,6 +16,7 @@ pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod benchmark_runs;
 pub mod benchmarks;
 pub mod client;
@@ -26,8 +28,10 @@ pub mod grants;
 pub mod ids;
 pub mod jobs;
 mod metrics;
+mod pending;
 pub mod registry;
 mod sealed;
+mod server;
 mod store;
 pub mod tenants;
 
@@ -87,6 +91,8 @@ pub(crate) struct App {
     pub benchmark_wake: tokio::sync::Notify,
     /// Refusals folded into counts, not yet written.
     pub refusals: audit::Refusals,
+    /// Dataset changes between the vault's commit and their audit entry.
+    pub pending: pending::Pending,
 }
 
 /// A running daemon.
@@ -108,7 +114,9 @@ pub struct FirstStart {
 
 impl Daemon {
     /// Open the data directory, recover jobs a crash interrupted, bind the
-    /// listener and start serving. Must be called inside a tokio runtime.
+    /// listener, create the first operator token (on the first start, once
+    /// the port is bound) and start serving. Must be called inside a tokio
+    /// runtime.
     pub async fn start(
         config: DaemonConfig,
         kek: KeyEncryptionKey,
@@ -119,7 +127,6 @@ impl Daemon {
         for (chain, reason) in store.verify_chains()? {
             tracing::error!(%chain, %reason, "an audit chain does not verify; the daemon refuses to append to it");
         }
-        let first = auth::ensure_operator_token(&store, config.operator_token_file.as_deref())?;
         let token_key = store.write(auth::token_key)?;
         let interrupted = jobs::recover(&store)?;
         let interrupted = interrupted + benchmark_runs::recover(&store)?;
@@ -133,6 +140,7 @@ impl Daemon {
             .map_err(|e| StartError::Listen { addr: config.listen, detail: e.to_string() })?;
         let plugins_dir = config.data_dir.join(registry::PLUGINS_DIR);
         std::fs::create_dir_all(&plugins_dir).map_err(io_err(&plugins_dir))?;
+        remove_leftovers(&config.data_dir)?;
         let app = Arc::new(App {
             scheduler: jobs::Scheduler::new(config.jobs.clone()),
             plugins: registry::PluginCache::new(plugins_dir),
@@ -140,26 +148,24 @@ impl Daemon {
             token_key,
             benchmark_wake: tokio::sync::Notify::new(),
             refusals: audit::Refusals::default(),
+            pending: pending::Pending::default(),
             config,
             store,
             vault,
             runtime: Arc::new(runtime),
         });
+        // Dataset changes a stop or a storage failure left unaudited.
+        if let Err(e) = pending::reconcile(&app) {
+            tracing::error!(error = %e, "dataset changes are still waiting for their audit entries");
+        }
+        // Only now, with the port bound and nothing left to fail before the
+        // server runs: a start that fails never makes a token it cannot show.
+        let first = auth::ensure_operator_token(&app.store, app.config.operator_token_file.as_deref())?;
         let (stop, stopped) = watch::channel(false);
         jobs::Scheduler::spawn(app.clone(), stopped.clone());
         benchmark_runs::spawn_runner(app.clone(), stopped.clone());
         let router = api::router(app.clone());
-        let mut shutdown = stopped;
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = serve {
-                tracing::error!(error = %e, "the HTTP server failed");
-            }
-        });
+        let server = tokio::spawn(server::serve(listener, router, app.clone(), stopped));
         tracing::info!(%addr, "kanon daemon listening");
         Ok((Daemon { addr, stop, server, app }, first))
     }
@@ -169,10 +175,11 @@ impl Daemon {
         self.addr
     }
 
-    /// Stop taking requests and starting jobs, let running jobs finish for
-    /// up to the configured grace, then interrupt them: they are recorded as
-    /// failed (`interrupted`), or, when even that takes too long, marked so
-    /// at the next start.
+    /// Stop taking requests and starting jobs; let requests in flight
+    /// finish for up to `limits.shutdown_grace_secs` and drop the rest; let
+    /// running jobs finish for up to `jobs.shutdown_grace_secs`, then
+    /// interrupt them: they are recorded as failed (`interrupted`), or,
+    /// when even that takes too long, marked so at the next start.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
@@ -188,6 +195,42 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Delete what requests that never finished left in the data directory:
+/// uploads being received (`uploads/`) and plugins being stored
+/// (`plugins/.tmp*`). Only this process uses the directory (the vault's
+/// lock), and nothing runs yet.
+fn remove_leftovers(data_dir: &Path) -> Result<(), StartError> {
+    let mut removed = (0u64, 0u64);
+    let mut remove = |path: &Path| -> Result<(), StartError> {
+        let len = std::fs::symlink_metadata(path).map_err(io_err(path))?.len();
+        std::fs::remove_file(path).map_err(io_err(path))?;
+        removed = (removed.0 + 1, removed.1 + len);
+        Ok(())
+    };
+    for (dir, leftover) in [
+        (api::UPLOADS_DIR, (|_: &str| true) as fn(&str) -> bool),
+        (registry::PLUGINS_DIR, |name: &str| name.starts_with(".tmp")),
+    ] {
+        let dir = data_dir.join(dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let is_file = entry.file_type().map_err(io_err(&dir))?.is_file();
+            if is_file && entry.file_name().to_str().is_some_and(leftover) {
+                remove(&entry.path())?;
+            }
+        }
+    }
+    if removed.0 > 0 {
+        tracing::info!(files = removed.0, bytes = removed.1, "deleted the leftovers of unfinished uploads");
+    }
+    Ok(())
 }
 
 /// How long interrupted runs get to record themselves at shutdown.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kanon_runtime::{LoadedPlugin, Manifest, Runtime};
 use serde::{Deserialize, Serialize};
@@ -61,11 +61,14 @@ pub fn is_hash(hash: &str) -> bool {
 pub(crate) struct PluginCache {
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+    /// Shared by backups, exclusive for deleting a file: a backup copies
+    /// only files that stay.
+    deletions: RwLock<()>,
 }
 
 impl PluginCache {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, loaded: Mutex::new(HashMap::new()) }
+        Self { dir, loaded: Mutex::new(HashMap::new()), deletions: RwLock::new(()) }
     }
 
     fn path(&self, hash: &str) -> PathBuf {
@@ -104,11 +107,24 @@ impl PluginCache {
 
     /// Forget and delete a plugin's bytes.
     pub fn remove(&self, hash: &str) -> Result<()> {
+        let _deleting = self.deletions.write().expect("lock");
         self.loaded.lock().expect("lock").remove(hash);
         match std::fs::remove_file(self.path(hash)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(internal(e)),
             _ => Ok(()),
         }
+    }
+}
+
+impl PluginCache {
+    /// The directory the plugins' bytes are in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Hold off deleting plugin files (while a backup copies them).
+    pub fn hold_files(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.deletions.read().expect("lock")
     }
 }
 

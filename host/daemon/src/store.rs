@@ -6,9 +6,11 @@
 //! write transaction: a state change and the audit entries it causes commit
 //! together or not at all.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use kanon_vault::redb_file::{self, Handle, Reopening, StorageFailure};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -49,6 +51,8 @@ pub(crate) const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("r
 /// One-time enrolment codes of tenant admins, by id: only a keyed hash of
 /// each secret.
 pub(crate) const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
+/// Dataset changes begun and not yet audited (`pending`), by id.
+pub(crate) const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_changes");
 /// Queued jobs in submission order: sequence number to job id.
 pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
@@ -56,7 +60,7 @@ pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 19] = [
     META,
     TOKENS,
     TENANTS,
@@ -75,6 +79,7 @@ const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
     POSITIONS,
     REPLAYS,
     ENROLMENTS,
+    PENDING,
 ];
 
 /// The control database failed.
@@ -93,14 +98,44 @@ pub enum StoreError {
          record there until the operator restores control.redb from a backup"
     )]
     ChainBroken { chain: String, reason: String },
+    /// Cut short, altered, emptied or gone while the daemon's other files
+    /// remain: nothing is started over it.
+    #[error("{path} is damaged ({detail}): restore the data directory from a backup")]
+    Damaged { path: String, detail: String },
+    /// No space left on its disk (or in its quota): the change was not made.
+    #[error("no space left to write the control database ({0}); nothing was changed")]
+    Full(String),
+    /// An I/O failure; the database is opened again at its next use.
+    #[error("the control database failed ({0}); nothing was changed, try again")]
+    Failed(String),
 }
 
-pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+/// A redb error by what it means: no space, a failed file (opened again at
+/// the next use), damage (named by the file's name until the caller knows
+/// its path), or anything else.
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    use std::io::ErrorKind;
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::Io(io) if redb_file::is_full(io.kind()) => StoreError::Full(io.to_string()),
+        redb::Error::Io(io) if matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData) => {
+            StoreError::Damaged { path: CONTROL_FILE.into(), detail: e.to_string() }
+        }
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            StoreError::Failed(e.to_string())
+        }
+        redb::Error::Corrupted(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_) => {
+            StoreError::Damaged { path: CONTROL_FILE.into(), detail: e.to_string() }
+        }
+        _ => StoreError::Database(e.to_string()),
+    }
 }
 
 /// Chains found not to verify, with why: appends to them are refused.
-type BrokenChains = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+type BrokenChains = std::sync::Mutex<BTreeMap<String, String>>;
 
 fn lock(broken: &BrokenChains) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
     broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -109,33 +144,82 @@ fn lock(broken: &BrokenChains) -> std::sync::MutexGuard<'_, BTreeMap<String, Str
 /// The open control database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControlStore {
-    db: std::sync::Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    db: Reopening,
     broken: BrokenChains,
 }
 
 impl ControlStore {
-    /// Open (creating if needed) the control database in `dir`.
+    /// Open (creating if needed) the control database in `dir`. Opening
+    /// reads every record, so damage shows here, not in some later request:
+    /// a damaged file (redb panics on some damage; the open catches that),
+    /// or an empty or missing one where a daemon has run before (`plugins/`
+    /// is there), is [`StoreError::Damaged`], and nothing is created over it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(CONTROL_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.display().to_string()),
-            other => db_err(other),
-        })?;
-        let txn = db.begin_write().map_err(db_err)?;
-        for table in RECORD_TABLES {
-            txn.open_table(table).map_err(db_err)?;
+        let lost = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if lost && dir.join(crate::registry::PLUGINS_DIR).is_dir() {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                detail: "missing or empty, while plugins/ shows that the daemon has run here".into(),
+            });
         }
-        txn.open_table(QUEUE).map_err(db_err)?;
-        txn.open_table(AUDIT).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
-        Ok(Self { db: std::sync::Arc::new(db), broken: BrokenChains::default() })
+        let handle = open_checked(&path)?;
+        let room_at = path.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                db: Reopening::new(handle, room_at),
+                broken: BrokenChains::default(),
+            }),
+        })
+    }
+
+    /// The database, opened again first if an I/O failure spoilt it.
+    fn db(&self) -> Result<Arc<Handle>, StoreError> {
+        self.inner.db.get(|| match open_checked(&self.inner.path) {
+            // The spoilt handle is still in use on another thread.
+            Err(StoreError::InUse(_)) => Err(self.failed()),
+            other => other,
+        })
+    }
+
+    /// The error for a store that failed and is not open again yet.
+    fn failed(&self) -> StoreError {
+        match self.inner.db.trouble() {
+            Some(failure) if failure.is_full() => StoreError::Full(failure.detail),
+            Some(failure) => StoreError::Failed(failure.detail),
+            None => StoreError::Failed("reopening".into()),
+        }
+    }
+
+    /// A write transaction on a working database. A failure found as it
+    /// begins (another thread's commit failed just now) is worth one more
+    /// try: the database is then opened again.
+    fn begin_write(&self) -> Result<(Arc<Handle>, WriteTransaction), StoreError> {
+        let db = self.db()?;
+        match db.begin_write() {
+            Ok(txn) => Ok((db, txn)),
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                drop(db);
+                let db = self.db()?;
+                let txn = db.begin_write().map_err(db_err)?;
+                Ok((db, txn))
+            }
+            Err(e) => Err(db_err(e)),
+        }
     }
 
     /// Check every audit chain whole, as the daemon starts. A chain that
     /// does not verify is refused every later append (and with it every
     /// change it would record). Returns those chains, with why.
     pub fn verify_chains(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let mut heads = BTreeMap::new();
         let mut broken = BTreeMap::new();
         for entry in txn.open_table(AUDIT_HEADS).map_err(db_err)?.iter().map_err(db_err)? {
@@ -184,20 +268,20 @@ impl ControlStore {
                 broken.entry(chain).or_insert(e.to_string());
             }
         }
-        lock(&self.broken).extend(broken.clone());
+        lock(&self.inner.broken).extend(broken.clone());
         Ok(broken)
     }
 
     /// The chains appends are refused to, with why.
     pub fn broken_chains(&self) -> BTreeMap<String, String> {
-        lock(&self.broken).clone()
+        lock(&self.inner.broken).clone()
     }
 
     /// Whether an entry could be appended to `chain` now: for a change that
     /// must not be made unless its entry can be (an ingest commits in the
     /// vault before its entry is written).
     pub fn appendable(&self, chain: &str) -> Result<(), StoreError> {
-        if let Some(reason) = lock(&self.broken).get(chain) {
+        if let Some(reason) = lock(&self.inner.broken).get(chain) {
             return Err(StoreError::ChainBroken { chain: chain.to_owned(), reason: reason.clone() });
         }
         let read = self.read()?;
@@ -208,7 +292,7 @@ impl ControlStore {
 
     fn refuse(&self, chain: &str, reason: String) -> StoreError {
         tracing::error!(chain, %reason, "an audit chain does not verify; appends to it are refused");
-        lock(&self.broken).insert(chain.to_owned(), reason.clone());
+        lock(&self.inner.broken).insert(chain.to_owned(), reason.clone());
         StoreError::ChainBroken { chain: chain.to_owned(), reason }
     }
 
@@ -218,17 +302,98 @@ impl ControlStore {
         &self,
         change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let (_db, txn) = self.begin_write()?;
         let mut write = Write { txn: &txn, store: self };
         let value = change(&mut write)?;
         txn.commit().map_err(db_err)?;
+        self.inner.db.committed();
         Ok(value)
     }
 
     /// A consistent snapshot to read from.
     pub fn read(&self) -> Result<Read, StoreError> {
-        Ok(Read { txn: self.db.begin_read().map_err(db_err)? })
+        Ok(Read { txn: self.db()?.begin_read().map_err(db_err)? })
     }
+
+    /// The last storage failure that no commit has followed yet.
+    pub fn trouble(&self) -> Option<StorageFailure> {
+        self.inner.db.trouble()
+    }
+
+    /// Try a small commit, to learn whether storage works again (opening
+    /// the database again if a failure spoilt it). It clears the trouble
+    /// as any commit does (after a full disk, once the disk has room
+    /// again: [`redb_file::has_room`]).
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.write(|w| w.put(META, "storage-probe", &crate::now_ms()))
+    }
+}
+
+/// Open `path` and read all of it. Runs under `catch_unwind` (redb panics
+/// on some damage: a truncated file, a length field gone wrong), and opens
+/// one table of the write transaction at a time (a redb table dropped while
+/// another one's opening panics aborts the process).
+fn open_checked(path: &Path) -> Result<Handle, StoreError> {
+    let shown = path.display().to_string();
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let handle = redb_file::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(shown.clone()),
+            other => db_err(other),
+        })?;
+        let txn = handle.begin_write().map_err(db_err)?;
+        for table in RECORD_TABLES {
+            drop(txn.open_table(table).map_err(db_err)?);
+        }
+        drop(txn.open_table(QUEUE).map_err(db_err)?);
+        drop(txn.open_table(AUDIT).map_err(db_err)?);
+        txn.commit().map_err(db_err)?;
+        read_all(&handle.begin_read().map_err(db_err)?)?;
+        Ok(handle)
+    }));
+    let damaged = |detail: String| StoreError::Damaged { path: shown.clone(), detail };
+    match opened {
+        Ok(Ok(handle)) => Ok(handle),
+        Ok(Err(StoreError::Damaged { detail, .. })) => Err(damaged(detail)),
+        Ok(Err(StoreError::Corrupt { key, detail })) => Err(damaged(format!("record `{key}`: {detail}"))),
+        Ok(Err(e)) => Err(e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            let what: String = what.chars().take(200).collect();
+            Err(damaged(format!("redb failed reading it: {what}")))
+        }
+    }
+}
+
+/// Read every record of every table, checking that each is JSON.
+fn read_all(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    fn check(key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map(|_| ())
+            .map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: e.to_string() })
+    }
+    let mut records = 0;
+    for table in RECORD_TABLES {
+        for entry in txn.open_table(table).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            check(key.value(), value.value())?;
+            records += 1;
+        }
+    }
+    for entry in txn.open_table(QUEUE).map_err(db_err)?.iter().map_err(db_err)? {
+        entry.map_err(db_err)?;
+        records += 1;
+    }
+    for entry in txn.open_table(AUDIT).map_err(db_err)?.iter().map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        let (chain, seq) = key.value();
+        check(&format!("audit {chain} #{seq}"), value.value())?;
+        records += 1;
+    }
+    Ok(records)
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -281,6 +446,51 @@ fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<Strin
         out.push(entry.map_err(db_err)?.1.value().to_owned());
     }
     Ok(out)
+}
+
+/// Write everything `read` sees into a new database at `path`: the
+/// control database as of that snapshot, for a backup. A table this list
+/// does not know (a new one, added without adding it here) fails the copy
+/// rather than being left out.
+pub(crate) fn copy_snapshot(read: &Read, path: &Path) -> Result<u64, StoreError> {
+    use redb::TableHandle;
+    let known: Vec<&str> =
+        RECORD_TABLES.iter().map(|t| t.name()).chain([QUEUE.name(), AUDIT.name()]).collect();
+    for table in read.txn.list_tables().map_err(db_err)? {
+        if !known.contains(&table.name()) {
+            return Err(StoreError::Database(format!(
+                "table `{}` is not among those a backup copies",
+                table.name()
+            )));
+        }
+    }
+    let db = redb::Database::create(path).map_err(db_err)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut records = 0;
+    for definition in RECORD_TABLES {
+        let mut copy = txn.open_table(definition).map_err(db_err)?;
+        for entry in read.txn.open_table(definition).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            copy.insert(key.value(), value.value()).map_err(db_err)?;
+            records += 1;
+        }
+    }
+    {
+        let mut copy = txn.open_table(QUEUE).map_err(db_err)?;
+        for entry in read.txn.open_table(QUEUE).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            copy.insert(key.value(), value.value()).map_err(db_err)?;
+            records += 1;
+        }
+        let mut copy = txn.open_table(AUDIT).map_err(db_err)?;
+        for entry in read.txn.open_table(AUDIT).map_err(db_err)?.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            copy.insert(key.value(), value.value()).map_err(db_err)?;
+            records += 1;
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(records)
 }
 
 /// A read snapshot.
@@ -476,7 +686,7 @@ impl Write<'_> {
 
     /// Whether appends to `chain` are refused: it did not verify.
     pub fn chain_broken(&self, chain: &str) -> bool {
-        lock(&self.store.broken).contains_key(chain)
+        lock(&self.store.inner.broken).contains_key(chain)
     }
 
     /// Append an entry to `chain`'s audit log, linked to the one before.
@@ -489,7 +699,7 @@ impl Write<'_> {
         action: &str,
         detail: serde_json::Value,
     ) -> Result<AuditEntry, StoreError> {
-        if let Some(reason) = lock(&self.store.broken).get(chain) {
+        if let Some(reason) = lock(&self.store.inner.broken).get(chain) {
             return Err(StoreError::ChainBroken { chain: chain.to_owned(), reason: reason.clone() });
         }
         let head: AuditHead = self.get(AUDIT_HEADS, chain)?.unwrap_or_default();
@@ -530,11 +740,16 @@ mod tests {
     /// A store whose `acme` chain holds four entries.
     fn store_with_chain() -> (tempfile::TempDir, ControlStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = ControlStore::open(dir.path()).unwrap();
+        let store = store_with_chain_in(dir.path());
+        (dir, store)
+    }
+
+    fn store_with_chain_in(dir: &Path) -> ControlStore {
+        let store = ControlStore::open(dir).unwrap();
         for i in 0..4 {
             store.write(|w| w.audit("acme", "daemon", "job.finish", json!({"job": i}))).unwrap();
         }
-        (dir, store)
+        store
     }
 
     fn check(store: &ControlStore) -> Result<u64, ChainBreak> {
@@ -663,6 +878,85 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(check(&store), Ok(4));
         assert_eq!(store.read().unwrap().get::<u8>(TENANTS, "ghost").unwrap(), None);
+    }
+
+    /// A `control.redb` cut short at many offsets, or with bytes flipped:
+    /// opening it never panics, and a damaged file is named as damaged with
+    /// a pointer to the backups. The original opens again afterwards, in
+    /// the same process.
+    #[test]
+    fn a_damaged_control_database_is_an_error_naming_it_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = ControlStore::open(dir.path()).unwrap();
+            for i in 0..40 {
+                store
+                    .write(|w| {
+                        w.put(TENANTS, &format!("tenant-{i}"), &json!({"name": i, "pad": "x".repeat(300)}))?;
+                        w.audit("acme", "daemon", "job.finish", json!({"job": i}))
+                    })
+                    .unwrap();
+            }
+        }
+        let path = dir.path().join(CONTROL_FILE);
+        let original = std::fs::read(&path).unwrap();
+        let open = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            std::panic::catch_unwind(|| ControlStore::open(dir.path()).map(|_| ())).map_err(|_| "panicked")
+        };
+        let damaged = |outcome: Result<Result<(), StoreError>, &str>, what: &str| match outcome {
+            Ok(Err(e @ StoreError::Damaged { .. })) => {
+                let message = e.to_string();
+                assert!(message.contains("control.redb is damaged"), "{what}: {message}");
+                assert!(message.ends_with("restore the data directory from a backup"), "{message}");
+                assert!(message.len() < 500, "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        let len = original.len();
+        let mut cuts: Vec<usize> = (1..len).step_by(len / 40).collect();
+        cuts.extend([1, 16, 100, 511, 4096, 4097, len - 1]);
+        let cut_count = cuts.len();
+        for cut in cuts {
+            damaged(open(&original[..cut]), &format!("cut at {cut}"));
+        }
+        // Some flips hit free pages and change nothing.
+        let mut flips = 0;
+        let tried = (0..len).step_by(997).count();
+        for at in (0..len).step_by(997) {
+            let mut bytes = original.clone();
+            bytes[at..(at + 64).min(len)].iter_mut().for_each(|b| *b ^= 0x5a);
+            match open(&bytes) {
+                Ok(Ok(())) => {}
+                outcome => {
+                    damaged(outcome, &format!("flip at {at}"));
+                    flips += 1;
+                }
+            }
+        }
+        assert!(flips > 5, "{flips} flips were noticed");
+        eprintln!("{len} bytes: {cut_count} cuts refused, {flips} of {tried} flips noticed");
+        open(&original).unwrap().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        assert_eq!(check(&store), Ok(40));
+    }
+
+    #[test]
+    fn an_empty_or_missing_control_database_is_refused_where_the_daemon_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with_chain_in(dir.path()));
+        std::fs::create_dir(dir.path().join(crate::registry::PLUGINS_DIR)).unwrap();
+        let path = dir.path().join(CONTROL_FILE);
+        std::fs::write(&path, b"").unwrap();
+        let empty = ControlStore::open(dir.path()).unwrap_err().to_string();
+        assert!(empty.contains("control.redb is damaged (missing or empty"), "{empty}");
+        std::fs::remove_file(&path).unwrap();
+        let missing = ControlStore::open(dir.path()).unwrap_err();
+        assert!(matches!(missing, StoreError::Damaged { .. }), "{missing}");
+        assert!(!path.exists(), "nothing was created over it");
+        // A data directory the daemon never served (the vault's alone) starts one.
+        std::fs::remove_dir(dir.path().join(crate::registry::PLUGINS_DIR)).unwrap();
+        ControlStore::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! encrypted, taken while the vault is in use.
 //!
 //! A backup is a directory: `manifest` (postcard: the key check, tenants with
-//! their wrapped keys, sealed version records, and every chunk file with its
-//! length and blake3), `manifest.mac` (a keyed hash of the manifest under the
-//! key-encryption key), and the chunk files under `chunks/`. It reads one
-//! redb snapshot and copies only committed, immutable files, holding off
-//! deletions meanwhile; ingests go on. Restore checks the MAC, every file's
+//! their wrapped keys, sealed version records, every chunk file with its
+//! length and blake3, and the caller's own files likewise), `manifest.mac` (a
+//! keyed hash of the manifest under the key-encryption key), the chunk files
+//! under `chunks/`, and the caller's files (the daemon's `control.redb` and
+//! plugins) at their own paths. It reads one redb snapshot and copies only
+//! committed, immutable files, holding off deletions meanwhile; ingests go
+//! on. No vault change commits between the caller's snapshot and the
+//! vault's ([`Vault::backup_with`]). Restore checks the MAC, every file's
 //! hash and the key, writes into a fresh directory and renames it into place.
 
 use std::collections::BTreeSet;
@@ -23,9 +26,13 @@ use crate::store::{
     db_err, decode, encode, io, open_record,
 };
 
-const FORMAT: u32 = 1;
+/// 1: the vault only; 2: with the caller's files (`extra`).
+const FORMAT: u32 = 2;
 const MANIFEST: &str = "manifest";
 const MANIFEST_MAC: &str = "manifest.mac";
+
+/// (tenant, dataset, version) and the sealed record.
+type SealedVersion = ((String, String, u64), Vec<u8>);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
@@ -33,9 +40,42 @@ struct Manifest {
     created_unix_ms: u64,
     key_check: Vec<u8>,
     tenants: Vec<(String, TenantRecord)>,
-    /// (tenant, dataset, version) and the sealed record.
-    versions: Vec<((String, String, u64), Vec<u8>)>,
+    versions: Vec<SealedVersion>,
     files: Vec<BackupFile>,
+    /// The caller's files, relative to the backup's (and the data
+    /// directory's) root.
+    extra: Vec<BackupFile>,
+}
+
+/// A format-1 manifest: a backup made before backups carried the daemon's
+/// files. It still restores.
+#[derive(Debug, Deserialize)]
+struct ManifestV1 {
+    format: u32,
+    created_unix_ms: u64,
+    key_check: Vec<u8>,
+    tenants: Vec<(String, TenantRecord)>,
+    versions: Vec<SealedVersion>,
+    files: Vec<BackupFile>,
+}
+
+impl Manifest {
+    fn decode(bytes: &[u8]) -> Result<Self, VaultError> {
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(VaultError::Record)?;
+        if format == 1 {
+            let v1: ManifestV1 = decode(bytes)?;
+            return Ok(Manifest {
+                format: v1.format,
+                created_unix_ms: v1.created_unix_ms,
+                key_check: v1.key_check,
+                tenants: v1.tenants,
+                versions: v1.versions,
+                files: v1.files,
+                extra: Vec::new(),
+            });
+        }
+        decode(bytes)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,8 +91,13 @@ struct BackupFile {
 pub struct BackupSummary {
     pub tenants: usize,
     pub versions: usize,
+    /// Chunk files.
     pub files: usize,
+    /// Their bytes.
     pub bytes: u64,
+    /// The caller's files (the daemon's `control.redb` and plugins).
+    pub extra_files: usize,
+    pub extra_bytes: u64,
 }
 
 impl Manifest {
@@ -62,8 +107,30 @@ impl Manifest {
             versions: self.versions.len(),
             files: self.files.len(),
             bytes: self.files.iter().map(|f| f.len).sum(),
+            extra_files: self.extra.len(),
+            extra_bytes: self.extra.iter().map(|f| f.len).sum(),
         }
     }
+}
+
+/// A relative path that stays inside a directory and is not the vault's
+/// own: the caller's files cannot overwrite `kanon.redb`, a chunk or the
+/// manifest.
+fn extra_path(path: &str) -> Option<&Path> {
+    let relative = Path::new(path);
+    let inside =
+        !path.is_empty() && relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    let first = relative.components().next().and_then(|c| c.as_os_str().to_str());
+    let reserved = matches!(first, Some(DATABASE_FILE | CHUNKS_DIR | MANIFEST | MANIFEST_MAC));
+    (inside && !reserved).then_some(relative)
+}
+
+/// The length and blake3 of the file at `path`.
+fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), VaultError> {
+    let mut input = File::open(path).map_err(io(path))?;
+    let mut hasher = blake3::Hasher::new();
+    let len = std::io::copy(&mut input, &mut hasher).map_err(io(path))?;
+    Ok((len, *hasher.finalize().as_bytes()))
 }
 
 /// `path` must not exist, or be an empty directory.
@@ -114,10 +181,30 @@ impl Vault {
     /// Write a consistent, still encrypted snapshot to `dest` (absent or an
     /// empty directory) while the vault stays in use.
     pub fn backup(&self, dest: &Path) -> Result<BackupSummary, VaultError> {
+        self.backup_with(dest, || Ok(()), |(), _| Ok(Vec::new()))
+    }
+
+    /// [`Self::backup`], with the caller's own files in the same manifest.
+    /// `snapshot` runs while no vault change can commit, just before the
+    /// vault's own snapshot is taken: a snapshot of the caller's state taken
+    /// there sees exactly the vault changes the backup holds. `write_extra`
+    /// then writes the caller's files into the backup's directory (given)
+    /// and returns their paths relative to it; they are hashed, MACed with
+    /// the rest, and restored to the same paths in the data directory.
+    pub fn backup_with<S>(
+        &self,
+        dest: &Path,
+        snapshot: impl FnOnce() -> Result<S, VaultError>,
+        write_extra: impl FnOnce(S, &Path) -> Result<Vec<String>, VaultError>,
+    ) -> Result<BackupSummary, VaultError> {
         require_empty(dest)?;
         // Files that stay: no erase or delete may run until the copy is done.
         let _no_deletions = self.inner.deletions.read().expect("lock");
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let (caller, txn) = {
+            let _no_commits = self.inner.commits.write().expect("lock");
+            let caller = snapshot()?;
+            (caller, self.db()?.begin_read().map_err(db_err)?)
+        };
         let key_check = txn
             .open_table(META)
             .map_err(db_err)?
@@ -155,6 +242,16 @@ impl Vault {
                 let (len, hash) = copy_hashed(&source.join(&path), &staging.join(CHUNKS_DIR).join(&path))?;
                 files.push(BackupFile { path, len, hash });
             }
+            let mut extra = Vec::new();
+            for path in write_extra(caller, &staging)? {
+                let bad = || VaultError::Backup {
+                    path: staging.join(&path),
+                    detail: "not a file to back up".into(),
+                };
+                let relative = extra_path(&path).ok_or_else(bad)?;
+                let (len, hash) = hash_file(&staging.join(relative))?;
+                extra.push(BackupFile { path, len, hash });
+            }
             let manifest = Manifest {
                 format: FORMAT,
                 created_unix_ms: std::time::SystemTime::now()
@@ -164,6 +261,7 @@ impl Vault {
                 tenants,
                 versions,
                 files,
+                extra,
             };
             let bytes = encode(&manifest);
             let mac = self.inner.kek.read().expect("lock").authenticate(&bytes);
@@ -189,15 +287,15 @@ impl Vault {
         let bad = |detail: String| VaultError::Backup { path: backup.to_owned(), detail };
         let bytes = std::fs::read(backup.join(MANIFEST)).map_err(io(&backup.join(MANIFEST)))?;
         let mac = std::fs::read(backup.join(MANIFEST_MAC)).map_err(io(&backup.join(MANIFEST_MAC)))?;
-        let manifest: Manifest =
-            decode(&bytes).map_err(|_| bad("the manifest is unreadable (damaged or altered)".into()))?;
+        let manifest = Manifest::decode(&bytes)
+            .map_err(|_| bad("the manifest is unreadable (damaged or altered)".into()))?;
         if !kek.matches_check(&manifest.key_check) {
             return Err(VaultError::WrongKey);
         }
         if mac.as_slice() != kek.authenticate(&bytes) {
             return Err(bad("the manifest was altered (its MAC does not match)".into()));
         }
-        if manifest.format != FORMAT {
+        if !(1..=FORMAT).contains(&manifest.format) {
             return Err(bad(format!("unknown backup format {}", manifest.format)));
         }
         require_empty(dir)?;
@@ -212,6 +310,15 @@ impl Vault {
                     &backup.join(CHUNKS_DIR).join(relative),
                     &staging.join(CHUNKS_DIR).join(relative),
                 )?;
+                if (len, hash) != (file.len, file.hash) {
+                    return Err(bad(format!("{} differs from the manifest (damaged or altered)", file.path)));
+                }
+            }
+            for file in &manifest.extra {
+                let relative = extra_path(&file.path).ok_or_else(|| {
+                    bad(format!("file path `{}` is not the caller's to restore", file.path))
+                })?;
+                let (len, hash) = copy_hashed(&backup.join(relative), &staging.join(relative))?;
                 if (len, hash) != (file.len, file.hash) {
                     return Err(bad(format!("{} differs from the manifest (damaged or altered)", file.path)));
                 }
@@ -251,4 +358,90 @@ impl Vault {
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let mut file = File::create(path).map_err(io(path))?;
     file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CsvReader, IngestOptions, WriteMode};
+
+    fn vault_with_data(dir: &Path, kek: &KeyEncryptionKey) -> Vault {
+        let vault = Vault::open(dir, kek.clone()).unwrap();
+        let options = IngestOptions::entity("id");
+        let reader = CsvReader::new("t.csv", std::io::Cursor::new("id,x\na,1\nb,2\n".to_owned()), &options);
+        vault.ingest("acme", "trips", WriteMode::Replace, Box::new(reader.unwrap()), "t.csv").unwrap();
+        vault
+    }
+
+    #[test]
+    fn the_callers_files_travel_in_the_manifest_and_old_backups_still_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = KeyEncryptionKey::generate();
+        let vault = vault_with_data(&dir.path().join("data"), &kek);
+        let backup = dir.path().join("backup");
+        let summary = vault
+            .backup_with(
+                &backup,
+                || Ok("taken"),
+                |snapshot, staging| {
+                    assert_eq!(snapshot, "taken");
+                    std::fs::write(staging.join("control.redb"), b"the daemon's state").unwrap();
+                    std::fs::create_dir_all(staging.join("plugins")).unwrap();
+                    std::fs::write(staging.join("plugins/p.wasm"), b"a plugin").unwrap();
+                    Ok(vec!["control.redb".into(), "plugins/p.wasm".into()])
+                },
+            )
+            .unwrap();
+        assert_eq!((summary.versions, summary.extra_files, summary.extra_bytes), (1, 2, 26));
+
+        let restored_dir = dir.path().join("restored");
+        let (restored, again) = Vault::restore(&backup, &restored_dir, kek.clone()).unwrap();
+        assert_eq!(again, summary);
+        assert_eq!(std::fs::read(restored_dir.join("control.redb")).unwrap(), b"the daemon's state");
+        assert_eq!(std::fs::read(restored_dir.join("plugins/p.wasm")).unwrap(), b"a plugin");
+        assert_eq!(restored.versions("acme", "trips").unwrap().len(), 1);
+        drop(restored);
+
+        // An extra file altered in the backup is refused, and nothing is left.
+        std::fs::write(backup.join("plugins/p.wasm"), b"a plugin!").unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        let err = Vault::restore(&backup, &elsewhere, kek.clone()).unwrap_err().to_string();
+        assert!(err.contains("plugins/p.wasm differs from the manifest"), "{err}");
+        assert!(!elsewhere.exists());
+
+        // The caller cannot name the vault's own files, or leave the backup.
+        for path in ["kanon.redb", "chunks/x", "manifest", "../x", "/etc/x", ""] {
+            let refused =
+                vault.backup_with(&dir.path().join("refused"), || Ok(()), |(), _| Ok(vec![path.into()]));
+            assert!(matches!(refused, Err(VaultError::Backup { .. })), "{path}: {refused:?}");
+            assert!(!dir.path().join("refused").exists());
+        }
+
+        // A backup made before backups carried the caller's files.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            format: u32,
+            created_unix_ms: u64,
+            key_check: &'a [u8],
+            tenants: &'a [(String, TenantRecord)],
+            versions: &'a [SealedVersion],
+            files: &'a [BackupFile],
+        }
+        let old = dir.path().join("old");
+        vault.backup(&old).unwrap();
+        let current = Manifest::decode(&std::fs::read(old.join(MANIFEST)).unwrap()).unwrap();
+        let bytes = encode(&V1 {
+            format: 1,
+            created_unix_ms: current.created_unix_ms,
+            key_check: &current.key_check,
+            tenants: &current.tenants,
+            versions: &current.versions,
+            files: &current.files,
+        });
+        std::fs::write(old.join(MANIFEST), &bytes).unwrap();
+        std::fs::write(old.join(MANIFEST_MAC), kek.authenticate(&bytes)).unwrap();
+        let (restored, summary) = Vault::restore(&old, &dir.path().join("from-old"), kek).unwrap();
+        assert_eq!((summary.versions, summary.extra_files), (1, 0));
+        assert_eq!(restored.versions("acme", "trips").unwrap().len(), 1);
+    }
 }

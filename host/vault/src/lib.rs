@@ -5,7 +5,7 @@
 //! Architecture invariant: clear `entity` and `identifier` values never leave
 //! this crate. A [`Scan`] hands them out only as per-run keyed pseudonyms
 //! ([`PseudonymKey`]); the one way to read them in clear is the owning
-//! tenant's [`export_csv`].
+//! tenant's export ([`export_csv`], [`export_parquet`]).
 
 mod arrow_reader;
 mod backup;
@@ -15,6 +15,7 @@ mod export;
 mod ingest;
 mod jsonl_reader;
 mod pseudonym;
+pub mod redb_file;
 mod scan;
 mod schema;
 mod sealing;

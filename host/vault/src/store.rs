@@ -18,13 +18,14 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
 use crate::chunk::{self, SegmentError};
 use crate::ingest::ChunkReader;
 use crate::ingest::truncate;
+use crate::redb_file::{self, Handle, Reopening, StorageFailure};
 use crate::schema::Schema;
 use crate::sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SealError};
 use crate::table::{Column, Table};
@@ -33,6 +34,8 @@ pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("t
 pub(crate) const VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("versions");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const KEY_CHECK: &str = "key-check";
+/// When storage was last probed (`Vault::probe_storage`).
+const PROBE: &str = "storage-probe";
 pub(crate) const DATABASE_FILE: &str = "kanon.redb";
 pub(crate) const CHUNKS_DIR: &str = "chunks";
 
@@ -65,6 +68,9 @@ pub enum VaultError {
     Metadata(Box<redb::Error>),
     #[error("{path} is damaged ({detail}): restore the data directory from a backup")]
     DamagedMetadata { path: PathBuf, detail: String },
+    /// An I/O failure spoilt `kanon.redb` and it is being opened again.
+    #[error("the metadata store failed ({0}) and is being opened again; try again")]
+    StorageFailed(String),
     #[error("metadata record is unreadable: {0}")]
     Record(postcard::Error),
     #[error("{dataset} v{version}, chunk {chunk}: {detail}")]
@@ -85,6 +91,30 @@ pub enum VaultError {
 
 pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
     VaultError::Metadata(Box::new(e.into()))
+}
+
+impl VaultError {
+    /// The disk (or quota) is full: the operation may work once space
+    /// returns.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            VaultError::Io { source, .. } => redb_file::is_full(source.kind()),
+            VaultError::Metadata(e) => matches!(&**e, redb::Error::Io(e) if redb_file::is_full(e.kind())),
+            _ => false,
+        }
+    }
+
+    /// Storage failed underneath (full, or an I/O error, or still being
+    /// reopened after one), rather than the request being wrong.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            VaultError::Io { .. } | VaultError::StorageFailed(_) => true,
+            VaultError::Metadata(e) => {
+                matches!(&**e, redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Whether redb's error says its file is damaged (rather than, say, not
@@ -204,34 +234,16 @@ pub struct Vault {
 
 pub(crate) struct VaultInner {
     pub(crate) dir: PathBuf,
-    pub(crate) db: MetadataStore,
+    /// `kanon.redb`, opened again after an I/O failure.
+    pub(crate) db: Reopening,
     pub(crate) kek: RwLock<KeyEncryptionKey>,
     /// Shared by backups, exclusive for deleting files: a backup only ever
     /// copies files that stay.
     pub(crate) deletions: RwLock<()>,
+    /// Shared by every commit of a change, exclusive while a backup takes
+    /// its snapshots: no change commits between the caller's and the vault's.
+    pub(crate) commits: RwLock<()>,
     _temporary: Option<tempfile::TempDir>,
-}
-
-/// The open `kanon.redb`, closed under `catch_unwind`: redb writes its
-/// allocator state as it closes and panics on some damage there.
-pub(crate) struct MetadataStore(Option<Database>);
-
-impl std::ops::Deref for MetadataStore {
-    type Target = Database;
-
-    fn deref(&self) -> &Database {
-        self.0.as_ref().expect("only dropping takes the database")
-    }
-}
-
-impl Drop for MetadataStore {
-    fn drop(&mut self) {
-        if let Some(db) = self.0.take()
-            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err()
-        {
-            tracing::error!("closing {DATABASE_FILE} failed: it may be damaged");
-        }
-    }
 }
 
 impl std::fmt::Debug for VaultInner {
@@ -313,9 +325,10 @@ impl Vault {
             let vault = Self {
                 inner: Arc::new(VaultInner {
                     dir: dir.to_owned(),
-                    db: MetadataStore(Some(db)),
+                    db: Reopening::new(db, dir.to_owned()),
                     kek: RwLock::new(kek),
                     deletions: RwLock::new(()),
+                    commits: RwLock::new(()),
                     _temporary: temporary,
                 }),
             };
@@ -343,8 +356,8 @@ impl Vault {
 
     /// Open `path`, check the key against it (storing its check if new)
     /// and make sure the tables exist.
-    fn open_database(dir: &Path, path: &Path, kek: &KeyEncryptionKey) -> Result<Database, VaultError> {
-        let db = Database::create(path).map_err(|e| match e {
+    fn open_database(dir: &Path, path: &Path, kek: &KeyEncryptionKey) -> Result<Handle, VaultError> {
+        let db = redb_file::open(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse(dir.to_owned()),
             other => db_err(other),
         })?;
@@ -367,6 +380,65 @@ impl Vault {
         Ok(db)
     }
 
+    /// The open `kanon.redb`; after an I/O failure spoilt it (a full disk),
+    /// opened again first. redb repairs the file as it opens it.
+    pub(crate) fn db(&self) -> Result<Arc<Handle>, VaultError> {
+        let path = self.inner.dir.join(DATABASE_FILE);
+        self.inner.db.get(|| {
+            let opened = std::panic::catch_unwind(|| redb_file::open(&path));
+            match opened {
+                Ok(Ok(handle)) => Ok(handle),
+                // The failed handle is still in use on another thread.
+                Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(VaultError::StorageFailed(
+                    self.inner.db.trouble().map_or_else(|| "reopening".into(), |f| f.detail),
+                )),
+                Ok(Err(e)) => {
+                    let e = redb::Error::from(e);
+                    if is_damage(&e) {
+                        Err(VaultError::DamagedMetadata { path: path.clone(), detail: e.to_string() })
+                    } else {
+                        Err(db_err(e))
+                    }
+                }
+                Err(panic) => Err(VaultError::DamagedMetadata {
+                    path: path.clone(),
+                    detail: format!(
+                        "redb failed reading it: {}",
+                        truncate(crate::ingest::panic_message(&*panic))
+                    ),
+                }),
+            }
+        })
+    }
+
+    /// The last storage failure of the data directory that no commit has
+    /// followed yet: `kanon.redb`'s, or a chunk file's.
+    pub fn storage_trouble(&self) -> Option<StorageFailure> {
+        self.inner.db.trouble()
+    }
+
+    /// Record a failure of a file in the data directory outside the vault
+    /// (an upload being received): it shows as trouble until a commit.
+    pub fn note_storage_failure(&self, error: &std::io::Error) {
+        self.inner.db.note(StorageFailure::of(error));
+    }
+
+    /// Try a commit, to learn whether storage works again: opens
+    /// `kanon.redb` again if a failure spoilt it. Clears the trouble when
+    /// it goes through (after a full disk, once the disk has room again:
+    /// [`redb_file::has_room`]).
+    pub fn probe_storage(&self) -> Result<(), VaultError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(PROBE, now_unix_ms().to_le_bytes().as_slice())
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        self.inner.db.committed();
+        Ok(())
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -380,7 +452,7 @@ impl Vault {
     /// directories of tenants that no longer exist. Returns how many.
     fn collect_garbage(&self) -> Result<usize, VaultError> {
         let _deleting = self.inner.deletions.write().expect("lock");
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let tenants = txn.open_table(TENANTS).map_err(db_err)?;
         let mut tenant_keys = std::collections::HashMap::new();
         for entry in tenants.iter().map_err(db_err)? {
@@ -425,7 +497,7 @@ impl Vault {
     }
 
     fn tenant_record(&self, tenant: &str) -> Result<Option<TenantRecord>, VaultError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(TENANTS).map_err(db_err)?;
         table.get(tenant).map_err(db_err)?.map(|v| decode(v.value())).transpose()
     }
@@ -480,7 +552,7 @@ impl Vault {
         tenant: &str,
         dataset: &str,
     ) -> Result<Option<VersionRecord>, VaultError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         Ok(Self::version_records(&txn, key, tenant, dataset)?.pop())
     }
 
@@ -495,6 +567,24 @@ impl Vault {
     /// Store what `reader` yields as a new version of `tenant`'s `dataset`.
     /// Either the whole version is committed or nothing is left behind.
     pub fn ingest(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        mode: WriteMode,
+        reader: Box<dyn ChunkReader>,
+        source: &str,
+    ) -> Result<VersionInfo, VaultError> {
+        let ingested = self.ingest_files(tenant, dataset, mode, reader, source);
+        // A chunk file the disk refused is trouble too, until a commit.
+        if let Err(VaultError::Io { source, .. }) = &ingested
+            && redb_file::is_full(source.kind())
+        {
+            self.inner.db.note(StorageFailure::of(source));
+        }
+        ingested
+    }
+
+    fn ingest_files(
         &self,
         tenant: &str,
         dataset: &str,
@@ -606,7 +696,8 @@ impl Vault {
             created_unix_ms: now_unix_ms(),
             chunks,
         };
-        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         {
             let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
             let now_exists = tenants.get(tenant).map_err(db_err)?.is_some();
@@ -632,7 +723,11 @@ impl Vault {
             let sealed = key.seal_record(tenant, dataset, version, &encode(&record));
             versions.insert((tenant, dataset, version), sealed.as_slice()).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
+        self.inner.db.committed();
         cleanup.0 = None;
         Ok(info(tenant, dataset, &record))
     }
@@ -640,7 +735,7 @@ impl Vault {
     /// `tenant`'s datasets, each at its latest version.
     pub fn datasets(&self, tenant: &str) -> Result<Vec<VersionInfo>, VaultError> {
         let (_, key) = self.tenant(tenant)?;
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(VERSIONS).map_err(db_err)?;
         let mut latest: Vec<VersionInfo> = Vec::new();
         for entry in table.range((tenant, "", 0)..).map_err(db_err)? {
@@ -661,7 +756,7 @@ impl Vault {
     /// Every version of `tenant`'s `dataset`, oldest first.
     pub fn versions(&self, tenant: &str, dataset: &str) -> Result<Vec<VersionInfo>, VaultError> {
         let (_, key) = self.tenant(tenant)?;
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let records = Self::version_records(&txn, &key, tenant, dataset)?;
         if records.is_empty() {
             return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
@@ -671,7 +766,7 @@ impl Vault {
 
     /// The tenants, by name.
     pub fn tenants(&self) -> Result<Vec<String>, VaultError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(TENANTS).map_err(db_err)?;
         table.iter().map_err(db_err)?.map(|e| Ok(e.map_err(db_err)?.0.value().to_owned())).collect()
     }
@@ -684,7 +779,7 @@ impl Vault {
         version: Option<u64>,
     ) -> Result<DatasetVersion, VaultError> {
         let (record, key) = self.tenant(tenant)?;
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let mut records = Self::version_records(&txn, &key, tenant, dataset)?;
         let unknown = || VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) };
         let found = match version {
@@ -716,7 +811,8 @@ impl Vault {
     pub fn delete_dataset(&self, tenant: &str, dataset: &str) -> Result<VersionInfo, VaultError> {
         let _deleting = self.inner.deletions.write().expect("lock");
         let (record, key) = self.tenant(tenant)?;
-        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let records: Vec<VersionRecord> = {
             let mut versions = txn.open_table(VERSIONS).map_err(db_err)?;
             let removed = versions
@@ -732,7 +828,11 @@ impl Vault {
         let Some(latest) = records.last().cloned() else {
             return Err(VaultError::UnknownDataset { tenant: truncate(tenant), dataset: truncate(dataset) });
         };
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
+        self.inner.db.committed();
         let dirs: HashSet<&String> = records.iter().flat_map(|r| r.chunks.iter().map(|c| &c.dir)).collect();
         for dir in dirs {
             let path = self.chunks_dir().join(&record.uid).join(dir);
@@ -746,7 +846,8 @@ impl Vault {
     /// Returns how many dataset versions were erased.
     pub fn erase_tenant(&self, tenant: &str) -> Result<usize, VaultError> {
         let _deleting = self.inner.deletions.write().expect("lock");
-        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let (record, erased) = {
             let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
             let record: TenantRecord = match tenants.remove(tenant).map_err(db_err)? {
@@ -760,7 +861,11 @@ impl Vault {
                 .count();
             (record, erased)
         };
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
+        self.inner.db.committed();
         remove_dir_if_present(&self.chunks_dir().join(&record.uid))?;
         Ok(erased)
     }
@@ -770,7 +875,8 @@ impl Vault {
     /// opens only with `next`.
     pub fn rotate_key(&self, next: KeyEncryptionKey) -> Result<usize, VaultError> {
         let mut kek = self.inner.kek.write().expect("lock");
-        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let mut count = 0;
         {
             let mut tenants = txn.open_table(TENANTS).map_err(db_err)?;
@@ -788,7 +894,11 @@ impl Vault {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert(KEY_CHECK, next.check_value().as_slice()).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)?;
+        {
+            let _commit = self.inner.commits.read().expect("lock");
+            txn.commit().map_err(db_err)?;
+        }
+        self.inner.db.committed();
         *kek = next;
         Ok(count)
     }

@@ -25,6 +25,7 @@ use super::tenant_admin_of;
 use crate::App;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::pending::{self, Change};
 use crate::tenants::{self, check_name};
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
@@ -142,7 +143,6 @@ async fn upload_dataset(
 
     let (file, bytes) = receive(&app, body).await?;
     let source = format!("upload of {dataset}");
-    let vault = app.vault.clone();
     let (worker, actor, format_name) = (app.clone(), caller.actor(), args.format.clone());
     let (tenant2, dataset2) = (tenant.clone(), dataset.clone());
     let info = tokio::task::spawn_blocking(move || {
@@ -161,19 +161,23 @@ async fn upload_dataset(
                     .map_err(kanon_vault::VaultError::from)?
             }
         };
-        let info = vault.ingest(&tenant2, &dataset2, mode, reader, &source)?;
+        // The intent first, the audit entry after the vault's commit: the
+        // two are in different files (`pending`). All of it happens here,
+        // not after the await: a request that times out still leaves its
+        // committed version audited.
+        let change = Change::Ingest { dataset: dataset2.clone(), bytes, format: format_name, reference };
+        let intent = pending::begin(&worker, &tenant2, &actor, change)?;
+        let stored =
+            worker.vault.ingest(&tenant2, &dataset2, mode, reader, &pending::source(&dataset2, &intent));
         drop(file);
-        // Written here, not after the await: a request that times out
-        // still leaves its committed version audited.
-        worker.store.write(|w| {
-            w.audit(
-                &tenant2,
-                &actor,
-                "dataset.ingest",
-                json!({"dataset": dataset2, "version": info.version, "rows": info.rows, "bytes": bytes,
-                       "format": format_name, "content_hash": info.content_hash, "reference": reference}),
-            )
-        })?;
+        let info = match stored {
+            Ok(info) => info,
+            Err(e) => {
+                pending::abandon(&worker, &intent);
+                return Err(e.into());
+            }
+        };
+        pending::complete(&worker, &intent, "dataset.ingest", pending::ingest_entry(&intent, &info))?;
         Ok::<_, Error>(info)
     })
     .await
@@ -185,10 +189,10 @@ async fn upload_dataset(
 /// bytes against the upload limit.
 pub(super) async fn receive(app: &App, body: Body) -> Result<(tempfile::NamedTempFile, u64)> {
     let limit = app.config.limits.max_upload_bytes;
-    let dir = app.config.data_dir.join("uploads");
+    let dir = app.config.data_dir.join(super::UPLOADS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
-    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::Internal(e.to_string()))?;
-    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| Error::Internal(e.to_string()))?);
+    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| upload_failed(app, &e))?;
+    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| upload_failed(app, &e))?);
     let mut body = body;
     let mut received: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -198,10 +202,21 @@ pub(super) async fn receive(app: &App, body: Body) -> Result<(tempfile::NamedTem
         if received > limit {
             return Err(Error::TooLarge(format!("uploads are limited to {limit} bytes")));
         }
-        file.write_all(&chunk).await.map_err(|e| Error::Internal(e.to_string()))?;
+        file.write_all(&chunk).await.map_err(|e| upload_failed(app, &e))?;
     }
-    file.flush().await.map_err(|e| Error::Internal(e.to_string()))?;
+    file.flush().await.map_err(|e| upload_failed(app, &e))?;
     Ok((temp, received))
+}
+
+/// A failed write of an upload: a full disk is the caller's 507 and shows
+/// in `/health` until the next commit.
+fn upload_failed(app: &App, e: &std::io::Error) -> Error {
+    if kanon_vault::redb_file::is_full(e.kind()) {
+        app.vault.note_storage_failure(e);
+        Error::InsufficientStorage(format!("no space left to receive the upload ({e}); nothing was stored"))
+    } else {
+        Error::Internal(format!("cannot write the upload: {e}"))
+    }
 }
 
 /// The tenant's datasets, latest versions (tenant admin).
@@ -244,15 +259,26 @@ async fn delete_dataset(
     let worker = app.clone();
     let actor = caller.actor();
     let info = tokio::task::spawn_blocking(move || {
-        let info = worker.vault.delete_dataset(&tenant, &dataset)?;
-        worker.store.write(|w| {
-            w.audit(
-                &tenant,
-                &actor,
-                "dataset.erase",
-                json!({"dataset": dataset, "versions_up_to": info.version}),
-            )
-        })?;
+        let latest = worker
+            .vault
+            .versions(&tenant, &dataset)?
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}` has no dataset `{dataset}`")))?;
+        let change = Change::Delete {
+            dataset: dataset.clone(),
+            latest: latest.version,
+            latest_created_ms: latest.created_unix_ms,
+        };
+        let intent = pending::begin(&worker, &tenant, &actor, change)?;
+        let info = match worker.vault.delete_dataset(&tenant, &dataset) {
+            Ok(info) => info,
+            Err(e) => {
+                pending::abandon(&worker, &intent);
+                return Err(e.into());
+            }
+        };
+        let entry = json!({"dataset": dataset, "versions_up_to": info.version, "change": intent.id});
+        pending::complete(&worker, &intent, "dataset.erase", entry)?;
         Ok::<_, Error>(info)
     })
     .await

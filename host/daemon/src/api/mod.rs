@@ -11,6 +11,7 @@
 //! analyst's jobs, an operator's support grant.
 
 mod approvals;
+mod backups;
 mod benchmarks;
 mod datasets;
 mod extract;
@@ -71,6 +72,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
     ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator, TenantAdmin])),
     ("GET", "/v1/audit", Access::Roles(&[Operator])),
+    ("POST", "/v1/backups", Access::Roles(&[Operator])),
     ("GET", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
     ("PUT", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
     ("GET", "/v1/tenants/{tenant}/datasets", Access::Roles(&[TenantAdmin])),
@@ -148,6 +150,7 @@ pub(crate) fn routes(limits: &RequestLimits) -> OpenApiRouter<Arc<App>> {
         .merge(approvals::routes())
         .merge(jobs::routes())
         .merge(benchmarks::routes())
+        .merge(backups::routes())
 }
 
 /// The API document as served, with each operation's roles added as
@@ -201,9 +204,12 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Routes that take a file: their own body limit and timeout.
-const UPLOADS: [(&str, &str); 2] =
-    [("PUT", "/v1/tenants/{tenant}/datasets/{dataset}"), ("POST", "/v1/plugins")];
+/// Where uploads are received, inside the data directory; emptied at start.
+pub(crate) const UPLOADS_DIR: &str = "uploads";
+
+/// Routes that take a file, or write a backup: the upload timeout.
+const UPLOADS: [(&str, &str); 3] =
+    [("PUT", "/v1/tenants/{tenant}/datasets/{dataset}"), ("POST", "/v1/plugins"), ("POST", "/v1/backups")];
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
@@ -263,8 +269,10 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
         }
     };
     let caller = match caller(&app, &request) {
-        Ok(caller) => caller,
-        Err(refused) => {
+        Ok(Ok(caller)) => caller,
+        // Storage failed: not the caller's fault, and not a 401.
+        Err(e) => return Error::Store(e).into_response(),
+        Ok(Err(refused)) => {
             app.metrics.refusal("token");
             tracing::info!(reason = %refused, "token refused");
             return unauthorized();
@@ -297,15 +305,21 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
     next.run(request).await
 }
 
-fn caller(app: &App, request: &Request) -> Result<Caller, auth::TokenRefused> {
-    let header =
-        request.headers().get(axum::http::header::AUTHORIZATION).ok_or(auth::TokenRefused::Malformed)?;
-    let token =
-        header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or(auth::TokenRefused::Malformed)?;
-    let id = auth::token_id(token).ok_or(auth::TokenRefused::Malformed)?;
+fn caller(app: &App, request: &Request) -> Result<Result<Caller, auth::TokenRefused>, crate::StoreError> {
+    let Some(header) = request.headers().get(axum::http::header::AUTHORIZATION) else {
+        return Ok(Err(auth::TokenRefused::Malformed));
+    };
+    let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Ok(Err(auth::TokenRefused::Malformed));
+    };
+    let Some(id) = auth::token_id(token) else { return Ok(Err(auth::TokenRefused::Malformed)) };
     // A read snapshot: checking a token never takes the write lock.
-    let record = app.store.read().and_then(|r| r.get(TOKENS, id)).map_err(|_| auth::TokenRefused::Unknown)?;
-    auth::check(&app.token_key, token, record, crate::now_ms())
+    let record = match app.store.read().and_then(|r| r.get(TOKENS, id)) {
+        Ok(record) => record,
+        Err(e @ (crate::StoreError::Full(_) | crate::StoreError::Failed(_))) => return Err(e),
+        Err(_) => return Ok(Err(auth::TokenRefused::Unknown)),
+    };
+    Ok(auth::check(&app.token_key, token, record, crate::now_ms()))
 }
 
 fn unauthorized() -> Response {
@@ -347,8 +361,12 @@ impl IntoResponse for Error {
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many"),
-            Error::Unavailable(_) | Error::Store(crate::StoreError::ChainBroken { .. }) => {
+            Error::Unavailable(_)
+            | Error::Store(crate::StoreError::ChainBroken { .. } | crate::StoreError::Failed(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Error::InsufficientStorage(_) | Error::Store(crate::StoreError::Full(_)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage")
             }
             Error::Store(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -31,14 +31,42 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 /// Anyone may ask whether the daemon is up, and learns nothing more.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
+    /// `ok`, or `degraded` when storage failed (the status is then 503).
     pub status: String,
 }
 
-/// Liveness: answers while the daemon serves. The operator's detail is at
-/// `GET /v1/status`.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
-async fn health() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok".into() })
+/// Liveness and storage: 200 while the daemon serves and can write; 503
+/// (`degraded`) after a storage failure that no write has followed, for
+/// alerting. While degraded, every call tries a small write, so the status
+/// clears once space returns. What failed is in `GET /v1/status`.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, body = Health), (status = 503, body = Health, description = "storage failed")))]
+async fn health(State(app): State<Arc<App>>) -> (StatusCode, axum::Json<Health>) {
+    let mut trouble = storage_trouble(&app);
+    if trouble.is_some() {
+        let worker = app.clone();
+        trouble = tokio::task::spawn_blocking(move || {
+            // Failures are kept as the trouble shown below.
+            let _ = worker.store.probe();
+            let _ = worker.vault.probe_storage();
+            if storage_trouble(&worker).is_none() {
+                crate::pending::reconcile_logged(&worker);
+            }
+            storage_trouble(&worker)
+        })
+        .await
+        .unwrap_or(trouble);
+    }
+    match trouble {
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "degraded".into() })),
+        None => (StatusCode::OK, axum::Json(Health { status: "ok".into() })),
+    }
+}
+
+/// The data directory's storage failure, if any, and which file it hit.
+fn storage_trouble(app: &App) -> Option<(&'static str, kanon_vault::redb_file::StorageFailure)> {
+    let control = app.store.trouble().map(|f| (crate::CONTROL_FILE, f));
+    control.or_else(|| app.vault.storage_trouble().map(|f| ("vault", f)))
 }
 
 /// The daemon's state, for the operator.
@@ -50,18 +78,29 @@ pub struct DaemonStatus {
     /// Audit chains that do not verify, with why: the daemon refuses every
     /// change it would record in them until control.redb is restored.
     pub broken_chains: BTreeMap<String, String>,
+    /// `ok`, or `degraded`: a write to the data directory failed (a full
+    /// disk answers 507) and none has gone through since.
+    pub storage: String,
+    /// The last storage failure, while degraded.
+    pub storage_error: Option<String>,
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub storage_failed_ms: Option<u64>,
 }
 
-/// The daemon's version, its jobs and the audit chains that do not verify
-/// (operator).
+/// The daemon's version, its jobs, the audit chains that do not verify and
+/// the state of its storage (operator).
 #[utoipa::path(get, path = "/v1/status", tag = "system", security(("token" = [])),
     responses((status = 200, body = DaemonStatus)))]
 async fn status(State(app): State<Arc<App>>) -> Result<axum::Json<DaemonStatus>> {
+    let trouble = storage_trouble(&app);
     Ok(axum::Json(DaemonStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         running_jobs: app.scheduler.running(),
         queued_jobs: app.store.read()?.queue()?.len(),
         broken_chains: app.store.broken_chains(),
+        storage: if trouble.is_some() { "degraded" } else { "ok" }.into(),
+        storage_failed_ms: trouble.as_ref().map(|(_, f)| f.at_ms),
+        storage_error: trouble.map(|(file, f)| format!("{file}: {f}")),
     }))
 }
 
