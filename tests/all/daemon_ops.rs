@@ -89,9 +89,15 @@ fn upload_trips(admin: &Client) -> Reply {
         .unwrap()
 }
 
+/// `/health`'s status (anyone's), and the operator's view of the storage
+/// (`/v1/status`).
 fn health(d: &TestDaemon) -> (u16, Value) {
     let reply = d.operator.with_token(None).raw("GET", "/health", None).unwrap();
-    (reply.status, reply.json().unwrap())
+    let anyone: Value = reply.json().unwrap();
+    let status: Value = d.operator.get("/v1/status").unwrap();
+    assert_eq!(anyone["status"], status["storage"], "{anyone} {status}");
+    assert_eq!(anyone.as_object().unwrap().len(), 1, "anyone learns only up or degraded: {anyone}");
+    (reply.status, status)
 }
 
 /// Every version of acme's `trips` has its `dataset.ingest` entry, and the

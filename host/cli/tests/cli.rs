@@ -1244,15 +1244,7 @@ mod serve {
         let (mut served, operator) =
             Served::start_with(&dir, "slow", "[limits]\nshutdown_grace_secs = 2\n", None);
         let operator = served.client(operator.as_deref());
-        let _: Value = operator.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
-        let issued: Value = operator
-            .send(
-                "POST",
-                "/v1/tokens",
-                &json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
-            )
-            .unwrap();
-        let token = issued["token"].as_str().unwrap();
+        let token = tenant_admin(&operator, "acme");
         let mut upload = std::net::TcpStream::connect(served.base.trim_start_matches("http://")).unwrap();
         let head = format!(
             "PUT /v1/tenants/acme/datasets/trips?format=csv&entity=driver_id HTTP/1.1\r\nhost: kanon\r\n\
@@ -1349,15 +1341,7 @@ mod serve {
         let (mut served, operator) = Served::start(&dir, "first");
         let operator = operator.expect("the first start prints the operator token");
         let client = served.client(Some(&operator));
-        let _: Value = client.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
-        let issued: Value = client
-            .send(
-                "POST",
-                "/v1/tokens",
-                &json!({"role": "tenant-admin", "name": "acme-admin", "tenant": "acme"}),
-            )
-            .unwrap();
-        let admin = served.client(issued["token"].as_str());
+        let admin = served.client(Some(&tenant_admin(&client, "acme")));
         let _: Value = admin
             .upload(
                 "PUT",

@@ -74,7 +74,8 @@ fn storage_trouble(app: &App) -> Option<(&'static str, kanon_vault::redb_file::S
 pub struct DaemonStatus {
     pub version: String,
     pub running_jobs: usize,
-    pub queued_jobs: usize,
+    /// `None` while the control database cannot be read.
+    pub queued_jobs: Option<usize>,
     /// Audit chains that do not verify, with why: the daemon refuses every
     /// change it would record in them until control.redb is restored.
     pub broken_chains: BTreeMap<String, String>,
@@ -96,7 +97,8 @@ async fn status(State(app): State<Arc<App>>) -> Result<axum::Json<DaemonStatus>>
     Ok(axum::Json(DaemonStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         running_jobs: app.scheduler.running(),
-        queued_jobs: app.store.read()?.queue()?.len(),
+        // Read while storage is in trouble too: this is where the operator looks.
+        queued_jobs: app.store.read().and_then(|r| r.queue()).map(|q| q.len()).ok(),
         broken_chains: app.store.broken_chains(),
         storage: if trouble.is_some() { "degraded" } else { "ok" }.into(),
         storage_failed_ms: trouble.as_ref().map(|(_, f)| f.at_ms),
