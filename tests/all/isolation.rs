@@ -304,3 +304,68 @@ pub(crate) fn joins_on_the_entity() {
     let loose = grant(json!({"min_entities": 2}));
     assert_eq!(loose.status, 422, "looser than the floor: {}", loose.text());
 }
+
+/// Every hostile fixture that passes upload, run isolated over two datasets
+/// that differ only in one driver's fuel: whatever the fixture does (loop,
+/// sleep, trap, forge, flood, carry state, subtract), the run's outcome is
+/// the same for both, and at most the two cells that driver can reach (one
+/// under each dataset; an entity counts in one cell of a table) differ,
+/// totals aside. What isolation claims holds for each attack, not only for
+/// the ones written against it.
+#[test]
+fn every_hostile_fixture_isolated_leaves_the_other_entities_cells_alone() {
+    let fixtures = [
+        kanon_artifacts::CANCELS_PAIRS,
+        kanon_artifacts::CARRIES_STATE,
+        kanon_artifacts::CODE_OUTSIDE_DOMAIN,
+        kanon_artifacts::ERROR_WITH_DATA,
+        kanon_artifacts::FLIPS_A_COIN,
+        kanon_artifacts::FLOODS_HOST,
+        kanon_artifacts::FORGES_PSEUDONYM,
+        kanon_artifacts::GROWS_MEMORY,
+        kanon_artifacts::HOARDS_SCANS,
+        kanon_artifacts::LOOPS_FOREVER,
+        kanon_artifacts::LOOPS_IN_HOST_CALLS,
+        kanon_artifacts::MOVES_DATA_ACROSS_ENTITIES,
+        kanon_artifacts::PADS_WITH_ZEROS,
+        kanon_artifacts::PANICS_WITH_DATA,
+        kanon_artifacts::READS_ENV,
+        kanon_artifacts::SINGLES_OUT_A_TENANT,
+        kanon_artifacts::SLEEPS_FOREVER,
+        kanon_artifacts::SPELLS_WITH_COUNTS,
+        kanon_artifacts::SPREADS_ONE_ENTITY,
+        kanon_artifacts::SUBTRACTS_MARGINS,
+        kanon_artifacts::TRAPS_FOR_ONE_ENTITY,
+        kanon_artifacts::UNDECLARED_DATASET,
+        kanon_artifacts::UNDECLARED_TABLE,
+    ];
+    // Driver 1 is in east (`fleet` puts driver d in region d % 3).
+    let rows = fleet(24, |d| 10.0 + f64::from(d));
+    let mut other = rows.clone();
+    for row in other.iter_mut().filter(|r| r.0 == 1) {
+        row.2 += 37.0;
+    }
+    for path in fixtures {
+        let plugin = load_path(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let before = run(&plugin, trips(&rows), Isolation::Entity).outcome;
+        let after = run(&plugin, trips(&other), Isolation::Entity).outcome;
+        match (before, after) {
+            (Ok(before), Ok(after)) => {
+                for (b, a) in before.tables.iter().zip(&after.tables) {
+                    let moved: Vec<&Vec<String>> = b
+                        .cells
+                        .iter()
+                        .zip(&a.cells)
+                        .filter(|(b, a)| !b.key.iter().any(|k| k == kanon_gate::TOTAL_LABEL) && b != a)
+                        .map(|(b, _)| &b.key)
+                        .collect();
+                    assert!(moved.len() <= 2, "{path}: {moved:?} moved with one driver's rows");
+                }
+            }
+            (Err(before), Err(after)) => assert_eq!(before.class, after.class, "{path}"),
+            (before, after) => {
+                panic!("{path}: one driver's rows changed the outcome: {before:?} vs {after:?}")
+            }
+        }
+    }
+}
