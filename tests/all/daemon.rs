@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kanon_daemon::api::{ACCESS, Access};
 use kanon_daemon::client::{Client, Reply};
 use kanon_daemon::{AuditExport, Daemon, DaemonConfig, FirstStart, Role};
-use kanon_runtime::{Runtime, RuntimeConfig};
+use kanon_runtime::{RunLimits, Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
@@ -20,6 +20,7 @@ pub(crate) struct TestDaemon {
     /// The key-encryption key it runs under, to start again over the same
     /// directory.
     pub(crate) key: KeyEncryptionKey,
+    limits: RunLimits,
 }
 
 impl TestDaemon {
@@ -29,25 +30,32 @@ impl TestDaemon {
 
     /// A daemon over `dir`, its settings changed by `configure`.
     pub(crate) fn start_with(dir: tempfile::TempDir, configure: impl FnOnce(&mut DaemonConfig)) -> Self {
+        Self::start_with_limits(dir, configure, kanon_tests::test_limits())
+    }
+
+    /// A daemon whose runs have `limits` (the tests' are two seconds).
+    pub(crate) fn start_with_limits(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut DaemonConfig),
+        limits: RunLimits,
+    ) -> Self {
         let tokio =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let key = KeyEncryptionKey::generate();
         let mut config = Self::config(dir.path(), "127.0.0.1:0".parse().unwrap());
         configure(&mut config);
-        let (daemon, first) = tokio.block_on(Self::daemon(config, &key));
+        let (daemon, first) = tokio.block_on(Self::daemon(config, &key, limits.clone()));
         let base = format!("http://{}", daemon.local_addr());
         let operator = Client::new(&base, Some(first.operator_token.expect("first start prints the token")));
-        Self { operator, tokio, daemon: Some(daemon), dir, key }
+        Self { operator, tokio, daemon: Some(daemon), dir, key, limits }
     }
 
     fn config(dir: &std::path::Path, listen: std::net::SocketAddr) -> DaemonConfig {
         DaemonConfig { listen, data_dir: dir.to_owned(), ..DaemonConfig::default() }
     }
 
-    async fn daemon(config: DaemonConfig, key: &KeyEncryptionKey) -> (Daemon, FirstStart) {
-        let runtime =
-            Runtime::new(RuntimeConfig { limits: kanon_tests::test_limits(), ..RuntimeConfig::default() })
-                .unwrap();
+    async fn daemon(config: DaemonConfig, key: &KeyEncryptionKey, limits: RunLimits) -> (Daemon, FirstStart) {
+        let runtime = Runtime::new(RuntimeConfig { limits, ..RuntimeConfig::default() }).unwrap();
         Daemon::start(config, key.clone(), runtime).await.expect("daemon starts")
     }
 
@@ -58,7 +66,8 @@ impl TestDaemon {
         let listen = daemon.local_addr();
         self.tokio.block_on(daemon.shutdown());
         between(self.dir.path());
-        let (daemon, _) = self.tokio.block_on(Self::daemon(Self::config(self.dir.path(), listen), &self.key));
+        let config = Self::config(self.dir.path(), listen);
+        let (daemon, _) = self.tokio.block_on(Self::daemon(config, &self.key, self.limits.clone()));
         self.daemon = Some(daemon);
     }
 
@@ -608,6 +617,7 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         }
         ("GET", "/v1/benchmarks/{benchmark}/runs")
         | ("GET", "/v1/benchmarks/{benchmark}/runs/{run}")
+        | ("POST", "/v1/benchmarks/{benchmark}/runs/{run}/cancel")
         | ("GET", "/v1/benchmarks/{benchmark}/versions")
         | ("GET", "/v1/benchmarks/{benchmark}/versions/{version}") => &[(Vendor, 404), (Operator, 404)],
         ("GET", "/v1/tenants/{tenant}/benchmarks") => &[(TenantAdmin, 200)],

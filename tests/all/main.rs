@@ -8,3 +8,4 @@ mod isolation;
 mod plugins;
 mod upload;
 mod vault;
+mod work;

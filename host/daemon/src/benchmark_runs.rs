@@ -1,14 +1,14 @@
-//! Benchmark runs: queued by the vendor or the schedule, run one at a time
-//! (one isolated instance per opted-in tenant, merged by the gate under the
-//! benchmark rules and the subtraction rule), and finished in one
+//! Benchmark runs: queued by the vendor or the schedule, started and
+//! cancelled through the one work lifecycle ([`crate::work`]), one at a
+//! time (one isolated instance per opted-in tenant, merged by the gate
+//! under the benchmark rules and the subtraction rule), and finished in one
 //! transaction that stores the version in the meta data vault, the
 //! benchmark's history, each tenant's own position (sealed) and owner log
 //! (sealed), and the audit entries on the host's and every participant's
 //! chain.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kanon_gate::{
     CellHistory, Isolation, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory,
@@ -17,21 +17,22 @@ use kanon_gate::{
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, CancelToken, TenantInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::audit::HOST_CHAIN;
 use crate::benchmarks::{self, Benchmark, OptIn};
+use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::jobs::{JobLog, JobState, now_to_the_second, seen_failure, whole_seconds};
 use crate::registry::PluginRecord;
 use crate::sealed::{self, Sealed};
 use crate::store::{
     BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OPT_INS, OWNER_LOGS, PLUGINS, POSITIONS, RELEASE_HISTORY, Read,
-    TENANTS, Write,
+    TENANTS, Table, Write,
 };
 use crate::tenants::TenantRecord;
-use crate::{App, ControlStore, StoreError, now_ms};
+use crate::work::{self, SlotGroup, Work};
+use crate::{App, ControlStore};
 
 /// What every benchmark run asks of the gate beyond its participants'
 /// policies: one instance per entity, so no plugin can make one person's
@@ -61,6 +62,9 @@ pub struct BenchmarkRun {
     /// The version it released.
     pub version: Option<u64>,
     pub stats: Option<BenchmarkStats>,
+    /// Set when a cancel arrived while it ran: nothing it made is released.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// Figures of a finished run, as its vendor sees them. Rows read and
@@ -162,8 +166,8 @@ pub(crate) fn queue(
     if benchmarks::get(write, benchmark)?.retired_ms.is_some() {
         return Err(Error::Conflict(format!("benchmark `{benchmark}` is retired")));
     }
-    let runs: Vec<BenchmarkRun> = write.all(BENCHMARK_RUNS)?;
-    if let Some(pending) = runs.iter().find(|r| r.benchmark == benchmark && !r.state.is_final()) {
+    let unfinished: Vec<BenchmarkRun> = work::unfinished(write)?;
+    if let Some(pending) = unfinished.iter().find(|r| r.benchmark == benchmark) {
         return Err(Error::Conflict(format!(
             "run {} of `{benchmark}` is {}",
             pending.id,
@@ -172,7 +176,7 @@ pub(crate) fn queue(
     }
     let run = BenchmarkRun {
         id: crate::new_id("brun"),
-        seq: write.next_sequence("benchmark-run-seq")?,
+        seq: work::next_seq(write)?,
         benchmark: benchmark.to_owned(),
         trigger: trigger.to_owned(),
         state: JobState::Queued,
@@ -183,84 +187,16 @@ pub(crate) fn queue(
         participants: None,
         version: None,
         stats: None,
+        cancel_requested: false,
     };
-    write.put(BENCHMARK_RUNS, &run.id, &run)?;
+    work::enqueue(write, &run)?;
     write.audit(HOST_CHAIN, actor, "benchmark.run.queue", json!({"benchmark": benchmark, "run": run.id}))?;
     Ok(run)
 }
 
-/// At start: runs a stopped daemon left running are marked failed
-/// (`interrupted`); queued ones stay queued. Returns how many.
-pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
-    store.write(|w| {
-        if w.chain_broken(HOST_CHAIN) {
-            // Their entries could not be written; they stay as they are.
-            return Ok(0);
-        }
-        let running: Vec<BenchmarkRun> = w
-            .all::<BenchmarkRun>(BENCHMARK_RUNS)?
-            .into_iter()
-            .filter(|r| r.state == JobState::Running)
-            .collect();
-        for mut run in running.iter().cloned() {
-            run.state = JobState::Failed;
-            run.failure = Some("interrupted".into());
-            run.finished_ms = Some(now_to_the_second());
-            w.put(BENCHMARK_RUNS, &run.id, &run)?;
-            w.audit(
-                HOST_CHAIN,
-                "daemon",
-                "benchmark.run.finish",
-                json!({"run": run.id, "failure": "interrupted"}),
-            )?;
-        }
-        Ok(running.len())
-    })
-}
-
-/// The runner: queues scheduled runs when due and runs queued ones, one at
-/// a time, each in a slot of the job scheduler, until `stopped`.
-pub(crate) fn spawn_runner(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        loop {
-            if *stopped.borrow() {
-                break;
-            }
-            if let Err(e) = queue_due(&app.store, now_ms()) {
-                tracing::error!(error = %e, "the benchmark schedule could not be read");
-            }
-            let claimed = match next_queued(&app) {
-                Ok(run) => run.and_then(|run| Some((app.scheduler.claim_slot(&run.id)?, run))),
-                Err(e) => {
-                    tracing::error!(error = %e, "the benchmark queue could not be read");
-                    None
-                }
-            };
-            if let Some((cancel, run)) = claimed {
-                let worker = app.clone();
-                let id = run.id.clone();
-                let ran = tokio::task::spawn_blocking(move || execute_and_finish(&worker, run, cancel)).await;
-                app.scheduler.release_slot(&id);
-                app.scheduler.wake();
-                if let Err(e) = ran {
-                    tracing::error!(run = %id, error = %e, "a benchmark run panicked");
-                    abandon(&app, &id);
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = app.benchmark_wake.notified() => {}
-                _ = stopped.wait_for(|stop| *stop) => break,
-                // Slots free up and schedules come due without a wake-up.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    });
-}
-
 /// Queue a run of every scheduled benchmark that is due at `now`. Returns
 /// how many were queued; one still pending covers its turn.
-fn queue_due(store: &ControlStore, now: u64) -> Result<usize> {
+pub(crate) fn queue_due(store: &ControlStore, now: u64) -> Result<usize> {
     let due: Vec<Benchmark> = store
         .read()?
         .all::<Benchmark>(BENCHMARKS)?
@@ -284,83 +220,57 @@ fn queue_due(store: &ControlStore, now: u64) -> Result<usize> {
     Ok(queued)
 }
 
-/// The oldest queued run, if any.
-fn next_queued(app: &App) -> Result<Option<BenchmarkRun>> {
-    let runs: Vec<BenchmarkRun> = app.store.read()?.all(BENCHMARK_RUNS)?;
-    Ok(runs.into_iter().filter(|r| r.state == JobState::Queued).min_by_key(|r| r.seq))
-}
-
 /// One participant, ready to run.
-struct Participant {
+pub(crate) struct Participant {
     opt_in: OptIn,
     versions: BTreeMap<String, u64>,
 }
 
 /// What a run came to, before it is recorded.
-enum Outcome {
+pub(crate) enum Outcome {
     Ran { report: Box<BenchmarkReport>, participants: Vec<Participant>, rows: u64, version: u64 },
     NotRun { code: &'static str, detail: String, participants: Vec<Participant> },
 }
 
-fn execute_and_finish(app: &App, run: BenchmarkRun, cancel: CancelToken) {
-    let id = run.id.clone();
-    let result = start(app, &run.id).and_then(|started| {
-        let Some(started) = started else { return Ok(()) };
-        let clock = Instant::now();
-        let (outcome, skipped) = execute(app, &started, cancel);
-        finish(app, &started, outcome, skipped, clock.elapsed())
-    });
-    if let Err(e) = result {
-        tracing::error!(run = %id, error = %e, "cannot record a benchmark run");
-        abandon(app, &id);
-    }
-}
+impl Work for BenchmarkRun {
+    const TABLE: Table = BENCHMARK_RUNS;
+    const PREFIX: &'static str = "brun_";
+    const WHAT: &'static str = "benchmark run";
+    const AUDIT: &'static str = "benchmark.run";
+    const ID_KEY: &'static str = "run";
+    type Outcome = (Outcome, Vec<(String, String)>);
 
-/// Mark a run that could not be recorded as failed (`host-error`), so the
-/// benchmark can run again. Nothing of it was released.
-fn abandon(app: &App, id: &str) {
-    let written = app.store.write(|w| {
-        let Some(mut run) = w.get::<BenchmarkRun>(BENCHMARK_RUNS, id)? else { return Ok(()) };
-        if run.state.is_final() {
-            return Ok(());
-        }
-        run.state = JobState::Failed;
-        run.failure = Some("host-error".into());
-        run.finished_ms = Some(now_to_the_second());
-        w.put(BENCHMARK_RUNS, id, &run)?;
-        w.audit(HOST_CHAIN, "daemon", "benchmark.run.finish", json!({"run": id, "failure": "host-error"}))?;
-        Ok::<_, StoreError>(())
-    });
-    if let Err(e) = written {
-        // The next start marks it interrupted.
-        tracing::error!(run = %id, error = %e, "cannot mark a benchmark run failed");
-    }
-}
+    crate::work::record_fields!();
 
-/// Mark a queued run running. `None`: it is no longer queued.
-fn start(app: &App, id: &str) -> Result<Option<BenchmarkRun>> {
-    app.store.write(|w| {
-        let Some(mut run) = w.get::<BenchmarkRun>(BENCHMARK_RUNS, id)? else { return Ok(None) };
-        if run.state != JobState::Queued {
-            return Ok(None);
-        }
-        run.state = JobState::Running;
-        run.started_ms = Some(now_to_the_second());
-        w.put(BENCHMARK_RUNS, id, &run)?;
-        w.audit(HOST_CHAIN, "daemon", "benchmark.run.start", json!({"benchmark": run.benchmark, "run": id}))?;
-        // Before any data is read, every tenant whose data the run may read
-        // finds it on its chain, even if the daemon dies mid-run.
-        let opted: Vec<OptIn> = w.prefixed(OPT_INS, &format!("{}/", run.benchmark))?;
+    fn chain(&self) -> &str {
+        HOST_CHAIN
+    }
+
+    /// A run reads many tenants: it counts against no tenant's limit, and
+    /// one runs at a time.
+    fn slot_group(&self, _: &JobLimits) -> SlotGroup {
+        SlotGroup { name: "benchmark-runs".into(), limit: 1 }
+    }
+
+    /// Before any data is read, every tenant whose data the run may read
+    /// finds it on its chain, even if the daemon dies mid-run.
+    fn on_start(&mut self, w: &mut Write<'_>) -> Result<Result<(), String>> {
+        let detail = json!({"benchmark": self.benchmark, "run": self.id});
+        w.audit(HOST_CHAIN, "daemon", "benchmark.run.start", detail.clone())?;
+        let opted: Vec<OptIn> = w.prefixed(OPT_INS, &format!("{}/", self.benchmark))?;
         for opt_in in opted.iter().filter(|o| o.active()) {
-            w.audit(
-                &opt_in.tenant,
-                "daemon",
-                "benchmark.run.start",
-                json!({"benchmark": run.benchmark, "run": id}),
-            )?;
+            w.audit(&opt_in.tenant, "daemon", "benchmark.run.start", detail.clone())?;
         }
-        Ok(Some(run))
-    })
+        Ok(Ok(()))
+    }
+
+    fn execute(&self, app: &App, cancel: CancelToken) -> Self::Outcome {
+        execute(app, self, cancel)
+    }
+
+    fn finish(&self, app: &App, (outcome, skipped): Self::Outcome, elapsed: Duration) -> Result<()> {
+        finish(app, self, outcome, skipped, elapsed)
+    }
 }
 
 /// Run the benchmark over every tenant opted in now. A tenant whose mapped
@@ -546,6 +456,7 @@ fn finish(
     let run_ms = elapsed.as_millis() as u64;
     let recorded = app.store.write(|w| {
         let mut current: BenchmarkRun = w.get(BENCHMARK_RUNS, &run.id)?.unwrap_or_else(|| run.clone());
+        work::finished(w, run)?;
         current.finished_ms = Some(now_to_the_second());
         current.participants = Some(participants.len());
         for (tenant, reason) in &skipped {
@@ -555,6 +466,11 @@ fn finish(
             w.put(OWNER_LOGS, &log_key(&run.id, &participant.opt_in.tenant), log)?;
         }
         let released = match &outcome {
+            // Asked to stop: whatever it made is dropped.
+            _ if current.cancel_requested => {
+                current.state = JobState::Cancelled;
+                None
+            }
             Outcome::Ran { report, rows, version, .. } => match &report.outcome {
                 Ok(release) => {
                     let mut benchmark = benchmarks::get(w, &run.benchmark)?;
@@ -691,6 +607,7 @@ pub(crate) fn owner_log(app: &App, run: &str, tenant: &str) -> Result<JobLog> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StoreError;
 
     fn benchmark(name: &str, every_hours: Option<u32>, scheduled_ms: u64) -> Benchmark {
         Benchmark {

@@ -16,7 +16,7 @@ use crate::benchmark_runs::BenchmarkRun;
 use crate::error::{Error, Result};
 use crate::jobs::JobState;
 use crate::registry::PluginRecord;
-use crate::store::{BENCHMARK_RUNS, BENCHMARKS, META, OPT_INS, PLUGINS, Read, Write};
+use crate::store::{BENCHMARKS, META, OPT_INS, PLUGINS, Read, Write};
 use crate::tenants::check_name;
 use crate::{App, now_ms};
 
@@ -289,11 +289,9 @@ pub(crate) fn retire(write: &mut Write<'_>, actor: &str, name: &str) -> Result<B
     }
     benchmark.retired_ms = Some(now_ms());
     write.put(BENCHMARKS, name, &benchmark)?;
-    let runs: Vec<BenchmarkRun> = write.all(BENCHMARK_RUNS)?;
-    for mut run in runs.into_iter().filter(|r| r.benchmark == name && r.state == JobState::Queued) {
-        run.state = JobState::Cancelled;
-        run.finished_ms = benchmark.retired_ms;
-        write.put(BENCHMARK_RUNS, &run.id, &run)?;
+    let unfinished: Vec<BenchmarkRun> = crate::work::unfinished(write)?;
+    for run in unfinished.iter().filter(|r| r.benchmark == name && r.state == JobState::Queued) {
+        crate::work::cancel::<BenchmarkRun>(write, actor, &run.id)?;
     }
     write.audit(HOST_CHAIN, actor, "benchmark.retire", json!({"benchmark": name}))?;
     Ok(benchmark)

@@ -1,28 +1,27 @@
-//! Jobs: submitted by an analyst under an approval, queued in the control
-//! database, started by the scheduler within the global and per-tenant
-//! limits, run by the runtime against the vault through the gate, and
-//! finished in one transaction that stores the release, the owner log and
-//! the audit entries together, so no result is ever half-written.
+//! Jobs: submitted by an analyst under an approval, queued, started and
+//! cancelled through the one work lifecycle ([`crate::work`]) within the
+//! global and per-tenant limits, run by the runtime against the vault
+//! through the gate, and finished in one transaction that stores the
+//! release, the owner log and the audit entries together, so no result is
+//! ever half-written.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kanon_gate::{Policy, PolicyLayer, Release};
 use kanon_runtime::{CancelToken, FailureClass, OwnerLog, RunReport, RunRequest, RunStats};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
 use utoipa::ToSchema;
 
 use crate::approvals::{self, Approval, JobAsk};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::sealed::{self, Sealed};
-use crate::store::{APPROVALS, JOBS, OWNER_LOGS, REPLAYS, RESULTS, RecordRead, TENANTS, Write};
+use crate::store::{APPROVALS, JOBS, OWNER_LOGS, REPLAYS, RESULTS, RecordRead, TENANTS, Table, Write};
 use crate::tenants::TenantRecord;
-use crate::{App, ControlStore, StoreError, now_ms};
+use crate::work::{self, SlotGroup, Work};
+use crate::{App, now_ms};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -223,7 +222,7 @@ pub(crate) fn submit(
             tenant.name
         )));
     }
-    let seq = write.next_sequence("job-seq")?;
+    let seq = work::next_seq(write)?;
     let job = Job {
         id: crate::new_id("job"),
         seq,
@@ -244,8 +243,7 @@ pub(crate) fn submit(
         stats: None,
         replay_of: None,
     };
-    write.put(JOBS, &job.id, &job)?;
-    write.enqueue(seq, &job.id)?;
+    work::enqueue(write, &job)?;
     write.audit(
         &job.tenant,
         actor,
@@ -288,277 +286,59 @@ impl SubmitRequest {
     }
 }
 
-/// Cancel a job: a queued one at once; a running one is marked here, and
-/// the caller interrupts its run ([`Scheduler::cancel`]), whose result is
-/// then discarded.
-pub(crate) fn cancel(write: &mut Write<'_>, actor: &str, id: &str) -> Result<Job> {
-    let mut job: Job = write.get(JOBS, id)?.ok_or_else(|| Error::NotFound(format!("job `{id}`")))?;
-    match job.state {
-        JobState::Queued => {
-            write.dequeue(job.seq)?;
-            job.state = JobState::Cancelled;
-            job.finished_ms = Some(now_to_the_second());
-        }
-        JobState::Running => job.cancel_requested = true,
-        _ => return Err(Error::Conflict(format!("job `{id}` has already finished ({})", job.state.name()))),
-    }
-    write.put(JOBS, id, &job)?;
-    write.audit(&job.tenant, actor, "job.cancel", json!({"job": id, "state": job.state}))?;
-    Ok(job)
-}
+impl Work for Job {
+    const TABLE: Table = JOBS;
+    const PREFIX: &'static str = "job_";
+    const WHAT: &'static str = "job";
+    const AUDIT: &'static str = "job";
+    const ID_KEY: &'static str = "job";
+    type Outcome = Outcome;
 
-/// At start: jobs a stopped daemon left running are marked failed
-/// (`interrupted`); queued jobs stay queued and run. Returns how many.
-pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
-    store.write(|w| {
-        // A job of a chain that does not verify stays as it is: its entry
-        // could not be written.
-        let running: Vec<Job> = w
-            .all::<Job>(JOBS)?
-            .into_iter()
-            .filter(|j| j.state == JobState::Running && !w.chain_broken(&j.tenant))
-            .collect();
-        for mut job in running.iter().cloned() {
-            job.state = JobState::Failed;
-            job.failure = Some("interrupted".into());
-            job.finished_ms = Some(now_to_the_second());
-            w.put(JOBS, &job.id, &job)?;
-            w.audit(
-                &job.tenant,
-                "daemon",
-                "job.finish",
-                json!({"job": job.id, "outcome": "failed", "failure": "interrupted"}),
-            )?;
-        }
-        Ok(running.len())
-    })
-}
+    crate::work::record_fields!();
 
-/// Starts queued jobs within the limits and tracks the running ones.
-#[derive(Debug)]
-pub(crate) struct Scheduler {
-    limits: JobLimits,
-    wake: Notify,
-    running: Mutex<Running>,
-    stopping: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct Running {
-    total: usize,
-    per_tenant: HashMap<String, usize>,
-    /// Jobs and benchmark runs being started or run, so one is never started
-    /// twice, each with what interrupts it.
-    runs: HashMap<String, CancelToken>,
-}
-
-impl Scheduler {
-    pub fn new(limits: JobLimits) -> Self {
-        Self { limits, wake: Notify::new(), running: Mutex::default(), stopping: AtomicBool::new(false) }
+    fn chain(&self) -> &str {
+        &self.tenant
     }
 
-    /// Look at the queue again (after a submit or a finish).
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// A job counts against its tenant's limit.
+    fn slot_group(&self, limits: &JobLimits) -> SlotGroup {
+        SlotGroup { name: format!("tenant:{}", self.tenant), limit: limits.per_tenant }
     }
 
-    /// Jobs running now.
-    pub fn running(&self) -> usize {
-        self.running.lock().expect("lock").total
-    }
-
-    /// The scheduling loop, until `stopped` turns true.
-    pub fn spawn(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
-        tokio::spawn(async move {
-            loop {
-                // Checked before every dispatch: a wake-up may win the
-                // select below over the stop signal.
-                if *stopped.borrow() {
-                    break;
-                }
-                // Audit entries a storage failure held up, once it works again.
-                crate::pending::reconcile_logged(&app);
-                if let Err(e) = dispatch(&app) {
-                    tracing::error!(error = %e, "the scheduler could not read the queue");
-                }
-                tokio::select! {
-                    _ = app.scheduler.wake.notified() => {}
-                    _ = stopped.wait_for(|stop| *stop) => break,
-                    // A safety net: a missed wake-up costs a second, not a stuck queue.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            app.scheduler.stopping.store(true, Ordering::SeqCst);
-        });
-    }
-
-    /// Interrupt the run of job or benchmark run `id`, if it is running.
-    pub fn cancel(&self, id: &str) {
-        if let Some(cancel) = self.running.lock().expect("lock").runs.get(id) {
-            cancel.cancel();
-        }
-    }
-
-    /// Interrupt every run: the end of a shutdown's grace.
-    pub fn cancel_all(&self) {
-        for cancel in self.running.lock().expect("lock").runs.values() {
-            cancel.cancel();
-        }
-    }
-
-    /// Stop starting runs, and wait until none runs or `grace` passes.
-    /// Whether all finished.
-    pub async fn wait_idle(&self, grace: Duration) -> bool {
-        self.stopping.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + grace;
-        while self.running() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    /// Take a slot for `job` if the limits allow; what interrupts its run.
-    fn claim(&self, job: &Job) -> Option<CancelToken> {
-        let mut running = self.running.lock().expect("lock");
-        let tenant = running.per_tenant.get(&job.tenant).copied().unwrap_or(0);
-        if tenant >= self.limits.per_tenant {
-            return None;
-        }
-        let cancel = running.claim(&job.id, self.limits.concurrent)?;
-        *running.per_tenant.entry(job.tenant.clone()).or_default() += 1;
-        Some(cancel)
-    }
-
-    /// Take a slot for benchmark run `id`, if the global limit allows. A
-    /// benchmark run reads many tenants; it counts against no tenant's limit.
-    pub fn claim_slot(&self, id: &str) -> Option<CancelToken> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.running.lock().expect("lock").claim(id, self.limits.concurrent)
-    }
-
-    pub fn release_slot(&self, id: &str) {
-        self.running.lock().expect("lock").release(id);
-    }
-
-    fn release(&self, job: &Job) {
-        let mut running = self.running.lock().expect("lock");
-        running.release(&job.id);
-        if let Some(n) = running.per_tenant.get_mut(&job.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                running.per_tenant.remove(&job.tenant);
-            }
-        }
-    }
-}
-
-impl Running {
-    fn claim(&mut self, id: &str, limit: usize) -> Option<CancelToken> {
-        if self.total >= limit || self.runs.contains_key(id) {
-            return None;
-        }
-        self.total += 1;
-        let cancel = CancelToken::new();
-        self.runs.insert(id.to_owned(), cancel.clone());
-        Some(cancel)
-    }
-
-    fn release(&mut self, id: &str) {
-        if self.runs.remove(id).is_some() {
-            self.total -= 1;
-        }
-    }
-}
-
-/// Start what the limits allow, oldest first.
-fn dispatch(app: &Arc<App>) -> Result<()> {
-    if app.scheduler.stopping.load(Ordering::SeqCst) {
-        return Ok(());
-    }
-    let read = app.store.read()?;
-    for id in read.queue()? {
-        if app.scheduler.running() >= app.scheduler.limits.concurrent {
-            break;
-        }
-        let Some(job) = read.get::<Job>(JOBS, &id)? else { continue };
-        let Some(cancel) = app.scheduler.claim(&job) else { continue };
-        match start(app, &job.id) {
-            Ok(Some(job)) => {
-                let app = app.clone();
-                tokio::task::spawn_blocking(move || run(&app, job, cancel));
-            }
-            Ok(None) => {
-                app.scheduler.release(&job);
-                app.metrics.job_finished("refused", None);
-            }
-            Err(e) => {
-                // This job stays queued; the ones behind it may start.
-                app.scheduler.release(&job);
-                tracing::error!(job = %job.id, error = %e, "cannot start a job");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Mark a queued job running, after checking its approval once more.
-/// `None`: the job did not start (cancelled meanwhile, or no longer approved).
-fn start(app: &App, id: &str) -> Result<Option<Job>> {
-    app.store.write(|w| {
-        let Some(mut job) = w.get::<Job>(JOBS, id)? else { return Ok(None) };
-        if job.state != JobState::Queued {
-            return Ok(None);
-        }
-        w.dequeue(job.seq)?;
+    /// The approval is checked once more: it may have been revoked or run
+    /// out since the submit.
+    fn on_start(&mut self, w: &mut Write<'_>) -> Result<Result<(), String>> {
         let ask = JobAsk {
-            tenant: &job.tenant,
-            plugin: &job.plugin,
-            analyst: &job.analyst,
-            datasets: &job.datasets,
-            params: &job.params,
+            tenant: &self.tenant,
+            plugin: &self.plugin,
+            analyst: &self.analyst,
+            datasets: &self.datasets,
+            params: &self.params,
         };
-        if let Some(reason) = approvals::refusal(w, &job.approval, &ask)? {
-            job.state = JobState::Failed;
-            job.failure = Some("not-approved".into());
-            job.finished_ms = Some(now_to_the_second());
-            w.put(JOBS, id, &job)?;
+        if let Some(reason) = approvals::refusal(w, &self.approval, &ask)? {
             w.audit(
-                &job.tenant,
+                &self.tenant,
                 "daemon",
                 "access.refused",
-                json!({"what": "job.start", "job": id, "reason": reason}),
+                json!({"what": "job.start", "job": self.id, "reason": reason}),
             )?;
-            return Ok(None);
+            return Ok(Err("not-approved".into()));
         }
-        job.state = JobState::Running;
-        job.started_ms = Some(now_to_the_second());
-        w.put(JOBS, id, &job)?;
-        w.audit(&job.tenant, "daemon", "job.start", json!({"job": id}))?;
-        Ok(Some(job))
-    })
-}
-
-/// Run a started job to its end. Blocking: on a blocking thread.
-fn run(app: &Arc<App>, job: Job, cancel: CancelToken) {
-    let started = Instant::now();
-    let outcome = execute(app, &job, cancel);
-    let elapsed = started.elapsed();
-    if let Err(e) = finish(app, &job, outcome, elapsed) {
-        // The job stays `running` in the database; the next start marks it
-        // interrupted.
-        tracing::error!(job = %job.id, error = %e, "cannot record a finished job");
+        w.audit(&self.tenant, "daemon", "job.start", json!({"job": self.id}))?;
+        Ok(Ok(()))
     }
-    app.scheduler.release(&job);
-    app.scheduler.wake();
+
+    fn execute(&self, app: &App, cancel: CancelToken) -> Outcome {
+        execute(app, self, cancel)
+    }
+
+    fn finish(&self, app: &App, outcome: Outcome, elapsed: Duration) -> Result<()> {
+        finish(app, self, outcome, elapsed)
+    }
 }
 
 /// What a run came to, before it is recorded.
-enum Outcome {
+pub(crate) enum Outcome {
     Ran {
         report: Box<RunReport>,
         versions: BTreeMap<String, u64>,
@@ -697,6 +477,7 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<(
     let sealed = seal_log(app, &job.tenant, &log);
     let recorded = app.store.write(|w| {
         let mut current: Job = w.get(JOBS, &job.id)?.unwrap_or_else(|| job.clone());
+        work::finished(w, job)?;
         current.finished_ms = Some(now_to_the_second());
         current.versions = versions;
         w.put(OWNER_LOGS, &job.id, &sealed)?;

@@ -34,6 +34,7 @@ mod sealed;
 mod server;
 mod store;
 pub mod tenants;
+mod work;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -83,12 +84,10 @@ pub(crate) struct App {
     pub vault: Vault,
     pub runtime: Arc<Runtime>,
     pub plugins: registry::PluginCache,
-    pub scheduler: jobs::Scheduler,
+    pub scheduler: work::Scheduler,
     pub metrics: metrics::Metrics,
     /// The key token secrets are hashed under, read once at start.
     pub token_key: [u8; 32],
-    /// Wakes the benchmark runner (a run was queued).
-    pub benchmark_wake: tokio::sync::Notify,
     /// Refusals folded into counts, not yet written.
     pub refusals: audit::Refusals,
     /// Dataset changes between the vault's commit and their audit entry.
@@ -128,8 +127,7 @@ impl Daemon {
             tracing::error!(%chain, %reason, "an audit chain does not verify; the daemon refuses to append to it");
         }
         let token_key = store.write(auth::token_key)?;
-        let interrupted = jobs::recover(&store)?;
-        let interrupted = interrupted + benchmark_runs::recover(&store)?;
+        let interrupted = work::recover(&store)?;
         if interrupted > 0 {
             tracing::warn!(interrupted, "runs that were running when the daemon stopped are marked failed");
         }
@@ -142,11 +140,10 @@ impl Daemon {
         std::fs::create_dir_all(&plugins_dir).map_err(io_err(&plugins_dir))?;
         remove_leftovers(&config.data_dir)?;
         let app = Arc::new(App {
-            scheduler: jobs::Scheduler::new(config.jobs.clone()),
+            scheduler: work::Scheduler::new(config.jobs.clone()),
             plugins: registry::PluginCache::new(plugins_dir),
             metrics: metrics::Metrics::new(),
             token_key,
-            benchmark_wake: tokio::sync::Notify::new(),
             refusals: audit::Refusals::default(),
             pending: pending::Pending::default(),
             config,
@@ -162,8 +159,7 @@ impl Daemon {
         // server runs: a start that fails never makes a token it cannot show.
         let first = auth::ensure_operator_token(&app.store, app.config.operator_token_file.as_deref())?;
         let (stop, stopped) = watch::channel(false);
-        jobs::Scheduler::spawn(app.clone(), stopped.clone());
-        benchmark_runs::spawn_runner(app.clone(), stopped.clone());
+        work::Scheduler::spawn(app.clone(), stopped.clone());
         let router = api::router(app.clone());
         let server = tokio::spawn(server::serve(listener, router, app.clone(), stopped));
         tracing::info!(%addr, "kanon daemon listening");

@@ -53,14 +53,20 @@ pub(crate) const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("r
 pub(crate) const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
 /// Dataset changes begun and not yet audited (`pending`), by id.
 pub(crate) const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_changes");
-/// Queued jobs in submission order: sequence number to job id.
+/// Queued work (jobs, benchmark runs) in submission order: sequence number
+/// to id.
 pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
+/// Work that started and has not finished: id to id.
+pub(crate) const RUNNING: TableDefinition<&str, &[u8]> = TableDefinition::new("running");
+
+/// A table of records keyed by name or id.
+pub(crate) type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
 pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 19] = [
+const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 20] = [
     META,
     TOKENS,
     TENANTS,
@@ -80,6 +86,7 @@ const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 19] = [
     REPLAYS,
     ENROLMENTS,
     PENDING,
+    RUNNING,
 ];
 
 /// The control database failed.
@@ -549,13 +556,15 @@ impl Read {
     }
 }
 
-/// Reading one record, the same in a read and in a write transaction.
+/// Reading records, the same in a read and in a write transaction.
 pub(crate) trait RecordRead {
     fn get<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError>;
+    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError>;
+    fn queue(&self) -> Result<Vec<String>, StoreError>;
 }
 
 impl RecordRead for Read {
@@ -566,6 +575,14 @@ impl RecordRead for Read {
     ) -> Result<Option<T>, StoreError> {
         Read::get(self, table, key)
     }
+
+    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        Read::all(self, table)
+    }
+
+    fn queue(&self) -> Result<Vec<String>, StoreError> {
+        Read::queue(self)
+    }
 }
 
 impl RecordRead for Write<'_> {
@@ -575,6 +592,14 @@ impl RecordRead for Write<'_> {
         key: &str,
     ) -> Result<Option<T>, StoreError> {
         Write::get(self, table, key)
+    }
+
+    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        Write::all(self, table)
+    }
+
+    fn queue(&self) -> Result<Vec<String>, StoreError> {
+        Write::queue(self)
     }
 }
 

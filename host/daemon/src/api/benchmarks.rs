@@ -36,6 +36,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(show_benchmark, retire_benchmark))
         .routes(routes!(queue_run, list_runs))
         .routes(routes!(show_run))
+        .routes(routes!(cancel_run))
         .routes(routes!(list_versions))
         .routes(routes!(show_version))
         .routes(routes!(tenant_benchmarks))
@@ -151,7 +152,7 @@ async fn queue_run(
     visible(&app, &caller, &name)?;
     let actor = caller.actor();
     let run = app.store.write(|w| benchmark_runs::queue(w, &actor, &name, &actor))?;
-    app.benchmark_wake.notify_one();
+    app.scheduler.wake();
     Ok((StatusCode::ACCEPTED, axum::Json(run)))
 }
 
@@ -183,6 +184,30 @@ async fn show_run(
     visible(&app, &caller, &name)?;
     let run: Option<BenchmarkRun> = app.store.read()?.get(BENCHMARK_RUNS, &id)?;
     let run = run.filter(|r| r.benchmark == name).ok_or_else(|| Error::NotFound(format!("run `{id}`")))?;
+    Ok(axum::Json(run))
+}
+
+/// Cancel a run (its vendor, operators): a queued one does not start; a
+/// running one is interrupted and releases nothing.
+#[utoipa::path(post, path = "/v1/benchmarks/{benchmark}/runs/{run}/cancel", tag = "benchmarks",
+    security(("token" = [])), params(("benchmark" = String, Path), ("run" = String, Path)),
+    responses((status = 200, body = BenchmarkRun), (status = 404, body = super::ErrorBody),
+              (status = 409, body = super::ErrorBody)))]
+async fn cancel_run(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+) -> Result<axum::Json<BenchmarkRun>> {
+    visible(&app, &caller, &name)?;
+    let actor = caller.actor();
+    let run = app.store.write(|w| {
+        let run: Option<BenchmarkRun> = w.get(BENCHMARK_RUNS, &id)?;
+        if run.is_none_or(|r| r.benchmark != name) {
+            return Err(Error::NotFound(format!("run `{id}`")));
+        }
+        crate::work::cancel::<BenchmarkRun>(w, &actor, &id)
+    })?;
+    app.scheduler.cancel(&id);
     Ok(axum::Json(run))
 }
 

@@ -119,7 +119,7 @@ async fn cancel_job(
 ) -> Result<axum::Json<Job>> {
     let job = load(&app, &id)?;
     may_see(&app, &caller, &job, "job cancel")?;
-    let job = app.store.write(|w| jobs::cancel(w, &caller.actor(), &id))?;
+    let job: Job = app.store.write(|w| crate::work::cancel(w, &caller.actor(), &id))?;
     app.scheduler.cancel(&id);
     Ok(axum::Json(job))
 }

@@ -104,6 +104,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor])),
     ("GET", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor, Operator])),
     ("GET", "/v1/benchmarks/{benchmark}/runs/{run}", Access::Roles(&[Vendor, Operator])),
+    ("POST", "/v1/benchmarks/{benchmark}/runs/{run}/cancel", Access::Roles(&[Vendor, Operator])),
     ("GET", "/v1/benchmarks/{benchmark}/versions", Access::Roles(&[Vendor, Operator])),
     ("GET", "/v1/benchmarks/{benchmark}/versions/{version}", Access::Roles(&[Vendor, Operator])),
     ("GET", "/v1/tenants/{tenant}/benchmarks", Access::Roles(&[TenantAdmin])),

@@ -17,7 +17,7 @@ use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::registry::PluginRecord;
-use crate::store::{APPROVALS, JOBS, PLUGINS, Read};
+use crate::store::{APPROVALS, PLUGINS, Read};
 use crate::{App, ids};
 
 pub(super) fn routes(max_plugin_bytes: usize) -> OpenApiRouter<Arc<App>> {
@@ -181,7 +181,8 @@ async fn delete_plugin(
                 a.id, a.tenant
             )));
         }
-        if let Some(j) = w.all::<Job>(JOBS)?.into_iter().find(|j| j.plugin == hash && !j.state.is_final()) {
+        let unfinished: Vec<Job> = crate::work::unfinished(w)?;
+        if let Some(j) = unfinished.into_iter().find(|j| j.plugin == hash) {
             return Err(Error::Conflict(format!("job {} uses this plugin", j.id)));
         }
         let benchmarks: Vec<crate::benchmarks::Benchmark> = w.all(crate::store::BENCHMARKS)?;

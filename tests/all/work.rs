@@ -1,0 +1,141 @@
+//! The one lifecycle of queued work, through the daemon: jobs and benchmark
+//! runs wait in one queue, take slots from one scheduler, and a cancel drops
+//! a queued piece at once and interrupts a running one, which then releases
+//! nothing.
+
+use std::time::{Duration, Instant};
+
+use kanon_daemon::Role;
+use kanon_daemon::client::Client;
+use kanon_runtime::RunLimits;
+use serde_json::{Value, json};
+
+use crate::benchmarks::{carriers, join};
+use crate::daemon::{TestDaemon, approve, audit, ingest_trips, upload_plugin};
+
+/// Poll `path` until its `state` is `state`.
+fn wait_state(client: &Client, path: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: Value = client.get(path).unwrap();
+        if now["state"] == state {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{path} never reached `{state}`: {now}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The host chain's entries with `action`.
+fn host_entries(d: &TestDaemon, action: &str) -> Vec<Value> {
+    let host: Value = d.operator.get("/v1/audit").unwrap();
+    host["entries"].as_array().unwrap().iter().filter(|e| e["action"] == action).cloned().collect()
+}
+
+#[test]
+fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
+    // Runs long enough to be cancelled mid-way: without a cancel, the
+    // sleeping plugin would run for two minutes.
+    let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
+    let d = TestDaemon::start_with_limits(tempfile::tempdir().unwrap(), |_| {}, limits);
+
+    // Jobs: the tenant's one slot holds the first; the second waits.
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let plugin: Value =
+        upload_plugin(&analyst, &std::fs::read(kanon_artifacts::SLEEPS_FOREVER).unwrap()).json().unwrap();
+    let approval = approve(&admin, "acme", &plugin, "ana");
+    let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
+                        "datasets": {"trips": "trips"}});
+    let first: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    let first = first["id"].as_str().unwrap().to_owned();
+    wait_state(&analyst, &format!("/v1/jobs/{first}"), "running");
+    let second: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    let second = second["id"].as_str().unwrap().to_owned();
+
+    // Benchmark runs: one at a time, so a second benchmark's run waits
+    // while the first's sleeps, beside the running job.
+    let admins = carriers(&d);
+    let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
+    let slow: Value =
+        upload_plugin(&vendor, &std::fs::read(kanon_artifacts::SLEEPS_FOREVER).unwrap()).json().unwrap();
+    for name in ["slow", "slower"] {
+        let _: Value =
+            vendor.send("POST", "/v1/benchmarks", &json!({"name": name, "plugin": slow["hash"]})).unwrap();
+        for (i, admin) in admins.iter().enumerate().take(6) {
+            join(admin, i, name);
+        }
+    }
+    let running: Value = vendor.send("POST", "/v1/benchmarks/slow/runs", &json!({})).unwrap();
+    let running = format!("/v1/benchmarks/slow/runs/{}", running["id"].as_str().unwrap());
+    wait_state(&vendor, &running, "running");
+    let waiting: Value = vendor.send("POST", "/v1/benchmarks/slower/runs", &json!({})).unwrap();
+    let waiting = format!("/v1/benchmarks/slower/runs/{}", waiting["id"].as_str().unwrap());
+    let again = vendor.raw("POST", "/v1/benchmarks/slow/runs", Some(("application/json", b"{}"))).unwrap();
+    assert_eq!(again.status, 409, "one run of a benchmark at a time: {}", again.text());
+
+    // Nothing queued starts while the slots are held.
+    std::thread::sleep(Duration::from_millis(1500));
+    let job: Value = analyst.get(&format!("/v1/jobs/{second}")).unwrap();
+    assert_eq!(job["state"], "queued", "{job}");
+    let run: Value = vendor.get(&waiting).unwrap();
+    assert_eq!(run["state"], "queued", "{run}");
+
+    // A queued piece is cancelled at once and never starts.
+    let cancelled: Value = analyst.send("POST", &format!("/v1/jobs/{second}/cancel"), &json!({})).unwrap();
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let cancelled: Value = vendor.send("POST", &format!("{waiting}/cancel"), &json!({})).unwrap();
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert!(cancelled["started_ms"].is_null(), "{cancelled}");
+
+    // A running one is interrupted well before its deadline and releases
+    // nothing.
+    let asked = Instant::now();
+    let marked: Value = analyst.send("POST", &format!("/v1/jobs/{first}/cancel"), &json!({})).unwrap();
+    assert_eq!(
+        (marked["state"].as_str(), marked["cancel_requested"].as_bool()),
+        (Some("running"), Some(true))
+    );
+    let marked: Value = vendor.send("POST", &format!("{running}/cancel"), &json!({})).unwrap();
+    assert_eq!(
+        (marked["state"].as_str(), marked["cancel_requested"].as_bool()),
+        (Some("running"), Some(true))
+    );
+    let job = wait_state(&analyst, &format!("/v1/jobs/{first}"), "cancelled");
+    let run = wait_state(&vendor, &running, "cancelled");
+    assert!(asked.elapsed() < Duration::from_secs(30), "the cancels took {:?}", asked.elapsed());
+    assert!(job["stats"].is_null(), "{job}");
+    assert!(run["version"].is_null() && run["stats"].is_null(), "{run}");
+    let results = analyst.raw("GET", &format!("/v1/jobs/{first}/results"), None).unwrap();
+    assert_eq!(results.status, 409, "{}", results.text());
+    assert!(results.text().contains("no results"), "{}", results.text());
+    let versions: Value = vendor.get("/v1/benchmarks/slow/versions").unwrap();
+    assert_eq!(versions, json!([]));
+
+    // A cancel of finished work is a conflict.
+    let late =
+        analyst.raw("POST", &format!("/v1/jobs/{first}/cancel"), Some(("application/json", b"{}"))).unwrap();
+    assert_eq!(late.status, 409, "{}", late.text());
+    let late = vendor.raw("POST", &format!("{running}/cancel"), Some(("application/json", b"{}"))).unwrap();
+    assert_eq!(late.status, 409, "{}", late.text());
+
+    // Each cancel and each end is on the right chain.
+    let chain = audit(&admin, "acme");
+    let of = |action: &str| chain.entries.iter().filter(|e| e.action == action).count();
+    assert_eq!(of("job.cancel"), 2);
+    let finished =
+        chain.entries.iter().find(|e| e.action == "job.finish" && e.detail["job"] == first.as_str());
+    assert_eq!(finished.unwrap().detail["outcome"], "cancelled");
+    assert_eq!(host_entries(&d, "benchmark.run.cancel").len(), 2);
+    let ends = host_entries(&d, "benchmark.run.finish");
+    assert_eq!(ends.len(), 1, "the queued run never started: {ends:?}");
+    assert_eq!(ends[0]["detail"]["outcome"], "cancelled");
+
+    // The slots are free again: a new run of the first benchmark starts.
+    let next: Value = vendor.send("POST", "/v1/benchmarks/slow/runs", &json!({})).unwrap();
+    let next = format!("/v1/benchmarks/slow/runs/{}", next["id"].as_str().unwrap());
+    wait_state(&vendor, &next, "running");
+    let _: Value = vendor.send("POST", &format!("{next}/cancel"), &json!({})).unwrap();
+    wait_state(&vendor, &next, "cancelled");
+}
