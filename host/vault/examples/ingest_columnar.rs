@@ -58,7 +58,7 @@ fn batches(rows: usize) -> Vec<RecordBatch> {
 
 fn figures(what: &str, rows: usize, bytes: usize, seconds: f64) {
     println!(
-        "{what:<28} {seconds:>7.3} s  {:>8.1} MB/s  {:>6.2} M rows/s",
+        "{what:<34} {seconds:>7.3} s  {:>8.1} MB/s  {:>6.2} M rows/s",
         bytes as f64 / 1e6 / seconds,
         rows as f64 / 1e6 / seconds
     );

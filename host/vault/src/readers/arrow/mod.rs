@@ -3,11 +3,12 @@
 //! (Feather v2 files and IPC streams).
 //!
 //! Both formats carry their own types, so the schema is read from the file
-//! rather than inferred. A value whose column the tenant typed or classified
-//! differently (an integer entity column, say) goes through its text form, so
-//! the conversion and its errors are the CSV reader's (`convert`). Memory is
-//! bounded by the file's largest row group or record batch, never by the
-//! file.
+//! rather than inferred. A column whose Arrow type is the vault column's own
+//! is converted whole ranges at a time (`convert`); a value whose column the
+//! tenant typed or classified differently (an integer entity column, say)
+//! goes through its text form, so the conversion and its errors are the CSV
+//! reader's. Memory is bounded by the file's largest row group or record
+//! batch, never by the file.
 
 mod convert;
 mod ipc;
@@ -20,7 +21,7 @@ use std::io::Read;
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, DataType};
 
-use self::convert::{Cells, push_cell};
+use self::convert::BatchColumn;
 use super::shared::{self, ChunkReader, IngestOptions};
 use crate::IngestError;
 use crate::quote;
@@ -29,10 +30,12 @@ use crate::table::{Table, TableBuilder};
 
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
-/// A record batch, widened, partly pushed.
+/// A record batch, ready to convert, partly pushed.
 struct PendingBatch {
     /// By column.
-    cells: Vec<Cells>,
+    columns: Vec<BatchColumn>,
+    /// The columns that go in value by value.
+    by_value: Vec<usize>,
     rows: usize,
     next_row: usize,
 }
@@ -130,32 +133,73 @@ impl ArrowReader {
         })
     }
 
-    /// Push row `row` of a batch's cells and end it.
-    fn push_row(&mut self, cells: &[Cells], row: usize) -> Result<(), IngestError> {
-        for (i, cell) in cells.iter().enumerate() {
-            if let Err(detail) = push_cell(&mut self.builder, i, cell, row, &self.options.limits) {
-                let field = &self.builder.schema().fields[i];
+    /// `batch`'s columns, each ready to go into its vault column.
+    fn prepare(&self, batch: &RecordBatch) -> Result<PendingBatch, IngestError> {
+        let fields = &self.builder.schema().fields;
+        let mut columns = Vec::with_capacity(batch.num_columns());
+        for (i, array) in batch.columns().iter().enumerate() {
+            columns.push(BatchColumn::of(array, fields[i].column_type).map_err(|(row, detail)| {
                 let data_row = self.rows_before + row as u64 + 1;
-                return Err(IngestError::at(&self.source, data_row, None, &field.name, detail));
+                IngestError::at(&self.source, data_row, None, &fields[i].name, detail)
+            })?);
+        }
+        let by_value = (0..columns.len()).filter(|&i| columns[i].by_value()).collect();
+        Ok(PendingBatch { columns, by_value, rows: batch.num_rows(), next_row: 0 })
+    }
+
+    /// Push `batch`'s rows from its next one until the batch ends or the
+    /// chunk is full. Values that go in one at a time (text, and any value
+    /// of another type than its column's) go row by row, which finds where
+    /// the chunk fills up; the columns of matching types then follow, a range
+    /// of rows at once. An error is the one a row-by-row reader would meet
+    /// first: the lowest row, and in it the leftmost column.
+    fn push_rows(&mut self, batch: &mut PendingBatch) -> Result<(), IngestError> {
+        let start = batch.next_row;
+        let room = self.options.chunk_rows.max(1).saturating_sub(self.builder.rows());
+        let end = batch.rows.min(start + room);
+        let limits = &self.options.limits;
+        // (row in the batch, column, detail) of the first error met.
+        let mut first_error: Option<(usize, usize, String)> = None;
+        let mut cut = end;
+        'rows: for row in start..end {
+            for &i in &batch.by_value {
+                if let Err(detail) = batch.columns[i].push_one(&mut self.builder, i, row, limits) {
+                    first_error = Some((row, i, detail));
+                    cut = row + 1;
+                    break 'rows;
+                }
+            }
+            self.builder.end_row();
+            if shared::chunk_full(&self.builder, &self.options) {
+                cut = row + 1;
+                break;
             }
         }
-        self.builder.end_row();
+        for (i, column) in batch.columns.iter().enumerate() {
+            if let Err((row, detail)) = column.push_range(&mut self.builder, i, start..cut)
+                && first_error.as_ref().is_none_or(|&(r, c, _)| (row, i) < (r, c))
+            {
+                first_error = Some((row, i, detail));
+            }
+        }
+        if let Some((row, i, detail)) = first_error {
+            let data_row = self.rows_before + row as u64 + 1;
+            let column = &self.builder.schema().fields[i].name;
+            return Err(IngestError::at(&self.source, data_row, None, column, detail));
+        }
+        batch.next_row = cut;
         Ok(())
     }
-}
 
-impl ChunkReader for ArrowReader {
-    fn schema(&self) -> &Schema {
-        self.builder.schema()
+    /// The chunk built so far; what the pending batch remembers of this
+    /// chunk's dictionaries is forgotten.
+    fn take_chunk(&mut self) -> Table {
+        if let Some(pending) = &mut self.pending {
+            pending.columns.iter_mut().for_each(BatchColumn::new_chunk);
+        }
+        self.builder.take()
     }
 
-    fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
-        let source = self.source.clone();
-        guarded(&source, || self.read_chunk())
-    }
-}
-
-impl ArrowReader {
     fn read_chunk(&mut self) -> Result<Option<Table>, IngestError> {
         loop {
             let mut batch = match self.pending.take() {
@@ -173,41 +217,38 @@ impl ArrowReader {
                                 ),
                             )
                         })?;
-                        let mut cells = Vec::with_capacity(batch.num_columns());
-                        for (i, array) in batch.columns().iter().enumerate() {
-                            cells.push(Cells::of(array).map_err(|(row, detail)| {
-                                let column = &self.builder.schema().fields[i].name;
-                                let data_row = self.rows_before + row as u64 + 1;
-                                IngestError::at(&self.source, data_row, None, column, detail)
-                            })?);
-                        }
-                        PendingBatch { cells, rows: batch.num_rows(), next_row: 0 }
+                        self.prepare(&batch)?
                     }
                 },
             };
-            while batch.next_row < batch.rows {
-                self.push_row(&batch.cells, batch.next_row)?;
-                batch.next_row += 1;
-                if shared::chunk_full(&self.builder, &self.options) {
-                    break;
-                }
-            }
+            self.push_rows(&mut batch)?;
             if batch.next_row < batch.rows {
                 self.pending = Some(batch);
-                return Ok(Some(self.builder.take()));
+                return Ok(Some(self.take_chunk()));
             }
             self.rows_before += batch.rows as u64;
             if shared::chunk_full(&self.builder, &self.options) {
-                return Ok(Some(self.builder.take()));
+                return Ok(Some(self.take_chunk()));
             }
         }
         if self.builder.rows() > 0 {
-            return Ok(Some(self.builder.take()));
+            return Ok(Some(self.take_chunk()));
         }
         if self.rows_before == 0 {
             return Err(IngestError::whole(&self.source, "the file is empty: no rows".into()));
         }
         Ok(None)
+    }
+}
+
+impl ChunkReader for ArrowReader {
+    fn schema(&self) -> &Schema {
+        self.builder.schema()
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
+        let source = self.source.clone();
+        guarded(&source, || self.read_chunk())
     }
 }
 

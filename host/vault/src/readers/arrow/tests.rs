@@ -640,3 +640,236 @@ fn a_long_value_or_name_is_refused_and_quoted_short() {
         ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(100)).unwrap_err().to_string();
     assert!(err.len() < 400 && err.contains('…'), "{} bytes: {err}", err.len());
 }
+
+/// A reader over `batches` as they are in memory: sliced arrays and the
+/// values under nulls reach it as the caller made them (a writer would
+/// compact them).
+fn in_memory(batches: &[RecordBatch], options: &IngestOptions) -> Result<ArrowReader, IngestError> {
+    let batches: Vec<Result<RecordBatch, ArrowError>> = batches.iter().cloned().map(Ok).collect();
+    ArrowReader::new(
+        "in.arrow",
+        &batches[0].as_ref().unwrap().schema(),
+        Box::new(batches.into_iter()),
+        options,
+    )
+}
+
+/// Every cell of `tables`, row by row, as text (`None` for a null); and
+/// checks that a null holds its column's default value.
+fn cells_of(tables: &[Table]) -> Vec<Vec<Option<String>>> {
+    let mut rows = Vec::new();
+    for table in tables {
+        for row in 0..table.rows {
+            let cells = table.columns.iter().map(|column| {
+                let (value, default) = match &column.data {
+                    ColumnData::Int(v) | ColumnData::Timestamp(v) => (v[row].to_string(), v[row] == 0),
+                    ColumnData::Float(v) => (v[row].to_string(), v[row].to_bits() == 0),
+                    ColumnData::Bool(v) => (v[row].to_string(), !v[row]),
+                    ColumnData::Text { entries, codes } => {
+                        let text = entries[codes[row] as usize].to_owned();
+                        let empty = text.is_empty();
+                        (text, empty)
+                    }
+                };
+                if column.is_valid(row) {
+                    Some(value)
+                } else {
+                    assert!(default, "a null holds its column's default, not {value}");
+                    None
+                }
+            });
+            rows.push(cells.collect());
+        }
+    }
+    rows
+}
+
+/// `values` behind `skip` rows of padding, the nulls' slots and the
+/// padding holding `garbage`, then sliced to `values`: an array with an
+/// offset and values under its nulls, as a converter must read it.
+fn sliced<T: arrow_array::ArrowPrimitiveType>(
+    values: &[Option<T::Native>],
+    garbage: T::Native,
+) -> arrow_array::PrimitiveArray<T> {
+    const SKIP: usize = 3;
+    let mut all = vec![garbage; SKIP];
+    all.extend(values.iter().map(|v| v.unwrap_or(garbage)));
+    let valid: Vec<bool> =
+        std::iter::repeat_n(false, SKIP).chain(values.iter().map(Option::is_some)).collect();
+    arrow_array::PrimitiveArray::<T>::new(all.into(), Some(valid.into())).slice(SKIP, values.len())
+}
+
+/// Columns whose Arrow type is the vault column's own go in whole ranges
+/// at a time. Read through sliced arrays (bit offsets too), with values
+/// under the nulls that would fail or show if converted (an infinity, a
+/// u64 past i64, a timestamp past i64 once scaled), NaN, dictionary keys
+/// met again in a later chunk, large and view strings, and chunks cut
+/// inside batches at every size: each cell is what the file holds.
+#[test]
+fn columns_of_matching_types_convert_whole_ranges_exactly() {
+    use arrow_array::types::{
+        Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int64Type, TimestampMillisecondType,
+        UInt64Type,
+    };
+    const ROWS: usize = 11;
+    let pick = |row: usize, every: usize| row % every != 1;
+    let n64: Vec<Option<i64>> = (0..ROWS).map(|r| pick(r, 3).then_some(r as i64 * 7 - 20)).collect();
+    let n8: Vec<Option<i8>> = (0..ROWS).map(|r| pick(r, 4).then_some(r as i8 - 5)).collect();
+    let big: Vec<Option<u64>> = (0..ROWS).map(|r| pick(r, 3).then_some(i64::MAX as u64 - r as u64)).collect();
+    let mut f64s: Vec<Option<f64>> = (0..ROWS).map(|r| pick(r, 3).then_some(r as f64 / 4.0 - 1.0)).collect();
+    f64s[2] = Some(f64::NAN);
+    f64s[5] = Some(1e300);
+    let mut f32s: Vec<Option<f32>> = (0..ROWS).map(|r| pick(r, 5).then_some(r as f32 * 1.1)).collect();
+    f32s[3] = Some(f32::NAN);
+    let cents: Vec<Option<i128>> = (0..ROWS).map(|r| pick(r, 2).then_some(r as i128 * 1234 - 5000)).collect();
+    let flags: Vec<Option<bool>> = (0..ROWS).map(|r| pick(r, 3).then_some(r % 2 == 0)).collect();
+    let millis: Vec<Option<i64>> =
+        (0..ROWS).map(|r| pick(r, 4).then_some(r as i64 * 86_400_123 - 1)).collect();
+    let days: Vec<Option<i32>> = (0..ROWS).map(|r| pick(r, 3).then_some(r as i32 * 400 - 2000)).collect();
+    let cities: Vec<Option<String>> =
+        (0..ROWS).map(|r| pick(r, 3).then(|| [" Delft", "Leiden ", "Delft"][r % 3].to_owned())).collect();
+    let keys: Vec<Option<i8>> = (0..ROWS).map(|r| pick(r, 4).then_some((r % 3) as i8)).collect();
+    let notes: Vec<Option<String>> = (0..ROWS)
+        .map(|r| pick(r, 2).then(|| format!("a note long enough not to be inlined {}", r % 4)))
+        .collect();
+
+    let padded_text = |values: &[Option<String>]| -> Vec<Option<String>> {
+        let mut all = vec![Some("padding".to_owned()); 3];
+        all.extend(values.iter().cloned());
+        all
+    };
+    let flag_array = {
+        let mut values = vec![true; 3];
+        values.extend(flags.iter().map(|f| f.unwrap_or(true)));
+        let valid: Vec<bool> =
+            std::iter::repeat_n(false, 3).chain(flags.iter().map(Option::is_some)).collect();
+        BooleanArray::new(values.into(), Some(valid.into())).slice(3, ROWS)
+    };
+    let segment = DictionaryArray::<Int8Type>::new(
+        sliced::<Int8Type>(&keys, 0),
+        Arc::new(StringArray::from(vec![" x ", "x", "y", "never used"])),
+    );
+    let batch = batch(vec![
+        (
+            "customer",
+            Arc::new(
+                StringArray::from((0..ROWS + 3).map(|r| format!("c{r}")).collect::<Vec<_>>()).slice(3, ROWS),
+            ),
+        ),
+        ("n64", Arc::new(sliced::<Int64Type>(&n64, 77))),
+        ("n8", Arc::new(sliced::<Int8Type>(&n8, 5))),
+        ("big", Arc::new(sliced::<UInt64Type>(&big, u64::MAX))),
+        ("f64", Arc::new(sliced::<Float64Type>(&f64s, f64::INFINITY))),
+        ("f32", Arc::new(sliced::<Float32Type>(&f32s, f32::NEG_INFINITY))),
+        ("cents", Arc::new(sliced::<Decimal128Type>(&cents, 999).with_precision_and_scale(12, 2).unwrap())),
+        ("flag", Arc::new(flag_array)),
+        ("seen", Arc::new(sliced::<TimestampMillisecondType>(&millis, i64::MAX))),
+        ("day", Arc::new(sliced::<Date32Type>(&days, i32::MAX))),
+        ("city", Arc::new(LargeStringArray::from(padded_text(&cities)).slice(3, ROWS))),
+        ("segment", Arc::new(segment)),
+        ("note", Arc::new(StringViewArray::from(padded_text(&notes)).slice(3, ROWS))),
+    ]);
+
+    let text = |v: Option<String>| v;
+    let expected: Vec<Vec<Option<String>>> = (0..ROWS)
+        .map(|r| {
+            vec![
+                Some(format!("c{}", r + 3)),
+                n64[r].map(|v| v.to_string()),
+                n8[r].map(|v| v.to_string()),
+                big[r].map(|v| v.to_string()),
+                f64s[r].filter(|v| !v.is_nan()).map(|v| v.to_string()),
+                f32s[r].filter(|v| !v.is_nan()).map(|v| f64::from(v).to_string()),
+                cents[r].map(|v| (v as f64 / 100.0).to_string()),
+                flags[r].map(|v| v.to_string()),
+                millis[r].map(|v| (v * 1000).to_string()),
+                days[r].map(|v| (i64::from(v) * 86_400_000_000).to_string()),
+                text(cities[r].as_ref().map(|c| c.trim().to_owned())),
+                keys[r].map(|k| ["x", "x", "y"][k as usize].to_owned()),
+                text(notes[r].clone()),
+            ]
+        })
+        .collect();
+    let twice: Vec<_> = expected.iter().chain(&expected).cloned().collect();
+    for chunk_rows in [1, 2, 3, 4, 5, ROWS, 2 * ROWS, 100] {
+        let tables = in_memory(&[batch.clone(), batch.clone()], &options(chunk_rows))
+            .and_then(|mut reader| read_all(&mut reader))
+            .unwrap_or_else(|e| panic!("{chunk_rows} rows a chunk: {e}"));
+        assert!(tables.iter().all(|t| t.rows <= chunk_rows), "{chunk_rows}");
+        assert_eq!(cells_of(&tables), twice, "{chunk_rows} rows a chunk");
+        // Each chunk's dictionary is its own, in the order its rows use it.
+        let ColumnData::Text { entries, codes } = &tables[0].columns[11].data else { panic!() };
+        let first_seen: Vec<u32> = codes.iter().fold(Vec::new(), |mut seen, &c| {
+            if !seen.contains(&c) {
+                seen.push(c);
+            }
+            seen
+        });
+        assert_eq!(first_seen, (0..entries.len() as u32).collect::<Vec<_>>(), "{chunk_rows}");
+    }
+    // Through a file (the writer compacts the slices): the same cells.
+    for file_format in [true, false] {
+        let bytes = ipc_bytes(std::slice::from_ref(&batch), file_format);
+        let tables = ArrowReader::ipc("in.arrow", std::io::Cursor::new(bytes), &options(4))
+            .and_then(|mut reader| read_all(&mut reader))
+            .unwrap();
+        assert_eq!(cells_of(&tables), expected, "ipc file={file_format}");
+    }
+}
+
+/// A value that does not fit, in a column converted a range at a time, is
+/// reported at its row (counted across batches and chunks); where values go
+/// in both ways, the error is the one a row-by-row reader meets first: the
+/// lowest row, then the leftmost column.
+#[test]
+fn an_error_in_a_whole_range_names_the_first_row_and_column() {
+    let ids = |n: usize| -> ArrayRef {
+        Arc::new(StringArray::from((0..n).map(|r| format!("c{r}")).collect::<Vec<_>>()))
+    };
+    let floats = |values: Vec<f64>| -> ArrayRef { Arc::new(arrow_array::Float64Array::from(values)) };
+    let read = |batches: &[RecordBatch], chunk_rows: usize| {
+        in_memory(batches, &options(chunk_rows))
+            .and_then(|mut reader| read_all(&mut reader))
+            .unwrap_err()
+            .to_string()
+    };
+    let first = batch(vec![("customer", ids(3)), ("x", floats(vec![1.0, 2.0, 3.0]))]);
+    let second = batch(vec![("customer", ids(3)), ("x", floats(vec![1.0, f64::NEG_INFINITY, 3.0]))]);
+    for chunk_rows in [1, 2, 4, 100] {
+        assert_eq!(
+            read(&[first.clone(), second.clone()], chunk_rows),
+            "in.arrow, row 5, column `x`: expected float, found `-inf`",
+            "{chunk_rows} rows a chunk"
+        );
+    }
+    let big = UInt64Array::from(vec![0, 1, 2, u64::MAX, 4]).slice(1, 4);
+    let wide = batch(vec![("customer", ids(4)), ("n", Arc::new(big))]);
+    assert_eq!(
+        read(&[wide], 2),
+        "in.arrow, row 3, column `n`: 18446744073709551615 does not fit a 64-bit int"
+    );
+
+    let customers = |blank: usize| -> ArrayRef {
+        Arc::new(StringArray::from(
+            (0..4).map(|r| if r == blank { " ".into() } else { format!("c{r}") }).collect::<Vec<_>>(),
+        ))
+    };
+    let infinite = |at: usize| floats((0..4).map(|r| if r == at { f64::INFINITY } else { 1.0 }).collect());
+    let empty = "the entity column is empty";
+    let inf = "expected float, found `inf`";
+    let cases = [
+        (batch(vec![("customer", customers(2)), ("x", infinite(1))]), format!("row 2, column `x`: {inf}")),
+        (
+            batch(vec![("customer", customers(1)), ("x", infinite(2))]),
+            format!("row 2, column `customer`: {empty}"),
+        ),
+        (
+            batch(vec![("customer", customers(1)), ("x", infinite(1))]),
+            format!("row 2, column `customer`: {empty}"),
+        ),
+        (batch(vec![("x", infinite(1)), ("customer", customers(1))]), format!("row 2, column `x`: {inf}")),
+    ];
+    for (batch, expected) in cases {
+        assert_eq!(read(std::slice::from_ref(&batch), 100), format!("in.arrow, {expected}"));
+    }
+}
