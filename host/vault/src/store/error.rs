@@ -57,7 +57,7 @@ pub enum VaultError {
     BadColumnMapping { dataset: String, detail: String },
 }
 
-pub(crate) fn db_err(e: impl Into<redb::Error>) -> VaultError {
+pub(super) fn db_err(e: impl Into<redb::Error>) -> VaultError {
     VaultError::Metadata(Box::new(e.into()))
 }
 
@@ -99,6 +99,6 @@ pub(super) fn is_damage(error: &redb::Error) -> bool {
     }
 }
 
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
     move |source| VaultError::Io { path: path.to_owned(), source }
 }

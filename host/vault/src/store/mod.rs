@@ -29,8 +29,7 @@ use redb::ReadableTable;
 
 pub use self::backup::BackupSummary;
 pub use self::error::VaultError;
-use self::error::is_damage;
-pub(crate) use self::error::{db_err, io};
+use self::error::{db_err, io, is_damage};
 use self::maintenance::holds_tenant_chunks;
 use self::records::{CHUNKS_DIR, DATABASE_FILE, KEY_CHECK, META, PROBE, TENANTS, VERSIONS};
 pub use self::versions::{DatasetVersion, VersionInfo};
@@ -65,12 +64,13 @@ impl std::fmt::Debug for VaultInner {
     }
 }
 
-pub(super) fn now_unix_ms() -> u64 {
+/// Now, for the records' creation times.
+fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Make `path`'s directory entries durable.
-pub(crate) fn sync_dir(path: &Path) -> Result<(), VaultError> {
+fn sync_dir(path: &Path) -> Result<(), VaultError> {
     File::open(path).and_then(|d| d.sync_all()).map_err(io(path))
 }
 

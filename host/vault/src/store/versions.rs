@@ -130,7 +130,7 @@ impl Vault {
     }
 }
 
-pub(crate) fn info(tenant: &str, dataset: &str, record: &VersionRecord) -> VersionInfo {
+pub(super) fn info(tenant: &str, dataset: &str, record: &VersionRecord) -> VersionInfo {
     VersionInfo {
         tenant: tenant.to_owned(),
         dataset: dataset.to_owned(),

@@ -408,7 +408,7 @@ impl Text {
         }
     }
 
-    /// Values (dictionary entries, for a dictionary).
+    /// Rows (of a dictionary's values array: its entries).
     fn len(&self) -> usize {
         match self {
             Self::Utf8(a) => a.len(),
