@@ -2,9 +2,9 @@
 //! depends only on `shared`; what picks a reader for an input is `ingest`.
 
 mod arrow;
-pub(crate) mod csv;
+mod csv;
 mod jsonl;
-pub(crate) mod shared;
+mod shared;
 
 pub use self::arrow::ArrowReader;
 pub use self::csv::CsvReader;
