@@ -140,9 +140,9 @@ fn arrow_array(column: Column, rows: usize) -> Result<ArrayRef, VaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::{ChunkReader, IngestOptions, InputFormat, open_file, open_stream};
     use crate::schema::Field;
     use crate::table::{Table, TableBuilder};
+    use crate::{ChunkReader, IngestOptions, InputFormat, open_file, open_stream};
     use crate::{IngestError, Vault, WriteMode};
 
     /// What a Parquet export holds reads back to the same contents.

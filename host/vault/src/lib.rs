@@ -7,14 +7,12 @@
 //! ([`PseudonymKey`]); the one way to read them in clear is the owning
 //! tenant's export ([`export_csv`], [`export_parquet`]).
 
-mod arrow_reader;
-mod backup;
 mod chunk;
-mod csv_reader;
 mod export;
 mod ingest;
-mod jsonl_reader;
 mod pseudonym;
+mod quote;
+mod readers;
 pub mod redb_file;
 mod scan;
 mod schema;
@@ -23,19 +21,16 @@ mod store;
 mod table;
 mod timestamp;
 
-pub use arrow_reader::ArrowReader;
-pub use backup::BackupSummary;
-pub use csv_reader::CsvReader;
 pub use export::{export_csv, export_parquet};
-pub use ingest::{
-    CHUNK_BYTES, CHUNK_ROWS, ChunkReader, IngestOptions, InputFormat, InputLimits, open_file, open_stream,
-};
-pub use jsonl_reader::JsonLinesReader;
+pub use ingest::{InputFormat, open_file, open_stream};
 pub use pseudonym::PseudonymKey;
+pub use readers::{
+    ArrowReader, CHUNK_BYTES, CHUNK_ROWS, ChunkReader, CsvReader, IngestOptions, InputLimits, JsonLinesReader,
+};
 pub use scan::{Batch, BatchColumn, BatchValues, Scan, ScanError};
 pub use schema::{Classification, ColumnType, Field, Schema};
 pub use sealing::{ChunkAddress, DataKey, KeyEncryptionKey, SEAL_OVERHEAD, SealError};
-pub use store::{DatasetVersion, Vault, VaultError, VersionInfo, WriteMode};
+pub use store::{BackupSummary, DatasetVersion, Vault, VaultError, VersionInfo, WriteMode};
 pub use table::{Column, ColumnData, Dictionary, Table, TableBuilder};
 pub use timestamp::{format_timestamp, parse_timestamp};
 
@@ -49,6 +44,29 @@ pub struct IngestError {
     pub line: Option<u64>,
     pub column: Option<String>,
     pub detail: String,
+}
+
+impl IngestError {
+    /// An error about the whole input. A detail longer than a few hundred
+    /// bytes is cut: it may quote a decoder's message about the input.
+    pub(crate) fn whole(source: &str, detail: String) -> Self {
+        let detail = if detail.len() > quote::DETAIL_BYTES {
+            quote::cut(&detail, quote::DETAIL_BYTES)
+        } else {
+            detail
+        };
+        Self { source_name: source.to_owned(), row: None, line: None, column: None, detail }
+    }
+
+    /// An error at a row (1-based, header excluded), line and column.
+    pub(crate) fn at(source: &str, row: u64, line: Option<u64>, column: &str, detail: String) -> Self {
+        Self { row: Some(row), line, ..Self::whole(source, detail).in_column(column) }
+    }
+
+    /// This error, about `column` (its name cut like any quote).
+    pub(crate) fn in_column(self, column: &str) -> Self {
+        Self { column: Some(quote::truncate(column)), ..self }
+    }
 }
 
 fn location(row: &Option<u64>, line: &Option<u64>, column: &Option<String>) -> String {

@@ -160,11 +160,11 @@ impl Scan {
         let mut scans = Vec::with_capacity(columns.len());
         for (i, &name) in columns.iter().enumerate() {
             if columns[..i].contains(&name) {
-                return Err(ScanError::DuplicateColumn(crate::ingest::truncate(name)));
+                return Err(ScanError::DuplicateColumn(crate::quote::truncate(name)));
             }
             let index = dataset.schema().index_of(name).ok_or_else(|| ScanError::UnknownColumn {
                 dataset: dataset.name().to_owned(),
-                column: crate::ingest::truncate(name),
+                column: crate::quote::truncate(name),
             })?;
             scans.push(ColumnScan {
                 index,

@@ -229,11 +229,28 @@ impl TableBuilder {
 
     /// Append a text value.
     pub fn push_text(&mut self, column: usize, value: &str) {
-        self.text_bytes += Self::push_text_into(&mut self.columns[column], value);
+        self.push_text_code(column, value);
     }
 
-    /// Push `value`; returns the dictionary bytes it added.
-    fn push_text_into(c: &mut ColumnBuilder, value: &str) -> usize {
+    /// Append a text value; returns its code in this chunk's dictionary.
+    pub(crate) fn push_text_code(&mut self, column: usize, value: &str) -> u32 {
+        let (code, added) = Self::push_text_into(&mut self.columns[column], value);
+        self.text_bytes += added;
+        code
+    }
+
+    /// Append the text value that has `code` in this chunk's dictionary
+    /// (from [`Self::push_text_code`] since the last [`Self::take`]).
+    pub(crate) fn push_code(&mut self, column: usize, code: u32) {
+        let ColumnData::Text { entries, codes } = &mut self.columns[column].data else {
+            panic!("push_code on a column that is not text")
+        };
+        debug_assert!((code as usize) < entries.len(), "a code of this chunk");
+        codes.push(code);
+    }
+
+    /// Push `value`; returns its code and the dictionary bytes it added.
+    fn push_text_into(c: &mut ColumnBuilder, value: &str) -> (u32, usize) {
         let ColumnData::Text { entries, codes } = &mut c.data else { panic!("push_text on {:?}", c.data) };
         let hash = FxBuildHasher.hash_one(value);
         let (code, added) = match c.dictionary.find(hash, |&code| entries.get(code as usize) == value) {
@@ -247,7 +264,57 @@ impl TableBuilder {
             }
         };
         codes.push(code);
-        added
+        (code, added)
+    }
+
+    /// Values in `column` so far. Columns filled a run at a time (below)
+    /// may lag the rows ended; every column holds as many values as rows
+    /// were ended when the table is taken.
+    pub(crate) fn column_len(&self, column: usize) -> usize {
+        match &self.columns[column].data {
+            ColumnData::Int(v) | ColumnData::Timestamp(v) => v.len(),
+            ColumnData::Float(v) => v.len(),
+            ColumnData::Bool(v) => v.len(),
+            ColumnData::Text { codes, .. } => codes.len(),
+        }
+    }
+
+    /// An int or timestamp column's values, to append a run to at once;
+    /// its nulls are then marked with [`Self::set_null`].
+    pub(crate) fn ints_mut(&mut self, column: usize) -> &mut Vec<i64> {
+        match &mut self.columns[column].data {
+            ColumnData::Int(v) | ColumnData::Timestamp(v) => v,
+            other => panic!("ints_mut on {other:?}"),
+        }
+    }
+
+    /// A float column's values, to append a run to at once.
+    pub(crate) fn floats_mut(&mut self, column: usize) -> &mut Vec<f64> {
+        match &mut self.columns[column].data {
+            ColumnData::Float(v) => v,
+            other => panic!("floats_mut on {other:?}"),
+        }
+    }
+
+    /// A bool column's values, to append a run to at once.
+    pub(crate) fn bools_mut(&mut self, column: usize) -> &mut Vec<bool> {
+        match &mut self.columns[column].data {
+            ColumnData::Bool(v) => v,
+            other => panic!("bools_mut on {other:?}"),
+        }
+    }
+
+    /// Make value `row` of a column that is not text, already appended, a
+    /// null: it holds the default value, as [`Self::push_null`] leaves it.
+    pub(crate) fn set_null(&mut self, column: usize, row: usize) {
+        let c = &mut self.columns[column];
+        c.nulls.push(row);
+        match &mut c.data {
+            ColumnData::Int(v) | ColumnData::Timestamp(v) => v[row] = 0,
+            ColumnData::Float(v) => v[row] = 0.0,
+            ColumnData::Bool(v) => v[row] = false,
+            ColumnData::Text { .. } => panic!("set_null on a text column"),
+        }
     }
 
     /// Mark the current row complete: every column got exactly one value.

@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 use std::io::Read;
 
+use super::shared::{self, ChunkReader, INFER_BYTES, INFER_ROWS, IngestOptions, InputLimits};
 use crate::IngestError;
-use crate::ingest::{self, ChunkReader, INFER_BYTES, INFER_ROWS, IngestOptions, InputLimits};
 use crate::schema::Schema;
 use crate::table::{Table, TableBuilder};
 
@@ -90,7 +90,7 @@ fn read_record<R: Read>(
             line: Some(line),
             ..IngestError::whole(
                 source,
-                format!("{what} is longer than the limit of {}", ingest::size(limit)),
+                format!("{what} is longer than the limit of {}", shared::size(limit)),
             )
         }
     };
@@ -144,8 +144,8 @@ impl<R: Read> CsvReader<R> {
             sample_bytes += record.as_byte_record().as_slice().len();
             sample.push_back(record.clone());
         }
-        let schema = ingest::classify(source, &headers, options, |i| {
-            ingest::infer(sample.iter().map(|r| r.get(i).unwrap_or("")))
+        let schema = shared::classify(source, &headers, options, |i| {
+            shared::infer(sample.iter().map(|r| r.get(i).unwrap_or("")))
         })
         .map_err(|e| IngestError { line: Some(1), ..e })?;
         if sample.is_empty() {
@@ -166,7 +166,7 @@ impl<R: Read> CsvReader<R> {
         self.row += 1;
         let line = record.position().map(|p| p.line());
         let limits: &InputLimits = &self.options.limits;
-        ingest::push_row(&mut self.builder, &self.source, self.row, line, record, limits)
+        shared::push_row(&mut self.builder, &self.source, self.row, line, record, limits)
     }
 }
 
@@ -176,7 +176,7 @@ impl<R: Read + Send> ChunkReader for CsvReader<R> {
     }
 
     fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
-        while !ingest::chunk_full(&self.builder, &self.options) {
+        while !shared::chunk_full(&self.builder, &self.options) {
             if let Some(record) = self.sample.pop_front() {
                 self.push(&record)?;
                 continue;
@@ -207,7 +207,7 @@ fn csv_error(source: &str, e: &csv::Error) -> IngestError {
         }
         csv::ErrorKind::Utf8 { err, .. } => format!("invalid UTF-8 in field {}", err.field() + 1),
         csv::ErrorKind::Io(io) => format!("cannot read: {io}"),
-        _ => ingest::message(e),
+        _ => crate::quote::message(e),
     };
     IngestError {
         // csv counts the header as record 0, so the record index is the data row.
@@ -220,7 +220,7 @@ fn csv_error(source: &str, e: &csv::Error) -> IngestError {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::ingest::InputLimits;
+    use crate::readers::InputLimits;
     use crate::schema::{Classification, ColumnType};
     use crate::table::ColumnData;
 

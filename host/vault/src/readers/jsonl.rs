@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, Read};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
+use super::shared::{self, ChunkReader, INFER_BYTES, INFER_ROWS, IngestOptions};
 use crate::IngestError;
-use crate::ingest::{self, ChunkReader, INFER_BYTES, INFER_ROWS, IngestOptions};
 use crate::schema::Schema;
 use crate::table::{Table, TableBuilder};
 
@@ -186,8 +186,8 @@ impl<R: Read> JsonLinesReader<R> {
             reader.sample.push_back((line, text));
         }
         let sample = &reader.sample;
-        let schema = ingest::classify(source, &columns, options, |i| {
-            ingest::infer(sample.iter().map(|(_, r)| r[i].as_deref().unwrap_or("")))
+        let schema = shared::classify(source, &columns, options, |i| {
+            shared::infer(sample.iter().map(|(_, r)| r[i].as_deref().unwrap_or("")))
         })?;
         reader.builder = TableBuilder::new("", schema);
         Ok(reader)
@@ -206,7 +206,7 @@ impl<R: Read> JsonLinesReader<R> {
                 let line = self.line + 1;
                 match e {
                     LineError::TooLong => {
-                        at(line, format!("the line is longer than the limit of {}", ingest::size(limit)))
+                        at(line, format!("the line is longer than the limit of {}", shared::size(limit)))
                     }
                     LineError::Io(e) => IngestError {
                         line: Some(line),
@@ -240,7 +240,7 @@ impl<R: Read> JsonLinesReader<R> {
                     format!("the object has more than {max_keys} keys, the limit of columns")
                 } else {
                     // serde_json's message may quote the line.
-                    format!("not a JSON object: {}", ingest::message(&e))
+                    format!("not a JSON object: {}", crate::quote::message(&e))
                 };
                 at(self.line, detail)
             });
@@ -264,7 +264,7 @@ impl<R: Read> JsonLinesReader<R> {
             out[i] = match value {
                 Scalar::Null => None,
                 Scalar::Text(text) => {
-                    ingest::check_field(&text, &self.options.limits).map_err(error)?;
+                    shared::check_field(&text, &self.options.limits).map_err(error)?;
                     Some(text)
                 }
                 Scalar::Nested => return Err(error("nested values are not supported".into())),
@@ -276,7 +276,7 @@ impl<R: Read> JsonLinesReader<R> {
     fn push(&mut self, line: u64, text: &TextRow) -> Result<(), IngestError> {
         self.row += 1;
         let values = text.iter().map(|v| v.as_deref().unwrap_or(""));
-        ingest::push_row(&mut self.builder, &self.source, self.row, Some(line), values, &self.options.limits)
+        shared::push_row(&mut self.builder, &self.source, self.row, Some(line), values, &self.options.limits)
     }
 }
 
@@ -326,7 +326,7 @@ impl<R: Read + Send> ChunkReader for JsonLinesReader<R> {
     }
 
     fn next_chunk(&mut self) -> Result<Option<Table>, IngestError> {
-        while !ingest::chunk_full(&self.builder, &self.options) {
+        while !shared::chunk_full(&self.builder, &self.options) {
             if let Some((line, text)) = self.sample.pop_front() {
                 self.push(line, &text)?;
                 continue;
@@ -342,7 +342,7 @@ impl<R: Read + Send> ChunkReader for JsonLinesReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::InputLimits;
+    use crate::readers::InputLimits;
     use crate::schema::ColumnType;
     use crate::table::ColumnData;
 
@@ -427,7 +427,7 @@ mod tests {
         let limits = InputLimits { max_record_bytes: 256 << 10, ..InputLimits::default() };
         let options = IngestOptions { limits, ..IngestOptions::entity("driver") };
         for prefix in ["{\"driver\":\"", "{\"driver\":\"d1\"}\n{\"driver\":\""] {
-            let input = crate::csv_reader::tests::Endless::new(prefix, b'x', 32 << 20);
+            let input = crate::readers::csv::tests::Endless::new(prefix, b'x', 32 << 20);
             let served = input.served.clone();
             let err = JsonLinesReader::new("t.jsonl", input, &options).map(|_| ()).unwrap_err().to_string();
             let line = prefix.matches('\n').count() + 1;

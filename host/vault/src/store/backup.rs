@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::sealing::KeyEncryptionKey;
-use crate::store::{
-    self, CHUNKS_DIR, DATABASE_FILE, KEY_CHECK, META, TENANTS, TenantRecord, VERSIONS, Vault, VaultError,
-    db_err, decode, encode, io, open_record,
+use super::error::{VaultError, db_err, io};
+use super::records::{
+    CHUNKS_DIR, DATABASE_FILE, KEY_CHECK, META, TENANTS, TenantRecord, VERSIONS, decode, encode, open_record,
+    random_uid,
 };
+use super::{Vault, sync_dir};
+use crate::sealing::KeyEncryptionKey;
 
 /// 1: the vault only; 2: with the caller's files (`extra`).
 const FORMAT: u32 = 2;
@@ -149,7 +151,7 @@ fn staging(path: &Path) -> Result<PathBuf, VaultError> {
         path: path.to_owned(),
         detail: "needs a directory name".into(),
     })?;
-    let staging = path.with_file_name(format!(".{name}.partial-{}", store::random_uid()));
+    let staging = path.with_file_name(format!(".{name}.partial-{}", random_uid()));
     std::fs::create_dir_all(staging.join(CHUNKS_DIR)).map_err(io(&staging))?;
     Ok(staging)
 }
@@ -267,7 +269,7 @@ impl Vault {
             let mac = self.inner.kek.read().expect("lock").authenticate(&bytes);
             write_synced(&staging.join(MANIFEST), &bytes)?;
             write_synced(&staging.join(MANIFEST_MAC), &mac)?;
-            store::sync_dir(&staging)?;
+            sync_dir(&staging)?;
             std::fs::rename(&staging, dest).map_err(io(dest))?;
             Ok(manifest.summary())
         })();
@@ -343,7 +345,7 @@ impl Vault {
             }
             txn.commit().map_err(db_err)?;
             drop(db);
-            store::sync_dir(&staging)?;
+            sync_dir(&staging)?;
             std::fs::rename(&staging, dir).map_err(io(dir))?;
             Ok(())
         })();
