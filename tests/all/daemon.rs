@@ -168,15 +168,15 @@ fn an_approved_job_runs_and_only_its_analyst_reads_the_results() {
 
     let stored = ingest_trips(&admin, "acme");
     assert_eq!(stored["rows"], 192);
-    let first = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let first = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(first.status, 201, "{}", first.text());
-    let again = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let again = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(again.status, 200, "uploading the same bytes twice is idempotent");
     let plugin: Value = first.json().unwrap();
     assert_eq!(plugin, again.json::<Value>().unwrap());
     assert_eq!(
         plugin["hash"].as_str().unwrap(),
-        blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex().as_str()
+        blake3::hash(kanon_bundled::EMISSIONS_BENCHMARK).to_hex().as_str()
     );
 
     let approval = approve(&admin, "acme", &plugin, "ana");
@@ -232,7 +232,7 @@ fn revoking_an_approval_stops_later_jobs_and_the_refusal_is_audited() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
     let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
                         "datasets": {"trips": "trips"}});
@@ -274,7 +274,7 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let mut approval = approve(&admin, "acme", &plugin, "ana");
     // The same grant, with a schema instead of exact params.
     let schema = json!({"type": "object", "additionalProperties": false,
@@ -438,7 +438,7 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     approve(&admin, "acme", &plugin, "ana");
     let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
     assert_eq!(
@@ -464,8 +464,8 @@ fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uplo
     let (bob, _) = d.token(Role::Analyst, "bob", None, None);
     let (ven, _) = d.token(Role::Vendor, "ven", None, None);
     ingest_trips(&admin, "acme");
-    let emissions: Value = upload_plugin(&ana, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
-    let absence: Value = upload_plugin(&ven, kanon_artifacts::ABSENCE_RATE).json().unwrap();
+    let emissions: Value = upload_plugin(&ana, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let absence: Value = upload_plugin(&ven, kanon_bundled::ABSENCE_RATE).json().unwrap();
     let (e, a) = (emissions["hash"].as_str().unwrap(), absence["hash"].as_str().unwrap());
     let listed = |client: &Client| -> BTreeSet<String> {
         let list: Vec<Value> = client.get("/v1/plugins").unwrap();
@@ -492,7 +492,7 @@ fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uplo
 
     // The same bytes from the vendor: its own to see, under its name only;
     // and ana's view names no one else.
-    let again = upload_plugin(&ven, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let again = upload_plugin(&ven, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json::<Value>().unwrap()["uploader"], "vendor ven");
     assert_eq!(listed(&ven), BTreeSet::from([e.to_owned(), a.to_owned()]));
@@ -1137,7 +1137,7 @@ fn a_large_field_is_cut_in_the_audit_entry_and_kept_whole_in_its_record() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
     let long = "x".repeat(900_000);
     let schema = json!({"type": "object", "description": long});

@@ -186,7 +186,7 @@ fn group_by(
     report: &mut impl FnMut(Figure),
 ) -> anyhow::Result<()> {
     let rows = trips.rows() as usize;
-    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+    let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
     let datasets: BTreeMap<String, DatasetVersion> = [("trips".to_owned(), trips.clone())].into();
 
     let wasm = best_of(repeats, || {
@@ -223,7 +223,7 @@ fn isolation(
     repeats: usize,
     report: &mut impl FnMut(Figure),
 ) -> anyhow::Result<()> {
-    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+    let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
     let run = |dataset: &DatasetVersion, isolation| -> anyhow::Result<kanon_runtime::RunStats> {
         let datasets: BTreeMap<String, DatasetVersion> = [("trips".to_owned(), dataset.clone())].into();
         let policy = Policy { isolation, ..Policy::default() };
@@ -349,7 +349,7 @@ fn native_group_by(trips: &DatasetVersion, spec: &TableSpec) -> anyhow::Result<(
 }
 
 fn instantiation(runtime: &Runtime, count: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
-    let plugin = runtime.load(kanon_artifacts::ABSENCE_RATE)?;
+    let plugin = runtime.load(kanon_bundled::ABSENCE_RATE)?;
     let mut times: Vec<Duration> = (0..count)
         .map(|_| runtime.instantiate_empty(&plugin).map_err(anyhow::Error::msg))
         .collect::<Result<_, _>>()?;
@@ -367,7 +367,7 @@ fn compile_cache(report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
         // A new runtime each time, as after a restart.
         let runtime = Runtime::new(config())?;
         let start = Instant::now();
-        let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+        let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
         Ok((start.elapsed(), plugin.cache))
     };
     let (cold, first) = timed_load()?;
@@ -756,7 +756,7 @@ mod load {
         let plugin: Value = analyst.call(
             "POST",
             "/v1/plugins",
-            Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)),
+            Some(("application/wasm", kanon_bundled::EMISSIONS_BENCHMARK)),
         )?;
         let input = &plugin["manifest"]["inputs"][0];
         let names = |list: &Value| -> Vec<Value> {

@@ -99,7 +99,7 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
             file: trips,
             entity: "driver_id",
             identifiers: "",
-            plugin: kanon_artifacts::EMISSIONS_BENCHMARK,
+            plugin: kanon_bundled::EMISSIONS_BENCHMARK,
             isolated: true,
         },
         DemoTenant {
@@ -108,7 +108,7 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
             file: employees,
             entity: "employee_id",
             identifiers: "manager_id",
-            plugin: kanon_artifacts::ABSENCE_RATE,
+            plugin: kanon_bundled::ABSENCE_RATE,
             isolated: false,
         },
     ];
@@ -173,11 +173,8 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
     }
     say(format!("carriers: each ingested {} trips", args.carrier_trips));
 
-    let plugin: PluginRecord = vendor.call(
-        "POST",
-        "/v1/plugins",
-        Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)),
-    )?;
+    let plugin: PluginRecord =
+        vendor.call("POST", "/v1/plugins", Some(("application/wasm", kanon_bundled::EMISSIONS_BENCHMARK)))?;
     let published: Value = vendor.send(
         "POST",
         "/v1/benchmarks",
