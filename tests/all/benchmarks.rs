@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use arrow_array::Array;
+use kanon_client::Client;
 use kanon_daemon::Role;
-use kanon_daemon::client::Client;
 use serde_json::{Value, json};
 
 use crate::daemon::{TestDaemon, actions, audit, upload_plugin};

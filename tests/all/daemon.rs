@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use kanon_client::{Client, NewTenant, NewToken, Reply, UploadArgs};
 use kanon_daemon::api::{ACCESS, Access};
-use kanon_daemon::client::{Client, Reply};
 use kanon_daemon::{AuditExport, Daemon, DaemonConfig, FirstStart, Role};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
@@ -75,24 +75,26 @@ impl TestDaemon {
         tenant: Option<&str>,
         ttl_secs: Option<u64>,
     ) -> (Client, String) {
-        let issued: Value = self
+        let issued = self
             .operator
-            .send(
-                "POST",
-                "/v1/tokens",
-                &json!({"role": role, "name": name, "tenant": tenant, "ttl_secs": ttl_secs}),
-            )
+            .issue_token(&NewToken {
+                role,
+                name: name.to_owned(),
+                tenant: tenant.map(str::to_owned),
+                ttl_secs,
+            })
             .unwrap();
-        let token = issued["token"].as_str().unwrap().to_owned();
-        (self.operator.with_token(Some(token.clone())), issued["info"]["id"].as_str().unwrap().to_owned())
+        (self.operator.with_token(Some(issued.token)), issued.info.id)
     }
 
     /// A new tenant, and a client holding the token its admin enrolled
     /// for (holder `<name>-admin`).
     pub(crate) fn tenant(&self, name: &str) -> Client {
-        let created: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
-        let code = created["enrolment"]["code"].as_str().unwrap();
-        self.operator.enrol(code, &format!("{name}-admin"), None).unwrap().0
+        let created = self
+            .operator
+            .create_tenant(&NewTenant { name: name.to_owned(), enrolment_ttl_secs: None })
+            .unwrap();
+        self.operator.enrol(&created.enrolment.code, &format!("{name}-admin"), None).unwrap().0
     }
 }
 
@@ -105,14 +107,8 @@ impl Drop for TestDaemon {
 }
 
 pub(crate) fn ingest_trips(admin: &Client, tenant: &str) -> Value {
-    admin
-        .upload(
-            "PUT",
-            &format!("/v1/tenants/{tenant}/datasets/trips?format=csv&entity=driver_id"),
-            "text/csv",
-            std::io::Cursor::new(kanon_tests::trips_csv().into_bytes()),
-        )
-        .unwrap()
+    let csv = UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
+    admin.ingest(tenant, "trips", &csv, std::io::Cursor::new(kanon_tests::trips_csv().into_bytes())).unwrap()
 }
 
 pub(crate) fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
@@ -128,9 +124,8 @@ pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &st
     let outputs: Vec<&str> =
         manifest["outputs"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     admin
-        .send(
-            "POST",
-            &format!("/v1/tenants/{tenant}/approvals"),
+        .grant_approval(
+            tenant,
             &json!({
                 "plugin": plugin["hash"], "analyst": analyst, "outputs": outputs, "ttl_secs": 3600,
                 "datasets": {need["name"].as_str().unwrap(): {"dataset": "trips", "columns": columns}},

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kanon_daemon::client::{Client, Reply};
+use kanon_client::{Client, Reply};
 use kanon_daemon::{Daemon, DaemonConfig};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;

@@ -594,7 +594,7 @@ mod serve {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use kanon_daemon::client::Client;
+    use kanon_client::Client;
     use kanon_daemon::jobs::{Job, JobState};
     use kanon_daemon::{AuditExport, Role};
     use serde_json::{Value, json};
