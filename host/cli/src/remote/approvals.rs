@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kanon_daemon::approvals::covering;
+use kanon_daemon::approvals::{Approval, NewApproval, covering};
 use kanon_daemon::registry::PluginRecord;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Connection;
-use super::output::{duration_secs, revoked_or, show, text, when};
+use super::output::{at, duration_secs, escaped, revoked_or, show_item, show_items};
 
 #[derive(Debug, Args)]
 pub struct ApprovalsArgs {
@@ -65,7 +65,7 @@ enum ApprovalsCommand {
 
 pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
-    let value: Value = match args.command {
+    match args.command {
         ApprovalsCommand::Grant {
             tenant,
             plugin,
@@ -89,37 +89,54 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             let (approved, outputs) = covering(&record.manifest, |name| {
                 mapping.get(name).cloned().unwrap_or_else(|| name.to_owned())
             });
-            let mut body = json!({"plugin": plugin, "analyst": analyst, "datasets": approved, "outputs": outputs,
-                                  "ttl_secs": duration_secs(&ttl)?});
-            if let Some(isolation) = isolation {
-                body["policy"] = json!({"isolation": isolation});
-            }
-            match params_schema {
+            let (params, params_schema) = match params_schema {
                 Some(schema) => {
-                    body["params_schema"] =
-                        serde_json::from_str(&schema).context("--params-schema is not JSON")?;
+                    (None, Some(serde_json::from_str(&schema).context("--params-schema is not JSON")?))
                 }
-                None => body["params"] = serde_json::from_str(&params).context("--params is not JSON")?,
-            }
-            client.grant_approval(&tenant, &body)?
+                None => (Some(serde_json::from_str(&params).context("--params is not JSON")?), None),
+            };
+            // Parsed as the daemon parses it, so a bad value reads the same.
+            let policy = isolation.map(|i| serde_json::from_value(json!({"isolation": i}))).transpose()?;
+            let new = NewApproval {
+                plugin,
+                analyst,
+                datasets: approved,
+                outputs,
+                params,
+                params_schema,
+                ttl_secs: duration_secs(&ttl)?,
+                policy,
+            };
+            let approval: Approval = client.grant_approval(&tenant, &new)?;
+            show_item(args.conn.json, &approval, &HEADER, row)
         }
-        ApprovalsCommand::List { tenant: Some(tenant) } => client.tenant_approvals(&tenant)?,
-        ApprovalsCommand::List { tenant: None } => client.my_approvals()?,
-        ApprovalsCommand::Revoke { tenant, id } => client.revoke_approval(&tenant, &id)?,
-    };
-    show(args.conn.json, value, &["id", "tenant", "plugin", "analyst", "datasets", "expires", "state"], |a| {
-        let datasets: Vec<String> = a["datasets"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(&v["dataset"]))).collect())
-            .unwrap_or_default();
-        vec![
-            text(&a["id"]),
-            text(&a["tenant"]),
-            text(&a["plugin"]).chars().take(12).collect(),
-            text(&a["analyst"]),
-            datasets.join(","),
-            when(&a["expires_ms"]),
-            revoked_or(a["revoked_ms"].as_u64(), "live"),
-        ]
-    })
+        ApprovalsCommand::List { tenant: Some(tenant) } => {
+            let approvals: Vec<Approval> = client.tenant_approvals(&tenant)?;
+            show_items(args.conn.json, &approvals, &HEADER, row)
+        }
+        ApprovalsCommand::List { tenant: None } => {
+            let approvals: Vec<Approval> = client.my_approvals()?;
+            show_items(args.conn.json, &approvals, &HEADER, row)
+        }
+        ApprovalsCommand::Revoke { tenant, id } => {
+            let approval: Approval = client.revoke_approval(&tenant, &id)?;
+            show_item(args.conn.json, &approval, &HEADER, row)
+        }
+    }
+}
+
+const HEADER: [&str; 7] = ["id", "tenant", "plugin", "analyst", "datasets", "expires", "state"];
+
+fn row(a: &Approval) -> Vec<String> {
+    let datasets: Vec<String> =
+        a.datasets.iter().map(|(k, v)| format!("{}={}", escaped(k), escaped(&v.dataset))).collect();
+    vec![
+        escaped(&a.id),
+        escaped(&a.tenant),
+        escaped(&a.plugin).chars().take(12).collect(),
+        escaped(&a.analyst),
+        datasets.join(","),
+        at(Some(a.expires_ms)),
+        revoked_or(a.revoked_ms, "live"),
+    ]
 }

@@ -1,7 +1,6 @@
 //! `kanon jobs`: run jobs under approvals, follow, cancel, read logs (the
 //! daemon's `jobs` API).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use kanon_client::{Client, ClientError};
-use serde_json::{Value, json};
+use kanon_daemon::approvals::Approval;
+use kanon_daemon::jobs::SubmitRequest;
+use serde_json::Value;
 
 use super::Connection;
 use super::output::{list_of, print_json, print_table, text, when};
@@ -52,28 +53,29 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let json_out = args.conn.json;
     match args.command {
         JobsCommand::Run { approval, policy, wait } => {
-            let approvals: Value = client.my_approvals()?;
-            let found = list_of(approvals)
+            let approvals: Vec<Approval> = client.my_approvals()?;
+            let found = approvals
                 .into_iter()
-                .find(|a| a["id"] == approval.as_str())
+                .find(|a| a.id == approval)
                 .with_context(|| format!("no approval `{approval}` names you"))?;
-            let datasets: BTreeMap<String, Value> = found["datasets"]
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v["dataset"].clone())).collect())
-                .unwrap_or_default();
-            let policy: Option<Value> = match policy {
+            let policy = match policy {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
-                    let layer = kanon_gate::PolicyLayer::from_toml(&path.display().to_string(), &text)?;
-                    Some(serde_json::to_value(layer)?)
+                    Some(kanon_gate::PolicyLayer::from_toml(&path.display().to_string(), &text)?)
                 }
                 None => None,
             };
-            let job: Value = client.submit_job(
-                &json!({"tenant": found["tenant"], "plugin": found["plugin"], "approval": approval,
-                        "datasets": datasets, "params": found["params"], "policy": policy}),
-            )?;
+            let request = SubmitRequest {
+                datasets: found.datasets.into_iter().map(|(name, d)| (name, d.dataset)).collect(),
+                // Null under a params schema: the daemon reads it as none.
+                params: Some(found.params).filter(|p| !p.is_null()),
+                tenant: found.tenant,
+                plugin: found.plugin,
+                approval,
+                policy,
+            };
+            let job: Value = client.submit_job(&request)?;
             let id = text(&job["id"]);
             if !wait {
                 if json_out {
