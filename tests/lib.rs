@@ -31,7 +31,7 @@ pub fn runtime() -> &'static Runtime {
 
 /// Load a plugin from a fixture path.
 pub fn load_path(path: &str) -> Result<LoadedPlugin, kanon_runtime::UploadError> {
-    runtime().load(&std::fs::read(path).expect("fixture built by kanon-artifacts"))
+    runtime().load(&std::fs::read(path).expect("fixture built by kanon-fixtures"))
 }
 
 /// Trips by 60 drivers: 20 each in north, east and south, 4 in west and

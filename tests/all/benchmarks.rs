@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use arrow_array::Array;
+use kanon_client::Client;
 use kanon_daemon::Role;
-use kanon_daemon::client::Client;
 use serde_json::{Value, json};
 
 use crate::daemon::{TestDaemon, actions, audit, upload_plugin};
@@ -111,7 +111,7 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     let d = TestDaemon::start();
     let admins = carriers(&d);
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
-    let plugin: Value = upload_plugin(&vendor, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&vendor, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let hash = plugin["hash"].as_str().unwrap();
     let published: Value = vendor
         .send(
@@ -294,7 +294,7 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
     let (rival, _) = d.token(Role::Vendor, "rival", None, None);
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
-    let plugin: Value = upload_plugin(&vendor, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&vendor, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let hash = plugin["hash"].as_str().unwrap();
     let _: Value = vendor.send("POST", "/v1/benchmarks", &json!({"name": "co2", "plugin": hash})).unwrap();
 
@@ -427,8 +427,8 @@ fn another_plugin_releasing_the_same_table_shares_the_subtraction_rule() {
             vendor.send("POST", "/v1/benchmarks", &json!({"name": name, "plugin": plugin["hash"]})).unwrap();
         plugin["hash"].as_str().unwrap().to_owned()
     };
-    let first = publish("fuel", kanon_artifacts::CARRIES_STATE);
-    let second = publish("fuel-again", kanon_artifacts::SINGLES_OUT_A_TENANT);
+    let first = publish("fuel", kanon_fixtures::CARRIES_STATE);
+    let second = publish("fuel-again", kanon_fixtures::SINGLES_OUT_A_TENANT);
     assert_ne!(first, second);
     for (i, admin) in admins.iter().enumerate().take(6) {
         join(admin, i, "fuel");

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use kanon_client::{Client, NewTenant, NewToken, Reply, UploadArgs};
 use kanon_daemon::api::{ACCESS, Access};
-use kanon_daemon::client::{Client, Reply};
 use kanon_daemon::{AuditExport, Daemon, DaemonConfig, FirstStart, Role};
 use kanon_runtime::{RunLimits, Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
@@ -84,24 +84,26 @@ impl TestDaemon {
         tenant: Option<&str>,
         ttl_secs: Option<u64>,
     ) -> (Client, String) {
-        let issued: Value = self
+        let issued = self
             .operator
-            .send(
-                "POST",
-                "/v1/tokens",
-                &json!({"role": role, "name": name, "tenant": tenant, "ttl_secs": ttl_secs}),
-            )
+            .issue_token(&NewToken {
+                role,
+                name: name.to_owned(),
+                tenant: tenant.map(str::to_owned),
+                ttl_secs,
+            })
             .unwrap();
-        let token = issued["token"].as_str().unwrap().to_owned();
-        (self.operator.with_token(Some(token.clone())), issued["info"]["id"].as_str().unwrap().to_owned())
+        (self.operator.with_token(Some(issued.token)), issued.info.id)
     }
 
     /// A new tenant, and a client holding the token its admin enrolled
     /// for (holder `<name>-admin`).
     pub(crate) fn tenant(&self, name: &str) -> Client {
-        let created: Value = self.operator.send("POST", "/v1/tenants", &json!({"name": name})).unwrap();
-        let code = created["enrolment"]["code"].as_str().unwrap();
-        self.operator.enrol(code, &format!("{name}-admin"), None).unwrap().0
+        let created = self
+            .operator
+            .create_tenant(&NewTenant { name: name.to_owned(), enrolment_ttl_secs: None })
+            .unwrap();
+        self.operator.enrol(&created.enrolment.code, &format!("{name}-admin"), None).unwrap().0
     }
 }
 
@@ -114,14 +116,8 @@ impl Drop for TestDaemon {
 }
 
 pub(crate) fn ingest_trips(admin: &Client, tenant: &str) -> Value {
-    admin
-        .upload(
-            "PUT",
-            &format!("/v1/tenants/{tenant}/datasets/trips?format=csv&entity=driver_id"),
-            "text/csv",
-            std::io::Cursor::new(kanon_tests::trips_csv().into_bytes()),
-        )
-        .unwrap()
+    let csv = UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
+    admin.ingest(tenant, "trips", &csv, std::io::Cursor::new(kanon_tests::trips_csv().into_bytes())).unwrap()
 }
 
 pub(crate) fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
@@ -137,9 +133,8 @@ pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &st
     let outputs: Vec<&str> =
         manifest["outputs"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     admin
-        .send(
-            "POST",
-            &format!("/v1/tenants/{tenant}/approvals"),
+        .grant_approval(
+            tenant,
             &json!({
                 "plugin": plugin["hash"], "analyst": analyst, "outputs": outputs, "ttl_secs": 3600,
                 "datasets": {need["name"].as_str().unwrap(): {"dataset": "trips", "columns": columns}},
@@ -177,15 +172,15 @@ fn an_approved_job_runs_and_only_its_analyst_reads_the_results() {
 
     let stored = ingest_trips(&admin, "acme");
     assert_eq!(stored["rows"], 192);
-    let first = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let first = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(first.status, 201, "{}", first.text());
-    let again = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let again = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(again.status, 200, "uploading the same bytes twice is idempotent");
     let plugin: Value = first.json().unwrap();
     assert_eq!(plugin, again.json::<Value>().unwrap());
     assert_eq!(
         plugin["hash"].as_str().unwrap(),
-        blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex().as_str()
+        blake3::hash(kanon_bundled::EMISSIONS_BENCHMARK).to_hex().as_str()
     );
 
     let approval = approve(&admin, "acme", &plugin, "ana");
@@ -241,7 +236,7 @@ fn revoking_an_approval_stops_later_jobs_and_the_refusal_is_audited() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
     let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
                         "datasets": {"trips": "trips"}});
@@ -283,7 +278,7 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let mut approval = approve(&admin, "acme", &plugin, "ana");
     // The same grant, with a schema instead of exact params.
     let schema = json!({"type": "object", "additionalProperties": false,
@@ -447,7 +442,7 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     approve(&admin, "acme", &plugin, "ana");
     let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
     assert_eq!(
@@ -473,8 +468,8 @@ fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uplo
     let (bob, _) = d.token(Role::Analyst, "bob", None, None);
     let (ven, _) = d.token(Role::Vendor, "ven", None, None);
     ingest_trips(&admin, "acme");
-    let emissions: Value = upload_plugin(&ana, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
-    let absence: Value = upload_plugin(&ven, kanon_artifacts::ABSENCE_RATE).json().unwrap();
+    let emissions: Value = upload_plugin(&ana, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let absence: Value = upload_plugin(&ven, kanon_bundled::ABSENCE_RATE).json().unwrap();
     let (e, a) = (emissions["hash"].as_str().unwrap(), absence["hash"].as_str().unwrap());
     let listed = |client: &Client| -> BTreeSet<String> {
         let list: Vec<Value> = client.get("/v1/plugins").unwrap();
@@ -501,7 +496,7 @@ fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uplo
 
     // The same bytes from the vendor: its own to see, under its name only;
     // and ana's view names no one else.
-    let again = upload_plugin(&ven, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let again = upload_plugin(&ven, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json::<Value>().unwrap()["uploader"], "vendor ven");
     assert_eq!(listed(&ven), BTreeSet::from([e.to_owned(), a.to_owned()]));
@@ -1147,7 +1142,7 @@ fn a_large_field_is_cut_in_the_audit_entry_and_kept_whole_in_its_record() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
     let long = "x".repeat(900_000);
     let schema = json!({"type": "object", "description": long});

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kanon_daemon::client::{Client, Reply};
+use kanon_client::{Client, Reply};
 use kanon_daemon::{Daemon, DaemonConfig};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
@@ -282,7 +282,7 @@ fn a_start_deletes_what_unfinished_uploads_left_behind() {
             operator.send("POST", "/v1/tokens", &json!({"role": "analyst", "name": "ana"})).unwrap();
         (operator.with_token(Some(issued["token"].as_str().unwrap().to_owned())), ())
     };
-    let plugin = crate::daemon::upload_plugin(&analyst, kanon_artifacts::EMISSIONS_BENCHMARK);
+    let plugin = crate::daemon::upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(plugin.status, 201, "{}", plugin.text());
     stop_daemon(started);
 
@@ -297,7 +297,7 @@ fn a_start_deletes_what_unfinished_uploads_left_behind() {
     for path in &leftovers {
         assert!(!path.exists(), "{} is still there", path.display());
     }
-    let hash = blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex();
+    let hash = blake3::hash(kanon_bundled::EMISSIONS_BENCHMARK).to_hex();
     assert!(dir.path().join(format!("plugins/{hash}.wasm")).exists(), "the stored plugin stays");
     stop_daemon(started);
 }
@@ -442,7 +442,7 @@ fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
     let d = TestDaemon::start();
     let admins = carriers(&d);
     let (vendor, _) = d.token(kanon_daemon::Role::Vendor, "ven", None, None);
-    let plugin: Value = upload_plugin(&vendor, kanon_artifacts::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin: Value = upload_plugin(&vendor, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
     let _: Value =
         vendor.send("POST", "/v1/benchmarks", &json!({"name": "co2", "plugin": plugin["hash"]})).unwrap();
     for (i, admin) in admins.iter().enumerate() {

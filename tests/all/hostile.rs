@@ -21,7 +21,7 @@ macro_rules! has_test {
         const _: fn() = $name;
     };
 }
-kanon_artifacts::foreach_hostile_fixture!(has_test);
+kanon_fixtures::foreach_hostile_fixture!(has_test);
 
 /// Run a fixture that must fail with `class`; returns the report.
 fn fails_with(path: &str, class: FailureClass) -> RunReport {
@@ -37,7 +37,7 @@ fn fails_with(path: &str, class: FailureClass) -> RunReport {
 
 #[test]
 fn reads_file() {
-    let err = load_path(kanon_artifacts::READS_FILE).unwrap_err();
+    let err = load_path(kanon_fixtures::READS_FILE).unwrap_err();
     let UploadError::RefusedImport(import) = &err else { panic!("{err}") };
     assert!(import.starts_with("wasi:filesystem/"), "{import}");
     assert!(err.to_string().contains("which plugins may not use"));
@@ -45,14 +45,14 @@ fn reads_file() {
 
 #[test]
 fn opens_socket() {
-    let err = load_path(kanon_artifacts::OPENS_SOCKET).unwrap_err();
+    let err = load_path(kanon_fixtures::OPENS_SOCKET).unwrap_err();
     let UploadError::RefusedImport(import) = &err else { panic!("{err}") };
     assert!(import.starts_with("wasi:sockets/"), "{import}");
 }
 
 #[test]
 fn reads_env() {
-    let report = fails_with(kanon_artifacts::READS_ENV, FailureClass::PluginError);
+    let report = fails_with(kanon_fixtures::READS_ENV, FailureClass::PluginError);
     let seen = report.owner_log.error.as_deref().unwrap();
     assert!(seen.starts_with("saw env=[] args=[] cwd="), "{seen}");
     assert!(!seen.contains("PATH") && !seen.contains("HOME"), "{seen}");
@@ -61,14 +61,14 @@ fn reads_env() {
 #[test]
 fn loops_forever() {
     let start = Instant::now();
-    fails_with(kanon_artifacts::LOOPS_FOREVER, FailureClass::Timeout);
+    fails_with(kanon_fixtures::LOOPS_FOREVER, FailureClass::Timeout);
     assert!(start.elapsed().as_secs() < 10, "the 2 s deadline held: {:?}", start.elapsed());
 }
 
 #[test]
 fn loops_in_host_calls() {
     let start = Instant::now();
-    let report = fails_with(kanon_artifacts::LOOPS_IN_HOST_CALLS, FailureClass::Timeout);
+    let report = fails_with(kanon_fixtures::LOOPS_IN_HOST_CALLS, FailureClass::Timeout);
     assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
     assert!(report.owner_log.error.is_some());
 }
@@ -83,12 +83,12 @@ fn within<T: Send + 'static>(secs: u64, work: impl FnOnce() -> T + Send + 'stati
 
 #[test]
 fn sleeps_forever() {
-    within(20, || fails_with(kanon_artifacts::SLEEPS_FOREVER, FailureClass::Timeout));
+    within(20, || fails_with(kanon_fixtures::SLEEPS_FOREVER, FailureClass::Timeout));
 }
 
 #[test]
 fn sleeps_in_manifest() {
-    let err = within(30, || load_path(kanon_artifacts::SLEEPS_IN_MANIFEST).unwrap_err());
+    let err = within(30, || load_path(kanon_fixtures::SLEEPS_IN_MANIFEST).unwrap_err());
     let UploadError::ManifestFailed(why) = &err else { panic!("{err}") };
     assert!(why.starts_with("timeout"), "the 5 s upload deadline held: {why}");
 }
@@ -98,11 +98,9 @@ fn sleeps_in_manifest() {
 /// deadline, each run must say `cancelled`, not `timeout`.
 #[test]
 fn a_cancel_interrupts_a_run_wherever_it_is() {
-    for path in [
-        kanon_artifacts::LOOPS_FOREVER,
-        kanon_artifacts::SLEEPS_FOREVER,
-        kanon_artifacts::LOOPS_IN_HOST_CALLS,
-    ] {
+    for path in
+        [kanon_fixtures::LOOPS_FOREVER, kanon_fixtures::SLEEPS_FOREVER, kanon_fixtures::LOOPS_IN_HOST_CALLS]
+    {
         let plugin = load_path(path).unwrap();
         let cancel = CancelToken::new();
         let canceller = std::thread::spawn({
@@ -132,7 +130,7 @@ fn hoards_scans() {
     for row in 0..4000 {
         csv.push_str(&format!("D{row},r{row:01999},1.0\n"));
     }
-    let plugin = runtime.load(&std::fs::read(kanon_artifacts::HOARDS_SCANS).unwrap()).unwrap();
+    let plugin = runtime.load(&std::fs::read(kanon_fixtures::HOARDS_SCANS).unwrap()).unwrap();
     let datasets = [("trips".to_owned(), table("trips", &csv, "driver_id"))].into();
     let report = runtime.run(&plugin, request(datasets, "{}")).unwrap();
     let failure = report.outcome.expect_err("nothing may be released");
@@ -146,7 +144,7 @@ fn hoards_scans() {
 /// with fresh randomness, 16 runs would agree with a chance of 2^-15.
 #[test]
 fn flips_a_coin() {
-    let plugin = load_path(kanon_artifacts::FLIPS_A_COIN).unwrap();
+    let plugin = load_path(kanon_fixtures::FLIPS_A_COIN).unwrap();
     let releases: Vec<_> = (0..16)
         .map(|i| {
             let request = RunRequest { run_id: format!("run-{i}"), ..request(trips(), "{}") };
@@ -158,33 +156,33 @@ fn flips_a_coin() {
 
 #[test]
 fn grows_memory() {
-    let report = fails_with(kanon_artifacts::GROWS_MEMORY, FailureClass::Memory);
+    let report = fails_with(kanon_fixtures::GROWS_MEMORY, FailureClass::Memory);
     assert!(report.stats.peak_memory_bytes <= 64 << 20, "{}", report.stats.peak_memory_bytes);
 }
 
 #[test]
 fn floods_host() {
-    let report = fails_with(kanon_artifacts::FLOODS_HOST, FailureClass::Limit);
+    let report = fails_with(kanon_fixtures::FLOODS_HOST, FailureClass::Limit);
     assert!(report.owner_log.error.as_deref().unwrap().contains("bytes passed to the host"));
     assert!(report.stats.bytes_to_host > 64 << 20);
 }
 
 #[test]
 fn forges_pseudonym() {
-    let report = fails_with(kanon_artifacts::FORGES_PSEUDONYM, FailureClass::ContractViolation);
+    let report = fails_with(kanon_fixtures::FORGES_PSEUDONYM, FailureClass::ContractViolation);
     assert!(report.owner_log.error.as_deref().unwrap().contains("was never issued to this run"));
 }
 
 #[test]
 fn code_outside_domain() {
-    let report = fails_with(kanon_artifacts::CODE_OUTSIDE_DOMAIN, FailureClass::ContractViolation);
+    let report = fails_with(kanon_fixtures::CODE_OUTSIDE_DOMAIN, FailureClass::ContractViolation);
     let error = report.owner_log.error.unwrap();
     assert!(error.contains("is outside the domain of dimension `region` (5 values)"), "{error}");
 }
 
 #[test]
 fn undeclared_dataset() {
-    let report = fails_with(kanon_artifacts::UNDECLARED_DATASET, FailureClass::PluginError);
+    let report = fails_with(kanon_fixtures::UNDECLARED_DATASET, FailureClass::PluginError);
     let seen = report.owner_log.error.unwrap();
     assert!(seen.contains(r#"salaries=Err(DataError::DatasetNotGranted("salaries"))"#), "{seen}");
     assert!(seen.contains(r#"home_address=Err(DataError::ColumnNotGranted("home_address"))"#), "{seen}");
@@ -195,20 +193,20 @@ fn undeclared_dataset() {
 
 #[test]
 fn undeclared_table() {
-    let report = fails_with(kanon_artifacts::UNDECLARED_TABLE, FailureClass::PluginError);
+    let report = fails_with(kanon_fixtures::UNDECLARED_TABLE, FailureClass::PluginError);
     assert!(report.owner_log.error.unwrap().contains(r#"UnknownTable("raw_rows")"#));
     assert_eq!(report.owner_log.refusals, vec!["opened undeclared table `raw_rows`".to_owned()]);
 }
 
 #[test]
 fn panics_with_data() {
-    let report = fails_with(kanon_artifacts::PANICS_WITH_DATA, FailureClass::Trap);
+    let report = fails_with(kanon_fixtures::PANICS_WITH_DATA, FailureClass::Trap);
     assert!(report.owner_log.stderr.contains("secret fuel="), "{:?}", report.owner_log);
 }
 
 #[test]
 fn error_with_data() {
-    let report = fails_with(kanon_artifacts::ERROR_WITH_DATA, FailureClass::PluginError);
+    let report = fails_with(kanon_fixtures::ERROR_WITH_DATA, FailureClass::PluginError);
     assert!(report.owner_log.error.unwrap().starts_with("secret fuel="));
 }
 
@@ -220,7 +218,7 @@ fn cells(report: &RunReport) -> Vec<(String, Option<Vec<f64>>)> {
 
 #[test]
 fn spreads_one_entity() {
-    let plugin = load_path(kanon_artifacts::SPREADS_ONE_ENTITY).unwrap();
+    let plugin = load_path(kanon_fixtures::SPREADS_ONE_ENTITY).unwrap();
     let report = run_on_trips(&plugin);
     // The target's four extra cells are dropped: it counts in one cell only.
     assert_eq!(report.stats.dropped_contributions, 4);
@@ -230,7 +228,7 @@ fn spreads_one_entity() {
 
 #[test]
 fn pads_with_zeros() {
-    let plugin = load_path(kanon_artifacts::PADS_WITH_ZEROS).unwrap();
+    let plugin = load_path(kanon_fixtures::PADS_WITH_ZEROS).unwrap();
     let report = run_on_trips(&plugin);
     let central = cells(&report).into_iter().find(|(k, _)| k == "central").unwrap();
     assert_eq!(central.1, None, "10 entities, but one holds the whole sum: dominance suppresses");
@@ -246,7 +244,7 @@ fn pads_with_zeros() {
 
 #[test]
 fn subtracts_margins() {
-    let plugin = load_path(kanon_artifacts::SUBTRACTS_MARGINS).unwrap();
+    let plugin = load_path(kanon_fixtures::SUBTRACTS_MARGINS).unwrap();
     let report = run_on_trips(&plugin);
     let cells = cells(&report);
     assert_eq!(cells.len(), 6, "five regions and the total");
@@ -263,7 +261,7 @@ fn subtracts_margins() {
 
 #[test]
 fn singles_out_a_tenant() {
-    let plugin = load_path(kanon_artifacts::SINGLES_OUT_A_TENANT).unwrap();
+    let plugin = load_path(kanon_fixtures::SINGLES_OUT_A_TENANT).unwrap();
     // Tenant 0 is large (more than 100 drivers), five others are small.
     let mut tenants = vec![fleet_csv(150, 1.0)];
     tenants.extend((0..5).map(|_| fleet_csv(40, 1.0)));
@@ -280,7 +278,7 @@ const NOTHING_CARRIED: &str = "carried: static=0 runs=0 fuel=0 thread_local=0 en
 
 #[test]
 fn carries_state() {
-    let plugin = load_path(kanon_artifacts::CARRIES_STATE).unwrap();
+    let plugin = load_path(kanon_fixtures::CARRIES_STATE).unwrap();
     let tenants: Vec<String> = (0..5).map(|_| fleet_csv(40, 1.0)).collect();
     // The honest sums, from the CSV itself: each driver's fuel, by region.
     let regions = ["north", "east", "south", "west", "central"];

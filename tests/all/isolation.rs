@@ -69,7 +69,7 @@ proptest! {
         target in 0usize..8,
         changed in prop::collection::vec(1.0f64..300.0, 0..4),
     ) {
-        let plugin = load_path(kanon_artifacts::MOVES_DATA_ACROSS_ENTITIES).unwrap();
+        let plugin = load_path(kanon_fixtures::MOVES_DATA_ACROSS_ENTITIES).unwrap();
         let regions = ["north", "east", "south"];
         let rows: Vec<(u32, &str, f64)> =
             fuels.iter().enumerate().map(|(i, &f)| (i as u32 + 1, regions[i % 3], f)).collect();
@@ -96,7 +96,7 @@ proptest! {
 /// drivers' contributions, so the property above is not vacuous.
 #[test]
 fn in_a_shared_instance_one_entitys_rows_move_the_others() {
-    let plugin = load_path(kanon_artifacts::MOVES_DATA_ACROSS_ENTITIES).unwrap();
+    let plugin = load_path(kanon_fixtures::MOVES_DATA_ACROSS_ENTITIES).unwrap();
     let rows = fleet(12, |d| 10.0 * f64::from(d));
     let mut other = rows.clone();
     other[0].2 += 100.0; // driver 1, in east
@@ -108,7 +108,7 @@ fn in_a_shared_instance_one_entitys_rows_move_the_others() {
 #[test]
 pub(crate) fn moves_data_across_entities() {
     // Isolated, each driver carries nothing in: the release is the honest sums.
-    let plugin = load_path(kanon_artifacts::MOVES_DATA_ACROSS_ENTITIES).unwrap();
+    let plugin = load_path(kanon_fixtures::MOVES_DATA_ACROSS_ENTITIES).unwrap();
     let rows = fleet(12, |d| 10.0 * f64::from(d));
     let released = cells(&release(&plugin, trips(&rows), Isolation::Entity));
     let honest = |region: &str| rows.iter().filter(|r| r.1 == region).map(|r| r.2).sum::<f64>();
@@ -121,7 +121,7 @@ pub(crate) fn moves_data_across_entities() {
 
 #[test]
 pub(crate) fn spells_with_counts() {
-    let plugin = load_path(kanon_artifacts::SPELLS_WITH_COUNTS).unwrap();
+    let plugin = load_path(kanon_fixtures::SPELLS_WITH_COUNTS).unwrap();
     // The target is driver 1 (first seen), with 17 + 8.5 litres.
     let rows = fleet(30, |d| if d == 1 { 17.0 } else { 5.0 });
     let shared = cells(&release(&plugin, trips(&rows), Isolation::Shared));
@@ -138,7 +138,7 @@ pub(crate) fn spells_with_counts() {
 
 #[test]
 pub(crate) fn cancels_pairs() {
-    let plugin = load_path(kanon_artifacts::CANCELS_PAIRS).unwrap();
+    let plugin = load_path(kanon_fixtures::CANCELS_PAIRS).unwrap();
     // Driver 1 (the target, first seen) has 42 litres; 21 drivers in all,
     // so the 20 others cancel in pairs.
     let rows: Vec<(u32, &str, f64)> =
@@ -159,7 +159,7 @@ pub(crate) fn cancels_pairs() {
 /// the one of a run without its rows. A shared run fails whole.
 #[test]
 pub(crate) fn traps_for_one_entity() {
-    let plugin = load_path(kanon_artifacts::TRAPS_FOR_ONE_ENTITY).unwrap();
+    let plugin = load_path(kanon_fixtures::TRAPS_FOR_ONE_ENTITY).unwrap();
     let rows = fleet(12, |d| if d == 5 { 180.0 } else { 20.0 });
     let without: Vec<_> = rows.iter().copied().filter(|r| r.0 != 5).collect();
 
@@ -234,7 +234,7 @@ pub(crate) fn joins_on_the_entity() {
         .collect();
     assert_eq!(reference, [&json!(false), &json!(false), &json!(true)], "the mark is on the chain");
 
-    let bytes = std::fs::read(kanon_artifacts::JOINS_ON_THE_ENTITY).unwrap();
+    let bytes = std::fs::read(kanon_fixtures::JOINS_ON_THE_ENTITY).unwrap();
     let uploaded = upload_plugin(&analyst, &bytes);
     assert_eq!(uploaded.status, 201, "{}", uploaded.text());
     let plugin: PluginRecord = uploaded.json().unwrap();
@@ -315,29 +315,29 @@ pub(crate) fn joins_on_the_entity() {
 #[test]
 fn every_hostile_fixture_isolated_leaves_the_other_entities_cells_alone() {
     let fixtures = [
-        kanon_artifacts::CANCELS_PAIRS,
-        kanon_artifacts::CARRIES_STATE,
-        kanon_artifacts::CODE_OUTSIDE_DOMAIN,
-        kanon_artifacts::ERROR_WITH_DATA,
-        kanon_artifacts::FLIPS_A_COIN,
-        kanon_artifacts::FLOODS_HOST,
-        kanon_artifacts::FORGES_PSEUDONYM,
-        kanon_artifacts::GROWS_MEMORY,
-        kanon_artifacts::HOARDS_SCANS,
-        kanon_artifacts::LOOPS_FOREVER,
-        kanon_artifacts::LOOPS_IN_HOST_CALLS,
-        kanon_artifacts::MOVES_DATA_ACROSS_ENTITIES,
-        kanon_artifacts::PADS_WITH_ZEROS,
-        kanon_artifacts::PANICS_WITH_DATA,
-        kanon_artifacts::READS_ENV,
-        kanon_artifacts::SINGLES_OUT_A_TENANT,
-        kanon_artifacts::SLEEPS_FOREVER,
-        kanon_artifacts::SPELLS_WITH_COUNTS,
-        kanon_artifacts::SPREADS_ONE_ENTITY,
-        kanon_artifacts::SUBTRACTS_MARGINS,
-        kanon_artifacts::TRAPS_FOR_ONE_ENTITY,
-        kanon_artifacts::UNDECLARED_DATASET,
-        kanon_artifacts::UNDECLARED_TABLE,
+        kanon_fixtures::CANCELS_PAIRS,
+        kanon_fixtures::CARRIES_STATE,
+        kanon_fixtures::CODE_OUTSIDE_DOMAIN,
+        kanon_fixtures::ERROR_WITH_DATA,
+        kanon_fixtures::FLIPS_A_COIN,
+        kanon_fixtures::FLOODS_HOST,
+        kanon_fixtures::FORGES_PSEUDONYM,
+        kanon_fixtures::GROWS_MEMORY,
+        kanon_fixtures::HOARDS_SCANS,
+        kanon_fixtures::LOOPS_FOREVER,
+        kanon_fixtures::LOOPS_IN_HOST_CALLS,
+        kanon_fixtures::MOVES_DATA_ACROSS_ENTITIES,
+        kanon_fixtures::PADS_WITH_ZEROS,
+        kanon_fixtures::PANICS_WITH_DATA,
+        kanon_fixtures::READS_ENV,
+        kanon_fixtures::SINGLES_OUT_A_TENANT,
+        kanon_fixtures::SLEEPS_FOREVER,
+        kanon_fixtures::SPELLS_WITH_COUNTS,
+        kanon_fixtures::SPREADS_ONE_ENTITY,
+        kanon_fixtures::SUBTRACTS_MARGINS,
+        kanon_fixtures::TRAPS_FOR_ONE_ENTITY,
+        kanon_fixtures::UNDECLARED_DATASET,
+        kanon_fixtures::UNDECLARED_TABLE,
     ];
     // Driver 1 is in east (`fleet` puts driver d in region d % 3).
     let rows = fleet(24, |d| 10.0 + f64::from(d));

@@ -5,7 +5,7 @@ use kanon_runtime::{DataMismatch, ParamsError, PluginColumnType, RunError};
 use kanon_tests::{request, run_on_trips, runtime, table, trips, trips_csv};
 
 fn emissions() -> kanon_runtime::LoadedPlugin {
-    runtime().load(kanon_artifacts::EMISSIONS_BENCHMARK).expect("bundled plugin loads")
+    runtime().load(kanon_bundled::EMISSIONS_BENCHMARK).expect("bundled plugin loads")
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn absence_rate_reads_nulls_and_buckets() {
         csv.push_str(&format!("E{e},logistics,{},1600,{sick}\n", 30 + e % 5));
     }
     let datasets = [("employees".to_owned(), table("employees", &csv, "employee_id"))].into();
-    let plugin = runtime().load(kanon_artifacts::ABSENCE_RATE).unwrap();
+    let plugin = runtime().load(kanon_bundled::ABSENCE_RATE).unwrap();
     let release = runtime().run(&plugin, request(datasets, "{}")).unwrap().outcome.unwrap();
     let table = &release.tables[0];
     let cell = table.cells.iter().find(|c| c.key == ["logistics", "[25, 35)"]).unwrap();

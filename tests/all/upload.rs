@@ -17,7 +17,7 @@ fn what_is_not_a_plugin_component_is_refused_with_a_reason() {
     let err = rt.load(b"\0asm\x0d\0\x01\0").unwrap_err();
     assert!(matches!(err, UploadError::WrongWorld(_)), "{err}");
     // A truncated plugin.
-    let plugin = kanon_artifacts::EMISSIONS_BENCHMARK;
+    let plugin = kanon_bundled::EMISSIONS_BENCHMARK;
     let err = rt.load(&plugin[..plugin.len() / 2]).unwrap_err();
     assert!(matches!(err, UploadError::Invalid(_)), "{err}");
 }
@@ -26,17 +26,17 @@ fn what_is_not_a_plugin_component_is_refused_with_a_reason() {
 fn oversized_components_are_refused_before_compiling() {
     let small =
         Runtime::new(RuntimeConfig { max_component_bytes: 1000, ..RuntimeConfig::default() }).unwrap();
-    let size = kanon_artifacts::EMISSIONS_BENCHMARK.len();
+    let size = kanon_bundled::EMISSIONS_BENCHMARK.len();
     assert_eq!(
-        small.load(kanon_artifacts::EMISSIONS_BENCHMARK).unwrap_err(),
+        small.load(kanon_bundled::EMISSIONS_BENCHMARK).unwrap_err(),
         UploadError::TooLarge { size, max: 1000 }
     );
 }
 
 #[test]
 fn the_manifest_is_read_at_upload() {
-    let plugin = runtime().load(kanon_artifacts::EMISSIONS_BENCHMARK).unwrap();
-    assert_eq!(plugin.hash, blake3::hash(kanon_artifacts::EMISSIONS_BENCHMARK).to_hex().as_str());
+    let plugin = runtime().load(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+    assert_eq!(plugin.hash, blake3::hash(kanon_bundled::EMISSIONS_BENCHMARK).to_hex().as_str());
     let m = &plugin.manifest;
     assert_eq!(m.name, "emissions-benchmark");
     assert_eq!(m.inputs[0].name, "trips");
@@ -53,7 +53,7 @@ fn a_restart_loads_the_compiled_artifact_and_a_corrupt_one_is_recompiled() {
         limits: test_limits(),
         ..RuntimeConfig::default()
     };
-    let load = || Runtime::new(config()).unwrap().load(kanon_artifacts::EMISSIONS_BENCHMARK).unwrap().cache;
+    let load = || Runtime::new(config()).unwrap().load(kanon_bundled::EMISSIONS_BENCHMARK).unwrap().cache;
     assert_eq!(load(), CacheOutcome::Compiled);
     assert_eq!(load(), CacheOutcome::Hit);
 
@@ -68,7 +68,7 @@ fn a_restart_loads_the_compiled_artifact_and_a_corrupt_one_is_recompiled() {
     bytes[middle] ^= 0xff;
     std::fs::write(&artifact, bytes).unwrap();
     let runtime = Runtime::new(config()).unwrap();
-    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK).unwrap();
+    let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     assert_eq!(plugin.cache, CacheOutcome::Compiled);
     assert!(runtime.run(&plugin, kanon_tests::request(kanon_tests::trips(), "{}")).unwrap().outcome.is_ok());
     assert_eq!(load(), CacheOutcome::Hit);
@@ -76,7 +76,7 @@ fn a_restart_loads_the_compiled_artifact_and_a_corrupt_one_is_recompiled() {
 
 #[test]
 fn runs_do_not_share_state() {
-    let plugin = runtime().load(kanon_artifacts::EMISSIONS_BENCHMARK).unwrap();
+    let plugin = runtime().load(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     let first = run_on_trips(&plugin).outcome.unwrap();
     let second = run_on_trips(&plugin).outcome.unwrap();
     assert_eq!(first, second, "a second run on a fresh instance sees nothing of the first");

@@ -14,16 +14,19 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use kanon_client::{Client, NewTenant, NewToken, Role, UploadArgs};
 use kanon_daemon::approvals::covering;
-use kanon_daemon::client::Client;
 use kanon_daemon::registry::PluginRecord;
-use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+use kanon_daemon::{AuditExport, Daemon, DaemonConfig};
 use kanon_gate::{OwnPosition, Release};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
-use crate::client_cmd::{self, text};
-use crate::{datagen, render, runner};
+use crate::local::run as runner;
+use crate::remote::jobs::{follow, follow_with};
+use crate::remote::output::text;
+use crate::render;
+use kanon_datagen as datagen;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -99,7 +102,7 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
             file: trips,
             entity: "driver_id",
             identifiers: "",
-            plugin: kanon_artifacts::EMISSIONS_BENCHMARK,
+            plugin: kanon_bundled::EMISSIONS_BENCHMARK,
             isolated: true,
         },
         DemoTenant {
@@ -108,7 +111,7 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
             file: employees,
             entity: "employee_id",
             identifiers: "manager_id",
-            plugin: kanon_artifacts::ABSENCE_RATE,
+            plugin: kanon_bundled::ABSENCE_RATE,
             isolated: false,
         },
     ];
@@ -125,17 +128,20 @@ pub fn run(args: DemoArgs, options: &runner::RuntimeOptions) -> anyhow::Result<E
 
 /// Issue a token of `role`.
 fn token(operator: &Client, role: Role, name: &str, tenant: Option<&str>) -> anyhow::Result<Client> {
-    let issued: Value =
-        operator.send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))?;
-    Ok(operator.with_token(issued["token"].as_str().map(str::to_owned)))
+    let issued = operator.issue_token(&NewToken {
+        role,
+        name: name.to_owned(),
+        tenant: tenant.map(str::to_owned),
+        ttl_secs: None,
+    })?;
+    Ok(operator.with_token(Some(issued.token)))
 }
 
 /// Create `tenant` (operator), then enrol its admin with the one-time code
 /// (no token): the admin's client. The operator never holds it.
 fn tenant_with_admin(operator: &Client, tenant: &str) -> anyhow::Result<Client> {
-    let created: Value = operator.send("POST", "/v1/tenants", &json!({"name": tenant}))?;
-    let code = created["enrolment"]["code"].as_str().context("no enrolment code for the new tenant")?;
-    Ok(operator.enrol(code, &format!("{tenant}-admin"), None)?.0)
+    let created = operator.create_tenant(&NewTenant { name: tenant.to_owned(), enrolment_ttl_secs: None })?;
+    Ok(operator.enrol(&created.enrolment.code, &format!("{tenant}-admin"), None)?.0)
 }
 
 /// The vendor's side: carriers with generated trips opt in to a CO2
@@ -163,39 +169,26 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
         )?;
         // The last carrier keeps its trips under its own dataset name.
         let dataset = if i == args.carriers { "ritten" } else { "trips" };
-        let _: Value = admin.upload(
-            "PUT",
-            &format!("/v1/tenants/{name}/datasets/{dataset}?format=csv&entity=driver_id"),
-            "text/csv",
-            std::fs::File::open(&file)?,
-        )?;
+        let csv =
+            UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
+        let _: Value = admin.ingest(&name, dataset, &csv, std::fs::File::open(&file)?)?;
         admins.push((name, dataset, admin));
     }
     say(format!("carriers: each ingested {} trips", args.carrier_trips));
 
-    let plugin: PluginRecord = vendor.call(
-        "POST",
-        "/v1/plugins",
-        Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)),
-    )?;
-    let published: Value = vendor.send(
-        "POST",
-        "/v1/benchmarks",
+    let plugin: PluginRecord = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
+    let published: Value = vendor.publish_benchmark(
         &json!({"name": "co2", "plugin": plugin.hash, "description": "CO2 per tonne-km across carriers"}),
     )?;
     say(format!("benchco: published benchmark `{}` over {}", text(&published["name"]), &plugin.hash[..16]));
     for (name, dataset, admin) in &admins {
-        let _: Value = admin.send(
-            "PUT",
-            &format!("/v1/tenants/{name}/benchmarks/co2"),
-            &json!({"datasets": {"trips": {"dataset": dataset}}}),
-        )?;
+        let _: Value = admin.opt_in(name, "co2", &json!({"datasets": {"trips": {"dataset": dataset}}}))?;
     }
     say(format!("carriers: all {} opted in (the last maps its `ritten` to `trips`)", admins.len()));
 
     let rows = args.carrier_trips * admins.len();
     let first = run_benchmark(&vendor, rows, say)?;
-    let version: Value = vendor.get(&format!("/v1/benchmarks/co2/versions/{}", first["version"]))?;
+    let version: Value = vendor.benchmark_version("co2", &first["version"].to_string())?;
     let release: Release = serde_json::from_value(version["release"].clone())?;
     say(format!(
         "benchco: version {} of `co2` in the meta data vault; it names no carrier:",
@@ -205,7 +198,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
         println!("{}", render::release_text(&release));
     }
     let (me, _, admin) = &admins[2.min(admins.len() - 1)];
-    let position: Value = admin.get(&format!("/v1/tenants/{me}/benchmarks/co2/versions/latest"))?;
+    let position: Value = admin.own_position(me, "co2", "latest")?;
     say(format!("{me}: its own position next to the peers, from its own data only:"));
     if !args.json {
         let own: OwnPosition = serde_json::from_value(position["position"].clone())?;
@@ -213,7 +206,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
     }
 
     let (leaver, _, admin) = admins.last().expect("carriers");
-    let _: Value = admin.delete(&format!("/v1/tenants/{leaver}/benchmarks/co2"))?;
+    let _: Value = admin.opt_out(leaver, "co2")?;
     say(format!("{leaver}: opted out"));
     let second = run_benchmark(&vendor, rows - args.carrier_trips, say)?;
     let held = second["stats"]["held_cells"].as_u64().unwrap_or(0);
@@ -227,9 +220,9 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
 
 /// Queue a run of `co2` and follow it to its end.
 fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::Result<Value> {
-    let run: Value = vendor.send("POST", "/v1/benchmarks/co2/runs", &json!({}))?;
+    let run: Value = vendor.run_benchmark("co2")?;
     let id = text(&run["id"]);
-    let done = client_cmd::follow_at(vendor, &format!("/v1/benchmarks/co2/runs/{id}"), &id, false)?;
+    let done = follow_with(|| vendor.benchmark_run("co2", &id), &id, false)?;
     if done["state"] != "succeeded" {
         anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
     }
@@ -259,15 +252,14 @@ fn walk(
         ));
 
         let started = Instant::now();
-        let stored: Value = admin.upload(
-            "PUT",
-            &format!(
-                "/v1/tenants/{}/datasets/{}?format=csv&entity={}&identifiers={}",
-                tenant.name, tenant.dataset, tenant.entity, tenant.identifiers
-            ),
-            "text/csv",
-            std::fs::File::open(&tenant.file)?,
-        )?;
+        let csv = UploadArgs {
+            format: "csv".into(),
+            entity: Some(tenant.entity.into()),
+            identifiers: Some(tenant.identifiers.into()),
+            ..UploadArgs::default()
+        };
+        let stored: Value =
+            admin.ingest(tenant.name, tenant.dataset, &csv, std::fs::File::open(&tenant.file)?)?;
         say(format!(
             "{}: ingested {} rows into `{}` ({:.1} s)",
             tenant.name,
@@ -276,8 +268,7 @@ fn walk(
             started.elapsed().as_secs_f64()
         ));
 
-        let plugin: PluginRecord =
-            analyst.call("POST", "/v1/plugins", Some(("application/wasm", tenant.plugin)))?;
+        let plugin: PluginRecord = analyst.upload_plugin(tenant.plugin)?;
         let manifest = &plugin.manifest;
         say(format!("ana: uploaded plugin {} {} ({})", manifest.name, manifest.version, &plugin.hash[..16]));
 
@@ -298,14 +289,12 @@ fn walk(
             if !suffix.is_empty() {
                 say("ana: the same job with one instance per driver, each seeing only its own trips:".into());
             }
-            let job: Value = analyst.send(
-                "POST",
-                "/v1/jobs",
+            let job: Value = analyst.submit_job(
                 &json!({"tenant": tenant.name, "plugin": plugin.hash, "approval": approval["id"],
                         "datasets": {tenant.dataset: tenant.dataset}, "policy": policy}),
             )?;
             let id = text(&job["id"]);
-            let done = client_cmd::follow(&analyst, &id, false)?;
+            let done = follow(&analyst, &id, false)?;
             if done["state"] != "succeeded" {
                 say(format!(
                     "ana: job {id} {}: {}; nothing was released",
@@ -315,7 +304,7 @@ fn walk(
                 code = ExitCode::from(runner::EXIT_RUN_FAILED);
                 continue;
             }
-            let release: Release = analyst.get(&format!("/v1/jobs/{id}/results"))?;
+            let release = analyst.job_results(&id)?;
             say(format!(
                 "ana: job {id} succeeded in {} s (analysts see whole seconds); the gate released:",
                 done["stats"]["run_secs"]
@@ -327,7 +316,7 @@ fn walk(
             }
         }
 
-        let audit: AuditExport = admin.get(&format!("/v1/tenants/{}/audit", tenant.name))?;
+        let audit: AuditExport = admin.tenant_audit(tenant.name)?;
         let count = kanon_daemon::verify(&audit.chain, &audit.entries, &audit.head)
             .map_err(|e| anyhow::anyhow!("the audit log of {} does not verify: {e}", tenant.name))?;
         let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
@@ -340,9 +329,8 @@ fn walk(
 /// manifest declares, default params, a day.
 fn approve(admin: &Client, tenant: &DemoTenant, plugin: &PluginRecord) -> anyhow::Result<Value> {
     let (datasets, outputs) = covering(&plugin.manifest, |_| tenant.dataset.to_owned());
-    Ok(admin.send(
-        "POST",
-        &format!("/v1/tenants/{}/approvals", tenant.name),
+    Ok(admin.grant_approval(
+        tenant.name,
         &json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 86_400}),
     )?)
 }

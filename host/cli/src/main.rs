@@ -1,23 +1,23 @@
-//! The `kanon` binary: the local runner, the tenant-data commands, the demo
-//! and the benchmarks.
+//! The `kanon` binary, by what each command talks to: `local` (the sandbox
+//! and the vault on this machine), `serve` (the daemon), `remote` (a
+//! daemon, through `kanon-client`) and `demo` (an embedded daemon). The
+//! performance figures are `kanon-bench`'s, another binary.
 //!
 //! Exit codes: 0 success; 1 bad input or setup (the message says what);
 //! 2 usage error; 3 the plugin run failed (nothing released); 4 the daemon
 //! refused the request; 5 the daemon is unreachable or failed.
 
-mod bench;
-mod benchmark_cmd;
-mod client_cmd;
-mod datagen;
 mod demo;
+mod local;
+mod remote;
 mod render;
-mod runner;
 mod serve;
-mod vault_cmd;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use local::{run as runner, vault as vault_cmd};
+use remote::{approvals, audit, backups, benchmarks, grants, jobs, login, plugins, results, tenants, tokens};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,37 +60,34 @@ enum Command {
     /// Run the host daemon: the HTTP API for operators, tenants, analysts and vendors.
     Serve(serve::ServeArgs),
     /// Save a daemon address and token as a named profile.
-    Login(client_cmd::LoginArgs),
+    Login(login::LoginArgs),
     /// Redeem a tenant admin's one-time enrolment code and save the token
     /// as a profile.
-    Enrol(client_cmd::EnrolArgs),
+    Enrol(login::EnrolArgs),
     /// Daemon: create and list tenants, new enrolment codes (operator).
-    Tenants(client_cmd::TenantsArgs),
+    Tenants(tenants::TenantsArgs),
     /// Daemon: issue, list and revoke tokens (operator; a tenant admin its
     /// tenant's admins).
-    Tokens(client_cmd::TokensArgs),
+    Tokens(tokens::TokensArgs),
     /// Daemon: upload, list, show and delete plugins.
-    Plugins(client_cmd::PluginsArgs),
+    Plugins(plugins::PluginsArgs),
     /// Daemon: approve plugins on your data, list and revoke approvals (tenant admin).
-    Approvals(client_cmd::ApprovalsArgs),
+    Approvals(approvals::ApprovalsArgs),
     /// Daemon: run jobs under approvals, follow, cancel, read logs.
-    Jobs(client_cmd::JobsArgs),
+    Jobs(jobs::JobsArgs),
     /// Daemon: a job's released tables.
-    Results(client_cmd::ResultsArgs),
+    Results(results::ResultsArgs),
     /// Daemon: show, export and verify audit logs.
-    Audit(client_cmd::AuditArgs),
+    Audit(audit::AuditArgs),
     /// Daemon: support-access grants (tenant admin).
-    Grants(client_cmd::GrantsArgs),
+    Grants(grants::GrantsArgs),
     /// Daemon: back up the whole data directory while it serves (operator).
-    Backups(client_cmd::BackupsArgs),
+    Backups(backups::BackupsArgs),
     /// Daemon: cross-tenant benchmarks: publish and run (vendor), join and
     /// leave, your own position (tenant admin), versions from the meta data vault.
-    Benchmarks(benchmark_cmd::BenchmarksArgs),
+    Benchmarks(benchmarks::BenchmarksArgs),
     /// Generate realistic synthetic data and run the bundled plugins on it.
     Demo(demo::DemoArgs),
-    /// Measure the plugin group-by against native Rust, instantiation,
-    /// compile caching and the gate.
-    Bench(bench::BenchArgs),
     /// Compile one uploaded component from stdin under memory and CPU
     /// limits: the child process every upload is compiled in.
     #[command(hide = true)]
@@ -118,25 +115,24 @@ fn main() -> ExitCode {
         Command::Manifest(args) => runner::manifest(args, &runtime),
         Command::Demo(args) => demo::run(args, &runtime),
         Command::Serve(args) => serve::run(args, &runtime),
-        Command::Login(args) => client_cmd::login(args),
-        Command::Enrol(args) => client_cmd::enrol(args),
-        Command::Tenants(args) => client_cmd::tenants(args),
-        Command::Tokens(args) => client_cmd::tokens(args),
-        Command::Plugins(args) => client_cmd::plugins(args),
-        Command::Approvals(args) => client_cmd::approvals(args),
-        Command::Jobs(args) => client_cmd::jobs(args),
-        Command::Results(args) => client_cmd::results(args),
-        Command::Audit(args) => client_cmd::audit(args),
-        Command::Grants(args) => client_cmd::grants(args),
-        Command::Backups(args) => client_cmd::backups(args),
-        Command::Benchmarks(args) => benchmark_cmd::benchmarks(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Login(args) => login::login(args),
+        Command::Enrol(args) => login::enrol(args),
+        Command::Tenants(args) => tenants::tenants(args),
+        Command::Tokens(args) => tokens::tokens(args),
+        Command::Plugins(args) => plugins::plugins(args),
+        Command::Approvals(args) => approvals::approvals(args),
+        Command::Jobs(args) => jobs::jobs(args),
+        Command::Results(args) => results::results(args),
+        Command::Audit(args) => audit::audit(args),
+        Command::Grants(args) => grants::grants(args),
+        Command::Backups(args) => backups::backups(args),
+        Command::Benchmarks(args) => benchmarks::benchmarks(args),
         Command::CompileWorker => return kanon_runtime::compile_worker_main(),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            if let Some(code) = client_cmd::exit_code(&e) {
+            if let Some(code) = remote::exit_code(&e) {
                 return code;
             }
             eprintln!("error: {}", render::escape_controls(&format!("{e:#}")));

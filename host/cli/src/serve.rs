@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use kanon_daemon::{Daemon, DaemonConfig};
 
-use crate::runner;
-use crate::vault_cmd::KeyArgs;
+use crate::local::run as runner;
+use crate::local::vault::KeyArgs;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

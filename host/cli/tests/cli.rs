@@ -43,7 +43,7 @@ fn trips_csv() -> String {
 
 fn setup() -> (Dir, String) {
     let dir = Dir::new();
-    let plugin = dir.write("emissions.wasm", kanon_artifacts::EMISSIONS_BENCHMARK);
+    let plugin = dir.write("emissions.wasm", kanon_bundled::EMISSIONS_BENCHMARK);
     (dir, plugin.display().to_string())
 }
 
@@ -595,7 +595,7 @@ mod serve {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use kanon_daemon::client::Client;
+    use kanon_client::Client;
     use kanon_daemon::jobs::{Job, JobState};
     use kanon_daemon::{AuditExport, Role};
     use serde_json::{Value, json};
@@ -751,7 +751,7 @@ mod serve {
             .unwrap();
         assert_eq!(stored["rows"], DAEMON_TRIPS as u64, "{stored}");
         let uploaded = analyst
-            .raw("POST", "/v1/plugins", Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)))
+            .raw("POST", "/v1/plugins", Some(("application/wasm", kanon_bundled::EMISSIONS_BENCHMARK)))
             .unwrap();
         assert_eq!(uploaded.status, 201, "{}", uploaded.text());
         let plugin: Value = uploaded.json().unwrap();
@@ -1128,7 +1128,7 @@ mod serve {
             })
             .collect();
 
-        let wasm = dir.write("emissions.wasm", kanon_artifacts::EMISSIONS_BENCHMARK);
+        let wasm = dir.write("emissions.wasm", kanon_bundled::EMISSIONS_BENCHMARK);
         let (code, out, err) = cli(&vendor, &["plugins", "upload", wasm.to_str().unwrap(), "--json"]);
         assert_eq!(code, Some(0), "{err}");
         let hash = serde_json::from_str::<Value>(&out).unwrap()["hash"].as_str().unwrap().to_owned();

@@ -22,6 +22,32 @@ pub struct ApprovedDataset {
     pub columns: Vec<String>,
 }
 
+/// A tenant admin's approval as requested (`POST /v1/tenants/{t}/approvals`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApproval {
+    /// The plugin's hash.
+    pub plugin: String,
+    /// The analyst's token name.
+    pub analyst: String,
+    /// The manifest's dataset names to the tenant's datasets and columns.
+    pub datasets: BTreeMap<String, ApprovedDataset>,
+    /// The output tables: exactly those the manifest declares.
+    pub outputs: Vec<String>,
+    /// The exact parameters jobs must pass. Default `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+    /// Instead of `params`: a JSON Schema every job's params must satisfy.
+    #[schema(value_type = Option<Object>)]
+    pub params_schema: Option<serde_json::Value>,
+    /// Lifetime in seconds (at most a year).
+    pub ttl_secs: u64,
+    /// What every job under the approval is held to, on top of the tenant's
+    /// policy: only ever stricter (e.g. `{"isolation": "entity"}`).
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<PolicyLayer>,
+}
+
 /// A tenant's instruction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Approval {

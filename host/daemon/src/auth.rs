@@ -7,43 +7,12 @@
 //! authenticates.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::store::{META, TOKENS, Write};
 use crate::{StoreError, now_ms};
 
-/// Who may do what (see the design brief).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Runs the daemon, creates tenants, issues tokens; sees no tenant data.
-    Operator,
-    /// One tenant's data owner.
-    TenantAdmin,
-    /// Uploads plugins, runs approved jobs, reads its own jobs' results.
-    Analyst,
-    /// Deploys benchmark plugins across tenants.
-    Vendor,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Operator, Role::TenantAdmin, Role::Analyst, Role::Vendor];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Operator => "operator",
-            Role::TenantAdmin => "tenant-admin",
-            Role::Analyst => "analyst",
-            Role::Vendor => "vendor",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+// Roles are part of the API: the client shares them.
+pub use kanon_client::Role;
 
 /// A stored token: everything but its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,7 +18,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 
 use crate::audit::HOST_CHAIN;
 use crate::auth::{self, Role, TokenRecord, TokenSpec};
@@ -26,6 +25,9 @@ use crate::error::{Error, Result};
 use crate::ids::{self, ENROLMENT};
 use crate::store::{ENROLMENTS, Write};
 use crate::{now_ms, tenants};
+
+// A code as issued is the API's.
+pub use kanon_client::EnrolmentCode;
 
 const CODE_PREFIX: &str = "kanon_enrol_";
 const SECRET_HEX: usize = 64;
@@ -57,16 +59,6 @@ impl EnrolmentRecord {
     fn live(&self, now_ms: u64) -> bool {
         self.used_ms.is_none() && self.replaced_ms.is_none() && now_ms < self.expires_ms
     }
-}
-
-/// A code as issued: shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct EnrolmentCode {
-    pub id: String,
-    pub tenant: String,
-    /// The one-time code the tenant's admin redeems with `POST /v1/enrol`.
-    pub code: String,
-    pub expires_ms: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {

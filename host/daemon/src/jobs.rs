@@ -254,7 +254,7 @@ pub(crate) fn submit(
 }
 
 /// A job as submitted.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     pub tenant: String,

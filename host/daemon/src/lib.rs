@@ -19,7 +19,6 @@ pub mod auth;
 pub mod backup;
 pub mod benchmark_runs;
 pub mod benchmarks;
-pub mod client;
 pub mod config;
 pub mod enrolment;
 mod error;

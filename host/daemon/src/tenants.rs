@@ -2,21 +2,12 @@
 //! gate issue's tenant policy) and its own audit chain.
 
 use kanon_gate::{Policy, PolicyLayer};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::store::{TENANTS, Write};
 
-/// A tenant as the daemon knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct TenantRecord {
-    pub name: String,
-    pub created_ms: u64,
-    /// The tenant's own policy: it may only tighten the operator's floor.
-    #[schema(value_type = Object)]
-    pub policy: PolicyLayer,
-}
+// The record is the API's, served as is.
+pub use kanon_client::TenantRecord;
 
 /// `name` if it is a valid tenant, dataset or principal name: ASCII letters,
 /// digits, `.`, `_`, `-`, starting with a letter or digit, at most 64

@@ -1,6 +1,6 @@
 //! Contributions per second through the gate on one core: the contract
 //! checks and exact per-entity accumulation, then the release. The same
-//! workload as `kanon bench`'s `gate_contributions_per_s` (200 000 issued
+//! workload as `kanon-bench`'s `gate_contributions_per_s` (200 000 issued
 //! entities, each keeping to one cell of a 4 x 5 table, two measures, rows
 //! in random order, batches of 64 K), without building the runtime.
 //!

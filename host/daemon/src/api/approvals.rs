@@ -1,21 +1,19 @@
 //! Approvals: a tenant admin's instruction to process, and its revocation.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
-use kanon_gate::{Policy, PolicyLayer};
-use serde::Deserialize;
+use kanon_client::routes;
+use kanon_gate::Policy;
 use serde_json::json;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs};
 use super::tenant_admin_of;
-use crate::approvals::{Approval, ApprovedDataset, check_against_manifest, check_schema};
+use crate::approvals::{Approval, NewApproval, check_against_manifest, check_schema};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::registry::PluginRecord;
@@ -32,31 +30,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 
 /// Longest an approval may last.
 const MAX_APPROVAL_SECS: u64 = 366 * 24 * 3600;
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewApproval {
-    /// The plugin's hash.
-    pub plugin: String,
-    /// The analyst's token name.
-    pub analyst: String,
-    /// The manifest's dataset names to the tenant's datasets and columns.
-    pub datasets: BTreeMap<String, ApprovedDataset>,
-    /// The output tables: exactly those the manifest declares.
-    pub outputs: Vec<String>,
-    /// The exact parameters jobs must pass. Default `{}`.
-    #[schema(value_type = Option<Object>)]
-    pub params: Option<serde_json::Value>,
-    /// Instead of `params`: a JSON Schema every job's params must satisfy.
-    #[schema(value_type = Option<Object>)]
-    pub params_schema: Option<serde_json::Value>,
-    /// Lifetime in seconds (at most a year).
-    pub ttl_secs: u64,
-    /// What every job under the approval is held to, on top of the tenant's
-    /// policy: only ever stricter (e.g. `{"isolation": "entity"}`).
-    #[schema(value_type = Option<Object>)]
-    pub policy: Option<PolicyLayer>,
-}
 
 impl NewApproval {
     /// The shapes of its ids and names, before anything is looked up.
@@ -81,7 +54,7 @@ impl NewApproval {
 }
 
 /// Approve a plugin for an analyst on this tenant's data (tenant admin).
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals", tag = "approvals", security(("token" = [])),
+#[utoipa::path(post, path = routes::TENANT_APPROVALS, tag = "approvals", security(("token" = [])),
     params(("tenant" = String, Path)), request_body = NewApproval,
     responses((status = 201, body = Approval), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 async fn create_approval(
@@ -159,7 +132,7 @@ async fn create_approval(
 }
 
 /// The tenant's approvals, live and past (tenant admin).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals", tag = "approvals", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_APPROVALS, tag = "approvals", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Vec<Approval>)))]
 async fn list_approvals(
     State(app): State<Arc<App>>,
@@ -172,7 +145,7 @@ async fn list_approvals(
 }
 
 /// Revoke an approval (tenant admin): no job under it starts any more.
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/approvals/{id}", tag = "approvals", security(("token" = [])),
+#[utoipa::path(delete, path = routes::TENANT_APPROVAL, tag = "approvals", security(("token" = [])),
     params(("tenant" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = Approval), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn revoke_approval(
@@ -198,7 +171,7 @@ async fn revoke_approval(
 }
 
 /// The approvals naming the calling analyst.
-#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", security(("token" = [])),
+#[utoipa::path(get, path = routes::APPROVALS, tag = "approvals", security(("token" = [])),
     responses((status = 200, body = Vec<Approval>)))]
 async fn my_approvals(
     State(app): State<Arc<App>>,

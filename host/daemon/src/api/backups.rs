@@ -5,9 +5,8 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use kanon_client::{BackupInfo, NewBackup, routes};
 use serde_json::json;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,35 +21,12 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new().routes(routes!(create_backup))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewBackup {
-    /// The backup's name: a new directory under the daemon's `backup_dir`.
-    pub name: String,
-}
-
-/// What a backup holds.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BackupInfo {
-    pub name: String,
-    /// Where it is, on the daemon's machine.
-    pub path: String,
-    pub tenants: usize,
-    pub versions: usize,
-    /// The vault's chunk files and their bytes (sealed).
-    pub chunk_files: usize,
-    pub chunk_bytes: u64,
-    /// The daemon's files: `control.redb` and the plugins.
-    pub daemon_files: usize,
-    pub daemon_bytes: u64,
-}
-
 /// Back up the whole data directory while the daemon serves (operator):
 /// the vault, still encrypted, and the daemon's state (tenants, tokens,
 /// approvals, jobs, results, benchmarks, audit chains) and plugins, as one
 /// consistent snapshot in one manifest MACed under the key-encryption key.
 /// Ingests and jobs go on meanwhile. `kanon restore --from` brings it back.
-#[utoipa::path(post, path = "/v1/backups", tag = "system", security(("token" = [])), request_body = NewBackup,
+#[utoipa::path(post, path = routes::BACKUPS, tag = "system", security(("token" = [])), request_body = NewBackup,
     responses((status = 201, body = BackupInfo), (status = 409, body = super::ErrorBody, description = "a backup of that name exists"),
         (status = 507, body = super::ErrorBody)))]
 async fn create_backup(

@@ -11,6 +11,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kanon_client::{ResultArgs, routes};
 use kanon_runtime::Manifest;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -18,7 +19,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs, QueryArgs};
-use super::jobs::ResultArgs;
 use super::tenant_admin_of;
 use super::tenants::support_access;
 use crate::App;
@@ -81,7 +81,7 @@ fn view(app: &App, caller: &Caller, benchmark: Benchmark) -> Result<BenchmarkVie
 }
 
 /// Publish a benchmark over a registered plugin (vendor).
-#[utoipa::path(post, path = "/v1/benchmarks", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(post, path = routes::BENCHMARKS, tag = "benchmarks", security(("token" = [])),
     request_body = NewBenchmark,
     responses((status = 201, body = Benchmark), (status = 404, body = super::ErrorBody),
               (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
@@ -95,7 +95,7 @@ async fn publish_benchmark(
 }
 
 /// Benchmarks: a vendor's own; every one for tenant admins and operators.
-#[utoipa::path(get, path = "/v1/benchmarks", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(get, path = routes::BENCHMARKS, tag = "benchmarks", security(("token" = [])),
     responses((status = 200, body = Vec<BenchmarkView>)))]
 async fn list_benchmarks(
     State(app): State<Arc<App>>,
@@ -112,7 +112,7 @@ async fn list_benchmarks(
 
 /// A benchmark, its manifest (the datasets and columns a tenant maps its
 /// own to, the tables it releases) and its number of participants.
-#[utoipa::path(get, path = "/v1/benchmarks/{benchmark}", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(get, path = routes::BENCHMARK, tag = "benchmarks", security(("token" = [])),
     params(("benchmark" = String, Path)),
     responses((status = 200, body = BenchmarkView), (status = 404, body = super::ErrorBody)))]
 async fn show_benchmark(
@@ -127,7 +127,7 @@ async fn show_benchmark(
 /// Retire a benchmark (its vendor): no more runs or opt-ins, its schedule
 /// stops, its queued runs are cancelled; its versions stay readable, and
 /// its plugin may be deleted.
-#[utoipa::path(delete, path = "/v1/benchmarks/{benchmark}", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(delete, path = routes::BENCHMARK, tag = "benchmarks", security(("token" = [])),
     params(("benchmark" = String, Path)),
     responses((status = 200, body = Benchmark), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn retire_benchmark(
@@ -140,7 +140,7 @@ async fn retire_benchmark(
 }
 
 /// Queue a run over every tenant opted in when it starts (its vendor).
-#[utoipa::path(post, path = "/v1/benchmarks/{benchmark}/runs", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(post, path = routes::BENCHMARK_RUNS, tag = "benchmarks", security(("token" = [])),
     params(("benchmark" = String, Path)),
     responses((status = 202, body = BenchmarkRun), (status = 404, body = super::ErrorBody),
               (status = 409, body = super::ErrorBody)))]
@@ -157,7 +157,7 @@ async fn queue_run(
 }
 
 /// A benchmark's runs, oldest first (its vendor, operators).
-#[utoipa::path(get, path = "/v1/benchmarks/{benchmark}/runs", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(get, path = routes::BENCHMARK_RUNS, tag = "benchmarks", security(("token" = [])),
     params(("benchmark" = String, Path)),
     responses((status = 200, body = Vec<BenchmarkRun>), (status = 404, body = super::ErrorBody)))]
 async fn list_runs(
@@ -173,7 +173,7 @@ async fn list_runs(
 }
 
 /// One run (its vendor, operators).
-#[utoipa::path(get, path = "/v1/benchmarks/{benchmark}/runs/{run}", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(get, path = routes::BENCHMARK_RUN, tag = "benchmarks", security(("token" = [])),
     params(("benchmark" = String, Path), ("run" = String, Path)),
     responses((status = 200, body = BenchmarkRun), (status = 404, body = super::ErrorBody)))]
 async fn show_run(
@@ -213,7 +213,7 @@ async fn cancel_run(
 
 /// The versions in the meta data vault, oldest first (its vendor,
 /// operators).
-#[utoipa::path(get, path = "/v1/benchmarks/{benchmark}/versions", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(get, path = routes::BENCHMARK_VERSIONS, tag = "benchmarks", security(("token" = [])),
     params(("benchmark" = String, Path)),
     responses((status = 200, body = Vec<VersionSummary>), (status = 404, body = super::ErrorBody)))]
 async fn list_versions(
@@ -238,7 +238,7 @@ fn version_number(version: &str) -> Result<Option<u64>> {
 /// A version's released tables (its vendor, operators): JSON, CSV or
 /// Parquet, one row per cell. A held cell carries an earlier version's
 /// values and says which (`held_from`).
-#[utoipa::path(get, path = "/v1/benchmarks/{benchmark}/versions/{version}", tag = "benchmarks",
+#[utoipa::path(get, path = routes::BENCHMARK_VERSION, tag = "benchmarks",
     security(("token" = [])), params(("benchmark" = String, Path), ("version" = String, Path), ResultArgs),
     responses((status = 200, body = benchmark_runs::BenchmarkVersion), (status = 404, body = super::ErrorBody)))]
 async fn show_version(
@@ -270,7 +270,7 @@ async fn show_version(
 }
 
 /// Every benchmark, with this tenant's opt-in if any (tenant admin).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/benchmarks", tag = "benchmarks", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_BENCHMARKS, tag = "benchmarks", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Vec<BenchmarkView>)))]
 async fn tenant_benchmarks(
     State(app): State<Arc<App>>,
@@ -285,7 +285,7 @@ async fn tenant_benchmarks(
 /// Opt in, or change the mapping (tenant admin). Every dataset the
 /// manifest reads must map to one of the tenant's, with the columns and
 /// types it needs; a column left out maps to the one of the same name.
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/benchmarks/{benchmark}", tag = "benchmarks",
+#[utoipa::path(put, path = routes::TENANT_BENCHMARK, tag = "benchmarks",
     security(("token" = [])), params(("tenant" = String, Path), ("benchmark" = String, Path)),
     request_body = OptInRequest,
     responses((status = 200, body = OptIn), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
@@ -311,7 +311,7 @@ async fn opt_in(
 
 /// Opt out (tenant admin): no run that starts later reads this tenant's
 /// data. Released versions stay as they were.
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/benchmarks/{benchmark}", tag = "benchmarks",
+#[utoipa::path(delete, path = routes::TENANT_BENCHMARK, tag = "benchmarks",
     security(("token" = [])), params(("tenant" = String, Path), ("benchmark" = String, Path)),
     responses((status = 200, body = OptIn), (status = 404, body = super::ErrorBody)))]
 async fn opt_out(
@@ -327,7 +327,7 @@ async fn opt_out(
 /// This tenant's own position in a version (tenant admin): per cell, the
 /// released peer values, its own values under the tenant rules, and its
 /// rank band where the cell allows one.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/benchmarks/{benchmark}/versions/{version}", tag = "benchmarks",
+#[utoipa::path(get, path = routes::TENANT_BENCHMARK_POSITION, tag = "benchmarks",
     security(("token" = [])), params(("tenant" = String, Path), ("benchmark" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = PositionView), (status = 404, body = super::ErrorBody)))]
 async fn own_position(
@@ -343,7 +343,7 @@ async fn own_position(
 
 /// What the plugin printed in this tenant's instance of a run (its admin,
 /// or support staff under a grant).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/benchmark-runs/{run}/log", tag = "benchmarks",
+#[utoipa::path(get, path = routes::TENANT_BENCHMARK_RUN_LOG, tag = "benchmarks",
     security(("token" = [])), params(("tenant" = String, Path), ("run" = String, Path)),
     responses((status = 200, body = JobLog), (status = 404, body = super::ErrorBody)))]
 async fn run_log(

@@ -12,11 +12,10 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
+use kanon_client::{UploadArgs, routes};
 use kanon_vault::{ColumnType, IngestOptions, InputFormat, VersionInfo, WriteMode};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,28 +33,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(upload_dataset, delete_dataset))
         // Uploads count their own bytes against `max_upload_bytes`.
         .layer(DefaultBodyLimit::disable())
-}
-
-/// How to read an upload.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct UploadArgs {
-    /// `csv`, `jsonl`, `parquet` or `arrow` (Arrow IPC file or stream).
-    pub format: String,
-    /// The entity column: the person or customer whom group sizes count.
-    /// Required unless `reference` is true.
-    pub entity: Option<String>,
-    /// `true`: reference data, with no personal data in it (no entity or
-    /// identifier column). An entity-isolated run gives it whole to every
-    /// entity's instance. Recorded in the version and on the audit chain.
-    pub reference: Option<bool>,
-    /// Other identifier columns, comma-separated: pseudonymised like the entity.
-    pub identifiers: Option<String>,
-    /// Column types instead of inferring them: `col:int,col2:text`.
-    pub types: Option<String>,
-    /// `replace` (default) or `append` to the latest version.
-    pub mode: Option<String>,
 }
 
 fn parse_format(name: &str) -> Result<InputFormat> {
@@ -95,7 +72,7 @@ fn list(value: &Option<String>) -> Vec<String> {
 
 /// Upload a file as a new version of a dataset (tenant admin). The body is
 /// the file itself.
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/datasets/{dataset}", tag = "datasets", security(("token" = [])),
+#[utoipa::path(put, path = routes::TENANT_DATASET, tag = "datasets", security(("token" = [])),
     params(("tenant" = String, Path), ("dataset" = String, Path), UploadArgs),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = Object, description = "the stored version"),
@@ -220,7 +197,7 @@ fn upload_failed(app: &App, e: &std::io::Error) -> Error {
 }
 
 /// The tenant's datasets, latest versions (tenant admin).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/datasets", tag = "datasets", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_DATASETS, tag = "datasets", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Vec<Object>)))]
 async fn list_datasets(
     State(app): State<Arc<App>>,
@@ -238,7 +215,7 @@ async fn list_datasets(
 
 /// Delete a dataset, every version (tenant admin). Refused while a live
 /// approval names it.
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/datasets/{dataset}", tag = "datasets", security(("token" = [])),
+#[utoipa::path(delete, path = routes::TENANT_DATASET, tag = "datasets", security(("token" = [])),
     params(("tenant" = String, Path), ("dataset" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn delete_dataset(

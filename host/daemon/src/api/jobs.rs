@@ -10,8 +10,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use kanon_client::{ResultArgs, routes};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -38,7 +37,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 
 /// Submit a job under an approval (analyst). It waits in the tenant's
 /// queue; poll `GET /v1/jobs/{id}`.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("token" = [])), request_body = SubmitRequest,
+#[utoipa::path(post, path = routes::JOBS, tag = "jobs", security(("token" = [])), request_body = SubmitRequest,
     responses((status = 202, body = Job), (status = 403, body = super::ErrorBody), (status = 429, body = super::ErrorBody)))]
 async fn submit_job(
     State(app): State<Arc<App>>,
@@ -78,7 +77,7 @@ fn load(app: &App, id: &str) -> Result<Job> {
 }
 
 /// The caller's jobs: an analyst's own, a tenant admin's tenant's.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("token" = [])), responses((status = 200, body = Vec<Job>)))]
+#[utoipa::path(get, path = routes::JOBS, tag = "jobs", security(("token" = [])), responses((status = 200, body = Vec<Job>)))]
 async fn list_jobs(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -97,7 +96,7 @@ async fn list_jobs(
 }
 
 /// One job's state and figures.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = routes::JOB, tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = super::ErrorBody)))]
 async fn show_job(
     State(app): State<Arc<App>>,
@@ -110,7 +109,7 @@ async fn show_job(
 }
 
 /// Cancel a job (its analyst or its tenant's admin).
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
+#[utoipa::path(post, path = routes::JOB_CANCEL, tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn cancel_job(
     State(app): State<Arc<App>>,
@@ -124,17 +123,9 @@ async fn cancel_job(
     Ok(axum::Json(job))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ResultArgs {
-    /// `json` (default) or `csv`; a benchmark version also `parquet`.
-    pub format: Option<String>,
-}
-
 /// The released tables of a succeeded job (its analyst), as JSON, or as
 /// CSV (one row per cell, a `table` column first; suppressed cells empty).
-#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", security(("token" = [])),
+#[utoipa::path(get, path = routes::JOB_RESULTS, tag = "jobs", security(("token" = [])),
     params(("id" = String, Path), ResultArgs),
     responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn job_results(
@@ -165,7 +156,7 @@ async fn job_results(
 
 /// What the plugin printed and its error text: the tenant's (its admin, or
 /// support staff under a grant), never the analyst's.
-#[utoipa::path(get, path = "/v1/jobs/{id}/log", tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = routes::JOB_LOG, tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
     responses((status = 200, body = JobLog), (status = 404, body = super::ErrorBody)))]
 async fn job_log(
     State(app): State<Arc<App>>,
@@ -178,7 +169,7 @@ async fn job_log(
 }
 
 /// A tenant's jobs (its admin, or support staff under a grant).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/jobs", tag = "jobs", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_JOBS, tag = "jobs", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Vec<Job>)))]
 async fn tenant_jobs(
     State(app): State<Arc<App>>,

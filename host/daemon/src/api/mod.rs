@@ -29,11 +29,12 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, RawPathPara
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use kanon_client::routes;
+pub use kanon_client::{ErrorBody, ErrorDetail};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::{self, Caller, Role};
@@ -58,60 +59,60 @@ use Role::{Analyst, Operator, TenantAdmin, Vendor};
 /// default: `authorize` refuses a route missing here, and the tests fail
 /// when the API document and this table disagree.
 pub const ACCESS: &[(&str, &str, Access)] = &[
-    ("GET", "/health", Access::Public),
-    ("GET", "/openapi.json", Access::Public),
-    ("GET", "/metrics", Access::Roles(&[Operator])),
-    ("GET", "/v1/status", Access::Roles(&[Operator])),
-    ("GET", "/v1/whoami", Access::Roles(&[Operator, TenantAdmin, Analyst, Vendor])),
-    ("POST", "/v1/tenants", Access::Roles(&[Operator])),
-    ("GET", "/v1/tenants", Access::Roles(&[Operator])),
-    ("POST", "/v1/tenants/{tenant}/enrolments", Access::Roles(&[Operator])),
+    ("GET", routes::HEALTH, Access::Public),
+    ("GET", routes::OPENAPI, Access::Public),
+    ("GET", routes::METRICS, Access::Roles(&[Operator])),
+    ("GET", routes::STATUS, Access::Roles(&[Operator])),
+    ("GET", routes::WHOAMI, Access::Roles(&[Operator, TenantAdmin, Analyst, Vendor])),
+    ("POST", routes::TENANTS, Access::Roles(&[Operator])),
+    ("GET", routes::TENANTS, Access::Roles(&[Operator])),
+    ("POST", routes::TENANT_ENROLMENTS, Access::Roles(&[Operator])),
     // Unauthenticated: the one-time code is the credential.
-    ("POST", "/v1/enrol", Access::Public),
-    ("POST", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
-    ("GET", "/v1/tokens", Access::Roles(&[Operator, TenantAdmin])),
-    ("DELETE", "/v1/tokens/{id}", Access::Roles(&[Operator, TenantAdmin])),
-    ("GET", "/v1/audit", Access::Roles(&[Operator])),
-    ("POST", "/v1/backups", Access::Roles(&[Operator])),
-    ("GET", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
-    ("PUT", "/v1/tenants/{tenant}/policy", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/tenants/{tenant}/datasets", Access::Roles(&[TenantAdmin])),
-    ("PUT", "/v1/tenants/{tenant}/datasets/{dataset}", Access::Roles(&[TenantAdmin])),
-    ("DELETE", "/v1/tenants/{tenant}/datasets/{dataset}", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/tenants/{tenant}/approvals", Access::Roles(&[TenantAdmin])),
-    ("POST", "/v1/tenants/{tenant}/approvals", Access::Roles(&[TenantAdmin])),
-    ("DELETE", "/v1/tenants/{tenant}/approvals/{id}", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/tenants/{tenant}/jobs", Access::Roles(&[TenantAdmin, Operator])),
-    ("GET", "/v1/tenants/{tenant}/audit", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/tenants/{tenant}/grants", Access::Roles(&[TenantAdmin])),
-    ("POST", "/v1/tenants/{tenant}/grants", Access::Roles(&[TenantAdmin])),
-    ("DELETE", "/v1/tenants/{tenant}/grants/{id}", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/plugins", Access::Roles(&[TenantAdmin, Analyst, Vendor])),
-    ("POST", "/v1/plugins", Access::Roles(&[Analyst, Vendor])),
-    ("GET", "/v1/plugins/{hash}", Access::Roles(&[TenantAdmin, Analyst, Vendor])),
-    ("DELETE", "/v1/plugins/{hash}", Access::Roles(&[Operator, Analyst, Vendor])),
-    ("GET", "/v1/approvals", Access::Roles(&[Analyst])),
-    ("GET", "/v1/jobs", Access::Roles(&[Analyst, TenantAdmin])),
-    ("POST", "/v1/jobs", Access::Roles(&[Analyst])),
-    ("GET", "/v1/jobs/{id}", Access::Roles(&[Analyst, TenantAdmin, Operator])),
-    ("POST", "/v1/jobs/{id}/cancel", Access::Roles(&[Analyst, TenantAdmin])),
-    ("GET", "/v1/jobs/{id}/results", Access::Roles(&[Analyst])),
-    ("GET", "/v1/jobs/{id}/log", Access::Roles(&[TenantAdmin, Operator])),
-    ("POST", "/v1/benchmarks", Access::Roles(&[Vendor])),
-    ("GET", "/v1/benchmarks", Access::Roles(&[Vendor, TenantAdmin, Operator])),
-    ("GET", "/v1/benchmarks/{benchmark}", Access::Roles(&[Vendor, TenantAdmin, Operator])),
-    ("DELETE", "/v1/benchmarks/{benchmark}", Access::Roles(&[Vendor])),
-    ("POST", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor])),
-    ("GET", "/v1/benchmarks/{benchmark}/runs", Access::Roles(&[Vendor, Operator])),
-    ("GET", "/v1/benchmarks/{benchmark}/runs/{run}", Access::Roles(&[Vendor, Operator])),
-    ("POST", "/v1/benchmarks/{benchmark}/runs/{run}/cancel", Access::Roles(&[Vendor, Operator])),
-    ("GET", "/v1/benchmarks/{benchmark}/versions", Access::Roles(&[Vendor, Operator])),
-    ("GET", "/v1/benchmarks/{benchmark}/versions/{version}", Access::Roles(&[Vendor, Operator])),
-    ("GET", "/v1/tenants/{tenant}/benchmarks", Access::Roles(&[TenantAdmin])),
-    ("PUT", "/v1/tenants/{tenant}/benchmarks/{benchmark}", Access::Roles(&[TenantAdmin])),
-    ("DELETE", "/v1/tenants/{tenant}/benchmarks/{benchmark}", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/tenants/{tenant}/benchmarks/{benchmark}/versions/{version}", Access::Roles(&[TenantAdmin])),
-    ("GET", "/v1/tenants/{tenant}/benchmark-runs/{run}/log", Access::Roles(&[TenantAdmin, Operator])),
+    ("POST", routes::ENROL, Access::Public),
+    ("POST", routes::TOKENS, Access::Roles(&[Operator, TenantAdmin])),
+    ("GET", routes::TOKENS, Access::Roles(&[Operator, TenantAdmin])),
+    ("DELETE", routes::TOKEN, Access::Roles(&[Operator, TenantAdmin])),
+    ("GET", routes::HOST_AUDIT, Access::Roles(&[Operator])),
+    ("POST", routes::BACKUPS, Access::Roles(&[Operator])),
+    ("GET", routes::TENANT_POLICY, Access::Roles(&[TenantAdmin])),
+    ("PUT", routes::TENANT_POLICY, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_DATASETS, Access::Roles(&[TenantAdmin])),
+    ("PUT", routes::TENANT_DATASET, Access::Roles(&[TenantAdmin])),
+    ("DELETE", routes::TENANT_DATASET, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_APPROVALS, Access::Roles(&[TenantAdmin])),
+    ("POST", routes::TENANT_APPROVALS, Access::Roles(&[TenantAdmin])),
+    ("DELETE", routes::TENANT_APPROVAL, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_JOBS, Access::Roles(&[TenantAdmin, Operator])),
+    ("GET", routes::TENANT_AUDIT, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_GRANTS, Access::Roles(&[TenantAdmin])),
+    ("POST", routes::TENANT_GRANTS, Access::Roles(&[TenantAdmin])),
+    ("DELETE", routes::TENANT_GRANT, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::PLUGINS, Access::Roles(&[TenantAdmin, Analyst, Vendor])),
+    ("POST", routes::PLUGINS, Access::Roles(&[Analyst, Vendor])),
+    ("GET", routes::PLUGIN, Access::Roles(&[TenantAdmin, Analyst, Vendor])),
+    ("DELETE", routes::PLUGIN, Access::Roles(&[Operator, Analyst, Vendor])),
+    ("GET", routes::APPROVALS, Access::Roles(&[Analyst])),
+    ("GET", routes::JOBS, Access::Roles(&[Analyst, TenantAdmin])),
+    ("POST", routes::JOBS, Access::Roles(&[Analyst])),
+    ("GET", routes::JOB, Access::Roles(&[Analyst, TenantAdmin, Operator])),
+    ("POST", routes::JOB_CANCEL, Access::Roles(&[Analyst, TenantAdmin])),
+    ("GET", routes::JOB_RESULTS, Access::Roles(&[Analyst])),
+    ("GET", routes::JOB_LOG, Access::Roles(&[TenantAdmin, Operator])),
+    ("POST", routes::BENCHMARKS, Access::Roles(&[Vendor])),
+    ("GET", routes::BENCHMARKS, Access::Roles(&[Vendor, TenantAdmin, Operator])),
+    ("GET", routes::BENCHMARK, Access::Roles(&[Vendor, TenantAdmin, Operator])),
+    ("DELETE", routes::BENCHMARK, Access::Roles(&[Vendor])),
+    ("POST", routes::BENCHMARK_RUNS, Access::Roles(&[Vendor])),
+    ("GET", routes::BENCHMARK_RUNS, Access::Roles(&[Vendor, Operator])),
+    ("GET", routes::BENCHMARK_RUN, Access::Roles(&[Vendor, Operator])),
+    ("POST", routes::BENCHMARK_RUN_CANCEL, Access::Roles(&[Vendor, Operator])),
+    ("GET", routes::BENCHMARK_VERSIONS, Access::Roles(&[Vendor, Operator])),
+    ("GET", routes::BENCHMARK_VERSION, Access::Roles(&[Vendor, Operator])),
+    ("GET", routes::TENANT_BENCHMARKS, Access::Roles(&[TenantAdmin])),
+    ("PUT", routes::TENANT_BENCHMARK, Access::Roles(&[TenantAdmin])),
+    ("DELETE", routes::TENANT_BENCHMARK, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_BENCHMARK_POSITION, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_BENCHMARK_RUN_LOG, Access::Roles(&[TenantAdmin, Operator])),
 ];
 
 /// The access entry of a route.
@@ -331,20 +332,6 @@ fn unauthorized() -> Response {
     );
     response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
-}
-
-/// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, for scripts: `bad-request`, `forbidden`, `not-found`, ...
-    pub code: String,
-    /// For people.
-    pub message: String,
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {

@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use kanon_client::routes;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,7 +30,7 @@ pub(super) fn routes(max_plugin_bytes: usize) -> OpenApiRouter<Arc<App>> {
 
 /// Upload a component (analyst, vendor). It is validated and compiled before
 /// anything is stored; the same bytes twice give the same record (200).
-#[utoipa::path(post, path = "/v1/plugins", tag = "plugins", security(("token" = [])),
+#[utoipa::path(post, path = routes::PLUGINS, tag = "plugins", security(("token" = [])),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 201, body = PluginRecord), (status = 200, body = PluginRecord, description = "already registered"),
         (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
@@ -119,7 +120,7 @@ fn visible(read: &Read, caller: &Caller, record: PluginRecord) -> Result<Option<
 
 /// The plugins the caller may see: every one for a tenant admin; an
 /// analyst's own and those approved for it; a vendor's own.
-#[utoipa::path(get, path = "/v1/plugins", tag = "plugins", security(("token" = [])),
+#[utoipa::path(get, path = routes::PLUGINS, tag = "plugins", security(("token" = [])),
     responses((status = 200, body = Vec<PluginRecord>)))]
 async fn list_plugins(
     State(app): State<Arc<App>>,
@@ -136,7 +137,7 @@ async fn list_plugins(
 
 /// One plugin: manifest, hash, size, uploader. One the caller may not see
 /// answers as if it did not exist.
-#[utoipa::path(get, path = "/v1/plugins/{hash}", tag = "plugins", security(("token" = [])),
+#[utoipa::path(get, path = routes::PLUGIN, tag = "plugins", security(("token" = [])),
     params(("hash" = String, Path)), responses((status = 200, body = PluginRecord), (status = 404, body = super::ErrorBody)))]
 async fn show_plugin(
     State(app): State<Arc<App>>,
@@ -154,7 +155,7 @@ async fn show_plugin(
 
 /// Delete a plugin (its uploader, or the operator). Refused while a live
 /// approval or an unfinished job uses it.
-#[utoipa::path(delete, path = "/v1/plugins/{hash}", tag = "plugins", security(("token" = [])),
+#[utoipa::path(delete, path = routes::PLUGIN, tag = "plugins", security(("token" = [])),
     params(("hash" = String, Path)),
     responses((status = 200, body = PluginRecord), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn delete_plugin(

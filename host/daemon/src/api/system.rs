@@ -1,21 +1,19 @@
 //! Health, metrics, the API document, the caller's identity and the host's
 //! own audit chain.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde::Serialize;
-use utoipa::ToSchema;
+use kanon_client::{DaemonStatus, Health, WhoAmI, routes};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::App;
 use crate::audit::{AuditExport, HOST_CHAIN};
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::error::Result;
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
@@ -28,18 +26,11 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(host_audit))
 }
 
-/// Anyone may ask whether the daemon is up, and learns nothing more.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// `ok`, or `degraded` when storage failed (the status is then 503).
-    pub status: String,
-}
-
 /// Liveness and storage: 200 while the daemon serves and can write; 503
 /// (`degraded`) after a storage failure that no write has followed, for
 /// alerting. While degraded, every call tries a small write, so the status
 /// clears once space returns. What failed is in `GET /v1/status`.
-#[utoipa::path(get, path = "/health", tag = "system",
+#[utoipa::path(get, path = routes::HEALTH, tag = "system",
     responses((status = 200, body = Health), (status = 503, body = Health, description = "storage failed")))]
 async fn health(State(app): State<Arc<App>>) -> (StatusCode, axum::Json<Health>) {
     let mut trouble = storage_trouble(&app);
@@ -69,28 +60,9 @@ fn storage_trouble(app: &App) -> Option<(&'static str, kanon_vault::redb_file::S
     control.or_else(|| app.vault.storage_trouble().map(|f| ("vault", f)))
 }
 
-/// The daemon's state, for the operator.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DaemonStatus {
-    pub version: String,
-    pub running_jobs: usize,
-    /// `None` while the control database cannot be read.
-    pub queued_jobs: Option<usize>,
-    /// Audit chains that do not verify, with why: the daemon refuses every
-    /// change it would record in them until control.redb is restored.
-    pub broken_chains: BTreeMap<String, String>,
-    /// `ok`, or `degraded`: a write to the data directory failed (a full
-    /// disk answers 507) and none has gone through since.
-    pub storage: String,
-    /// The last storage failure, while degraded.
-    pub storage_error: Option<String>,
-    /// When it happened, in milliseconds since the Unix epoch.
-    pub storage_failed_ms: Option<u64>,
-}
-
 /// The daemon's version, its jobs, the audit chains that do not verify and
 /// the state of its storage (operator).
-#[utoipa::path(get, path = "/v1/status", tag = "system", security(("token" = [])),
+#[utoipa::path(get, path = routes::STATUS, tag = "system", security(("token" = [])),
     responses((status = 200, body = DaemonStatus)))]
 async fn status(State(app): State<Arc<App>>) -> Result<axum::Json<DaemonStatus>> {
     let trouble = storage_trouble(&app);
@@ -107,7 +79,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<axum::Json<DaemonStatus>>
 }
 
 /// This API's OpenAPI document, generated from the routes themselves.
-#[utoipa::path(get, path = "/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[utoipa::path(get, path = routes::OPENAPI, tag = "system", responses((status = 200, description = "OpenAPI 3.1 document")))]
 async fn openapi() -> impl IntoResponse {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let body =
@@ -116,7 +88,7 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", tag = "system", security(("token" = [])),
+#[utoipa::path(get, path = routes::METRICS, tag = "system", security(("token" = [])),
     responses((status = 200, description = "OpenMetrics text")))]
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
@@ -125,22 +97,14 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WhoAmI {
-    pub token: String,
-    pub role: Role,
-    pub name: String,
-    pub tenant: Option<String>,
-}
-
 /// The caller's token id, role, name and tenant.
-#[utoipa::path(get, path = "/v1/whoami", tag = "system", security(("token" = [])), responses((status = 200, body = WhoAmI)))]
+#[utoipa::path(get, path = routes::WHOAMI, tag = "system", security(("token" = [])), responses((status = 200, body = WhoAmI)))]
 async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<WhoAmI> {
     axum::Json(WhoAmI { token: caller.token_id, role: caller.role, name: caller.name, tenant: caller.tenant })
 }
 
 /// The host's own audit chain: tokens, tenants, plugin uploads.
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("token" = [])), responses((status = 200, body = AuditExport)))]
+#[utoipa::path(get, path = routes::HOST_AUDIT, tag = "audit", security(("token" = [])), responses((status = 200, body = AuditExport)))]
 async fn host_audit(State(app): State<Arc<App>>) -> Result<axum::Json<AuditExport>> {
     super::write_folded_refusals(&app, Some(HOST_CHAIN));
     let (entries, head) = app.store.read()?.audit(HOST_CHAIN)?;

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
+use kanon_client::{
+    CreatedTenant, Enrol, IssuedToken, NewEnrolment, NewGrant, NewTenant, NewToken, TokenInfo, routes,
+};
 use kanon_gate::PolicyLayer;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,28 +37,9 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(revoke_grant))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewTenant {
-    pub name: String,
-    /// How long the admin's enrolment code lasts, in seconds (default a
-    /// week, at most 30 days).
-    pub enrolment_ttl_secs: Option<u64>,
-}
-
-/// A new tenant and the one-time code its admin enrols with.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedTenant {
-    #[serde(flatten)]
-    pub tenant: TenantRecord,
-    /// Hand this to the tenant's admin: `POST /v1/enrol` (or `kanon enrol`)
-    /// gives it its token. Shown this once.
-    pub enrolment: EnrolmentCode,
-}
-
 /// Create a tenant (operator). The answer carries a one-time enrolment
 /// code for its admin: the operator never holds a tenant-admin token.
-#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("token" = [])), request_body = NewTenant,
+#[utoipa::path(post, path = routes::TENANTS, tag = "tenants", security(("token" = [])), request_body = NewTenant,
     responses((status = 201, body = CreatedTenant), (status = 409, body = super::ErrorBody)))]
 async fn create_tenant(
     State(app): State<Arc<App>>,
@@ -82,24 +64,17 @@ async fn create_tenant(
 }
 
 /// Every tenant (operator).
-#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANTS, tag = "tenants", security(("token" = [])),
     responses((status = 200, body = Vec<TenantRecord>)))]
 async fn list_tenants(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<TenantRecord>>> {
     Ok(axum::Json(app.store.read()?.all(TENANTS)?))
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewEnrolment {
-    /// How long the code lasts, in seconds (default a week, at most 30 days).
-    pub ttl_secs: Option<u64>,
 }
 
 /// A fresh one-time enrolment code for a tenant's admin, for a tenant whose
 /// admin lost access (operator). It replaces the tenant's unused code, if
 /// any, and lands on the tenant's chain; the tenant's admin tokens stay as
 /// they are.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/enrolments", tag = "tenants", security(("token" = [])),
+#[utoipa::path(post, path = routes::TENANT_ENROLMENTS, tag = "tenants", security(("token" = [])),
     params(("tenant" = String, Path)), request_body = NewEnrolment,
     responses((status = 201, body = EnrolmentCode), (status = 404, body = super::ErrorBody)))]
 async fn issue_enrolment(
@@ -113,21 +88,10 @@ async fn issue_enrolment(
     Ok((StatusCode::CREATED, axum::Json(code)))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Enrol {
-    /// The one-time code the operator handed over.
-    pub code: String,
-    /// The admin's holder name: unique among live tokens.
-    pub name: String,
-    /// The token's lifetime in seconds; none means until revoked.
-    pub ttl_secs: Option<u64>,
-}
-
 /// Redeem a one-time enrolment code for the tenant's admin token (no
 /// token needed). Unknown, used, replaced and expired codes are refused
 /// alike (403).
-#[utoipa::path(post, path = "/v1/enrol", tag = "tokens", request_body = Enrol,
+#[utoipa::path(post, path = routes::ENROL, tag = "tokens", request_body = Enrol,
     responses((status = 201, body = IssuedToken), (status = 403, body = super::ErrorBody),
               (status = 409, body = super::ErrorBody)))]
 async fn enrol(
@@ -154,32 +118,6 @@ fn expiry(ttl_secs: Option<u64>) -> Result<Option<u64>> {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub role: Role,
-    /// The holder's name: approvals and jobs refer to it. Unique among live
-    /// tokens.
-    pub name: String,
-    /// The tenant of a tenant-admin token (a tenant admin's own, which is
-    /// the default for it); refused for the other roles.
-    pub tenant: Option<String>,
-    /// Lifetime in seconds; none means until revoked.
-    pub ttl_secs: Option<u64>,
-}
-
-/// A token as listed: never its secret.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenInfo {
-    pub id: String,
-    pub role: Role,
-    pub name: String,
-    pub tenant: Option<String>,
-    pub created_ms: u64,
-    pub expires_ms: Option<u64>,
-    pub revoked_ms: Option<u64>,
-}
-
 impl From<TokenRecord> for TokenInfo {
     fn from(r: TokenRecord) -> Self {
         Self {
@@ -194,17 +132,10 @@ impl From<TokenRecord> for TokenInfo {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IssuedToken {
-    /// The token itself: shown this once, stored only as a keyed hash.
-    pub token: String,
-    pub info: TokenInfo,
-}
-
 /// Issue a token. The operator issues operator, analyst and vendor tokens,
 /// never a tenant admin's (a tenant enrols its admin); a tenant admin issues
 /// further tenant-admin tokens of its own tenant.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("token" = [])), request_body = NewToken,
+#[utoipa::path(post, path = routes::TOKENS, tag = "tokens", security(("token" = [])), request_body = NewToken,
     responses((status = 201, body = IssuedToken), (status = 400, body = super::ErrorBody),
               (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn issue_token(
@@ -260,7 +191,7 @@ async fn issue_token(
 
 /// Tokens, without secrets: every one for the operator, its tenant's for a
 /// tenant admin.
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("token" = [])),
+#[utoipa::path(get, path = routes::TOKENS, tag = "tokens", security(("token" = [])),
     responses((status = 200, body = Vec<TokenInfo>)))]
 async fn list_tokens(
     State(app): State<Arc<App>>,
@@ -274,7 +205,7 @@ async fn list_tokens(
 
 /// Revoke a token (the operator any; a tenant admin its tenant's). It stops
 /// working at once.
-#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", security(("token" = [])),
+#[utoipa::path(delete, path = routes::TOKEN, tag = "tokens", security(("token" = [])),
     params(("id" = String, Path, description = "The token id")),
     responses((status = 200, body = TokenInfo), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn revoke_token(
@@ -308,7 +239,7 @@ async fn revoke_token(
 }
 
 /// The tenant's policy layer (tenant admin).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policy", tag = "tenants", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_POLICY, tag = "tenants", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Object)))]
 async fn get_policy(
     State(app): State<Arc<App>>,
@@ -326,7 +257,7 @@ async fn get_policy(
 
 /// Set the tenant's policy layer (tenant admin). It may only tighten the
 /// operator's floor; it applies to every later run on the tenant's data.
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/policy", tag = "tenants", security(("token" = [])),
+#[utoipa::path(put, path = routes::TENANT_POLICY, tag = "tenants", security(("token" = [])),
     params(("tenant" = String, Path)), request_body = Object,
     responses((status = 200, body = Object), (status = 422, body = super::ErrorBody)))]
 async fn set_policy(
@@ -349,7 +280,7 @@ async fn set_policy(
 
 /// The tenant's audit log, whole, with its head: verify it with
 /// `kanon audit verify` (tenant admin).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_AUDIT, tag = "audit", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = AuditExport)))]
 async fn tenant_audit(
     State(app): State<Arc<App>>,
@@ -362,18 +293,9 @@ async fn tenant_audit(
     Ok(axum::Json(AuditExport { chain: tenant, head, entries }))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewGrant {
-    /// How long the grant lasts, in seconds (at most 30 days).
-    pub ttl_secs: u64,
-    /// Why: a ticket number, say. Kept in the audit log.
-    pub reason: String,
-}
-
 /// Let operator staff read this tenant's job metadata and plugin output
 /// logs, never its data, for a limited time (tenant admin).
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/grants", tag = "support", security(("token" = [])),
+#[utoipa::path(post, path = routes::TENANT_GRANTS, tag = "support", security(("token" = [])),
     params(("tenant" = String, Path)), request_body = NewGrant,
     responses((status = 201, body = SupportGrant), (status = 400, body = super::ErrorBody)))]
 async fn create_grant(
@@ -414,7 +336,7 @@ async fn create_grant(
 }
 
 /// The tenant's support grants, live and past (tenant admin).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/grants", tag = "support", security(("token" = [])),
+#[utoipa::path(get, path = routes::TENANT_GRANTS, tag = "support", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Vec<SupportGrant>)))]
 async fn list_grants(
     State(app): State<Arc<App>>,
@@ -427,7 +349,7 @@ async fn list_grants(
 }
 
 /// End a support grant now (tenant admin).
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/grants/{id}", tag = "support", security(("token" = [])),
+#[utoipa::path(delete, path = routes::TENANT_GRANT, tag = "support", security(("token" = [])),
     params(("tenant" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = SupportGrant), (status = 404, body = super::ErrorBody)))]
 async fn revoke_grant(

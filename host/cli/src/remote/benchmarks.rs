@@ -1,4 +1,4 @@
-//! `kanon benchmarks`: the vendor publishes, runs and reads versions; a
+//! `kanon benchmarks` (the daemon's `benchmarks` API): the vendor publishes, runs and reads versions; a
 //! tenant admin reads the manifest, joins with its own dataset, leaves, and
 //! reads its own position.
 
@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use kanon_daemon::client::Client;
+use kanon_client::Client;
 use serde_json::{Value, json};
 
-use crate::client_cmd::{
-    Connection, duration_secs, follow_at, list_of, print_json, print_table, show, text, when,
-};
+use super::Connection;
+use super::jobs::{follow_with, print_log};
+use super::output::{duration_secs, list_of, print_json, print_table, show, text, when};
 
 #[derive(Debug, Args)]
 pub struct BenchmarksArgs {
@@ -115,14 +115,14 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             let every_hours = every.map(|e| duration_secs(&e).map(|s| s.div_ceil(3600))).transpose()?;
             let body = json!({"name": name, "plugin": plugin, "description": description, "params": params,
                               "every_hours": every_hours});
-            let published: Value = client.send("POST", "/v1/benchmarks", &body)?;
+            let published: Value = client.publish_benchmark(&body)?;
             show(json_out, published, &["name", "plugin", "schedule"], |b| {
                 vec![text(&b["name"]), short(&b["plugin"]), schedule(b)]
             })
         }
-        BenchmarksCommand::List => show(json_out, client.get("/v1/benchmarks")?, &list_header, list_row),
+        BenchmarksCommand::List => show(json_out, client.list_benchmarks()?, &list_header, list_row),
         BenchmarksCommand::Show { name } => {
-            let shown: Value = client.get(&format!("/v1/benchmarks/{name}"))?;
+            let shown: Value = client.benchmark(&name)?;
             if json_out {
                 print_json(&shown)?;
             } else {
@@ -132,53 +132,44 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Retire { name } => {
-            show(json_out, client.delete(&format!("/v1/benchmarks/{name}"))?, &list_header[..4], |b| {
+            show(json_out, client.retire_benchmark(&name)?, &list_header[..4], |b| {
                 vec![text(&b["name"]), text(&b["vendor"]), short(&b["plugin"]), schedule(b)]
             })
         }
         BenchmarksCommand::Join { name, tenant, datasets, columns } => {
-            let shown: Value = client.get(&format!("/v1/benchmarks/{name}"))?;
+            let shown: Value = client.benchmark(&name)?;
             let mapping = mapping(&shown["manifest"], &datasets, &columns)?;
-            let joined: Value = client.send(
-                "PUT",
-                &format!("/v1/tenants/{tenant}/benchmarks/{name}"),
-                &json!({"datasets": mapping}),
-            )?;
+            let joined: Value = client.opt_in(&tenant, &name, &json!({"datasets": mapping}))?;
             show(json_out, joined, &["benchmark", "tenant", "datasets", "since"], opt_in_row)
         }
         BenchmarksCommand::Leave { name, tenant } => {
-            let left: Value = client.delete(&format!("/v1/tenants/{tenant}/benchmarks/{name}"))?;
+            let left: Value = client.opt_out(&tenant, &name)?;
             show(json_out, left, &["benchmark", "tenant", "datasets", "since"], opt_in_row)
         }
         BenchmarksCommand::Run { name, wait } => {
-            let run: Value = client.send("POST", &format!("/v1/benchmarks/{name}/runs"), &json!({}))?;
+            let run: Value = client.run_benchmark(&name)?;
             let id = text(&run["id"]);
             if !wait {
                 return show(json_out, run, &RUN_HEADER, run_row);
             }
-            let run = follow_at(
-                &client,
-                &format!("/v1/benchmarks/{name}/runs/{id}"),
-                &format!("run {id}"),
-                !json_out,
-            )?;
+            let run = follow_with(|| client.benchmark_run(&name, &id), &format!("run {id}"), !json_out)?;
             if run["state"] != "succeeded" {
                 if json_out {
                     print_json(&run)?;
                 } else {
                     eprintln!("run {id} failed: {}; nothing was released", text(&run["failure"]));
                 }
-                return Ok(ExitCode::from(crate::runner::EXIT_RUN_FAILED));
+                return Ok(ExitCode::from(crate::local::run::EXIT_RUN_FAILED));
             }
             print_version(&client, &name, &text(&run["version"]), json_out)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Runs { name } => {
-            show(json_out, client.get(&format!("/v1/benchmarks/{name}/runs"))?, &RUN_HEADER, run_row)
+            show(json_out, client.benchmark_runs(&name)?, &RUN_HEADER, run_row)
         }
         BenchmarksCommand::Versions { name } => show(
             json_out,
-            client.get(&format!("/v1/benchmarks/{name}/versions"))?,
+            client.benchmark_versions(&name)?,
             &["version", "released", "tenants", "cells", "suppressed", "held"],
             |v| {
                 vec![
@@ -192,12 +183,11 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             },
         ),
         BenchmarksCommand::Table { name, version, format, out } => {
-            let path = format!("/v1/benchmarks/{name}/versions/{version}");
             let body = match format.as_str() {
                 "text" if out.is_none() => {
                     return print_version(&client, &name, &version, json_out).map(|_| ExitCode::SUCCESS);
                 }
-                "json" | "csv" | "parquet" => client.get_bytes(&format!("{path}?format={format}"))?,
+                "json" | "csv" | "parquet" => client.benchmark_version_as(&name, &version, &format)?,
                 _ => bail!("--format: text, json, csv or parquet"),
             };
             match out {
@@ -212,8 +202,7 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Position { name, tenant, version } => {
-            let view: Value =
-                client.get(&format!("/v1/tenants/{tenant}/benchmarks/{name}/versions/{version}"))?;
+            let view: Value = client.own_position(&tenant, &name, &version)?;
             if json_out {
                 print_json(&view)?;
             } else {
@@ -224,8 +213,8 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Log { run, tenant } => {
-            let log: Value = client.get(&format!("/v1/tenants/{tenant}/benchmark-runs/{run}/log"))?;
-            crate::client_cmd::print_log(&log, json_out)?;
+            let log: Value = client.benchmark_run_log(&tenant, &run)?;
+            print_log(&log, json_out)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -329,7 +318,7 @@ fn mapping(manifest: &Value, datasets: &[String], columns: &[String]) -> anyhow:
 
 /// A version as text (or JSON).
 fn print_version(client: &Client, benchmark: &str, version: &str, json_out: bool) -> anyhow::Result<()> {
-    let stored: Value = client.get(&format!("/v1/benchmarks/{benchmark}/versions/{version}"))?;
+    let stored: Value = client.benchmark_version(benchmark, version)?;
     if json_out {
         return print_json(&stored);
     }

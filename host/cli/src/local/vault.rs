@@ -192,7 +192,7 @@ fn describe(info: &VersionInfo) -> String {
 pub struct DatasetsArgs {
     /// On the daemon instead of a data directory.
     #[command(subcommand)]
-    pub remote: Option<crate::client_cmd::DatasetsCommand>,
+    pub remote: Option<crate::remote::datasets::DatasetsCommand>,
     #[command(flatten)]
     vault: VaultArgs,
     /// The tenant; all tenants' names if absent.
@@ -208,7 +208,7 @@ pub struct DatasetsArgs {
 
 pub fn datasets(args: DatasetsArgs) -> anyhow::Result<ExitCode> {
     if let Some(remote) = args.remote {
-        return crate::client_cmd::datasets(remote);
+        return crate::remote::datasets::datasets(remote);
     }
     let vault = args.vault.open()?;
     let Some(tenant) = &args.tenant else {

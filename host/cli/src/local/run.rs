@@ -16,8 +16,8 @@ use kanon_runtime::{
 };
 use kanon_vault::{DatasetVersion, IngestOptions, Vault, WriteMode, open_file};
 
+use crate::local::vault::VaultArgs;
 use crate::render;
-use crate::vault_cmd::VaultArgs;
 
 /// Exit code of a run whose plugin failed.
 pub const EXIT_RUN_FAILED: u8 = 3;

@@ -1,18 +1,21 @@
-//! `kanon bench`: the figures the design targets, measured side by side in
-//! one process.
+//! `kanon-bench`: the figures the design targets (BENCHMARKS.md), measured
+//! side by side in one process, and with `--load` the daemon under many
+//! concurrent HTTP clients. Its own binary, so the `kanon` binary carries
+//! no benchmark code.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::Parser;
 use emissions_benchmark::kernel::{self, Groups, REGIONS, Trips, UNKNOWN, VEHICLE_CLASSES};
+use kanon_datagen as datagen;
 use kanon_gate::{
     Contributions, Dimension, Domain, Gate, Isolation, IssuedEntities, Measure, Policy, Scope, Statistic,
     TableSpec,
 };
-use kanon_runtime::{Runtime, RuntimeConfig};
+use kanon_runtime::{CancelToken, RunRequest, Runtime, RuntimeConfig};
 use kanon_vault::{
     Batch, BatchValues, ChunkAddress, DatasetVersion, IngestOptions, InputFormat, KeyEncryptionKey,
     PseudonymKey, Scan, Vault, WriteMode, open_stream,
@@ -21,10 +24,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::{datagen, runner};
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+#[derive(Debug, Parser)]
+#[command(
+    name = "kanon-bench",
+    version,
+    about = "Measure kanon: the plugin group-by against native Rust, \
+    instantiation, compile caching, the gate, sealing; or, with --load, the daemon under load."
+)]
+struct BenchArgs {
     /// Smaller inputs and fewer repetitions: seconds instead of a minute.
     #[arg(long)]
     quick: bool,
@@ -51,7 +58,37 @@ struct Figure {
     unit: &'static str,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KANON_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(BenchArgs::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A run request for data this process generated: a fresh secret, so its
+/// pseudonyms link to nothing.
+fn local_request(datasets: BTreeMap<String, DatasetVersion>, params: String, policy: Policy) -> RunRequest {
+    let run_id: [u8; 16] = rand::random();
+    RunRequest {
+        run_id: run_id.iter().map(|b| format!("{b:02x}")).collect(),
+        datasets,
+        params,
+        policy,
+        tenant_secret: rand::random(),
+        cancel: CancelToken::new(),
+    }
+}
+
+fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut figures = Vec::new();
     let mut report = |figure: Figure| {
         if args.json {
@@ -186,12 +223,11 @@ fn group_by(
     report: &mut impl FnMut(Figure),
 ) -> anyhow::Result<()> {
     let rows = trips.rows() as usize;
-    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+    let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
     let datasets: BTreeMap<String, DatasetVersion> = [("trips".to_owned(), trips.clone())].into();
 
     let wasm = best_of(repeats, || {
-        let report =
-            runtime.run(&plugin, runner::local_request(datasets.clone(), "{}".into(), Policy::default()))?;
+        let report = runtime.run(&plugin, local_request(datasets.clone(), "{}".into(), Policy::default()))?;
         match report.outcome {
             Ok(_) => Ok(()),
             Err(failure) => bail!("{failure}: {:?}", report.owner_log.error),
@@ -223,11 +259,11 @@ fn isolation(
     repeats: usize,
     report: &mut impl FnMut(Figure),
 ) -> anyhow::Result<()> {
-    let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+    let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
     let run = |dataset: &DatasetVersion, isolation| -> anyhow::Result<kanon_runtime::RunStats> {
         let datasets: BTreeMap<String, DatasetVersion> = [("trips".to_owned(), dataset.clone())].into();
         let policy = Policy { isolation, ..Policy::default() };
-        let report = runtime.run(&plugin, runner::local_request(datasets, "{}".into(), policy))?;
+        let report = runtime.run(&plugin, local_request(datasets, "{}".into(), policy))?;
         match report.outcome {
             Ok(_) if report.stats.entities_failed == 0 => Ok(report.stats),
             Ok(_) => bail!("{} entities failed: {:?}", report.stats.entities_failed, report.owner_log),
@@ -349,7 +385,7 @@ fn native_group_by(trips: &DatasetVersion, spec: &TableSpec) -> anyhow::Result<(
 }
 
 fn instantiation(runtime: &Runtime, count: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
-    let plugin = runtime.load(kanon_artifacts::ABSENCE_RATE)?;
+    let plugin = runtime.load(kanon_bundled::ABSENCE_RATE)?;
     let mut times: Vec<Duration> = (0..count)
         .map(|_| runtime.instantiate_empty(&plugin).map_err(anyhow::Error::msg))
         .collect::<Result<_, _>>()?;
@@ -367,7 +403,7 @@ fn compile_cache(report: &mut impl FnMut(Figure)) -> anyhow::Result<()> {
         // A new runtime each time, as after a restart.
         let runtime = Runtime::new(config())?;
         let start = Instant::now();
-        let plugin = runtime.load(kanon_artifacts::EMISSIONS_BENCHMARK)?;
+        let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
         Ok((start.elapsed(), plugin.cache))
     };
     let (cold, first) = timed_load()?;
@@ -503,7 +539,7 @@ fn sealing(mebibytes: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<
     Ok(())
 }
 
-/// `kanon bench --load`: the daemon under many concurrent clients.
+/// `kanon-bench --load`: the daemon under many concurrent clients.
 mod load {
     use std::collections::BTreeMap;
     use std::process::ExitCode;
@@ -511,16 +547,16 @@ mod load {
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, bail};
-    use kanon_daemon::client::{Client, ClientError};
+    use kanon_client::{Client, ClientError, NewTenant, NewToken, Role, UploadArgs};
+    use kanon_daemon::approvals::{NewApproval, covering};
     use kanon_daemon::config::JobLimits;
-    use kanon_daemon::jobs::{Job, JobState};
-    use kanon_daemon::{AuditExport, Daemon, DaemonConfig, Role};
+    use kanon_daemon::jobs::{Job, JobState, SubmitRequest};
+    use kanon_daemon::registry::PluginRecord;
+    use kanon_daemon::{AuditExport, Daemon, DaemonConfig};
     use kanon_runtime::{Runtime, RuntimeConfig};
     use kanon_vault::KeyEncryptionKey;
-    use serde_json::{Value, json};
 
-    use super::Figure;
-    use crate::datagen;
+    use super::{Figure, datagen};
 
     /// Tenants, each with its own dataset, analyst and approval.
     const TENANTS: usize = 4;
@@ -572,7 +608,7 @@ mod load {
         name: String,
         admin: Client,
         analyst: String,
-        submit: Value,
+        submit: SubmitRequest,
     }
 
     pub(super) fn run(
@@ -638,7 +674,7 @@ mod load {
         let mut health = Vec::new();
         while Instant::now() < end {
             let sent = Instant::now();
-            if probe.raw("GET", "/health", None).is_ok_and(|r| r.status == 200) {
+            if probe.health().is_ok() {
                 health.push(sent.elapsed());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -655,10 +691,10 @@ mod load {
         let mut lost = tally.unfinished.len();
         let mut known = 0;
         for tenant in tenants.iter() {
-            let jobs: Vec<Job> = tenant.admin.get(&format!("/v1/tenants/{}/jobs", tenant.name))?;
+            let jobs: Vec<Job> = tenant.admin.tenant_jobs(&tenant.name)?;
             known += jobs.len();
             lost += jobs.iter().filter(|j| !j.state.is_final() && !tally.unfinished.contains(&j.id)).count();
-            let export: AuditExport = tenant.admin.get(&format!("/v1/tenants/{}/audit", tenant.name))?;
+            let export: AuditExport = tenant.admin.tenant_audit(&tenant.name)?;
             if let Err(e) = kanon_daemon::verify(&tenant.name, &export.entries, &export.head) {
                 tally.error("audit chain", format!("{}: {e:?}", tenant.name));
             }
@@ -737,54 +773,57 @@ mod load {
     /// A tenant with its trips, an admin, an analyst and an approval of the
     /// emissions plugin.
     fn tenant(operator: &Client, name: &str, seed: u64) -> anyhow::Result<Tenant> {
-        let created: Value = operator.send("POST", "/v1/tenants", &json!({"name": name}))?;
-        let code = created["enrolment"]["code"].as_str().context("an enrolment code")?;
-        let (admin, _) = operator.enrol(code, &format!("{name}-admin"), None)?;
+        let created =
+            operator.create_tenant(&NewTenant { name: name.to_owned(), enrolment_ttl_secs: None })?;
+        let (admin, _) = operator.enrol(&created.enrolment.code, &format!("{name}-admin"), None)?;
         let analyst_name = format!("{name}-analyst");
-        let issued: Value =
-            operator.send("POST", "/v1/tokens", &json!({"role": Role::Analyst, "name": analyst_name}))?;
-        let analyst_token = issued["token"].as_str().context("a token")?.to_owned();
-        let analyst = operator.with_token(Some(analyst_token.clone()));
+        let issued = operator.issue_token(&NewToken {
+            role: Role::Analyst,
+            name: analyst_name.clone(),
+            tenant: None,
+            ttl_secs: None,
+        })?;
+        let analyst = operator.with_token(Some(issued.token.clone()));
         let mut csv = Vec::new();
         datagen::trips(&mut csv, ROWS, 60, seed)?;
-        let _: Value = admin.upload(
-            "PUT",
-            &format!("/v1/tenants/{name}/datasets/trips?format=csv&entity=driver_id"),
-            "text/csv",
-            std::io::Cursor::new(csv),
+        let upload =
+            UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
+        let _: serde_json::Value = admin.ingest(name, "trips", &upload, std::io::Cursor::new(csv))?;
+        let plugin: PluginRecord = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
+        let (datasets, outputs) = covering(&plugin.manifest, |_| "trips".to_owned());
+        let approval: kanon_daemon::approvals::Approval = admin.grant_approval(
+            name,
+            &NewApproval {
+                plugin: plugin.hash.clone(),
+                analyst: analyst_name,
+                datasets,
+                outputs,
+                params: None,
+                params_schema: None,
+                ttl_secs: 86_400,
+                policy: None,
+            },
         )?;
-        let plugin: Value = analyst.call(
-            "POST",
-            "/v1/plugins",
-            Some(("application/wasm", kanon_artifacts::EMISSIONS_BENCHMARK)),
-        )?;
-        let input = &plugin["manifest"]["inputs"][0];
-        let names = |list: &Value| -> Vec<Value> {
-            list.as_array().into_iter().flatten().map(|item| item["name"].clone()).collect()
+        let input = plugin.manifest.inputs.first().context("an input")?;
+        let submit = SubmitRequest {
+            tenant: name.to_owned(),
+            plugin: plugin.hash,
+            approval: approval.id,
+            datasets: BTreeMap::from([(input.name.clone(), "trips".to_owned())]),
+            params: None,
+            policy: None,
         };
-        let approval: Value = admin.send(
-            "POST",
-            &format!("/v1/tenants/{name}/approvals"),
-            &json!({
-                "plugin": plugin["hash"], "analyst": analyst_name, "ttl_secs": 86_400,
-                "outputs": names(&plugin["manifest"]["outputs"]),
-                "datasets": {input["name"].as_str().context("an input")?:
-                             {"dataset": "trips", "columns": names(&input["columns"])}},
-            }),
-        )?;
-        let submit = json!({"tenant": name, "plugin": plugin["hash"], "approval": approval["id"],
-                            "datasets": {input["name"].as_str().context("an input")?: "trips"}});
-        Ok(Tenant { name: name.to_owned(), admin, analyst: analyst_token, submit })
+        Ok(Tenant { name: name.to_owned(), admin, analyst: issued.token, submit })
     }
 
     /// Submit a job, poll it until it is done, again, for `seconds` from `began`.
-    fn client(analyst: &Client, submit: &Value, began: Instant, seconds: Duration) -> Tally {
+    fn client(analyst: &Client, submit: &SubmitRequest, began: Instant, seconds: Duration) -> Tally {
         let end = began + seconds;
         let mut tally = Tally::default();
         while Instant::now() < end {
             let submitted = Instant::now();
             tally.requests += 1;
-            let job: Job = match analyst.send("POST", "/v1/jobs", submit) {
+            let job: Job = match analyst.submit_job(submit) {
                 Ok(job) => job,
                 Err(e) => {
                     tally.error("submit", describe(&e));
@@ -798,7 +837,7 @@ mod load {
             loop {
                 std::thread::sleep(POLL);
                 tally.requests += 1;
-                match analyst.get::<Job>(&format!("/v1/jobs/{}", job.id)) {
+                match analyst.job::<Job>(&job.id) {
                     Ok(now) if now.state == JobState::Succeeded => {
                         tally.done.push(submitted.elapsed());
                         tally.done_at.push(began.elapsed());
