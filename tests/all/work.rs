@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use kanon_daemon::Role;
-use kanon_daemon::client::Client;
+use kanon_client::Client;
 use kanon_runtime::RunLimits;
 use serde_json::{Value, json};
 
@@ -44,7 +44,7 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
     ingest_trips(&admin, "acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     let plugin: Value =
-        upload_plugin(&analyst, &std::fs::read(kanon_artifacts::SLEEPS_FOREVER).unwrap()).json().unwrap();
+        upload_plugin(&analyst, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
     let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
                         "datasets": {"trips": "trips"}});
@@ -59,7 +59,7 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
     let admins = carriers(&d);
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
     let slow: Value =
-        upload_plugin(&vendor, &std::fs::read(kanon_artifacts::SLEEPS_FOREVER).unwrap()).json().unwrap();
+        upload_plugin(&vendor, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
     for name in ["slow", "slower"] {
         let _: Value =
             vendor.send("POST", "/v1/benchmarks", &json!({"name": name, "plugin": slow["hash"]})).unwrap();

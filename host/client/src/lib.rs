@@ -354,6 +354,11 @@ impl Client {
         self.get(&routes::fill(routes::BENCHMARK_RUN, &[name, run]))
     }
 
+    /// `POST /v1/benchmarks/{benchmark}/runs/{run}/cancel`.
+    pub fn cancel_benchmark_run<T: DeserializeOwned>(&self, name: &str, run: &str) -> Result<T> {
+        self.send("POST", &routes::fill(routes::BENCHMARK_RUN_CANCEL, &[name, run]), &serde_json::json!({}))
+    }
+
     /// `GET /v1/benchmarks/{benchmark}/versions`.
     pub fn benchmark_versions<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         self.get(&routes::fill(routes::BENCHMARK_VERSIONS, &[name]))

@@ -52,6 +52,7 @@ pub const BENCHMARKS: &str = "/v1/benchmarks";
 pub const BENCHMARK: &str = "/v1/benchmarks/{benchmark}";
 pub const BENCHMARK_RUNS: &str = "/v1/benchmarks/{benchmark}/runs";
 pub const BENCHMARK_RUN: &str = "/v1/benchmarks/{benchmark}/runs/{run}";
+pub const BENCHMARK_RUN_CANCEL: &str = "/v1/benchmarks/{benchmark}/runs/{run}/cancel";
 pub const BENCHMARK_VERSIONS: &str = "/v1/benchmarks/{benchmark}/versions";
 pub const BENCHMARK_VERSION: &str = "/v1/benchmarks/{benchmark}/versions/{version}";
 pub const TENANT_BENCHMARKS: &str = "/v1/tenants/{tenant}/benchmarks";

@@ -73,6 +73,9 @@ enum BenchmarksCommand {
     },
     /// A benchmark's runs (vendor, operator).
     Runs { name: String },
+    /// Cancel a run (vendor, operator): a queued one never starts, a
+    /// running one is interrupted; neither releases anything.
+    Cancel { name: String, run: String },
     /// The versions in the meta data vault (vendor, operator).
     Versions { name: String },
     /// A version's released tables (vendor, operator).
@@ -157,7 +160,11 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
                 if json_out {
                     print_json(&run)?;
                 } else {
-                    eprintln!("run {id} failed: {}; nothing was released", text(&run["failure"]));
+                    let state = text(&run["state"]);
+                    match run["failure"].as_str() {
+                        Some(failure) => eprintln!("run {id} {state}: {failure}; nothing was released"),
+                        None => eprintln!("run {id} {state}; nothing was released"),
+                    }
                 }
                 return Ok(ExitCode::from(crate::local::run::EXIT_RUN_FAILED));
             }
@@ -166,6 +173,9 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
         }
         BenchmarksCommand::Runs { name } => {
             show(json_out, client.benchmark_runs(&name)?, &RUN_HEADER, run_row)
+        }
+        BenchmarksCommand::Cancel { name, run } => {
+            show(json_out, client.cancel_benchmark_run(&name, &run)?, &RUN_HEADER, run_row)
         }
         BenchmarksCommand::Versions { name } => show(
             json_out,

@@ -189,7 +189,7 @@ async fn show_run(
 
 /// Cancel a run (its vendor, operators): a queued one does not start; a
 /// running one is interrupted and releases nothing.
-#[utoipa::path(post, path = "/v1/benchmarks/{benchmark}/runs/{run}/cancel", tag = "benchmarks",
+#[utoipa::path(post, path = routes::BENCHMARK_RUN_CANCEL, tag = "benchmarks",
     security(("token" = [])), params(("benchmark" = String, Path), ("run" = String, Path)),
     responses((status = 200, body = BenchmarkRun), (status = 404, body = super::ErrorBody),
               (status = 409, body = super::ErrorBody)))]
