@@ -4,16 +4,13 @@
 //!
 //! Every change goes through [`ControlStore::write`], which hands out one
 //! write transaction: a state change and the audit entries it causes commit
-//! together or not at all. Changes commit without an fsync and then wait
-//! for one durable commit that covers them (group commit): many requests,
-//! one fsync, and none answered before its change is on disk.
+//! together or not at all.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use kanon_vault::redb_file::{self, Handle, Reopening, StorageFailure};
-use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -93,7 +90,7 @@ const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 20] = [
 ];
 
 /// The control database failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the control database is in use by another process: {0}")]
     InUse(String),
@@ -145,7 +142,7 @@ pub(crate) fn db_err(e: impl Into<redb::Error>) -> StoreError {
 }
 
 /// Chains found not to verify, with why: appends to them are refused.
-type BrokenChains = Mutex<BTreeMap<String, String>>;
+type BrokenChains = std::sync::Mutex<BTreeMap<String, String>>;
 
 fn lock(broken: &BrokenChains) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
     broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -162,41 +159,6 @@ struct Inner {
     path: PathBuf,
     db: Reopening,
     broken: BrokenChains,
-    group: GroupCommit,
-}
-
-/// Group commit. Each change commits without an fsync and takes a ticket;
-/// its writer then waits until a durable commit on the same database
-/// handle has covered its ticket. Whoever finds no durable commit under way
-/// makes one: an empty transaction with redb's default durability, which
-/// makes every commit before it durable. A failed durable commit fails
-/// every ticket it was to cover, and the handle's I/O failure has it
-/// opened again, which drops those commits: nobody was told of them.
-#[derive(Debug, Default)]
-struct GroupCommit {
-    issued: AtomicU64,
-    synced: Mutex<Synced>,
-    done: Condvar,
-}
-
-impl GroupCommit {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Synced> {
-        self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Synced {
-    /// The handle the figures below are of (its address, which stays its
-    /// own while a waiter holds it).
-    handle: usize,
-    /// Tickets up to this one are durable on `handle`.
-    durable: u64,
-    /// Tickets up to this one were in a durable commit that failed, and why.
-    failed: u64,
-    error: Option<StoreError>,
-    /// A durable commit is under way.
-    syncing: bool,
 }
 
 impl ControlStore {
@@ -221,7 +183,6 @@ impl ControlStore {
                 path,
                 db: Reopening::new(handle, room_at),
                 broken: BrokenChains::default(),
-                group: GroupCommit::default(),
             }),
         })
     }
@@ -343,79 +304,17 @@ impl ControlStore {
     }
 
     /// Run `change` in one write transaction and commit it if it returns
-    /// `Ok`; return once the commit is durable. An `Err` leaves nothing
-    /// behind. On a worker of tokio's multi-threaded runtime, the worker's
-    /// other tasks move to another thread while this one waits on the disk.
+    /// `Ok`. An `Err` leaves nothing behind.
     pub fn write<T, E: From<StoreError>>(
         &self,
         change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        use tokio::runtime::{Handle as Tokio, RuntimeFlavor};
-        let on_worker = Tokio::try_current().is_ok_and(|t| t.runtime_flavor() == RuntimeFlavor::MultiThread);
-        if on_worker {
-            tokio::task::block_in_place(|| self.write_here(change))
-        } else {
-            self.write_here(change)
-        }
-    }
-
-    fn write_here<T, E: From<StoreError>>(
-        &self,
-        change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let (db, mut txn) = self.begin_write()?;
-        txn.set_durability(Durability::None).map_err(|e| StoreError::Database(e.to_string()))?;
+        let (_db, txn) = self.begin_write()?;
         let mut write = Write { txn: &txn, store: self };
         let value = change(&mut write)?;
         txn.commit().map_err(db_err)?;
-        let ticket = self.inner.group.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        self.durable_through(&db, ticket)?;
         self.inner.db.committed();
         Ok(value)
-    }
-
-    /// Wait until a durable commit on `db` covers `ticket`, making one if
-    /// none is under way.
-    fn durable_through(&self, db: &Arc<Handle>, ticket: u64) -> Result<(), StoreError> {
-        let group = &self.inner.group;
-        let me = Arc::as_ptr(db) as usize;
-        let mut synced = group.lock();
-        loop {
-            if synced.handle == me {
-                if synced.durable >= ticket {
-                    return Ok(());
-                }
-                if synced.failed >= ticket {
-                    return Err(synced
-                        .error
-                        .clone()
-                        .unwrap_or_else(|| StoreError::Failed("a durable commit failed".into())));
-                }
-            }
-            if synced.syncing {
-                synced = group.done.wait(synced).unwrap_or_else(std::sync::PoisonError::into_inner);
-                continue;
-            }
-            synced.syncing = true;
-            // Every ticket up to here was issued after its commit.
-            let through = group.issued.load(Ordering::SeqCst);
-            drop(synced);
-            let made = db.begin_write().map_err(db_err).and_then(|txn| txn.commit().map_err(db_err));
-            synced = group.lock();
-            synced.syncing = false;
-            if synced.handle != me {
-                *synced = Synced { handle: me, ..Synced::default() };
-            }
-            group.done.notify_all();
-            match made {
-                Ok(()) => synced.durable = synced.durable.max(through),
-                Err(e) => {
-                    synced.failed = synced.failed.max(through);
-                    synced.error = Some(e.clone());
-                    return Err(e);
-                }
-            }
-        }
     }
 
     /// A consistent snapshot to read from.
@@ -991,34 +890,6 @@ mod tests {
         let store = ControlStore::open(dir.path()).unwrap();
         let broken = store.verify_chains().unwrap();
         assert!(broken["other"].contains("holds 0 entries but its head says 2"), "{broken:?}");
-    }
-
-    #[test]
-    fn concurrent_changes_are_durable_when_write_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ControlStore::open(dir.path()).unwrap();
-        let writers: Vec<_> = (0..8)
-            .map(|t| {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    for i in 0..25 {
-                        store.write(|w| w.put(META, &format!("w{t}-{i}"), &i)).unwrap();
-                    }
-                })
-            })
-            .collect();
-        writers.into_iter().for_each(|w| w.join().unwrap());
-        // A copy of the file as it is now holds only what was made durable:
-        // redb's header names the last durable commit, never a later one.
-        let copy = tempfile::tempdir().unwrap();
-        std::fs::copy(dir.path().join(CONTROL_FILE), copy.path().join(CONTROL_FILE)).unwrap();
-        let copied = ControlStore::open(copy.path()).unwrap();
-        let read = copied.read().unwrap();
-        for t in 0..8 {
-            for i in 0..25 {
-                assert_eq!(read.get::<u32>(META, &format!("w{t}-{i}")).unwrap(), Some(i), "w{t}-{i}");
-            }
-        }
     }
 
     #[test]
