@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use kanon_daemon::Role;
 use kanon_client::Client;
+use kanon_daemon::Role;
 use kanon_runtime::RunLimits;
 use serde_json::{Value, json};
 

@@ -68,12 +68,13 @@ pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// Set the state; stamps the start or the end.
     fn set_state(&mut self, state: JobState);
     fn set_failure(&mut self, failure: &str);
+    fn cancel_requested(&self) -> bool;
     fn request_cancel(&mut self);
     /// The chain its lifecycle entries (cancel, interrupted) go to.
     fn chain(&self) -> &str;
     /// The group it takes a slot in, besides the global limit.
     fn slot_group(&self, limits: &JobLimits) -> SlotGroup;
-    /// In the start transaction, after the record was marked running: check
+    /// In the start transaction, before the record is marked running: check
     /// what the kind checks and write its start entries. `Err(failure)`:
     /// it does not run, and fails with that reason (audited here).
     fn on_start(&mut self, write: &mut Write<'_>) -> Result<std::result::Result<(), String>>;
@@ -114,6 +115,10 @@ macro_rules! record_fields {
 
         fn set_failure(&mut self, failure: &str) {
             self.failure = Some(failure.to_owned());
+        }
+
+        fn cancel_requested(&self) -> bool {
+            self.cancel_requested
         }
 
         fn request_cancel(&mut self) {
@@ -165,6 +170,9 @@ pub(crate) fn cancel<W: Work>(write: &mut Write<'_>, actor: &str, id: &str) -> R
             write.dequeue(record.seq())?;
             record.set_state(JobState::Cancelled);
         }
+        // Asked already: answered as it stands, so repeating a cancel
+        // cannot flood the chain.
+        JobState::Running if record.cancel_requested() => return Ok(record),
         JobState::Running => record.request_cancel(),
         state => {
             return Err(Error::Conflict(format!(
@@ -319,7 +327,7 @@ impl Scheduler {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            app.scheduler.stopping.store(true, Ordering::SeqCst);
+            drop(app.scheduler.stop_starting());
         });
     }
 
@@ -340,7 +348,8 @@ impl Scheduler {
     /// Stop starting work, and wait until none runs or `grace` passes.
     /// Whether all finished.
     pub async fn wait_idle(&self, grace: Duration) -> bool {
-        self.stopping.store(true, Ordering::SeqCst);
+        // Under the lock a claim checks it under: no run starts after this.
+        drop(self.stop_starting());
         let deadline = Instant::now() + grace;
         while self.running() > 0 {
             if Instant::now() >= deadline {
@@ -354,10 +363,10 @@ impl Scheduler {
     /// Take a slot for `id` in `group` if the limits allow; what interrupts
     /// its run.
     fn claim(&self, id: &str, group: SlotGroup) -> Option<CancelToken> {
+        let mut running = self.running.lock().expect("lock");
         if self.stopping.load(Ordering::SeqCst) {
             return None;
         }
-        let mut running = self.running.lock().expect("lock");
         let in_group = running.per_group.get(&group.name).copied().unwrap_or(0);
         if running.total >= self.limits.concurrent || in_group >= group.limit || running.runs.contains_key(id)
         {
@@ -368,6 +377,12 @@ impl Scheduler {
         let cancel = CancelToken::new();
         running.runs.insert(id.to_owned(), (cancel.clone(), group.name));
         Some(cancel)
+    }
+
+    fn stop_starting(&self) -> std::sync::MutexGuard<'_, Running> {
+        let running = self.running.lock().expect("lock");
+        self.stopping.store(true, Ordering::SeqCst);
+        running
     }
 
     fn release(&self, id: &str) {
@@ -439,13 +454,14 @@ fn start<W: Work>(app: &App, id: &str) -> Result<Option<W>> {
         if record.state() != JobState::Queued {
             return Ok(None);
         }
-        record.set_state(JobState::Running);
         if let Err(failure) = record.on_start(w)? {
+            // It never ran: an end, no start.
             record.set_state(JobState::Failed);
             record.set_failure(&failure);
             w.put(W::TABLE, id, &record)?;
             return Ok(None);
         }
+        record.set_state(JobState::Running);
         w.put(W::TABLE, id, &record)?;
         w.put(RUNNING, id, &id)?;
         Ok(Some(record))
@@ -549,6 +565,19 @@ mod tests {
         assert_eq!(scheduler.running(), 1, "a second release of one id frees nothing");
         scheduler.stopping.store(true, Ordering::SeqCst);
         assert!(scheduler.claim("job_d", acme).is_none(), "nothing starts while stopping");
+    }
+
+    #[test]
+    fn a_repeated_cancel_of_running_work_writes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        store.write(|w| w.put(JOBS, "job_a", &job("job_a", 1, JobState::Running))).unwrap();
+        for _ in 0..5 {
+            let job: Job = store.write(|w| cancel(w, "ana", "job_a")).unwrap();
+            assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
+        }
+        let (chain, _) = store.read().unwrap().audit("acme").unwrap();
+        assert_eq!(chain.iter().filter(|e| e.action == "job.cancel").count(), 1);
     }
 
     #[test]
