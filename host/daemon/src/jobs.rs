@@ -288,7 +288,7 @@ impl SubmitRequest {
 
 impl Work for Job {
     const TABLE: Table = JOBS;
-    const PREFIX: &'static str = "job_";
+    const PREFIX: &'static str = crate::ids::JOB;
     const WHAT: &'static str = "job";
     const AUDIT: &'static str = "job";
     const ID_KEY: &'static str = "job";

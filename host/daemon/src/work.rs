@@ -50,7 +50,8 @@ const HOST_ERROR: &str = "host-error";
 pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// Its records' table, keyed by id.
     const TABLE: Table;
-    /// Its ids' prefix (`ids::JOB`, ...), which tells the kind of a queued id.
+    /// Its ids' prefix (`ids::JOB`, ...), which tells the kind of a queued
+    /// id ([`is_of`]).
     const PREFIX: &'static str;
     /// What it is called in errors and logs.
     const WHAT: &'static str;
@@ -128,6 +129,11 @@ macro_rules! record_fields {
 }
 pub(crate) use record_fields;
 
+/// Whether `id` is an id of kind `W`.
+fn is_of<W: Work>(id: &str) -> bool {
+    crate::ids::is_id(W::PREFIX, id)
+}
+
 /// Queue `record`: stored in its table and waiting in `QUEUE`.
 pub(crate) fn enqueue<W: Work>(write: &mut Write<'_>, record: &W) -> Result<(), StoreError> {
     write.put(W::TABLE, record.id(), record)?;
@@ -150,7 +156,7 @@ pub(crate) fn unfinished<W: Work>(read: &impl RecordRead) -> Result<Vec<W>, Stor
     let mut out = Vec::new();
     let running: Vec<String> = read.all(RUNNING)?;
     for id in read.queue()?.into_iter().chain(running) {
-        if id.starts_with(W::PREFIX)
+        if is_of::<W>(&id)
             && let Some(record) = read.get::<W>(W::TABLE, &id)?
         {
             out.push(record);
@@ -201,9 +207,9 @@ pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
         let mut interrupted = 0;
         let running: Vec<String> = w.all(RUNNING)?;
         for id in running {
-            let ended = if id.starts_with(Job::PREFIX) {
+            let ended = if is_of::<Job>(&id) {
                 end_running::<Job>(w, &id, INTERRUPTED)?
-            } else if id.starts_with(BenchmarkRun::PREFIX) {
+            } else if is_of::<BenchmarkRun>(&id) {
                 end_running::<BenchmarkRun>(w, &id, INTERRUPTED)?
             } else {
                 w.remove(RUNNING, &id)?;
@@ -407,9 +413,9 @@ fn dispatch(app: &Arc<App>) -> Result<()> {
         {
             break;
         }
-        if id.starts_with(Job::PREFIX) {
+        if is_of::<Job>(&id) {
             launch::<Job>(app, &read, &id)?;
-        } else if id.starts_with(BenchmarkRun::PREFIX) {
+        } else if is_of::<BenchmarkRun>(&id) {
             launch::<BenchmarkRun>(app, &read, &id)?;
         } else {
             tracing::error!(%id, "the queue holds an id of no known kind");
@@ -503,6 +509,18 @@ mod tests {
     use super::*;
     use crate::store::JOBS;
 
+    // Ids of the shape the daemon gives (`ids::is_id`).
+    const RUN_A: &str = "brun_000000000000000000000001";
+    const RUN_B: &str = "brun_000000000000000000000002";
+    const RUN_QUEUED: &str = "brun_000000000000000000000003";
+    const RUN_RUNNING: &str = "brun_000000000000000000000004";
+    const JOB_A: &str = "job_000000000000000000000005";
+    const JOB_B: &str = "job_000000000000000000000006";
+    const JOB_C: &str = "job_000000000000000000000007";
+    const JOB_D: &str = "job_000000000000000000000008";
+    const JOB_QUEUED: &str = "job_000000000000000000000009";
+    const JOB_RUNNING: &str = "job_00000000000000000000000a";
+
     fn job(id: &str, seq: u64, state: JobState) -> Job {
         Job {
             id: id.into(),
@@ -548,32 +566,32 @@ mod tests {
     fn a_slot_is_taken_within_the_global_and_the_group_limit_once_per_id() {
         let limits = JobLimits { concurrent: 2, per_tenant: 1, ..JobLimits::default() };
         let scheduler = Scheduler::new(limits.clone());
-        let acme = job("job_a", 1, JobState::Queued).slot_group(&limits);
-        let runs = run("brun_a", 2, JobState::Queued).slot_group(&limits);
-        assert!(scheduler.claim("job_a", acme.clone()).is_some());
-        assert!(scheduler.claim("job_a", acme.clone()).is_none(), "never twice");
-        assert!(scheduler.claim("job_b", acme.clone()).is_none(), "the tenant's one slot is taken");
-        assert!(scheduler.claim("brun_a", runs.clone()).is_some());
-        assert!(scheduler.claim("brun_b", runs.clone()).is_none(), "one benchmark run at a time");
+        let acme = job(JOB_A, 1, JobState::Queued).slot_group(&limits);
+        let runs = run(RUN_A, 2, JobState::Queued).slot_group(&limits);
+        assert!(scheduler.claim(JOB_A, acme.clone()).is_some());
+        assert!(scheduler.claim(JOB_A, acme.clone()).is_none(), "never twice");
+        assert!(scheduler.claim(JOB_B, acme.clone()).is_none(), "the tenant's one slot is taken");
+        assert!(scheduler.claim(RUN_A, runs.clone()).is_some());
+        assert!(scheduler.claim(RUN_B, runs.clone()).is_none(), "one benchmark run at a time");
         let other = SlotGroup { name: "tenant:other".into(), limit: 1 };
-        assert!(scheduler.claim("job_c", other.clone()).is_none(), "the global limit is reached");
-        scheduler.release("brun_a");
+        assert!(scheduler.claim(JOB_C, other.clone()).is_none(), "the global limit is reached");
+        scheduler.release(RUN_A);
         assert_eq!(scheduler.running(), 1);
-        assert!(scheduler.claim("job_c", other).is_some(), "a released slot is free again");
-        scheduler.release("job_a");
-        scheduler.release("job_a");
+        assert!(scheduler.claim(JOB_C, other).is_some(), "a released slot is free again");
+        scheduler.release(JOB_A);
+        scheduler.release(JOB_A);
         assert_eq!(scheduler.running(), 1, "a second release of one id frees nothing");
         scheduler.stopping.store(true, Ordering::SeqCst);
-        assert!(scheduler.claim("job_d", acme).is_none(), "nothing starts while stopping");
+        assert!(scheduler.claim(JOB_D, acme).is_none(), "nothing starts while stopping");
     }
 
     #[test]
     fn a_repeated_cancel_of_running_work_writes_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let store = ControlStore::open(dir.path()).unwrap();
-        store.write(|w| w.put(JOBS, "job_a", &job("job_a", 1, JobState::Running))).unwrap();
+        store.write(|w| w.put(JOBS, JOB_A, &job(JOB_A, 1, JobState::Running))).unwrap();
         for _ in 0..5 {
-            let job: Job = store.write(|w| cancel(w, "ana", "job_a")).unwrap();
+            let job: Job = store.write(|w| cancel(w, "ana", JOB_A)).unwrap();
             assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
         }
         let (chain, _) = store.read().unwrap().audit("acme").unwrap();
@@ -589,25 +607,25 @@ mod tests {
         // nothing in `RUNNING`.
         store
             .write(|w| {
-                enqueue(w, &job("job_queued", 1, JobState::Queued))?;
+                enqueue(w, &job(JOB_QUEUED, 1, JobState::Queued))?;
                 w.put(META, QUEUE_SEQUENCE, &2u64)?;
-                w.put(JOBS, "job_running", &job("job_running", 2, JobState::Running))?;
-                let waiting = run("brun_queued", 1, JobState::Queued);
+                w.put(JOBS, JOB_RUNNING, &job(JOB_RUNNING, 2, JobState::Running))?;
+                let waiting = run(RUN_QUEUED, 1, JobState::Queued);
                 w.put(BenchmarkRun::TABLE, &waiting.id, &waiting)?;
-                let going = run("brun_running", 2, JobState::Running);
+                let going = run(RUN_RUNNING, 2, JobState::Running);
                 w.put(BenchmarkRun::TABLE, &going.id, &going)?;
                 Ok::<_, StoreError>(())
             })
             .unwrap();
         assert_eq!(recover(&store).unwrap(), 2);
         let read = store.read().unwrap();
-        assert_eq!(read.queue().unwrap(), ["job_queued", "brun_queued"], "oldest first, none lost");
-        let queued: BenchmarkRun = read.get(BenchmarkRun::TABLE, "brun_queued").unwrap().unwrap();
+        assert_eq!(read.queue().unwrap(), [JOB_QUEUED, RUN_QUEUED], "oldest first, none lost");
+        let queued: BenchmarkRun = read.get(BenchmarkRun::TABLE, RUN_QUEUED).unwrap().unwrap();
         assert_eq!(queued.seq, 3, "a fresh place from the shared counter");
-        let ended: Job = read.get(JOBS, "job_running").unwrap().unwrap();
+        let ended: Job = read.get(JOBS, JOB_RUNNING).unwrap().unwrap();
         assert_eq!((ended.state, ended.failure.as_deref()), (JobState::Failed, Some(INTERRUPTED)));
         assert!(ended.finished_ms.is_some());
-        let ended: BenchmarkRun = read.get(BenchmarkRun::TABLE, "brun_running").unwrap().unwrap();
+        let ended: BenchmarkRun = read.get(BenchmarkRun::TABLE, RUN_RUNNING).unwrap().unwrap();
         assert_eq!((ended.state, ended.failure.as_deref()), (JobState::Failed, Some(INTERRUPTED)));
         assert!(read.all::<String>(RUNNING).unwrap().is_empty());
         let (chain, _) = read.audit("acme").unwrap();
@@ -620,6 +638,6 @@ mod tests {
 
         // Once: a second start moves nothing and finds nothing running.
         assert_eq!(recover(&store).unwrap(), 0);
-        assert_eq!(store.read().unwrap().queue().unwrap(), ["job_queued", "brun_queued"]);
+        assert_eq!(store.read().unwrap().queue().unwrap(), [JOB_QUEUED, RUN_QUEUED]);
     }
 }
