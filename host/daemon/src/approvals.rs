@@ -137,7 +137,7 @@ pub(crate) fn refusal(
     id: &str,
     ask: &JobAsk<'_>,
 ) -> Result<Option<String>, crate::StoreError> {
-    let approval: Option<Approval> = write.get(crate::store::APPROVALS, id)?;
+    let approval = write.get(crate::store::APPROVALS, id)?;
     Ok(match approval.filter(|a| a.tenant == ask.tenant) {
         Some(approval) => approval.uncovered(ask, crate::now_ms()),
         None => Some(format!("no approval `{id}` of tenant `{}`", ask.tenant)),

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{META, TOKENS, Write};
+use crate::store::{Setting, TOKENS, TOKENS_OF_HOLDER, Write};
 use crate::{StoreError, now_ms};
 
 // Roles are part of the API: the client shares them.
@@ -62,7 +62,7 @@ pub enum TokenRefused {
     Revoked,
 }
 
-const TOKEN_KEY: &str = "token-hash-key";
+const TOKEN_KEY: Setting<[u8; 32]> = Setting::new("token-hash-key");
 const PREFIX: &str = "kanon_";
 const ID_HEX: usize = 12;
 const SECRET_HEX: usize = 64;
@@ -77,11 +77,11 @@ fn is_lower_hex(s: &str) -> bool {
 
 /// The key token secrets are hashed under, created with the database.
 pub(crate) fn token_key(write: &mut Write<'_>) -> Result<[u8; 32], StoreError> {
-    if let Some(key) = write.get::<[u8; 32]>(META, TOKEN_KEY)? {
+    if let Some(key) = write.setting(&TOKEN_KEY)? {
         return Ok(key);
     }
     let key: [u8; 32] = rand::random();
-    write.put(META, TOKEN_KEY, &key)?;
+    write.set(&TOKEN_KEY, &key)?;
     Ok(key)
 }
 
@@ -112,8 +112,8 @@ impl TokenRecord {
 /// Refuse a holder name that a live token already carries: approvals, jobs
 /// and the audit log name holders, so a name is one holder's at a time.
 pub(crate) fn check_holder_free(write: &Write<'_>, name: &str, now_ms: u64) -> Result<(), crate::Error> {
-    let tokens: Vec<TokenRecord> = write.all(TOKENS)?;
-    if tokens.iter().any(|t| t.name == name && t.live(now_ms)) {
+    let holders = write.listed(TOKENS, TOKENS_OF_HOLDER, name)?;
+    if holders.iter().any(|t| t.live(now_ms)) {
         return Err(crate::Error::Conflict(format!(
             "the holder name `{name}` is taken by a live token: pick another, or revoke that token first"
         )));
@@ -178,7 +178,7 @@ pub(crate) fn check(
     Ok(Caller { token_id: record.id, role: record.role, name: record.name, tenant: record.tenant })
 }
 
-const INITIALIZED: &str = "initialized";
+const INITIALIZED: Setting<bool> = Setting::new("initialized");
 
 /// On the first start, create the operator token: print it (returned to the
 /// caller) or, when the operator names a file, read it from there if the
@@ -190,7 +190,7 @@ pub(crate) fn ensure_operator_token(
     file: Option<&std::path::Path>,
 ) -> Result<crate::FirstStart, crate::StartError> {
     let none = crate::FirstStart { operator_token: None };
-    if store.read()?.get::<bool>(META, INITIALIZED)?.unwrap_or(false) {
+    if store.read()?.setting(&INITIALIZED)?.unwrap_or(false) {
         return Ok(none);
     }
     let (token, written) = match file {
@@ -213,10 +213,10 @@ pub(crate) fn ensure_operator_token(
         None => (new_token(), None),
     };
     let committed = store.write(|w| {
-        if w.get::<bool>(META, INITIALIZED)?.unwrap_or(false) {
+        if w.setting(&INITIALIZED)?.unwrap_or(false) {
             return Ok::<_, StoreError>(false);
         }
-        w.put(META, INITIALIZED, &true)?;
+        w.set(&INITIALIZED, &true)?;
         let spec = TokenSpec { role: Role::Operator, name: "operator".into(), tenant: None, expires_ms: None };
         let record = register(w, &token, spec)?;
         w.audit(

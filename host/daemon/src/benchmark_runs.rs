@@ -233,7 +233,7 @@ pub(crate) enum Outcome {
 }
 
 impl Work for BenchmarkRun {
-    const TABLE: Table = BENCHMARK_RUNS;
+    const TABLE: Table<Self> = BENCHMARK_RUNS;
     const PREFIX: &'static str = crate::ids::BENCHMARK_RUN;
     const WHAT: &'static str = "benchmark run";
     const AUDIT: &'static str = "benchmark.run";

@@ -16,7 +16,7 @@ use crate::benchmark_runs::BenchmarkRun;
 use crate::error::{Error, Result};
 use crate::jobs::JobState;
 use crate::registry::PluginRecord;
-use crate::store::{BENCHMARKS, META, OPT_INS, PLUGINS, Read, Write};
+use crate::store::{BENCHMARKS, OPT_INS, PLUGINS, Read, Setting, Write};
 use crate::tenants::check_name;
 use crate::{App, now_ms};
 
@@ -297,17 +297,22 @@ pub(crate) fn retire(write: &mut Write<'_>, actor: &str, name: &str) -> Result<B
     Ok(benchmark)
 }
 
+/// A tenant's ordinal in every benchmark (`benchmark-member:<tenant>`), and
+/// the counter they come from.
+const BENCHMARK_MEMBER: Setting<u32> = Setting::new("benchmark-member:");
+const BENCHMARK_MEMBERS: Setting<u64> = Setting::new("benchmark-member");
+
 /// The tenant's ordinal in every benchmark, given at its first opt-in.
 /// One ordinal across benchmarks lets a benchmark's tenant sets be compared
 /// with a sibling's (the same vendor and plugin).
 fn member(write: &mut Write<'_>, tenant: &str) -> Result<u32> {
-    let key = format!("benchmark-member:{tenant}");
-    if let Some(member) = write.get::<u32>(META, &key)? {
+    let setting = BENCHMARK_MEMBER.of(tenant);
+    if let Some(member) = write.setting(&setting)? {
         return Ok(member);
     }
-    let member = u32::try_from(write.next_sequence("benchmark-member")?)
+    let member = u32::try_from(write.next_sequence(&BENCHMARK_MEMBERS)?)
         .map_err(|_| Error::Internal("out of benchmark ordinals".into()))?;
-    write.put(META, &key, &member)?;
+    write.set(&setting, &member)?;
     Ok(member)
 }
 

@@ -23,7 +23,7 @@ use crate::audit::HOST_CHAIN;
 use crate::auth::{self, Role, TokenRecord, TokenSpec};
 use crate::error::{Error, Result};
 use crate::ids::{self, ENROLMENT};
-use crate::store::{ENROLMENTS, Write};
+use crate::store::{ENROLMENTS, ENROLMENTS_OF_TENANT, Write};
 use crate::{now_ms, tenants};
 
 // A code as issued is the API's.
@@ -97,8 +97,8 @@ pub(crate) fn issue(
     tenants::get(write, tenant)?;
     let now = now_ms();
     let mut replaced = Vec::new();
-    for mut earlier in write.all::<EnrolmentRecord>(ENROLMENTS)? {
-        if earlier.tenant == tenant && earlier.live(now) {
+    for mut earlier in write.listed(ENROLMENTS, ENROLMENTS_OF_TENANT, tenant)? {
+        if earlier.live(now) {
             earlier.replaced_ms = Some(now);
             write.put(ENROLMENTS, &earlier.id, &earlier)?;
             replaced.push(earlier.id);

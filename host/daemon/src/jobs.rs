@@ -207,7 +207,7 @@ pub(crate) fn submit(
     }
     // A covering approval names a tenant that exists.
     let tenant = tenant.ok_or_else(|| Error::Internal(format!("approval {} has no tenant", ask.approval)))?;
-    let plugin: Option<crate::registry::PluginRecord> = write.get(crate::store::PLUGINS, &ask.plugin)?;
+    let plugin = write.get(crate::store::PLUGINS, &ask.plugin)?;
     let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
     let mut queued = 0;
@@ -287,7 +287,7 @@ impl SubmitRequest {
 }
 
 impl Work for Job {
-    const TABLE: Table = JOBS;
+    const TABLE: Table<Self> = JOBS;
     const PREFIX: &'static str = crate::ids::JOB;
     const WHAT: &'static str = "job";
     const AUDIT: &'static str = "job";

@@ -28,6 +28,7 @@ pub mod ids;
 pub mod jobs;
 mod metrics;
 mod pending;
+mod revocation;
 pub mod registry;
 mod sealed;
 mod server;

@@ -14,80 +14,207 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Wr
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use kanon_client::SupportGrant;
+use kanon_gate::{Release, ReleaseHistory};
+
+use crate::approvals::Approval;
 use crate::audit::{AuditEntry, AuditHead, ChainVerifier};
+use crate::auth::TokenRecord;
+use crate::benchmark_runs::{BenchmarkRun, BenchmarkVersion};
+use crate::benchmarks::{Benchmark, OptIn};
+use crate::enrolment::EnrolmentRecord;
+use crate::jobs::Job;
+use crate::pending::Intent;
+use crate::registry::PluginRecord;
+use crate::sealed::Sealed;
+use crate::tenants::TenantRecord;
 
 /// The control database's file name inside the data directory.
 pub const CONTROL_FILE: &str = "control.redb";
 
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
-pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
-pub(crate) const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
-pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
-pub(crate) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
-pub(crate) const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
-pub(crate) const OWNER_LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("owner_logs");
-pub(crate) const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+/// The last storage probe's time: a small commit to learn whether storage
+/// works again.
+const STORAGE_PROBE: Setting<u64> = Setting::new("storage-probe");
+
+/// A table's raw form: keys are names or ids, values JSON.
+type RawTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// A table of records of one type, keyed by name or id. The handle fixes
+/// the type, so no caller reads a record as another. Its listings find
+/// records by a field with a range, not a scan: each `put` and `remove`
+/// keeps them in `LISTINGS`, in the same transaction as the record.
+pub(crate) struct Table<R: 'static> {
+    name: &'static str,
+    listings: &'static [Listing<R>],
+}
+
+impl<R> Clone for Table<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Table<R> {}
+
+impl<R> Table<R> {
+    pub(crate) const fn new(name: &'static str) -> Self {
+        Self { name, listings: &[] }
+    }
+
+    /// A table whose records are also found through `listings`.
+    pub(crate) const fn listed(name: &'static str, listings: &'static [Listing<R>]) -> Self {
+        Self { name, listings }
+    }
+
+    const fn raw(self) -> RawTable {
+        TableDefinition::new(self.name)
+    }
+}
+
+/// Records of a table found by one of their fields: `of` is the value a
+/// record is listed under (`None`: not listed). A listing's name is unique
+/// across tables; it is part of every entry's key in `LISTINGS`.
+pub(crate) struct Listing<R: 'static> {
+    name: &'static str,
+    of: fn(&R) -> Option<&str>,
+}
+
+impl<R> Clone for Listing<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Listing<R> {}
+
+impl<R> Listing<R> {
+    pub(crate) const fn new(name: &'static str, of: fn(&R) -> Option<&str>) -> Self {
+        Self { name, of }
+    }
+}
+
+/// One typed entry of `meta`: a flag, a counter, the token key. `of` makes
+/// one of a family (`benchmark-member:` and a tenant).
+pub(crate) struct Setting<T> {
+    key: std::borrow::Cow<'static, str>,
+    value: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Setting<T> {
+    pub(crate) const fn new(key: &'static str) -> Self {
+        Self { key: std::borrow::Cow::Borrowed(key), value: std::marker::PhantomData }
+    }
+
+    /// The member `name` of this family.
+    pub(crate) fn of(&self, name: &str) -> Self {
+        Self { key: format!("{}{name}", self.key).into(), value: std::marker::PhantomData }
+    }
+}
+
+const META: RawTable = TableDefinition::new("meta");
+pub(crate) const TOKENS_OF_TENANT: Listing<TokenRecord> =
+    Listing::new("tokens.tenant", |t| t.tenant.as_deref());
+pub(crate) const TOKENS_OF_HOLDER: Listing<TokenRecord> = Listing::new("tokens.holder", |t| Some(&t.name));
+pub(crate) const TOKENS: Table<TokenRecord> = Table::listed("tokens", &[TOKENS_OF_TENANT, TOKENS_OF_HOLDER]);
+pub(crate) const TENANTS: Table<TenantRecord> = Table::new("tenants");
+pub(crate) const PLUGINS: Table<PluginRecord> = Table::new("plugins");
+pub(crate) const APPROVALS_OF_TENANT: Listing<Approval> =
+    Listing::new("approvals.tenant", |a| Some(&a.tenant));
+pub(crate) const APPROVALS_OF_ANALYST: Listing<Approval> =
+    Listing::new("approvals.analyst", |a| Some(&a.analyst));
+pub(crate) const APPROVALS_OF_PLUGIN: Listing<Approval> =
+    Listing::new("approvals.plugin", |a| Some(&a.plugin));
+pub(crate) const APPROVALS: Table<Approval> =
+    Table::listed("approvals", &[APPROVALS_OF_TENANT, APPROVALS_OF_ANALYST, APPROVALS_OF_PLUGIN]);
+pub(crate) const JOBS_OF_TENANT: Listing<Job> = Listing::new("jobs.tenant", |j| Some(&j.tenant));
+pub(crate) const JOBS_OF_ANALYST: Listing<Job> = Listing::new("jobs.analyst", |j| Some(&j.analyst));
+pub(crate) const JOBS: Table<Job> = Table::listed("jobs", &[JOBS_OF_TENANT, JOBS_OF_ANALYST]);
+/// A job's release, by job id.
+pub(crate) const RESULTS: Table<Release> = Table::new("results");
+/// A job's or a benchmark run's owner log, sealed under the tenant's key.
+pub(crate) const OWNER_LOGS: Table<Sealed> = Table::new("owner_logs");
+pub(crate) const GRANTS_OF_TENANT: Listing<SupportGrant> = Listing::new("grants.tenant", |g| Some(&g.tenant));
+pub(crate) const GRANTS: Table<SupportGrant> = Table::listed("grants", &[GRANTS_OF_TENANT]);
 /// Published benchmarks, by name.
-pub(crate) const BENCHMARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("benchmarks");
+pub(crate) const BENCHMARKS_OF_PLUGIN: Listing<Benchmark> =
+    Listing::new("benchmarks.plugin", |b| Some(&b.plugin));
+pub(crate) const BENCHMARKS: Table<Benchmark> = Table::listed("benchmarks", &[BENCHMARKS_OF_PLUGIN]);
 /// `benchmark/tenant` to the tenant's opt-in.
-pub(crate) const OPT_INS: TableDefinition<&str, &[u8]> = TableDefinition::new("opt_ins");
+pub(crate) const OPT_INS: Table<OptIn> = Table::new("opt_ins");
 /// Benchmark runs, by id.
-pub(crate) const BENCHMARK_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("benchmark_runs");
+pub(crate) const RUNS_OF_BENCHMARK: Listing<BenchmarkRun> =
+    Listing::new("benchmark_runs.benchmark", |r| Some(&r.benchmark));
+pub(crate) const BENCHMARK_RUNS: Table<BenchmarkRun> = Table::listed("benchmark_runs", &[RUNS_OF_BENCHMARK]);
 /// The meta data vault: `benchmark/version` (zero-padded) to the released
 /// tables, the vendor's. Names no tenant, holds no tenant's own value.
-pub(crate) const META_VAULT: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_vault");
+pub(crate) const META_VAULT: Table<BenchmarkVersion> = Table::new("meta_vault");
 /// Per benchmark, the tenant sets each cell was released with: the
 /// subtraction rule's memory. Host-internal, never served.
-pub(crate) const RELEASE_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("release_history");
+pub(crate) const RELEASE_HISTORY: Table<ReleaseHistory> = Table::new("release_history");
 /// `benchmark/version/tenant` to the tenant's own position, sealed under
 /// its data key.
-pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
+pub(crate) const POSITIONS: Table<Sealed> = Table::new("positions");
 /// A job request's key (`jobs::request_key`) to the job whose release answers
 /// it.
-pub(crate) const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("replays");
+pub(crate) const REPLAYS: Table<String> = Table::new("replays");
 /// One-time enrolment codes of tenant admins, by id: only a keyed hash of
 /// each secret.
-pub(crate) const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
+pub(crate) const ENROLMENTS_OF_TENANT: Listing<EnrolmentRecord> =
+    Listing::new("enrolments.tenant", |e| Some(&e.tenant));
+pub(crate) const ENROLMENTS: Table<EnrolmentRecord> = Table::listed("enrolments", &[ENROLMENTS_OF_TENANT]);
 /// Dataset changes begun and not yet audited (`pending`), by id.
-pub(crate) const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_changes");
+pub(crate) const PENDING: Table<Intent> = Table::new("pending_changes");
+/// Work that started and has not finished: id to id.
+pub(crate) const RUNNING: Table<String> = Table::new("running");
+const AUDIT_HEADS: Table<AuditHead> = Table::new("audit_heads");
+
 /// Queued work (jobs, benchmark runs) in submission order: sequence number
 /// to id.
-pub(crate) const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
-/// Work that started and has not finished: id to id.
-pub(crate) const RUNNING: TableDefinition<&str, &[u8]> = TableDefinition::new("running");
-
-/// A table of records keyed by name or id.
-pub(crate) type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("queue");
 /// (chain, sequence number) to entry; a chain is a tenant, or `_host`.
-pub(crate) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
-pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
+const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+/// (listing, value, record key): the listings of the tables above.
+const LISTINGS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("listings");
 
-/// Every keyed table, to create them all at open.
-const RECORD_TABLES: [TableDefinition<&str, &[u8]>; 20] = [
+/// Every keyed table, to create them all at open and copy them in a backup.
+const RECORD_TABLES: [RawTable; 20] = [
     META,
-    TOKENS,
-    TENANTS,
-    PLUGINS,
-    APPROVALS,
-    JOBS,
-    RESULTS,
-    OWNER_LOGS,
-    GRANTS,
-    AUDIT_HEADS,
-    BENCHMARKS,
-    OPT_INS,
-    BENCHMARK_RUNS,
-    META_VAULT,
-    RELEASE_HISTORY,
-    POSITIONS,
-    REPLAYS,
-    ENROLMENTS,
-    PENDING,
-    RUNNING,
+    TOKENS.raw(),
+    TENANTS.raw(),
+    PLUGINS.raw(),
+    APPROVALS.raw(),
+    JOBS.raw(),
+    RESULTS.raw(),
+    OWNER_LOGS.raw(),
+    GRANTS.raw(),
+    AUDIT_HEADS.raw(),
+    BENCHMARKS.raw(),
+    OPT_INS.raw(),
+    BENCHMARK_RUNS.raw(),
+    META_VAULT.raw(),
+    RELEASE_HISTORY.raw(),
+    POSITIONS.raw(),
+    REPLAYS.raw(),
+    ENROLMENTS.raw(),
+    PENDING.raw(),
+    RUNNING.raw(),
 ];
+
+/// The listings `LISTINGS` should hold, derived from every listed table's
+/// records: what each open checks it against.
+fn expected_listings(txn: &WriteTransaction) -> Result<BTreeSet<ListingKey>, StoreError> {
+    let mut out = BTreeSet::new();
+    listings_of(txn, TOKENS, &mut out)?;
+    listings_of(txn, APPROVALS, &mut out)?;
+    listings_of(txn, JOBS, &mut out)?;
+    listings_of(txn, GRANTS, &mut out)?;
+    listings_of(txn, BENCHMARKS, &mut out)?;
+    listings_of(txn, BENCHMARK_RUNS, &mut out)?;
+    listings_of(txn, ENROLMENTS, &mut out)?;
+    Ok(out)
+}
 
 /// The control database failed.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +356,7 @@ impl ControlStore {
         let txn = self.db()?.begin_read().map_err(db_err)?;
         let mut heads = BTreeMap::new();
         let mut broken = BTreeMap::new();
-        for entry in txn.open_table(AUDIT_HEADS).map_err(db_err)?.iter().map_err(db_err)? {
+        for entry in txn.open_table(AUDIT_HEADS.raw()).map_err(db_err)?.iter().map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
             let chain = key.value().to_owned();
             match decode::<AuditHead>(&chain, value.value()) {
@@ -332,7 +459,7 @@ impl ControlStore {
     /// as any commit does (after a full disk, once the disk has room
     /// again: [`redb_file::has_room`]).
     pub fn probe(&self) -> Result<(), StoreError> {
-        self.write(|w| w.put(META, "storage-probe", &crate::now_ms()))
+        self.write(|w| w.set(&STORAGE_PROBE, &crate::now_ms()))
     }
 }
 
@@ -353,6 +480,7 @@ fn open_checked(path: &Path) -> Result<Handle, StoreError> {
         }
         drop(txn.open_table(QUEUE).map_err(db_err)?);
         drop(txn.open_table(AUDIT).map_err(db_err)?);
+        relist_all(&txn)?;
         txn.commit().map_err(db_err)?;
         read_all(&handle.begin_read().map_err(db_err)?)?;
         Ok(handle)
@@ -455,6 +583,79 @@ fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<Strin
     Ok(out)
 }
 
+/// The keys `listing` (one of `table`'s) lists under `value`.
+fn keys_listed<R>(
+    listings: &impl ReadableTable<(&'static str, &'static str, &'static str), ()>,
+    table: Table<R>,
+    listing: &Listing<R>,
+    value: &str,
+) -> Result<Vec<String>, StoreError> {
+    if !table.listings.iter().any(|l| l.name == listing.name) {
+        return Err(StoreError::Database(format!("`{}` is not a listing of `{}`", listing.name, table.name)));
+    }
+    let mut keys = Vec::new();
+    for entry in listings.range((listing.name, value, "")..).map_err(db_err)? {
+        let (key, _) = entry.map_err(db_err)?;
+        let (name, listed_under, key) = key.value();
+        if name != listing.name || listed_under != value {
+            break;
+        }
+        keys.push(key.to_owned());
+    }
+    Ok(keys)
+}
+
+/// A `LISTINGS` key, owned.
+type ListingKey = (String, String, String);
+
+/// Add the listings of every record of `table` to `out`.
+fn listings_of<R: DeserializeOwned>(
+    txn: &WriteTransaction,
+    table: Table<R>,
+    out: &mut BTreeSet<ListingKey>,
+) -> Result<(), StoreError> {
+    for entry in txn.open_table(table.raw()).map_err(db_err)?.iter().map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        let record: R = decode(key.value(), value.value())?;
+        for listing in table.listings {
+            if let Some(under) = (listing.of)(&record) {
+                out.insert((listing.name.to_owned(), under.to_owned(), key.value().to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Make `LISTINGS` what the records say, at open: listings are derived
+/// data, so a file written by a daemon that kept none (or kept them
+/// otherwise) is listed afresh rather than trusted. Writes only if they
+/// differ.
+fn relist_all(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let expected = expected_listings(txn)?;
+    let mut listings = txn.open_table(LISTINGS).map_err(db_err)?;
+    let mut stored = BTreeSet::new();
+    for entry in listings.iter().map_err(db_err)? {
+        let (key, _) = entry.map_err(db_err)?;
+        let (name, under, key) = key.value();
+        stored.insert((name.to_owned(), under.to_owned(), key.to_owned()));
+    }
+    if stored == expected {
+        return Ok(());
+    }
+    tracing::info!(
+        stored = stored.len(),
+        expected = expected.len(),
+        "listing the control store's records afresh"
+    );
+    for (name, under, key) in stored.difference(&expected) {
+        listings.remove((name.as_str(), under.as_str(), key.as_str())).map_err(db_err)?;
+    }
+    for (name, under, key) in expected.difference(&stored) {
+        listings.insert((name.as_str(), under.as_str(), key.as_str()), ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Write everything `read` sees into a new database at `path`: the
 /// control database as of that snapshot, for a backup. A table this list
 /// does not know (a new one, added without adding it here) fails the copy
@@ -462,7 +663,7 @@ fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<Strin
 pub(crate) fn copy_snapshot(read: &Read, path: &Path) -> Result<u64, StoreError> {
     use redb::TableHandle;
     let known: Vec<&str> =
-        RECORD_TABLES.iter().map(|t| t.name()).chain([QUEUE.name(), AUDIT.name()]).collect();
+        RECORD_TABLES.iter().map(|t| t.name()).chain([QUEUE.name(), AUDIT.name(), LISTINGS.name()]).collect();
     for table in read.txn.list_tables().map_err(db_err)? {
         if !known.contains(&table.name()) {
             return Err(StoreError::Database(format!(
@@ -495,6 +696,10 @@ pub(crate) fn copy_snapshot(read: &Read, path: &Path) -> Result<u64, StoreError>
             copy.insert(key.value(), value.value()).map_err(db_err)?;
             records += 1;
         }
+        let mut copy = txn.open_table(LISTINGS).map_err(db_err)?;
+        for entry in read.txn.open_table(LISTINGS).map_err(db_err)?.iter().map_err(db_err)? {
+            copy.insert(entry.map_err(db_err)?.0.value(), ()).map_err(db_err)?;
+        }
     }
     txn.commit().map_err(db_err)?;
     Ok(records)
@@ -512,32 +717,6 @@ impl std::fmt::Debug for Read {
 }
 
 impl Read {
-    /// The record under `key`, if any.
-    pub fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        get_from(&self.txn.open_table(table).map_err(db_err)?, key)
-    }
-
-    /// Every record of `table`, in key order.
-    pub fn all<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<T>, StoreError> {
-        all_from(&self.txn.open_table(table).map_err(db_err)?)
-    }
-
-    /// Every record of `table` whose key starts with `prefix`, in key order.
-    pub fn prefixed<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        prefix: &str,
-    ) -> Result<Vec<T>, StoreError> {
-        prefixed_from(&self.txn.open_table(table).map_err(db_err)?, prefix)
-    }
-
     /// Job ids waiting to run, oldest first.
     pub fn queue(&self) -> Result<Vec<String>, StoreError> {
         queue_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
@@ -556,52 +735,83 @@ impl Read {
     }
 }
 
-/// Reading records, the same in a read and in a write transaction.
+/// Reading records, the same in a read and in a write transaction, for
+/// code that runs in either.
 pub(crate) trait RecordRead {
-    fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StoreError>;
-    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError>;
+    fn get<R: DeserializeOwned>(&self, table: Table<R>, key: &str) -> Result<Option<R>, StoreError>;
+    fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError>;
     fn queue(&self) -> Result<Vec<String>, StoreError>;
 }
 
-impl RecordRead for Read {
-    fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        Read::get(self, table, key)
-    }
+/// The record reads of [`Read`] and [`Write`]: both hold a `txn` whose
+/// `open_table` gives a readable table.
+macro_rules! record_reads {
+    ($($snapshot:ty),*) => {$(
+        impl $snapshot {
+            /// The record under `key`, as this transaction sees it.
+            pub(crate) fn get<R: DeserializeOwned>(&self, table: Table<R>, key: &str) -> Result<Option<R>, StoreError> {
+                get_from(&self.txn.open_table(table.raw()).map_err(db_err)?, key)
+            }
 
-    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
-        Read::all(self, table)
-    }
+            /// Every record of `table`, in key order: for a table read whole
+            /// (a schedule, a listing for the operator), or a small one.
+            pub(crate) fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError> {
+                all_from(&self.txn.open_table(table.raw()).map_err(db_err)?)
+            }
 
-    fn queue(&self) -> Result<Vec<String>, StoreError> {
-        Read::queue(self)
-    }
+            /// Every record of `table` whose key starts with `prefix`, in key order.
+            pub(crate) fn prefixed<R: DeserializeOwned>(&self, table: Table<R>, prefix: &str) -> Result<Vec<R>, StoreError> {
+                prefixed_from(&self.txn.open_table(table.raw()).map_err(db_err)?, prefix)
+            }
+
+            /// The records of `table` that `listing` lists under `value`, in
+            /// key order: a range of `LISTINGS`, then one lookup each.
+            pub(crate) fn listed<R: DeserializeOwned>(
+                &self,
+                table: Table<R>,
+                listing: Listing<R>,
+                value: &str,
+            ) -> Result<Vec<R>, StoreError> {
+                let listings = self.txn.open_table(LISTINGS).map_err(db_err)?;
+                let keys = keys_listed(&listings, table, &listing, value)?;
+                drop(listings);
+                let records = self.txn.open_table(table.raw()).map_err(db_err)?;
+                let mut out = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let record = get_from(&records, &key)?.ok_or_else(|| StoreError::Corrupt {
+                        key: key.clone(),
+                        detail: format!("listed in `{}` but not in `{}`", listing.name, table.name),
+                    })?;
+                    out.push(record);
+                }
+                Ok(out)
+            }
+
+            /// A setting, if it was ever set.
+            pub(crate) fn setting<T: DeserializeOwned>(&self, setting: &Setting<T>) -> Result<Option<T>, StoreError> {
+                let raw = self.txn.open_table(META).map_err(db_err)?;
+                let value = raw.get(&*setting.key).map_err(db_err)?;
+                value.map(|v| decode(&setting.key, v.value())).transpose()
+            }
+        }
+
+        impl RecordRead for $snapshot {
+            fn get<R: DeserializeOwned>(&self, table: Table<R>, key: &str) -> Result<Option<R>, StoreError> {
+                <$snapshot>::get(self, table, key)
+            }
+
+            fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError> {
+                <$snapshot>::all(self, table)
+            }
+
+            fn queue(&self) -> Result<Vec<String>, StoreError> {
+                <$snapshot>::queue(self)
+            }
+        }
+    )*};
 }
 
-impl RecordRead for Write<'_> {
-    fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        Write::get(self, table, key)
-    }
-
-    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
-        Write::all(self, table)
-    }
-
-    fn queue(&self) -> Result<Vec<String>, StoreError> {
-        Write::queue(self)
-    }
-}
+record_reads!(Read, Write<'_>);
 
 /// Whether the end of `chain` in `table` is its `head`: the entry the head
 /// names is there and whole, and nothing follows it. `Ok(Err(why))` if not.
@@ -643,52 +853,68 @@ impl std::fmt::Debug for Write<'_> {
 }
 
 impl Write<'_> {
-    /// The record under `key`, as this transaction sees it.
-    pub fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        get_from(&self.txn.open_table(table).map_err(db_err)?, key)
-    }
-
-    /// Every record of `table`, in key order.
-    pub fn all<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<T>, StoreError> {
-        all_from(&self.txn.open_table(table).map_err(db_err)?)
-    }
-
-    /// Every record of `table` whose key starts with `prefix`, in key order.
-    pub fn prefixed<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        prefix: &str,
-    ) -> Result<Vec<T>, StoreError> {
-        prefixed_from(&self.txn.open_table(table).map_err(db_err)?, prefix)
-    }
-
-    pub fn put<T: Serialize>(
+    /// Store `value` under `key`, and its listings with it.
+    pub(crate) fn put<R: Serialize + DeserializeOwned>(
         &mut self,
-        table: TableDefinition<&str, &[u8]>,
+        table: Table<R>,
         key: &str,
-        value: &T,
+        value: &R,
     ) -> Result<(), StoreError> {
-        let mut table = self.txn.open_table(table).map_err(db_err)?;
-        table.insert(key, encode(value).as_slice()).map_err(db_err)?;
+        if !table.listings.is_empty() {
+            let before = self.get(table, key)?;
+            self.relist(table, key, before.as_ref(), Some(value))?;
+        }
+        let mut raw = self.txn.open_table(table.raw()).map_err(db_err)?;
+        raw.insert(key, encode(value).as_slice()).map_err(db_err)?;
         Ok(())
     }
 
-    pub fn remove(&mut self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
-        let mut table = self.txn.open_table(table).map_err(db_err)?;
-        Ok(table.remove(key).map_err(db_err)?.is_some())
+    /// Remove the record under `key`, and its listings; whether there was one.
+    pub(crate) fn remove<R: DeserializeOwned>(&mut self, table: Table<R>, key: &str) -> Result<bool, StoreError> {
+        if !table.listings.is_empty() {
+            let before = self.get(table, key)?;
+            self.relist(table, key, before.as_ref(), None)?;
+        }
+        let mut raw = self.txn.open_table(table.raw()).map_err(db_err)?;
+        Ok(raw.remove(key).map_err(db_err)?.is_some())
     }
 
-    /// The next value of a named counter, from 1.
-    pub fn next_sequence(&mut self, name: &str) -> Result<u64, StoreError> {
-        let next = self.get::<u64>(META, name)?.unwrap_or(0) + 1;
-        self.put(META, name, &next)?;
+    /// Move `key`'s listings from what `before` is listed under to what
+    /// `after` is.
+    fn relist<R>(
+        &mut self,
+        table: Table<R>,
+        key: &str,
+        before: Option<&R>,
+        after: Option<&R>,
+    ) -> Result<(), StoreError> {
+        let mut listings = self.txn.open_table(LISTINGS).map_err(db_err)?;
+        for listing in table.listings {
+            let (was, is) = (before.and_then(listing.of), after.and_then(listing.of));
+            if was == is {
+                continue;
+            }
+            if let Some(was) = was {
+                listings.remove((listing.name, was, key)).map_err(db_err)?;
+            }
+            if let Some(is) = is {
+                listings.insert((listing.name, is, key), ()).map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Store a setting.
+    pub(crate) fn set<T: Serialize>(&mut self, setting: &Setting<T>, value: &T) -> Result<(), StoreError> {
+        let mut raw = self.txn.open_table(META).map_err(db_err)?;
+        raw.insert(&*setting.key, encode(value).as_slice()).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The next value of a counter, from 1.
+    pub(crate) fn next_sequence(&mut self, counter: &Setting<u64>) -> Result<u64, StoreError> {
+        let next = self.setting(counter)?.unwrap_or(0) + 1;
+        self.set(counter, &next)?;
         Ok(next)
     }
 
@@ -892,17 +1118,96 @@ mod tests {
         assert!(broken["other"].contains("holds 0 entries but its head says 2"), "{broken:?}");
     }
 
+    fn grant(id: &str, tenant: &str) -> SupportGrant {
+        SupportGrant {
+            id: id.into(),
+            tenant: tenant.into(),
+            granted_by: "admin".into(),
+            reason: "ticket".into(),
+            created_ms: 1,
+            expires_ms: 2,
+            revoked_ms: None,
+        }
+    }
+
+    fn ids_of(store: &ControlStore, tenant: &str) -> Vec<String> {
+        let listed = store.read().unwrap().listed(GRANTS, GRANTS_OF_TENANT, tenant).unwrap();
+        listed.into_iter().map(|g| g.id).collect()
+    }
+
+    #[test]
+    fn a_listing_follows_every_put_and_remove_in_the_same_transaction() {
+        let (_dir, store) = store_with_chain();
+        store
+            .write(|w| {
+                for (id, tenant) in [("g1", "acme"), ("g2", "globex"), ("g3", "acme"), ("g4", "acme-2")] {
+                    w.put(GRANTS, id, &grant(id, tenant))?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(ids_of(&store, "acme"), ["g1", "g3"], "a prefix of another value is not it");
+        assert_eq!(ids_of(&store, "acme-2"), ["g4"]);
+        // Moved to another tenant, then removed.
+        store.write(|w| w.put(GRANTS, "g1", &grant("g1", "globex"))).unwrap();
+        assert_eq!(ids_of(&store, "acme"), ["g3"]);
+        assert_eq!(ids_of(&store, "globex"), ["g1", "g2"]);
+        assert!(store.write(|w| w.remove(GRANTS, "g2")).unwrap());
+        assert_eq!(ids_of(&store, "globex"), ["g1"]);
+        // A failed change moves no listing.
+        let failed: Result<(), StoreError> = store.write(|w| {
+            w.put(GRANTS, "g3", &grant("g3", "globex"))?;
+            Err(StoreError::Database("stop".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(ids_of(&store, "acme"), ["g3"]);
+        // A listing of another table is refused, not answered empty.
+        let wrong = store.read().unwrap().listed(GRANTS, Listing::new("jobs.tenant", |_| None), "acme");
+        assert!(matches!(wrong, Err(StoreError::Database(_))), "{wrong:?}");
+    }
+
+    #[test]
+    fn listings_lost_or_stale_are_made_whole_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = ControlStore::open(dir.path()).unwrap();
+            store
+                .write(|w| {
+                    w.put(GRANTS, "g1", &grant("g1", "acme"))?;
+                    w.put(GRANTS, "g2", &grant("g2", "acme"))
+                })
+                .unwrap();
+            // As a daemon that kept no listings would leave it: one record
+            // written behind the listings' back, one listing pointing at
+            // nothing, one missing.
+            store
+                .write(|w| {
+                    let mut raw = w.txn.open_table(GRANTS.raw()).map_err(db_err)?;
+                    raw.insert("g3", encode(&grant("g3", "acme")).as_slice()).map_err(db_err)?;
+                    drop(raw);
+                    let mut listings = w.txn.open_table(LISTINGS).map_err(db_err)?;
+                    listings.insert(("grants.tenant", "acme", "g9"), ()).map_err(db_err)?;
+                    listings.remove(("grants.tenant", "acme", "g1")).map_err(db_err)?;
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+        }
+        let store = ControlStore::open(dir.path()).unwrap();
+        assert_eq!(ids_of(&store, "acme"), ["g1", "g2", "g3"]);
+    }
+
     #[test]
     fn a_failed_change_leaves_nothing_behind() {
         let (_dir, store) = store_with_chain();
         let failed: Result<(), StoreError> = store.write(|w| {
             w.audit("acme", "daemon", "half.done", json!({}))?;
-            w.put(TENANTS, "ghost", &1u8)?;
+            w.put(GRANTS, "ghost", &grant("ghost", "acme"))?;
             Err(StoreError::Database("stop".into()))
         });
         assert!(failed.is_err());
         assert_eq!(check(&store), Ok(4));
-        assert_eq!(store.read().unwrap().get::<u8>(TENANTS, "ghost").unwrap(), None);
+        assert_eq!(store.read().unwrap().get(GRANTS, "ghost").unwrap(), None);
+        assert!(ids_of(&store, "acme").is_empty());
     }
 
     /// A `control.redb` cut short at many offsets, or with bytes flipped:
@@ -917,7 +1222,8 @@ mod tests {
             for i in 0..40 {
                 store
                     .write(|w| {
-                        w.put(TENANTS, &format!("tenant-{i}"), &json!({"name": i, "pad": "x".repeat(300)}))?;
+                        let id = format!("grant-{i}");
+                        w.put(GRANTS, &id, &SupportGrant { reason: "x".repeat(300), ..grant(&id, "acme") })?;
                         w.audit("acme", "daemon", "job.finish", json!({"job": i}))
                     })
                     .unwrap();

@@ -23,15 +23,15 @@ use crate::benchmark_runs::BenchmarkRun;
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobState};
-use crate::store::{META, RUNNING, Read, RecordRead, Table, Write};
+use crate::store::{RUNNING, Read, RecordRead, Setting, Table, Write};
 use crate::{App, ControlStore, StoreError, now_ms};
 
 /// The counter every queued record's `seq` comes from: its place in
 /// `QUEUE`. Named when jobs were the only work; databases continue it.
-const QUEUE_SEQUENCE: &str = "job-seq";
+const QUEUE_SEQUENCE: Setting<u64> = Setting::new("job-seq");
 
 /// Set once [`recover`] has put work from before the one queue into it.
-const QUEUE_MIGRATED: &str = "work-queue-v2";
+const QUEUE_MIGRATED: Setting<bool> = Setting::new("work-queue-v2");
 
 /// Where a slot is counted besides the global limit, and how many that
 /// group may hold.
@@ -49,7 +49,7 @@ const HOST_ERROR: &str = "host-error";
 /// A kind of queued work: the record, and what is particular to the kind.
 pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// Its records' table, keyed by id.
-    const TABLE: Table;
+    const TABLE: Table<Self>;
     /// Its ids' prefix (`ids::JOB`, ...), which tells the kind of a queued
     /// id ([`is_of`]).
     const PREFIX: &'static str;
@@ -142,7 +142,7 @@ pub(crate) fn enqueue<W: Work>(write: &mut Write<'_>, record: &W) -> Result<(), 
 
 /// The `seq` of a new record: its place in the queue.
 pub(crate) fn next_seq(write: &mut Write<'_>) -> Result<u64, StoreError> {
-    write.next_sequence(QUEUE_SEQUENCE)
+    write.next_sequence(&QUEUE_SEQUENCE)
 }
 
 /// Mark `record` finished in `write`: no longer running. Every kind's
@@ -225,7 +225,7 @@ pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
 /// listed running work: put queued runs in the queue (with a place from
 /// the shared counter) and running work in `RUNNING`. Once.
 fn migrate(w: &mut Write<'_>) -> Result<(), StoreError> {
-    if w.get::<bool>(META, QUEUE_MIGRATED)?.is_some() {
+    if w.setting(&QUEUE_MIGRATED)?.is_some() {
         return Ok(());
     }
     for mut run in w.all::<BenchmarkRun>(BenchmarkRun::TABLE)? {
@@ -243,7 +243,7 @@ fn migrate(w: &mut Write<'_>) -> Result<(), StoreError> {
             w.put(RUNNING, &job.id, &job.id)?;
         }
     }
-    w.put(META, QUEUE_MIGRATED, &true)
+    w.set(&QUEUE_MIGRATED, &true)
 }
 
 /// End running work `id` as failed with `failure`, audited on its chain.
@@ -469,7 +469,7 @@ fn start<W: Work>(app: &App, id: &str) -> Result<Option<W>> {
         }
         record.set_state(JobState::Running);
         w.put(W::TABLE, id, &record)?;
-        w.put(RUNNING, id, &id)?;
+        w.put(RUNNING, id, &id.to_owned())?;
         Ok(Some(record))
     })
 }
@@ -608,7 +608,7 @@ mod tests {
         store
             .write(|w| {
                 enqueue(w, &job(JOB_QUEUED, 1, JobState::Queued))?;
-                w.put(META, QUEUE_SEQUENCE, &2u64)?;
+                w.set(&QUEUE_SEQUENCE, &2u64)?;
                 w.put(JOBS, JOB_RUNNING, &job(JOB_RUNNING, 2, JobState::Running))?;
                 let waiting = run(RUN_QUEUED, 1, JobState::Queued);
                 w.put(BenchmarkRun::TABLE, &waiting.id, &waiting)?;

@@ -17,7 +17,8 @@ use crate::approvals::{Approval, NewApproval, check_against_manifest, check_sche
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::registry::PluginRecord;
-use crate::store::{APPROVALS, PLUGINS};
+use crate::revocation::revoke;
+use crate::store::{APPROVALS, APPROVALS_OF_ANALYST, APPROVALS_OF_TENANT, PLUGINS};
 use crate::tenants::{self, check_name};
 use crate::{App, ids, now_ms};
 
@@ -140,8 +141,7 @@ async fn list_approvals(
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<Approval>>> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    let all: Vec<Approval> = app.store.read()?.all(APPROVALS)?;
-    Ok(axum::Json(all.into_iter().filter(|a| a.tenant == tenant).collect()))
+    Ok(axum::Json(app.store.read()?.listed(APPROVALS, APPROVALS_OF_TENANT, &tenant)?))
 }
 
 /// Revoke an approval (tenant admin): no job under it starts any more.
@@ -155,17 +155,7 @@ async fn revoke_approval(
 ) -> Result<axum::Json<Approval>> {
     tenant_admin_of(&app, &caller, &tenant)?;
     let approval = app.store.write(|w| {
-        let mut approval: Approval = w
-            .get(APPROVALS, &id)?
-            .filter(|a: &Approval| a.tenant == tenant)
-            .ok_or_else(|| Error::NotFound(format!("approval `{id}`")))?;
-        if approval.revoked_ms.is_some() {
-            return Err(Error::Conflict(format!("approval `{id}` is already revoked")));
-        }
-        approval.revoked_ms = Some(now_ms());
-        w.put(APPROVALS, &id, &approval)?;
-        w.audit(&tenant, &caller.actor(), "approval.revoke", json!({"approval": id}))?;
-        Ok(approval)
+        revoke::<Approval>(w, &caller.actor(), &id, |a| a.tenant == tenant, |_| Ok(()))
     })?;
     Ok(axum::Json(approval))
 }
@@ -177,6 +167,5 @@ async fn my_approvals(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<axum::Json<Vec<Approval>>> {
-    let all: Vec<Approval> = app.store.read()?.all(APPROVALS)?;
-    Ok(axum::Json(all.into_iter().filter(|a| a.analyst == caller.name).collect()))
+    Ok(axum::Json(app.store.read()?.listed(APPROVALS, APPROVALS_OF_ANALYST, &caller.name)?))
 }

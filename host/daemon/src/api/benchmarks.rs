@@ -28,7 +28,7 @@ use crate::benchmarks::{self, Benchmark, NewBenchmark, OptIn, OptInRequest};
 use crate::error::{Error, Result};
 use crate::jobs::JobLog;
 use crate::registry::PluginRecord;
-use crate::store::{BENCHMARK_RUNS, BENCHMARKS, PLUGINS};
+use crate::store::{BENCHMARK_RUNS, BENCHMARKS, PLUGINS, RUNS_OF_BENCHMARK};
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
@@ -166,8 +166,7 @@ async fn list_runs(
     PathArgs(name): PathArgs<String>,
 ) -> Result<axum::Json<Vec<BenchmarkRun>>> {
     visible(&app, &caller, &name)?;
-    let all: Vec<BenchmarkRun> = app.store.read()?.all(BENCHMARK_RUNS)?;
-    let mut runs: Vec<BenchmarkRun> = all.into_iter().filter(|r| r.benchmark == name).collect();
+    let mut runs = app.store.read()?.listed(BENCHMARK_RUNS, RUNS_OF_BENCHMARK, &name)?;
     runs.sort_by_key(|r| r.seq);
     Ok(axum::Json(runs))
 }

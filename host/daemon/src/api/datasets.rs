@@ -25,7 +25,8 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::pending::{self, Change};
-use crate::tenants::{self, check_name};
+use crate::store::{APPROVALS, APPROVALS_OF_TENANT};
+use crate::tenants::check_name;
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
@@ -88,7 +89,7 @@ async fn upload_dataset(
     check_name("dataset", &dataset)?;
     app.store
         .read()?
-        .get::<tenants::TenantRecord>(crate::store::TENANTS, &tenant)?
+        .get(crate::store::TENANTS, &tenant)?
         .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
     // The vault commits before the entry is written: not unless it can be.
     app.store.appendable(&tenant)?;
@@ -225,10 +226,9 @@ async fn delete_dataset(
 ) -> Result<axum::Json<VersionInfo>> {
     tenant_admin_of(&app, &caller, &tenant)?;
     let now = crate::now_ms();
-    let approvals: Vec<crate::approvals::Approval> = app.store.read()?.all(crate::store::APPROVALS)?;
-    if let Some(a) = approvals
-        .iter()
-        .find(|a| a.tenant == tenant && a.live(now) && a.datasets.values().any(|d| d.dataset == dataset))
+    let approvals = app.store.read()?.listed(APPROVALS, APPROVALS_OF_TENANT, &tenant)?;
+    if let Some(a) =
+        approvals.iter().find(|a| a.live(now) && a.datasets.values().any(|d| d.dataset == dataset))
     {
         return Err(Error::Conflict(format!("approval {} uses dataset `{dataset}`; revoke it first", a.id)));
     }

@@ -16,14 +16,14 @@ use utoipa_axum::routes;
 
 use serde_json::json;
 
-use super::audit_refusal;
+use super::Refusal;
 use super::extract::{JsonBody, PathArgs, QueryArgs};
 use super::tenants::support_access;
 use crate::App;
 use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
 use crate::jobs::{self, Job, JobLog, JobState, SubmitRequest};
-use crate::store::JOBS;
+use crate::store::{JOBS, JOBS_OF_ANALYST, JOBS_OF_TENANT};
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
@@ -51,8 +51,8 @@ async fn submit_job(
         Ok(job) => job,
         Err(reason) => {
             let extra = json!({"plugin": plugin, "approval": approval, "reason": reason});
-            audit_refusal(&app, &caller, &tenant, "job.submit", Some(extra));
-            return Err(Error::Forbidden(format!("no live approval covers this job: {reason}")));
+            let message = format!("no live approval covers this job: {reason}");
+            return Err(Refusal::new(&tenant, "job.submit", message).with(extra).audited(&app, &caller));
         }
     };
     app.scheduler.wake();
@@ -82,15 +82,12 @@ async fn list_jobs(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<axum::Json<Vec<Job>>> {
-    let all: Vec<Job> = app.store.read()?.all(JOBS)?;
-    let mut mine: Vec<Job> = all
-        .into_iter()
-        .filter(|j| match caller.role {
-            Role::Analyst => j.analyst == caller.name,
-            Role::TenantAdmin => caller.tenant.as_deref() == Some(j.tenant.as_str()),
-            _ => false,
-        })
-        .collect();
+    let read = app.store.read()?;
+    let mut mine = match (caller.role, &caller.tenant) {
+        (Role::Analyst, _) => read.listed(JOBS, JOBS_OF_ANALYST, &caller.name)?,
+        (Role::TenantAdmin, Some(tenant)) => read.listed(JOBS, JOBS_OF_TENANT, tenant)?,
+        _ => Vec::new(),
+    };
     mine.sort_by_key(|j| j.seq);
     Ok(axum::Json(mine))
 }
@@ -177,8 +174,7 @@ async fn tenant_jobs(
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<Job>>> {
     support_access(&app, &caller, &tenant, "job list", None)?;
-    let all: Vec<Job> = app.store.read()?.all(JOBS)?;
-    let mut jobs: Vec<Job> = all.into_iter().filter(|j| j.tenant == tenant).collect();
+    let mut jobs = app.store.read()?.listed(JOBS, JOBS_OF_TENANT, &tenant)?;
     jobs.sort_by_key(|j| j.seq);
     Ok(axum::Json(jobs))
 }

@@ -292,11 +292,15 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
         app.metrics.refusal("role");
         // Only a well-formed name can be a tenant's, to write the refusal to.
         let tenant = params.iter().flatten().find(|(name, _)| *name == "tenant").map(|(_, value)| value);
-        if let Some(tenant) = tenant.filter(|t| crate::tenants::check_name("tenant", t).is_ok()) {
-            let what = format!("{} {path} as {}", request.method(), caller.role);
-            audit_refusal(&app, &caller, tenant, &what, None);
+        let refusal = format!("this route is not open to {} tokens", caller.role);
+        return match tenant.filter(|t| crate::tenants::check_name("tenant", t).is_ok()) {
+            Some(tenant) => {
+                let what = format!("{} {path} as {}", request.method(), caller.role);
+                Refusal::new(tenant, what, refusal).audited(&app, &caller)
+            }
+            None => Error::Forbidden(refusal),
         }
-        return Error::Forbidden(format!("this route is not open to {} tokens", caller.role)).into_response();
+        .into_response();
     }
     if let Err(refused) = checked {
         app.metrics.refusal("path");
@@ -372,8 +376,39 @@ pub(crate) fn tenant_admin_of(app: &App, caller: &Caller, tenant: &str) -> Resul
     if caller.role == TenantAdmin && caller.tenant.as_deref() == Some(tenant) {
         return Ok(());
     }
-    audit_refusal(app, caller, tenant, "a route of another tenant", None);
-    Err(Error::Forbidden(format!("this token is not a tenant admin of `{tenant}`")))
+    let message = format!("this token is not a tenant admin of `{tenant}`");
+    Err(Refusal::new(tenant, "a route of another tenant", message).audited(app, caller))
+}
+
+/// An authenticated caller refused access to a tenant's things: the 403
+/// it answers, and the `access.refused` entry on the tenant's chain that
+/// goes with it. The one way a handler refuses a known caller on a
+/// tenant's behalf, so no such refusal goes unaudited.
+pub(crate) struct Refusal<'a> {
+    tenant: &'a str,
+    /// What was asked for, in the entry (and the key refusals fold by).
+    what: String,
+    /// Particulars for the entry (an object).
+    extra: Option<serde_json::Value>,
+    /// The caller's answer.
+    message: String,
+}
+
+impl<'a> Refusal<'a> {
+    pub(crate) fn new(tenant: &'a str, what: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { tenant, what: what.into(), extra: None, message: message.into() }
+    }
+
+    pub(crate) fn with(mut self, extra: serde_json::Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// Audit it (see [`audit_refusal`]) and give the answer.
+    pub(crate) fn audited(self, app: &App, caller: &Caller) -> Error {
+        audit_refusal(app, caller, self.tenant, &self.what, self.extra);
+        Error::Forbidden(self.message)
+    }
 }
 
 /// Write an authenticated caller's refused access to `tenant`'s chain, if
@@ -382,15 +417,8 @@ pub(crate) fn tenant_admin_of(app: &App, caller: &Caller, tenant: &str) -> Resul
 /// `what`) fold into counts ([`crate::audit::Refusals`]), so repeating one
 /// cannot grow the chain by an entry each time. Anonymous refusals are only
 /// counted in the metrics: anyone could fill a tenant's log with them.
-pub(crate) fn audit_refusal(
-    app: &App,
-    caller: &Caller,
-    tenant: &str,
-    what: &str,
-    extra: Option<serde_json::Value>,
-) {
-    let exists =
-        app.store.read().and_then(|r| r.get::<crate::tenants::TenantRecord>(crate::store::TENANTS, tenant));
+fn audit_refusal(app: &App, caller: &Caller, tenant: &str, what: &str, extra: Option<serde_json::Value>) {
+    let exists = app.store.read().and_then(|r| r.get(crate::store::TENANTS, tenant));
     match exists {
         Ok(Some(_)) => {}
         Ok(None) => return,

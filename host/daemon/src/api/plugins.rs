@@ -12,13 +12,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::PathArgs;
-use crate::approvals::Approval;
 use crate::audit::HOST_CHAIN;
 use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::registry::PluginRecord;
-use crate::store::{APPROVALS, PLUGINS, Read};
+use crate::store::{APPROVALS, APPROVALS_OF_PLUGIN, BENCHMARKS, BENCHMARKS_OF_PLUGIN, PLUGINS, Read};
 use crate::{App, ids};
 
 pub(super) fn routes(max_plugin_bytes: usize) -> OpenApiRouter<Arc<App>> {
@@ -110,9 +109,9 @@ fn visible(read: &Read, caller: &Caller, record: PluginRecord) -> Result<Option<
         Role::Analyst => {
             record.uploaded_by(&me)
                 || read
-                    .all::<Approval>(APPROVALS)?
+                    .listed(APPROVALS, APPROVALS_OF_PLUGIN, &record.hash)?
                     .iter()
-                    .any(|a| a.plugin == record.hash && a.analyst == caller.name)
+                    .any(|a| a.analyst == caller.name)
         }
     };
     Ok(seen.then(|| record.seen_by(&me)))
@@ -176,7 +175,7 @@ async fn delete_plugin(
                 "only the plugin's first uploader or an operator may delete it".into(),
             ));
         }
-        if let Some(a) = w.all::<Approval>(APPROVALS)?.into_iter().find(|a| a.plugin == hash && a.live(now)) {
+        if let Some(a) = w.listed(APPROVALS, APPROVALS_OF_PLUGIN, &hash)?.into_iter().find(|a| a.live(now)) {
             return Err(Error::Conflict(format!(
                 "approval {} of tenant `{}` uses this plugin",
                 a.id, a.tenant
@@ -186,8 +185,8 @@ async fn delete_plugin(
         if let Some(j) = unfinished.into_iter().find(|j| j.plugin == hash) {
             return Err(Error::Conflict(format!("job {} uses this plugin", j.id)));
         }
-        let benchmarks: Vec<crate::benchmarks::Benchmark> = w.all(crate::store::BENCHMARKS)?;
-        if let Some(b) = benchmarks.iter().find(|b| b.plugin == hash && b.retired_ms.is_none()) {
+        let benchmarks = w.listed(BENCHMARKS, BENCHMARKS_OF_PLUGIN, &hash)?;
+        if let Some(b) = benchmarks.iter().find(|b| b.retired_ms.is_none()) {
             return Err(Error::Conflict(format!("benchmark `{}` uses this plugin", b.name)));
         }
         w.remove(PLUGINS, &hash)?;

@@ -14,13 +14,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs};
-use super::{audit_refusal, tenant_admin_of, write_folded_refusals};
+use super::{Refusal, tenant_admin_of, write_folded_refusals};
 use crate::audit::{AuditExport, HOST_CHAIN};
 use crate::auth::{self, Caller, Role, TokenRecord, TokenSpec};
 use crate::enrolment::{self, EnrolmentCode};
 use crate::error::{Error, Result};
 use crate::grants::{MAX_GRANT_SECS, SupportGrant};
-use crate::store::{GRANTS, TENANTS, TOKENS};
+use crate::revocation::revoke;
+use crate::store::{GRANTS, GRANTS_OF_TENANT, TENANTS, TOKENS, TOKENS_OF_TENANT};
 use crate::tenants::{self, TenantRecord, check_name};
 use crate::{App, now_ms};
 
@@ -197,10 +198,13 @@ async fn list_tokens(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<axum::Json<Vec<TokenInfo>>> {
-    let tokens: Vec<TokenRecord> = app.store.read()?.all(TOKENS)?;
-    let mine =
-        |t: &TokenRecord| caller.role == Role::Operator || (t.tenant.is_some() && t.tenant == caller.tenant);
-    Ok(axum::Json(tokens.into_iter().filter(mine).map(TokenInfo::from).collect()))
+    let read = app.store.read()?;
+    let tokens = match (caller.role, &caller.tenant) {
+        (Role::Operator, _) => read.all(TOKENS)?,
+        (_, Some(tenant)) => read.listed(TOKENS, TOKENS_OF_TENANT, tenant)?,
+        (_, None) => Vec::new(),
+    };
+    Ok(axum::Json(tokens.into_iter().map(TokenInfo::from).collect()))
 }
 
 /// Revoke a token (the operator any; a tenant admin its tenant's). It stops
@@ -213,28 +217,13 @@ async fn revoke_token(
     Extension(caller): Extension<Caller>,
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<TokenInfo>> {
-    let record = app.store.write(|w| {
-        let mut record: TokenRecord = w
-            .get(TOKENS, &id)?
-            .filter(|t: &TokenRecord| {
-                caller.role == Role::Operator || (t.tenant.is_some() && t.tenant == caller.tenant)
-            })
-            .ok_or_else(|| Error::NotFound(format!("token `{id}`")))?;
-        if record.revoked_ms.is_some() {
-            return Err(Error::Conflict(format!("token `{id}` is already revoked")));
-        }
-        if record.id == caller.token_id {
-            return Err(Error::Conflict("a token cannot revoke itself; use another token".into()));
-        }
-        record.revoked_ms = Some(now_ms());
-        w.put(TOKENS, &id, &record)?;
-        let detail = json!({"token": id, "role": record.role, "name": record.name});
-        w.audit(HOST_CHAIN, &caller.actor(), "token.revoke", detail.clone())?;
-        if let Some(tenant) = &record.tenant {
-            w.audit(tenant, &caller.actor(), "token.revoke", detail)?;
-        }
-        Ok(record)
-    })?;
+    let visible =
+        |t: &TokenRecord| caller.role == Role::Operator || (t.tenant.is_some() && t.tenant == caller.tenant);
+    let not_itself = |t: &TokenRecord| match t.id == caller.token_id {
+        true => Err(Error::Conflict("a token cannot revoke itself; use another token".into())),
+        false => Ok(()),
+    };
+    let record = app.store.write(|w| revoke(w, &caller.actor(), &id, visible, not_itself))?;
     Ok(axum::Json(record.into()))
 }
 
@@ -344,8 +333,7 @@ async fn list_grants(
     PathArgs(tenant): PathArgs<String>,
 ) -> Result<axum::Json<Vec<SupportGrant>>> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    let grants: Vec<SupportGrant> = app.store.read()?.all(GRANTS)?;
-    Ok(axum::Json(grants.into_iter().filter(|g| g.tenant == tenant).collect()))
+    Ok(axum::Json(app.store.read()?.listed(GRANTS, GRANTS_OF_TENANT, &tenant)?))
 }
 
 /// End a support grant now (tenant admin).
@@ -359,17 +347,7 @@ async fn revoke_grant(
 ) -> Result<axum::Json<SupportGrant>> {
     tenant_admin_of(&app, &caller, &tenant)?;
     let grant = app.store.write(|w| {
-        let mut grant: SupportGrant = w
-            .get(GRANTS, &id)?
-            .filter(|g: &SupportGrant| g.tenant == tenant)
-            .ok_or_else(|| Error::NotFound(format!("grant `{id}`")))?;
-        if grant.revoked_ms.is_some() {
-            return Err(Error::Conflict(format!("grant `{id}` is already revoked")));
-        }
-        grant.revoked_ms = Some(now_ms());
-        w.put(GRANTS, &id, &grant)?;
-        w.audit(&tenant, &caller.actor(), "support.revoke", json!({"grant": id}))?;
-        Ok(grant)
+        revoke::<SupportGrant>(w, &caller.actor(), &id, |g| g.tenant == tenant, |_| Ok(()))
     })?;
     Ok(axum::Json(grant))
 }
@@ -394,8 +372,8 @@ pub(crate) fn support_access(
     };
     let used = app.store.write(|w| {
         tenants::get(w, tenant)?;
-        let grants: Vec<SupportGrant> = w.all(GRANTS)?;
-        match grants.iter().find(|g| g.tenant == tenant && g.live(now)) {
+        let grants = w.listed(GRANTS, GRANTS_OF_TENANT, tenant)?;
+        match grants.iter().find(|g| g.live(now)) {
             Some(grant) => {
                 w.audit(tenant, &caller.actor(), "support.use", json!({"grant": grant.id, "read": read}))?;
                 Ok::<_, Error>(true)
@@ -407,6 +385,6 @@ pub(crate) fn support_access(
         return Ok(());
     }
     let extra = json!({"read": read, "reason": "no live support grant"});
-    audit_refusal(app, caller, tenant, &format!("support: {what}"), Some(extra));
-    Err(Error::Forbidden(format!("tenant `{tenant}` has granted no live support access")))
+    let message = format!("tenant `{tenant}` has granted no live support access");
+    Err(Refusal::new(tenant, format!("support: {what}"), message).with(extra).audited(app, caller))
 }
