@@ -448,9 +448,14 @@ fn prefixed_from<T: DeserializeOwned>(
 }
 
 fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<String>, StoreError> {
+    Ok(places_from(table)?.into_iter().map(|(_, id)| id).collect())
+}
+
+fn places_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<(u64, String)>, StoreError> {
     let mut out = Vec::new();
     for entry in table.iter().map_err(db_err)? {
-        out.push(entry.map_err(db_err)?.1.value().to_owned());
+        let (place, id) = entry.map_err(db_err)?;
+        out.push((place.value(), id.value().to_owned()));
     }
     Ok(out)
 }
@@ -541,6 +546,11 @@ impl Read {
     /// Job ids waiting to run, oldest first.
     pub fn queue(&self) -> Result<Vec<String>, StoreError> {
         queue_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
+    }
+
+    /// The queue's places (sequence number, id), oldest first.
+    pub fn queue_places(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        places_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
     }
 
     /// A chain's entries, oldest first, and its head.
@@ -703,10 +713,16 @@ impl Write<'_> {
         Ok(())
     }
 
-    pub fn dequeue(&mut self, seq: u64) -> Result<(), StoreError> {
+    /// Take `id` out of place `seq`, and say whether it was there. A place
+    /// that is empty or holds another id is left as it is: that other work
+    /// stays queued.
+    pub fn dequeue(&mut self, seq: u64, id: &str) -> Result<bool, StoreError> {
         let mut table = self.txn.open_table(QUEUE).map_err(db_err)?;
+        if table.get(seq).map_err(db_err)?.is_none_or(|held| held.value() != id) {
+            return Ok(false);
+        }
         table.remove(seq).map_err(db_err)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Whether appends to `chain` are refused: it did not verify.
