@@ -91,12 +91,11 @@ pub(crate) fn run(vendor: &Client, benchmark: &str) -> Value {
     let id = run["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let run: Value = vendor.get(&format!("/v1/benchmarks/{benchmark}/runs/{id}")).unwrap();
+        let run: Value = vendor.wait_benchmark_run(benchmark, &id, Duration::from_secs(30)).unwrap();
         if ["succeeded", "failed"].contains(&run["state"].as_str().unwrap()) {
             return run;
         }
         assert!(Instant::now() < deadline, "run did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

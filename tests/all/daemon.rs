@@ -143,15 +143,15 @@ pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &st
         .unwrap()
 }
 
+/// The job once it has ended, through the daemon's long poll.
 pub(crate) fn wait_for(client: &Client, job: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let job: Value = client.get(&format!("/v1/jobs/{job}")).unwrap();
+        let job: Value = client.wait_job(job, Duration::from_secs(30)).unwrap();
         if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
             return job;
         }
         assert!(Instant::now() < deadline, "job did not finish: {job}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -139,3 +139,94 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
     let _: Value = vendor.send("POST", &format!("{next}/cancel"), &json!({})).unwrap();
     wait_state(&vendor, &next, "cancelled");
 }
+
+#[test]
+fn a_wait_answers_once_work_ends_or_its_time_is_up() {
+    let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
+    let d = TestDaemon::start_with_limits(tempfile::tempdir().unwrap(), |_| {}, limits);
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let sleeper: Value =
+        upload_plugin(&analyst, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
+    let approval = approve(&admin, "acme", &sleeper, "ana");
+    let submit = json!({"tenant": "acme", "plugin": sleeper["hash"], "approval": approval["id"],
+                        "datasets": {"trips": "trips"}});
+    let sleeping: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    let sleeping = sleeping["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/jobs/{sleeping}");
+    wait_state(&analyst, &path, "running");
+
+    // An hour asked, the cap waited: checked at the end, meanwhile the rest.
+    let capped = std::thread::spawn({
+        let (analyst, path) = (analyst.clone(), path.clone());
+        move || {
+            let asked = Instant::now();
+            let job: Value = analyst.get(&format!("{path}?wait=3600")).unwrap();
+            (asked.elapsed(), job)
+        }
+    });
+
+    for bad in ["abc", "-1", "1.5", "", "99999999999999999999999"] {
+        let reply = analyst.raw("GET", &format!("{path}?wait={bad}"), None).unwrap();
+        assert_eq!(reply.status, 400, "wait={bad}: {}", reply.text());
+    }
+    // As before for whoever may not see it: the same 404 as without a wait.
+    let (other, _) = d.token(Role::Analyst, "other", None, None);
+    let reply = other.raw("GET", &format!("{path}?wait=5"), None).unwrap();
+    assert_eq!(reply.status, 404, "{}", reply.text());
+
+    // The wait is over before the job: its state then.
+    let asked = Instant::now();
+    let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(1)).unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    assert!(
+        (Duration::from_secs(1)..Duration::from_secs(10)).contains(&asked.elapsed()),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // A job queued behind it ends by its cancel: the waiter hears at once.
+    let queued: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    let queued = queued["id"].as_str().unwrap().to_owned();
+    let waiter = std::thread::spawn({
+        let (analyst, queued) = (analyst.clone(), queued.clone());
+        move || {
+            let asked = Instant::now();
+            let job: Value = analyst.wait_job(&queued, Duration::from_secs(60)).unwrap();
+            (asked.elapsed(), job)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let _: Value = analyst.send("POST", &format!("/v1/jobs/{queued}/cancel"), &json!({})).unwrap();
+    let (took, job) = waiter.join().unwrap();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A job that runs to its end on another tenant (a slot of the two is
+    // free): the waiter has its result as soon as it is recorded.
+    let beta = d.tenant("beta");
+    ingest_trips(&beta, "beta");
+    let emissions: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let approval = approve(&beta, "beta", &emissions, "ana");
+    let quick: Value = analyst
+        .send(
+            "POST",
+            "/v1/jobs",
+            &json!({"tenant": "beta", "plugin": emissions["hash"], "approval": approval["id"],
+                    "datasets": {"trips": "trips"}}),
+        )
+        .unwrap();
+    let asked = Instant::now();
+    let job: Value = analyst.wait_job(quick["id"].as_str().unwrap(), Duration::from_secs(60)).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(asked.elapsed() < Duration::from_secs(30), "{:?}", asked.elapsed());
+
+    let (took, job) = capped.join().unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    let cap = Duration::from_secs(kanon_client::MAX_WAIT_SECS);
+    assert!((cap..cap + Duration::from_secs(15)).contains(&took), "{took:?}");
+    let _: Value = analyst.send("POST", &format!("/v1/jobs/{sleeping}/cancel"), &json!({})).unwrap();
+    let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(60)).unwrap();
+    assert_eq!(job["state"], "cancelled", "{job}");
+}

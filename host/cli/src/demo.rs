@@ -222,7 +222,7 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
 fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::Result<Value> {
     let run: Value = vendor.run_benchmark("co2")?;
     let id = text(&run["id"]);
-    let done = follow_with(|| vendor.benchmark_run("co2", &id), &id, false)?;
+    let done = follow_with(|wait| vendor.wait_benchmark_run("co2", &id, wait), &id, false)?;
     if done["state"] != "succeeded" {
         anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
     }

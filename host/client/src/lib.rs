@@ -289,6 +289,13 @@ impl Client {
         self.get(&routes::fill(routes::JOB, &[id]))
     }
 
+    /// `GET /v1/jobs/{id}?wait=…`: the job as soon as it has ended, or as
+    /// it stands once `wait` (whole seconds, at most [`MAX_WAIT_SECS`]) is
+    /// over; a long poll, for following a job without polling.
+    pub fn wait_job<T: DeserializeOwned>(&self, id: &str, wait: Duration) -> Result<T> {
+        self.get(&format!("{}?{}", routes::fill(routes::JOB, &[id]), WaitArgs::of(wait).query()))
+    }
+
     /// `POST /v1/jobs/{id}/cancel`.
     pub fn cancel_job<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         self.send("POST", &routes::fill(routes::JOB_CANCEL, &[id]), &serde_json::json!({}))
@@ -352,6 +359,19 @@ impl Client {
     /// `GET /v1/benchmarks/{benchmark}/runs/{run}`.
     pub fn benchmark_run<T: DeserializeOwned>(&self, name: &str, run: &str) -> Result<T> {
         self.get(&routes::fill(routes::BENCHMARK_RUN, &[name, run]))
+    }
+
+    /// `GET /v1/benchmarks/{benchmark}/runs/{run}?wait=…`: the run as soon
+    /// as it has ended, or as it stands once `wait` (at most
+    /// [`MAX_WAIT_SECS`]) is over, as [`Client::wait_job`].
+    pub fn wait_benchmark_run<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        run: &str,
+        wait: Duration,
+    ) -> Result<T> {
+        let path = routes::fill(routes::BENCHMARK_RUN, &[name, run]);
+        self.get(&format!("{path}?{}", WaitArgs::of(wait).query()))
     }
 
     /// `POST /v1/benchmarks/{benchmark}/runs/{run}/cancel`.

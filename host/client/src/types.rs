@@ -285,6 +285,42 @@ impl UploadArgs {
     }
 }
 
+/// The longest a state request waits for its work to end
+/// ([`WaitArgs`]); a longer wait is cut to it.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// The query of a job's or a benchmark run's state
+/// (`GET /v1/jobs/{id}?wait=30`): a long poll instead of polling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WaitArgs {
+    /// Seconds to wait for it to end (succeed, fail or be cancelled): the
+    /// answer comes as soon as it has ended, or once the wait is over with
+    /// its state then. At most 60 (more waits 60); without it, or 0, the
+    /// answer is at once.
+    pub wait: Option<u64>,
+}
+
+impl WaitArgs {
+    /// A wait of `wait`, in whole seconds rounded up and cut to
+    /// [`MAX_WAIT_SECS`].
+    pub fn of(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self { wait: Some(secs.min(MAX_WAIT_SECS)) }
+    }
+
+    /// How long to wait, if at all, cut to [`MAX_WAIT_SECS`].
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        self.wait.filter(|&secs| secs > 0).map(|secs| std::time::Duration::from_secs(secs.min(MAX_WAIT_SECS)))
+    }
+
+    /// As a query string, without the `?`.
+    pub fn query(&self) -> String {
+        self.wait.map(|secs| format!("wait={secs}")).unwrap_or_default()
+    }
+}
+
 /// The query of a job's results or a benchmark version.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -246,6 +246,13 @@ impl Work for BenchmarkRun {
         HOST_CHAIN
     }
 
+    fn chain_of_unreadable(
+        _: &impl crate::store::RecordRead,
+        _: &serde_json::Value,
+    ) -> Result<Option<String>, crate::StoreError> {
+        Ok(Some(HOST_CHAIN.to_owned()))
+    }
+
     /// A run reads many tenants: it counts against no tenant's limit, and
     /// one runs at a time.
     fn slot_group(&self, _: &JobLimits) -> SlotGroup {

@@ -281,8 +281,9 @@ pub(crate) fn opt_in(
 }
 
 /// Retire a benchmark: its queued runs are cancelled, no run or opt-in
-/// follows, and a run already going finishes. Its versions stay.
-pub(crate) fn retire(write: &mut Write<'_>, actor: &str, name: &str) -> Result<Benchmark> {
+/// follows, and a run already going finishes. Its versions stay. Returns
+/// it, and the runs cancelled.
+pub(crate) fn retire(write: &mut Write<'_>, actor: &str, name: &str) -> Result<(Benchmark, Vec<String>)> {
     let mut benchmark = get(write, name)?;
     if benchmark.retired_ms.is_some() {
         return Err(Error::Conflict(format!("benchmark `{name}` is already retired")));
@@ -290,11 +291,13 @@ pub(crate) fn retire(write: &mut Write<'_>, actor: &str, name: &str) -> Result<B
     benchmark.retired_ms = Some(now_ms());
     write.put(BENCHMARKS, name, &benchmark)?;
     let unfinished: Vec<BenchmarkRun> = crate::work::unfinished(write)?;
-    for run in unfinished.iter().filter(|r| r.benchmark == name && r.state == JobState::Queued) {
+    let mut cancelled = Vec::new();
+    for run in unfinished.into_iter().filter(|r| r.benchmark == name && r.state == JobState::Queued) {
         crate::work::cancel::<BenchmarkRun>(write, actor, &run.id)?;
+        cancelled.push(run.id);
     }
     write.audit(HOST_CHAIN, actor, "benchmark.retire", json!({"benchmark": name}))?;
-    Ok(benchmark)
+    Ok((benchmark, cancelled))
 }
 
 /// A tenant's ordinal in every benchmark (`benchmark-member:<tenant>`), and

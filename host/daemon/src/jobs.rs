@@ -300,6 +300,16 @@ impl Work for Job {
         &self.tenant
     }
 
+    /// Its tenant's, if it names one that exists.
+    fn chain_of_unreadable(
+        read: &impl RecordRead,
+        raw: &serde_json::Value,
+    ) -> Result<Option<String>, crate::StoreError> {
+        let Some(tenant) = raw["tenant"].as_str() else { return Ok(None) };
+        let exists = read.get_as::<serde::de::IgnoredAny, _>(TENANTS, tenant)?.is_some();
+        Ok(exists.then(|| tenant.to_owned()))
+    }
+
     /// A job counts against its tenant's limit.
     fn slot_group(&self, limits: &JobLimits) -> SlotGroup {
         SlotGroup { name: format!("tenant:{}", self.tenant), limit: limits.per_tenant }

@@ -36,10 +36,8 @@ pub(crate) fn revoke<R: Revocable>(
     visible: impl FnOnce(&R) -> bool,
     allowed: impl FnOnce(&R) -> Result<()>,
 ) -> Result<R> {
-    let mut record = w
-        .get(R::TABLE, id)?
-        .filter(visible)
-        .ok_or_else(|| Error::NotFound(format!("{} `{id}`", R::WHAT)))?;
+    let mut record =
+        w.get(R::TABLE, id)?.filter(visible).ok_or_else(|| Error::NotFound(format!("{} `{id}`", R::WHAT)))?;
     if record.revoked_ms().is_some() {
         return Err(Error::Conflict(format!("{} `{id}` is already revoked", R::WHAT)));
     }

@@ -576,9 +576,14 @@ fn prefixed_from<T: DeserializeOwned>(
 }
 
 fn queue_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<String>, StoreError> {
+    Ok(places_from(table)?.into_iter().map(|(_, id)| id).collect())
+}
+
+fn places_from(table: &impl ReadableTable<u64, &'static str>) -> Result<Vec<(u64, String)>, StoreError> {
     let mut out = Vec::new();
     for entry in table.iter().map_err(db_err)? {
-        out.push(entry.map_err(db_err)?.1.value().to_owned());
+        let (place, id) = entry.map_err(db_err)?;
+        out.push((place.value(), id.value().to_owned()));
     }
     Ok(out)
 }
@@ -722,6 +727,11 @@ impl Read {
         queue_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
     }
 
+    /// The queue's places (sequence number, id), oldest first.
+    pub fn queue_places(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        places_from(&self.txn.open_table(QUEUE).map_err(db_err)?)
+    }
+
     /// A chain's entries, oldest first, and its head.
     pub fn audit(&self, chain: &str) -> Result<(Vec<AuditEntry>, AuditHead), StoreError> {
         let table = self.txn.open_table(AUDIT).map_err(db_err)?;
@@ -739,6 +749,7 @@ impl Read {
 /// code that runs in either.
 pub(crate) trait RecordRead {
     fn get<R: DeserializeOwned>(&self, table: Table<R>, key: &str) -> Result<Option<R>, StoreError>;
+    fn get_as<V: DeserializeOwned, R>(&self, table: Table<R>, key: &str) -> Result<Option<V>, StoreError>;
     fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError>;
     fn queue(&self) -> Result<Vec<String>, StoreError>;
 }
@@ -757,6 +768,13 @@ macro_rules! record_reads {
             /// (a schedule, a listing for the operator), or a small one.
             pub(crate) fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError> {
                 all_from(&self.txn.open_table(table.raw()).map_err(db_err)?)
+            }
+
+            /// The record under `key` read as `V`: a narrower reading of the
+            /// table's record (some of its fields, or its JSON), for one that
+            /// may no longer read as the table's type.
+            pub(crate) fn get_as<V: DeserializeOwned, R>(&self, table: Table<R>, key: &str) -> Result<Option<V>, StoreError> {
+                get_from(&self.txn.open_table(table.raw()).map_err(db_err)?, key)
             }
 
             /// Every record of `table` whose key starts with `prefix`, in key order.
@@ -798,6 +816,10 @@ macro_rules! record_reads {
         impl RecordRead for $snapshot {
             fn get<R: DeserializeOwned>(&self, table: Table<R>, key: &str) -> Result<Option<R>, StoreError> {
                 <$snapshot>::get(self, table, key)
+            }
+
+            fn get_as<V: DeserializeOwned, R>(&self, table: Table<R>, key: &str) -> Result<Option<V>, StoreError> {
+                <$snapshot>::get_as(self, table, key)
             }
 
             fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError> {
@@ -870,13 +892,36 @@ impl Write<'_> {
     }
 
     /// Remove the record under `key`, and its listings; whether there was one.
-    pub(crate) fn remove<R: DeserializeOwned>(&mut self, table: Table<R>, key: &str) -> Result<bool, StoreError> {
+    pub(crate) fn remove<R: DeserializeOwned>(
+        &mut self,
+        table: Table<R>,
+        key: &str,
+    ) -> Result<bool, StoreError> {
         if !table.listings.is_empty() {
             let before = self.get(table, key)?;
             self.relist(table, key, before.as_ref(), None)?;
         }
         let mut raw = self.txn.open_table(table.raw()).map_err(db_err)?;
         Ok(raw.remove(key).map_err(db_err)?.is_some())
+    }
+
+    /// Every record of `table` read as `V` (see `get_as`), in key order.
+    pub(crate) fn all_as<V: DeserializeOwned, R>(&self, table: Table<R>) -> Result<Vec<V>, StoreError> {
+        all_from(&self.txn.open_table(table.raw()).map_err(db_err)?)
+    }
+
+    /// Write back a record that no longer reads as `R` (its JSON, marked
+    /// as ended): its listings stay as they are, since what it is listed
+    /// under cannot be read from it; the next open lists it afresh.
+    pub(crate) fn put_unreadable<R>(
+        &mut self,
+        table: Table<R>,
+        key: &str,
+        json: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut raw = self.txn.open_table(table.raw()).map_err(db_err)?;
+        raw.insert(key, encode(json).as_slice()).map_err(db_err)?;
+        Ok(())
     }
 
     /// Move `key`'s listings from what `before` is listed under to what
@@ -929,10 +974,16 @@ impl Write<'_> {
         Ok(())
     }
 
-    pub fn dequeue(&mut self, seq: u64) -> Result<(), StoreError> {
+    /// Take `id` out of place `seq`, and say whether it was there. A place
+    /// that is empty or holds another id is left as it is: that other work
+    /// stays queued.
+    pub fn dequeue(&mut self, seq: u64, id: &str) -> Result<bool, StoreError> {
         let mut table = self.txn.open_table(QUEUE).map_err(db_err)?;
+        if table.get(seq).map_err(db_err)?.is_none_or(|held| held.value() != id) {
+            return Ok(false);
+        }
         table.remove(seq).map_err(db_err)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Whether appends to `chain` are refused: it did not verify.

@@ -5,19 +5,21 @@
 //! finishes in one transaction. `RUNNING` lists what started and has not
 //! finished, so [`recover`] at start finds it without a scan. A kind brings
 //! its own checks, execution and finish through [`Work`]; the queue, the
-//! slots, cancel, recovery and the failure paths are here, once.
+//! slots, cancel, recovery, the failure paths and waiting for an end
+//! ([`wait_for_end`]) are here, once. [`KINDS`] is the one place that names
+//! the kinds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kanon_runtime::CancelToken;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::benchmark_runs::BenchmarkRun;
 use crate::config::JobLimits;
@@ -29,9 +31,6 @@ use crate::{App, ControlStore, StoreError, now_ms};
 /// The counter every queued record's `seq` comes from: its place in
 /// `QUEUE`. Named when jobs were the only work; databases continue it.
 const QUEUE_SEQUENCE: Setting<u64> = Setting::new("job-seq");
-
-/// Set once [`recover`] has put work from before the one queue into it.
-const QUEUE_MIGRATED: Setting<bool> = Setting::new("work-queue-v2");
 
 /// Where a slot is counted besides the global limit, and how many that
 /// group may hold.
@@ -45,13 +44,19 @@ pub(crate) struct SlotGroup {
 /// kind could not: the daemon stopped, or its finish failed.
 const INTERRUPTED: &str = "interrupted";
 const HOST_ERROR: &str = "host-error";
+/// How work whose record cannot be read is ended.
+const UNREADABLE: &str = "unreadable";
+
+/// Ends announced to waiters and not yet received by all of them. A waiter
+/// that falls further behind reads its record again (it lagged).
+const ENDS_BUFFERED: usize = 1024;
 
 /// A kind of queued work: the record, and what is particular to the kind.
 pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// Its records' table, keyed by id.
     const TABLE: Table<Self>;
     /// Its ids' prefix (`ids::JOB`, ...), which tells the kind of a queued
-    /// id ([`is_of`]).
+    /// id ([`kind_of`]).
     const PREFIX: &'static str;
     /// What it is called in errors and logs.
     const WHAT: &'static str;
@@ -65,6 +70,7 @@ pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     // The record's own fields, the same in every kind: `record_fields!`.
     fn id(&self) -> &str;
     fn seq(&self) -> u64;
+    fn set_seq(&mut self, seq: u64);
     fn state(&self) -> JobState;
     /// Set the state; stamps the start or the end.
     fn set_state(&mut self, state: JobState);
@@ -73,6 +79,12 @@ pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     fn request_cancel(&mut self);
     /// The chain its lifecycle entries (cancel, interrupted) go to.
     fn chain(&self) -> &str;
+    /// The chain of a record that cannot be read as this kind, from what of
+    /// it is JSON, if that names one that exists.
+    fn chain_of_unreadable(
+        read: &impl RecordRead,
+        raw: &serde_json::Value,
+    ) -> Result<Option<String>, StoreError>;
     /// The group it takes a slot in, besides the global limit.
     fn slot_group(&self, limits: &JobLimits) -> SlotGroup;
     /// In the start transaction, before the record is marked running: check
@@ -98,6 +110,10 @@ macro_rules! record_fields {
 
         fn seq(&self) -> u64 {
             self.seq
+        }
+
+        fn set_seq(&mut self, seq: u64) {
+            self.seq = seq;
         }
 
         fn state(&self) -> crate::jobs::JobState {
@@ -128,6 +144,41 @@ macro_rules! record_fields {
     };
 }
 pub(crate) use record_fields;
+
+/// What the lifecycle does by kind, for an id whose kind only its prefix
+/// tells: each entry is the generic function for that kind.
+struct Kind {
+    prefix: &'static str,
+    /// Start queued work found at a place, within the limits ([`launch`]).
+    launch: fn(&ControlStore, &Scheduler, &Read, u64, &str) -> Result<Launch, StoreError>,
+    /// End running work as failed with a reason ([`end_running`]).
+    end_running: fn(&mut Write<'_>, &str, &str) -> Result<bool, StoreError>,
+    /// Whether running work that no run holds can be ended ([`endable`]).
+    endable: fn(&ControlStore, &Read, &str) -> Result<bool, StoreError>,
+    /// Queue what says queued and list what says running ([`reconcile`]).
+    reconcile: fn(&mut Write<'_>, &Listed) -> Result<(), StoreError>,
+}
+
+impl Kind {
+    const fn of<W: Work>() -> Self {
+        Self {
+            prefix: W::PREFIX,
+            launch: launch::<W>,
+            end_running: end_running::<W>,
+            endable: endable::<W>,
+            reconcile: reconcile::<W>,
+        }
+    }
+}
+
+/// Every kind of work: the one place that names them. A new kind is a
+/// `Work` implementation and a line here.
+static KINDS: [Kind; 2] = [Kind::of::<Job>(), Kind::of::<BenchmarkRun>()];
+
+/// The kind of `id`, by its prefix.
+fn kind_of(id: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|kind| crate::ids::is_id(kind.prefix, id))
+}
 
 /// Whether `id` is an id of kind `W`.
 fn is_of<W: Work>(id: &str) -> bool {
@@ -173,7 +224,12 @@ pub(crate) fn cancel<W: Work>(write: &mut Write<'_>, actor: &str, id: &str) -> R
         write.get(W::TABLE, id)?.ok_or_else(|| Error::NotFound(format!("{} `{id}`", W::WHAT)))?;
     match record.state() {
         JobState::Queued => {
-            write.dequeue(record.seq())?;
+            // The record decides: cancelled whatever its place holds. A
+            // place of its elsewhere is dropped when dispatch reaches it
+            // (`start` finds the record no longer queued).
+            if !write.dequeue(record.seq(), id)? {
+                tracing::warn!(%id, place = record.seq(), "queued {} was not at its place", W::WHAT);
+            }
             record.set_state(JobState::Cancelled);
         }
         // Asked already: answered as it stands, so repeating a cancel
@@ -200,20 +256,30 @@ pub(crate) fn cancel<W: Work>(write: &mut Write<'_>, actor: &str, id: &str) -> R
 }
 
 /// At start: work a stopped daemon left running is marked failed
-/// (`interrupted`); queued work stays queued and runs. Returns how many.
+/// (`interrupted`); queued work stays queued and runs. Returns how many
+/// were interrupted. It first brings `QUEUE` and `RUNNING` in line with
+/// the records ([`reconcile`]), on every start, so no flag says whether
+/// that was done: an older daemon run in between (one from before the one
+/// queue, which queues benchmark runs outside it) leaves nothing behind.
 pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
     store.write(|w| {
-        migrate(w)?;
+        let listed = Listed {
+            queued: w.queue()?.into_iter().collect(),
+            running: w.all::<String>(RUNNING)?.into_iter().collect(),
+        };
+        for kind in &KINDS {
+            (kind.reconcile)(w, &listed)?;
+        }
         let mut interrupted = 0;
         let running: Vec<String> = w.all(RUNNING)?;
         for id in running {
-            let ended = if is_of::<Job>(&id) {
-                end_running::<Job>(w, &id, INTERRUPTED)?
-            } else if is_of::<BenchmarkRun>(&id) {
-                end_running::<BenchmarkRun>(w, &id, INTERRUPTED)?
-            } else {
-                w.remove(RUNNING, &id)?;
-                false
+            let ended = match kind_of(&id) {
+                Some(kind) => (kind.end_running)(w, &id, INTERRUPTED)?,
+                None => {
+                    tracing::error!(%id, "work of no known kind was running; it is forgotten");
+                    w.remove(RUNNING, &id)?;
+                    false
+                }
             };
             interrupted += usize::from(ended);
         }
@@ -221,38 +287,64 @@ pub(crate) fn recover(store: &ControlStore) -> Result<usize, StoreError> {
     })
 }
 
-/// Before the one queue, benchmark runs waited outside `QUEUE` and nothing
-/// listed running work: put queued runs in the queue (with a place from
-/// the shared counter) and running work in `RUNNING`. Once.
-fn migrate(w: &mut Write<'_>) -> Result<(), StoreError> {
-    if w.setting(&QUEUE_MIGRATED)?.is_some() {
-        return Ok(());
-    }
-    for mut run in w.all::<BenchmarkRun>(BenchmarkRun::TABLE)? {
-        match run.state {
-            JobState::Queued => {
-                run.seq = next_seq(w)?;
-                enqueue(w, &run)?;
-            }
-            JobState::Running => w.put(RUNNING, &run.id, &run.id)?,
+/// What [`reconcile`] reads of every record: its id and state, if they
+/// are in shape (the rest is skipped unread, so a large table costs little
+/// memory).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lifecycle {
+    Known { id: String, state: JobState },
+    Other(IgnoredAny),
+}
+
+/// The ids in `QUEUE` and in `RUNNING`.
+struct Listed {
+    queued: HashSet<String>,
+    running: HashSet<String>,
+}
+
+/// Records of kind `W` that say `queued` but are not in `QUEUE` go into it
+/// (with a fresh place from the shared counter), and those that say
+/// `running` go into `RUNNING`: what a daemon from before the one queue
+/// left, which kept benchmark runs outside it and listed nothing as
+/// running. Running it again changes nothing.
+fn reconcile<W: Work>(w: &mut Write<'_>, listed: &Listed) -> Result<(), StoreError> {
+    for record in w.all_as::<Lifecycle, _>(W::TABLE)? {
+        let Lifecycle::Known { id, state } = record else { continue };
+        match state {
+            JobState::Queued if !listed.queued.contains(&id) => match w.get::<W>(W::TABLE, &id) {
+                Ok(Some(mut record)) => {
+                    record.set_seq(next_seq(w)?);
+                    enqueue(w, &record)?;
+                    tracing::info!(%id, place = record.seq(), "queued {} put in the queue", W::WHAT);
+                }
+                Ok(None) => {}
+                Err(StoreError::Corrupt { detail, .. }) => drop(end_unreadable::<W>(w, &id, &detail)?),
+                Err(e) => return Err(e),
+            },
+            JobState::Running if !listed.running.contains(&id) => w.put(RUNNING, &id, &id)?,
             _ => {}
         }
     }
-    for job in w.all::<Job>(Job::TABLE)? {
-        if job.state == JobState::Running {
-            w.put(RUNNING, &job.id, &job.id)?;
-        }
-    }
-    w.set(&QUEUE_MIGRATED, &true)
+    Ok(())
 }
 
 /// End running work `id` as failed with `failure`, audited on its chain.
 /// Whether it was running. Work whose chain does not verify stays as it is:
-/// its entry could not be written.
+/// its entry could not be written. A record that cannot be read is ended
+/// as `unreadable` ([`end_unreadable`]).
 fn end_running<W: Work>(w: &mut Write<'_>, id: &str, failure: &str) -> Result<bool, StoreError> {
-    let Some(mut record) = w.get::<W>(W::TABLE, id)? else {
-        w.remove(RUNNING, id)?;
-        return Ok(false);
+    let mut record = match w.get::<W>(W::TABLE, id) {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            w.remove(RUNNING, id)?;
+            return Ok(false);
+        }
+        Err(StoreError::Corrupt { detail, .. }) => {
+            w.remove(RUNNING, id)?;
+            return end_unreadable::<W>(w, id, &detail);
+        }
+        Err(e) => return Err(e),
     };
     if record.state() != JobState::Running {
         w.remove(RUNNING, id)?;
@@ -275,13 +367,140 @@ fn end_running<W: Work>(w: &mut Write<'_>, id: &str, failure: &str) -> Result<bo
     Ok(true)
 }
 
-/// Starts queued work within the limits and tracks what runs.
+/// End work `id` whose record cannot be read as `W` (`why`): what of it is
+/// a JSON object is marked failed (`unreadable`), so nothing queues or
+/// starts it again, and the end is audited on its chain where that is
+/// known and verifies. The caller has taken it out of `QUEUE` or
+/// `RUNNING`. Whether the record was marked.
+fn end_unreadable<W: Work>(w: &mut Write<'_>, id: &str, why: &str) -> Result<bool, StoreError> {
+    tracing::error!(%id, %why, "the record of {} cannot be read; it is ended as failed (`{UNREADABLE}`)", W::WHAT);
+    let Some(serde_json::Value::Object(mut raw)) = w.get_as::<serde_json::Value, _>(W::TABLE, id)? else {
+        return Ok(false);
+    };
+    raw.insert("state".into(), json!(JobState::Failed));
+    raw.insert("failure".into(), json!(UNREADABLE));
+    raw.insert("finished_ms".into(), json!(crate::jobs::now_to_the_second()));
+    let raw = serde_json::Value::Object(raw);
+    w.put_unreadable(W::TABLE, id, &raw)?;
+    if let Some(chain) = W::chain_of_unreadable(&*w, &raw)?
+        && !w.chain_broken(&chain)
+    {
+        w.audit(
+            &chain,
+            "daemon",
+            &format!("{}.finish", W::AUDIT),
+            json!({W::ID_KEY: id, "outcome": JobState::Failed, "failure": UNREADABLE}),
+        )?;
+    }
+    Ok(true)
+}
+
+/// Whether running work `id`, which no run of this process holds, can be
+/// ended now: not if it runs on a chain that does not verify (its end
+/// could not be written until the operator restores one).
+fn endable<W: Work>(store: &ControlStore, read: &Read, id: &str) -> Result<bool, StoreError> {
+    match read.get::<W>(W::TABLE, id) {
+        Ok(Some(record)) if record.state() == JobState::Running => {
+            Ok(!store.broken_chains().contains_key(record.chain()))
+        }
+        Ok(_) | Err(StoreError::Corrupt { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Work `RUNNING` lists that no run of this process holds: its run is
+/// over, but neither its finish nor the `host-error` fallback could be
+/// recorded (a storage failure, say). Ended as failed (`host-error`) now,
+/// on the scheduler's tick, rather than at the next start. The ids ended.
+fn reap(store: &ControlStore, scheduler: &Scheduler) -> Result<Vec<String>, StoreError> {
+    let read = store.read()?;
+    let listed: Vec<String> = read.all(RUNNING)?;
+    // A run is claimed before its start commits to `RUNNING`, and released
+    // only after its end was tried: listed and unclaimed, its run is over.
+    let orphans: Vec<String> = listed.into_iter().filter(|id| !scheduler.holds(id)).collect();
+    let mut endable_orphans = Vec::new();
+    for id in orphans {
+        // Of no known kind: recover forgets it at the next start.
+        if let Some(kind) = kind_of(&id)
+            && (kind.endable)(store, &read, &id)?
+        {
+            endable_orphans.push((kind, id));
+        }
+    }
+    drop(read);
+    if endable_orphans.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ended = store.write(|w| {
+        let mut ended = Vec::new();
+        for (kind, id) in endable_orphans {
+            // Looked at again in the transaction: ending work that is not
+            // running, or not listed, writes nothing but its removal.
+            if (kind.end_running)(w, &id, HOST_ERROR)? {
+                ended.push(id);
+            }
+        }
+        Ok::<_, StoreError>(ended)
+    })?;
+    for id in &ended {
+        tracing::warn!(%id, "work whose end could not be recorded is ended as failed ({HOST_ERROR})");
+        scheduler.ended(id);
+    }
+    Ok(ended)
+}
+
+/// Work `id` once it has ended, or as it stands once `wait` is over or the
+/// daemon stops: what `GET …?wait=` answers. Woken by the lifecycle's
+/// [`Scheduler::ended`]; a waiter holds nothing but its receivers.
+pub(crate) async fn wait_for_end<W: Work>(app: &App, id: &str, wait: Duration) -> Result<W> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the record is read: an end in between is not missed.
+    let mut ends = app.scheduler.ends.subscribe();
+    let mut stopping = app.scheduler.stopping.subscribe();
+    loop {
+        let record: W = app
+            .store
+            .read()?
+            .get(W::TABLE, id)?
+            .ok_or_else(|| Error::NotFound(format!("{} `{id}`", W::WHAT)))?;
+        if record.state().is_final()
+            || *stopping.borrow_and_update()
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(record);
+        }
+        tokio::select! {
+            () = end_of(&mut ends, id) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
+/// Until `id` is announced ended, or announcements may have been missed
+/// (this receiver fell behind).
+async fn end_of(ends: &mut broadcast::Receiver<Arc<str>>, id: &str) {
+    loop {
+        match ends.recv().await {
+            Ok(ended) if &*ended != id => {}
+            Ok(_) | Err(RecvError::Lagged(_)) => return,
+            // The scheduler holds the sender as long as anyone can wait.
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+/// Starts queued work within the limits, tracks what runs, and tells
+/// waiters when work ends.
 #[derive(Debug)]
 pub(crate) struct Scheduler {
     limits: JobLimits,
     wake: Notify,
     running: Mutex<Running>,
-    stopping: AtomicBool,
+    /// Set once a shutdown began: no run starts, and waiters answer.
+    stopping: watch::Sender<bool>,
+    /// The ids of work that ended, for waiters ([`wait_for_end`]).
+    ends: broadcast::Sender<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -295,7 +514,13 @@ struct Running {
 
 impl Scheduler {
     pub fn new(limits: JobLimits) -> Self {
-        Self { limits, wake: Notify::new(), running: Mutex::default(), stopping: AtomicBool::new(false) }
+        Self {
+            limits,
+            wake: Notify::new(),
+            running: Mutex::default(),
+            stopping: watch::Sender::new(false),
+            ends: broadcast::Sender::new(ENDS_BUFFERED),
+        }
     }
 
     /// Look at the queue again (after a submit or a finish).
@@ -306,6 +531,12 @@ impl Scheduler {
     /// Work running now.
     pub fn running(&self) -> usize {
         self.running.lock().expect("lock").total
+    }
+
+    /// Tell waiters that `id` ended (or may have: they read it again).
+    fn ended(&self, id: &str) {
+        // No waiter, no receiver: nothing to tell.
+        let _ = self.ends.send(Arc::from(id));
     }
 
     /// The scheduling loop, until `stopped` turns true.
@@ -322,6 +553,9 @@ impl Scheduler {
                 if let Err(e) = crate::benchmark_runs::queue_due(&app.store, now_ms()) {
                     tracing::error!(error = %e, "the benchmark schedule could not be read");
                 }
+                if let Err(e) = reap(&app.store, &app.scheduler) {
+                    tracing::error!(error = %e, "work whose end was not recorded could not be ended");
+                }
                 if let Err(e) = dispatch(&app) {
                     tracing::error!(error = %e, "the scheduler could not read the queue");
                 }
@@ -337,10 +571,16 @@ impl Scheduler {
         });
     }
 
-    /// Interrupt the run of `id`, if it is running.
+    /// After a cancel of `id` committed: interrupt its run if it runs;
+    /// otherwise it was queued, and the cancel ended it.
     pub fn cancel(&self, id: &str) {
-        if let Some((cancel, _)) = self.running.lock().expect("lock").runs.get(id) {
-            cancel.cancel();
+        let running = self.running.lock().expect("lock");
+        match running.runs.get(id) {
+            Some((cancel, _)) => cancel.cancel(),
+            None => {
+                drop(running);
+                self.ended(id);
+            }
         }
     }
 
@@ -366,11 +606,20 @@ impl Scheduler {
         true
     }
 
+    fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Whether a run of `id` is being started or runs.
+    fn holds(&self, id: &str) -> bool {
+        self.running.lock().expect("lock").runs.contains_key(id)
+    }
+
     /// Take a slot for `id` in `group` if the limits allow; what interrupts
     /// its run.
     fn claim(&self, id: &str, group: SlotGroup) -> Option<CancelToken> {
         let mut running = self.running.lock().expect("lock");
-        if self.stopping.load(Ordering::SeqCst) {
+        if self.is_stopping() {
             return None;
         }
         let in_group = running.per_group.get(&group.name).copied().unwrap_or(0);
@@ -387,7 +636,7 @@ impl Scheduler {
 
     fn stop_starting(&self) -> std::sync::MutexGuard<'_, Running> {
         let running = self.running.lock().expect("lock");
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stopping.send_replace(true);
         running
     }
 
@@ -404,59 +653,130 @@ impl Scheduler {
     }
 }
 
-/// Start what the limits allow, oldest first.
-fn dispatch(app: &Arc<App>) -> Result<()> {
-    let read = app.store.read()?;
-    for id in read.queue()? {
-        if app.scheduler.stopping.load(Ordering::SeqCst)
-            || app.scheduler.running() >= app.scheduler.limits.concurrent
-        {
-            break;
-        }
-        if is_of::<Job>(&id) {
-            launch::<Job>(app, &read, &id)?;
-        } else if is_of::<BenchmarkRun>(&id) {
-            launch::<BenchmarkRun>(app, &read, &id)?;
-        } else {
-            tracing::error!(%id, "the queue holds an id of no known kind");
+/// Started work, to run on a blocking thread.
+type Started = Box<dyn FnOnce(&Arc<App>) + Send>;
+
+/// What [`launch`] did with a queued piece.
+enum Launch {
+    Started(Started),
+    /// It did not start and will not: cancelled meanwhile, or refused by
+    /// its kind.
+    Refused,
+    /// It left the queue unread: its record is missing or cannot be read.
+    Dropped,
+    /// It waits: no slot, or its start failed and is tried again.
+    Waits,
+}
+
+/// Start what the limits allow, oldest first. A piece that cannot be read
+/// is ended and the pass goes on; only a storage failure ends the pass.
+fn dispatch(app: &Arc<App>) -> Result<(), StoreError> {
+    for started in start_queued(&app.store, &app.scheduler)? {
+        match started {
+            Launch::Started(run) => {
+                let app = app.clone();
+                tokio::task::spawn_blocking(move || run(&app));
+            }
+            Launch::Refused => app.metrics.job_finished("refused", None),
+            Launch::Dropped => app.metrics.job_finished("failed", None),
+            Launch::Waits => {}
         }
     }
     Ok(())
 }
 
-/// Start queued `id` if its slot group has room, and run it on a blocking
-/// thread.
-fn launch<W: Work>(app: &Arc<App>, read: &Read, id: &str) -> Result<()> {
-    let Some(record) = read.get::<W>(W::TABLE, id)? else { return Ok(()) };
-    let Some(cancel) = app.scheduler.claim(id, record.slot_group(&app.scheduler.limits)) else {
-        return Ok(());
-    };
-    match start::<W>(app, id) {
-        Ok(Some(record)) => {
-            let app = app.clone();
-            tokio::task::spawn_blocking(move || run(&app, record, cancel));
+/// The dispatch pass without the threads: what each queued piece came to.
+fn start_queued(store: &ControlStore, scheduler: &Scheduler) -> Result<Vec<Launch>, StoreError> {
+    let read = store.read()?;
+    let mut launched = Vec::new();
+    for (place, id) in read.queue_places()? {
+        if scheduler.is_stopping() || scheduler.running() >= scheduler.limits.concurrent {
+            break;
         }
+        let Some(kind) = kind_of(&id) else {
+            tracing::error!(%id, place, "the queue holds an id of no known kind; it leaves the queue");
+            store.write(|w| w.dequeue(place, &id))?;
+            continue;
+        };
+        launched.push((kind.launch)(store, scheduler, &read, place, &id)?);
+    }
+    Ok(launched)
+}
+
+/// Start `id`, queued at `place`, if its slot group has room.
+fn launch<W: Work>(
+    store: &ControlStore,
+    scheduler: &Scheduler,
+    read: &Read,
+    place: u64,
+    id: &str,
+) -> Result<Launch, StoreError> {
+    let record = match read.get::<W>(W::TABLE, id) {
+        Ok(Some(record)) => record,
+        Ok(None) => return drop_queued::<W>(store, scheduler, place, id, "its record is missing"),
+        Err(StoreError::Corrupt { detail, .. }) => {
+            return drop_queued::<W>(store, scheduler, place, id, &detail);
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(cancel) = scheduler.claim(id, record.slot_group(&scheduler.limits)) else {
+        return Ok(Launch::Waits);
+    };
+    match start::<W>(store, place, id) {
+        Ok(Some(record)) => Ok(Launch::Started(Box::new(move |app: &Arc<App>| run(app, record, cancel)))),
         Ok(None) => {
-            app.scheduler.release(id);
-            app.metrics.job_finished("refused", None);
+            scheduler.release(id);
+            scheduler.ended(id);
+            Ok(Launch::Refused)
         }
         Err(e) => {
             // It stays queued; the work behind it may start.
-            app.scheduler.release(id);
+            scheduler.release(id);
             tracing::error!(%id, error = %e, "cannot start {}", W::WHAT);
+            Ok(Launch::Waits)
         }
     }
-    Ok(())
 }
 
-/// Mark queued `id` running, after its kind's checks. `None`: it did not
-/// start (cancelled meanwhile, or refused by its kind).
-fn start<W: Work>(app: &App, id: &str) -> Result<Option<W>> {
-    app.store.write(|w| {
+/// Take `id` out of `place` when its record is missing or cannot be read
+/// (`why`): one such piece must not hold up the queue behind it. A record
+/// that is there is ended as `unreadable`.
+fn drop_queued<W: Work>(
+    store: &ControlStore,
+    scheduler: &Scheduler,
+    place: u64,
+    id: &str,
+    why: &str,
+) -> Result<Launch, StoreError> {
+    store.write(|w| {
+        if !w.dequeue(place, id)? {
+            return Ok(());
+        }
+        match w.get::<W>(W::TABLE, id) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::error!(%id, place, %why, "queued {} has no record; it leaves the queue", W::WHAT)
+            }
+            Err(StoreError::Corrupt { .. }) => drop(end_unreadable::<W>(w, id, why)?),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    })?;
+    scheduler.ended(id);
+    Ok(Launch::Dropped)
+}
+
+/// Mark `id`, queued at `place`, running after its kind's checks. `None`:
+/// it did not start (cancelled or started meanwhile, or refused by its
+/// kind).
+fn start<W: Work>(store: &ControlStore, place: u64, id: &str) -> Result<Option<W>> {
+    store.write(|w| {
+        // The place goes whatever the state: a stale one would be looked
+        // at again at every dispatch. Holding another id, it is not ours.
+        if !w.dequeue(place, id)? {
+            return Ok(None);
+        }
         let Some(mut record) = w.get::<W>(W::TABLE, id)? else { return Ok(None) };
-        // The queue entry goes whatever the state: a stale one would be
-        // looked at again at every dispatch.
-        w.dequeue(record.seq())?;
         if record.state() != JobState::Queued {
             return Ok(None);
         }
@@ -474,11 +794,27 @@ fn start<W: Work>(app: &App, id: &str) -> Result<Option<W>> {
     })
 }
 
+/// A claimed slot, given back however its run ends (a panic while its end
+/// is recorded included), which also tells waiters and the scheduler.
+struct Slot<'a> {
+    app: &'a App,
+    id: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.app.scheduler.release(&self.id);
+        self.app.scheduler.ended(&self.id);
+        self.app.scheduler.wake();
+    }
+}
+
 /// Run started work to its end and record it. Blocking: on a blocking
 /// thread. A panic or a finish that cannot be recorded ends it as failed
-/// (`host-error`) if that can be written; otherwise the next start marks
-/// it interrupted.
+/// (`host-error`) if that can be written; otherwise the scheduler's next
+/// tick tries again ([`reap`]).
 fn run<W: Work>(app: &Arc<App>, record: W, cancel: CancelToken) {
+    let _slot = Slot { app, id: record.id().to_owned() };
     let started = Instant::now();
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let outcome = record.execute(app, cancel);
@@ -493,11 +829,9 @@ fn run<W: Work>(app: &Arc<App>, record: W, cancel: CancelToken) {
         tracing::error!(id = %record.id(), %reason, "cannot record {}", W::WHAT);
         let abandoned = app.store.write(|w| end_running::<W>(w, record.id(), HOST_ERROR));
         if let Err(e) = abandoned {
-            tracing::error!(id = %record.id(), error = %e, "cannot mark {} failed", W::WHAT);
+            tracing::error!(id = %record.id(), error = %e, "cannot mark {} failed; tried again shortly", W::WHAT);
         }
     }
-    app.scheduler.release(record.id());
-    app.scheduler.wake();
 }
 
 #[cfg(test)]
@@ -581,7 +915,7 @@ mod tests {
         scheduler.release(JOB_A);
         scheduler.release(JOB_A);
         assert_eq!(scheduler.running(), 1, "a second release of one id frees nothing");
-        scheduler.stopping.store(true, Ordering::SeqCst);
+        scheduler.stopping.send_replace(true);
         assert!(scheduler.claim(JOB_D, acme).is_none(), "nothing starts while stopping");
     }
 
@@ -636,8 +970,146 @@ mod tests {
         );
         drop(read);
 
-        // Once: a second start moves nothing and finds nothing running.
+        // Again: nothing moves, nothing is found running.
         assert_eq!(recover(&store).unwrap(), 0);
         assert_eq!(store.read().unwrap().queue().unwrap(), [JOB_QUEUED, RUN_QUEUED]);
+    }
+
+    #[test]
+    fn recover_queues_a_run_an_older_daemon_queued_after_a_downgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        // A database this lifecycle already ran on (the flag of the
+        // one-time migration that came before is set), then an older
+        // daemon queued a run outside the queue, with a place of its own.
+        store
+            .write(|w| {
+                w.set(&Setting::<bool>::new("work-queue-v2"), &true)?;
+                enqueue(w, &job(JOB_QUEUED, 1, JobState::Queued))?;
+                w.set(&QUEUE_SEQUENCE, &1u64)?;
+                let waiting = run(RUN_QUEUED, 1, JobState::Queued);
+                w.put(BenchmarkRun::TABLE, &waiting.id, &waiting)
+            })
+            .unwrap();
+        for _ in 0..3 {
+            recover(&store).unwrap();
+            let read = store.read().unwrap();
+            assert_eq!(read.queue_places().unwrap(), [(1, JOB_QUEUED.into()), (2, RUN_QUEUED.into())]);
+            let queued: BenchmarkRun = read.get(BenchmarkRun::TABLE, RUN_QUEUED).unwrap().unwrap();
+            assert_eq!(queued.seq, 2, "its place in the queue, once");
+        }
+    }
+
+    #[test]
+    fn a_dequeue_takes_a_place_only_from_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        // Job A's record names place 1, which holds job B: a cancel of A
+        // must not take B out of the queue.
+        store
+            .write(|w| {
+                enqueue(w, &job(JOB_B, 1, JobState::Queued))?;
+                w.put(JOBS, JOB_A, &job(JOB_A, 1, JobState::Queued))
+            })
+            .unwrap();
+        store
+            .write(|w| {
+                assert!(!w.dequeue(1, JOB_A)?, "place 1 is not A's");
+                assert!(!w.dequeue(2, JOB_A)?, "an empty place");
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let cancelled: Job = store.write(|w| cancel(w, "ana", JOB_A)).unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert_eq!(store.read().unwrap().queue().unwrap(), [JOB_B], "B still waits");
+        store.write(|w| w.dequeue(1, JOB_B)).map(|taken| assert!(taken)).unwrap();
+        assert!(store.read().unwrap().queue().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_or_missing_queued_record_leaves_the_queue_and_the_rest_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        store
+            .write(|w| {
+                w.put_unreadable(crate::store::TENANTS, "acme", &json!({"name": "acme"}))?;
+                // A job record this daemon cannot read (fields missing), a
+                // queued id with no record, then a readable run.
+                let unreadable = json!({"id": JOB_A, "seq": 1, "tenant": "acme", "state": "queued"});
+                w.put_unreadable(JOBS, JOB_A, &unreadable)?;
+                w.enqueue(1, JOB_A)?;
+                w.enqueue(2, JOB_B)?;
+                enqueue(w, &run(RUN_A, 3, JobState::Queued))
+            })
+            .unwrap();
+        let scheduler = Scheduler::new(JobLimits::default());
+        let launched = start_queued(&store, &scheduler).unwrap();
+        let what: Vec<&str> = launched
+            .iter()
+            .map(|l| match l {
+                Launch::Started(_) => "started",
+                Launch::Refused => "refused",
+                Launch::Dropped => "dropped",
+                Launch::Waits => "waits",
+            })
+            .collect();
+        assert_eq!(what, ["dropped", "dropped", "started"]);
+        let read = store.read().unwrap();
+        assert!(read.queue().unwrap().is_empty());
+        let dropped: serde_json::Value = read.get_as(JOBS, JOB_A).unwrap().unwrap();
+        assert_eq!((&dropped["state"], &dropped["failure"]), (&json!("failed"), &json!(UNREADABLE)));
+        let (chain, _) = read.audit("acme").unwrap();
+        assert_eq!(chain.len(), 1);
+        assert_eq!((chain[0].action.as_str(), &chain[0].detail["job"]), ("job.finish", &json!(JOB_A)));
+        let started: BenchmarkRun = read.get(BenchmarkRun::TABLE, RUN_A).unwrap().unwrap();
+        assert_eq!(started.state, JobState::Running);
+        assert!(scheduler.holds(RUN_A));
+        drop(read);
+
+        // Ended, it is not queued again at the next start.
+        recover(&store).unwrap();
+        assert_eq!(store.read().unwrap().queue().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn running_work_no_run_holds_is_ended_on_the_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let limits = JobLimits::default();
+        let scheduler = Scheduler::new(limits.clone());
+        // Job A's run is over, but neither its finish nor the fallback
+        // could be recorded: `RUNNING` lists it and no slot holds it. Run B
+        // still runs.
+        store
+            .write(|w| {
+                w.put(JOBS, JOB_A, &job(JOB_A, 1, JobState::Running))?;
+                w.put(RUNNING, JOB_A, &JOB_A.to_owned())?;
+                let going = run(RUN_A, 2, JobState::Running);
+                w.put(BenchmarkRun::TABLE, &going.id, &going)?;
+                w.put(RUNNING, RUN_A, &RUN_A.to_owned())
+            })
+            .unwrap();
+        let group = run(RUN_A, 2, JobState::Running).slot_group(&limits);
+        assert!(scheduler.claim(RUN_A, group).is_some());
+        let mut ends = scheduler.ends.subscribe();
+        assert_eq!(reap(&store, &scheduler).unwrap(), [JOB_A]);
+        assert_eq!(&*ends.try_recv().unwrap(), JOB_A, "its waiters are told");
+        let read = store.read().unwrap();
+        let ended: Job = read.get(JOBS, JOB_A).unwrap().unwrap();
+        assert_eq!((ended.state, ended.failure.as_deref()), (JobState::Failed, Some(HOST_ERROR)));
+        assert_eq!(read.all::<String>(RUNNING).unwrap(), [RUN_A]);
+        let (chain, _) = read.audit("acme").unwrap();
+        assert_eq!(chain.iter().filter(|e| e.action == "job.finish").count(), 1);
+        drop(read);
+        assert!(reap(&store, &scheduler).unwrap().is_empty(), "once");
+    }
+
+    #[test]
+    fn each_kind_is_told_by_its_ids_prefix() {
+        assert_eq!(kind_of(JOB_A).map(|k| k.prefix), Some(crate::ids::JOB));
+        assert_eq!(kind_of(RUN_A).map(|k| k.prefix), Some(crate::ids::BENCHMARK_RUN));
+        assert!(kind_of("apr_000000000000000000000001").is_none());
+        let prefixes: HashSet<&str> = KINDS.iter().map(|k| k.prefix).collect();
+        assert_eq!(prefixes.len(), KINDS.len(), "each kind once");
     }
 }

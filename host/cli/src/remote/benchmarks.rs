@@ -155,7 +155,11 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             if !wait {
                 return show(json_out, run, &RUN_HEADER, run_row);
             }
-            let run = follow_with(|| client.benchmark_run(&name, &id), &format!("run {id}"), !json_out)?;
+            let run = follow_with(
+                |wait| client.wait_benchmark_run(&name, &id, wait),
+                &format!("run {id}"),
+                !json_out,
+            )?;
             if run["state"] != "succeeded" {
                 if json_out {
                     print_json(&run)?;

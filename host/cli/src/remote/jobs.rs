@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kanon_client::{Client, ClientError};
+use kanon_client::{Client, ClientError, MAX_WAIT_SECS};
 use kanon_daemon::approvals::Approval;
 use kanon_daemon::jobs::SubmitRequest;
 use serde_json::Value;
@@ -149,22 +149,24 @@ fn job_row(job: &Value) -> Vec<String> {
     ]
 }
 
-/// Poll a job until it ends, showing its state on stderr.
+/// Follow a job until it ends, showing its state on stderr.
 pub(crate) fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
-    follow_with(|| client.job(id), &format!("job {id}"), show)
+    follow_with(|wait| client.wait_job(id, wait), &format!("job {id}"), show)
 }
 
-/// Poll a job or a benchmark run through `poll` until it ends, showing its
-/// state on stderr as `what`'s.
+/// Follow a job or a benchmark run through `wait` (its state, once it
+/// has ended or the given wait is over: the daemon's long poll) until it
+/// ends, showing its state on stderr as `what`'s.
 pub(crate) fn follow_with(
-    poll: impl Fn() -> Result<Value, ClientError>,
+    wait: impl Fn(Duration) -> Result<Value, ClientError>,
     what: &str,
     show: bool,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut last = String::new();
+    // First as it stands, to show it; then a wait at a time.
+    let mut item = wait(Duration::ZERO)?;
     loop {
-        let item = poll()?;
         let state = text(&item["state"]);
         if show && state != last {
             eprintln!("{what}: {state} ({:.1} s)", started.elapsed().as_secs_f64());
@@ -173,7 +175,7 @@ pub(crate) fn follow_with(
         if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
             return Ok(item);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        item = wait(Duration::from_secs(MAX_WAIT_SECS))?;
     }
 }
 

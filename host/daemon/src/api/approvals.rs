@@ -154,9 +154,9 @@ async fn revoke_approval(
     PathArgs((tenant, id)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<Approval>> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    let approval = app.store.write(|w| {
-        revoke::<Approval>(w, &caller.actor(), &id, |a| a.tenant == tenant, |_| Ok(()))
-    })?;
+    let approval = app
+        .store
+        .write(|w| revoke::<Approval>(w, &caller.actor(), &id, |a| a.tenant == tenant, |_| Ok(())))?;
     Ok(axum::Json(approval))
 }
 

@@ -11,7 +11,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kanon_client::{ResultArgs, routes};
+use kanon_client::{ResultArgs, WaitArgs, routes};
 use kanon_runtime::Manifest;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -136,7 +136,11 @@ async fn retire_benchmark(
     PathArgs(name): PathArgs<String>,
 ) -> Result<axum::Json<Benchmark>> {
     visible(&app, &caller, &name)?;
-    Ok(axum::Json(app.store.write(|w| benchmarks::retire(w, &caller.actor(), &name))?))
+    let (benchmark, cancelled) = app.store.write(|w| benchmarks::retire(w, &caller.actor(), &name))?;
+    for run in &cancelled {
+        app.scheduler.cancel(run);
+    }
+    Ok(axum::Json(benchmark))
 }
 
 /// Queue a run over every tenant opted in when it starts (its vendor).
@@ -171,19 +175,26 @@ async fn list_runs(
     Ok(axum::Json(runs))
 }
 
-/// One run (its vendor, operators).
+/// One run (its vendor, operators). With `wait`, the answer comes as soon
+/// as the run has ended, or once the wait (at most 60 s) is over, with its
+/// state then.
 #[utoipa::path(get, path = routes::BENCHMARK_RUN, tag = "benchmarks", security(("token" = [])),
-    params(("benchmark" = String, Path), ("run" = String, Path)),
-    responses((status = 200, body = BenchmarkRun), (status = 404, body = super::ErrorBody)))]
+    params(("benchmark" = String, Path), ("run" = String, Path), WaitArgs),
+    responses((status = 200, body = BenchmarkRun), (status = 400, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)))]
 async fn show_run(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     PathArgs((name, id)): PathArgs<(String, String)>,
+    QueryArgs(args): QueryArgs<WaitArgs>,
 ) -> Result<axum::Json<BenchmarkRun>> {
     visible(&app, &caller, &name)?;
     let run: Option<BenchmarkRun> = app.store.read()?.get(BENCHMARK_RUNS, &id)?;
     let run = run.filter(|r| r.benchmark == name).ok_or_else(|| Error::NotFound(format!("run `{id}`")))?;
-    Ok(axum::Json(run))
+    match args.duration() {
+        Some(wait) => Ok(axum::Json(crate::work::wait_for_end::<BenchmarkRun>(&app, &id, wait).await?)),
+        None => Ok(axum::Json(run)),
+    }
 }
 
 /// Cancel a run (its vendor, operators): a queued one does not start; a

@@ -10,7 +10,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kanon_client::{ResultArgs, routes};
+use kanon_client::{ResultArgs, WaitArgs, routes};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,7 +36,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 }
 
 /// Submit a job under an approval (analyst). It waits in the tenant's
-/// queue; poll `GET /v1/jobs/{id}`.
+/// queue; follow it with `GET /v1/jobs/{id}?wait=60`.
 #[utoipa::path(post, path = routes::JOBS, tag = "jobs", security(("token" = [])), request_body = SubmitRequest,
     responses((status = 202, body = Job), (status = 403, body = super::ErrorBody), (status = 429, body = super::ErrorBody)))]
 async fn submit_job(
@@ -92,17 +92,25 @@ async fn list_jobs(
     Ok(axum::Json(mine))
 }
 
-/// One job's state and figures.
-#[utoipa::path(get, path = routes::JOB, tag = "jobs", security(("token" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = Job), (status = 404, body = super::ErrorBody)))]
+/// One job's state and figures. With `wait`, the answer comes as soon as
+/// the job has ended, or once the wait (at most 60 s) is over, with its
+/// state then: a long poll instead of polling.
+#[utoipa::path(get, path = routes::JOB, tag = "jobs", security(("token" = [])),
+    params(("id" = String, Path), WaitArgs),
+    responses((status = 200, body = Job), (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
 async fn show_job(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     PathArgs(id): PathArgs<String>,
+    QueryArgs(args): QueryArgs<WaitArgs>,
 ) -> Result<axum::Json<Job>> {
     let job = load(&app, &id)?;
     may_see(&app, &caller, &job, "job")?;
-    Ok(axum::Json(job))
+    match args.duration() {
+        // Who may see it does not change while it runs: checked once.
+        Some(wait) => Ok(axum::Json(crate::work::wait_for_end::<Job>(&app, &id, wait).await?)),
+        None => Ok(axum::Json(job)),
+    }
 }
 
 /// Cancel a job (its analyst or its tenant's admin).

@@ -22,7 +22,7 @@ mod tenants;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -213,6 +213,10 @@ pub(crate) const UPLOADS_DIR: &str = "uploads";
 const UPLOADS: [(&str, &str); 3] =
     [("PUT", "/v1/tenants/{tenant}/datasets/{dataset}"), ("POST", "/v1/plugins"), ("POST", "/v1/backups")];
 
+/// Routes that may wait for work to end (`?wait=`): the request timeout
+/// plus the longest wait.
+const WAITS: [(&str, &str); 2] = [("GET", routes::JOB), ("GET", routes::BENCHMARK_RUN)];
+
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Request id, span, concurrency cap, metrics.
@@ -234,6 +238,8 @@ async fn observe(
         };
         let timeout = if UPLOADS.contains(&(method.as_str(), route.as_str())) {
             app.config.limits.upload_timeout()
+        } else if WAITS.contains(&(method.as_str(), route.as_str())) {
+            app.config.limits.request_timeout() + Duration::from_secs(kanon_client::MAX_WAIT_SECS)
         } else {
             app.config.limits.request_timeout()
         };

@@ -346,9 +346,9 @@ async fn revoke_grant(
     PathArgs((tenant, id)): PathArgs<(String, String)>,
 ) -> Result<axum::Json<SupportGrant>> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    let grant = app.store.write(|w| {
-        revoke::<SupportGrant>(w, &caller.actor(), &id, |g| g.tenant == tenant, |_| Ok(()))
-    })?;
+    let grant = app
+        .store
+        .write(|w| revoke::<SupportGrant>(w, &caller.actor(), &id, |g| g.tenant == tenant, |_| Ok(())))?;
     Ok(axum::Json(grant))
 }
 
