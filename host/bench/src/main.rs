@@ -1,7 +1,7 @@
 //! `kanon-bench`: the figures the design targets (BENCHMARKS.md), measured
-//! side by side in one process, and with `--load` the daemon under many
-//! concurrent HTTP clients. Its own binary, so the `kanon` binary carries
-//! no benchmark code.
+//! side by side in one process, and with `--load` the daemon (`kanon
+//! serve`, a child process) under many concurrent HTTP clients. Its own
+//! binary, so the `kanon` binary carries no benchmark code.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -38,11 +38,16 @@ struct BenchArgs {
     /// Print one JSON object per figure.
     #[arg(long)]
     json: bool,
-    /// Instead of the figures above: load an in-process daemon over loopback
-    /// with many clients submitting small jobs, and report throughput,
-    /// latencies, errors and lost jobs.
+    /// Instead of the figures above: start the daemon (`kanon serve`, in
+    /// its own process, over a temporary data directory), load it over
+    /// loopback with many clients submitting small jobs, and report
+    /// throughput, latencies, errors and lost jobs.
     #[arg(long)]
     load: bool,
+    /// With --load: the `kanon` binary to serve with (default: the one
+    /// beside this binary, as `cargo build --release` leaves it).
+    #[arg(long, value_name = "PATH", requires = "load")]
+    kanon: Option<std::path::PathBuf>,
     /// With --load: how long the clients keep submitting.
     #[arg(long, default_value_t = 60, requires = "load")]
     seconds: u64,
@@ -99,7 +104,7 @@ fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         figures.push(figure);
     };
     if args.load {
-        return load::run(args.seconds, args.clients, &mut report);
+        return load::run(args.kanon, args.seconds, args.clients, &mut report);
     }
     let (rows, repeats, instantiations, contributions) =
         if args.quick { (1_000_000, 3, 300, 20_000_000) } else { (4_000_000, 5, 3_000, 100_000_000) };
@@ -542,18 +547,18 @@ fn sealing(mebibytes: usize, report: &mut impl FnMut(Figure)) -> anyhow::Result<
 /// `kanon-bench --load`: the daemon under many concurrent clients.
 mod load {
     use std::collections::BTreeMap;
-    use std::process::ExitCode;
+    use std::io::BufRead;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitCode, Stdio};
     use std::sync::{Arc, Barrier, Mutex};
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, bail};
     use kanon_client::{Client, ClientError, NewTenant, NewToken, Role, UploadArgs};
+    use kanon_daemon::AuditExport;
     use kanon_daemon::approvals::{NewApproval, covering};
-    use kanon_daemon::config::JobLimits;
     use kanon_daemon::jobs::{Job, JobState, SubmitRequest};
     use kanon_daemon::registry::PluginRecord;
-    use kanon_daemon::{AuditExport, Daemon, DaemonConfig};
-    use kanon_runtime::{Runtime, RuntimeConfig};
     use kanon_vault::KeyEncryptionKey;
 
     use super::{Figure, datagen};
@@ -611,38 +616,138 @@ mod load {
         submit: SubmitRequest,
     }
 
+    /// `kanon serve` in a child process, over a temporary data directory.
+    struct Served {
+        child: Child,
+        base: String,
+        operator_token: String,
+        log: PathBuf,
+    }
+
+    impl Served {
+        /// Start `kanon` serving over `dir`, with jobs `cores` at once, and
+        /// wait until it answers.
+        fn start(kanon: &Path, dir: &Path, cores: usize) -> anyhow::Result<Self> {
+            let settings = dir.join("kanon.toml");
+            std::fs::write(
+                &settings,
+                format!("[jobs]\nconcurrent = {cores}\nper_tenant = {cores}\nqueued_per_tenant = 1000000\n"),
+            )?;
+            // A port the OS just handed out and nobody holds now.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let log = dir.join("serve.log");
+            let mut child = Command::new(kanon)
+                .args(["serve", "--config"])
+                .arg(&settings)
+                .env("KANON_DATA_DIR", dir.join("data"))
+                .env("KANON_LISTEN", format!("127.0.0.1:{port}"))
+                .env("KANON_CACHE_DIR", dir.join("cache"))
+                .env("KANON_KEY", KeyEncryptionKey::generate().to_hex())
+                .env_remove("KANON_CONFIG")
+                .env_remove("KANON_KEY_FILE")
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .with_context(|| format!("cannot start {}", kanon.display()))?;
+            let stdout = child.stdout.take().context("the daemon's stdout")?;
+            let mut served =
+                Self { child, base: format!("http://127.0.0.1:{port}"), operator_token: String::new(), log };
+            // A first start prints its operator token. Read on a thread
+            // that keeps the pipe open while the daemon runs.
+            let (sender, receiver) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut stdout = std::io::BufReader::new(stdout);
+                let mut line = String::new();
+                let _ = stdout.read_line(&mut line);
+                let _ = sender.send(line);
+                let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+            });
+            let line = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+            let Some(token) = line.trim().strip_prefix("operator token (shown once; keep it safe): ") else {
+                bail!("kanon serve printed no operator token ({line:?}): {}", served.stderr());
+            };
+            served.operator_token = token.to_owned();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Client::new(&served.base, None).health().is_err() {
+                if let Some(status) = served.child.try_wait()? {
+                    bail!("kanon serve exited with {status}: {}", served.stderr());
+                }
+                if Instant::now() > deadline {
+                    bail!("kanon serve did not answer: {}", served.stderr());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(served)
+        }
+
+        fn stderr(&self) -> String {
+            String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        }
+
+        /// SIGTERM, as an operator stops it, then wait for it to exit.
+        fn stop(mut self) -> anyhow::Result<()> {
+            let pid = self.child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().context("cannot run kill")?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = self.child.try_wait()? {
+                    if !status.success() {
+                        bail!("kanon serve exited with {status}: {}", self.stderr());
+                    }
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    bail!("kanon serve did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            // Stopped already, or the bench failed: no daemon outlives it.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The `kanon` binary beside this one.
+    fn kanon_beside() -> anyhow::Result<PathBuf> {
+        let me = std::env::current_exe().context("cannot find this binary")?;
+        let kanon = me.with_file_name(format!("kanon{}", std::env::consts::EXE_SUFFIX));
+        if !kanon.is_file() {
+            bail!(
+                "no kanon binary at {}: build it (cargo build --release --workspace) or give --kanon PATH",
+                kanon.display()
+            );
+        }
+        Ok(kanon)
+    }
+
     pub(super) fn run(
+        kanon: Option<PathBuf>,
         seconds: u64,
         clients: usize,
         report: &mut impl FnMut(Figure),
     ) -> anyhow::Result<ExitCode> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let dir = tempfile::tempdir()?;
-        let config = DaemonConfig {
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            data_dir: dir.path().join("data"),
-            jobs: JobLimits {
-                concurrent: cores,
-                per_tenant: cores,
-                queued_per_tenant: 1_000_000,
-                ..JobLimits::default()
-            },
-            ..DaemonConfig::default()
+        let kanon = match kanon {
+            Some(path) => path,
+            None => kanon_beside()?,
         };
-        let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().join("cache")),
-            ..RuntimeConfig::default()
-        })?;
-        let tokio =
-            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
-        let (daemon, first) = tokio.block_on(Daemon::start(config, KeyEncryptionKey::generate(), runtime))?;
-        let base = format!("http://{}", daemon.local_addr());
-        let operator = Client::new(&base, Some(first.operator_token.context("a first start has a token")?));
+        let dir = tempfile::tempdir()?;
+        let daemon = Served::start(&kanon, dir.path(), cores)?;
+        let base = daemon.base.clone();
+        let operator = Client::new(&base, Some(daemon.operator_token.clone()));
         let tenants = (0..TENANTS)
             .map(|i| tenant(&operator, &format!("load{i}"), i as u64))
             .collect::<Result<Vec<_>, _>>()?;
         eprintln!(
-            "daemon on {base}: {TENANTS} tenants of {ROWS} rows, jobs {cores} at once; {clients} clients for {seconds} s"
+            "{} serving on {base} (pid {}): {TENANTS} tenants of {ROWS} rows, jobs {cores} at once; \
+             {clients} clients for {seconds} s",
+            kanon.display(),
+            daemon.child.id()
         );
 
         let tenants = Arc::new(tenants);
@@ -706,7 +811,7 @@ mod load {
             );
             lost += tally.submitted.len().saturating_sub(known);
         }
-        tokio.block_on(daemon.shutdown());
+        daemon.stop()?;
 
         let errors: usize = tally.errors.values().sum();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;

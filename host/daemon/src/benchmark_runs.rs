@@ -285,7 +285,7 @@ impl Work for BenchmarkRun {
 fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<(String, String)>) {
     let mut skipped = Vec::new();
     let not_run = |code, detail: String, participants| Outcome::NotRun { code, detail, participants };
-    let read = match app.store.read() {
+    let read = match app.store.read_for_change() {
         Ok(read) => read,
         Err(e) => return (not_run("host-error", e.to_string(), Vec::new()), skipped),
     };

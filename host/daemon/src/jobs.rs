@@ -384,7 +384,7 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
             Err(e) => return not_run("data-unavailable", e.to_string()),
         }
     }
-    let read = match app.store.read() {
+    let read = match app.store.read_for_change() {
         Ok(read) => read,
         Err(e) => return not_run("host-error", e.to_string()),
     };

@@ -168,7 +168,7 @@ fn reconcile_in(store: &ControlStore, vault: &Vault, pending: &Pending) -> Resul
 }
 
 fn settle_all(store: &ControlStore, vault: &Vault, pending: &Pending) -> Result<usize> {
-    let intents: Vec<Intent> = store.read()?.all(PENDING)?;
+    let intents: Vec<Intent> = store.read_for_change()?.all(PENDING)?;
     let mut written = 0;
     for intent in intents {
         if pending.running.lock().expect("lock").contains(&intent.id) {

@@ -4,13 +4,15 @@
 //!
 //! Every change goes through [`ControlStore::write`], which hands out one
 //! write transaction: a state change and the audit entries it causes commit
-//! together or not at all.
+//! together or not at all. Changes commit in groups (one fsync for many),
+//! and `read` shows only durable changes; see `GroupCommit`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Weak};
 
 use kanon_vault::redb_file::{self, Handle, Reopening, StorageFailure};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -286,6 +288,153 @@ struct Inner {
     path: PathBuf,
     db: Reopening,
     broken: BrokenChains,
+    group: GroupCommit,
+}
+
+/// Group commit: many changes, one fsync. Each change commits without an
+/// fsync, having taken a ticket inside its transaction, and its writer
+/// waits until a durable commit on the same handle covers the ticket.
+/// Whoever finds none under way makes one: an empty write transaction at
+/// redb's default durability, which makes every commit before it durable.
+/// redb runs one write transaction at a time, so once the durable one has
+/// begun, every ticket issued is of a transaction that has ended: it
+/// covers exactly the tickets issued by then.
+#[derive(Default)]
+struct GroupCommit {
+    /// Tickets handed out.
+    issued: AtomicU64,
+    synced: std::sync::Mutex<Synced>,
+    /// A durable commit ended.
+    done: Condvar,
+    /// Tests only: run first in every durable commit (to hold it, fail it
+    /// or panic in it).
+    #[cfg(test)]
+    hook: std::sync::Mutex<Option<SyncHook>>,
+}
+
+#[cfg(test)]
+type SyncHook = Arc<dyn Fn() -> Result<(), StoreError> + Send + Sync>;
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").field("issued", &self.issued).finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Synced> {
+        self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How far durable commits got, on one handle.
+#[derive(Debug, Default)]
+struct Synced {
+    /// The handle the figures are of. A `Weak` keeps its allocation, so no
+    /// handle opened later has its address.
+    handle: Weak<Handle>,
+    /// Tickets up to this one are durable.
+    durable: u64,
+    /// Why a durable commit on the handle failed: no later ticket on it
+    /// will be durable.
+    failed: Option<StoreError>,
+    /// A durable commit is under way.
+    syncing: bool,
+}
+
+impl Synced {
+    fn of(&self, db: &Arc<Handle>) -> bool {
+        std::ptr::eq(self.handle.as_ptr(), Arc::as_ptr(db))
+    }
+
+    /// Whether every ticket up to `ticket` is durable on `db`.
+    fn covers(&self, db: &Arc<Handle>, ticket: u64) -> bool {
+        self.of(db) && self.durable >= ticket
+    }
+}
+
+/// Ends a durable commit, also one that panicked: `syncing` goes back to
+/// false and the waiters wake, so none waits on a commit that is gone.
+struct Syncing<'a> {
+    group: &'a GroupCommit,
+    db: &'a Arc<Handle>,
+    /// The tickets it made durable, or why it failed; `None` until it
+    /// returns: dropped so, it panicked.
+    made: Option<Result<u64, StoreError>>,
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        let made =
+            self.made.take().unwrap_or_else(|| Err(StoreError::Failed("a durable commit panicked".into())));
+        let mut synced = self.group.lock();
+        synced.syncing = false;
+        if !synced.of(self.db) {
+            *synced = Synced { handle: Arc::downgrade(self.db), ..Synced::default() };
+        }
+        match made {
+            Ok(through) => synced.durable = synced.durable.max(through),
+            Err(e) => {
+                // The changes waiting are told it failed, so they must
+                // never become durable, as the next durable commit on this
+                // handle (or its close) would make them: the handle is
+                // given up, and the file opened again from its last
+                // durable commit.
+                self.db.fail(&e.to_string());
+                synced.failed = Some(e);
+            }
+        }
+        self.group.done.notify_all();
+    }
+}
+
+/// The error of a durable commit, for each change it was to cover.
+fn covered_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Full(detail) => StoreError::Full(detail.clone()),
+        StoreError::Damaged { path, detail } => {
+            StoreError::Damaged { path: path.clone(), detail: detail.clone() }
+        }
+        StoreError::Failed(detail) => StoreError::Failed(detail.clone()),
+        other => StoreError::Failed(other.to_string()),
+    }
+}
+
+thread_local! {
+    static WRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This thread runs a write's change (and holds redb's write lock) while
+/// one lives.
+struct Writing;
+
+impl Writing {
+    fn enter() -> Self {
+        WRITING.set(true);
+        Writing
+    }
+
+    fn here() -> bool {
+        WRITING.get()
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.set(false);
+    }
+}
+
+/// Run `f`, on a worker of tokio's multi-threaded runtime under
+/// `block_in_place`: the worker's other tasks (`/health` among them) move
+/// to another thread while this one waits on the disk.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle as Tokio, RuntimeFlavor};
+    if Tokio::try_current().is_ok_and(|t| t.runtime_flavor() == RuntimeFlavor::MultiThread) {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 impl ControlStore {
@@ -305,13 +454,17 @@ impl ControlStore {
         }
         let handle = open_checked(&path)?;
         let room_at = path.canonicalize().unwrap_or_else(|_| dir.to_owned());
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 path,
                 db: Reopening::new(handle, room_at),
                 broken: BrokenChains::default(),
+                group: GroupCommit::default(),
             }),
-        })
+        };
+        // Opening ended with a durable commit.
+        store.inner.group.lock().handle = Arc::downgrade(&store.db()?);
+        Ok(store)
     }
 
     /// The database, opened again first if an I/O failure spoilt it.
@@ -431,22 +584,113 @@ impl ControlStore {
     }
 
     /// Run `change` in one write transaction and commit it if it returns
-    /// `Ok`. An `Err` leaves nothing behind.
+    /// `Ok`; return once the commit is durable (group commit: one fsync for
+    /// all the changes waiting). An `Err` leaves nothing behind, and so
+    /// does a failed durable commit. Waits under `block_in_place` on a
+    /// tokio worker.
     pub fn write<T, E: From<StoreError>>(
         &self,
         change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let (_db, txn) = self.begin_write()?;
+        off_worker(|| self.write_here(change))
+    }
+
+    fn write_here<T, E: From<StoreError>>(
+        &self,
+        change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (db, mut txn) = self.begin_write()?;
+        txn.set_durability(Durability::None).map_err(|e| StoreError::Database(e.to_string()))?;
         let mut write = Write { txn: &txn, store: self };
-        let value = change(&mut write)?;
+        let value = {
+            let _writing = Writing::enter();
+            change(&mut write)?
+        };
+        // Taken while this transaction holds redb's write lock: a durable
+        // commit reading `issued` once it holds the lock comes after this.
+        let ticket = self.inner.group.issued.fetch_add(1, Ordering::SeqCst) + 1;
         txn.commit().map_err(db_err)?;
+        self.durable_through(&db, ticket)?;
         self.inner.db.committed();
         Ok(value)
     }
 
-    /// A consistent snapshot to read from.
+    /// A consistent snapshot to read from, holding durable changes only: a
+    /// change is seen once a crash can no longer take it back. Waits (under
+    /// `block_in_place` on a tokio worker) for the durable commit of what
+    /// it holds, if that is under way or yet to be made; fails if that
+    /// commit fails.
     pub fn read(&self) -> Result<Read, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
+        // Every commit this snapshot holds took its ticket before it
+        // committed, so before this.
+        let through = self.inner.group.issued.load(Ordering::SeqCst);
+        if !self.inner.group.lock().covers(&db, through) {
+            // The durable commit it would wait for needs the write lock
+            // this thread holds: an error, not a hang.
+            if Writing::here() {
+                return Err(StoreError::Database(
+                    "a read that waits for durability was asked for inside a write; use the write's own reads"
+                        .into(),
+                ));
+            }
+            off_worker(|| self.durable_through(&db, through))?;
+        }
+        Ok(Read { txn })
+    }
+
+    /// A snapshot that may hold changes not yet durable, without waiting:
+    /// for a read whose result only leads to a change (the scheduler's
+    /// dispatch and reaping, a run's own inputs, reconciling), never for an
+    /// answer, a release or a backup. Safe because the change it leads to is
+    /// durable only together with every commit before it, the ones this
+    /// snapshot saw among them.
+    pub(crate) fn read_for_change(&self) -> Result<Read, StoreError> {
         Ok(Read { txn: self.db()?.begin_read().map_err(db_err)? })
+    }
+
+    /// Wait until a durable commit on `db` covers `ticket`, making one if
+    /// none is under way.
+    fn durable_through(&self, db: &Arc<Handle>, ticket: u64) -> Result<(), StoreError> {
+        let group = &self.inner.group;
+        let mut synced = group.lock();
+        loop {
+            if synced.covers(db, ticket) {
+                return Ok(());
+            }
+            if let Some(e) = synced.failed.as_ref().filter(|_| synced.of(db)) {
+                return Err(covered_error(e));
+            }
+            if synced.syncing {
+                synced = group.done.wait(synced).unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            synced.syncing = true;
+            drop(synced);
+            let mut syncing = Syncing { group, db, made: None };
+            syncing.made = Some(self.durable_commit(db));
+            drop(syncing);
+            synced = group.lock();
+        }
+    }
+
+    /// An empty write transaction at redb's default durability: it makes
+    /// every commit before it on `db` durable. Returns the last ticket
+    /// issued as it began, so the last it made durable.
+    fn durable_commit(&self, db: &Handle) -> Result<u64, StoreError> {
+        #[cfg(test)]
+        {
+            let hook =
+                self.inner.group.hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if let Some(hook) = hook {
+                hook()?;
+            }
+        }
+        let txn = db.begin_write().map_err(db_err)?;
+        let through = self.inner.group.issued.load(Ordering::SeqCst);
+        txn.commit().map_err(db_err)?;
+        Ok(through)
     }
 
     /// The last storage failure that no commit has followed yet.
@@ -1345,5 +1589,244 @@ mod tests {
     fn a_second_process_is_refused() {
         let (dir, _store) = store_with_chain();
         assert!(matches!(ControlStore::open(dir.path()), Err(StoreError::InUse(_))));
+    }
+
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// `meta` read and written as numbers, for the group commit's tests.
+    const SCRATCH: Table<u32> = Table::new("meta");
+
+    /// How long a test waits for what should take milliseconds: a hang
+    /// fails it.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// Every durable commit runs `hook` first.
+    fn hook(store: &ControlStore, hook: impl Fn() -> Result<(), StoreError> + Send + Sync + 'static) {
+        *store.inner.group.hook.lock().unwrap() = Some(Arc::new(hook));
+    }
+
+    /// A hook that holds the first durable commit until `release` is sent
+    /// or dropped, telling `held` when it holds it, and then goes on with
+    /// `first`; later ones go on with `then`.
+    fn hold_first(
+        store: &ControlStore,
+        first: impl Fn() -> Result<(), StoreError> + Send + Sync + 'static,
+        then: impl Fn() -> Result<(), StoreError> + Send + Sync + 'static,
+    ) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (held, held_rx) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let is_first = std::sync::atomic::AtomicBool::new(true);
+        hook(store, move || {
+            if is_first.swap(false, Ordering::SeqCst) {
+                held.send(()).unwrap();
+                let _ = release_rx.lock().unwrap().recv();
+                return first();
+            }
+            then()
+        });
+        (held_rx, release)
+    }
+
+    /// A read inside a write that would wait for a durable commit (which
+    /// needs the write lock the caller holds) fails at once instead.
+    #[test]
+    fn a_read_that_would_wait_inside_a_write_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let (held, release) = hold_first(&store, || Ok(()), || Ok(()));
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(|w| w.put(SCRATCH, "change", &1)))
+        };
+        held.recv_timeout(PATIENCE).unwrap();
+        let (done, done_rx) = mpsc::channel();
+        {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let inner = store.clone();
+                let outcome = store.write(|w| {
+                    w.put(SCRATCH, "mine", &1)?;
+                    inner.read().map(drop)
+                });
+                done.send(outcome).unwrap();
+            });
+        }
+        let outcome = done_rx.recv_timeout(PATIENCE).expect("the read inside the write hung");
+        assert!(
+            matches!(&outcome, Err(StoreError::Database(m)) if m.contains("inside a write")),
+            "{outcome:?}"
+        );
+        drop(release);
+        writer.join().unwrap().unwrap();
+        assert_eq!(
+            store.read().unwrap().get(SCRATCH, "mine").unwrap(),
+            None,
+            "the refused write left nothing"
+        );
+    }
+
+    /// `key` in a new store over the same file, as after a crash: only
+    /// durable commits are in it.
+    fn in_a_copy(dir: &Path, key: &str) -> Option<u32> {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join(CONTROL_FILE), copy.path().join(CONTROL_FILE)).unwrap();
+        let store = ControlStore::open(copy.path()).unwrap();
+        store.read().unwrap().get(SCRATCH, key).unwrap()
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn concurrent_changes_are_durable_when_write_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        store.write(|w| w.put(SCRATCH, &format!("w{t}-{i}"), &i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        // A copy of the file as it is now holds only what was made durable:
+        // redb's header names the last durable commit, never a later one.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.path().join(CONTROL_FILE), copy.path().join(CONTROL_FILE)).unwrap();
+        let copied = ControlStore::open(copy.path()).unwrap();
+        let read = copied.read().unwrap();
+        for t in 0..8 {
+            for i in 0..25 {
+                assert_eq!(read.get(SCRATCH, &format!("w{t}-{i}")).unwrap(), Some(i), "w{t}-{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_holds_no_change_before_it_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let (held, release) = hold_first(&store, || Ok(()), || Ok(()));
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(|w| w.put(SCRATCH, "change", &1)))
+        };
+        held.recv_timeout(PATIENCE).unwrap();
+        // Committed, not durable: redb shows it to a plain snapshot, and a
+        // crash now would take it back.
+        let plain = store.db().unwrap().begin_read().unwrap();
+        assert_eq!(get_from::<u32>(&plain.open_table(META).unwrap(), "change").unwrap(), Some(1));
+        drop(plain);
+        assert_eq!(in_a_copy(dir.path(), "change"), None);
+
+        let (seen, seen_rx) = mpsc::channel();
+        {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let read = store.read().and_then(|r| r.get(SCRATCH, "change"));
+                seen.send(read).unwrap();
+            });
+        }
+        assert!(
+            seen_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "read() returned while the change it holds was not durable"
+        );
+        assert!(!writer.is_finished(), "write() returned before its change was durable");
+        drop(release);
+        assert_eq!(seen_rx.recv_timeout(PATIENCE).unwrap().unwrap(), Some(1));
+        writer.join().unwrap().unwrap();
+        assert_eq!(in_a_copy(dir.path(), "change"), Some(1));
+    }
+
+    #[test]
+    fn a_durable_commit_that_panics_fails_the_changes_waiting_and_hangs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        // The first durable commit is held while three more changes commit
+        // without one, then panics before it begins.
+        let (held, release) =
+            hold_first(&store, || panic!("a durable commit panicked (injected)"), || Ok(()));
+        let (done, done_rx) = mpsc::channel();
+        let write = |key: &'static str| {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let write = || store.write(|w| w.put(SCRATCH, key, &1));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write));
+                done.send((key, outcome.map_err(|_| "panicked"))).unwrap();
+            })
+        };
+        let mut writers = vec![write("first")];
+        held.recv_timeout(PATIENCE).unwrap();
+        writers.extend(["a", "b", "c"].map(write));
+        wait_until("three more changes committed", || store.inner.group.issued.load(Ordering::SeqCst) == 4);
+        drop(release);
+
+        let mut outcomes: BTreeMap<_, _> =
+            (0..4).map(|_| done_rx.recv_timeout(PATIENCE).expect("a writer hangs")).collect();
+        // The writer that made the durable commit panics; the others fail,
+        // not one of them waits on.
+        assert!(matches!(outcomes.remove("first"), Some(Err("panicked"))), "{outcomes:?}");
+        for (key, outcome) in &outcomes {
+            assert!(matches!(outcome, Ok(Err(StoreError::Failed(_)))), "{key}: {outcome:?}");
+        }
+        writers.into_iter().for_each(|w| w.join().unwrap());
+
+        // A later change goes through, over the file opened again; the
+        // failed ones are gone, from the store as from the file.
+        let (later, later_rx) = mpsc::channel();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || later.send(store.write(|w| w.put(SCRATCH, "later", &1))).unwrap())
+        };
+        later_rx.recv_timeout(PATIENCE).expect("a later write hangs").unwrap();
+        writer.join().unwrap();
+        assert_eq!(store.trouble(), None);
+        let read = store.read().unwrap();
+        for key in ["first", "a", "b", "c"] {
+            assert_eq!(read.get(SCRATCH, key).unwrap(), None, "{key}");
+        }
+        assert_eq!(read.get(SCRATCH, "later").unwrap(), Some(1));
+        drop((read, store));
+        let reopened = ControlStore::open(dir.path()).unwrap();
+        let read = reopened.read().unwrap();
+        assert_eq!(read.get(SCRATCH, "a").unwrap(), None);
+        assert_eq!(read.get(SCRATCH, "later").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn a_failed_durable_commit_fails_its_changes_and_none_of_them_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        hook(&store, move || match failed.swap(true, Ordering::SeqCst) {
+            false => Err(StoreError::Failed("fsync failed (injected)".into())),
+            true => Ok(()),
+        });
+        match store.write(|w| w.put(SCRATCH, "lost", &1)) {
+            Err(StoreError::Failed(why)) => assert!(why.contains("injected"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Shown as storage trouble until a commit goes through.
+        assert!(store.trouble().is_some_and(|t| t.detail.contains("injected")), "{:?}", store.trouble());
+        // Nobody sees the change its writer was told failed, now or later.
+        assert_eq!(store.read().unwrap().get(SCRATCH, "lost").unwrap(), None);
+        store.write(|w| w.put(SCRATCH, "kept", &1)).unwrap();
+        assert_eq!(store.trouble(), None);
+        assert_eq!(store.read().unwrap().get(SCRATCH, "lost").unwrap(), None);
+        drop(store);
+        let reopened = ControlStore::open(dir.path()).unwrap();
+        let read = reopened.read().unwrap();
+        assert_eq!(read.get(SCRATCH, "lost").unwrap(), None);
+        assert_eq!(read.get(SCRATCH, "kept").unwrap(), Some(1));
     }
 }

@@ -413,7 +413,7 @@ fn endable<W: Work>(store: &ControlStore, read: &Read, id: &str) -> Result<bool,
 /// recorded (a storage failure, say). Ended as failed (`host-error`) now,
 /// on the scheduler's tick, rather than at the next start. The ids ended.
 fn reap(store: &ControlStore, scheduler: &Scheduler) -> Result<Vec<String>, StoreError> {
-    let read = store.read()?;
+    let read = store.read_for_change()?;
     let listed: Vec<String> = read.all(RUNNING)?;
     // A run is claimed before its start commits to `RUNNING`, and released
     // only after its end was tried: listed and unclaimed, its run is over.
@@ -687,7 +687,7 @@ fn dispatch(app: &Arc<App>) -> Result<(), StoreError> {
 
 /// The dispatch pass without the threads: what each queued piece came to.
 fn start_queued(store: &ControlStore, scheduler: &Scheduler) -> Result<Vec<Launch>, StoreError> {
-    let read = store.read()?;
+    let read = store.read_for_change()?;
     let mut launched = Vec::new();
     for (place, id) in read.queue_places()? {
         if scheduler.is_stopping() || scheduler.running() >= scheduler.limits.concurrent {

@@ -89,6 +89,16 @@ impl WatchedFile {
         }
         result
     }
+
+    /// After a failure nothing more is written: redb refuses a file after
+    /// its own I/O failure, but not after [`Handle::fail`], and as it
+    /// closes it would commit, durably, whatever it holds.
+    fn writable(&self) -> io::Result<()> {
+        match self.failure.get() {
+            Some(failure) => Err(io::Error::other(format!("the file failed earlier: {failure}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl StorageBackend for WatchedFile {
@@ -101,14 +111,17 @@ impl StorageBackend for WatchedFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.writable()?;
         self.watch(self.file.set_len(len))
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.writable()?;
         self.watch(self.file.sync_data())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.writable()?;
         self.watch(self.file.write(offset, data))
     }
 
@@ -130,6 +143,15 @@ impl Handle {
     /// commits nothing more through it.
     pub fn failure(&self) -> Option<&StorageFailure> {
         self.failure.get()
+    }
+
+    /// Give this handle up as failed although no I/O failed (a durable
+    /// commit panicked, say): from now on nothing is written through it,
+    /// not even as it closes, so what it committed without an fsync never
+    /// becomes durable, and [`Reopening`] opens the file again at its next
+    /// use.
+    pub fn fail(&self, detail: &str) {
+        let _ = self.failure.set(StorageFailure::of(&io::Error::other(detail.to_owned())));
     }
 }
 
