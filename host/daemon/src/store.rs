@@ -857,7 +857,10 @@ fn keys_listed<R>(
 /// A `LISTINGS` key, owned.
 type ListingKey = (String, String, String);
 
-/// Add the listings of every record of `table` to `out`.
+/// Add the listings of every record of `table` to `out`. A record that
+/// does not read as the table's type (one the work lifecycle ended as
+/// `unreadable`, say) is left out of them rather than keeping the daemon
+/// from starting: it could not be served from a listing either.
 fn listings_of<R: DeserializeOwned>(
     txn: &WriteTransaction,
     table: Table<R>,
@@ -865,7 +868,13 @@ fn listings_of<R: DeserializeOwned>(
 ) -> Result<(), StoreError> {
     for entry in txn.open_table(table.raw()).map_err(db_err)?.iter().map_err(db_err)? {
         let (key, value) = entry.map_err(db_err)?;
-        let record: R = decode(key.value(), value.value())?;
+        let record: R = match decode(key.value(), value.value()) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(table = table.name, error = %e, "a record is left out of its table's listings");
+                continue;
+            }
+        };
         for listing in table.listings {
             if let Some(under) = (listing.of)(&record) {
                 out.insert((listing.name.to_owned(), under.to_owned(), key.value().to_owned()));
@@ -1155,14 +1164,33 @@ impl Write<'_> {
     }
 
     /// Write back a record that no longer reads as `R` (its JSON, marked
-    /// as ended): its listings stay as they are, since what it is listed
-    /// under cannot be read from it; the next open lists it afresh.
+    /// as ended). It leaves its listings, as an open would leave it out
+    /// of them: what it was listed under cannot be read from it, so each
+    /// of the table's listings is searched for its key (a rare path).
     pub(crate) fn put_unreadable<R>(
         &mut self,
         table: Table<R>,
         key: &str,
         json: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let mut listings = self.txn.open_table(LISTINGS).map_err(db_err)?;
+        let mut stale = Vec::new();
+        for listing in table.listings {
+            for entry in listings.range((listing.name, "", "")..).map_err(db_err)? {
+                let (entry, _) = entry.map_err(db_err)?;
+                let (name, under, listed) = entry.value();
+                if name != listing.name {
+                    break;
+                }
+                if listed == key {
+                    stale.push((name.to_owned(), under.to_owned()));
+                }
+            }
+        }
+        for (name, under) in &stale {
+            listings.remove((name.as_str(), under.as_str(), key)).map_err(db_err)?;
+        }
+        drop(listings);
         let mut raw = self.txn.open_table(table.raw()).map_err(db_err)?;
         raw.insert(key, encode(json).as_slice()).map_err(db_err)?;
         Ok(())
@@ -1489,6 +1517,15 @@ mod tests {
         }
         let store = ControlStore::open(dir.path()).unwrap();
         assert_eq!(ids_of(&store, "acme"), ["g1", "g2", "g3"]);
+        // A record that no longer reads as a grant is left out, and the
+        // store still opens.
+        store
+            .write(|w| w.put_unreadable(GRANTS, "g2", &serde_json::json!({"id": "g2", "tenant": "acme"})))
+            .unwrap();
+        assert_eq!(ids_of(&store, "acme"), ["g1", "g3"]);
+        drop(store);
+        let store = ControlStore::open(dir.path()).unwrap();
+        assert_eq!(ids_of(&store, "acme"), ["g1", "g3"]);
     }
 
     #[test]
