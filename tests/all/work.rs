@@ -230,3 +230,50 @@ fn a_wait_answers_once_work_ends_or_its_time_is_up() {
     let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(60)).unwrap();
     assert_eq!(job["state"], "cancelled", "{job}");
 }
+
+/// Waits hold request slots, so they are budgeted: with 4 slots, two
+/// waits in all and one per caller. One beyond answers at once with the
+/// state as it stands; once a wait ends, its place is free again.
+#[test]
+fn a_wait_beyond_the_budget_answers_at_once() {
+    let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
+    let d = TestDaemon::start_with_limits(
+        tempfile::tempdir().unwrap(),
+        |config| config.limits.max_concurrent_requests = 4,
+        limits,
+    );
+    let admin = d.tenant("acme");
+    ingest_trips(&admin, "acme");
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let sleeper: Value =
+        upload_plugin(&analyst, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
+    let approval = approve(&admin, "acme", &sleeper, "ana");
+    let submit = json!({"tenant": "acme", "plugin": sleeper["hash"], "approval": approval["id"],
+                        "datasets": {"trips": "trips"}});
+    let sleeping: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    let sleeping = sleeping["id"].as_str().unwrap().to_owned();
+    wait_state(&analyst, &format!("/v1/jobs/{sleeping}"), "running");
+
+    let waiter = std::thread::spawn({
+        let (analyst, sleeping) = (analyst.clone(), sleeping.clone());
+        move || {
+            let asked = Instant::now();
+            let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(4)).unwrap();
+            (asked.elapsed(), job)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // The same caller again: beyond its share, answered at once.
+    let asked = Instant::now();
+    let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(30)).unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
+    let (took, job) = waiter.join().unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    assert!(took >= Duration::from_secs(4), "the first wait waited: {took:?}");
+    // Its place is free again: a wait waits.
+    let asked = Instant::now();
+    let _: Value = analyst.wait_job(&sleeping, Duration::from_secs(2)).unwrap();
+    assert!(asked.elapsed() >= Duration::from_secs(2), "{:?}", asked.elapsed());
+    let _: Value = analyst.send("POST", &format!("/v1/jobs/{sleeping}/cancel"), &json!({})).unwrap();
+}

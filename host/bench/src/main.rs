@@ -943,6 +943,7 @@ mod load {
             loop {
                 tally.requests += 1;
                 let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+                let asked = Instant::now();
                 match analyst.wait_job::<Job>(&job.id, wait) {
                     Ok(now) if now.state == JobState::Succeeded => {
                         tally.done.push(submitted.elapsed());
@@ -954,7 +955,9 @@ mod load {
                         tally.error("job", format!("{} ({:?})", now.state.name(), now.failure));
                         break;
                     }
-                    Ok(_) => {}
+                    // Answered at once though not ended: the daemon's wait
+                    // budget was full. Pause before asking again.
+                    Ok(_) => std::thread::sleep(POLL.saturating_sub(asked.elapsed())),
                     Err(e) => {
                         tally.error("wait", describe(&e));
                         std::thread::sleep(POLL);

@@ -452,7 +452,14 @@ fn reap(store: &ControlStore, scheduler: &Scheduler) -> Result<Vec<String>, Stor
 /// Work `id` once it has ended, or as it stands once `wait` is over or the
 /// daemon stops: what `GET …?wait=` answers. Woken by the lifecycle's
 /// [`Scheduler::ended`]; a waiter holds nothing but its receivers.
-pub(crate) async fn wait_for_end<W: Work>(app: &App, id: &str, wait: Duration) -> Result<W> {
+///
+/// A wait holds one of the daemon's request slots while it lasts, so waits
+/// are budgeted ([`WaitBudget`]): one beyond the budget answers at once, as
+/// a wait of zero would, and the client asks again after a pause.
+pub(crate) async fn wait_for_end<W: Work>(app: &App, who: &str, id: &str, wait: Duration) -> Result<W> {
+    let budget = WaitBudget::of(app.config.limits.max_concurrent_requests);
+    let _slot = app.scheduler.wait_slot(who, budget);
+    let wait = if _slot.is_some() { wait } else { Duration::ZERO };
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the record is read: an end in between is not missed.
     let mut ends = app.scheduler.ends.subscribe();
@@ -501,6 +508,43 @@ pub(crate) struct Scheduler {
     stopping: watch::Sender<bool>,
     /// The ids of work that ended, for waiters ([`wait_for_end`]).
     ends: broadcast::Sender<Arc<str>>,
+    /// Waits under way: in all, and by caller.
+    waits: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// How many waits may be under way: at most half the request slots in
+/// all, so the other half stays free for everything else, and a quarter of
+/// those for one caller, so no token takes them all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WaitBudget {
+    pub all: usize,
+    pub per_caller: usize,
+}
+
+impl WaitBudget {
+    pub(crate) fn of(max_concurrent_requests: usize) -> Self {
+        let all = max_concurrent_requests / 2;
+        Self { all, per_caller: all.div_ceil(4) }
+    }
+}
+
+/// A wait under way, counted until it is dropped.
+pub(crate) struct WaitSlot<'a> {
+    scheduler: &'a Scheduler,
+    who: String,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut waits = self.scheduler.waits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        waits.0 -= 1;
+        if let Some(mine) = waits.1.get_mut(&self.who) {
+            *mine -= 1;
+            if *mine == 0 {
+                waits.1.remove(&self.who);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -520,7 +564,20 @@ impl Scheduler {
             running: Mutex::default(),
             stopping: watch::Sender::new(false),
             ends: broadcast::Sender::new(ENDS_BUFFERED),
+            waits: Mutex::default(),
         }
+    }
+
+    /// A wait for `who`, if the budget has room for it.
+    pub(crate) fn wait_slot(&self, who: &str, budget: WaitBudget) -> Option<WaitSlot<'_>> {
+        let mut waits = self.waits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = waits.1.get(who).copied().unwrap_or(0);
+        if waits.0 >= budget.all || mine >= budget.per_caller {
+            return None;
+        }
+        waits.0 += 1;
+        *waits.1.entry(who.to_owned()).or_default() += 1;
+        Some(WaitSlot { scheduler: self, who: who.to_owned() })
     }
 
     /// Look at the queue again (after a submit or a finish).
@@ -894,6 +951,26 @@ mod tests {
             stats: None,
             cancel_requested: false,
         }
+    }
+
+    #[test]
+    fn waits_are_budgeted_in_all_and_by_caller_and_given_back() {
+        let scheduler = Scheduler::new(JobLimits::default());
+        let budget = WaitBudget::of(16);
+        assert_eq!((budget.all, budget.per_caller), (8, 2));
+        let mallory: Vec<_> = (0..2).map(|_| scheduler.wait_slot("mallory", budget).unwrap()).collect();
+        assert!(scheduler.wait_slot("mallory", budget).is_none(), "one caller holds a quarter at most");
+        let others: Vec<_> =
+            (0..6).map(|i| scheduler.wait_slot(&format!("analyst-{}", i / 2), budget).unwrap()).collect();
+        assert!(scheduler.wait_slot("someone", budget).is_none(), "half the request slots at most");
+        drop(mallory);
+        assert!(scheduler.wait_slot("someone", budget).is_some());
+        drop(others);
+        assert_eq!(scheduler.waits.lock().unwrap().0, 0);
+        assert!(scheduler.waits.lock().unwrap().1.is_empty(), "nothing kept per caller");
+        // The smallest configuration still lets one wait.
+        let one = WaitBudget::of(2);
+        assert_eq!((one.all, one.per_caller), (1, 1));
     }
 
     #[test]

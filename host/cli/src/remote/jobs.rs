@@ -149,6 +149,9 @@ fn job_row(job: &Value) -> Vec<String> {
     ]
 }
 
+/// At least this long between two waits of one follower.
+const EARLY_ANSWER_PAUSE: Duration = Duration::from_secs(1);
+
 /// Follow a job until it ends, showing its state on stderr.
 pub(crate) fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
     follow_with(|wait| client.wait_job(id, wait), &format!("job {id}"), show)
@@ -175,7 +178,11 @@ pub(crate) fn follow_with(
         if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
             return Ok(item);
         }
+        let asked = Instant::now();
         item = wait(Duration::from_secs(MAX_WAIT_SECS))?;
+        // Answered at once though not ended: the daemon had no room for
+        // another wait (or is stopping). Pause rather than ask in a loop.
+        std::thread::sleep(EARLY_ANSWER_PAUSE.saturating_sub(asked.elapsed()));
     }
 }
 

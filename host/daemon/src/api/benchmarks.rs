@@ -192,7 +192,9 @@ async fn show_run(
     let run: Option<BenchmarkRun> = app.store.read()?.get(BENCHMARK_RUNS, &id)?;
     let run = run.filter(|r| r.benchmark == name).ok_or_else(|| Error::NotFound(format!("run `{id}`")))?;
     match args.duration() {
-        Some(wait) => Ok(axum::Json(crate::work::wait_for_end::<BenchmarkRun>(&app, &id, wait).await?)),
+        Some(wait) => {
+            Ok(axum::Json(crate::work::wait_for_end::<BenchmarkRun>(&app, &caller.actor(), &id, wait).await?))
+        }
         None => Ok(axum::Json(run)),
     }
 }

@@ -108,7 +108,9 @@ async fn show_job(
     may_see(&app, &caller, &job, "job")?;
     match args.duration() {
         // Who may see it does not change while it runs: checked once.
-        Some(wait) => Ok(axum::Json(crate::work::wait_for_end::<Job>(&app, &id, wait).await?)),
+        Some(wait) => {
+            Ok(axum::Json(crate::work::wait_for_end::<Job>(&app, &caller.actor(), &id, wait).await?))
+        }
         None => Ok(axum::Json(job)),
     }
 }
