@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use kanon_client::Client;
-use kanon_daemon::Role;
+use kanon_daemon::{DaemonConfig, Role};
 use kanon_runtime::RunLimits;
 use serde_json::{Value, json};
 
@@ -32,14 +32,12 @@ fn host_entries(d: &TestDaemon, action: &str) -> Vec<Value> {
     host["entries"].as_array().unwrap().iter().filter(|e| e["action"] == action).cloned().collect()
 }
 
-#[test]
-fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
-    // Runs long enough to be cancelled mid-way: without a cancel, the
-    // sleeping plugin would run for two minutes.
+/// A daemon whose runs may take two minutes (`configure`d further), tenant
+/// `acme` with its trips, analyst `ana`, and a submit request of the
+/// plugin that sleeps until cancelled, approved for `ana`.
+fn sleeper_daemon(configure: impl FnOnce(&mut DaemonConfig)) -> (TestDaemon, Client, Client, Value) {
     let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
-    let d = TestDaemon::start_with_limits(tempfile::tempdir().unwrap(), |_| {}, limits);
-
-    // Jobs: the tenant's one slot holds the first; the second waits.
+    let d = TestDaemon::start_with_limits(tempfile::tempdir().unwrap(), configure, limits);
     let admin = d.tenant("acme");
     ingest_trips(&admin, "acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
@@ -48,9 +46,25 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
     let approval = approve(&admin, "acme", &plugin, "ana");
     let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
                         "datasets": {"trips": "trips"}});
-    let first: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    let first = first["id"].as_str().unwrap().to_owned();
-    wait_state(&analyst, &format!("/v1/jobs/{first}"), "running");
+    (d, admin, analyst, submit)
+}
+
+/// Submit `submit` and wait until the job runs; its id.
+fn running_job(analyst: &Client, submit: &Value) -> String {
+    let job: Value = analyst.send("POST", "/v1/jobs", submit).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_state(analyst, &format!("/v1/jobs/{id}"), "running");
+    id
+}
+
+#[test]
+fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
+    // Runs long enough to be cancelled mid-way: without a cancel, the
+    // sleeping plugin would run for two minutes.
+    let (d, admin, analyst, submit) = sleeper_daemon(|_| {});
+
+    // Jobs: the tenant's one slot holds the first; the second waits.
+    let first = running_job(&analyst, &submit);
     let second: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
     let second = second["id"].as_str().unwrap().to_owned();
 
@@ -142,20 +156,9 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
 
 #[test]
 fn a_wait_answers_once_work_ends_or_its_time_is_up() {
-    let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
-    let d = TestDaemon::start_with_limits(tempfile::tempdir().unwrap(), |_| {}, limits);
-    let admin = d.tenant("acme");
-    ingest_trips(&admin, "acme");
-    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
-    let sleeper: Value =
-        upload_plugin(&analyst, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
-    let approval = approve(&admin, "acme", &sleeper, "ana");
-    let submit = json!({"tenant": "acme", "plugin": sleeper["hash"], "approval": approval["id"],
-                        "datasets": {"trips": "trips"}});
-    let sleeping: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    let sleeping = sleeping["id"].as_str().unwrap().to_owned();
+    let (d, _, analyst, submit) = sleeper_daemon(|_| {});
+    let sleeping = running_job(&analyst, &submit);
     let path = format!("/v1/jobs/{sleeping}");
-    wait_state(&analyst, &path, "running");
 
     // An hour asked, the cap waited: checked at the end, meanwhile the rest.
     let capped = std::thread::spawn({
@@ -236,23 +239,8 @@ fn a_wait_answers_once_work_ends_or_its_time_is_up() {
 /// state as it stands; once a wait ends, its place is free again.
 #[test]
 fn a_wait_beyond_the_budget_answers_at_once() {
-    let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
-    let d = TestDaemon::start_with_limits(
-        tempfile::tempdir().unwrap(),
-        |config| config.limits.max_concurrent_requests = 4,
-        limits,
-    );
-    let admin = d.tenant("acme");
-    ingest_trips(&admin, "acme");
-    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
-    let sleeper: Value =
-        upload_plugin(&analyst, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
-    let approval = approve(&admin, "acme", &sleeper, "ana");
-    let submit = json!({"tenant": "acme", "plugin": sleeper["hash"], "approval": approval["id"],
-                        "datasets": {"trips": "trips"}});
-    let sleeping: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    let sleeping = sleeping["id"].as_str().unwrap().to_owned();
-    wait_state(&analyst, &format!("/v1/jobs/{sleeping}"), "running");
+    let (_d, _, analyst, submit) = sleeper_daemon(|config| config.limits.max_concurrent_requests = 4);
+    let sleeping = running_job(&analyst, &submit);
 
     let waiter = std::thread::spawn({
         let (analyst, sleeping) = (analyst.clone(), sleeping.clone());
