@@ -265,3 +265,31 @@ fn a_wait_beyond_the_budget_answers_at_once() {
     assert!(asked.elapsed() >= Duration::from_secs(2), "{:?}", asked.elapsed());
     let _: Value = analyst.send("POST", &format!("/v1/jobs/{sleeping}/cancel"), &json!({})).unwrap();
 }
+
+/// A tenant's queue is bounded: once `queued_per_tenant` of its jobs wait,
+/// a submit is refused (429) with how many wait, and a job that leaves the
+/// queue (here by its cancel) makes room again. The running job does not
+/// count.
+#[test]
+fn a_tenant_with_its_queue_full_is_refused_until_a_job_leaves_it() {
+    let (_d, _, analyst, submit) = sleeper_daemon(|config| config.jobs.queued_per_tenant = 2);
+    let sleeping = running_job(&analyst, &submit);
+    let waiting: Vec<String> = (0..2)
+        .map(|_| {
+            let job: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+            assert_eq!(job["state"], "queued", "{job}");
+            job["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let full =
+        analyst.raw("POST", "/v1/jobs", Some(("application/json", submit.to_string().as_bytes()))).unwrap();
+    assert_eq!(full.status, 429, "{}", full.text());
+    assert!(full.text().contains("already has 2 jobs waiting"), "{}", full.text());
+
+    let _: Value = analyst.send("POST", &format!("/v1/jobs/{}/cancel", waiting[0]), &json!({})).unwrap();
+    let job: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+    assert_eq!(job["state"], "queued", "{job}");
+    for id in [&sleeping, &waiting[1], &job["id"].as_str().unwrap().to_owned()] {
+        let _: Value = analyst.send("POST", &format!("/v1/jobs/{id}/cancel"), &json!({})).unwrap();
+    }
+}

@@ -27,8 +27,8 @@ use crate::jobs::{JobLog, JobState, now_to_the_second, seen_failure, whole_secon
 use crate::registry::PluginRecord;
 use crate::sealed::{self, Sealed};
 use crate::store::{
-    BENCHMARK_RUNS, BENCHMARKS, META_VAULT, OPT_INS, OWNER_LOGS, PLUGINS, POSITIONS, RELEASE_HISTORY, Read,
-    TENANTS, Table, Write,
+    BENCHMARK_RUNS, BENCHMARKS, Committed, META_VAULT, OPT_INS, OWNER_LOGS, PLUGINS, POSITIONS,
+    RELEASE_HISTORY, Read, TENANTS, Table, Write,
 };
 use crate::tenants::TenantRecord;
 use crate::work::{self, SlotGroup, Work};
@@ -275,7 +275,7 @@ impl Work for BenchmarkRun {
         execute(app, self, cancel)
     }
 
-    fn finish(&self, app: &App, (outcome, skipped): Self::Outcome, elapsed: Duration) -> Result<()> {
+    fn finish(&self, app: &App, (outcome, skipped): Self::Outcome, elapsed: Duration) -> Result<Committed> {
         finish(app, self, outcome, skipped, elapsed)
     }
 }
@@ -425,7 +425,7 @@ fn finish(
     outcome: Outcome,
     skipped: Vec<(String, String)>,
     elapsed: Duration,
-) -> Result<()> {
+) -> Result<Committed> {
     // Seal what is each tenant's before the transaction: sealing reads the
     // vault.
     let (participants, logs, positions) = match &outcome {
@@ -461,7 +461,7 @@ fn finish(
         }
     };
     let run_ms = elapsed.as_millis() as u64;
-    let recorded = app.store.write(|w| {
+    let (recorded, committed) = app.store.commit(|w| {
         let mut current: BenchmarkRun = w.get(BENCHMARK_RUNS, &run.id)?.unwrap_or_else(|| run.clone());
         work::finished(w, run)?;
         current.finished_ms = Some(now_to_the_second());
@@ -554,7 +554,7 @@ fn finish(
         Ok(current.state)
     })?;
     app.metrics.job_finished(recorded.name(), Some((elapsed, None, 0)));
-    Ok(())
+    Ok(committed)
 }
 
 /// A version from the meta data vault; `None` for the latest.

@@ -18,7 +18,10 @@ use crate::approvals::{self, Approval, JobAsk};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::sealed::{self, Sealed};
-use crate::store::{APPROVALS, JOBS, OWNER_LOGS, REPLAYS, RESULTS, RecordRead, TENANTS, Table, Write};
+use crate::store::{
+    APPROVALS, Committed, JOBS, OWNER_LOGS, QUEUED_JOBS_OF_TENANT, REPLAYS, RESULTS, RecordRead, TENANTS,
+    Table, Write,
+};
 use crate::tenants::TenantRecord;
 use crate::work::{self, SlotGroup, Work};
 use crate::{App, now_ms};
@@ -210,12 +213,7 @@ pub(crate) fn submit(
     let plugin = write.get(crate::store::PLUGINS, &ask.plugin)?;
     let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
-    let mut queued = 0;
-    for id in write.queue()? {
-        if write.get::<Job>(JOBS, &id)?.is_some_and(|j| j.tenant == tenant.name) {
-            queued += 1;
-        }
-    }
+    let queued = write.count_listed(JOBS, QUEUED_JOBS_OF_TENANT, &tenant.name)?;
     if queued >= limits.queued_per_tenant {
         return Err(Error::TooMany(format!(
             "tenant `{}` already has {queued} jobs waiting; try again later",
@@ -342,7 +340,7 @@ impl Work for Job {
         execute(app, self, cancel)
     }
 
-    fn finish(&self, app: &App, outcome: Outcome, elapsed: Duration) -> Result<()> {
+    fn finish(&self, app: &App, outcome: Outcome, elapsed: Duration) -> Result<Committed> {
         finish(app, self, outcome, elapsed)
     }
 }
@@ -459,7 +457,7 @@ fn replayed(read: &impl RecordRead, request: &str) -> Result<Option<(String, Rel
 
 /// Record the end of a run: job, release, owner log and audit entries in
 /// one transaction.
-fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<()> {
+fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<Committed> {
     let (state, failure, release, log, versions, refusals, request) = match outcome {
         Outcome::Ran { report, versions, request } => {
             let refusals = report.owner_log.refusals.len();
@@ -485,7 +483,7 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<(
         }
     };
     let sealed = seal_log(app, &job.tenant, &log);
-    let recorded = app.store.write(|w| {
+    let (recorded, committed) = app.store.commit(|w| {
         let mut current: Job = w.get(JOBS, &job.id)?.unwrap_or_else(|| job.clone());
         work::finished(w, job)?;
         current.finished_ms = Some(now_to_the_second());
@@ -538,7 +536,7 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<(
         Ok((state, current.stats.as_ref().map(|s| s.suppressed_cells)))
     })?;
     app.metrics.job_finished(recorded.0.name(), Some((elapsed, recorded.1, refusals)));
-    Ok(())
+    Ok(committed)
 }
 
 /// The release of a succeeded job.

@@ -27,7 +27,7 @@ use crate::auth::TokenRecord;
 use crate::benchmark_runs::{BenchmarkRun, BenchmarkVersion};
 use crate::benchmarks::{Benchmark, OptIn};
 use crate::enrolment::EnrolmentRecord;
-use crate::jobs::Job;
+use crate::jobs::{Job, JobState};
 use crate::pending::Intent;
 use crate::registry::PluginRecord;
 use crate::sealed::Sealed;
@@ -132,7 +132,11 @@ pub(crate) const APPROVALS: Table<Approval> =
     Table::listed("approvals", &[APPROVALS_OF_TENANT, APPROVALS_OF_ANALYST, APPROVALS_OF_PLUGIN]);
 pub(crate) const JOBS_OF_TENANT: Listing<Job> = Listing::new("jobs.tenant", |j| Some(&j.tenant));
 pub(crate) const JOBS_OF_ANALYST: Listing<Job> = Listing::new("jobs.analyst", |j| Some(&j.analyst));
-pub(crate) const JOBS: Table<Job> = Table::listed("jobs", &[JOBS_OF_TENANT, JOBS_OF_ANALYST]);
+/// A tenant's jobs waiting to start: what its queue limit counts.
+pub(crate) const QUEUED_JOBS_OF_TENANT: Listing<Job> =
+    Listing::new("jobs.queued.tenant", |j| (j.state == JobState::Queued).then_some(j.tenant.as_str()));
+pub(crate) const JOBS: Table<Job> =
+    Table::listed("jobs", &[JOBS_OF_TENANT, JOBS_OF_ANALYST, QUEUED_JOBS_OF_TENANT]);
 /// A job's release, by job id.
 pub(crate) const RESULTS: Table<Release> = Table::new("results");
 /// A job's or a benchmark run's owner log, sealed under the tenant's key.
@@ -592,13 +596,26 @@ impl ControlStore {
         &self,
         change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        off_worker(|| self.write_here(change))
+        off_worker(|| {
+            let (value, commit) = self.commit(change)?;
+            commit.durable()?;
+            Ok(value)
+        })
     }
 
-    fn write_here<T, E: From<StoreError>>(
+    /// Run `change` in one write transaction and commit it if it returns
+    /// `Ok`, without waiting until the commit is durable: for a change whose
+    /// effect is seen only through a later change or a read, as a run's
+    /// start (its result leaves only with its finish) and its finish (its
+    /// release is read only through [`ControlStore::read`], which waits).
+    /// The change becomes durable with the next durable commit, never
+    /// after a later change; [`Committed::durable`] waits for that. If the
+    /// durable commit fails, the change is gone with every change after
+    /// it, and the lifecycle's reaping finds what that left running.
+    pub(crate) fn commit<T, E: From<StoreError>>(
         &self,
         change: impl FnOnce(&mut Write<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
+    ) -> Result<(T, Committed), E> {
         let (db, mut txn) = self.begin_write()?;
         txn.set_durability(Durability::None).map_err(|e| StoreError::Database(e.to_string()))?;
         let mut write = Write { txn: &txn, store: self };
@@ -610,9 +627,7 @@ impl ControlStore {
         // commit reading `issued` once it holds the lock comes after this.
         let ticket = self.inner.group.issued.fetch_add(1, Ordering::SeqCst) + 1;
         txn.commit().map_err(db_err)?;
-        self.durable_through(&db, ticket)?;
-        self.inner.db.committed();
-        Ok(value)
+        Ok((value, Committed { store: self.clone(), db, ticket }))
     }
 
     /// A consistent snapshot to read from, holding durable changes only: a
@@ -642,8 +657,9 @@ impl ControlStore {
 
     /// A snapshot that may hold changes not yet durable, without waiting:
     /// for a read whose result only leads to a change (the scheduler's
-    /// dispatch and reaping, a run's own inputs, reconciling), never for an
-    /// answer, a release or a backup. Safe because the change it leads to is
+    /// dispatch and reaping, a run's own inputs, reconciling) or to letting
+    /// a caller in (a token check), never for an answer, a release or a
+    /// backup. Safe because the change it leads to is
     /// durable only together with every commit before it, the ones this
     /// snapshot saw among them.
     pub(crate) fn read_for_change(&self) -> Result<Read, StoreError> {
@@ -704,6 +720,26 @@ impl ControlStore {
     /// again: [`redb_file::has_room`]).
     pub fn probe(&self) -> Result<(), StoreError> {
         self.write(|w| w.set(&STORAGE_PROBE, &crate::now_ms()))
+    }
+}
+
+/// A change committed by [`ControlStore::commit`], durable or not yet.
+#[must_use = "a commit not waited for may not be durable yet"]
+#[derive(Debug)]
+pub(crate) struct Committed {
+    store: ControlStore,
+    db: Arc<Handle>,
+    ticket: u64,
+}
+
+impl Committed {
+    /// Wait until the change is durable (making the durable commit if none
+    /// is under way); fails if that commit fails, and the change is then
+    /// gone. Waits under `block_in_place` on a tokio worker.
+    pub(crate) fn durable(self) -> Result<(), StoreError> {
+        off_worker(|| self.store.durable_through(&self.db, self.ticket))?;
+        self.store.inner.db.committed();
+        Ok(())
     }
 }
 
@@ -1156,6 +1192,18 @@ impl Write<'_> {
         }
         let mut raw = self.txn.open_table(table.raw()).map_err(db_err)?;
         Ok(raw.remove(key).map_err(db_err)?.is_some())
+    }
+
+    /// How many records of `table` `listing` lists under `value`: a range
+    /// of `LISTINGS`, no record read.
+    pub(crate) fn count_listed<R>(
+        &self,
+        table: Table<R>,
+        listing: Listing<R>,
+        value: &str,
+    ) -> Result<usize, StoreError> {
+        let listings = self.txn.open_table(LISTINGS).map_err(db_err)?;
+        Ok(keys_listed(&listings, table, &listing, value)?.len())
     }
 
     /// Every record of `table` read as `V` (see `get_as`), in key order.

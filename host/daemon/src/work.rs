@@ -25,7 +25,7 @@ use crate::benchmark_runs::BenchmarkRun;
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobState};
-use crate::store::{RUNNING, Read, RecordRead, Setting, Table, Write};
+use crate::store::{Committed, RUNNING, Read, RecordRead, Setting, Table, Write};
 use crate::{App, ControlStore, StoreError, now_ms};
 
 /// The counter every queued record's `seq` comes from: its place in
@@ -95,8 +95,10 @@ pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     fn execute(&self, app: &App, cancel: CancelToken) -> Self::Outcome;
     /// Record the end in one transaction: the record's final state, what
     /// it released and its entries. It is removed from `RUNNING` in the
-    /// same transaction through [`finished`].
-    fn finish(&self, app: &App, outcome: Self::Outcome, elapsed: Duration) -> Result<()>;
+    /// same transaction through [`finished`]. Committed with
+    /// [`ControlStore::commit`]: the lifecycle gives the slot back before
+    /// it waits for the commit to be durable.
+    fn finish(&self, app: &App, outcome: Self::Outcome, elapsed: Duration) -> Result<Committed>;
 }
 
 /// The accessors of [`Work`] for a record with the lifecycle's fields:
@@ -825,9 +827,12 @@ fn drop_queued<W: Work>(
 
 /// Mark `id`, queued at `place`, running after its kind's checks. `None`:
 /// it did not start (cancelled or started meanwhile, or refused by its
-/// kind).
+/// kind). The run does not wait for the start to be durable: whatever it
+/// makes is recorded by its finish, durable only after the start. A crash
+/// before then leaves it queued (it runs again) or running (it is ended as
+/// interrupted); neither lets a result out.
 fn start<W: Work>(store: &ControlStore, place: u64, id: &str) -> Result<Option<W>> {
-    store.write(|w| {
+    let (started, _durable_with_the_finish) = store.commit(|w| {
         // The place goes whatever the state: a stale one would be looked
         // at again at every dispatch. Holding another id, it is not ours.
         if !w.dequeue(place, id)? {
@@ -847,8 +852,9 @@ fn start<W: Work>(store: &ControlStore, place: u64, id: &str) -> Result<Option<W
         record.set_state(JobState::Running);
         w.put(W::TABLE, id, &record)?;
         w.put(RUNNING, id, &id.to_owned())?;
-        Ok(Some(record))
-    })
+        Ok::<_, Error>(Some(record))
+    })?;
+    Ok(started)
 }
 
 /// A claimed slot, given back however its run ends (a panic while its end
@@ -871,14 +877,24 @@ impl Drop for Slot<'_> {
 /// (`host-error`) if that can be written; otherwise the scheduler's next
 /// tick tries again ([`reap`]).
 fn run<W: Work>(app: &Arc<App>, record: W, cancel: CancelToken) {
-    let _slot = Slot { app, id: record.id().to_owned() };
+    let slot = Slot { app, id: record.id().to_owned() };
     let started = Instant::now();
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let outcome = record.execute(app, cancel);
         record.finish(app, outcome, started.elapsed())
     }));
     let failed = match ran {
-        Ok(Ok(())) => None,
+        Ok(Ok(committed)) => {
+            // The next run need not wait for this one's fsync. Its waiters
+            // read through the barrier, so see the end once it is durable.
+            drop(slot);
+            if let Err(e) = committed.durable() {
+                // Gone with the failed commit: the reopened file has it
+                // running (the scheduler's reaping ends it) or queued.
+                tracing::error!(id = %record.id(), error = %e, "the end of {} was not made durable", W::WHAT);
+            }
+            return;
+        }
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("it panicked".to_owned()),
     };

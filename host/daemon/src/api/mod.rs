@@ -325,8 +325,10 @@ fn caller(app: &App, request: &Request) -> Result<Result<Caller, auth::TokenRefu
         return Ok(Err(auth::TokenRefused::Malformed));
     };
     let Some(id) = auth::token_id(token) else { return Ok(Err(auth::TokenRefused::Malformed)) };
-    // A read snapshot: checking a token never takes the write lock.
-    let record = match app.store.read().and_then(|r| r.get(TOKENS, id)) {
+    // A read snapshot: checking a token never takes the write lock. Nor
+    // does it wait for durability: a token reaches its holder only once its
+    // issue is durable, and a revocation seen early only refuses sooner.
+    let record = match app.store.read_for_change().and_then(|r| r.get(TOKENS, id)) {
         Ok(record) => record,
         Err(e @ (crate::StoreError::Full(_) | crate::StoreError::Failed(_))) => return Err(e),
         Err(_) => return Ok(Err(auth::TokenRefused::Unknown)),
