@@ -1797,6 +1797,45 @@ mod tests {
         }
     }
 
+    /// `commit` returns while a durable commit is under way, its change
+    /// seen by `read_for_change` but in no copy of the file; `durable`
+    /// waits until it is in one.
+    #[test]
+    fn a_commit_returns_before_its_fsync_and_durable_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let (held, release) = hold_first(&store, || Ok(()), || Ok(()));
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(|w| w.put(SCRATCH, "first", &1)))
+        };
+        held.recv_timeout(PATIENCE).unwrap();
+
+        let (committed_tx, committed_rx) = mpsc::channel();
+        {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                committed_tx.send(store.commit(|w| w.put(SCRATCH, "deferred", &2))).unwrap()
+            });
+        }
+        let ((), committed) =
+            committed_rx.recv_timeout(PATIENCE).expect("commit() waited for the durable commit").unwrap();
+        let seen = store.read_for_change().unwrap().get(SCRATCH, "deferred").unwrap();
+        assert_eq!(seen, Some(2));
+        assert_eq!(in_a_copy(dir.path(), "deferred"), None, "durable before any fsync");
+
+        let (done, done_rx) = mpsc::channel();
+        std::thread::spawn(move || done.send(committed.durable()).unwrap());
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "durable() returned while the durable commit was held"
+        );
+        drop(release);
+        done_rx.recv_timeout(PATIENCE).expect("durable() hangs").unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(in_a_copy(dir.path(), "deferred"), Some(2));
+    }
+
     #[test]
     fn a_snapshot_holds_no_change_before_it_is_durable() {
         let dir = tempfile::tempdir().unwrap();
