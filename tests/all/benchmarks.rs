@@ -6,11 +6,13 @@
 use std::time::{Duration, Instant};
 
 use arrow_array::Array;
-use kanon_client::Client;
+use kanon_client::types::{BenchmarkRun, DatasetMapping, JobState, NewBenchmark, OptIn, OptInRequest};
+use kanon_client::{Client, UploadArgs};
 use kanon_daemon::Role;
+use kanon_gate::PolicyLayer;
 use serde_json::{Value, json};
 
-use crate::daemon::{TestDaemon, actions, audit, upload_plugin};
+use crate::daemon::{TestDaemon, actions, audit};
 
 /// Carriers in the benchmark.
 const CARRIERS: usize = 7;
@@ -53,50 +55,60 @@ pub(crate) fn carriers(d: &TestDaemon) -> Vec<Client> {
             } else {
                 ("trips", "driver_id")
             };
-            let _: Value = admin
-                .upload(
-                    "PUT",
-                    &format!("/v1/tenants/{tenant}/datasets/{dataset}?format=csv&entity={entity}"),
-                    "text/csv",
-                    std::io::Cursor::new(csv.into_bytes()),
-                )
-                .unwrap();
+            let upload =
+                UploadArgs { format: "csv".into(), entity: Some(entity.into()), ..UploadArgs::default() };
+            admin.ingest(&tenant, dataset, &upload, std::io::Cursor::new(csv.into_bytes())).unwrap();
             admin
         })
         .collect()
 }
 
-fn opt_in(admin: &Client, i: usize) -> Value {
+fn opt_in(admin: &Client, i: usize) -> OptIn {
     join(admin, i, "co2")
 }
 
-pub(crate) fn join(admin: &Client, i: usize, benchmark: &str) -> Value {
+pub(crate) fn join(admin: &Client, i: usize, benchmark: &str) -> OptIn {
     let mapping = if i == CARRIERS - 1 {
-        json!({"trips": {"dataset": "ritten", "columns": {"driver_id": "chauffeur", "fuel_litres": "liters"}}})
+        let columns = [("driver_id", "chauffeur"), ("fuel_litres", "liters")];
+        DatasetMapping {
+            dataset: "ritten".into(),
+            columns: columns.into_iter().map(|(from, to)| (from.to_owned(), to.to_owned())).collect(),
+        }
     } else {
-        json!({"trips": {"dataset": "trips"}})
+        DatasetMapping { dataset: "trips".into(), columns: Default::default() }
     };
-    admin
-        .send(
-            "PUT",
-            &format!("/v1/tenants/{}/benchmarks/{benchmark}", carrier(i)),
-            &json!({"datasets": mapping}),
-        )
-        .unwrap()
+    let request = OptInRequest { datasets: [("trips".to_owned(), mapping)].into() };
+    admin.opt_in(&carrier(i), benchmark, &request).unwrap()
+}
+
+/// Publish `name` over the plugin `hash`, on demand.
+pub(crate) fn publish(vendor: &Client, name: &str, hash: &str, description: &str) {
+    let new = NewBenchmark {
+        name: name.into(),
+        plugin: hash.into(),
+        description: description.into(),
+        params: None,
+        every_hours: None,
+    };
+    vendor.publish_benchmark(&new).unwrap();
 }
 
 /// Queue a run and wait for its end.
-pub(crate) fn run(vendor: &Client, benchmark: &str) -> Value {
-    let run: Value = vendor.send("POST", &format!("/v1/benchmarks/{benchmark}/runs"), &json!({})).unwrap();
-    let id = run["id"].as_str().unwrap().to_owned();
+pub(crate) fn run(vendor: &Client, benchmark: &str) -> BenchmarkRun {
+    let id = vendor.run_benchmark(benchmark).unwrap().id;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let run: Value = vendor.wait_benchmark_run(benchmark, &id, Duration::from_secs(30)).unwrap();
-        if ["succeeded", "failed"].contains(&run["state"].as_str().unwrap()) {
+        let run = vendor.wait_benchmark_run(benchmark, &id, Duration::from_secs(30)).unwrap();
+        if [JobState::Succeeded, JobState::Failed].contains(&run.state) {
             return run;
         }
-        assert!(Instant::now() < deadline, "run did not finish: {run}");
+        assert!(Instant::now() < deadline, "run did not finish: {run:?}");
     }
+}
+
+/// A stored version as JSON: what the vendor reads, to the last field.
+fn version_json(vendor: &Client, benchmark: &str, version: Option<u64>) -> Value {
+    vendor.get(&format!("/v1/benchmarks/{benchmark}/versions/{}", version.unwrap())).unwrap()
 }
 
 /// A version's cell by key.
@@ -110,42 +122,46 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     let d = TestDaemon::start();
     let admins = carriers(&d);
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
-    let plugin: Value = upload_plugin(&vendor, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
-    let hash = plugin["hash"].as_str().unwrap();
-    let published: Value = vendor
-        .send(
-            "POST",
-            "/v1/benchmarks",
-            &json!({"name": "co2", "plugin": hash, "description": "CO2 per tonne-km"}),
-        )
+    let plugin = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+    let hash = plugin.hash.as_str();
+    let published = vendor
+        .publish_benchmark(&NewBenchmark {
+            name: "co2".into(),
+            plugin: hash.into(),
+            description: "CO2 per tonne-km".into(),
+            params: None,
+            every_hours: None,
+        })
         .unwrap();
-    assert_eq!(published["vendor"], "benchco");
+    assert_eq!(published.vendor, "benchco");
 
     // A tenant admin reads the shape it must provide, then opts in.
-    let shown: Value = admins[0].get("/v1/benchmarks/co2").unwrap();
-    assert_eq!(shown["manifest"]["inputs"][0]["name"], "trips");
-    assert_eq!(shown["participants"], 0);
-    let members: std::collections::BTreeSet<u64> =
-        admins.iter().enumerate().map(|(i, admin)| opt_in(admin, i)["member"].as_u64().unwrap()).collect();
+    let shown = admins[0].benchmark("co2").unwrap();
+    assert_eq!(shown.manifest.inputs[0].name, "trips");
+    assert_eq!(shown.participants, 0);
+    let members: std::collections::BTreeSet<u32> =
+        admins.iter().enumerate().map(|(i, admin)| opt_in(admin, i).member).collect();
     assert_eq!(members.len(), CARRIERS, "one ordinal per tenant");
-    assert_eq!(admins[0].get::<Value>("/v1/benchmarks/co2").unwrap()["participants"], CARRIERS);
+    assert_eq!(admins[0].benchmark("co2").unwrap().participants, CARRIERS);
 
     let first = run(&vendor, "co2");
-    assert_eq!(first["state"], "succeeded", "{first}");
-    assert_eq!((first["participants"].as_u64(), first["version"].as_u64()), (Some(7), Some(1)));
+    assert_eq!(first.state, JobState::Succeeded, "{first:?}");
+    assert_eq!((first.participants, first.version), (Some(7), Some(1)));
     // No figure of the run's that a difference of two runs could tie to
-    // one tenant: no rows read, no instance memory.
-    let stats: Vec<&String> = first["stats"].as_object().unwrap().keys().collect();
+    // one tenant: no rows read, no instance memory. As JSON: the fields
+    // the daemon sends, whatever the client's type holds.
+    let sent: Value = vendor.get(&format!("/v1/benchmarks/co2/runs/{}", first.id)).unwrap();
+    let stats: Vec<&String> = sent["stats"].as_object().unwrap().keys().collect();
     assert_eq!(stats, ["cells", "held_cells", "run_secs", "suppressed_cells"]);
-    let v1: Value = vendor.get("/v1/benchmarks/co2/versions/1").unwrap();
+    let v1 = version_json(&vendor, "co2", Some(1));
     // Seven tenants of ten drivers each, the last one read through its own
     // column names.
     assert_eq!(cell(&v1, ["rigid", "north"])["values"][0], 70.0);
     assert_eq!(cell(&v1, ["articulated", "north"])["values"], Value::Null, "three tenants: fewer than t");
     assert_eq!(cell(&v1, ["van", "west"])["values"], Value::Null, "carrier 5 holds the sum");
-    let summary = &vendor.get::<Value>("/v1/benchmarks/co2/versions").unwrap()[0];
-    assert!(summary["suppressed_cells"].as_u64().unwrap() >= 2, "{summary}");
-    assert_eq!(summary["participants"], 7);
+    let summary = &vendor.benchmark_versions("co2").unwrap()[0];
+    assert!(summary.suppressed_cells >= 2, "{summary:?}");
+    assert_eq!(summary.participants, 7);
 
     // Nothing in the vendor's view names a tenant, in any format.
     let csv = vendor.get_text("/v1/benchmarks/co2/versions/latest?format=csv").unwrap();
@@ -174,6 +190,7 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     );
 
     // A tenant's own position: its own values next to the peers', and a band.
+    // As JSON: the fields the daemon sends, whatever the client's type holds.
     let position: Value = admins[0].get("/v1/tenants/carrier-0/benchmarks/co2/versions/latest").unwrap();
     let north = &position["position"]["tables"][0]["cells"]
         .as_array()
@@ -197,11 +214,11 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
 
     // Carrier 6 leaves. Every cell it was in now differs by one tenant from
     // version 1: the new values are not released, version 1's stand.
-    let left: Value = admins[6].delete("/v1/tenants/carrier-6/benchmarks/co2").unwrap();
-    assert!(left["opted_out_ms"].is_u64());
+    let left = admins[6].opt_out("carrier-6", "co2").unwrap();
+    assert!(left.opted_out_ms.is_some());
     let second = run(&vendor, "co2");
-    assert_eq!((second["participants"].as_u64(), second["version"].as_u64()), (Some(6), Some(2)));
-    let v2: Value = vendor.get("/v1/benchmarks/co2/versions/2").unwrap();
+    assert_eq!((second.participants, second.version), (Some(6), Some(2)));
+    let v2 = version_json(&vendor, "co2", Some(2));
     for rigid in
         v2["release"]["tables"][0]["cells"].as_array().unwrap().iter().filter(|c| c["key"][0] == "rigid")
     {
@@ -217,9 +234,7 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
         70.0,
         "not 60: carrier 6 cannot be subtracted out"
     );
-    assert!(
-        vendor.get::<Value>("/v1/benchmarks/co2/versions").unwrap()[1]["held_cells"].as_u64().unwrap() > 0
-    );
+    assert!(vendor.benchmark_versions("co2").unwrap()[1].held_cells > 0);
     let csv = vendor.get_text("/v1/benchmarks/co2/versions/2?format=csv").unwrap();
     assert!(
         csv.lines().any(|l| l.starts_with("co2_intensity,rigid,north,70,") && l.ends_with(",false,1")),
@@ -236,20 +251,18 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     // The same plugin published again under another name, without
     // carrier 6: its cells differ by one tenant from co2's version 1, so
     // they are suppressed, though this benchmark has released nothing yet.
-    let _: Value =
-        vendor.send("POST", "/v1/benchmarks", &json!({"name": "co2-again", "plugin": hash})).unwrap();
+    publish(&vendor, "co2-again", hash, "");
     for (i, admin) in admins.iter().enumerate().take(6) {
         join(admin, i, "co2-again");
     }
     let again = run(&vendor, "co2-again");
-    let fresh: Value =
-        vendor.get(&format!("/v1/benchmarks/co2-again/versions/{}", again["version"])).unwrap();
+    let fresh = version_json(&vendor, "co2-again", again.version);
     assert_eq!(cell(&fresh, ["rigid", "north"]), &json!({"key": ["rigid", "north"], "values": null}));
 
     // Back in with the same data: the set is version 1's again, released.
     opt_in(&admins[6], 6);
     let third = run(&vendor, "co2");
-    let v3: Value = vendor.get(&format!("/v1/benchmarks/co2/versions/{}", third["version"])).unwrap();
+    let v3 = version_json(&vendor, "co2", third.version);
     assert_eq!(cell(&v3, ["rigid", "north"])["held_from"], Value::Null);
     assert_eq!(cell(&v3, ["rigid", "north"])["values"], cell(&v1, ["rigid", "north"])["values"]);
 
@@ -257,9 +270,8 @@ fn a_benchmark_releases_gated_versions_and_a_leaving_tenant_cannot_be_subtracted
     // co2, one of co2-again.
     let chain = audit(&admins[0], "carrier-0");
     assert_eq!(actions(&chain).iter().filter(|a| **a == "benchmark.run").count(), 4);
-    let host: Value = d.operator.get("/v1/audit").unwrap();
-    let host_actions: Vec<&str> =
-        host["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let host = d.operator.host_audit().unwrap();
+    let host_actions = actions(&host);
     assert!(host_actions.contains(&"benchmark.publish") && host_actions.contains(&"benchmark.release"));
 }
 
@@ -293,9 +305,9 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
     let (rival, _) = d.token(Role::Vendor, "rival", None, None);
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
-    let plugin: Value = upload_plugin(&vendor, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
-    let hash = plugin["hash"].as_str().unwrap();
-    let _: Value = vendor.send("POST", "/v1/benchmarks", &json!({"name": "co2", "plugin": hash})).unwrap();
+    let plugin = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+    let hash = plugin.hash.as_str();
+    publish(&vendor, "co2", hash, "");
 
     // Bad definitions.
     for (body, status) in [
@@ -358,14 +370,14 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
         403,
         "another tenant's"
     );
-    assert_eq!(admins[0].get::<Value>("/v1/benchmarks/co2").unwrap()["participants"], 0);
+    assert_eq!(admins[0].benchmark("co2").unwrap().participants, 0);
     let leave = admins[0].raw("DELETE", "/v1/tenants/carrier-0/benchmarks/co2", None).unwrap();
     assert_eq!(leave.status, 404, "not in it");
 
     // Another vendor, an analyst: nothing.
     assert_eq!(rival.raw("GET", "/v1/benchmarks/co2", None).unwrap().status, 404);
     assert_eq!(rival.raw("POST", "/v1/benchmarks/co2/runs", None).unwrap().status, 404);
-    assert!(rival.get::<Value>("/v1/benchmarks").unwrap().as_array().unwrap().is_empty());
+    assert!(rival.list_benchmarks().unwrap().is_empty());
     assert_eq!(analyst.raw("GET", "/v1/benchmarks", None).unwrap().status, 403);
 
     // Fewer tenants than t: the run reads nothing and fails with a reason.
@@ -373,15 +385,10 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
         opt_in(admin, i);
     }
     let small = run(&vendor, "co2");
-    assert_eq!(
-        (small["state"].as_str(), small["failure"].as_str()),
-        (Some("failed"), Some("too-few-tenants"))
-    );
-    assert_eq!(vendor.get::<Value>("/v1/benchmarks/co2/versions").unwrap(), json!([]));
-    let log: Value = admins[0]
-        .get(&format!("/v1/tenants/carrier-0/benchmark-runs/{}/log", small["id"].as_str().unwrap()))
-        .unwrap();
-    assert!(log["error"].as_str().unwrap().contains("3 tenants take part; the policy needs 5"), "{log}");
+    assert_eq!((small.state, small.failure.as_deref()), (JobState::Failed, Some("too-few-tenants")));
+    assert_eq!(vendor.benchmark_versions("co2").unwrap(), []);
+    let log = admins[0].benchmark_run_log("carrier-0", &small.id).unwrap();
+    assert!(log.error.as_deref().unwrap().contains("3 tenants take part; the policy needs 5"), "{log:?}");
 
     // A tenant asking for more tenants than take part is left out and told;
     // the others run. Every tenant's chain said its data might be read
@@ -389,14 +396,11 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     for (i, admin) in admins.iter().enumerate().skip(3) {
         opt_in(admin, i);
     }
-    let _: Value =
-        admins[0].send("PUT", "/v1/tenants/carrier-0/policy", &json!({"min_tenants": 50})).unwrap();
+    admins[0]
+        .set_tenant_policy("carrier-0", &PolicyLayer { min_tenants: Some(50), ..PolicyLayer::default() })
+        .unwrap();
     let full = run(&vendor, "co2");
-    assert_eq!(
-        (full["state"].as_str(), full["participants"].as_u64()),
-        (Some("succeeded"), Some(6)),
-        "{full}"
-    );
+    assert_eq!((full.state, full.participants), (JobState::Succeeded, Some(6)), "{full:?}");
     let chain = audit(&admins[0], "carrier-0");
     let skipped = chain.entries.iter().find(|e| e.action == "benchmark.skipped").expect("told");
     assert!(skipped.detail["reason"].as_str().unwrap().contains("its policy needs 50 tenants; 7 take part"));
@@ -406,11 +410,11 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     // then no run or opt-in follows, and its versions stay.
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 409);
     assert_eq!(rival.raw("DELETE", "/v1/benchmarks/co2", None).unwrap().status, 404, "not its own");
-    let retired: Value = vendor.delete("/v1/benchmarks/co2").unwrap();
-    assert!(retired["retired_ms"].is_u64());
+    let retired = vendor.retire_benchmark("co2").unwrap();
+    assert!(retired.retired_ms.is_some());
     assert_eq!(vendor.raw("POST", "/v1/benchmarks/co2/runs", None).unwrap().status, 409);
     assert_eq!(put(&admins[0], "carrier-0", json!({"trips": {"dataset": "trips"}})).status, 409);
-    assert_eq!(vendor.get::<Value>("/v1/benchmarks/co2/versions").unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(vendor.benchmark_versions("co2").unwrap().len(), 1);
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 200);
 }
 
@@ -421,10 +425,9 @@ fn another_plugin_releasing_the_same_table_shares_the_subtraction_rule() {
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
     // Two different components that release the same `by_region` table.
     let publish = |name: &str, path: &str| {
-        let plugin: Value = upload_plugin(&vendor, &std::fs::read(path).unwrap()).json().unwrap();
-        let _: Value =
-            vendor.send("POST", "/v1/benchmarks", &json!({"name": name, "plugin": plugin["hash"]})).unwrap();
-        plugin["hash"].as_str().unwrap().to_owned()
+        let plugin = vendor.upload_plugin(&std::fs::read(path).unwrap()).unwrap();
+        publish(&vendor, name, &plugin.hash, "");
+        plugin.hash
     };
     let first = publish("fuel", kanon_fixtures::CARRIES_STATE);
     let second = publish("fuel-again", kanon_fixtures::SINGLES_OUT_A_TENANT);
@@ -433,7 +436,7 @@ fn another_plugin_releasing_the_same_table_shares_the_subtraction_rule() {
         join(admin, i, "fuel");
     }
     let v1 = run(&vendor, "fuel");
-    let v1: Value = vendor.get(&format!("/v1/benchmarks/fuel/versions/{}", v1["version"])).unwrap();
+    let v1 = version_json(&vendor, "fuel", v1.version);
     let released: Vec<&Value> = v1["release"]["tables"][0]["cells"]
         .as_array()
         .unwrap()
@@ -448,9 +451,8 @@ fn another_plugin_releasing_the_same_table_shares_the_subtraction_rule() {
         join(admin, i, "fuel-again");
     }
     let again = run(&vendor, "fuel-again");
-    assert_eq!(again["state"], "succeeded", "{again}");
-    let version: Value =
-        vendor.get(&format!("/v1/benchmarks/fuel-again/versions/{}", again["version"])).unwrap();
+    assert_eq!(again.state, JobState::Succeeded, "{again:?}");
+    let version = version_json(&vendor, "fuel-again", again.version);
     for cell in version["release"]["tables"][0]["cells"].as_array().unwrap() {
         assert_eq!(cell["values"], Value::Null, "{cell}");
     }

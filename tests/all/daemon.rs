@@ -4,9 +4,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kanon_client::{Client, NewTenant, NewToken, Reply, UploadArgs};
+use kanon_client::types::{
+    Approval, ApprovedDataset, AuditExport, DatasetVersionInfo, Job, JobState, NewApproval, PluginRecord,
+    SubmitRequest,
+};
+use kanon_client::{Client, NewGrant, NewTenant, NewToken, Reply, UploadArgs};
 use kanon_daemon::api::{ACCESS, Access};
-use kanon_daemon::{AuditExport, Daemon, DaemonConfig, FirstStart, Role};
+use kanon_daemon::{Daemon, DaemonConfig, FirstStart, Role};
 use kanon_runtime::{RunLimits, Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
@@ -115,7 +119,7 @@ impl Drop for TestDaemon {
     }
 }
 
-pub(crate) fn ingest_trips(admin: &Client, tenant: &str) -> Value {
+pub(crate) fn ingest_trips(admin: &Client, tenant: &str) -> DatasetVersionInfo {
     let csv = UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
     admin.ingest(tenant, "trips", &csv, std::io::Cursor::new(kanon_tests::trips_csv().into_bytes())).unwrap()
 }
@@ -124,39 +128,60 @@ pub(crate) fn upload_plugin(analyst: &Client, bytes: &[u8]) -> Reply {
     analyst.raw("POST", "/v1/plugins", Some(("application/wasm", bytes))).unwrap()
 }
 
+/// The emissions plugin's approval on `trips` as asked for, every column it
+/// reads.
+pub(crate) fn approval_of(plugin: &PluginRecord, analyst: &str) -> NewApproval {
+    let manifest = &plugin.manifest;
+    let need = &manifest.inputs[0];
+    let columns = need.columns.iter().map(|c| c.name.clone()).collect();
+    NewApproval {
+        plugin: plugin.hash.clone(),
+        analyst: analyst.to_owned(),
+        datasets: [(need.name.clone(), ApprovedDataset { dataset: "trips".into(), columns })].into(),
+        outputs: manifest.outputs.iter().map(|t| t.name.clone()).collect(),
+        params: None,
+        params_schema: None,
+        ttl_secs: 3600,
+        policy: None,
+    }
+}
+
 /// An approval of the emissions plugin on `trips`, every column it reads.
-pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &Value, analyst: &str) -> Value {
-    let manifest = &plugin["manifest"];
-    let need = &manifest["inputs"][0];
-    let columns: Vec<&str> =
-        need["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    let outputs: Vec<&str> =
-        manifest["outputs"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    admin
-        .grant_approval(
-            tenant,
-            &json!({
-                "plugin": plugin["hash"], "analyst": analyst, "outputs": outputs, "ttl_secs": 3600,
-                "datasets": {need["name"].as_str().unwrap(): {"dataset": "trips", "columns": columns}},
-            }),
-        )
-        .unwrap()
+pub(crate) fn approve(admin: &Client, tenant: &str, plugin: &PluginRecord, analyst: &str) -> Approval {
+    admin.grant_approval(tenant, &approval_of(plugin, analyst)).unwrap()
+}
+
+/// A job of `plugin` on `trips` under `approval`.
+pub(crate) fn submit_of(tenant: &str, plugin: &PluginRecord, approval: &Approval) -> SubmitRequest {
+    SubmitRequest {
+        tenant: tenant.to_owned(),
+        plugin: plugin.hash.clone(),
+        approval: approval.id.clone(),
+        datasets: [("trips".to_owned(), "trips".to_owned())].into(),
+        params: None,
+        policy: None,
+    }
+}
+
+/// `body` as a raw request's JSON body.
+pub(crate) fn json_body(body: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap()
 }
 
 /// The job once it has ended, through the daemon's long poll.
-pub(crate) fn wait_for(client: &Client, job: &str) -> Value {
+pub(crate) fn wait_for(client: &Client, job: &str) -> Job {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let job: Value = client.wait_job(job, Duration::from_secs(30)).unwrap();
-        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+        let job = client.wait_job(job, Duration::from_secs(30)).unwrap();
+        if job.state.is_final() {
             return job;
         }
-        assert!(Instant::now() < deadline, "job did not finish: {job}");
+        assert!(Instant::now() < deadline, "job did not finish: {job:?}");
     }
 }
 
 pub(crate) fn audit(admin: &Client, tenant: &str) -> AuditExport {
-    admin.get(&format!("/v1/tenants/{tenant}/audit")).unwrap()
+    admin.tenant_audit(tenant).unwrap()
 }
 
 pub(crate) fn actions(export: &AuditExport) -> Vec<&str> {
@@ -171,33 +196,26 @@ fn an_approved_job_runs_and_only_its_analyst_reads_the_results() {
     let (other_analyst, _) = d.token(Role::Analyst, "bob", None, None);
 
     let stored = ingest_trips(&admin, "acme");
-    assert_eq!(stored["rows"], 192);
+    assert_eq!(stored.rows, 192);
     let first = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(first.status, 201, "{}", first.text());
     let again = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(again.status, 200, "uploading the same bytes twice is idempotent");
-    let plugin: Value = first.json().unwrap();
-    assert_eq!(plugin, again.json::<Value>().unwrap());
-    assert_eq!(
-        plugin["hash"].as_str().unwrap(),
-        blake3::hash(kanon_bundled::EMISSIONS_BENCHMARK).to_hex().as_str()
-    );
+    let plugin: PluginRecord = first.json().unwrap();
+    assert_eq!(plugin, again.json::<PluginRecord>().unwrap());
+    assert_eq!(plugin.hash, blake3::hash(kanon_bundled::EMISSIONS_BENCHMARK).to_hex().as_str());
 
     let approval = approve(&admin, "acme", &plugin, "ana");
-    let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                        "datasets": {"trips": "trips"}});
-    let job: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    assert_eq!(job["state"], "queued");
-    let id = job["id"].as_str().unwrap();
+    let job = analyst.submit_job(&submit_of("acme", &plugin, &approval)).unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    let id = job.id.as_str();
     let done = wait_for(&analyst, id);
-    assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(done["versions"]["trips"], 1);
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.versions["trips"], 1);
 
-    let results: Value = analyst.get(&format!("/v1/jobs/{id}/results")).unwrap();
-    let table = &results["tables"][0];
-    let west =
-        table["cells"].as_array().unwrap().iter().find(|c| c["key"] == json!(["rigid", "west"])).unwrap();
-    assert!(west["values"].is_null(), "4 drivers in the west: suppressed");
+    let results = analyst.job_results(id).unwrap();
+    let west = results.tables[0].cells.iter().find(|c| c.key == ["rigid", "west"]).unwrap();
+    assert!(west.values.is_none(), "4 drivers in the west: suppressed");
     let csv = analyst.get_text(&format!("/v1/jobs/{id}/results?format=csv")).unwrap();
     assert!(csv.starts_with("table,"), "{csv}");
     assert!(csv.lines().any(|l| l.contains("west") && l.ends_with(",true")), "{csv}");
@@ -208,8 +226,8 @@ fn an_approved_job_runs_and_only_its_analyst_reads_the_results() {
     assert_eq!(d.operator.raw("GET", &format!("/v1/jobs/{id}"), None).unwrap().status, 403);
     // The plugin's output log is the tenant's.
     assert_eq!(analyst.raw("GET", &format!("/v1/jobs/{id}/log"), None).unwrap().status, 403);
-    let log: Value = admin.get(&format!("/v1/jobs/{id}/log")).unwrap();
-    assert_eq!(log["job"], id);
+    let log = admin.job_log(id).unwrap();
+    assert_eq!(log.job, id);
 
     let export = audit(&admin, "acme");
     assert_eq!(kanon_daemon::verify("acme", &export.entries, &export.head), Ok(export.entries.len() as u64));
@@ -236,30 +254,23 @@ fn revoking_an_approval_stops_later_jobs_and_the_refusal_is_audited() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
-    let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                        "datasets": {"trips": "trips"}});
+    let submit = submit_of("acme", &plugin, &approval);
 
     // Other parameters, another analyst or another dataset are not covered.
-    let mut other_params = submit.clone();
-    other_params["params"] = json!({"kg_co2_per_litre": 3.0});
-    let refused = analyst
-        .raw("POST", "/v1/jobs", Some(("application/json", other_params.to_string().as_bytes())))
-        .unwrap();
+    let other_params = SubmitRequest { params: Some(json!({"kg_co2_per_litre": 3.0})), ..submit.clone() };
+    let refused =
+        analyst.raw("POST", "/v1/jobs", Some(("application/json", &json_body(&other_params)))).unwrap();
     assert_eq!(refused.status, 403, "{}", refused.text());
     let (bob, _) = d.token(Role::Analyst, "bob", None, None);
     assert_eq!(
-        bob.raw("POST", "/v1/jobs", Some(("application/json", submit.to_string().as_bytes())))
-            .unwrap()
-            .status,
+        bob.raw("POST", "/v1/jobs", Some(("application/json", &json_body(&submit)))).unwrap().status,
         403
     );
 
-    let _: Value =
-        admin.delete(&format!("/v1/tenants/acme/approvals/{}", approval["id"].as_str().unwrap())).unwrap();
-    let after =
-        analyst.raw("POST", "/v1/jobs", Some(("application/json", submit.to_string().as_bytes()))).unwrap();
+    admin.revoke_approval("acme", &approval.id).unwrap();
+    let after = analyst.raw("POST", "/v1/jobs", Some(("application/json", &json_body(&submit)))).unwrap();
     assert_eq!(after.status, 403, "{}", after.text());
     assert!(after.text().contains("revoked"), "{}", after.text());
     let export = audit(&admin, "acme");
@@ -267,8 +278,7 @@ fn revoking_an_approval_stops_later_jobs_and_the_refusal_is_audited() {
     assert!(actions(&export).contains(&"approval.revoke"));
     assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());
     // The plugin cannot be deleted while... it is no longer approved: now it can.
-    let deleted =
-        analyst.raw("DELETE", &format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap()), None).unwrap();
+    let deleted = analyst.raw("DELETE", &format!("/v1/plugins/{}", plugin.hash), None).unwrap();
     assert_eq!(deleted.status, 200, "{}", deleted.text());
 }
 
@@ -278,19 +288,20 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     let mut approval = approve(&admin, "acme", &plugin, "ana");
     // The same grant, with a schema instead of exact params.
     let schema = json!({"type": "object", "additionalProperties": false,
                         "properties": {"kg_co2_per_litre": {"type": "number", "minimum": 2, "maximum": 3}}});
-    let body = json!({"plugin": plugin["hash"], "analyst": "ana", "outputs": approval["outputs"], "ttl_secs": 3600,
-                      "datasets": approval["datasets"], "params_schema": schema});
-    approval = admin.send("POST", "/v1/tenants/acme/approvals", &body).unwrap();
-    assert!(approval["params"].is_null());
+    let body = json!({"plugin": plugin.hash, "analyst": "ana", "outputs": approval.outputs, "ttl_secs": 3600,
+                      "datasets": approval.datasets, "params_schema": schema});
+    approval = admin
+        .grant_approval("acme", &NewApproval { params_schema: Some(schema), ..approval_of(&plugin, "ana") })
+        .unwrap();
+    assert!(approval.params.is_null());
     let submit = |params: Value| {
-        let body = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                          "datasets": {"trips": "trips"}, "params": params});
-        analyst.raw("POST", "/v1/jobs", Some(("application/json", body.to_string().as_bytes()))).unwrap()
+        let body = SubmitRequest { params: Some(params), ..submit_of("acme", &plugin, &approval) };
+        analyst.raw("POST", "/v1/jobs", Some(("application/json", &json_body(&body)))).unwrap()
     };
     let inside = submit(json!({"kg_co2_per_litre": 2.68}));
     assert_eq!(inside.status, 202, "{}", inside.text());
@@ -300,8 +311,8 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
         assert_eq!(refused.status, 403, "{outside}: {}", refused.text());
         assert!(refused.text().contains("schema"), "{}", refused.text());
     }
-    let done = wait_for(&analyst, inside.json::<Value>().unwrap()["id"].as_str().unwrap());
-    assert_eq!(done["state"], "succeeded", "{done}");
+    let done = wait_for(&analyst, &inside.json::<Job>().unwrap().id);
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
 
     // Not both; and a schema must be one.
     let mut both = body.clone();
@@ -321,9 +332,10 @@ fn an_approval_may_bound_the_params_by_a_json_schema() {
 #[test]
 fn a_tenant_enrols_its_own_admin_and_the_operator_never_holds_its_token() {
     let d = TestDaemon::start();
-    let created: Value = d.operator.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
-    assert_eq!(created["name"], "acme");
-    let code = created["enrolment"]["code"].as_str().unwrap().to_owned();
+    let created =
+        d.operator.create_tenant(&NewTenant { name: "acme".into(), enrolment_ttl_secs: None }).unwrap();
+    assert_eq!(created.tenant.name, "acme");
+    let code = created.enrolment.code;
     let post = |client: &Client, path: &str, body: Value| {
         client.raw("POST", path, Some(("application/json", body.to_string().as_bytes()))).unwrap()
     };
@@ -343,8 +355,8 @@ fn a_tenant_enrols_its_own_admin_and_the_operator_never_holds_its_token() {
     let refusal = post(&anonymous, "/v1/enrol", json!({"code": forged, "name": "acme-admin"}));
     assert_eq!(refusal.status, 403, "{}", refusal.text());
     let (admin, _) = anonymous.enrol(&code, "acme-admin", None).unwrap();
-    let me: Value = admin.get("/v1/whoami").unwrap();
-    assert_eq!((me["role"].as_str(), me["tenant"].as_str()), (Some("tenant-admin"), Some("acme")));
+    let me = admin.whoami().unwrap();
+    assert_eq!((me.role, me.tenant.as_deref()), (Role::TenantAdmin, Some("acme")));
     let again = post(&anonymous, "/v1/enrol", json!({"code": code, "name": "acme-admin-2"}));
     assert_eq!((again.status, again.text()), (refusal.status, refusal.text()), "used and forged look alike");
     // The holder name is the admin's now.
@@ -352,13 +364,20 @@ fn a_tenant_enrols_its_own_admin_and_the_operator_never_holds_its_token() {
     assert_eq!(taken.status, 409, "{}", taken.text());
 
     // The admin issues a further admin token of its tenant, and no other.
-    let ops: Value =
-        admin.send("POST", "/v1/tokens", &json!({"role": "tenant-admin", "name": "acme-ops"})).unwrap();
-    assert_eq!(ops["info"]["tenant"], "acme");
+    let ops = admin
+        .issue_token(&NewToken {
+            role: Role::TenantAdmin,
+            name: "acme-ops".into(),
+            tenant: None,
+            ttl_secs: None,
+        })
+        .unwrap();
+    assert_eq!(ops.info.tenant.as_deref(), Some("acme"));
     assert_eq!(post(&admin, "/v1/tokens", json!({"role": "analyst", "name": "ana"})).status, 403);
 
     // Lost access: a fresh code, which replaces the unused one before it;
     // the operator still holds no token, and the admin's tokens still work.
+    // As JSON: the answer carries no token, whatever the client's type holds.
     let fresh = |ttl: Value| -> Value {
         d.operator.send("POST", "/v1/tenants/acme/enrolments", &json!({"ttl_secs": ttl})).unwrap()
     };
@@ -371,13 +390,13 @@ fn a_tenant_enrols_its_own_admin_and_the_operator_never_holds_its_token() {
     assert_eq!(admin.raw("GET", "/v1/whoami", None).unwrap().status, 200);
 
     // The admin sees and revokes its tenant's tokens, and no one else's.
-    let tokens: Vec<Value> = admin.get("/v1/tokens").unwrap();
-    let mut names: Vec<&str> = tokens.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let tokens = admin.list_tokens().unwrap();
+    let mut names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["acme-admin", "acme-new", "acme-ops"]);
-    let new_id = tokens.iter().find(|t| t["name"] == "acme-new").unwrap()["id"].as_str().unwrap().to_owned();
-    let _: Value = admin.delete(&format!("/v1/tokens/{new_id}")).unwrap();
-    let operator_id = d.operator.get::<Value>("/v1/whoami").unwrap()["token"].as_str().unwrap().to_owned();
+    let new_id = &tokens.iter().find(|t| t.name == "acme-new").unwrap().id;
+    admin.revoke_token(new_id).unwrap();
+    let operator_id = d.operator.whoami().unwrap().token;
     assert_eq!(admin.raw("DELETE", &format!("/v1/tokens/{operator_id}"), None).unwrap().status, 404);
 
     // Every code and every token on the tenant is on its chain.
@@ -442,9 +461,9 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     approve(&admin, "acme", &plugin, "ana");
-    let path = format!("/v1/plugins/{}", plugin["hash"].as_str().unwrap());
+    let path = format!("/v1/plugins/{}", plugin.hash);
     assert_eq!(
         vendor.raw("DELETE", &path, None).unwrap().status,
         404,
@@ -456,7 +475,7 @@ fn a_plugin_in_use_cannot_be_deleted_and_a_bad_component_is_refused() {
     let not_wasm = upload_plugin(&analyst, b"not a component");
     assert_eq!(not_wasm.status, 422, "{}", not_wasm.text());
     assert!(not_wasm.text().contains("not a WebAssembly binary"), "{}", not_wasm.text());
-    let plugins: Vec<Value> = analyst.get("/v1/plugins").unwrap();
+    let plugins = analyst.list_plugins().unwrap();
     assert_eq!(plugins.len(), 1, "a refused upload leaves nothing");
 }
 
@@ -468,12 +487,11 @@ fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uplo
     let (bob, _) = d.token(Role::Analyst, "bob", None, None);
     let (ven, _) = d.token(Role::Vendor, "ven", None, None);
     ingest_trips(&admin, "acme");
-    let emissions: Value = upload_plugin(&ana, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
-    let absence: Value = upload_plugin(&ven, kanon_bundled::ABSENCE_RATE).json().unwrap();
-    let (e, a) = (emissions["hash"].as_str().unwrap(), absence["hash"].as_str().unwrap());
+    let emissions = ana.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+    let absence = ven.upload_plugin(kanon_bundled::ABSENCE_RATE).unwrap();
+    let (e, a) = (emissions.hash.as_str(), absence.hash.as_str());
     let listed = |client: &Client| -> BTreeSet<String> {
-        let list: Vec<Value> = client.get("/v1/plugins").unwrap();
-        list.iter().map(|p| p["hash"].as_str().unwrap().to_owned()).collect()
+        client.list_plugins().unwrap().into_iter().map(|p| p.hash).collect()
     };
     let show = |client: &Client, hash: &str| client.raw("GET", &format!("/v1/plugins/{hash}"), None).unwrap();
     assert_eq!(listed(&ana), BTreeSet::from([e.to_owned()]));
@@ -483,25 +501,25 @@ fn analysts_and_vendors_see_only_their_own_or_approved_plugins_and_no_other_uplo
     for (client, hash) in [(&bob, e), (&ven, e), (&ana, a)] {
         assert_eq!(show(client, hash).status, 404, "{hash}");
     }
-    let shown: Value = admin.get(&format!("/v1/plugins/{e}")).unwrap();
-    assert_eq!(shown["uploader"], "analyst ana", "the tenant admin knows whose plugin it approves");
+    let shown = admin.plugin(e).unwrap();
+    assert_eq!(shown.uploader, "analyst ana", "the tenant admin knows whose plugin it approves");
 
     // Approved for bob: he sees it, not who uploaded it.
     approve(&admin, "acme", &emissions, "bob");
     assert_eq!(listed(&bob), BTreeSet::from([e.to_owned()]));
     let seen = show(&bob, e);
     assert_eq!(seen.status, 200);
-    assert_eq!(seen.json::<Value>().unwrap()["uploader"], "");
+    assert_eq!(seen.json::<PluginRecord>().unwrap().uploader, "");
     assert!(!seen.text().contains("ana"), "{}", seen.text());
 
     // The same bytes from the vendor: its own to see, under its name only;
     // and ana's view names no one else.
     let again = upload_plugin(&ven, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(again.status, 200, "{}", again.text());
-    assert_eq!(again.json::<Value>().unwrap()["uploader"], "vendor ven");
+    assert_eq!(again.json::<PluginRecord>().unwrap().uploader, "vendor ven");
     assert_eq!(listed(&ven), BTreeSet::from([e.to_owned(), a.to_owned()]));
     let ana_view = show(&ana, e);
-    assert_eq!(ana_view.json::<Value>().unwrap()["uploader"], "analyst ana");
+    assert_eq!(ana_view.json::<PluginRecord>().unwrap().uploader, "analyst ana");
     assert!(!ana_view.text().contains("ven"), "{}", ana_view.text());
     // Only the first uploader deletes (it is in use anyway); others do not see it.
     assert_eq!(ven.raw("DELETE", &format!("/v1/plugins/{e}"), None).unwrap().status, 403);
@@ -521,15 +539,12 @@ fn support_staff_read_job_metadata_only_under_a_live_grant_and_every_use_is_audi
     let d = TestDaemon::start();
     let admin = d.tenant("acme");
     assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 403);
-    let grant: Value = admin
-        .send("POST", "/v1/tenants/acme/grants", &json!({"ttl_secs": 3600, "reason": "ticket 42"}))
-        .unwrap();
+    let grant = admin.create_grant("acme", &NewGrant { ttl_secs: 3600, reason: "ticket 42".into() }).unwrap();
     let jobs = d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap();
     assert_eq!(jobs.status, 200, "{}", jobs.text());
     // Never the data.
     assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/datasets", None).unwrap().status, 403);
-    let _: Value =
-        admin.delete(&format!("/v1/tenants/acme/grants/{}", grant["id"].as_str().unwrap())).unwrap();
+    admin.revoke_grant("acme", &grant.id).unwrap();
     assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 403);
     let export = audit(&admin, "acme");
     let seen = actions(&export);
@@ -549,8 +564,7 @@ fn support_staff_read_job_metadata_only_under_a_live_grant_and_every_use_is_audi
     assert_eq!(uses, expected.iter().collect::<Vec<_>>());
 
     // A grant expires by itself.
-    let _: Value =
-        admin.send("POST", "/v1/tenants/acme/grants", &json!({"ttl_secs": 1, "reason": "short"})).unwrap();
+    admin.create_grant("acme", &NewGrant { ttl_secs: 1, reason: "short".into() }).unwrap();
     assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 200);
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(d.operator.raw("GET", "/v1/tenants/acme/jobs", None).unwrap().status, 403);
@@ -678,14 +692,14 @@ fn every_route_answers_every_role_and_every_bad_token_with_the_exact_status() {
     ];
     let (expired, _) = d.token(Role::Operator, "old", None, Some(1));
     let (revoked, revoked_id) = d.token(Role::Operator, "gone", None, None);
-    let _: Value = d.operator.delete(&format!("/v1/tokens/{revoked_id}")).unwrap();
+    d.operator.revoke_token(&revoked_id).unwrap();
     let forged = d.operator.with_token(Some(format!("kanon_{revoked_id}_{}", "a".repeat(64))));
     let garbage = d.operator.with_token(Some("not-a-token".into()));
     let anonymous = d.operator.with_token(None);
     std::thread::sleep(Duration::from_millis(1100));
 
     // The routes in the served API document are exactly those in ACCESS.
-    let document: Value = anonymous.get("/openapi.json").unwrap();
+    let document = anonymous.openapi().unwrap();
     let mut documented = BTreeSet::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
@@ -851,14 +865,14 @@ fn a_non_member_cannot_tell_which_tenants_exist() {
 /// What the state looks like from outside, to compare before and after.
 fn state(d: &TestDaemon, admin: &Client) -> Value {
     json!({
-        "tenants": d.operator.get::<Value>("/v1/tenants").unwrap(),
-        "tokens": d.operator.get::<Value>("/v1/tokens").unwrap(),
-        "host_audit": d.operator.get::<Value>("/v1/audit").unwrap()["head"],
-        "audit": admin.get::<Value>("/v1/tenants/acme/audit").unwrap()["head"],
-        "datasets": admin.get::<Value>("/v1/tenants/acme/datasets").unwrap(),
-        "plugins": admin.get::<Value>("/v1/plugins").unwrap(),
-        "approvals": admin.get::<Value>("/v1/tenants/acme/approvals").unwrap(),
-        "policy": admin.get::<Value>("/v1/tenants/acme/policy").unwrap(),
+        "tenants": d.operator.list_tenants().unwrap(),
+        "tokens": d.operator.list_tokens().unwrap(),
+        "host_audit": d.operator.host_audit().unwrap().head,
+        "audit": admin.tenant_audit("acme").unwrap().head,
+        "datasets": admin.list_datasets("acme").unwrap(),
+        "plugins": admin.list_plugins().unwrap(),
+        "approvals": admin.tenant_approvals("acme").unwrap(),
+        "policy": admin.tenant_policy("acme").unwrap(),
     })
 }
 
@@ -1048,16 +1062,13 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
 #[test]
 fn anonymous_health_says_only_that_the_daemon_is_up() {
     let d = TestDaemon::start();
+    // As JSON: nothing but the status, whatever the client's type holds.
     let health: Value = d.operator.with_token(None).get("/health").unwrap();
     assert_eq!(health, json!({"status": "ok"}));
-    let status: Value = d.operator.get("/v1/status").unwrap();
-    assert_eq!(
-        (status["running_jobs"].as_u64(), status["queued_jobs"].as_u64()),
-        (Some(0), Some(0)),
-        "{status}"
-    );
-    assert_eq!(status["broken_chains"], json!({}));
-    assert!(status["version"].is_string());
+    let status = d.operator.status().unwrap();
+    assert_eq!((status.running_jobs, status.queued_jobs), (0, Some(0)), "{status:?}");
+    assert!(status.broken_chains.is_empty(), "{status:?}");
+    assert!(!status.version.is_empty());
 }
 
 /// Edit entry `seq` of `chain` in a stopped daemon's control database, as
@@ -1096,10 +1107,10 @@ fn a_chain_that_does_not_verify_at_start_is_reported_and_refuses_every_write() {
     let head = audit(&admin, "acme").head;
     d.restart(|dir| tamper(dir, "acme", 2));
 
-    let status: Value = d.operator.get("/v1/status").unwrap();
-    let why = status["broken_chains"]["acme"].as_str().unwrap_or_else(|| panic!("{status}"));
+    let status = d.operator.status().unwrap();
+    let why = status.broken_chains.get("acme").unwrap_or_else(|| panic!("{status:?}"));
     assert!(why.contains("entry 2 was altered"), "{why}");
-    assert_eq!(status["broken_chains"].as_object().unwrap().len(), 1, "{status}");
+    assert_eq!(status.broken_chains.len(), 1, "{status:?}");
     // Every change that acme's chain would record is refused, with why.
     let policy =
         admin.raw("PUT", "/v1/tenants/acme/policy", Some(("application/json", b"{\"min_entities\": 20}")));
@@ -1116,7 +1127,7 @@ fn a_chain_that_does_not_verify_at_start_is_reported_and_refuses_every_write() {
             reply.text()
         );
     }
-    let datasets: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
+    let datasets = admin.list_datasets("acme").unwrap();
     assert_eq!(datasets.len(), 1, "the upload was refused before the vault stored it");
     // The tenant still reads its log, and sees the break itself.
     let export = audit(&admin, "acme");
@@ -1142,22 +1153,21 @@ fn a_large_field_is_cut_in_the_audit_entry_and_kept_whole_in_its_record() {
     let admin = d.tenant("acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     ingest_trips(&admin, "acme");
-    let plugin: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
-    let approval = approve(&admin, "acme", &plugin, "ana");
+    let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     let long = "x".repeat(900_000);
     let schema = json!({"type": "object", "description": long});
-    let body = json!({"plugin": plugin["hash"], "analyst": "ana", "outputs": approval["outputs"], "ttl_secs": 3600,
-                      "datasets": approval["datasets"], "params_schema": schema});
-    let created: Value = admin.send("POST", "/v1/tenants/acme/approvals", &body).unwrap();
+    let created = admin
+        .grant_approval("acme", &NewApproval { params_schema: Some(schema), ..approval_of(&plugin, "ana") })
+        .unwrap();
     assert_eq!(
-        created["params_schema"]["description"].as_str().unwrap().len(),
+        created.params_schema.as_ref().unwrap()["description"].as_str().unwrap().len(),
         long.len(),
         "the record is whole"
     );
     let export = audit(&admin, "acme");
     let entry = export.entries.last().unwrap();
     assert_eq!(entry.action, "approval.grant");
-    assert_eq!(entry.detail["approval"], created["id"]);
+    assert_eq!(entry.detail["approval"], created.id);
     let size = serde_json::to_vec(entry).unwrap().len();
     assert!(size <= kanon_daemon::audit::MAX_DETAIL_BYTES + 1024, "the entry holds {size} bytes");
     assert!(kanon_daemon::verify("acme", &export.entries, &export.head).is_ok());

@@ -5,13 +5,14 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kanon_client::{Client, Reply};
+use kanon_client::types::{Job, JobState, SubmitRequest};
+use kanon_client::{Client, DaemonStatus, NewBackup, NewTenant, NewToken, Reply, Role};
 use kanon_daemon::{Daemon, DaemonConfig};
 use kanon_runtime::{Runtime, RuntimeConfig};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
-use crate::daemon::{TestDaemon, audit, ingest_trips};
+use crate::daemon::{TestDaemon, audit, ingest_trips, submit_of};
 
 /// A tmpfs of a few MiB, unmounted when dropped: a disk that really fills.
 /// Mounting needs root (or CAP_SYS_ADMIN); without it the tests that need
@@ -91,11 +92,12 @@ fn upload_trips(admin: &Client) -> Reply {
 
 /// `/health`'s status (anyone's), and the operator's view of the storage
 /// (`/v1/status`).
-fn health(d: &TestDaemon) -> (u16, Value) {
+fn health(d: &TestDaemon) -> (u16, DaemonStatus) {
+    // As JSON: anyone's answer has one field, whatever the client's type holds.
     let reply = d.operator.with_token(None).raw("GET", "/health", None).unwrap();
     let anyone: Value = reply.json().unwrap();
-    let status: Value = d.operator.get("/v1/status").unwrap();
-    assert_eq!(anyone["status"], status["storage"], "{anyone} {status}");
+    let status = d.operator.status().unwrap();
+    assert_eq!(anyone["status"], status.storage, "{anyone} {status:?}");
     assert_eq!(anyone.as_object().unwrap().len(), 1, "anyone learns only up or degraded: {anyone}");
     (reply.status, status)
 }
@@ -111,9 +113,8 @@ fn every_version_is_audited(admin: &Client) -> usize {
         .filter(|e| e.action == "dataset.ingest")
         .map(|e| e.detail["version"].as_u64().unwrap())
         .collect();
-    let versions: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
-    let latest =
-        versions.iter().find(|v| v["dataset"] == "trips").map_or(0, |v| v["version"].as_u64().unwrap());
+    let versions = admin.list_datasets("acme").unwrap();
+    let latest = versions.iter().find(|v| v.dataset == "trips").map_or(0, |v| v.version);
     assert_eq!(audited, (1..=latest).collect::<Vec<_>>(), "versions without their audit entry");
     latest as usize
 }
@@ -160,21 +161,21 @@ fn a_full_disk_under_the_control_database_answers_507_and_recovers_without_a_res
     );
     assert!(refused > 0, "the full disk never refused a write");
     let (status, state) = health(&d);
-    assert_eq!(status, 503, "{state}");
-    assert_eq!(state["storage"], "degraded", "{state}");
-    assert!(state["storage_error"].as_str().unwrap().contains("No space left"), "{state}");
+    assert_eq!(status, 503, "{state:?}");
+    assert_eq!(state.storage, "degraded", "{state:?}");
+    assert!(state.storage_error.as_deref().unwrap().contains("No space left"), "{state:?}");
 
     filler.remove();
     let (status, state) = health(&d);
-    assert_eq!((status, &state["storage"]), (200, &json!("ok")), "{state}");
+    assert_eq!((status, state.storage.as_str()), (200, "ok"), "{state:?}");
     assert_eq!(post_tenant(&d, "after").status, 201);
     assert_eq!(upload_trips(&admin).status, 201);
     assert_eq!(every_version_is_audited(&admin), versions + 1);
     let late = audit(&admin, "acme").entries.iter().filter(|e| e.detail["recovered"] == json!(true)).count();
     assert_eq!(late, audited_late);
-    let listed: Vec<Value> = d.operator.get("/v1/tenants").unwrap();
+    let listed = d.operator.list_tenants().unwrap();
     assert_eq!(listed.len(), tenants, "acme, `after` and the tenants the full disk took");
-    let host: kanon_daemon::AuditExport = d.operator.get("/v1/audit").unwrap();
+    let host = d.operator.host_audit().unwrap();
     assert!(kanon_daemon::verify("_host", &host.entries, &host.head).is_ok());
 }
 
@@ -209,11 +210,11 @@ fn a_full_disk_under_the_vaults_database_answers_507_and_recovers_without_a_rest
     eprintln!("on the full disk: {refused} of 20 ingests answered 507");
     assert!(refused > 0, "the full disk never refused an ingest");
     let (status, state) = health(&d);
-    assert_eq!((status, &state["storage"]), (503, &json!("degraded")), "{state}");
+    assert_eq!((status, state.storage.as_str()), (503, "degraded"), "{state:?}");
 
     filler.remove();
     let (status, state) = health(&d);
-    assert_eq!((status, &state["storage"]), (200, &json!("ok")), "{state}");
+    assert_eq!((status, state.storage.as_str()), (200, "ok"), "{state:?}");
     let stored = upload_trips(&admin);
     assert_eq!(stored.status, 201, "{}", stored.text());
     assert_eq!(every_version_is_audited(&admin), versions + 1);
@@ -235,7 +236,7 @@ fn a_full_data_directory_refuses_uploads_with_507_and_recovers_without_a_restart
     assert_eq!(refused.status, 507, "{}", refused.text());
     assert_eq!(refused.json::<Value>().unwrap()["error"]["code"], "insufficient-storage");
     let (status, state) = health(&d);
-    assert_eq!((status, &state["storage"]), (503, &json!("degraded")), "{state}");
+    assert_eq!((status, state.storage.as_str()), (503, "degraded"), "{state:?}");
 
     filler.remove();
     assert_eq!(health(&d).0, 200);
@@ -278,9 +279,10 @@ fn a_start_deletes_what_unfinished_uploads_left_behind() {
     let started = start_over(dir.path(), &key).unwrap();
     let (analyst, _) = {
         let operator = &started.2;
-        let issued: Value =
-            operator.send("POST", "/v1/tokens", &json!({"role": "analyst", "name": "ana"})).unwrap();
-        (operator.with_token(Some(issued["token"].as_str().unwrap().to_owned())), ())
+        let issued = operator
+            .issue_token(&NewToken { role: Role::Analyst, name: "ana".into(), tenant: None, ttl_secs: None })
+            .unwrap();
+        (operator.with_token(Some(issued.token)), ())
     };
     let plugin = crate::daemon::upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK);
     assert_eq!(plugin.status, 201, "{}", plugin.text());
@@ -309,7 +311,7 @@ fn a_truncated_control_database_stops_the_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyEncryptionKey::generate();
     let started = start_over(dir.path(), &key).unwrap();
-    let _: Value = started.2.send("POST", "/v1/tenants", &json!({"name": "acme"})).unwrap();
+    started.2.create_tenant(&NewTenant { name: "acme".into(), enrolment_ttl_secs: None }).unwrap();
     stop_daemon(started);
     let path = dir.path().join("control.redb");
     let bytes = std::fs::read(&path).unwrap();
@@ -436,33 +438,34 @@ fn connections_past_the_cap_are_answered_503_and_closed() {
 fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    use crate::benchmarks::{carriers, join, run};
-    use crate::daemon::{approve, upload_plugin, wait_for};
+    use kanon_gate::PolicyLayer;
+
+    use crate::benchmarks::{carriers, join, publish, run};
+    use crate::daemon::{approve, wait_for};
 
     let d = TestDaemon::start();
     let admins = carriers(&d);
-    let (vendor, _) = d.token(kanon_daemon::Role::Vendor, "ven", None, None);
-    let plugin: Value = upload_plugin(&vendor, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
-    let _: Value =
-        vendor.send("POST", "/v1/benchmarks", &json!({"name": "co2", "plugin": plugin["hash"]})).unwrap();
+    let (vendor, _) = d.token(Role::Vendor, "ven", None, None);
+    let plugin = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+    publish(&vendor, "co2", &plugin.hash, "");
     for (i, admin) in admins.iter().enumerate() {
         join(admin, i, "co2");
     }
-    assert_eq!(run(&vendor, "co2")["state"], "succeeded");
+    assert_eq!(run(&vendor, "co2").state, JobState::Succeeded);
     let admin = d.tenant("acme");
     ingest_trips(&admin, "acme");
-    let (analyst, _) = d.token(kanon_daemon::Role::Analyst, "ana", None, None);
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
     let approval = approve(&admin, "acme", &plugin, "ana");
-    let submit = |i: usize| {
-        let body = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                          "datasets": {"trips": "trips"}, "policy": {"min_entities": 10 + i}});
-        analyst.send::<_, Value>("POST", "/v1/jobs", &body).unwrap()["id"].as_str().unwrap().to_owned()
+    let submit_with = |min_entities: u32| {
+        let policy = PolicyLayer { min_entities: Some(min_entities), ..PolicyLayer::default() };
+        SubmitRequest { policy: Some(policy), ..submit_of("acme", &plugin, &approval) }
     };
+    let submit = |i: usize| analyst.submit_job(&submit_with(10 + i as u32)).unwrap().id;
     wait_for(&analyst, &submit(0));
 
     // Ingests and jobs go on before, during and after the backup.
     let (stop, ingests, jobs) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(1));
-    let backup: Value = std::thread::scope(|scope| {
+    let backup = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 ingest_trips(&admin, "acme");
@@ -483,8 +486,8 @@ fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
         };
         at_least(3);
         let started = std::time::Instant::now();
-        let backup: Value = d.operator.send("POST", "/v1/backups", &json!({"name": "under-load"})).unwrap();
-        eprintln!("backup under load took {:?}: {backup}", started.elapsed());
+        let backup = d.operator.create_backup(&NewBackup { name: "under-load".into() }).unwrap();
+        eprintln!("backup under load took {:?}: {backup:?}", started.elapsed());
         let after = ingests.load(Ordering::SeqCst);
         at_least(after + 3);
         stop.store(true, Ordering::SeqCst);
@@ -493,16 +496,16 @@ fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
     let again =
         d.operator.raw("POST", "/v1/backups", Some(("application/json", b"{\"name\": \"under-load\"}")));
     assert_eq!(again.unwrap().status, 409, "a backup is never written over");
-    let submitted: Vec<Value> = analyst.get("/v1/jobs").unwrap();
+    let submitted: Vec<Job> = analyst.list_jobs().unwrap();
     for job in &submitted {
-        wait_for(&analyst, job["id"].as_str().unwrap());
+        wait_for(&analyst, &job.id);
     }
     let chains: Vec<String> = ["_host".to_owned(), "acme".to_owned()]
         .into_iter()
         .chain((0..admins.len()).map(|i| format!("carrier-{i}")))
         .collect();
     let chain_of = |client: &Client, chain: &str| -> kanon_daemon::AuditExport {
-        if chain == "_host" { client.get("/v1/audit").unwrap() } else { audit(client, chain) }
+        if chain == "_host" { client.host_audit().unwrap() } else { audit(client, chain) }
     };
     let carrier_admins: Vec<&Client> = admins.iter().collect();
     let admin_of = |chain: &str| -> Client {
@@ -515,21 +518,17 @@ fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
         }
     };
     let original: Vec<kanon_daemon::AuditExport> = chains.iter().map(|c| chain_of(&admin_of(c), c)).collect();
-    let original_versions: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
-    let original_tokens: Value = d.operator.get("/v1/tokens").unwrap();
-    let original_tenants: Value = d.operator.get("/v1/tenants").unwrap();
-    let original_benchmark: Value = vendor.get("/v1/benchmarks/co2/versions/1").unwrap();
+    let original_versions = admin.list_datasets("acme").unwrap();
+    let original_tokens = json!(d.operator.list_tokens().unwrap());
+    let original_tenants = d.operator.list_tenants().unwrap();
+    let original_benchmark = vendor.benchmark_version("co2", "1").unwrap();
 
     // Restore into an empty directory; before any daemon touches it, each
     // chain is the original's up to the backup.
     let restored = tempfile::tempdir().unwrap();
-    let summary = kanon_daemon::backup::restore(
-        Path::new(backup["path"].as_str().unwrap()),
-        restored.path(),
-        d.key.clone(),
-    )
-    .unwrap();
-    assert_eq!(summary.versions, backup["versions"].as_u64().unwrap() as usize);
+    let summary =
+        kanon_daemon::backup::restore(Path::new(&backup.path), restored.path(), d.key.clone()).unwrap();
+    assert_eq!(summary.versions, backup.versions);
     {
         let store = kanon_daemon::ControlStore::open(restored.path()).unwrap();
         let read = store.read().unwrap();
@@ -547,35 +546,33 @@ fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
 
     // A daemon over it.
     let started = start_over(restored.path(), &d.key).unwrap();
-    assert!(started.2.get::<Value>("/v1/whoami").is_err(), "no new operator token: the restored one stands");
+    assert!(started.2.whoami().is_err(), "no new operator token: the restored one stands");
     let base = started.2.base().to_owned();
     let moved = |client: &Client| Client::new(&base, client.token().map(str::to_owned));
     let (operator, admin2, analyst2, vendor2) =
         (moved(&d.operator), moved(&admin), moved(&analyst), moved(&vendor));
-    assert_eq!(operator.get::<Value>("/v1/tenants").unwrap(), original_tenants);
-    assert_eq!(operator.get::<Value>("/v1/tokens").unwrap(), original_tokens);
-    assert_eq!(vendor2.get::<Value>("/v1/benchmarks/co2/versions/1").unwrap(), original_benchmark);
-    let approvals: Vec<Value> = admin2.get("/v1/tenants/acme/approvals").unwrap();
+    assert_eq!(operator.list_tenants().unwrap(), original_tenants);
+    assert_eq!(json!(operator.list_tokens().unwrap()), original_tokens);
+    assert_eq!(vendor2.benchmark_version("co2", "1").unwrap(), original_benchmark);
+    let approvals = admin2.tenant_approvals("acme").unwrap();
     assert_eq!(approvals.len(), 1);
     // Jobs: those the backup holds, each finished (queued ones ran here,
     // a running one was interrupted), with the original's results.
-    let jobs: Vec<Value> = analyst2.get("/v1/jobs").unwrap();
+    let jobs = analyst2.list_jobs().unwrap();
     assert!(jobs.len() >= 2 && jobs.len() <= submitted.len(), "{} of {}", jobs.len(), submitted.len());
     for job in &jobs {
-        let id = job["id"].as_str().unwrap();
+        let id = job.id.as_str();
         let done = wait_for(&analyst2, id);
-        let before = submitted.iter().find(|j| j["id"] == id).expect("a job of the original");
-        if done["state"] == "succeeded" && before["state"] == "succeeded" {
-            let results = |client: &Client| {
-                client.get::<Value>(&format!("/v1/jobs/{id}/results")).unwrap()["tables"].clone()
-            };
+        let before = submitted.iter().find(|j| j.id == id).expect("a job of the original");
+        if done.state == JobState::Succeeded && before.state == JobState::Succeeded {
+            let results = |client: &Client| client.job_results(id).unwrap().tables;
             assert_eq!(results(&analyst2), results(&analyst), "{id}");
         }
     }
     // Datasets: the versions the backup holds, the same contents.
-    let versions: Vec<Value> = admin2.get("/v1/tenants/acme/datasets").unwrap();
-    let latest = versions[0]["version"].as_u64().unwrap();
-    assert!(latest >= 3 && latest < original_versions[0]["version"].as_u64().unwrap());
+    let versions = admin2.list_datasets("acme").unwrap();
+    let latest = versions[0].version;
+    assert!(latest >= 3 && latest < original_versions[0].version);
     assert_eq!(every_version_is_audited(&admin2), latest as usize);
     for chain in &chains {
         let client = match chain.as_str() {
@@ -590,9 +587,7 @@ fn an_online_backup_taken_under_ingests_and_jobs_restores_everything() {
         );
     }
     // And it goes on working: the restored plugin runs.
-    let body = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                      "datasets": {"trips": "trips"}, "policy": {"min_entities": 99}});
-    let job: Value = analyst2.send("POST", "/v1/jobs", &body).unwrap();
-    assert_eq!(wait_for(&analyst2, job["id"].as_str().unwrap())["state"], "succeeded");
+    let job = analyst2.submit_job(&submit_with(99)).unwrap();
+    assert_eq!(wait_for(&analyst2, &job.id).state, JobState::Succeeded);
     stop_daemon(started);
 }

@@ -182,12 +182,14 @@ pub(crate) fn traps_for_one_entity() {
 /// and the release record says which mode it ran in.
 #[test]
 pub(crate) fn joins_on_the_entity() {
+    use kanon_client::UploadArgs;
+    use kanon_client::types::{Approval, JobState, NewApproval, PluginRecord, SubmitRequest};
     use kanon_daemon::Role;
     use kanon_daemon::approvals::covering;
-    use kanon_daemon::registry::PluginRecord;
+    use kanon_gate::PolicyLayer;
     use serde_json::{Value, json};
 
-    use crate::daemon::{TestDaemon, audit, upload_plugin};
+    use crate::daemon::{TestDaemon, audit, json_body, upload_plugin};
 
     let d = TestDaemon::start();
     let admin = d.tenant("acme");
@@ -212,19 +214,18 @@ pub(crate) fn joins_on_the_entity() {
         cell.0 += 1.0;
         cell.1 += 1.5 * fuel * factor(region);
     }
-    let put = |name: &str, query: &str, csv: String| {
-        let _: Value = admin
-            .upload(
-                "PUT",
-                &format!("/v1/tenants/acme/datasets/{name}?format=csv&{query}"),
-                "text/csv",
-                std::io::Cursor::new(csv.into_bytes()),
-            )
-            .unwrap();
+    let put = |name: &str, entity: Option<&str>, csv: String| {
+        let upload = UploadArgs {
+            format: "csv".into(),
+            entity: entity.map(str::to_owned),
+            reference: entity.is_none().then_some(true),
+            ..UploadArgs::default()
+        };
+        admin.ingest("acme", name, &upload, std::io::Cursor::new(csv.into_bytes())).unwrap();
     };
-    put("trips", "entity=driver_id", trips);
-    put("contracts", "entity=driver_id", contracts);
-    put("factors", "reference=true", "region,factor\nnorth,1.5\neast,2.0\nsouth,1.0\n".into());
+    put("trips", Some("driver_id"), trips);
+    put("contracts", Some("driver_id"), contracts);
+    put("factors", None, "region,factor\nnorth,1.5\neast,2.0\nsouth,1.0\n".into());
     let ingested = audit(&admin, "acme");
     let reference: Vec<&Value> = ingested
         .entries
@@ -239,69 +240,66 @@ pub(crate) fn joins_on_the_entity() {
     assert_eq!(uploaded.status, 201, "{}", uploaded.text());
     let plugin: PluginRecord = uploaded.json().unwrap();
     let (datasets, outputs) = covering(&plugin.manifest, str::to_owned);
-    let approval: Value = admin
-        .send(
-            "POST",
-            "/v1/tenants/acme/approvals",
-            &json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 3600}),
-        )
-        .unwrap();
-    let run_under = |approval: &Value, policy: Value| -> Value {
-        let job: Value = analyst
-            .send(
-                "POST",
-                "/v1/jobs",
-                &json!({"tenant": "acme", "plugin": plugin.hash, "approval": approval["id"], "policy": policy,
-                        "datasets": {"trips": "trips", "contracts": "contracts", "factors": "factors"}}),
-            )
-            .unwrap();
-        let id = job["id"].as_str().unwrap().to_owned();
+    let new_approval = |policy: Option<PolicyLayer>| NewApproval {
+        plugin: plugin.hash.clone(),
+        analyst: "ana".into(),
+        datasets: datasets.clone(),
+        outputs: outputs.clone(),
+        params: None,
+        params_schema: None,
+        ttl_secs: 3600,
+        policy,
+    };
+    let approval = admin.grant_approval("acme", &new_approval(None)).unwrap();
+    let run_under = |approval: &Approval, policy: PolicyLayer| {
+        let datasets = ["trips", "contracts", "factors"].map(|d| (d.to_owned(), d.to_owned()));
+        let id = analyst
+            .submit_job(&SubmitRequest {
+                tenant: "acme".into(),
+                plugin: plugin.hash.clone(),
+                approval: approval.id.clone(),
+                datasets: datasets.into(),
+                params: None,
+                policy: Some(policy),
+            })
+            .unwrap()
+            .id;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
-            let job: Value = analyst.get(&format!("/v1/jobs/{id}")).unwrap();
-            if job["state"] == "succeeded" {
-                return analyst.get(&format!("/v1/jobs/{id}/results")).unwrap();
+            let job = analyst.job(&id).unwrap();
+            if job.state == JobState::Succeeded {
+                return analyst.job_results(&id).unwrap();
             }
-            assert!(job["state"] == "queued" || job["state"] == "running", "{job}");
-            assert!(std::time::Instant::now() < deadline, "{job}");
+            assert!([JobState::Queued, JobState::Running].contains(&job.state), "{job:?}");
+            assert!(std::time::Instant::now() < deadline, "{job:?}");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
-    let run = |policy: Value| run_under(&approval, policy);
-    let shared = run(json!({}));
-    let isolated = run(json!({"isolation": "entity"}));
-    assert_eq!(shared["tables"], isolated["tables"], "the join is the same in both modes");
-    assert_eq!(isolated["policy"]["isolation"], "entity");
-    for cell in isolated["tables"][0]["cells"].as_array().unwrap() {
-        let key = (cell["key"][0].as_str().unwrap(), cell["key"][1].as_str().unwrap());
+    let entity = PolicyLayer { isolation: Some(Isolation::Entity), ..PolicyLayer::default() };
+    let run = |policy: PolicyLayer| run_under(&approval, policy);
+    let shared = run(PolicyLayer::default());
+    let isolated = run(entity.clone());
+    assert_eq!(shared.tables, isolated.tables, "the join is the same in both modes");
+    assert_eq!(isolated.policy.isolation, Isolation::Entity);
+    for cell in &isolated.tables[0].cells {
+        let key = (cell.key[0].as_str(), cell.key[1].as_str());
         let (count, sum) = expected[&key];
-        let values = cell["values"].as_array().unwrap_or_else(|| panic!("{key:?} suppressed: {isolated}"));
+        let values = cell.values.as_ref().unwrap_or_else(|| panic!("{key:?} suppressed: {isolated:?}"));
         assert_eq!(values[0], count, "{key:?}");
-        assert!((values[1].as_f64().unwrap() - sum).abs() < 1e-6, "{key:?}: {values:?} vs {sum}");
+        assert!((values[1] - sum).abs() < 1e-6, "{key:?}: {values:?} vs {sum}");
     }
 
     // A tenant can approve the plugin for isolated runs only: a job that asks
     // for nothing more runs isolated, and a looser approval is refused.
-    let grant = |policy: Value| {
-        admin
-            .raw(
-                "POST",
-                "/v1/tenants/acme/approvals",
-                Some((
-                    "application/json",
-                    json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets,
-                   "outputs": outputs, "ttl_secs": 3600, "policy": policy})
-                    .to_string()
-                    .as_bytes(),
-                )),
-            )
-            .unwrap()
+    let grant = |policy: PolicyLayer| {
+        let body = json_body(&new_approval(Some(policy)));
+        admin.raw("POST", "/v1/tenants/acme/approvals", Some(("application/json", &body))).unwrap()
     };
-    let strict = grant(json!({"isolation": "entity"}));
+    let strict = grant(entity);
     assert_eq!(strict.status, 201, "{}", strict.text());
-    let strict: Value = strict.json().unwrap();
-    assert_eq!(run_under(&strict, json!({}))["policy"]["isolation"], "entity");
-    let loose = grant(json!({"min_entities": 2}));
+    let strict: Approval = strict.json().unwrap();
+    assert_eq!(run_under(&strict, PolicyLayer::default()).policy.isolation, Isolation::Entity);
+    let loose = grant(PolicyLayer { min_entities: Some(2), ..PolicyLayer::default() });
     assert_eq!(loose.status, 422, "looser than the floor: {}", loose.text());
 }
 

@@ -6,54 +6,64 @@
 use std::time::{Duration, Instant};
 
 use kanon_client::Client;
+use kanon_client::types::{AuditEntry, BenchmarkRun, Job, JobState, SubmitRequest};
 use kanon_daemon::{DaemonConfig, Role};
 use kanon_runtime::RunLimits;
-use serde_json::{Value, json};
 
-use crate::benchmarks::{carriers, join};
-use crate::daemon::{TestDaemon, approve, audit, ingest_trips, upload_plugin};
+use crate::benchmarks::{carriers, join, publish};
+use crate::daemon::{TestDaemon, approve, audit, ingest_trips, submit_of};
 
-/// Poll `path` until its `state` is `state`.
-fn wait_state(client: &Client, path: &str, state: &str) -> Value {
+/// Poll `fetch` until the record's state is `state`.
+fn wait_state<T: std::fmt::Debug>(
+    fetch: impl Fn() -> T,
+    state_of: impl Fn(&T) -> JobState,
+    state: JobState,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now: Value = client.get(path).unwrap();
-        if now["state"] == state {
+        let now = fetch();
+        if state_of(&now) == state {
             return now;
         }
-        assert!(Instant::now() < deadline, "{path} never reached `{state}`: {now}");
+        assert!(Instant::now() < deadline, "never reached `{}`: {now:?}", state.name());
         std::thread::sleep(Duration::from_millis(25));
     }
 }
 
+/// Poll job `id` until its state is `state`.
+fn wait_job_state(analyst: &Client, id: &str, state: JobState) -> Job {
+    wait_state(|| analyst.job(id).unwrap(), |job| job.state, state)
+}
+
+/// Poll run `id` of `benchmark` until its state is `state`.
+fn wait_run_state(vendor: &Client, benchmark: &str, id: &str, state: JobState) -> BenchmarkRun {
+    wait_state(|| vendor.benchmark_run(benchmark, id).unwrap(), |run| run.state, state)
+}
+
 /// The host chain's entries with `action`.
-fn host_entries(d: &TestDaemon, action: &str) -> Vec<Value> {
-    let host: Value = d.operator.get("/v1/audit").unwrap();
-    host["entries"].as_array().unwrap().iter().filter(|e| e["action"] == action).cloned().collect()
+fn host_entries(d: &TestDaemon, action: &str) -> Vec<AuditEntry> {
+    d.operator.host_audit().unwrap().entries.into_iter().filter(|e| e.action == action).collect()
 }
 
 /// A daemon whose runs may take two minutes (`configure`d further), tenant
 /// `acme` with its trips, analyst `ana`, and a submit request of the
 /// plugin that sleeps until cancelled, approved for `ana`.
-fn sleeper_daemon(configure: impl FnOnce(&mut DaemonConfig)) -> (TestDaemon, Client, Client, Value) {
+fn sleeper_daemon(configure: impl FnOnce(&mut DaemonConfig)) -> (TestDaemon, Client, Client, SubmitRequest) {
     let limits = RunLimits { timeout: Duration::from_secs(120), ..kanon_tests::test_limits() };
     let d = TestDaemon::start_with_limits(tempfile::tempdir().unwrap(), configure, limits);
     let admin = d.tenant("acme");
     ingest_trips(&admin, "acme");
     let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
-    let plugin: Value =
-        upload_plugin(&analyst, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
+    let plugin = analyst.upload_plugin(&std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).unwrap();
     let approval = approve(&admin, "acme", &plugin, "ana");
-    let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                        "datasets": {"trips": "trips"}});
+    let submit = submit_of("acme", &plugin, &approval);
     (d, admin, analyst, submit)
 }
 
 /// Submit `submit` and wait until the job runs; its id.
-fn running_job(analyst: &Client, submit: &Value) -> String {
-    let job: Value = analyst.send("POST", "/v1/jobs", submit).unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_state(analyst, &format!("/v1/jobs/{id}"), "running");
+fn running_job(analyst: &Client, submit: &SubmitRequest) -> String {
+    let id = analyst.submit_job(submit).unwrap().id;
+    wait_job_state(analyst, &id, JobState::Running);
     id
 }
 
@@ -65,73 +75,63 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
 
     // Jobs: the tenant's one slot holds the first; the second waits.
     let first = running_job(&analyst, &submit);
-    let second: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    let second = second["id"].as_str().unwrap().to_owned();
+    let second = analyst.submit_job(&submit).unwrap().id;
 
     // Benchmark runs: one at a time, so a second benchmark's run waits
     // while the first's sleeps, beside the running job.
     let admins = carriers(&d);
     let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
-    let slow: Value =
-        upload_plugin(&vendor, &std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).json().unwrap();
+    let slow = vendor.upload_plugin(&std::fs::read(kanon_fixtures::SLEEPS_FOREVER).unwrap()).unwrap();
     for name in ["slow", "slower"] {
-        let _: Value =
-            vendor.send("POST", "/v1/benchmarks", &json!({"name": name, "plugin": slow["hash"]})).unwrap();
+        publish(&vendor, name, &slow.hash, "");
         for (i, admin) in admins.iter().enumerate().take(6) {
             join(admin, i, name);
         }
     }
-    let running: Value = vendor.send("POST", "/v1/benchmarks/slow/runs", &json!({})).unwrap();
-    let running = format!("/v1/benchmarks/slow/runs/{}", running["id"].as_str().unwrap());
-    wait_state(&vendor, &running, "running");
-    let waiting: Value = vendor.send("POST", "/v1/benchmarks/slower/runs", &json!({})).unwrap();
-    let waiting = format!("/v1/benchmarks/slower/runs/{}", waiting["id"].as_str().unwrap());
+    let running = vendor.run_benchmark("slow").unwrap().id;
+    wait_run_state(&vendor, "slow", &running, JobState::Running);
+    let waiting = vendor.run_benchmark("slower").unwrap().id;
     let again = vendor.raw("POST", "/v1/benchmarks/slow/runs", Some(("application/json", b"{}"))).unwrap();
     assert_eq!(again.status, 409, "one run of a benchmark at a time: {}", again.text());
 
     // Nothing queued starts while the slots are held.
     std::thread::sleep(Duration::from_millis(1500));
-    let job: Value = analyst.get(&format!("/v1/jobs/{second}")).unwrap();
-    assert_eq!(job["state"], "queued", "{job}");
-    let run: Value = vendor.get(&waiting).unwrap();
-    assert_eq!(run["state"], "queued", "{run}");
+    let job = analyst.job(&second).unwrap();
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+    let run = vendor.benchmark_run("slower", &waiting).unwrap();
+    assert_eq!(run.state, JobState::Queued, "{run:?}");
 
     // A queued piece is cancelled at once and never starts.
-    let cancelled: Value = analyst.send("POST", &format!("/v1/jobs/{second}/cancel"), &json!({})).unwrap();
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
-    let cancelled: Value = vendor.send("POST", &format!("{waiting}/cancel"), &json!({})).unwrap();
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
-    assert!(cancelled["started_ms"].is_null(), "{cancelled}");
+    let cancelled = analyst.cancel_job(&second).unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled, "{cancelled:?}");
+    let cancelled = vendor.cancel_benchmark_run("slower", &waiting).unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled, "{cancelled:?}");
+    assert!(cancelled.started_ms.is_none(), "{cancelled:?}");
 
     // A running one is interrupted well before its deadline and releases
     // nothing.
     let asked = Instant::now();
-    let marked: Value = analyst.send("POST", &format!("/v1/jobs/{first}/cancel"), &json!({})).unwrap();
-    assert_eq!(
-        (marked["state"].as_str(), marked["cancel_requested"].as_bool()),
-        (Some("running"), Some(true))
-    );
-    let marked: Value = vendor.send("POST", &format!("{running}/cancel"), &json!({})).unwrap();
-    assert_eq!(
-        (marked["state"].as_str(), marked["cancel_requested"].as_bool()),
-        (Some("running"), Some(true))
-    );
-    let job = wait_state(&analyst, &format!("/v1/jobs/{first}"), "cancelled");
-    let run = wait_state(&vendor, &running, "cancelled");
+    let marked = analyst.cancel_job(&first).unwrap();
+    assert_eq!((marked.state, marked.cancel_requested), (JobState::Running, true));
+    let marked = vendor.cancel_benchmark_run("slow", &running).unwrap();
+    assert_eq!((marked.state, marked.cancel_requested), (JobState::Running, true));
+    let job = wait_job_state(&analyst, &first, JobState::Cancelled);
+    let run = wait_run_state(&vendor, "slow", &running, JobState::Cancelled);
     assert!(asked.elapsed() < Duration::from_secs(30), "the cancels took {:?}", asked.elapsed());
-    assert!(job["stats"].is_null(), "{job}");
-    assert!(run["version"].is_null() && run["stats"].is_null(), "{run}");
+    assert!(job.stats.is_none(), "{job:?}");
+    assert!(run.version.is_none() && run.stats.is_none(), "{run:?}");
     let results = analyst.raw("GET", &format!("/v1/jobs/{first}/results"), None).unwrap();
     assert_eq!(results.status, 409, "{}", results.text());
     assert!(results.text().contains("no results"), "{}", results.text());
-    let versions: Value = vendor.get("/v1/benchmarks/slow/versions").unwrap();
-    assert_eq!(versions, json!([]));
+    assert_eq!(vendor.benchmark_versions("slow").unwrap(), []);
 
     // A cancel of finished work is a conflict.
     let late =
         analyst.raw("POST", &format!("/v1/jobs/{first}/cancel"), Some(("application/json", b"{}"))).unwrap();
     assert_eq!(late.status, 409, "{}", late.text());
-    let late = vendor.raw("POST", &format!("{running}/cancel"), Some(("application/json", b"{}"))).unwrap();
+    let late = vendor
+        .raw("POST", &format!("/v1/benchmarks/slow/runs/{running}/cancel"), Some(("application/json", b"{}")))
+        .unwrap();
     assert_eq!(late.status, 409, "{}", late.text());
 
     // Each cancel and each end is on the right chain.
@@ -144,14 +144,13 @@ fn a_cancel_drops_queued_work_and_interrupts_running_work_of_either_kind() {
     assert_eq!(host_entries(&d, "benchmark.run.cancel").len(), 2);
     let ends = host_entries(&d, "benchmark.run.finish");
     assert_eq!(ends.len(), 1, "the queued run never started: {ends:?}");
-    assert_eq!(ends[0]["detail"]["outcome"], "cancelled");
+    assert_eq!(ends[0].detail["outcome"], "cancelled");
 
     // The slots are free again: a new run of the first benchmark starts.
-    let next: Value = vendor.send("POST", "/v1/benchmarks/slow/runs", &json!({})).unwrap();
-    let next = format!("/v1/benchmarks/slow/runs/{}", next["id"].as_str().unwrap());
-    wait_state(&vendor, &next, "running");
-    let _: Value = vendor.send("POST", &format!("{next}/cancel"), &json!({})).unwrap();
-    wait_state(&vendor, &next, "cancelled");
+    let next = vendor.run_benchmark("slow").unwrap().id;
+    wait_run_state(&vendor, "slow", &next, JobState::Running);
+    vendor.cancel_benchmark_run("slow", &next).unwrap();
+    wait_run_state(&vendor, "slow", &next, JobState::Cancelled);
 }
 
 #[test]
@@ -165,7 +164,8 @@ fn a_wait_answers_once_work_ends_or_its_time_is_up() {
         let (analyst, path) = (analyst.clone(), path.clone());
         move || {
             let asked = Instant::now();
-            let job: Value = analyst.get(&format!("{path}?wait=3600")).unwrap();
+            // Longer than the client asks for: the daemon's own cap.
+            let job: Job = analyst.get(&format!("{path}?wait=3600")).unwrap();
             (asked.elapsed(), job)
         }
     });
@@ -181,8 +181,8 @@ fn a_wait_answers_once_work_ends_or_its_time_is_up() {
 
     // The wait is over before the job: its state then.
     let asked = Instant::now();
-    let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(1)).unwrap();
-    assert_eq!(job["state"], "running", "{job}");
+    let job = analyst.wait_job(&sleeping, Duration::from_secs(1)).unwrap();
+    assert_eq!(job.state, JobState::Running, "{job:?}");
     assert!(
         (Duration::from_secs(1)..Duration::from_secs(10)).contains(&asked.elapsed()),
         "{:?}",
@@ -190,48 +190,40 @@ fn a_wait_answers_once_work_ends_or_its_time_is_up() {
     );
 
     // A job queued behind it ends by its cancel: the waiter hears at once.
-    let queued: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    let queued = queued["id"].as_str().unwrap().to_owned();
+    let queued = analyst.submit_job(&submit).unwrap().id;
     let waiter = std::thread::spawn({
         let (analyst, queued) = (analyst.clone(), queued.clone());
         move || {
             let asked = Instant::now();
-            let job: Value = analyst.wait_job(&queued, Duration::from_secs(60)).unwrap();
+            let job = analyst.wait_job(&queued, Duration::from_secs(60)).unwrap();
             (asked.elapsed(), job)
         }
     });
     std::thread::sleep(Duration::from_millis(500));
-    let _: Value = analyst.send("POST", &format!("/v1/jobs/{queued}/cancel"), &json!({})).unwrap();
+    analyst.cancel_job(&queued).unwrap();
     let (took, job) = waiter.join().unwrap();
-    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 
     // A job that runs to its end on another tenant (a slot of the two is
     // free): the waiter has its result as soon as it is recorded.
     let beta = d.tenant("beta");
     ingest_trips(&beta, "beta");
-    let emissions: Value = upload_plugin(&analyst, kanon_bundled::EMISSIONS_BENCHMARK).json().unwrap();
+    let emissions = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     let approval = approve(&beta, "beta", &emissions, "ana");
-    let quick: Value = analyst
-        .send(
-            "POST",
-            "/v1/jobs",
-            &json!({"tenant": "beta", "plugin": emissions["hash"], "approval": approval["id"],
-                    "datasets": {"trips": "trips"}}),
-        )
-        .unwrap();
+    let quick = analyst.submit_job(&submit_of("beta", &emissions, &approval)).unwrap();
     let asked = Instant::now();
-    let job: Value = analyst.wait_job(quick["id"].as_str().unwrap(), Duration::from_secs(60)).unwrap();
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job = analyst.wait_job(&quick.id, Duration::from_secs(60)).unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert!(asked.elapsed() < Duration::from_secs(30), "{:?}", asked.elapsed());
 
     let (took, job) = capped.join().unwrap();
-    assert_eq!(job["state"], "running", "{job}");
+    assert_eq!(job.state, JobState::Running, "{job:?}");
     let cap = Duration::from_secs(kanon_client::MAX_WAIT_SECS);
     assert!((cap..cap + Duration::from_secs(15)).contains(&took), "{took:?}");
-    let _: Value = analyst.send("POST", &format!("/v1/jobs/{sleeping}/cancel"), &json!({})).unwrap();
-    let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(60)).unwrap();
-    assert_eq!(job["state"], "cancelled", "{job}");
+    analyst.cancel_job(&sleeping).unwrap();
+    let job = analyst.wait_job(&sleeping, Duration::from_secs(60)).unwrap();
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
 }
 
 /// Waits hold request slots, so they are budgeted: with 4 slots, two
@@ -246,24 +238,24 @@ fn a_wait_beyond_the_budget_answers_at_once() {
         let (analyst, sleeping) = (analyst.clone(), sleeping.clone());
         move || {
             let asked = Instant::now();
-            let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(4)).unwrap();
+            let job = analyst.wait_job(&sleeping, Duration::from_secs(4)).unwrap();
             (asked.elapsed(), job)
         }
     });
     std::thread::sleep(Duration::from_millis(500));
     // The same caller again: beyond its share, answered at once.
     let asked = Instant::now();
-    let job: Value = analyst.wait_job(&sleeping, Duration::from_secs(30)).unwrap();
-    assert_eq!(job["state"], "running", "{job}");
+    let job = analyst.wait_job(&sleeping, Duration::from_secs(30)).unwrap();
+    assert_eq!(job.state, JobState::Running, "{job:?}");
     assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
     let (took, job) = waiter.join().unwrap();
-    assert_eq!(job["state"], "running", "{job}");
+    assert_eq!(job.state, JobState::Running, "{job:?}");
     assert!(took >= Duration::from_secs(4), "the first wait waited: {took:?}");
     // Its place is free again: a wait waits.
     let asked = Instant::now();
-    let _: Value = analyst.wait_job(&sleeping, Duration::from_secs(2)).unwrap();
+    analyst.wait_job(&sleeping, Duration::from_secs(2)).unwrap();
     assert!(asked.elapsed() >= Duration::from_secs(2), "{:?}", asked.elapsed());
-    let _: Value = analyst.send("POST", &format!("/v1/jobs/{sleeping}/cancel"), &json!({})).unwrap();
+    analyst.cancel_job(&sleeping).unwrap();
 }
 
 /// A tenant's queue is bounded: once `queued_per_tenant` of its jobs wait,

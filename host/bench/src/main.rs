@@ -554,11 +554,9 @@ mod load {
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, bail};
+    use kanon_client::types::{JobState, NewApproval, SubmitRequest};
     use kanon_client::{Client, ClientError, NewTenant, NewToken, Role, UploadArgs};
-    use kanon_daemon::AuditExport;
-    use kanon_daemon::approvals::{NewApproval, covering};
-    use kanon_daemon::jobs::{Job, JobState, SubmitRequest};
-    use kanon_daemon::registry::PluginRecord;
+    use kanon_daemon::approvals::covering;
     use kanon_vault::KeyEncryptionKey;
 
     use super::{Figure, datagen};
@@ -796,10 +794,10 @@ mod load {
         let mut lost = tally.unfinished.len();
         let mut known = 0;
         for tenant in tenants.iter() {
-            let jobs: Vec<Job> = tenant.admin.tenant_jobs(&tenant.name)?;
+            let jobs = tenant.admin.tenant_jobs(&tenant.name)?;
             known += jobs.len();
             lost += jobs.iter().filter(|j| !j.state.is_final() && !tally.unfinished.contains(&j.id)).count();
-            let export: AuditExport = tenant.admin.tenant_audit(&tenant.name)?;
+            let export = tenant.admin.tenant_audit(&tenant.name)?;
             if let Err(e) = kanon_daemon::verify(&tenant.name, &export.entries, &export.head) {
                 tally.error("audit chain", format!("{}: {e:?}", tenant.name));
             }
@@ -893,10 +891,10 @@ mod load {
         datagen::trips(&mut csv, ROWS, 60, seed)?;
         let upload =
             UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
-        let _: serde_json::Value = admin.ingest(name, "trips", &upload, std::io::Cursor::new(csv))?;
-        let plugin: PluginRecord = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
+        admin.ingest(name, "trips", &upload, std::io::Cursor::new(csv))?;
+        let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
         let (datasets, outputs) = covering(&plugin.manifest, |_| "trips".to_owned());
-        let approval: kanon_daemon::approvals::Approval = admin.grant_approval(
+        let approval = admin.grant_approval(
             name,
             &NewApproval {
                 plugin: plugin.hash.clone(),
@@ -929,7 +927,7 @@ mod load {
         while Instant::now() < end {
             let submitted = Instant::now();
             tally.requests += 1;
-            let job: Job = match analyst.submit_job(submit) {
+            let job = match analyst.submit_job(submit) {
                 Ok(job) => job,
                 Err(e) => {
                     tally.error("submit", describe(&e));
@@ -944,7 +942,7 @@ mod load {
                 tally.requests += 1;
                 let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
                 let asked = Instant::now();
-                match analyst.wait_job::<Job>(&job.id, wait) {
+                match analyst.wait_job(&job.id, wait) {
                     Ok(now) if now.state == JobState::Succeeded => {
                         tally.done.push(submitted.elapsed());
                         tally.done_at.push(began.elapsed());

@@ -14,17 +14,20 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use kanon_client::types::{
+    Approval, BenchmarkRun, DatasetMapping, JobState, NewApproval, NewBenchmark, OptInRequest, PluginRecord,
+    SubmitRequest,
+};
 use kanon_client::{Client, NewTenant, NewToken, Role, UploadArgs};
 use kanon_daemon::approvals::covering;
-use kanon_daemon::registry::PluginRecord;
-use kanon_daemon::{AuditExport, Daemon, DaemonConfig};
-use kanon_gate::{OwnPosition, Release};
+use kanon_daemon::{Daemon, DaemonConfig};
+use kanon_gate::{Isolation, PolicyLayer};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
 use crate::local::run as runner;
 use crate::remote::jobs::{follow, follow_with};
-use crate::remote::output::text;
+use crate::remote::output::{escaped, escaped_or_dash, or_dash};
 use crate::render;
 use kanon_datagen as datagen;
 
@@ -171,64 +174,68 @@ fn benchmark(operator: &Client, args: &DemoArgs, dir: &Path, say: &dyn Fn(String
         let dataset = if i == args.carriers { "ritten" } else { "trips" };
         let csv =
             UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
-        let _: Value = admin.ingest(&name, dataset, &csv, std::fs::File::open(&file)?)?;
+        admin.ingest(&name, dataset, &csv, std::fs::File::open(&file)?)?;
         admins.push((name, dataset, admin));
     }
     say(format!("carriers: each ingested {} trips", args.carrier_trips));
 
-    let plugin: PluginRecord = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
-    let published: Value = vendor.publish_benchmark(
-        &json!({"name": "co2", "plugin": plugin.hash, "description": "CO2 per tonne-km across carriers"}),
-    )?;
-    say(format!("benchco: published benchmark `{}` over {}", text(&published["name"]), &plugin.hash[..16]));
+    let plugin = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
+    let published = vendor.publish_benchmark(&NewBenchmark {
+        name: "co2".into(),
+        plugin: plugin.hash.clone(),
+        description: "CO2 per tonne-km across carriers".into(),
+        params: None,
+        every_hours: None,
+    })?;
+    say(format!("benchco: published benchmark `{}` over {}", escaped(&published.name), &plugin.hash[..16]));
     for (name, dataset, admin) in &admins {
-        let _: Value = admin.opt_in(name, "co2", &json!({"datasets": {"trips": {"dataset": dataset}}}))?;
+        let mapping = DatasetMapping { dataset: (*dataset).to_owned(), columns: Default::default() };
+        admin.opt_in(name, "co2", &OptInRequest { datasets: [("trips".to_owned(), mapping)].into() })?;
     }
     say(format!("carriers: all {} opted in (the last maps its `ritten` to `trips`)", admins.len()));
 
     let rows = args.carrier_trips * admins.len();
     let first = run_benchmark(&vendor, rows, say)?;
-    let version: Value = vendor.benchmark_version("co2", &first["version"].to_string())?;
-    let release: Release = serde_json::from_value(version["release"].clone())?;
+    let version = vendor.benchmark_version("co2", &or_dash(first.version))?;
     say(format!(
         "benchco: version {} of `co2` in the meta data vault; it names no carrier:",
-        version["version"]
+        version.version
     ));
     if !args.json {
-        println!("{}", render::release_text(&release));
+        println!("{}", render::release_text(&version.release));
     }
     let (me, _, admin) = &admins[2.min(admins.len() - 1)];
-    let position: Value = admin.own_position(me, "co2", "latest")?;
+    let position = admin.own_position(me, "co2", "latest")?;
     say(format!("{me}: its own position next to the peers, from its own data only:"));
     if !args.json {
-        let own: OwnPosition = serde_json::from_value(position["position"].clone())?;
-        println!("{}", render::position_text(&own));
+        println!("{}", render::position_text(&position.position));
     }
 
     let (leaver, _, admin) = admins.last().expect("carriers");
-    let _: Value = admin.opt_out(leaver, "co2")?;
+    admin.opt_out(leaver, "co2")?;
     say(format!("{leaver}: opted out"));
     let second = run_benchmark(&vendor, rows - args.carrier_trips, say)?;
-    let held = second["stats"]["held_cells"].as_u64().unwrap_or(0);
+    let held = second.stats.as_ref().map_or(0, |stats| stats.held_cells);
     say(format!(
         "benchco: version {} holds {held} cells at version {}'s values: their carriers changed by one, \
          so no difference of the two versions gives {leaver}'s figures",
-        second["version"], first["version"]
+        or_dash(second.version),
+        or_dash(first.version)
     ));
     Ok(json!({"version": version, "position": position, "first_run": first, "second_run": second}))
 }
 
 /// Queue a run of `co2` and follow it to its end.
-fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::Result<Value> {
-    let run: Value = vendor.run_benchmark("co2")?;
-    let id = text(&run["id"]);
-    let done = follow_with(|wait| vendor.wait_benchmark_run("co2", &id, wait), &id, false)?;
-    if done["state"] != "succeeded" {
-        anyhow::bail!("benchmark run {id} failed: {}", text(&done["failure"]));
+fn run_benchmark(vendor: &Client, rows: usize, say: &dyn Fn(String)) -> anyhow::Result<BenchmarkRun> {
+    let id = vendor.run_benchmark("co2")?.id;
+    let done = follow_with(|wait| vendor.wait_benchmark_run("co2", &id, wait), |run| run.state, &id, false)?;
+    if done.state != JobState::Succeeded {
+        anyhow::bail!("benchmark run {id} failed: {}", escaped_or_dash(done.failure.as_deref()));
     }
     say(format!(
         "benchco: run {id} over {} carriers ({rows} trips), took {} s (vendors see whole seconds)",
-        done["participants"], done["stats"]["run_secs"]
+        or_dash(done.participants),
+        or_dash(done.stats.as_ref().map(|stats| stats.run_secs))
     ));
     Ok(done)
 }
@@ -258,17 +265,16 @@ fn walk(
             identifiers: Some(tenant.identifiers.into()),
             ..UploadArgs::default()
         };
-        let stored: Value =
-            admin.ingest(tenant.name, tenant.dataset, &csv, std::fs::File::open(&tenant.file)?)?;
+        let stored = admin.ingest(tenant.name, tenant.dataset, &csv, std::fs::File::open(&tenant.file)?)?;
         say(format!(
             "{}: ingested {} rows into `{}` ({:.1} s)",
             tenant.name,
-            stored["rows"],
+            stored.rows,
             tenant.dataset,
             started.elapsed().as_secs_f64()
         ));
 
-        let plugin: PluginRecord = analyst.upload_plugin(tenant.plugin)?;
+        let plugin = analyst.upload_plugin(tenant.plugin)?;
         let manifest = &plugin.manifest;
         say(format!("ana: uploaded plugin {} {} ({})", manifest.name, manifest.version, &plugin.hash[..16]));
 
@@ -277,29 +283,35 @@ fn walk(
             "{}: approved it for ana on `{}` ({})",
             tenant.name,
             tenant.dataset,
-            text(&approval["id"])
+            escaped(&approval.id)
         ));
 
-        let modes: &[(&str, Value)] = if tenant.isolated {
-            &[("", json!({})), ("_isolated", json!({"isolation": "entity"}))]
+        let isolated = PolicyLayer { isolation: Some(Isolation::Entity), ..PolicyLayer::default() };
+        let modes = if tenant.isolated {
+            vec![("", PolicyLayer::default()), ("_isolated", isolated)]
         } else {
-            &[("", json!({}))]
+            vec![("", PolicyLayer::default())]
         };
         for (suffix, policy) in modes {
             if !suffix.is_empty() {
                 say("ana: the same job with one instance per driver, each seeing only its own trips:".into());
             }
-            let job: Value = analyst.submit_job(
-                &json!({"tenant": tenant.name, "plugin": plugin.hash, "approval": approval["id"],
-                        "datasets": {tenant.dataset: tenant.dataset}, "policy": policy}),
-            )?;
-            let id = text(&job["id"]);
+            let id = analyst
+                .submit_job(&SubmitRequest {
+                    tenant: tenant.name.to_owned(),
+                    plugin: plugin.hash.clone(),
+                    approval: approval.id.clone(),
+                    datasets: [(tenant.dataset.to_owned(), tenant.dataset.to_owned())].into(),
+                    params: None,
+                    policy: Some(policy),
+                })?
+                .id;
             let done = follow(&analyst, &id, false)?;
-            if done["state"] != "succeeded" {
+            if done.state != JobState::Succeeded {
                 say(format!(
                     "ana: job {id} {}: {}; nothing was released",
-                    text(&done["state"]),
-                    text(&done["failure"])
+                    done.state.name(),
+                    escaped_or_dash(done.failure.as_deref())
                 ));
                 code = ExitCode::from(runner::EXIT_RUN_FAILED);
                 continue;
@@ -307,7 +319,7 @@ fn walk(
             let release = analyst.job_results(&id)?;
             say(format!(
                 "ana: job {id} succeeded in {} s (analysts see whole seconds); the gate released:",
-                done["stats"]["run_secs"]
+                or_dash(done.stats.as_ref().map(|stats| stats.run_secs))
             ));
             if json {
                 releases.insert(format!("{}{suffix}", tenant.name), serde_json::to_value(&release)?);
@@ -316,7 +328,7 @@ fn walk(
             }
         }
 
-        let audit: AuditExport = admin.tenant_audit(tenant.name)?;
+        let audit = admin.tenant_audit(tenant.name)?;
         let count = kanon_daemon::verify(&audit.chain, &audit.entries, &audit.head)
             .map_err(|e| anyhow::anyhow!("the audit log of {} does not verify: {e}", tenant.name))?;
         let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
@@ -327,10 +339,17 @@ fn walk(
 
 /// Approve `plugin` on the tenant's dataset: every column and output the
 /// manifest declares, default params, a day.
-fn approve(admin: &Client, tenant: &DemoTenant, plugin: &PluginRecord) -> anyhow::Result<Value> {
+fn approve(admin: &Client, tenant: &DemoTenant, plugin: &PluginRecord) -> anyhow::Result<Approval> {
     let (datasets, outputs) = covering(&plugin.manifest, |_| tenant.dataset.to_owned());
-    Ok(admin.grant_approval(
-        tenant.name,
-        &json!({"plugin": plugin.hash, "analyst": "ana", "datasets": datasets, "outputs": outputs, "ttl_secs": 86_400}),
-    )?)
+    let new = NewApproval {
+        plugin: plugin.hash.clone(),
+        analyst: "ana".into(),
+        datasets,
+        outputs,
+        params: None,
+        params_schema: None,
+        ttl_secs: 86_400,
+        policy: None,
+    };
+    Ok(admin.grant_approval(tenant.name, &new)?)
 }

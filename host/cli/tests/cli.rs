@@ -595,10 +595,11 @@ mod serve {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use kanon_client::Client;
-    use kanon_daemon::jobs::{Job, JobState};
-    use kanon_daemon::{AuditExport, Role};
-    use serde_json::{Value, json};
+    use kanon_client::types::{ApprovedDataset, AuditExport, Job, JobState, NewApproval, SubmitRequest};
+    use kanon_client::{Client, NewTenant, NewToken, UploadArgs};
+    use kanon_daemon::Role;
+    use kanon_gate::PolicyLayer;
+    use serde_json::Value;
 
     use super::{Dir, text};
 
@@ -731,65 +732,71 @@ mod serve {
 
     /// A tenant `acme` with the trips, an analyst `ana`, the bundled emissions
     /// plugin and an approval: the tokens and the body of a job submission.
-    fn daemon_setup(served: &Served, operator: String) -> (Tokens, Value) {
+    /// A token of `role` held by `name`, issued by `client`.
+    fn token(client: &Client, role: Role, name: &str, tenant: Option<&str>) -> String {
+        let new = NewToken { role, name: name.into(), tenant: tenant.map(str::to_owned), ttl_secs: None };
+        client.issue_token(&new).unwrap().token
+    }
+
+    fn daemon_setup(served: &Served, operator: String) -> (Tokens, SubmitRequest) {
         let client = served.client(Some(&operator));
-        let token = |role: Role, name: &str| {
-            let issued: Value =
-                client.send("POST", "/v1/tokens", &json!({"role": role, "name": name})).unwrap();
-            issued["token"].as_str().unwrap().to_owned()
+        let tokens = Tokens {
+            admin: tenant_admin(&client, "acme"),
+            analyst: token(&client, Role::Analyst, "ana", None),
+            operator,
         };
-        let tokens =
-            Tokens { admin: tenant_admin(&client, "acme"), analyst: token(Role::Analyst, "ana"), operator };
         let (admin, analyst) = (served.client(Some(&tokens.admin)), served.client(Some(&tokens.analyst)));
-        let stored: Value = admin
-            .upload(
-                "PUT",
-                "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id",
-                "text/csv",
-                std::io::Cursor::new(fleet_csv(DAEMON_TRIPS)),
+        let csv =
+            UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
+        let stored =
+            admin.ingest("acme", "trips", &csv, std::io::Cursor::new(fleet_csv(DAEMON_TRIPS))).unwrap();
+        assert_eq!(stored.rows, DAEMON_TRIPS as u64, "{stored:?}");
+        let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+        let input = &plugin.manifest.inputs[0];
+        let columns = input.columns.iter().map(|c| c.name.clone()).collect();
+        let approval = admin
+            .grant_approval(
+                "acme",
+                &NewApproval {
+                    plugin: plugin.hash.clone(),
+                    analyst: "ana".into(),
+                    datasets: [(input.name.clone(), ApprovedDataset { dataset: "trips".into(), columns })]
+                        .into(),
+                    outputs: plugin.manifest.outputs.iter().map(|t| t.name.clone()).collect(),
+                    params: None,
+                    params_schema: None,
+                    ttl_secs: 3600,
+                    policy: None,
+                },
             )
             .unwrap();
-        assert_eq!(stored["rows"], DAEMON_TRIPS as u64, "{stored}");
-        let uploaded = analyst
-            .raw("POST", "/v1/plugins", Some(("application/wasm", kanon_bundled::EMISSIONS_BENCHMARK)))
-            .unwrap();
-        assert_eq!(uploaded.status, 201, "{}", uploaded.text());
-        let plugin: Value = uploaded.json().unwrap();
-        let input = &plugin["manifest"]["inputs"][0];
-        let columns: Vec<&Value> = input["columns"].as_array().unwrap().iter().map(|c| &c["name"]).collect();
-        let outputs: Vec<&Value> =
-            plugin["manifest"]["outputs"].as_array().unwrap().iter().map(|t| &t["name"]).collect();
-        let approval: Value = admin
-            .send(
-                "POST",
-                "/v1/tenants/acme/approvals",
-                &json!({
-                    "plugin": plugin["hash"], "analyst": "ana", "outputs": outputs, "ttl_secs": 3600,
-                    "datasets": {input["name"].as_str().unwrap(): {"dataset": "trips", "columns": columns}},
-                }),
-            )
-            .unwrap();
-        let submit = json!({"tenant": "acme", "plugin": plugin["hash"], "approval": approval["id"],
-                            "datasets": {"trips": "trips"}});
+        let submit = SubmitRequest {
+            tenant: "acme".into(),
+            plugin: plugin.hash,
+            approval: approval.id,
+            datasets: [("trips".to_owned(), "trips".to_owned())].into(),
+            params: None,
+            policy: None,
+        };
         (tokens, submit)
     }
 
     /// Create `tenant` (as the operator `client`) and enrol its admin
     /// `<tenant>-admin` with the one-time code: the admin's token.
     fn tenant_admin(client: &Client, tenant: &str) -> String {
-        let created: Value = client.send("POST", "/v1/tenants", &json!({"name": tenant})).unwrap();
-        let code = created["enrolment"]["code"].as_str().unwrap();
-        client.enrol(code, &format!("{tenant}-admin"), None).unwrap().1
+        let created =
+            client.create_tenant(&NewTenant { name: tenant.into(), enrolment_ttl_secs: None }).unwrap();
+        client.enrol(&created.enrolment.code, &format!("{tenant}-admin"), None).unwrap().1
     }
 
     /// `count` jobs, each a different request (a stricter k each), so none is
     /// answered from another's stored release.
-    fn submit_jobs(analyst: &Client, submit: &Value, count: usize) -> Vec<String> {
+    fn submit_jobs(analyst: &Client, submit: &SubmitRequest, count: usize) -> Vec<String> {
         (0..count)
             .map(|i| {
-                let mut submit = submit.clone();
-                submit["policy"] = json!({"min_entities": 10 + i});
-                let job: Job = analyst.send("POST", "/v1/jobs", &submit).unwrap();
+                let policy = PolicyLayer { min_entities: Some(10 + i as u32), ..PolicyLayer::default() };
+                let job =
+                    analyst.submit_job(&SubmitRequest { policy: Some(policy), ..submit.clone() }).unwrap();
                 assert_eq!(job.state, JobState::Queued);
                 job.id
             })
@@ -797,7 +804,7 @@ mod serve {
     }
 
     fn jobs_of(analyst: &Client) -> Vec<Job> {
-        analyst.get("/v1/jobs").unwrap()
+        analyst.list_jobs().unwrap()
     }
 
     fn now_ms() -> u64 {
@@ -812,10 +819,7 @@ mod serve {
             let done: Vec<u64> = jobs_of(analyst)
                 .iter()
                 .filter(|j| j.state == JobState::Succeeded)
-                .map(|j| {
-                    let log: Value = admin.get(&format!("/v1/jobs/{}/log", j.id)).unwrap();
-                    log["figures"]["run_ms"].as_u64().unwrap()
-                })
+                .map(|j| admin.job_log(&j.id).unwrap().figures.unwrap().run_ms)
                 .collect();
             if done.len() >= count {
                 return done.into_iter().min().unwrap();
@@ -885,7 +889,7 @@ mod serve {
     /// The tenant's audit chain verifies, and holds one release per succeeded
     /// job and one finish per job.
     fn check_audit(admin: &Client, jobs: &[Job]) -> AuditExport {
-        let export: AuditExport = admin.get("/v1/tenants/acme/audit").unwrap();
+        let export = admin.tenant_audit("acme").unwrap();
         assert_eq!(
             kanon_daemon::verify("acme", &export.entries, &export.head),
             Ok(export.entries.len() as u64),
@@ -928,8 +932,8 @@ mod serve {
         let (served, token) = Served::start(&dir, "second");
         assert_eq!(token, None, "the operator token is shown once");
         // The first start's tokens still work.
-        let whoami: Value = served.client(Some(&tokens.operator)).get("/v1/whoami").unwrap();
-        assert_eq!(whoami["role"], "operator", "{whoami}");
+        let whoami = served.client(Some(&tokens.operator)).whoami().unwrap();
+        assert_eq!(whoami.role, Role::Operator, "{whoami:?}");
         let analyst = served.client(Some(&tokens.analyst));
         let admin = served.client(Some(&tokens.admin));
         let after = wait_all_final(&analyst);
@@ -1092,12 +1096,7 @@ mod serve {
         let dir = Dir::new();
         let (served, operator) = Served::start(&dir, "benchmarks");
         let client = served.client(operator.as_deref());
-        let token = |role: Role, name: &str, tenant: Option<&str>| -> String {
-            let issued: Value = client
-                .send("POST", "/v1/tokens", &json!({"role": role, "name": name, "tenant": tenant}))
-                .unwrap();
-            issued["token"].as_str().unwrap().to_owned()
-        };
+        let token = |role: Role, name: &str, tenant: Option<&str>| token(&client, role, name, tenant);
         let vendor = token(Role::Vendor, "benchco", None);
         let cli = |token: &str, args: &[&str]| {
             let mut all = args.to_vec();
@@ -1115,14 +1114,14 @@ mod serve {
                 let tenant = format!("carrier-{i}");
                 let admin = tenant_admin(&client, &tenant);
                 let dataset = if i == 5 { "ritten" } else { "trips" };
-                let _: Value = served
+                let csv = UploadArgs {
+                    format: "csv".into(),
+                    entity: Some("driver_id".into()),
+                    ..UploadArgs::default()
+                };
+                served
                     .client(Some(&admin))
-                    .upload(
-                        "PUT",
-                        &format!("/v1/tenants/{tenant}/datasets/{dataset}?format=csv&entity=driver_id"),
-                        "text/csv",
-                        std::io::Cursor::new(fleet_csv(20_000)),
-                    )
+                    .ingest(&tenant, dataset, &csv, std::io::Cursor::new(fleet_csv(20_000)))
                     .unwrap();
                 admin
             })
@@ -1324,13 +1323,13 @@ mod serve {
         let line = receiver.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
         let token =
             line.trim().strip_prefix("operator token (shown once; keep it safe): ").map(str::to_owned);
-        let whoami = token.as_ref().map(|token| {
-            Client::new(&format!("http://127.0.0.1:{port}"), Some(token.clone())).get::<Value>("/v1/whoami")
-        });
+        let whoami = token
+            .as_ref()
+            .map(|token| Client::new(&format!("http://127.0.0.1:{port}"), Some(token.clone())).whoami());
         let _ = child.kill();
         let _ = child.wait();
         assert!(token.is_some(), "no operator token on stdout: {line:?}");
-        assert_eq!(whoami.unwrap().unwrap()["role"], "operator");
+        assert_eq!(whoami.unwrap().unwrap().role, Role::Operator);
     }
 
     /// `kanon backups create` while the daemon serves, and `kanon backup` of
@@ -1343,14 +1342,9 @@ mod serve {
         let operator = operator.expect("the first start prints the operator token");
         let client = served.client(Some(&operator));
         let admin = served.client(Some(&tenant_admin(&client, "acme")));
-        let _: Value = admin
-            .upload(
-                "PUT",
-                "/v1/tenants/acme/datasets/trips?format=csv&entity=driver_id",
-                "text/csv",
-                std::io::Cursor::new(super::trips_csv().into_bytes()),
-            )
-            .unwrap();
+        let csv =
+            UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
+        admin.ingest("acme", "trips", &csv, std::io::Cursor::new(super::trips_csv().into_bytes())).unwrap();
         let base = served.base.clone();
         let kanon = |args: &[&str], data: &std::path::Path| {
             let out = Command::new(env!("CARGO_BIN_EXE_kanon"))
@@ -1398,12 +1392,12 @@ mod serve {
             std::fs::copy(&key, target.join("dev.key")).unwrap();
             let (served, token) = Served::start(&restored, run);
             assert!(token.is_none(), "{run}: the restored operator token stands");
-            let whoami: Value = served.client(Some(&operator)).get("/v1/whoami").unwrap();
-            assert_eq!(whoami["role"], "operator", "{run}");
+            let whoami = served.client(Some(&operator)).whoami().unwrap();
+            assert_eq!(whoami.role, Role::Operator, "{run}");
             let admin = served.client(admin.token());
-            let datasets: Vec<Value> = admin.get("/v1/tenants/acme/datasets").unwrap();
-            assert_eq!(datasets[0]["version"], 1, "{run}");
-            let chain: AuditExport = admin.get("/v1/tenants/acme/audit").unwrap();
+            let datasets = admin.list_datasets("acme").unwrap();
+            assert_eq!(datasets[0].version, 1, "{run}");
+            let chain: AuditExport = admin.tenant_audit("acme").unwrap();
             assert_eq!(
                 kanon_daemon::verify("acme", &chain.entries, &chain.head),
                 Ok(chain.entries.len() as u64)

@@ -5,11 +5,11 @@
 //! the load bench and the tests. Plain HTTP; for a daemon beyond loopback,
 //! put TLS in front.
 //!
-//! Records kept in the daemon's state (jobs, plugins, approvals, benchmarks,
-//! audit chains) are the daemon's types; their methods here are generic
-//! over the type they decode into (`kanon_daemon::jobs::Job`, say, or
-//! `serde_json::Value`), so this crate stays free of the daemon's and the
-//! sandbox's dependencies.
+//! The records the daemon keeps (jobs, plugins, approvals, benchmarks, audit
+//! chains) are among the types: the daemon stores and serves these same
+//! types, and every route's method here is typed by them. A manifest is
+//! `kanon_gate`'s, so this crate stays free of the daemon's, the sandbox's
+//! and the vault's dependencies.
 
 pub mod error;
 pub mod routes;
@@ -111,9 +111,8 @@ impl Client {
         self.get_text(routes::METRICS)
     }
 
-    /// `GET /v1/audit` (operator): the host's chain, as the daemon's
-    /// `AuditExport`.
-    pub fn host_audit<T: DeserializeOwned>(&self) -> Result<T> {
+    /// `GET /v1/audit` (operator): the host's chain.
+    pub fn host_audit(&self) -> Result<AuditExport> {
         self.get(routes::HOST_AUDIT)
     }
 
@@ -172,9 +171,8 @@ impl Client {
         self.send("PUT", &routes::fill(routes::TENANT_POLICY, &[tenant]), policy)
     }
 
-    /// `GET /v1/tenants/{tenant}/audit` (tenant admin), as the daemon's
-    /// `AuditExport`.
-    pub fn tenant_audit<T: DeserializeOwned>(&self, tenant: &str) -> Result<T> {
+    /// `GET /v1/tenants/{tenant}/audit` (tenant admin): the tenant's chain.
+    pub fn tenant_audit(&self, tenant: &str) -> Result<AuditExport> {
         self.get(&routes::fill(routes::TENANT_AUDIT, &[tenant]))
     }
 
@@ -203,102 +201,101 @@ impl Client {
     // ------------------------------------------------------------ datasets
 
     /// `PUT /v1/tenants/{tenant}/datasets/{dataset}` (tenant admin): the
-    /// file streamed from `reader`; the stored version as the vault
-    /// describes it.
-    pub fn ingest<T: DeserializeOwned>(
+    /// file streamed from `reader`; the stored version.
+    pub fn ingest(
         &self,
         tenant: &str,
         dataset: &str,
         args: &UploadArgs,
         reader: impl std::io::Read + Send + Sync + 'static,
-    ) -> Result<T> {
+    ) -> Result<DatasetVersionInfo> {
         let path = format!("{}?{}", routes::fill(routes::TENANT_DATASET, &[tenant, dataset]), args.query());
         self.upload("PUT", &path, "application/octet-stream", reader)
     }
 
-    /// `GET /v1/tenants/{tenant}/datasets` (tenant admin).
-    pub fn list_datasets<T: DeserializeOwned>(&self, tenant: &str) -> Result<T> {
+    /// `GET /v1/tenants/{tenant}/datasets` (tenant admin): each dataset's
+    /// latest version.
+    pub fn list_datasets(&self, tenant: &str) -> Result<Vec<DatasetVersionInfo>> {
         self.get(&routes::fill(routes::TENANT_DATASETS, &[tenant]))
     }
 
-    /// `DELETE /v1/tenants/{tenant}/datasets/{dataset}` (tenant admin).
-    pub fn delete_dataset<T: DeserializeOwned>(&self, tenant: &str, dataset: &str) -> Result<T> {
+    /// `DELETE /v1/tenants/{tenant}/datasets/{dataset}` (tenant admin): the
+    /// latest version, now deleted with the others.
+    pub fn delete_dataset(&self, tenant: &str, dataset: &str) -> Result<DatasetVersionInfo> {
         self.delete(&routes::fill(routes::TENANT_DATASET, &[tenant, dataset]))
     }
 
     // ------------------------------------------------------------ plugins
 
-    /// `POST /v1/plugins` (analyst, vendor): the daemon's `PluginRecord`.
-    pub fn upload_plugin<T: DeserializeOwned>(&self, component: &[u8]) -> Result<T> {
+    /// `POST /v1/plugins` (analyst, vendor).
+    pub fn upload_plugin(&self, component: &[u8]) -> Result<PluginRecord> {
         self.call("POST", routes::PLUGINS, Some(("application/wasm", component)))
     }
 
     /// `GET /v1/plugins`.
-    pub fn list_plugins<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn list_plugins(&self) -> Result<Vec<PluginRecord>> {
         self.get(routes::PLUGINS)
     }
 
     /// `GET /v1/plugins/{hash}`.
-    pub fn plugin<T: DeserializeOwned>(&self, hash: &str) -> Result<T> {
+    pub fn plugin(&self, hash: &str) -> Result<PluginRecord> {
         self.get(&routes::fill(routes::PLUGIN, &[hash]))
     }
 
     /// `DELETE /v1/plugins/{hash}`.
-    pub fn delete_plugin<T: DeserializeOwned>(&self, hash: &str) -> Result<T> {
+    pub fn delete_plugin(&self, hash: &str) -> Result<PluginRecord> {
         self.delete(&routes::fill(routes::PLUGIN, &[hash]))
     }
 
     // ------------------------------------------------------------ approvals
 
-    /// `POST /v1/tenants/{tenant}/approvals` (tenant admin): the daemon's
-    /// `NewApproval` in, its `Approval` out.
-    pub fn grant_approval<B: Serialize, T: DeserializeOwned>(&self, tenant: &str, new: &B) -> Result<T> {
+    /// `POST /v1/tenants/{tenant}/approvals` (tenant admin).
+    pub fn grant_approval(&self, tenant: &str, new: &NewApproval) -> Result<Approval> {
         self.send("POST", &routes::fill(routes::TENANT_APPROVALS, &[tenant]), new)
     }
 
     /// `GET /v1/tenants/{tenant}/approvals` (tenant admin).
-    pub fn tenant_approvals<T: DeserializeOwned>(&self, tenant: &str) -> Result<T> {
+    pub fn tenant_approvals(&self, tenant: &str) -> Result<Vec<Approval>> {
         self.get(&routes::fill(routes::TENANT_APPROVALS, &[tenant]))
     }
 
     /// `DELETE /v1/tenants/{tenant}/approvals/{id}` (tenant admin).
-    pub fn revoke_approval<T: DeserializeOwned>(&self, tenant: &str, id: &str) -> Result<T> {
+    pub fn revoke_approval(&self, tenant: &str, id: &str) -> Result<Approval> {
         self.delete(&routes::fill(routes::TENANT_APPROVAL, &[tenant, id]))
     }
 
     /// `GET /v1/approvals` (analyst): those naming the caller.
-    pub fn my_approvals<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn my_approvals(&self) -> Result<Vec<Approval>> {
         self.get(routes::APPROVALS)
     }
 
     // ------------------------------------------------------------ jobs
 
-    /// `POST /v1/jobs` (analyst): the daemon's `SubmitRequest` in, its
-    /// `Job` out.
-    pub fn submit_job<B: Serialize, T: DeserializeOwned>(&self, request: &B) -> Result<T> {
+    /// `POST /v1/jobs` (analyst): the job, queued.
+    pub fn submit_job(&self, request: &SubmitRequest) -> Result<Job> {
         self.send("POST", routes::JOBS, request)
     }
 
     /// `GET /v1/jobs`.
-    pub fn list_jobs<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn list_jobs(&self) -> Result<Vec<Job>> {
         self.get(routes::JOBS)
     }
 
     /// `GET /v1/jobs/{id}`.
-    pub fn job<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
+    pub fn job(&self, id: &str) -> Result<Job> {
         self.get(&routes::fill(routes::JOB, &[id]))
     }
 
     /// `GET /v1/jobs/{id}?wait=…`: the job as soon as it has ended, or as
     /// it stands once `wait` (whole seconds, at most [`MAX_WAIT_SECS`]) is
     /// over; a long poll, for following a job without polling.
-    pub fn wait_job<T: DeserializeOwned>(&self, id: &str, wait: Duration) -> Result<T> {
+    pub fn wait_job(&self, id: &str, wait: Duration) -> Result<Job> {
         self.get(&format!("{}?{}", routes::fill(routes::JOB, &[id]), WaitArgs::of(wait).query()))
     }
 
-    /// `POST /v1/jobs/{id}/cancel`.
-    pub fn cancel_job<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
-        self.send("POST", &routes::fill(routes::JOB_CANCEL, &[id]), &serde_json::json!({}))
+    /// `POST /v1/jobs/{id}/cancel` (no body).
+    pub fn cancel_job(&self, id: &str) -> Result<Job> {
+        self.call("POST", &routes::fill(routes::JOB_CANCEL, &[id]), None)
     }
 
     /// `GET /v1/jobs/{id}/results` (its analyst): the released tables.
@@ -315,78 +312,73 @@ impl Client {
     }
 
     /// `GET /v1/jobs/{id}/log` (tenant admin, or support under a grant).
-    pub fn job_log<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
+    pub fn job_log(&self, id: &str) -> Result<JobLog> {
         self.get(&routes::fill(routes::JOB_LOG, &[id]))
     }
 
     /// `GET /v1/tenants/{tenant}/jobs` (tenant admin, support).
-    pub fn tenant_jobs<T: DeserializeOwned>(&self, tenant: &str) -> Result<T> {
+    pub fn tenant_jobs(&self, tenant: &str) -> Result<Vec<Job>> {
         self.get(&routes::fill(routes::TENANT_JOBS, &[tenant]))
     }
 
     // ------------------------------------------------------------ benchmarks
 
     /// `POST /v1/benchmarks` (vendor).
-    pub fn publish_benchmark<B: Serialize, T: DeserializeOwned>(&self, new: &B) -> Result<T> {
+    pub fn publish_benchmark(&self, new: &NewBenchmark) -> Result<Benchmark> {
         self.send("POST", routes::BENCHMARKS, new)
     }
 
     /// `GET /v1/benchmarks`.
-    pub fn list_benchmarks<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn list_benchmarks(&self) -> Result<Vec<BenchmarkView>> {
         self.get(routes::BENCHMARKS)
     }
 
     /// `GET /v1/benchmarks/{benchmark}`.
-    pub fn benchmark<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+    pub fn benchmark(&self, name: &str) -> Result<BenchmarkView> {
         self.get(&routes::fill(routes::BENCHMARK, &[name]))
     }
 
     /// `DELETE /v1/benchmarks/{benchmark}` (vendor): retire it.
-    pub fn retire_benchmark<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+    pub fn retire_benchmark(&self, name: &str) -> Result<Benchmark> {
         self.delete(&routes::fill(routes::BENCHMARK, &[name]))
     }
 
-    /// `POST /v1/benchmarks/{benchmark}/runs` (vendor): queue a run.
-    pub fn run_benchmark<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
-        self.send("POST", &routes::fill(routes::BENCHMARK_RUNS, &[name]), &serde_json::json!({}))
+    /// `POST /v1/benchmarks/{benchmark}/runs` (vendor, no body): queue a run.
+    pub fn run_benchmark(&self, name: &str) -> Result<BenchmarkRun> {
+        self.call("POST", &routes::fill(routes::BENCHMARK_RUNS, &[name]), None)
     }
 
     /// `GET /v1/benchmarks/{benchmark}/runs`.
-    pub fn benchmark_runs<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+    pub fn benchmark_runs(&self, name: &str) -> Result<Vec<BenchmarkRun>> {
         self.get(&routes::fill(routes::BENCHMARK_RUNS, &[name]))
     }
 
     /// `GET /v1/benchmarks/{benchmark}/runs/{run}`.
-    pub fn benchmark_run<T: DeserializeOwned>(&self, name: &str, run: &str) -> Result<T> {
+    pub fn benchmark_run(&self, name: &str, run: &str) -> Result<BenchmarkRun> {
         self.get(&routes::fill(routes::BENCHMARK_RUN, &[name, run]))
     }
 
     /// `GET /v1/benchmarks/{benchmark}/runs/{run}?wait=…`: the run as soon
     /// as it has ended, or as it stands once `wait` (at most
     /// [`MAX_WAIT_SECS`]) is over, as [`Client::wait_job`].
-    pub fn wait_benchmark_run<T: DeserializeOwned>(
-        &self,
-        name: &str,
-        run: &str,
-        wait: Duration,
-    ) -> Result<T> {
+    pub fn wait_benchmark_run(&self, name: &str, run: &str, wait: Duration) -> Result<BenchmarkRun> {
         let path = routes::fill(routes::BENCHMARK_RUN, &[name, run]);
         self.get(&format!("{path}?{}", WaitArgs::of(wait).query()))
     }
 
-    /// `POST /v1/benchmarks/{benchmark}/runs/{run}/cancel`.
-    pub fn cancel_benchmark_run<T: DeserializeOwned>(&self, name: &str, run: &str) -> Result<T> {
-        self.send("POST", &routes::fill(routes::BENCHMARK_RUN_CANCEL, &[name, run]), &serde_json::json!({}))
+    /// `POST /v1/benchmarks/{benchmark}/runs/{run}/cancel` (no body).
+    pub fn cancel_benchmark_run(&self, name: &str, run: &str) -> Result<BenchmarkRun> {
+        self.call("POST", &routes::fill(routes::BENCHMARK_RUN_CANCEL, &[name, run]), None)
     }
 
     /// `GET /v1/benchmarks/{benchmark}/versions`.
-    pub fn benchmark_versions<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+    pub fn benchmark_versions(&self, name: &str) -> Result<Vec<VersionSummary>> {
         self.get(&routes::fill(routes::BENCHMARK_VERSIONS, &[name]))
     }
 
     /// `GET /v1/benchmarks/{benchmark}/versions/{version}` (`latest` or a
     /// number).
-    pub fn benchmark_version<T: DeserializeOwned>(&self, name: &str, version: &str) -> Result<T> {
+    pub fn benchmark_version(&self, name: &str, version: &str) -> Result<BenchmarkVersion> {
         self.get(&routes::fill(routes::BENCHMARK_VERSION, &[name, version]))
     }
 
@@ -401,34 +393,29 @@ impl Client {
     }
 
     /// `GET /v1/tenants/{tenant}/benchmarks` (tenant admin).
-    pub fn tenant_benchmarks<T: DeserializeOwned>(&self, tenant: &str) -> Result<T> {
+    pub fn tenant_benchmarks(&self, tenant: &str) -> Result<Vec<BenchmarkView>> {
         self.get(&routes::fill(routes::TENANT_BENCHMARKS, &[tenant]))
     }
 
     /// `PUT /v1/tenants/{tenant}/benchmarks/{benchmark}` (tenant admin): opt in.
-    pub fn opt_in<B: Serialize, T: DeserializeOwned>(
-        &self,
-        tenant: &str,
-        name: &str,
-        mapping: &B,
-    ) -> Result<T> {
-        self.send("PUT", &routes::fill(routes::TENANT_BENCHMARK, &[tenant, name]), mapping)
+    pub fn opt_in(&self, tenant: &str, name: &str, request: &OptInRequest) -> Result<OptIn> {
+        self.send("PUT", &routes::fill(routes::TENANT_BENCHMARK, &[tenant, name]), request)
     }
 
     /// `DELETE /v1/tenants/{tenant}/benchmarks/{benchmark}` (tenant admin): leave.
-    pub fn opt_out<T: DeserializeOwned>(&self, tenant: &str, name: &str) -> Result<T> {
+    pub fn opt_out(&self, tenant: &str, name: &str) -> Result<OptIn> {
         self.delete(&routes::fill(routes::TENANT_BENCHMARK, &[tenant, name]))
     }
 
     /// `GET /v1/tenants/{tenant}/benchmarks/{benchmark}/versions/{version}`
     /// (tenant admin): its own position.
-    pub fn own_position<T: DeserializeOwned>(&self, tenant: &str, name: &str, version: &str) -> Result<T> {
+    pub fn own_position(&self, tenant: &str, name: &str, version: &str) -> Result<PositionView> {
         self.get(&routes::fill(routes::TENANT_BENCHMARK_POSITION, &[tenant, name, version]))
     }
 
     /// `GET /v1/tenants/{tenant}/benchmark-runs/{run}/log` (tenant admin,
     /// support): the plugin's output log of its instance.
-    pub fn benchmark_run_log<T: DeserializeOwned>(&self, tenant: &str, run: &str) -> Result<T> {
+    pub fn benchmark_run_log(&self, tenant: &str, run: &str) -> Result<JobLog> {
         self.get(&routes::fill(routes::TENANT_BENCHMARK_RUN_LOG, &[tenant, run]))
     }
 

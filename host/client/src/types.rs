@@ -1,14 +1,35 @@
 //! The request and response types of the daemon's API: the daemon
 //! (de)serialises these same types, and its OpenAPI document is generated
-//! from their `ToSchema` derives. Records that live in the daemon's state
-//! (jobs, plugins, approvals, benchmarks, audit chains) stay the daemon's;
-//! see [`Client`](crate::Client) for how those are read.
+//! from their `ToSchema` derives. The records the daemon keeps (jobs,
+//! plugins, approvals, benchmarks and their runs and versions, audit
+//! chains) are among them: its control store holds them as this JSON, so a
+//! change to a field's name, default or rename is a change to stored data.
+//! One module per area beyond the small ones here.
+
+mod approvals;
+mod audit;
+mod benchmarks;
+mod datasets;
+mod jobs;
+mod plugins;
 
 use std::collections::BTreeMap;
 
 use kanon_gate::PolicyLayer;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+
+pub use approvals::{Approval, ApprovedDataset, NewApproval};
+pub use audit::{AuditEntry, AuditExport, AuditHead};
+pub use benchmarks::{
+    Benchmark, BenchmarkRun, BenchmarkStats, BenchmarkVersion, BenchmarkView, DatasetMapping, NewBenchmark,
+    OptIn, OptInRequest, PositionView, VersionSummary,
+};
+pub use datasets::{
+    DatasetClassification, DatasetColumnType, DatasetField, DatasetSchema, DatasetVersionInfo,
+};
+pub use jobs::{Job, JobLog, JobState, JobStats, RunFigures, SubmitRequest};
+pub use plugins::PluginRecord;
 
 /// Who may do what (see the design brief).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

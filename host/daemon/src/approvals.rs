@@ -6,79 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use kanon_gate::PolicyLayer;
 use kanon_runtime::Manifest;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-/// One dataset as approved: which of the tenant's datasets stands in for the
-/// manifest's, and which of its columns the plugin may read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovedDataset {
-    /// The tenant's dataset.
-    pub dataset: String,
-    /// Columns the plugin may read.
-    pub columns: Vec<String>,
-}
-
-/// A tenant admin's approval as requested (`POST /v1/tenants/{t}/approvals`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewApproval {
-    /// The plugin's hash.
-    pub plugin: String,
-    /// The analyst's token name.
-    pub analyst: String,
-    /// The manifest's dataset names to the tenant's datasets and columns.
-    pub datasets: BTreeMap<String, ApprovedDataset>,
-    /// The output tables: exactly those the manifest declares.
-    pub outputs: Vec<String>,
-    /// The exact parameters jobs must pass. Default `{}`.
-    #[schema(value_type = Option<Object>)]
-    pub params: Option<serde_json::Value>,
-    /// Instead of `params`: a JSON Schema every job's params must satisfy.
-    #[schema(value_type = Option<Object>)]
-    pub params_schema: Option<serde_json::Value>,
-    /// Lifetime in seconds (at most a year).
-    pub ttl_secs: u64,
-    /// What every job under the approval is held to, on top of the tenant's
-    /// policy: only ever stricter (e.g. `{"isolation": "entity"}`).
-    #[schema(value_type = Option<Object>)]
-    pub policy: Option<PolicyLayer>,
-}
-
-/// A tenant's instruction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Approval {
-    pub id: String,
-    pub tenant: String,
-    /// The plugin's blake3 hash.
-    pub plugin: String,
-    /// The analyst (token name) who may run it.
-    pub analyst: String,
-    /// By the manifest's dataset names.
-    pub datasets: BTreeMap<String, ApprovedDataset>,
-    /// The output tables, as the manifest declares them.
-    pub outputs: Vec<String>,
-    /// The parameters, exactly: a job must pass this very object. Null when
-    /// `params_schema` is given instead.
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    /// A JSON Schema a job's parameters must satisfy, instead of exact ones.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub params_schema: Option<serde_json::Value>,
-    /// What every job under it is held to on top of the tenant's policy
-    /// (only stricter): a tenant can approve a plugin for isolated runs only.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub policy: PolicyLayer,
-    pub approved_by: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
-    pub revoked_ms: Option<u64>,
-}
+// The records are the API's: the client reads these same types, and the
+// control store keeps them as their JSON.
+pub use kanon_client::types::{Approval, ApprovedDataset, NewApproval};
 
 /// What a job asks to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,44 +22,38 @@ pub struct JobAsk<'a> {
     pub params: &'a serde_json::Value,
 }
 
-impl Approval {
-    pub fn live(&self, now_ms: u64) -> bool {
-        self.revoked_ms.is_none() && now_ms < self.expires_ms
+/// Why `approval` does not cover `ask`, if it does not.
+pub fn uncovered(approval: &Approval, ask: &JobAsk<'_>, now_ms: u64) -> Option<String> {
+    if approval.revoked_ms.is_some() {
+        return Some(format!("approval {} was revoked", approval.id));
     }
-
-    /// Why this approval does not cover `ask`, if it does not.
-    pub fn uncovered(&self, ask: &JobAsk<'_>, now_ms: u64) -> Option<String> {
-        if self.revoked_ms.is_some() {
-            return Some(format!("approval {} was revoked", self.id));
-        }
-        if now_ms >= self.expires_ms {
-            return Some(format!("approval {} has expired", self.id));
-        }
-        if self.tenant != ask.tenant || self.plugin != ask.plugin || self.analyst != ask.analyst {
-            return Some(format!("approval {} is for another tenant, plugin or analyst", self.id));
-        }
-        let approved: BTreeMap<&String, &String> =
-            self.datasets.iter().map(|(k, v)| (k, &v.dataset)).collect();
-        let asked: BTreeMap<&String, &String> = ask.datasets.iter().collect();
-        if approved != asked {
-            return Some(format!("approval {} covers other datasets", self.id));
-        }
-        match &self.params_schema {
-            Some(schema) => {
-                if let Err(reason) = schema_allows(schema, ask.params) {
-                    return Some(format!(
-                        "the parameters do not satisfy approval {}'s schema: {reason}",
-                        self.id
-                    ));
-                }
-            }
-            None if &self.params != ask.params => {
-                return Some(format!("approval {} covers other parameters", self.id));
-            }
-            None => {}
-        }
-        None
+    if now_ms >= approval.expires_ms {
+        return Some(format!("approval {} has expired", approval.id));
     }
+    if approval.tenant != ask.tenant || approval.plugin != ask.plugin || approval.analyst != ask.analyst {
+        return Some(format!("approval {} is for another tenant, plugin or analyst", approval.id));
+    }
+    let approved: BTreeMap<&String, &String> =
+        approval.datasets.iter().map(|(k, v)| (k, &v.dataset)).collect();
+    let asked: BTreeMap<&String, &String> = ask.datasets.iter().collect();
+    if approved != asked {
+        return Some(format!("approval {} covers other datasets", approval.id));
+    }
+    match &approval.params_schema {
+        Some(schema) => {
+            if let Err(reason) = schema_allows(schema, ask.params) {
+                return Some(format!(
+                    "the parameters do not satisfy approval {}'s schema: {reason}",
+                    approval.id
+                ));
+            }
+        }
+        None if &approval.params != ask.params => {
+            return Some(format!("approval {} covers other parameters", approval.id));
+        }
+        None => {}
+    }
+    None
 }
 
 /// Why approval `id` (as `write` sees it) does not cover `ask`, if it does
@@ -139,7 +65,7 @@ pub(crate) fn refusal(
 ) -> Result<Option<String>, crate::StoreError> {
     let approval = write.get(crate::store::APPROVALS, id)?;
     Ok(match approval.filter(|a| a.tenant == ask.tenant) {
-        Some(approval) => approval.uncovered(ask, crate::now_ms()),
+        Some(approval) => uncovered(&approval, ask, crate::now_ms()),
         None => Some(format!("no approval `{id}` of tenant `{}`", ask.tenant)),
     })
 }

@@ -7,9 +7,6 @@
 //! `kanon audit verify` runs it over an export on the tenant's machine, so
 //! the tenant need not trust the daemon's word.
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
 /// The chain of events that concern no single tenant (plugin uploads,
 /// operator tokens). Not a valid tenant name, so it cannot collide.
 pub const HOST_CHAIN: &str = "_host";
@@ -27,59 +24,19 @@ pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
 /// The `prev` of a chain's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEntry {
-    /// Position in the chain, from 1.
-    pub seq: u64,
-    /// When, in milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// The tenant whose chain this is, or `_host`.
-    pub chain: String,
-    /// Who: a token id and role, or `daemon` for the daemon's own acts.
-    pub actor: String,
-    /// What, as a dotted verb: `dataset.ingest`, `job.finish`, ...
-    pub action: String,
-    /// The event's particulars. Never dataset contents.
-    #[schema(value_type = Object)]
-    pub detail: serde_json::Value,
-    /// The previous entry's hash (hex).
-    pub prev: String,
-    /// blake3 of this entry's fields and `prev` (hex).
-    pub hash: String,
-}
+// The records are the API's: the client reads these same types (and
+// computes an entry's hash), and the control store keeps them as their JSON.
+pub use kanon_client::types::{AuditEntry, AuditExport, AuditHead};
 
-/// Where a chain ends.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct AuditHead {
-    /// Entries in the chain.
-    pub count: u64,
-    /// The last entry's hash (empty for an empty chain).
-    pub hash: String,
-}
-
-/// The fields an entry's hash covers, in a fixed order.
-#[derive(Serialize)]
-struct Hashed<'a> {
-    seq: u64,
-    at_ms: u64,
-    chain: &'a str,
-    actor: &'a str,
-    action: &'a str,
-    detail: &'a serde_json::Value,
-    prev: &'a str,
-}
-
-impl AuditEntry {
+/// How the daemon makes an entry: [`AuditEntry`] is the API's type, so this
+/// is a trait (`AuditEntry::next` where it is in scope).
+pub(crate) trait NextEntry {
     /// The entry after `head` in `chain`.
-    pub(crate) fn next(
-        head: &AuditHead,
-        chain: &str,
-        actor: &str,
-        action: &str,
-        detail: serde_json::Value,
-    ) -> Self {
+    fn next(head: &AuditHead, chain: &str, actor: &str, action: &str, detail: serde_json::Value) -> Self;
+}
+
+impl NextEntry for AuditEntry {
+    fn next(head: &AuditHead, chain: &str, actor: &str, action: &str, detail: serde_json::Value) -> Self {
         let prev = if head.count == 0 { GENESIS.to_owned() } else { head.hash.clone() };
         let mut entry = AuditEntry {
             seq: head.count + 1,
@@ -93,22 +50,6 @@ impl AuditEntry {
         };
         entry.hash = entry.computed_hash();
         entry
-    }
-
-    /// The hash this entry's fields give.
-    pub fn computed_hash(&self) -> String {
-        let hashed = Hashed {
-            seq: self.seq,
-            at_ms: self.at_ms,
-            chain: &self.chain,
-            actor: &self.actor,
-            action: &self.action,
-            detail: &self.detail,
-            prev: &self.prev,
-        };
-        let mut hasher = blake3::Hasher::new_derive_key("kanon 2026-11 audit entry");
-        hasher.update(&serde_json::to_vec(&hashed).expect("audit entries serialize"));
-        hasher.finalize().to_hex().to_string()
     }
 }
 
@@ -286,15 +227,6 @@ impl Refusals {
         }
         taken
     }
-}
-
-/// A chain as exported: what `kanon audit verify` checks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditExport {
-    pub chain: String,
-    pub head: AuditHead,
-    pub entries: Vec<AuditEntry>,
 }
 
 /// Why a chain does not verify: the first break found.

@@ -10,14 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kanon_gate::{
-    CellHistory, Isolation, OwnPosition, Policy, PolicyLayer, Release, ReleaseHistory, TableHistory,
-    TableSpec,
-};
+use kanon_gate::{CellHistory, Isolation, Policy, PolicyLayer, ReleaseHistory, TableHistory, TableSpec};
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, CancelToken, TenantInput};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 
 use crate::audit::HOST_CHAIN;
 use crate::benchmarks::{self, Benchmark, OptIn};
@@ -41,97 +36,9 @@ fn benchmark_layer() -> PolicyLayer {
     PolicyLayer { isolation: Some(Isolation::Entity), ..PolicyLayer::default() }
 }
 
-/// A run of a benchmark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BenchmarkRun {
-    pub id: String,
-    pub seq: u64,
-    pub benchmark: String,
-    /// Who queued it: the vendor, or `schedule`.
-    pub trigger: String,
-    pub state: JobState,
-    pub submitted_ms: u64,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    /// Why it failed: `failed` when a plugin instance failed (which one, and
-    /// its class, only that tenant's owner log says), or a reason no plugin
-    /// influences (`too-few-tenants`, `interrupted`, ...).
-    pub failure: Option<String>,
-    /// Tenants whose data the run read.
-    pub participants: Option<usize>,
-    /// The version it released.
-    pub version: Option<u64>,
-    pub stats: Option<BenchmarkStats>,
-    /// Set when a cancel arrived while it ran: nothing it made is released.
-    #[serde(default)]
-    pub cancel_requested: bool,
-}
-
-/// Figures of a finished run, as its vendor sees them. Rows read and
-/// instance memory are not among them: the difference of two runs would
-/// give one tenant's dataset size, and a plugin sets its own memory. They
-/// are on the host's chain, for the operator.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct BenchmarkStats {
-    /// Whole seconds; the exact time is on the host's chain.
-    #[serde(default)]
-    pub run_secs: u64,
-    pub cells: usize,
-    pub suppressed_cells: usize,
-    pub held_cells: usize,
-}
-
-/// A version in the meta data vault: the vendor's. It names no tenant and
-/// holds no tenant's own value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BenchmarkVersion {
-    pub benchmark: String,
-    pub version: u64,
-    pub run: String,
-    pub released_ms: u64,
-    pub plugin: String,
-    pub params_hash: String,
-    pub participants: usize,
-    #[schema(value_type = Object)]
-    pub release: Release,
-}
-
-/// A line of the version list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct VersionSummary {
-    pub version: u64,
-    pub run: String,
-    pub released_ms: u64,
-    pub participants: usize,
-    pub cells: usize,
-    pub suppressed_cells: usize,
-    pub held_cells: usize,
-}
-
-impl BenchmarkVersion {
-    pub fn summary(&self) -> VersionSummary {
-        VersionSummary {
-            version: self.version,
-            run: self.run.clone(),
-            released_ms: self.released_ms,
-            participants: self.participants,
-            cells: self.release.tables.iter().map(|t| t.cells.len()).sum(),
-            suppressed_cells: self.release.tables.iter().map(|t| t.suppressed_cells).sum(),
-            held_cells: self.release.tables.iter().map(|t| t.held_cells).sum(),
-        }
-    }
-}
-
-/// A tenant's own view of a version: the peers' released values next to
-/// its own, and its rank bands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct PositionView {
-    pub benchmark: String,
-    pub version: u64,
-    pub tenant: String,
-    #[schema(value_type = Object)]
-    pub position: OwnPosition,
-}
+// The records are the API's: the client reads these same types, and the
+// control store keeps them as their JSON.
+pub use kanon_client::types::{BenchmarkRun, BenchmarkStats, BenchmarkVersion, PositionView, VersionSummary};
 
 /// The meta data vault's key of a version: zero-padded, so keys sort by
 /// version.
@@ -434,7 +341,7 @@ fn finish(
                 .tenants
                 .iter()
                 .map(|(tenant, log, stats)| {
-                    let log = JobLog::from_owner_log(&run.id, log.clone(), stats);
+                    let log = crate::jobs::log_of_run(&run.id, log.clone(), stats);
                     sealed::seal(app, tenant, &log_label(&run.id), &log)
                 })
                 .collect();
@@ -608,7 +515,7 @@ pub(crate) fn owner_log(app: &App, run: &str, tenant: &str) -> Result<JobLog> {
         .read()?
         .get(OWNER_LOGS, &log_key(run, tenant))?
         .ok_or_else(|| Error::NotFound(format!("tenant `{tenant}` has no log of run `{run}`")))?;
-    JobLog::open(app, tenant, &log_label(run), run, &stored)
+    crate::jobs::open_log(app, tenant, &log_label(run), run, &stored)
 }
 
 #[cfg(test)]

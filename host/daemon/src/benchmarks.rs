@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 
 use kanon_runtime::{Manifest, PluginColumnType};
 use kanon_vault::DatasetVersion;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 
 use crate::audit::HOST_CHAIN;
 use crate::benchmark_runs::BenchmarkRun;
@@ -23,109 +21,27 @@ use crate::{App, now_ms};
 /// Longest interval of a scheduled benchmark: a year.
 pub const MAX_EVERY_HOURS: u32 = 366 * 24;
 
-/// A published benchmark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Benchmark {
-    pub name: String,
-    /// The vendor (token name) who published it; only it runs it and reads
-    /// its versions.
-    pub vendor: String,
-    /// The plugin's hash: fixed for the benchmark's life, so every version
-    /// answers the same manifest.
-    pub plugin: String,
-    pub description: String,
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    /// Run every this many hours; none: on demand only.
-    pub every_hours: Option<u32>,
-    pub published_ms: u64,
-    /// When the schedule last queued a run (or the benchmark was published).
-    pub scheduled_ms: u64,
-    /// Versions released so far.
-    pub versions: u64,
-    /// Set when its vendor retired it: no more runs or opt-ins; its
-    /// versions stay readable.
-    #[serde(default)]
-    pub retired_ms: Option<u64>,
-}
-
-/// What a vendor publishes.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewBenchmark {
-    pub name: String,
-    /// The plugin's hash (upload it first).
-    pub plugin: String,
-    #[serde(default)]
-    pub description: String,
-    /// The plugin's parameters, the same for every tenant. Default `{}`.
-    #[schema(value_type = Option<Object>)]
-    pub params: Option<serde_json::Value>,
-    /// Run every this many hours (1 to a year); leave out for on demand.
-    pub every_hours: Option<u32>,
-}
-
-/// Which of a tenant's datasets stands for one the plugin reads, and which
-/// of its columns for the plugin's. A column left out maps to the column of
-/// the same name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetMapping {
-    pub dataset: String,
-    /// The plugin's column names to the tenant's.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-}
-
-/// A tenant's participation in a benchmark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct OptIn {
-    pub benchmark: String,
-    pub tenant: String,
-    /// The tenant's ordinal, the same in every benchmark: what the
-    /// subtraction rule compares tenant sets by.
-    pub member: u32,
-    /// The manifest's dataset names to the tenant's datasets and columns.
-    pub datasets: BTreeMap<String, DatasetMapping>,
-    pub by: String,
-    pub opted_in_ms: u64,
-    /// Set when the tenant opted out: no later run reads its data.
-    pub opted_out_ms: Option<u64>,
-}
-
-impl OptIn {
-    pub fn active(&self) -> bool {
-        self.opted_out_ms.is_none()
-    }
-}
-
-/// What a tenant admin sends to opt in.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OptInRequest {
-    /// The manifest's dataset names to the tenant's datasets and columns.
-    pub datasets: BTreeMap<String, DatasetMapping>,
-}
+// The records are the API's: the client reads these same types, and the
+// control store keeps them as their JSON.
+pub use kanon_client::types::{Benchmark, DatasetMapping, NewBenchmark, OptIn, OptInRequest};
 
 /// Longest description of a benchmark.
 pub const MAX_DESCRIPTION: usize = 4096;
 
-impl OptInRequest {
-    /// The shapes of its names, before anything is looked up.
-    pub(crate) fn check(&self) -> Result<()> {
-        use crate::ids;
-        ids::check_count("datasets", self.datasets.len(), ids::MAX_DATASETS)?;
-        for (name, mapping) in &self.datasets {
-            ids::check_manifest_name("dataset", name)?;
-            check_name("dataset", &mapping.dataset)?;
-            ids::check_count("columns", mapping.columns.len(), ids::MAX_COLUMNS)?;
-            for (theirs, ours) in &mapping.columns {
-                ids::check_column_name(theirs)?;
-                ids::check_column_name(ours)?;
-            }
+/// The shapes of an opt-in's names, before anything is looked up.
+pub(crate) fn check_opt_in(request: &OptInRequest) -> Result<()> {
+    use crate::ids;
+    ids::check_count("datasets", request.datasets.len(), ids::MAX_DATASETS)?;
+    for (name, mapping) in &request.datasets {
+        ids::check_manifest_name("dataset", name)?;
+        check_name("dataset", &mapping.dataset)?;
+        ids::check_count("columns", mapping.columns.len(), ids::MAX_COLUMNS)?;
+        for (theirs, ours) in &mapping.columns {
+            ids::check_column_name(theirs)?;
+            ids::check_column_name(ours)?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The key of a tenant's opt-in.
@@ -242,7 +158,7 @@ pub(crate) fn mapped_datasets(
         }
         datasets.insert(need.name.clone(), view);
     }
-    manifest.check_data(&datasets).map_err(|e| Error::Unprocessable(e.to_string()))?;
+    kanon_runtime::check_data(manifest, &datasets).map_err(|e| Error::Unprocessable(e.to_string()))?;
     Ok(datasets)
 }
 

@@ -8,11 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kanon_gate::{Policy, PolicyLayer, Release};
+use kanon_gate::{Policy, Release};
 use kanon_runtime::{CancelToken, FailureClass, OwnerLog, RunReport, RunRequest, RunStats};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 
 use crate::approvals::{self, Approval, JobAsk};
 use crate::config::JobLimits;
@@ -26,140 +24,34 @@ use crate::tenants::TenantRecord;
 use crate::work::{self, SlotGroup, Work};
 use crate::{App, now_ms};
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
+// The records are the API's: the client reads these same types, and the
+// control store keeps them as their JSON.
+pub use kanon_client::types::{Job, JobLog, JobState, JobStats, RunFigures, SubmitRequest};
 
-impl JobState {
-    pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
+/// A run's exact figures, from the runtime's.
+pub(crate) fn run_figures(stats: &RunStats) -> RunFigures {
+    RunFigures {
+        run_ms: stats.duration.as_millis() as u64,
+        instantiation_us: stats.instantiation.as_micros() as u64,
+        contributions: stats.contributions,
+        dropped_contributions: stats.dropped_contributions,
+        entities: stats.entities_issued,
+        bytes_to_host: stats.bytes_to_host,
+        peak_memory_bytes: stats.peak_memory_bytes,
+        peak_host_bytes: stats.peak_host_bytes,
     }
 }
 
-/// Figures of a finished run as its analyst sees them: nothing the plugin
-/// could set from one person's value. The run time is in whole seconds; the
-/// exact figures are in the owner log ([`RunFigures`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct JobStats {
-    #[serde(default)]
-    pub run_secs: u64,
-    pub cells: usize,
-    pub suppressed_cells: usize,
-}
-
-/// A job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Job {
-    pub id: String,
-    /// Submission order.
-    pub seq: u64,
-    pub tenant: String,
-    /// The analyst (token name) who submitted it.
-    pub analyst: String,
-    pub plugin: String,
-    pub approval: String,
-    /// The manifest's dataset names to the tenant's datasets.
-    pub datasets: BTreeMap<String, String>,
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    /// What the analyst asked of the gate; it can only tighten.
-    #[schema(value_type = Object)]
-    pub policy: PolicyLayer,
-    pub state: JobState,
-    /// Set when a cancel arrived while the job ran: its result is discarded.
-    pub cancel_requested: bool,
-    pub submitted_ms: u64,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    /// Why a job failed, as its submitter may know it: `failed` when the
-    /// plugin's run failed (its class is in the owner log), or a reason
-    /// that no plugin influences (`not-approved`, `data-unavailable`,
-    /// `bad-request`, `policy`, `interrupted`).
-    pub failure: Option<String>,
-    /// The dataset versions the run read.
-    pub versions: BTreeMap<String, u64>,
-    pub stats: Option<JobStats>,
-    /// The earlier job whose stored release answered this identical request:
-    /// the same plugin, params, dataset versions and policy get the same
-    /// release, never a second run.
-    #[serde(default)]
-    pub replay_of: Option<String>,
-}
-
-/// What the tenant admin (and support staff under a grant) may read of a
-/// run: the plugin's output and error text, the exact failure class and the
-/// run's figures, any of which a plugin can make carry data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct JobLog {
-    pub job: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub error: Option<String>,
-    pub refusals: Vec<String>,
-    /// The failure class (`trap`, `timeout`, `memory`, `limit`,
-    /// `contract-violation`, `plugin-error`, `host-error`, `cancelled`).
-    #[serde(default)]
-    pub failure: Option<String>,
-    #[serde(default)]
-    pub figures: Option<RunFigures>,
-}
-
-/// A run's exact figures, for the data owner.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct RunFigures {
-    pub run_ms: u64,
-    pub instantiation_us: u64,
-    pub contributions: u64,
-    pub dropped_contributions: u64,
-    pub entities: usize,
-    pub bytes_to_host: u64,
-    pub peak_memory_bytes: usize,
-    pub peak_host_bytes: usize,
-}
-
-impl RunFigures {
-    pub(crate) fn of(stats: &RunStats) -> Self {
-        Self {
-            run_ms: stats.duration.as_millis() as u64,
-            instantiation_us: stats.instantiation.as_micros() as u64,
-            contributions: stats.contributions,
-            dropped_contributions: stats.dropped_contributions,
-            entities: stats.entities_issued,
-            bytes_to_host: stats.bytes_to_host,
-            peak_memory_bytes: stats.peak_memory_bytes,
-            peak_host_bytes: stats.peak_host_bytes,
-        }
-    }
-}
-
-impl JobLog {
-    pub(crate) fn from_owner_log(job: &str, log: OwnerLog, stats: &RunStats) -> Self {
-        Self {
-            job: job.to_owned(),
-            stdout: log.stdout,
-            stderr: log.stderr,
-            error: log.error,
-            refusals: log.refusals,
-            failure: log.failure.map(|class| class.code().to_owned()),
-            figures: Some(RunFigures::of(stats)),
-        }
+/// The owner log of run `job` (a job or a benchmark run), from the runtime's.
+pub(crate) fn log_of_run(job: &str, log: OwnerLog, stats: &RunStats) -> JobLog {
+    JobLog {
+        job: job.to_owned(),
+        stdout: log.stdout,
+        stderr: log.stderr,
+        error: log.error,
+        refusals: log.refusals,
+        failure: log.failure.map(|class| class.code().to_owned()),
+        figures: Some(run_figures(stats)),
     }
 }
 
@@ -251,37 +143,18 @@ pub(crate) fn submit(
     Ok(Ok(job))
 }
 
-/// A job as submitted.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    pub tenant: String,
-    pub plugin: String,
-    pub approval: String,
-    /// The manifest's dataset names to the tenant's datasets.
-    pub datasets: BTreeMap<String, String>,
-    /// The parameters; must equal the approval's. Default `{}`.
-    #[schema(value_type = Option<Object>)]
-    pub params: Option<serde_json::Value>,
-    /// A stricter policy than the tenant's, if the analyst wants one.
-    #[schema(value_type = Option<Object>)]
-    pub policy: Option<PolicyLayer>,
-}
-
-impl SubmitRequest {
-    /// The shapes of its ids and names, checked before anything is looked
-    /// up or audited.
-    pub(crate) fn check(&self) -> Result<()> {
-        crate::tenants::check_name("tenant", &self.tenant)?;
-        crate::ids::check_hash(&self.plugin)?;
-        crate::ids::check_id("approval", crate::ids::APPROVAL, &self.approval)?;
-        crate::ids::check_count("datasets", self.datasets.len(), crate::ids::MAX_DATASETS)?;
-        for (name, dataset) in &self.datasets {
-            crate::ids::check_manifest_name("dataset", name)?;
-            crate::tenants::check_name("dataset", dataset)?;
-        }
-        Ok(())
+/// The shapes of a submitted job's ids and names, checked before anything
+/// is looked up or audited.
+pub(crate) fn check_submit(ask: &SubmitRequest) -> Result<()> {
+    crate::tenants::check_name("tenant", &ask.tenant)?;
+    crate::ids::check_hash(&ask.plugin)?;
+    crate::ids::check_id("approval", crate::ids::APPROVAL, &ask.approval)?;
+    crate::ids::check_count("datasets", ask.datasets.len(), crate::ids::MAX_DATASETS)?;
+    for (name, dataset) in &ask.datasets {
+        crate::ids::check_manifest_name("dataset", name)?;
+        crate::tenants::check_name("dataset", dataset)?;
     }
+    Ok(())
 }
 
 impl Work for Job {
@@ -461,7 +334,7 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<C
     let (state, failure, release, log, versions, refusals, request) = match outcome {
         Outcome::Ran { report, versions, request } => {
             let refusals = report.owner_log.refusals.len();
-            let log = JobLog::from_owner_log(&job.id, report.owner_log.clone(), &report.stats);
+            let log = log_of_run(&job.id, report.owner_log.clone(), &report.stats);
             match &report.outcome {
                 Ok(release) => {
                     let release = (release.clone(), report.record(), None);
@@ -559,16 +432,14 @@ pub(crate) fn owner_log(app: &App, tenant: &str, id: &str) -> Result<JobLog> {
         .read()?
         .get(OWNER_LOGS, id)?
         .ok_or_else(|| Error::NotFound(format!("log of job `{id}`")))?;
-    JobLog::open(app, tenant, &log_label(id), id, &stored)
+    open_log(app, tenant, &log_label(id), id, &stored)
 }
 
-impl JobLog {
-    /// Open the sealed log of run `id` (a job or a benchmark run).
-    pub(crate) fn open(app: &App, tenant: &str, label: &str, id: &str, stored: &Sealed) -> Result<JobLog> {
-        Ok(sealed::open(app, tenant, label, stored)?.unwrap_or_else(|| JobLog {
-            job: id.to_owned(),
-            error: Some("(the log could not be kept)".into()),
-            ..JobLog::default()
-        }))
-    }
+/// Open the sealed log of run `id` (a job or a benchmark run).
+pub(crate) fn open_log(app: &App, tenant: &str, label: &str, id: &str, stored: &Sealed) -> Result<JobLog> {
+    Ok(sealed::open(app, tenant, label, stored)?.unwrap_or_else(|| JobLog {
+        job: id.to_owned(),
+        error: Some("(the log could not be kept)".into()),
+        ..JobLog::default()
+    }))
 }

@@ -11,6 +11,10 @@
 //!   is bracketed by an intent and settled by `pending::reconcile`;
 //! - an analyst or vendor sees a failed run's class, never the plugin's
 //!   output: that is the tenant's ([`jobs`]).
+//!
+//! The records it keeps and serves (jobs, plugins, approvals, benchmarks,
+//! audit chains) are `kanon_client::types`, re-exported by the module that
+//! works with each; the control store keeps them as their JSON.
 
 pub mod api;
 pub mod approvals;

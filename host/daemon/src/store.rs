@@ -22,7 +22,7 @@ use kanon_client::SupportGrant;
 use kanon_gate::{Release, ReleaseHistory};
 
 use crate::approvals::Approval;
-use crate::audit::{AuditEntry, AuditHead, ChainVerifier};
+use crate::audit::{AuditEntry, AuditHead, ChainVerifier, NextEntry};
 use crate::auth::TokenRecord;
 use crate::benchmark_runs::{BenchmarkRun, BenchmarkVersion};
 use crate::benchmarks::{Benchmark, OptIn};

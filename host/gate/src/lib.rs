@@ -23,6 +23,7 @@
 mod accumulator;
 mod benchmark;
 mod entities;
+mod manifest;
 mod policy;
 mod prefetch;
 mod release;
@@ -38,6 +39,10 @@ pub use benchmark::{
     ReleaseHistory, TableHistory,
 };
 pub use entities::IssuedEntities;
+pub use manifest::{
+    ColumnNeed, DatasetNeed, MAX_MANIFEST_BYTES, Manifest, ManifestError, ParamSpec, ParamType, ParamsError,
+    PluginColumnType, is_printable, is_printable_char,
+};
 pub use policy::{
     Dominance, EntityBudget, EntityBudgetLayer, ExcessContributions, Isolation, Policy, PolicyError,
     PolicyLayer,

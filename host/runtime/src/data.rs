@@ -10,8 +10,8 @@ use crate::bindings::data::{
 };
 use crate::bindings::types::{self, Classification, ColumnType};
 use crate::isolation::SliceScan;
-use crate::manifest::PluginColumnType;
 use crate::sandbox::{Abort, DataState, Meter, StoreState};
+use kanon_gate::PluginColumnType;
 
 /// Most rows the host puts in one batch, whatever the plugin asks.
 pub(crate) const MAX_BATCH_ROWS: u32 = 1 << 16;
@@ -116,7 +116,7 @@ impl HostDataset for DataView<'_> {
             .filter_map(|c| schema.fields.iter().find(|f| f.name == c.name))
             .map(|f| ColumnInfo {
                 name: f.name.clone(),
-                type_: match PluginColumnType::of(f.column_type, f.classification) {
+                type_: match crate::plugin_column_type(f.column_type, f.classification) {
                     PluginColumnType::Int => ColumnType::Int,
                     PluginColumnType::Float => ColumnType::Float,
                     PluginColumnType::Boolean => ColumnType::Boolean,
@@ -154,7 +154,7 @@ impl HostDataset for DataView<'_> {
                 let stored = grant.dataset.schema().fields.iter().find(|f| &f.name == c);
                 declared == Some(PluginColumnType::Float)
                     && stored.is_some_and(|f| {
-                        PluginColumnType::of(f.column_type, f.classification) == PluginColumnType::Int
+                        crate::plugin_column_type(f.column_type, f.classification) == PluginColumnType::Int
                     })
             })
             .collect();

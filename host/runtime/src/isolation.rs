@@ -20,9 +20,9 @@ use rustc_hash::FxHashMap;
 
 use crate::RunLimits;
 use crate::data::MAX_BATCH_ROWS;
-use crate::manifest::DatasetNeed;
 use crate::run::{FailureClass, InstanceRun, OwnerLog, RunStats, Runtime, TenantRun, entity_seed};
 use crate::sandbox::{DataState, Grant, StoreState, truncate};
+use kanon_gate::DatasetNeed;
 
 /// Every granted dataset of an isolated run, read once, and the entities
 /// that run.

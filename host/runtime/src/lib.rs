@@ -33,10 +33,13 @@ pub use clocks::CancelToken;
 pub use compile::{CompileLimits, CompileWorker, compile_worker_main};
 pub use data::{DatasetHandle, ScanHandle};
 pub use gate::TableHandle;
-pub use manifest::{
-    ColumnNeed, DataMismatch, DatasetNeed, MAX_MANIFEST_BYTES, Manifest, ManifestError, ParamSpec, ParamType,
-    ParamsError, PluginColumnType, is_printable, is_printable_char,
+// The manifest is the gate's, so clients read it without the sandbox; its
+// paths here stay.
+pub use kanon_gate::{
+    ColumnNeed, DatasetNeed, MAX_MANIFEST_BYTES, Manifest, ManifestError, ParamSpec, ParamType, ParamsError,
+    PluginColumnType, is_printable, is_printable_char,
 };
+pub use manifest::{DataMismatch, check_data, plugin_column_type};
 pub use run::{
     BenchmarkReport, BenchmarkRequest, FailureClass, LoadedPlugin, OwnerLog, RunFailure, RunReport,
     RunRequest, RunStats, Runtime, TenantInput,

@@ -17,9 +17,9 @@ use crate::bindings::{Plugin, PluginPre};
 use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::clocks::CancelToken;
 use crate::engine::{EpochTicker, new_engine};
-use crate::manifest::Manifest;
 use crate::sandbox::{Abort, DataState, Grant, StoreState, new_store, truncate};
 use crate::{RunError, RunLimits, RuntimeConfig, RuntimeError, UploadError, compile, validate};
+use kanon_gate::Manifest;
 
 /// The sandbox: one engine, one linker, a compiled-artifact cache.
 pub struct Runtime {
@@ -318,7 +318,7 @@ impl Runtime {
                 let (_, stderr) = store.data().output();
                 UploadError::ManifestFailed(format!("{}: {e:#}\n{stderr}", class.code()))
             })?;
-        let manifest = Manifest::from_wit(manifest)?;
+        let manifest = crate::manifest::from_wit(manifest)?;
         let cache = match compiled {
             Some(artifact) => self.cache.store(&self.engine, &hash, &artifact),
             None => CacheOutcome::Hit,
@@ -331,7 +331,7 @@ impl Runtime {
     pub fn run(&self, plugin: &LoadedPlugin, request: RunRequest) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let params = plugin.manifest.check_params(&request.params)?;
-        plugin.manifest.check_data(&request.datasets)?;
+        crate::check_data(&plugin.manifest, &request.datasets)?;
         let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy, Scope::Tenant)?;
         let mut run = self.run_tenant(&TenantRun {
             plugin,
@@ -370,7 +370,7 @@ impl Runtime {
         }
         let params = plugin.manifest.check_params(&request.params)?;
         for tenant in &request.tenants {
-            plugin.manifest.check_data(&tenant.datasets)?;
+            crate::check_data(&plugin.manifest, &tenant.datasets)?;
         }
         let gate = Gate::new(plugin.manifest.outputs.clone(), request.policy, Scope::Benchmark)?;
         let mut intakes = Vec::with_capacity(request.tenants.len());

@@ -15,7 +15,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use crate::RunLimits;
 use crate::clocks::CancelToken;
 use crate::isolation::IsolatedData;
-use crate::manifest::DatasetNeed;
+use kanon_gate::DatasetNeed;
 
 /// Why the host ended a run from inside a host call.
 #[derive(Debug, Clone, PartialEq, Eq)]

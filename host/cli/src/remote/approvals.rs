@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kanon_daemon::approvals::{Approval, NewApproval, covering};
-use kanon_daemon::registry::PluginRecord;
+use kanon_client::types::{Approval, NewApproval, PluginRecord};
+use kanon_daemon::approvals::covering;
 use serde_json::json;
 
 use super::Connection;

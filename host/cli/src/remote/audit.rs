@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kanon_daemon::AuditExport;
+use kanon_client::types::AuditExport;
 
 use super::Connection;
 use super::output::{at, print_json, print_table};

@@ -9,11 +9,15 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use kanon_client::Client;
-use serde_json::{Value, json};
+use kanon_client::types::{
+    Benchmark, BenchmarkRun, BenchmarkView, DatasetMapping, JobState, NewBenchmark, OptIn, OptInRequest,
+};
+use kanon_gate::Manifest;
+use serde_json::Value;
 
 use super::Connection;
 use super::jobs::{follow_with, print_log};
-use super::output::{duration_secs, list_of, print_json, print_table, show, text, when};
+use super::output::{at, duration_secs, escaped, escaped_or_dash, or_dash, print_record, print_table, show};
 
 #[derive(Debug, Args)]
 pub struct BenchmarksArgs {
@@ -116,86 +120,112 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
         BenchmarksCommand::Publish { name, plugin, description, params, every } => {
             let params: Value = serde_json::from_str(&params).context("--params is not JSON")?;
             let every_hours = every.map(|e| duration_secs(&e).map(|s| s.div_ceil(3600))).transpose()?;
-            let body = json!({"name": name, "plugin": plugin, "description": description, "params": params,
-                              "every_hours": every_hours});
-            let published: Value = client.publish_benchmark(&body)?;
-            show(json_out, published, &["name", "plugin", "schedule"], |b| {
-                vec![text(&b["name"]), short(&b["plugin"]), schedule(b)]
+            let new = NewBenchmark {
+                name,
+                plugin,
+                description,
+                params: Some(params),
+                // Past u32, the daemon's own bound (a year) refuses it.
+                every_hours: every_hours.map(|h| u32::try_from(h).unwrap_or(u32::MAX)),
+            };
+            let published = client.publish_benchmark(&new)?;
+            show(json_out, &published, &["name", "plugin", "schedule"], || {
+                vec![vec![escaped(&published.name), short(&published.plugin), schedule(&published)]]
             })
         }
-        BenchmarksCommand::List => show(json_out, client.list_benchmarks()?, &list_header, list_row),
+        BenchmarksCommand::List => {
+            let views = client.list_benchmarks()?;
+            show(json_out, &views, &list_header, || views.iter().map(list_row).collect())
+        }
         BenchmarksCommand::Show { name } => {
-            let shown: Value = client.benchmark(&name)?;
+            let shown = client.benchmark(&name)?;
             if json_out {
-                print_json(&shown)?;
+                print_record(&shown)?;
             } else {
                 print_table(&list_header, vec![list_row(&shown)]);
-                print_manifest(&shown["manifest"]);
+                print_manifest(&shown.manifest);
             }
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Retire { name } => {
-            show(json_out, client.retire_benchmark(&name)?, &list_header[..4], |b| {
-                vec![text(&b["name"]), text(&b["vendor"]), short(&b["plugin"]), schedule(b)]
+            let retired = client.retire_benchmark(&name)?;
+            show(json_out, &retired, &list_header[..4], || {
+                vec![vec![
+                    escaped(&retired.name),
+                    escaped(&retired.vendor),
+                    short(&retired.plugin),
+                    schedule(&retired),
+                ]]
             })
         }
         BenchmarksCommand::Join { name, tenant, datasets, columns } => {
-            let shown: Value = client.benchmark(&name)?;
-            let mapping = mapping(&shown["manifest"], &datasets, &columns)?;
-            let joined: Value = client.opt_in(&tenant, &name, &json!({"datasets": mapping}))?;
-            show(json_out, joined, &["benchmark", "tenant", "datasets", "since"], opt_in_row)
+            let shown = client.benchmark(&name)?;
+            let datasets = mapping(&shown.manifest, &datasets, &columns)?;
+            let joined = client.opt_in(&tenant, &name, &OptInRequest { datasets })?;
+            show(json_out, &joined, &OPT_IN_HEADER, || vec![opt_in_row(&joined)])
         }
         BenchmarksCommand::Leave { name, tenant } => {
-            let left: Value = client.opt_out(&tenant, &name)?;
-            show(json_out, left, &["benchmark", "tenant", "datasets", "since"], opt_in_row)
+            let left = client.opt_out(&tenant, &name)?;
+            show(json_out, &left, &OPT_IN_HEADER, || vec![opt_in_row(&left)])
         }
         BenchmarksCommand::Run { name, wait } => {
-            let run: Value = client.run_benchmark(&name)?;
-            let id = text(&run["id"]);
+            let run = client.run_benchmark(&name)?;
             if !wait {
-                return show(json_out, run, &RUN_HEADER, run_row);
+                return show(json_out, &run, &RUN_HEADER, || vec![run_row(&run)]);
             }
+            let id = run.id;
             let run = follow_with(
                 |wait| client.wait_benchmark_run(&name, &id, wait),
+                |run| run.state,
                 &format!("run {id}"),
                 !json_out,
             )?;
-            if run["state"] != "succeeded" {
+            if run.state != JobState::Succeeded {
                 if json_out {
-                    print_json(&run)?;
+                    print_record(&run)?;
                 } else {
-                    let state = text(&run["state"]);
-                    match run["failure"].as_str() {
+                    let state = run.state.name();
+                    match &run.failure {
                         Some(failure) => eprintln!("run {id} {state}: {failure}; nothing was released"),
                         None => eprintln!("run {id} {state}; nothing was released"),
                     }
                 }
                 return Ok(ExitCode::from(crate::local::run::EXIT_RUN_FAILED));
             }
-            print_version(&client, &name, &text(&run["version"]), json_out)?;
+            print_version(&client, &name, &or_dash(run.version), json_out)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Runs { name } => {
-            show(json_out, client.benchmark_runs(&name)?, &RUN_HEADER, run_row)
+            let runs = client.benchmark_runs(&name)?;
+            show(json_out, &runs, &RUN_HEADER, || runs.iter().map(run_row).collect())
         }
         BenchmarksCommand::Cancel { name, run } => {
-            show(json_out, client.cancel_benchmark_run(&name, &run)?, &RUN_HEADER, run_row)
+            let run = client.cancel_benchmark_run(&name, &run)?;
+            show(json_out, &run, &RUN_HEADER, || vec![run_row(&run)])
         }
-        BenchmarksCommand::Versions { name } => show(
-            json_out,
-            client.benchmark_versions(&name)?,
-            &["version", "released", "tenants", "cells", "suppressed", "held"],
-            |v| {
-                vec![
-                    text(&v["version"]),
-                    when(&v["released_ms"]),
-                    text(&v["participants"]),
-                    text(&v["cells"]),
-                    text(&v["suppressed_cells"]),
-                    text(&v["held_cells"]),
-                ]
-            },
-        ),
+        BenchmarksCommand::Versions { name } => {
+            let versions = client.benchmark_versions(&name)?;
+            show(
+                json_out,
+                &versions,
+                &["version", "released", "tenants", "cells", "suppressed", "held"],
+                || {
+                    versions
+                        .iter()
+                        .map(|v| {
+                            vec![
+                                v.version.to_string(),
+                                at(Some(v.released_ms)),
+                                v.participants.to_string(),
+                                v.cells.to_string(),
+                                v.suppressed_cells.to_string(),
+                                v.held_cells.to_string(),
+                            ]
+                        })
+                        .collect()
+                },
+            )
+        }
         BenchmarksCommand::Table { name, version, format, out } => {
             let body = match format.as_str() {
                 "text" if out.is_none() => {
@@ -216,19 +246,17 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Position { name, tenant, version } => {
-            let view: Value = client.own_position(&tenant, &name, &version)?;
+            let view = client.own_position(&tenant, &name, &version)?;
             if json_out {
-                print_json(&view)?;
+                print_record(&view)?;
             } else {
-                let position: kanon_gate::OwnPosition = serde_json::from_value(view["position"].clone())?;
-                println!("{tenant} in {name} version {}:", text(&view["version"]));
-                print!("{}", crate::render::position_text(&position));
+                println!("{tenant} in {name} version {}:", view.version);
+                print!("{}", crate::render::position_text(&view.position));
             }
             Ok(ExitCode::SUCCESS)
         }
         BenchmarksCommand::Log { run, tenant } => {
-            let log: Value = client.benchmark_run_log(&tenant, &run)?;
-            print_log(&log, json_out)?;
+            print_log(&client.benchmark_run_log(&tenant, &run)?, json_out)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -236,87 +264,91 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
 
 const RUN_HEADER: [&str; 7] = ["id", "state", "failure", "tenants", "version", "submitted", "by"];
 
-fn run_row(run: &Value) -> Vec<String> {
+const OPT_IN_HEADER: [&str; 4] = ["benchmark", "tenant", "datasets", "since"];
+
+fn run_row(run: &BenchmarkRun) -> Vec<String> {
     vec![
-        text(&run["id"]),
-        text(&run["state"]),
-        text(&run["failure"]),
-        text(&run["participants"]),
-        text(&run["version"]),
-        when(&run["submitted_ms"]),
-        text(&run["trigger"]),
+        escaped(&run.id),
+        run.state.name().into(),
+        escaped_or_dash(run.failure.as_deref()),
+        or_dash(run.participants),
+        or_dash(run.version),
+        at(Some(run.submitted_ms)),
+        escaped(&run.trigger),
     ]
 }
 
-fn short(hash: &Value) -> String {
-    text(hash).chars().take(12).collect()
+fn short(hash: &str) -> String {
+    escaped(hash).chars().take(12).collect()
 }
 
-fn schedule(benchmark: &Value) -> String {
-    if !benchmark["retired_ms"].is_null() {
+fn schedule(benchmark: &Benchmark) -> String {
+    if benchmark.retired_ms.is_some() {
         return "retired".into();
     }
-    benchmark["every_hours"].as_u64().map_or("on demand".into(), |h| format!("every {h}h"))
+    benchmark.every_hours.map_or("on demand".into(), |h| format!("every {h}h"))
 }
 
-fn list_row(view: &Value) -> Vec<String> {
-    let b = &view["benchmark"];
-    let you = match &view["opt_in"] {
-        Value::Null => "-",
-        o if o["opted_out_ms"].is_null() => "in",
-        _ => "left",
+fn list_row(view: &BenchmarkView) -> Vec<String> {
+    let b = &view.benchmark;
+    let you = match &view.opt_in {
+        None => "-",
+        Some(o) if o.active() => "in",
+        Some(_) => "left",
     };
     vec![
-        text(&b["name"]),
-        text(&b["vendor"]),
-        format!("{} {}", text(&view["manifest"]["name"]), short(&b["plugin"])),
+        escaped(&b.name),
+        escaped(&b.vendor),
+        format!("{} {}", escaped(&view.manifest.name), short(&b.plugin)),
         schedule(b),
-        text(&view["participants"]),
-        text(&b["versions"]),
+        view.participants.to_string(),
+        b.versions.to_string(),
         you.into(),
     ]
 }
 
-fn opt_in_row(o: &Value) -> Vec<String> {
-    let datasets: Vec<String> = o["datasets"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(&v["dataset"]))).collect())
-        .unwrap_or_default();
-    let state = if o["opted_out_ms"].is_null() { when(&o["opted_in_ms"]) } else { "left".into() };
-    vec![text(&o["benchmark"]), text(&o["tenant"]), datasets.join(","), state]
+fn opt_in_row(o: &OptIn) -> Vec<String> {
+    let datasets: Vec<String> =
+        o.datasets.iter().map(|(k, v)| format!("{k}={}", escaped(&v.dataset))).collect();
+    let state = if o.active() { at(Some(o.opted_in_ms)) } else { "left".into() };
+    vec![escaped(&o.benchmark), escaped(&o.tenant), datasets.join(","), state]
 }
 
 /// What a tenant must provide, and what comes out.
-fn print_manifest(manifest: &Value) {
-    println!("\n{}: {}", text(&manifest["name"]), text(&manifest["description"]));
-    for input in list_of(manifest["inputs"].clone()) {
-        println!("\nreads dataset `{}`:", text(&input["name"]));
-        let rows = list_of(input["columns"].clone())
-            .iter()
-            .map(|c| vec![text(&c["name"]), text(&c["column_type"])])
-            .collect();
+fn print_manifest(manifest: &Manifest) {
+    println!("\n{}: {}", escaped(&manifest.name), escaped(&manifest.description));
+    for input in &manifest.inputs {
+        println!("\nreads dataset `{}`:", escaped(&input.name));
+        let rows =
+            input.columns.iter().map(|c| vec![escaped(&c.name), c.column_type.name().into()]).collect();
         print_table(&["column", "type"], rows);
     }
-    for output in list_of(manifest["outputs"].clone()) {
-        let dims: Vec<String> =
-            list_of(output["dimensions"].clone()).iter().map(|d| text(&d["name"])).collect();
-        println!("\nreleases table `{}` by {}", text(&output["name"]), dims.join(" x "));
+    for output in &manifest.outputs {
+        let dims: Vec<String> = output.dimensions.iter().map(|d| escaped(&d.name)).collect();
+        println!("\nreleases table `{}` by {}", escaped(&output.name), dims.join(" x "));
     }
 }
 
-/// The request body's mapping from `--dataset` and `--column` flags.
-fn mapping(manifest: &Value, datasets: &[String], columns: &[String]) -> anyhow::Result<Value> {
-    let mut mapped: BTreeMap<String, Value> = BTreeMap::new();
-    for input in list_of(manifest["inputs"].clone()) {
-        let name = text(&input["name"]);
-        mapped.insert(name.clone(), json!({"dataset": name, "columns": {}}));
-    }
+/// The opt-in's mapping from `--dataset` and `--column` flags: every
+/// dataset the manifest reads, by default to the tenant's of that name.
+fn mapping(
+    manifest: &Manifest,
+    datasets: &[String],
+    columns: &[String],
+) -> anyhow::Result<BTreeMap<String, DatasetMapping>> {
+    let mut mapped: BTreeMap<String, DatasetMapping> = manifest
+        .inputs
+        .iter()
+        .map(|input| {
+            (input.name.clone(), DatasetMapping { dataset: input.name.clone(), columns: BTreeMap::new() })
+        })
+        .collect();
     for spec in datasets {
         let (name, dataset) =
             spec.split_once('=').with_context(|| format!("--dataset takes NAME=DATASET, got `{spec}`"))?;
         let entry =
             mapped.get_mut(name).with_context(|| format!("the benchmark reads no dataset `{name}`"))?;
-        entry["dataset"] = json!(dataset);
+        entry.dataset = dataset.to_owned();
     }
     for spec in columns {
         let (from, column) = spec
@@ -325,19 +357,18 @@ fn mapping(manifest: &Value, datasets: &[String], columns: &[String]) -> anyhow:
             .with_context(|| format!("--column takes NAME.COLUMN=COLUMN, got `{spec}`"))?;
         let entry =
             mapped.get_mut(from.0).with_context(|| format!("the benchmark reads no dataset `{}`", from.0))?;
-        entry["columns"][from.1] = json!(column);
+        entry.columns.insert(from.1.to_owned(), column.to_owned());
     }
-    Ok(json!(mapped))
+    Ok(mapped)
 }
 
 /// A version as text (or JSON).
 fn print_version(client: &Client, benchmark: &str, version: &str, json_out: bool) -> anyhow::Result<()> {
-    let stored: Value = client.benchmark_version(benchmark, version)?;
+    let stored = client.benchmark_version(benchmark, version)?;
     if json_out {
-        return print_json(&stored);
+        return print_record(&stored);
     }
-    let release: kanon_gate::Release = serde_json::from_value(stored["release"].clone())?;
-    println!("{benchmark} version {} ({} tenants)", text(&stored["version"]), text(&stored["participants"]));
-    print!("{}", crate::render::release_text(&release));
+    println!("{benchmark} version {} ({} tenants)", stored.version, stored.participants);
+    print!("{}", crate::render::release_text(&stored.release));
     Ok(())
 }

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use kanon_client::{ClientError, UploadArgs};
-use serde_json::Value;
+use kanon_client::UploadArgs;
 
 use super::Connection;
-use super::output::{list_of, print_json, print_table, text, when};
+use super::output::{at, escaped, print_record, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum DatasetsCommand {
@@ -111,31 +110,30 @@ pub fn datasets(command: DatasetsCommand) -> anyhow::Result<ExitCode> {
             let reader =
                 Progress { inner: std::io::BufReader::new(file), read: 0, total, last: Instant::now(), draw };
             let client = args.conn.client()?;
-            let info: Result<Value, ClientError> =
-                client.ingest(&args.tenant, &args.dataset, &upload, reader);
+            let info = client.ingest(&args.tenant, &args.dataset, &upload, reader);
             if draw {
                 eprintln!();
             }
             let info = info?;
             if args.conn.json {
-                print_json(&info)?;
+                print_record(&info)?;
             } else {
-                println!("{} version {}: {} rows", args.dataset, text(&info["version"]), text(&info["rows"]));
+                println!("{} version {}: {} rows", args.dataset, info.version, info.rows);
             }
         }
         DatasetsCommand::List { conn, tenant } => {
-            let list: Value = conn.client()?.list_datasets(&tenant)?;
+            let list = conn.client()?.list_datasets(&tenant)?;
             if conn.json {
-                print_json(&list)?;
+                print_record(&list)?;
             } else {
-                let rows = list_of(list)
+                let rows = list
                     .iter()
                     .map(|d| {
                         vec![
-                            text(&d["dataset"]),
-                            text(&d["version"]),
-                            text(&d["rows"]),
-                            when(&d["created_unix_ms"]),
+                            escaped(&d.dataset),
+                            d.version.to_string(),
+                            d.rows.to_string(),
+                            at(Some(d.created_unix_ms)),
                         ]
                     })
                     .collect();
@@ -143,11 +141,11 @@ pub fn datasets(command: DatasetsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DatasetsCommand::Delete { conn, tenant, dataset } => {
-            let info: Value = conn.client()?.delete_dataset(&tenant, &dataset)?;
+            let info = conn.client()?.delete_dataset(&tenant, &dataset)?;
             if conn.json {
-                print_json(&info)?
+                print_record(&info)?
             } else {
-                println!("deleted {dataset} (versions up to {})", text(&info["version"]))
+                println!("deleted {dataset} (versions up to {})", info.version)
             }
         }
     }

@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use kanon_client::types::{Job, JobLog, JobState, SubmitRequest};
 use kanon_client::{Client, ClientError, MAX_WAIT_SECS};
-use kanon_daemon::approvals::Approval;
-use kanon_daemon::jobs::SubmitRequest;
-use serde_json::Value;
 
 use super::Connection;
-use super::output::{list_of, print_json, print_table, text, when};
+use super::output::{at, escaped, escaped_or_dash, print_json, print_record, print_table};
 use crate::render;
 
 #[derive(Debug, Args)]
@@ -53,7 +51,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let json_out = args.conn.json;
     match args.command {
         JobsCommand::Run { approval, policy, wait } => {
-            let approvals: Vec<Approval> = client.my_approvals()?;
+            let approvals = client.my_approvals()?;
             let found = approvals
                 .into_iter()
                 .find(|a| a.id == approval)
@@ -75,25 +73,25 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 approval,
                 policy,
             };
-            let job: Value = client.submit_job(&request)?;
-            let id = text(&job["id"]);
+            let job = client.submit_job(&request)?;
             if !wait {
                 if json_out {
-                    print_json(&job)?
+                    print_record(&job)?
                 } else {
-                    println!("{id}")
+                    println!("{}", escaped(&job.id))
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let id = job.id;
             let job = follow(&client, &id, !json_out)?;
-            if job["state"] != "succeeded" {
+            if job.state != JobState::Succeeded {
                 if json_out {
-                    print_json(&job)?;
+                    print_record(&job)?;
                 } else {
                     eprintln!(
                         "job {id} {}: {}; nothing was released",
-                        text(&job["state"]),
-                        text(&job["failure"])
+                        job.state.name(),
+                        escaped_or_dash(job.failure.as_deref())
                     );
                 }
                 return Ok(ExitCode::from(crate::local::run::EXIT_RUN_FAILED));
@@ -101,27 +99,27 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
             show_results(&client, &id, json_out)?;
         }
         JobsCommand::List => {
-            let list: Value = client.list_jobs()?;
+            let list = client.list_jobs()?;
             if json_out {
-                print_json(&list)?;
+                print_record(&list)?;
             } else {
                 print_table(
                     &["id", "tenant", "state", "failure", "submitted"],
-                    list_of(list).iter().map(job_row).collect(),
+                    list.iter().map(job_row).collect(),
                 );
             }
         }
         JobsCommand::Show { id } => {
-            let job: Value = client.job(&id)?;
+            let job = client.job(&id)?;
             if json_out {
-                print_json(&job)?
+                print_record(&job)?
             } else {
                 print_table(&["id", "tenant", "state", "failure", "submitted"], vec![job_row(&job)])
             }
         }
         JobsCommand::Cancel { id } => {
-            let job: Value = client.cancel_job(&id)?;
-            if json_out { print_json(&job)? } else { println!("job {id}: {}", text(&job["state"])) }
+            let job = client.cancel_job(&id)?;
+            if json_out { print_record(&job)? } else { println!("job {id}: {}", job.state.name()) }
         }
         JobsCommand::Log { id } => print_log(&client.job_log(&id)?, json_out)?,
     }
@@ -129,23 +127,24 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A plugin's output log of a run.
-pub(crate) fn print_log(log: &Value, json_out: bool) -> anyhow::Result<()> {
+pub(crate) fn print_log(log: &JobLog, json_out: bool) -> anyhow::Result<()> {
     if json_out {
-        return print_json(log);
+        return print_record(log);
     }
-    for (name, value) in [("stdout", &log["stdout"]), ("stderr", &log["stderr"]), ("error", &log["error"])] {
-        println!("== {name}\n{}", text(value));
+    let texts = [("stdout", Some(&log.stdout)), ("stderr", Some(&log.stderr)), ("error", log.error.as_ref())];
+    for (name, text) in texts {
+        println!("== {name}\n{}", escaped_or_dash(text.map(String::as_str)));
     }
     Ok(())
 }
 
-fn job_row(job: &Value) -> Vec<String> {
+fn job_row(job: &Job) -> Vec<String> {
     vec![
-        text(&job["id"]),
-        text(&job["tenant"]),
-        text(&job["state"]),
-        text(&job["failure"]),
-        when(&job["submitted_ms"]),
+        escaped(&job.id),
+        escaped(&job.tenant),
+        job.state.name().into(),
+        escaped_or_dash(job.failure.as_deref()),
+        at(Some(job.submitted_ms)),
     ]
 }
 
@@ -153,29 +152,30 @@ fn job_row(job: &Value) -> Vec<String> {
 const EARLY_ANSWER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Follow a job until it ends, showing its state on stderr.
-pub(crate) fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
-    follow_with(|wait| client.wait_job(id, wait), &format!("job {id}"), show)
+pub(crate) fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Job> {
+    follow_with(|wait| client.wait_job(id, wait), |job| job.state, &format!("job {id}"), show)
 }
 
-/// Follow a job or a benchmark run through `wait` (its state, once it
-/// has ended or the given wait is over: the daemon's long poll) until it
-/// ends, showing its state on stderr as `what`'s.
-pub(crate) fn follow_with(
-    wait: impl Fn(Duration) -> Result<Value, ClientError>,
+/// Follow a job or a benchmark run through `wait` (the record, once it
+/// has ended or the given wait is over: the daemon's long poll) until its
+/// `state` is final, showing the state on stderr as `what`'s.
+pub(crate) fn follow_with<T>(
+    wait: impl Fn(Duration) -> Result<T, ClientError>,
+    state: impl Fn(&T) -> JobState,
     what: &str,
     show: bool,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<T> {
     let started = Instant::now();
-    let mut last = String::new();
+    let mut last = None;
     // First as it stands, to show it; then a wait at a time.
     let mut item = wait(Duration::ZERO)?;
     loop {
-        let state = text(&item["state"]);
-        if show && state != last {
-            eprintln!("{what}: {state} ({:.1} s)", started.elapsed().as_secs_f64());
-            last = state.clone();
+        let now = state(&item);
+        if show && last != Some(now) {
+            eprintln!("{what}: {} ({:.1} s)", now.name(), started.elapsed().as_secs_f64());
+            last = Some(now);
         }
-        if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+        if now.is_final() {
             return Ok(item);
         }
         let asked = Instant::now();

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::render;
 
@@ -31,20 +30,26 @@ pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-/// A reply as JSON, or as a table of its items (one row per item).
+/// A reply as JSON, or as a table of `rows`. The JSON goes through
+/// `serde_json::Value`, whose maps sort their keys: how these replies have
+/// always been printed.
 pub(crate) fn show(
     json: bool,
-    value: Value,
+    reply: &impl Serialize,
     header: &[&str],
-    row: impl Fn(&Value) -> Vec<String>,
+    rows: impl FnOnce() -> Vec<Vec<String>>,
 ) -> anyhow::Result<ExitCode> {
     if json {
-        print_json(&value)?;
+        print_record(reply)?;
     } else {
-        let items = if value.is_array() { list_of(value) } else { vec![value] };
-        print_table(header, items.iter().map(row).collect());
+        print_table(header, rows());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A record as JSON, its keys sorted (see [`show`]).
+pub(crate) fn print_record(record: &impl Serialize) -> anyhow::Result<()> {
+    print_json(&serde_json::to_value(record)?)
 }
 
 /// Typed items as JSON, or as a table (one row per item).
@@ -92,32 +97,14 @@ pub(crate) fn escaped_or_dash(text: Option<&str>) -> String {
     text.map_or_else(|| "-".into(), escaped)
 }
 
+/// A number, `-` when absent.
+pub(crate) fn or_dash(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
 /// Milliseconds since the epoch as a timestamp, `-` when absent.
 pub(crate) fn at(ms: Option<u64>) -> String {
     ms.map_or_else(|| "-".into(), |ms| kanon_vault::format_timestamp((ms * 1000) as i64))
-}
-
-/// A value of the daemon's answer as text for a terminal; strings may be
-/// plugin-supplied (names, labels, logs), so their control characters are
-/// escaped.
-pub(crate) fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => render::escape_controls(s).into_owned(),
-        other => other.to_string(),
-    }
-}
-
-pub(crate) fn when(ms: &Value) -> String {
-    let Some(ms) = ms.as_u64() else { return "-".into() };
-    kanon_vault::format_timestamp((ms * 1000) as i64)
-}
-
-pub(crate) fn list_of(value: Value) -> Vec<Value> {
-    match value {
-        Value::Array(items) => items,
-        _ => Vec::new(),
-    }
 }
 
 /// Seconds from `30s`, `15m`, `12h`, `7d` or a plain number of seconds.

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::Value;
+use kanon_client::types::PluginRecord;
 
 use super::Connection;
-use super::output::{show, text};
+use super::output::{escaped, show};
 
 #[derive(Debug, Args)]
 pub struct PluginsArgs {
@@ -33,24 +33,29 @@ enum PluginsCommand {
 
 pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
-    let value: Value = match &args.command {
-        PluginsCommand::Upload { file } => {
-            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            client.upload_plugin(&bytes)?
-        }
-        PluginsCommand::List => client.list_plugins()?,
-        PluginsCommand::Show { hash } => client.plugin(hash)?,
-        PluginsCommand::Delete { hash } => client.delete_plugin(hash)?,
-    };
     // A manifest reads best as JSON.
     let json = args.conn.json || matches!(args.command, PluginsCommand::Show { .. });
-    show(json, value, &["hash", "plugin", "bytes", "uploader"], |p| {
-        let m = &p["manifest"];
-        vec![
-            text(&p["hash"]),
-            format!("{} {}", text(&m["name"]), text(&m["version"])),
-            text(&p["size"]),
-            text(&p["uploader"]),
-        ]
-    })
+    let header = ["hash", "plugin", "bytes", "uploader"];
+    let one = |record: PluginRecord| show(json, &record, &header, || vec![row(&record)]);
+    match &args.command {
+        PluginsCommand::Upload { file } => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            one(client.upload_plugin(&bytes)?)
+        }
+        PluginsCommand::List => {
+            let list = client.list_plugins()?;
+            show(json, &list, &header, || list.iter().map(row).collect())
+        }
+        PluginsCommand::Show { hash } => one(client.plugin(hash)?),
+        PluginsCommand::Delete { hash } => one(client.delete_plugin(hash)?),
+    }
+}
+
+fn row(p: &PluginRecord) -> Vec<String> {
+    vec![
+        escaped(&p.hash),
+        format!("{} {}", escaped(&p.manifest.name), escaped(&p.manifest.version)),
+        p.size.to_string(),
+        escaped(&p.uploader),
+    ]
 }

@@ -32,26 +32,25 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 /// Longest an approval may last.
 const MAX_APPROVAL_SECS: u64 = 366 * 24 * 3600;
 
-impl NewApproval {
-    /// The shapes of its ids and names, before anything is looked up.
-    fn check(&self) -> Result<()> {
-        ids::check_hash(&self.plugin)?;
-        check_name("analyst", &self.analyst)?;
-        ids::check_count("datasets", self.datasets.len(), ids::MAX_DATASETS)?;
-        for (name, approved) in &self.datasets {
-            ids::check_manifest_name("dataset", name)?;
-            check_name("dataset", &approved.dataset)?;
-            ids::check_count("columns", approved.columns.len(), ids::MAX_COLUMNS)?;
-            for column in &approved.columns {
-                ids::check_column_name(column)?;
-            }
+/// The shapes of a new approval's ids and names, before anything is looked
+/// up.
+fn check_new(new: &NewApproval) -> Result<()> {
+    ids::check_hash(&new.plugin)?;
+    check_name("analyst", &new.analyst)?;
+    ids::check_count("datasets", new.datasets.len(), ids::MAX_DATASETS)?;
+    for (name, approved) in &new.datasets {
+        ids::check_manifest_name("dataset", name)?;
+        check_name("dataset", &approved.dataset)?;
+        ids::check_count("columns", approved.columns.len(), ids::MAX_COLUMNS)?;
+        for column in &approved.columns {
+            ids::check_column_name(column)?;
         }
-        ids::check_count("outputs", self.outputs.len(), ids::MAX_OUTPUTS)?;
-        for output in &self.outputs {
-            ids::check_manifest_name("table", output)?;
-        }
-        Ok(())
     }
+    ids::check_count("outputs", new.outputs.len(), ids::MAX_OUTPUTS)?;
+    for output in &new.outputs {
+        ids::check_manifest_name("table", output)?;
+    }
+    Ok(())
 }
 
 /// Approve a plugin for an analyst on this tenant's data (tenant admin).
@@ -65,7 +64,7 @@ async fn create_approval(
     JsonBody(new): JsonBody<NewApproval>,
 ) -> Result<(StatusCode, axum::Json<Approval>)> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    new.check()?;
+    check_new(&new)?;
     if !(1..=MAX_APPROVAL_SECS).contains(&new.ttl_secs) {
         return Err(Error::BadRequest(format!("ttl_secs must be 1 to {MAX_APPROVAL_SECS}")));
     }

@@ -12,9 +12,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kanon_client::{ResultArgs, WaitArgs, routes};
-use kanon_runtime::Manifest;
-use serde::Serialize;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -23,6 +20,8 @@ use super::tenant_admin_of;
 use super::tenants::support_access;
 use crate::App;
 use crate::auth::{Caller, Role};
+use kanon_client::types::BenchmarkView;
+
 use crate::benchmark_runs::{self, BenchmarkRun, PositionView, VersionSummary};
 use crate::benchmarks::{self, Benchmark, NewBenchmark, OptIn, OptInRequest};
 use crate::error::{Error, Result};
@@ -43,18 +42,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(opt_in, opt_out))
         .routes(routes!(own_position))
         .routes(routes!(run_log))
-}
-
-/// A benchmark as its readers see it: the definition, the manifest a tenant
-/// opts in to, how many tenants take part, and the caller's own opt-in.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BenchmarkView {
-    pub benchmark: Benchmark,
-    #[schema(value_type = Object)]
-    pub manifest: Manifest,
-    pub participants: usize,
-    /// A tenant admin's own opt-in, past or present.
-    pub opt_in: Option<OptIn>,
 }
 
 /// The benchmark if `caller` may see it: its vendor, an operator, any
@@ -308,7 +295,7 @@ async fn opt_in(
     JsonBody(request): JsonBody<OptInRequest>,
 ) -> Result<axum::Json<OptIn>> {
     tenant_admin_of(&app, &caller, &tenant)?;
-    request.check()?;
+    benchmarks::check_opt_in(&request)?;
     let benchmark = visible(&app, &caller, &name)?;
     let plugin: PluginRecord = app
         .store

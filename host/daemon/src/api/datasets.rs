@@ -12,8 +12,11 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
+use kanon_client::types::{
+    DatasetClassification, DatasetColumnType, DatasetField, DatasetSchema, DatasetVersionInfo,
+};
 use kanon_client::{UploadArgs, routes};
-use kanon_vault::{ColumnType, IngestOptions, InputFormat, VersionInfo, WriteMode};
+use kanon_vault::{Classification, ColumnType, IngestOptions, InputFormat, VersionInfo, WriteMode};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use utoipa_axum::router::OpenApiRouter;
@@ -34,6 +37,42 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(upload_dataset, delete_dataset))
         // Uploads count their own bytes against `max_upload_bytes`.
         .layer(DefaultBodyLimit::disable())
+}
+
+/// The vault's description of a version as the API serves it.
+fn described(info: VersionInfo) -> DatasetVersionInfo {
+    let fields = info
+        .schema
+        .fields
+        .into_iter()
+        .map(|field| DatasetField {
+            name: field.name,
+            column_type: match field.column_type {
+                ColumnType::Int => DatasetColumnType::Int,
+                ColumnType::Float => DatasetColumnType::Float,
+                ColumnType::Bool => DatasetColumnType::Bool,
+                ColumnType::Text => DatasetColumnType::Text,
+                ColumnType::Timestamp => DatasetColumnType::Timestamp,
+            },
+            classification: match field.classification {
+                Classification::Entity => DatasetClassification::Entity,
+                Classification::Identifier => DatasetClassification::Identifier,
+                Classification::Attribute => DatasetClassification::Attribute,
+            },
+        })
+        .collect();
+    DatasetVersionInfo {
+        tenant: info.tenant,
+        dataset: info.dataset,
+        version: info.version,
+        rows: info.rows,
+        schema: DatasetSchema { fields, reference: info.schema.reference },
+        chunks: info.chunks,
+        stored_bytes: info.stored_bytes,
+        source: info.source,
+        created_unix_ms: info.created_unix_ms,
+        content_hash: info.content_hash,
+    }
 }
 
 fn parse_format(name: &str) -> Result<InputFormat> {
@@ -76,7 +115,7 @@ fn list(value: &Option<String>) -> Vec<String> {
 #[utoipa::path(put, path = routes::TENANT_DATASET, tag = "datasets", security(("token" = [])),
     params(("tenant" = String, Path), ("dataset" = String, Path), UploadArgs),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = Object, description = "the stored version"),
+    responses((status = 201, body = DatasetVersionInfo, description = "the stored version"),
         (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 async fn upload_dataset(
     State(app): State<Arc<App>>,
@@ -84,7 +123,7 @@ async fn upload_dataset(
     PathArgs((tenant, dataset)): PathArgs<(String, String)>,
     QueryArgs(args): QueryArgs<UploadArgs>,
     body: Body,
-) -> Result<(StatusCode, axum::Json<VersionInfo>)> {
+) -> Result<(StatusCode, axum::Json<DatasetVersionInfo>)> {
     tenant_admin_of(&app, &caller, &tenant)?;
     check_name("dataset", &dataset)?;
     app.store
@@ -160,7 +199,7 @@ async fn upload_dataset(
     })
     .await
     .map_err(|e| Error::Internal(format!("the ingest task failed: {e}")))??;
-    Ok((StatusCode::CREATED, axum::Json(info)))
+    Ok((StatusCode::CREATED, axum::Json(described(info))))
 }
 
 /// Stream the body into a temporary file in the data directory, counting
@@ -199,15 +238,15 @@ fn upload_failed(app: &App, e: &std::io::Error) -> Error {
 
 /// The tenant's datasets, latest versions (tenant admin).
 #[utoipa::path(get, path = routes::TENANT_DATASETS, tag = "datasets", security(("token" = [])),
-    params(("tenant" = String, Path)), responses((status = 200, body = Vec<Object>)))]
+    params(("tenant" = String, Path)), responses((status = 200, body = Vec<DatasetVersionInfo>)))]
 async fn list_datasets(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     PathArgs(tenant): PathArgs<String>,
-) -> Result<axum::Json<Vec<VersionInfo>>> {
+) -> Result<axum::Json<Vec<DatasetVersionInfo>>> {
     tenant_admin_of(&app, &caller, &tenant)?;
     match app.vault.datasets(&tenant) {
-        Ok(list) => Ok(axum::Json(list)),
+        Ok(list) => Ok(axum::Json(list.into_iter().map(described).collect())),
         // A tenant with nothing ingested yet has no vault record.
         Err(kanon_vault::VaultError::UnknownTenant(_)) => Ok(axum::Json(Vec::new())),
         Err(e) => Err(e.into()),
@@ -218,12 +257,13 @@ async fn list_datasets(
 /// approval names it.
 #[utoipa::path(delete, path = routes::TENANT_DATASET, tag = "datasets", security(("token" = [])),
     params(("tenant" = String, Path), ("dataset" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+    responses((status = 200, body = DatasetVersionInfo, description = "the latest version, now deleted"),
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn delete_dataset(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     PathArgs((tenant, dataset)): PathArgs<(String, String)>,
-) -> Result<axum::Json<VersionInfo>> {
+) -> Result<axum::Json<DatasetVersionInfo>> {
     tenant_admin_of(&app, &caller, &tenant)?;
     let now = crate::now_ms();
     let approvals = app.store.read()?.listed(APPROVALS, APPROVALS_OF_TENANT, &tenant)?;
@@ -260,5 +300,5 @@ async fn delete_dataset(
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))??;
-    Ok(axum::Json(info))
+    Ok(axum::Json(described(info)))
 }

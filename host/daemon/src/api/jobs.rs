@@ -44,7 +44,7 @@ async fn submit_job(
     Extension(caller): Extension<Caller>,
     JsonBody(ask): JsonBody<SubmitRequest>,
 ) -> Result<(StatusCode, axum::Json<Job>)> {
-    ask.check()?;
+    crate::jobs::check_submit(&ask)?;
     let limits = app.config.jobs.clone();
     let (tenant, plugin, approval) = (ask.tenant.clone(), ask.plugin.clone(), ask.approval.clone());
     let job = match app.store.write(|w| jobs::submit(w, &limits, &caller.actor(), &caller.name, ask))? {
