@@ -185,7 +185,6 @@ pub(crate) fn joins_on_the_entity() {
     use kanon_client::UploadArgs;
     use kanon_client::types::{Approval, JobState, NewApproval, PluginRecord, SubmitRequest};
     use kanon_daemon::Role;
-    use kanon_daemon::approvals::covering;
     use kanon_gate::PolicyLayer;
     use serde_json::{Value, json};
 
@@ -239,16 +238,10 @@ pub(crate) fn joins_on_the_entity() {
     let uploaded = upload_plugin(&analyst, &bytes);
     assert_eq!(uploaded.status, 201, "{}", uploaded.text());
     let plugin: PluginRecord = uploaded.json().unwrap();
-    let (datasets, outputs) = covering(&plugin.manifest, str::to_owned);
     let new_approval = |policy: Option<PolicyLayer>| NewApproval {
-        plugin: plugin.hash.clone(),
-        analyst: "ana".into(),
-        datasets: datasets.clone(),
-        outputs: outputs.clone(),
-        params: None,
-        params_schema: None,
         ttl_secs: 3600,
         policy,
+        ..NewApproval::covering(&plugin, "ana", str::to_owned)
     };
     let approval = admin.grant_approval("acme", &new_approval(None)).unwrap();
     let run_under = |approval: &Approval, policy: PolicyLayer| {

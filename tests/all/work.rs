@@ -266,22 +266,19 @@ fn a_wait_beyond_the_budget_answers_at_once() {
 fn a_tenant_with_its_queue_full_is_refused_until_a_job_leaves_it() {
     let (_d, _, analyst, submit) = sleeper_daemon(|config| config.jobs.queued_per_tenant = 2);
     let sleeping = running_job(&analyst, &submit);
-    let waiting: Vec<String> = (0..2)
-        .map(|_| {
-            let job: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-            assert_eq!(job["state"], "queued", "{job}");
-            job["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    let full =
-        analyst.raw("POST", "/v1/jobs", Some(("application/json", submit.to_string().as_bytes()))).unwrap();
-    assert_eq!(full.status, 429, "{}", full.text());
-    assert!(full.text().contains("already has 2 jobs waiting"), "{}", full.text());
+    let waiting: Vec<Job> = (0..2).map(|_| analyst.submit_job(&submit).unwrap()).collect();
+    assert!(waiting.iter().all(|job| job.state == JobState::Queued), "{waiting:?}");
+    match analyst.submit_job(&submit) {
+        Err(kanon_client::ClientError::Api { status: 429, message, .. }) => {
+            assert!(message.contains("already has 2 jobs waiting"), "{message}")
+        }
+        other => panic!("a submit to a full queue: {other:?}"),
+    }
 
-    let _: Value = analyst.send("POST", &format!("/v1/jobs/{}/cancel", waiting[0]), &json!({})).unwrap();
-    let job: Value = analyst.send("POST", "/v1/jobs", &submit).unwrap();
-    assert_eq!(job["state"], "queued", "{job}");
-    for id in [&sleeping, &waiting[1], &job["id"].as_str().unwrap().to_owned()] {
-        let _: Value = analyst.send("POST", &format!("/v1/jobs/{id}/cancel"), &json!({})).unwrap();
+    analyst.cancel_job(&waiting[0].id).unwrap();
+    let job = analyst.submit_job(&submit).unwrap();
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+    for id in [&sleeping, &waiting[1].id, &job.id] {
+        analyst.cancel_job(id).unwrap();
     }
 }

@@ -556,7 +556,6 @@ mod load {
     use anyhow::{Context, bail};
     use kanon_client::types::{JobState, NewApproval, SubmitRequest};
     use kanon_client::{Client, ClientError, NewTenant, NewToken, Role, UploadArgs};
-    use kanon_daemon::approvals::covering;
     use kanon_vault::KeyEncryptionKey;
 
     use super::{Figure, datagen};
@@ -893,20 +892,8 @@ mod load {
             UploadArgs { format: "csv".into(), entity: Some("driver_id".into()), ..UploadArgs::default() };
         admin.ingest(name, "trips", &upload, std::io::Cursor::new(csv))?;
         let plugin = analyst.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK)?;
-        let (datasets, outputs) = covering(&plugin.manifest, |_| "trips".to_owned());
-        let approval = admin.grant_approval(
-            name,
-            &NewApproval {
-                plugin: plugin.hash.clone(),
-                analyst: analyst_name,
-                datasets,
-                outputs,
-                params: None,
-                params_schema: None,
-                ttl_secs: 86_400,
-                policy: None,
-            },
-        )?;
+        let approval = admin
+            .grant_approval(name, &NewApproval::covering(&plugin, &analyst_name, |_| "trips".to_owned()))?;
         let input = plugin.manifest.inputs.first().context("an input")?;
         let submit = SubmitRequest {
             tenant: name.to_owned(),

@@ -19,7 +19,6 @@ use kanon_client::types::{
     SubmitRequest,
 };
 use kanon_client::{Client, NewTenant, NewToken, Role, UploadArgs};
-use kanon_daemon::approvals::covering;
 use kanon_daemon::{Daemon, DaemonConfig};
 use kanon_gate::{Isolation, PolicyLayer};
 use kanon_vault::KeyEncryptionKey;
@@ -340,16 +339,6 @@ fn walk(
 /// Approve `plugin` on the tenant's dataset: every column and output the
 /// manifest declares, default params, a day.
 fn approve(admin: &Client, tenant: &DemoTenant, plugin: &PluginRecord) -> anyhow::Result<Approval> {
-    let (datasets, outputs) = covering(&plugin.manifest, |_| tenant.dataset.to_owned());
-    let new = NewApproval {
-        plugin: plugin.hash.clone(),
-        analyst: "ana".into(),
-        datasets,
-        outputs,
-        params: None,
-        params_schema: None,
-        ttl_secs: 86_400,
-        policy: None,
-    };
+    let new = NewApproval::covering(plugin, "ana", |_| tenant.dataset.to_owned());
     Ok(admin.grant_approval(tenant.name, &new)?)
 }

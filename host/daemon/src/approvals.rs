@@ -86,24 +86,6 @@ fn schema_allows(schema: &serde_json::Value, params: &serde_json::Value) -> Resu
     }
 }
 
-/// A grant of everything `manifest` declares: each dataset it reads (as the
-/// tenant's dataset `dataset_for` names), with every column it reads, and
-/// every output table. What the CLI and the demo approve by default.
-pub fn covering(
-    manifest: &Manifest,
-    dataset_for: impl Fn(&str) -> String,
-) -> (BTreeMap<String, ApprovedDataset>, Vec<String>) {
-    let datasets = manifest
-        .inputs
-        .iter()
-        .map(|need| {
-            let columns = need.columns.iter().map(|c| c.name.clone()).collect();
-            (need.name.clone(), ApprovedDataset { dataset: dataset_for(&need.name), columns })
-        })
-        .collect();
-    (datasets, manifest.outputs.iter().map(|t| t.name.clone()).collect())
-}
-
 /// Check a new approval against the plugin's manifest: every dataset the
 /// plugin reads mapped, every column it reads granted, the outputs exactly
 /// the declared ones, the parameters acceptable to the plugin.

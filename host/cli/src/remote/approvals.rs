@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use kanon_client::types::{Approval, NewApproval, PluginRecord};
-use kanon_daemon::approvals::covering;
 use serde_json::json;
 
 use super::Connection;
@@ -86,9 +85,6 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
                     Ok((name.to_owned(), dataset.to_owned()))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let (approved, outputs) = covering(&record.manifest, |name| {
-                mapping.get(name).cloned().unwrap_or_else(|| name.to_owned())
-            });
             let (params, params_schema) = match params_schema {
                 Some(schema) => {
                     (None, Some(serde_json::from_str(&schema).context("--params-schema is not JSON")?))
@@ -98,14 +94,13 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             // Parsed as the daemon parses it, so a bad value reads the same.
             let policy = isolation.map(|i| serde_json::from_value(json!({"isolation": i}))).transpose()?;
             let new = NewApproval {
-                plugin,
-                analyst,
-                datasets: approved,
-                outputs,
                 params,
                 params_schema,
                 ttl_secs: duration_secs(&ttl)?,
                 policy,
+                ..NewApproval::covering(&record, &analyst, |name| {
+                    mapping.get(name).cloned().unwrap_or_else(|| name.to_owned())
+                })
             };
             let approval: Approval = client.grant_approval(&tenant, &new)?;
             show_item(args.conn.json, &approval, &HEADER, row)

@@ -7,6 +7,8 @@ use kanon_gate::PolicyLayer;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::plugins::PluginRecord;
+
 /// One dataset as approved: which of the tenant's datasets stands in for the
 /// manifest's, and which of its columns the plugin may read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -42,6 +44,38 @@ pub struct NewApproval {
     /// policy: only ever stricter (e.g. `{"isolation": "entity"}`).
     #[schema(value_type = Option<Object>)]
     pub policy: Option<PolicyLayer>,
+}
+
+impl NewApproval {
+    /// How long an approval lasts unless asked otherwise: a day.
+    pub const DEFAULT_TTL_SECS: u64 = 86_400;
+
+    /// A grant to `analyst` of everything `plugin` declares: each dataset it
+    /// reads (as the tenant's dataset `dataset_for` names), with every
+    /// column it reads, and every output table; the default params, no
+    /// policy of its own, a day. What the CLI, the demo and the load bench
+    /// approve unless told otherwise.
+    pub fn covering(plugin: &PluginRecord, analyst: &str, dataset_for: impl Fn(&str) -> String) -> Self {
+        let manifest = &plugin.manifest;
+        let datasets = manifest
+            .inputs
+            .iter()
+            .map(|need| {
+                let columns = need.columns.iter().map(|c| c.name.clone()).collect();
+                (need.name.clone(), ApprovedDataset { dataset: dataset_for(&need.name), columns })
+            })
+            .collect();
+        Self {
+            plugin: plugin.hash.clone(),
+            analyst: analyst.to_owned(),
+            datasets,
+            outputs: manifest.outputs.iter().map(|t| t.name.clone()).collect(),
+            params: None,
+            params_schema: None,
+            ttl_secs: Self::DEFAULT_TTL_SECS,
+            policy: None,
+        }
+    }
 }
 
 /// A tenant's instruction.
