@@ -792,9 +792,15 @@ mod load {
         // The daemon's own account: every submitted job there and final.
         let mut lost = tally.unfinished.len();
         let mut known = 0;
+        // What the daemon says of the jobs whose end no client saw: whether
+        // they never ended or their waiters were not told.
+        let mut unfinished_states: BTreeMap<&str, usize> = BTreeMap::new();
         for tenant in tenants.iter() {
             let jobs = tenant.admin.tenant_jobs(&tenant.name)?;
             known += jobs.len();
+            for job in jobs.iter().filter(|j| tally.unfinished.contains(&j.id)) {
+                *unfinished_states.entry(job.state.name()).or_default() += 1;
+            }
             lost += jobs.iter().filter(|j| !j.state.is_final() && !tally.unfinished.contains(&j.id)).count();
             let export = tenant.admin.tenant_audit(&tenant.name)?;
             if let Err(e) = kanon_daemon::verify(&tenant.name, &export.entries, &export.head) {
@@ -867,6 +873,11 @@ mod load {
         }
         if errors > 0 || lost > 0 {
             eprintln!("the load run had {errors} errors and {lost} lost jobs");
+            if !unfinished_states.is_empty() {
+                eprintln!("jobs no client saw end, by their state in the daemon: {unfinished_states:?}");
+            }
+            // The evidence: the daemon's data directory and its log.
+            eprintln!("kept for a look: {}", dir.keep().display());
             return Ok(ExitCode::FAILURE);
         }
         Ok(ExitCode::SUCCESS)

@@ -18,8 +18,7 @@ use kanon_runtime::CancelToken;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::benchmark_runs::BenchmarkRun;
 use crate::config::JobLimits;
@@ -46,10 +45,6 @@ const INTERRUPTED: &str = "interrupted";
 const HOST_ERROR: &str = "host-error";
 /// How work whose record cannot be read is ended.
 const UNREADABLE: &str = "unreadable";
-
-/// Ends announced to waiters and not yet received by all of them. A waiter
-/// that falls further behind reads its record again (it lagged).
-const ENDS_BUFFERED: usize = 1024;
 
 /// A kind of queued work: the record, and what is particular to the kind.
 pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
@@ -463,10 +458,13 @@ pub(crate) async fn wait_for_end<W: Work>(app: &App, who: &str, id: &str, wait: 
     let _slot = app.scheduler.wait_slot(who, budget);
     let wait = if _slot.is_some() { wait } else { Duration::ZERO };
     let deadline = tokio::time::Instant::now() + wait;
-    // Subscribed before the record is read: an end in between is not missed.
-    let mut ends = app.scheduler.ends.subscribe();
+    let end = app.scheduler.watch_end(id);
     let mut stopping = app.scheduler.stopping.subscribe();
     loop {
+        // Enabled before the record is read: an end in between is not missed.
+        let ended = end.notify.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
         let record: W = app
             .store
             .read()?
@@ -479,22 +477,29 @@ pub(crate) async fn wait_for_end<W: Work>(app: &App, who: &str, id: &str, wait: 
             return Ok(record);
         }
         tokio::select! {
-            () = end_of(&mut ends, id) => {}
+            () = ended => {}
             () = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
         }
     }
 }
 
-/// Until `id` is announced ended, or announcements may have been missed
-/// (this receiver fell behind).
-async fn end_of(ends: &mut broadcast::Receiver<Arc<str>>, id: &str) {
-    loop {
-        match ends.recv().await {
-            Ok(ended) if &*ended != id => {}
-            Ok(_) | Err(RecvError::Lagged(_)) => return,
-            // The scheduler holds the sender as long as anyone can wait.
-            Err(RecvError::Closed) => std::future::pending().await,
+/// Waiting for the end of one piece of work: its entry in
+/// [`Scheduler::watched`], shared by everyone waiting for it and removed
+/// with the last of them.
+struct EndWatch<'a> {
+    scheduler: &'a Scheduler,
+    id: String,
+    notify: Arc<Notify>,
+}
+
+impl Drop for EndWatch<'_> {
+    fn drop(&mut self) {
+        let mut watched = self.scheduler.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Clones are made and dropped under this lock only: two are the
+        // map's and this one's.
+        if Arc::strong_count(&self.notify) == 2 {
+            watched.remove(&self.id);
         }
     }
 }
@@ -508,8 +513,10 @@ pub(crate) struct Scheduler {
     running: Mutex<Running>,
     /// Set once a shutdown began: no run starts, and waiters answer.
     stopping: watch::Sender<bool>,
-    /// The ids of work that ended, for waiters ([`wait_for_end`]).
-    ends: broadcast::Sender<Arc<str>>,
+    /// Work someone waits for the end of ([`wait_for_end`]), by id: an end
+    /// wakes its own waiters only. As large as the waits under way, which
+    /// the wait budget bounds.
+    watched: Mutex<HashMap<String, Arc<Notify>>>,
     /// Waits under way: in all, and by caller.
     waits: Mutex<(usize, HashMap<String, usize>)>,
 }
@@ -565,7 +572,7 @@ impl Scheduler {
             wake: Notify::new(),
             running: Mutex::default(),
             stopping: watch::Sender::new(false),
-            ends: broadcast::Sender::new(ENDS_BUFFERED),
+            watched: Mutex::default(),
             waits: Mutex::default(),
         }
     }
@@ -594,8 +601,17 @@ impl Scheduler {
 
     /// Tell waiters that `id` ended (or may have: they read it again).
     fn ended(&self, id: &str) {
-        // No waiter, no receiver: nothing to tell.
-        let _ = self.ends.send(Arc::from(id));
+        let watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(notify) = watched.get(id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Be told when `id` ends ([`Scheduler::ended`]).
+    fn watch_end(&self, id: &str) -> EndWatch<'_> {
+        let mut watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let notify = watched.entry(id.to_owned()).or_default().clone();
+        EndWatch { scheduler: self, id: id.to_owned(), notify }
     }
 
     /// The scheduling loop, until `stopped` turns true.
@@ -1184,9 +1200,19 @@ mod tests {
             .unwrap();
         let group = run(RUN_A, 2, JobState::Running).slot_group(&limits);
         assert!(scheduler.claim(RUN_A, group).is_some());
-        let mut ends = scheduler.ends.subscribe();
-        assert_eq!(reap(&store, &scheduler).unwrap(), [JOB_A]);
-        assert_eq!(&*ends.try_recv().unwrap(), JOB_A, "its waiters are told");
+        let (end_a, end_b) = (scheduler.watch_end(JOB_A), scheduler.watch_end(RUN_A));
+        {
+            let (told_a, told_b) = (end_a.notify.notified(), end_b.notify.notified());
+            tokio::pin!(told_a, told_b);
+            told_a.as_mut().enable();
+            told_b.as_mut().enable();
+            assert_eq!(reap(&store, &scheduler).unwrap(), [JOB_A]);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(told_a.as_mut().poll(&mut cx).is_ready(), "its waiters are told");
+            assert!(told_b.as_mut().poll(&mut cx).is_pending(), "no other's");
+        }
+        drop((end_a, end_b));
+        assert!(scheduler.watched.lock().unwrap().is_empty(), "the last waiter takes the entry");
         let read = store.read().unwrap();
         let ended: Job = read.get(JOBS, JOB_A).unwrap().unwrap();
         assert_eq!((ended.state, ended.failure.as_deref()), (JobState::Failed, Some(HOST_ERROR)));
