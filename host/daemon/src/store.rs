@@ -1836,6 +1836,56 @@ mod tests {
         assert_eq!(in_a_copy(dir.path(), "deferred"), Some(2));
     }
 
+    /// A change `write` has returned is in every snapshot begun after,
+    /// while other threads commit with and without waiting.
+    #[test]
+    fn a_written_change_is_seen_by_every_later_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ControlStore::open(dir.path()).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deferred: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::SeqCst) {
+                        let (_, committed) =
+                            store.commit(|w| w.put(SCRATCH, &format!("d{t}-{i}"), &i)).unwrap();
+                        if i % 3 == 0 {
+                            committed.durable().unwrap();
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..300u32 {
+                        let key = format!("w{t}-{i}");
+                        store.write(|w| w.put(SCRATCH, &key, &i)).unwrap();
+                        assert_eq!(
+                            store.read().unwrap().get(SCRATCH, &key).unwrap(),
+                            Some(i),
+                            "{key} unseen by read()"
+                        );
+                        assert_eq!(
+                            store.read_for_change().unwrap().get(SCRATCH, &key).unwrap(),
+                            Some(i),
+                            "{key}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+        stop.store(true, Ordering::SeqCst);
+        deferred.into_iter().for_each(|d| d.join().unwrap());
+        assert!(outcomes.iter().all(Result::is_ok), "a written change was not seen");
+    }
+
     #[test]
     fn a_snapshot_holds_no_change_before_it_is_durable() {
         let dir = tempfile::tempdir().unwrap();
