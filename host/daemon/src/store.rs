@@ -1851,7 +1851,7 @@ mod tests {
                     while !stop.load(Ordering::SeqCst) {
                         let (_, committed) =
                             store.commit(|w| w.put(SCRATCH, &format!("d{t}-{i}"), &i)).unwrap();
-                        if i % 3 == 0 {
+                        if i.is_multiple_of(3) {
                             committed.durable().unwrap();
                         }
                         i += 1;
