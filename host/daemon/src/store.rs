@@ -293,6 +293,16 @@ struct Inner {
     db: Reopening,
     broken: BrokenChains,
     group: GroupCommit,
+    /// Held shared while a snapshot begins, alone while a transaction
+    /// commits. redb 3.1 pins a snapshot's transaction id and reads its
+    /// root in two steps; a commit between them leaves the snapshot on the
+    /// newer root while only the older id is pinned, and a later
+    /// non-durable commit reuses pages that root still points to: a change
+    /// `write` had returned was missing from a `read` begun after it, in
+    /// about one of 40 runs of `a_written_change_is_seen_by_every_later_read`.
+    /// Fixed upstream in redb 4 (cberner/redb#1471); only this store
+    /// commits without durability, so the vault's files are not exposed.
+    snapshots: std::sync::RwLock<()>,
 }
 
 /// Group commit: many changes, one fsync. Each change commits without an
@@ -464,11 +474,24 @@ impl ControlStore {
                 db: Reopening::new(handle, room_at),
                 broken: BrokenChains::default(),
                 group: GroupCommit::default(),
+                snapshots: std::sync::RwLock::new(()),
             }),
         };
         // Opening ended with a durable commit.
         store.inner.group.lock().handle = Arc::downgrade(&store.db()?);
         Ok(store)
+    }
+
+    /// A snapshot of `db`, begun while no transaction commits.
+    fn begin_read(&self, db: &Handle) -> Result<ReadTransaction, StoreError> {
+        let _no_commit = self.inner.snapshots.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.begin_read().map_err(db_err)
+    }
+
+    /// Commit `txn` while no snapshot begins.
+    fn commit_alone(&self, txn: WriteTransaction) -> Result<(), StoreError> {
+        let _alone = self.inner.snapshots.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        txn.commit().map_err(db_err)
     }
 
     /// The database, opened again first if an I/O failure spoilt it.
@@ -510,7 +533,7 @@ impl ControlStore {
     /// does not verify is refused every later append (and with it every
     /// change it would record). Returns those chains, with why.
     pub fn verify_chains(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(db_err)?;
+        let txn = self.begin_read(&*self.db()?)?;
         let mut heads = BTreeMap::new();
         let mut broken = BTreeMap::new();
         for entry in txn.open_table(AUDIT_HEADS.raw()).map_err(db_err)?.iter().map_err(db_err)? {
@@ -626,7 +649,7 @@ impl ControlStore {
         // Taken while this transaction holds redb's write lock: a durable
         // commit reading `issued` once it holds the lock comes after this.
         let ticket = self.inner.group.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        txn.commit().map_err(db_err)?;
+        self.commit_alone(txn)?;
         Ok((value, Committed { store: self.clone(), db, ticket }))
     }
 
@@ -637,7 +660,7 @@ impl ControlStore {
     /// commit fails.
     pub fn read(&self) -> Result<Read, StoreError> {
         let db = self.db()?;
-        let txn = db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read(&db)?;
         // Every commit this snapshot holds took its ticket before it
         // committed, so before this.
         let through = self.inner.group.issued.load(Ordering::SeqCst);
@@ -663,7 +686,7 @@ impl ControlStore {
     /// durable only together with every commit before it, the ones this
     /// snapshot saw among them.
     pub(crate) fn read_for_change(&self) -> Result<Read, StoreError> {
-        Ok(Read { txn: self.db()?.begin_read().map_err(db_err)? })
+        Ok(Read { txn: self.begin_read(&*self.db()?)? })
     }
 
     /// Wait until a durable commit on `db` covers `ticket`, making one if
@@ -705,7 +728,7 @@ impl ControlStore {
         }
         let txn = db.begin_write().map_err(db_err)?;
         let through = self.inner.group.issued.load(Ordering::SeqCst);
-        txn.commit().map_err(db_err)?;
+        self.commit_alone(txn)?;
         Ok(through)
     }
 
