@@ -22,6 +22,7 @@
 
 mod accumulator;
 mod benchmark;
+pub mod dp;
 mod entities;
 mod manifest;
 mod policy;

@@ -14,7 +14,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use rand_010::CryptoRng;
+
 use crate::accumulator::{Contributions, TableAccumulator, fixed_point_scales};
+use crate::dp::{self, DpError, DpPlan, DpSummary, Interval, Quantity};
 use crate::shape::Shape;
 use crate::spec::{SpecError, Statistic, TableSpec, validate_tables};
 use crate::suppression::{Derivation, Family, families};
@@ -57,6 +60,8 @@ pub enum GateError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Dp(#[from] DpError),
 }
 
 /// One tenant's contributions to a run's tables: what one isolated plugin
@@ -104,6 +109,10 @@ pub struct ReleasedCell {
     /// values are those released in version `held_from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_from: Option<u64>,
+    /// Differentially private releases only: per statistic, the 95 %
+    /// interval of its noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<Vec<Interval>>,
 }
 
 /// One released table: every cell of its domain (then its totals, when it
@@ -118,6 +127,11 @@ pub struct ReleasedTable {
     /// Benchmark versions only: cells that show an earlier version's values.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_cells: usize,
+    /// Differentially private releases only: per statistic, the standard
+    /// deviation of its noise (`None` for means and ratios, whose noise
+    /// comes from their components).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_sd: Option<Vec<Option<f64>>>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -130,6 +144,10 @@ pub struct Release {
     pub scope: Scope,
     pub policy: Policy,
     pub tables: Vec<ReleasedTable>,
+    /// Set when the release is differentially private: its noise instead
+    /// of the policy's suppression rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpSummary>,
 }
 
 /// What the audit log keeps of a release: enough to tell later what ran
@@ -337,7 +355,7 @@ impl Gate {
             let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
             let summed = spec.summed_measures();
             let n = self.policy.dominance.n as usize;
-            let mut tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant);
+            let mut tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant, None);
             hidden.push(self.primary(spec, &summed, &tally, scope));
             tally.forget_contributors();
             tallies.push(tally);
@@ -396,7 +414,162 @@ impl Gate {
             scope,
             policy: self.policy.clone(),
             tables: (0..self.specs.len()).map(|t| self.released(t, &tallies[t], &hidden[t])).collect(),
+            dp: None,
         }
+    }
+
+    /// How a differentially private release of this gate's tables at
+    /// `rho_nanos` (nano-ρ of zCDP) adds its noise: what a caller checks
+    /// before it reads any data (its cost, and whether it can be made).
+    pub fn dp_plan(&self, rho_nanos: u64) -> Result<DpPlan, DpError> {
+        DpPlan::new(&self.specs, &self.shapes, self.policy.max_cells_per_entity, rho_nanos)
+    }
+
+    /// The differentially private release of `intakes` at `rho_nanos`
+    /// ([`crate::dp`]): every cell of every table released, with discrete
+    /// Gaussian noise drawn from `rng` on each count and sum, the noise's
+    /// scale and 95 % intervals beside the values. No rule looks at an
+    /// exact value: the policy's `k`, dominance and tenant rules and the
+    /// complementary suppression do not apply, and means and ratios are
+    /// computed from the noisy counts and sums. The noise is drawn for
+    /// every cell in a fixed order whatever the data, so the generator's
+    /// use is the same for any intakes of these tables.
+    ///
+    /// The guarantee needs each entity's contributions to depend on its
+    /// own rows only (an entity-isolated run) and `rng` to be a
+    /// cryptographic generator seeded from outside the run's request.
+    pub fn release_dp(
+        &self,
+        intakes: &[TenantIntake],
+        rho_nanos: u64,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<Release, DpError> {
+        let plan = self.dp_plan(rho_nanos)?;
+        let noisy = self.dp_noisy(intakes, &plan, rng)?;
+        let tables = (0..self.specs.len()).map(|t| self.released_dp(t, &plan, &noisy)).collect();
+        Ok(Release { scope: self.scope, policy: self.policy.clone(), tables, dp: Some(plan.summary()) })
+    }
+
+    /// Per noise group of `plan`, per cell: the exact quantity plus its
+    /// noise, drawn table by table, cell by cell, group by group.
+    pub(crate) fn dp_noisy(
+        &self,
+        intakes: &[TenantIntake],
+        plan: &DpPlan,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<Vec<Vec<i128>>, DpError> {
+        let samplers = plan.samplers()?;
+        let mut noisy = self.dp_exact(intakes, plan);
+        let mut first = 0;
+        for t in 0..self.specs.len() {
+            let own = plan.groups[first..].iter().take_while(|g| g.table == t).count();
+            for cell in 0..self.shapes[t].count() {
+                for (sampler, values) in
+                    samplers[first..first + own].iter().zip(&mut noisy[first..first + own])
+                {
+                    values[cell] = values[cell].saturating_add(dp::draw(sampler, rng)?);
+                }
+            }
+            first += own;
+        }
+        Ok(noisy)
+    }
+
+    /// Per noise group of `plan`, per cell: the exact quantity before noise,
+    /// each entity's total in a cell clamped to the measure's bounds.
+    pub(crate) fn dp_exact(&self, intakes: &[TenantIntake], plan: &DpPlan) -> Vec<Vec<i128>> {
+        let mut exact = Vec::with_capacity(plan.groups.len());
+        for (t, spec) in self.specs.iter().enumerate() {
+            let derivation = self.derivations[t].as_ref();
+            let source = derivation.map_or(t, |d| d.root);
+            let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
+            let summed = spec.summed_measures();
+            let clamp: Vec<(i128, i128)> = summed.iter().map(|&m| dp::fixed_bounds(spec, m)).collect();
+            let tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, 1, false, Some(&clamp));
+            for group in plan.groups.iter().filter(|g| g.table == t) {
+                exact.push(match group.quantity {
+                    Quantity::Count => tally.entities.iter().map(|&e| i128::from(e)).collect(),
+                    Quantity::Sum(m) => (0..self.shapes[t].count()).map(|cell| tally.sum(cell, m)).collect(),
+                });
+            }
+        }
+        exact
+    }
+
+    /// Table `t` of a differentially private release from the noisy
+    /// quantities of every group of `plan`.
+    fn released_dp(&self, t: usize, plan: &DpPlan, noisy: &[Vec<i128>]) -> ReleasedTable {
+        let spec = &self.specs[t];
+        // A quantity's noisy values, its scale, σ and the half-widths of
+        // its 95 % and 97.5 % intervals, in fixed point.
+        struct Noised<'a> {
+            values: &'a [i128],
+            scale: f64,
+            sigma: f64,
+            w95: f64,
+            w975: f64,
+        }
+        let noised = |quantity: Quantity| {
+            let g = plan.groups.iter().position(|g| g.table == t && g.quantity == quantity).expect("planned");
+            let (scale, sigma) = (plan.groups[g].scale, plan.groups[g].sigma_fixed());
+            Noised {
+                values: &noisy[g],
+                scale,
+                sigma,
+                w95: dp::half_width(sigma, true),
+                w975: dp::half_width(sigma, false),
+            }
+        };
+        let measure = |name: &str| Quantity::Sum(spec.measure_index(name).expect("validated statistic"));
+        let sources: Vec<Vec<Noised>> = spec
+            .statistics
+            .iter()
+            .map(|s| match s {
+                Statistic::Count => vec![noised(Quantity::Count)],
+                Statistic::Sum(m) => vec![noised(measure(m))],
+                Statistic::Mean(m) => vec![noised(measure(m)), noised(Quantity::Count)],
+                Statistic::Ratio(a, b) => vec![noised(measure(a)), noised(measure(b))],
+            })
+            .collect();
+        let cells = self
+            .keys(t)
+            .enumerate()
+            .map(|(cell, key)| {
+                let mut values = Vec::with_capacity(sources.len());
+                let mut intervals = Vec::with_capacity(sources.len());
+                for (statistic, parts) in spec.statistics.iter().zip(&sources) {
+                    let value = |q: &Noised| q.values[cell] as f64 / q.scale;
+                    let around = |q: &Noised, w: f64| {
+                        ((q.values[cell] as f64 - w) / q.scale, (q.values[cell] as f64 + w) / q.scale)
+                    };
+                    match parts.as_slice() {
+                        [one] => {
+                            values.push(value(one));
+                            let (lo, hi) = around(one, one.w95);
+                            intervals.push(Interval { lo: Some(lo), hi: Some(hi) });
+                        }
+                        [a, b] => {
+                            let (top, bottom) = (value(a), value(b));
+                            // A mean divides by the count, at least one
+                            // entity; a ratio by its denominator's sum.
+                            values.push(if matches!(statistic, Statistic::Mean(_)) {
+                                top / bottom.max(1.0)
+                            } else if bottom != 0.0 {
+                                top / bottom
+                            } else {
+                                0.0
+                            });
+                            intervals.push(dp::quotient(around(a, a.w975), around(b, b.w975)));
+                        }
+                        _ => unreachable!("one or two components"),
+                    }
+                }
+                ReleasedCell { key, values: Some(values), held_from: None, intervals: Some(intervals) }
+            })
+            .collect();
+        let noise_sd =
+            sources.iter().map(|parts| (parts.len() == 1).then(|| parts[0].sigma / parts[0].scale)).collect();
+        self.table(t, cells, 0, Some(noise_sd))
     }
 
     /// The output tables.
@@ -455,36 +628,57 @@ impl Gate {
 
     fn released(&self, t: usize, tally: &Tally, hidden: &[bool]) -> ReleasedTable {
         let spec = &self.specs[t];
-        let shape = &self.shapes[t];
         let scales = fixed_point_scales(spec);
-        let mut codes = Vec::new();
-        let cells = (0..shape.count())
-            .map(|cell| {
-                shape.codes(cell, &mut codes);
-                let key = spec
-                    .dimensions
-                    .iter()
-                    .zip(&codes)
-                    .enumerate()
-                    .map(|(d, (dim, &code))| {
-                        if code == shape.total(d) && shape.margins {
-                            TOTAL_LABEL.to_owned()
-                        } else {
-                            dim.domain.label(code)
-                        }
-                    })
-                    .collect();
+        let cells = self
+            .keys(t)
+            .enumerate()
+            .map(|(cell, key)| {
                 let values = (!hidden[cell]).then(|| cell_values(spec, tally, cell, &scales));
-                ReleasedCell { key, values, held_from: None }
+                ReleasedCell { key, values, held_from: None, intervals: None }
             })
             .collect();
+        self.table(t, cells, hidden.iter().filter(|&&h| h).count(), None)
+    }
+
+    /// The key labels of every released cell of table `t`, in cell order.
+    fn keys(&self, t: usize) -> impl Iterator<Item = Vec<String>> + '_ {
+        let spec = &self.specs[t];
+        let shape = &self.shapes[t];
+        let mut codes = Vec::new();
+        (0..shape.count()).map(move |cell| {
+            shape.codes(cell, &mut codes);
+            spec.dimensions
+                .iter()
+                .zip(&codes)
+                .enumerate()
+                .map(|(d, (dim, &code))| {
+                    if code == shape.total(d) && shape.margins {
+                        TOTAL_LABEL.to_owned()
+                    } else {
+                        dim.domain.label(code)
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Released table `t` of `cells`.
+    fn table(
+        &self,
+        t: usize,
+        cells: Vec<ReleasedCell>,
+        suppressed_cells: usize,
+        noise_sd: Option<Vec<Option<f64>>>,
+    ) -> ReleasedTable {
+        let spec = &self.specs[t];
         ReleasedTable {
             name: spec.name.clone(),
             dimensions: spec.dimensions.iter().map(|d| d.name.clone()).collect(),
             statistics: spec.statistics.iter().map(Statistic::column_name).collect(),
             cells,
-            suppressed_cells: hidden.iter().filter(|&&h| h).count(),
+            suppressed_cells,
             held_cells: 0,
+            noise_sd,
         }
     }
 }
@@ -567,7 +761,10 @@ pub(crate) mod tests {
         add(&mut intake, &issued, &ids, &codes, &[10.0; 19]).unwrap();
         let table = &gate.release(&[intake]).tables[0];
         assert_eq!(table.cells[0].values, Some(vec![10.0, 100.0, 10.0]));
-        assert_eq!(table.cells[1], ReleasedCell { key: vec!["south".into()], values: None, held_from: None });
+        assert_eq!(
+            table.cells[1],
+            ReleasedCell { key: vec!["south".into()], values: None, held_from: None, intervals: None }
+        );
         assert_eq!(table.cells[2].values, None);
         assert_eq!(table.suppressed_cells, 2);
     }

@@ -57,6 +57,9 @@ impl Tally {
     /// only when `by_tenant`. With a `derivation`, the accumulators are
     /// those of the family's root, and each slot counts in the derived
     /// table's cell it falls in, with the root's measures of the same name.
+    /// With `clamp` (per tracked measure, fixed point), each entity's total
+    /// in a released cell is clamped before it is summed: what bounds one
+    /// entity's effect on a sum however many rows it has there.
     pub fn new(
         shape: &Shape,
         tenants: &[&TableAccumulator],
@@ -64,6 +67,7 @@ impl Tally {
         derivation: Option<&Derivation>,
         n: usize,
         by_tenant: bool,
+        clamp: Option<&[(i128, i128)]>,
     ) -> Tally {
         let cells = shape.count();
         let measures = summed.iter().max().map_or(0, |&m| m + 1);
@@ -138,6 +142,7 @@ impl Tally {
                     }
                     for (k, &total) in merged_sums[j * tracked..(j + 1) * tracked].iter().enumerate() {
                         let i = cell * tracked + k;
+                        let total = clamp.map_or(total, |c| total.clamp(c[k].0, c[k].1));
                         let size = total.unsigned_abs();
                         tally.sums[i] += total;
                         tally.magnitude[i] += size;
