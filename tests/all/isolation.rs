@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use kanon_gate::{Dominance, Isolation, Policy, Release};
+use kanon_gate::{Dominance, Isolation, Policy, PolicyLayer, Privacy, Release};
 use kanon_runtime::{FailureClass, LoadedPlugin, RunReport, RunRequest};
 use kanon_vault::DatasetVersion;
 use proptest::prelude::*;
@@ -105,6 +105,60 @@ fn in_a_shared_instance_one_entitys_rows_move_the_others() {
     assert_ne!(before["north"], after["north"], "the leak is real in a shared instance");
 }
 
+/// Through the runtime under a DP policy: every cell of the domain is
+/// released, each run with fresh noise from the operating system, and over
+/// 40 runs the released values err from the honest ones as the σ the
+/// release states (chi-square bounds at p = 10⁻⁶ for 200 errors).
+#[test]
+fn a_dp_run_releases_every_cell_with_noise_of_the_stated_scale() {
+    let plugin = load_path(kanon_fixtures::MOVES_DATA_ACROSS_ENTITIES).unwrap();
+    let rows = fleet(12, |d| 10.0 * f64::from(d));
+    let honest = |region: &str| {
+        let own: Vec<_> = rows.iter().filter(|r| r.1 == region).collect();
+        let drivers: std::collections::BTreeSet<u32> = own.iter().map(|r| r.0).collect();
+        (drivers.len() as f64, own.iter().map(|r| r.2).sum::<f64>())
+    };
+    // Isolation is what DP needs; the policy turns it on.
+    let layer = PolicyLayer { privacy: Some(Privacy::Dp), ..PolicyLayer::default() };
+    let policy = Policy::for_run(&open(Isolation::Shared), [], &layer).unwrap();
+    assert_eq!(policy.isolation, Isolation::Entity);
+    let (mut counts, mut sums, mut sigma) = (Vec::new(), Vec::new(), (0.0, 0.0));
+    let mut first = None;
+    for _ in 0..40 {
+        let request = RunRequest { policy: policy.clone(), ..request(trips(&rows), "{}") };
+        let release = runtime().run(&plugin, request).unwrap().outcome.unwrap();
+        let table = &release.tables[0];
+        assert_eq!(release.dp.as_ref().unwrap().rho_nanos, 24_400_000);
+        assert_eq!((table.cells.len(), table.suppressed_cells), (5, 0), "west and central too");
+        let sd = table.noise_sd.as_ref().unwrap();
+        sigma = (sd[0].unwrap(), sd[1].unwrap());
+        for cell in &table.cells {
+            let values = cell.values.as_ref().unwrap();
+            let (count, sum) = honest(&cell.key[0]);
+            counts.push(values[0] - count);
+            sums.push(values[1] - sum);
+        }
+        first.get_or_insert(release.tables.clone());
+    }
+    assert_ne!(
+        first.unwrap(),
+        runtime()
+            .run(&plugin, RunRequest { policy, ..request(trips(&rows), "{}") })
+            .unwrap()
+            .outcome
+            .unwrap()
+            .tables,
+        "fresh noise every run"
+    );
+    for (errors, sigma) in [(counts, sigma.0), (sums, sigma.1)] {
+        let n = errors.len() as f64;
+        let mean = errors.iter().sum::<f64>() / n;
+        assert!(mean.abs() <= 5.0 * sigma / n.sqrt(), "mean error {mean} at σ {sigma}");
+        let sd = (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        assert!((0.76..=1.26).contains(&(sd / sigma)), "s = {sd}, σ = {sigma}");
+    }
+}
+
 #[test]
 pub(crate) fn moves_data_across_entities() {
     // Isolated, each driver carries nothing in: the release is the honest sums.
@@ -185,7 +239,6 @@ pub(crate) fn joins_on_the_entity() {
     use kanon_client::UploadArgs;
     use kanon_client::types::{Approval, JobState, NewApproval, PluginRecord, SubmitRequest};
     use kanon_daemon::Role;
-    use kanon_gate::PolicyLayer;
     use serde_json::{Value, json};
 
     use crate::daemon::{TestDaemon, audit, json_body, upload_plugin};
@@ -294,6 +347,29 @@ pub(crate) fn joins_on_the_entity() {
     assert_eq!(run_under(&strict, PolicyLayer::default()).policy.isolation, Isolation::Entity);
     let loose = grant(PolicyLayer { min_entities: Some(2), ..PolicyLayer::default() });
     assert_eq!(loose.status, 422, "looser than the floor: {}", loose.text());
+
+    // Differential privacy is refused wherever a layer can ask for it,
+    // until the daemon has its budget ledger, and nothing is recorded.
+    let dp = PolicyLayer { privacy: Some(Privacy::Dp), ..PolicyLayer::default() };
+    let refused = grant(dp.clone());
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(refused.text().contains("privacy-budget ledger"), "{}", refused.text());
+    let err = admin.set_tenant_policy("acme", &dp).unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert!(err.to_string().contains("privacy-budget ledger"), "{err}");
+    assert_eq!(admin.tenant_policy("acme").unwrap(), PolicyLayer::default());
+    let err = analyst
+        .submit_job(&SubmitRequest {
+            tenant: "acme".into(),
+            plugin: plugin.hash.clone(),
+            approval: approval.id.clone(),
+            datasets: ["trips", "contracts", "factors"].map(|d| (d.to_owned(), d.to_owned())).into(),
+            params: None,
+            policy: Some(dp),
+        })
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert!(err.to_string().contains("privacy-budget ledger"), "{err}");
 }
 
 /// Every hostile fixture that passes upload, run isolated over two datasets

@@ -11,7 +11,7 @@ use serde_json::json;
 /// The release record and tables of a successful run, as JSON.
 pub fn release_json(report: &RunReport, release: &Release) -> serde_json::Value {
     let record = release.record(&report.plugin_hash, &report.params_hash);
-    json!({
+    let mut json = json!({
         "run_id": report.run_id,
         "plugin_hash": record.plugin_hash,
         "params_hash": record.params_hash,
@@ -19,11 +19,17 @@ pub fn release_json(report: &RunReport, release: &Release) -> serde_json::Value 
         "policy": record.policy,
         "suppressed": record.tables,
         "tables": release.tables,
-    })
+    });
+    if let Some(dp) = &release.dp {
+        json["dp"] = json!(dp);
+    }
+    json
 }
 
 /// A released table as aligned text; suppressed cells show `suppressed`,
-/// held ones (benchmark versions) the version their values come from.
+/// held ones (benchmark versions) the version their values come from, and
+/// noisy ones (differential privacy) their 95 % interval: `± w` for counts
+/// and sums, `[lo, hi]` for means and ratios (`[n/e]` when it is unbounded).
 pub fn table_text(table: &ReleasedTable) -> String {
     let mut header: Vec<String> = table.dimensions.clone();
     header.extend(table.statistics.iter().cloned());
@@ -33,9 +39,29 @@ pub fn table_text(table: &ReleasedTable) -> String {
     let mut rows: Vec<Vec<String>> = vec![header];
     for cell in &table.cells {
         let mut row = cell.key.clone();
-        match &cell.values {
-            Some(values) => row.extend(table.statistics.iter().zip(values).map(|(s, v)| number(s, *v))),
-            None => {
+        match (&cell.values, &cell.intervals) {
+            (Some(values), Some(intervals)) => {
+                for (s, (statistic, (&v, interval))) in
+                    table.statistics.iter().zip(values.iter().zip(intervals)).enumerate()
+                {
+                    let own_noise = table.noise_sd.as_ref().is_some_and(|sd| sd[s].is_some());
+                    row.push(match (interval.lo, interval.hi) {
+                        (Some(lo), Some(hi)) if own_noise => {
+                            format!("{} ± {}", number(statistic, v), number(statistic, (hi - lo) / 2.0))
+                        }
+                        (Some(lo), Some(hi)) => {
+                            let (v, lo, hi) =
+                                (number(statistic, v), number(statistic, lo), number(statistic, hi));
+                            format!("{v} [{lo}, {hi}]")
+                        }
+                        _ => format!("{} [n/e]", number(statistic, v)),
+                    });
+                }
+            }
+            (Some(values), None) => {
+                row.extend(table.statistics.iter().zip(values).map(|(s, v)| number(s, *v)))
+            }
+            (None, _) => {
                 row.push("suppressed".into());
                 row.extend(std::iter::repeat_n(String::new(), table.statistics.len() - 1));
             }
@@ -113,6 +139,19 @@ fn number(statistic: &str, value: f64) -> String {
 pub fn release_text(release: &Release) -> String {
     let p = &release.policy;
     let mut out = String::new();
+    if let Some(dp) = &release.dp {
+        let epsilon = kanon_gate::dp::epsilon(dp.rho, 1e-6);
+        for table in &release.tables {
+            out.push_str(&format!(
+                "\n{}: every cell released with noise (differential privacy: ρ = {} per release, \
+                 ε = {epsilon:.2} at δ = 1e-6; one instance per entity; 95 % intervals)\n",
+                table.name,
+                format_rho(dp.rho_nanos),
+            ));
+            out.push_str(&table_text(table));
+        }
+        return out;
+    }
     for table in &release.tables {
         let tenants = match release.scope {
             Scope::Benchmark => format!(", t = {}, tenant share <= {}%", p.min_tenants, p.max_tenant_percent),
@@ -135,6 +174,13 @@ pub fn release_text(release: &Release) -> String {
         out.push_str(&table_text(table));
     }
     out
+}
+
+/// ρ from whole nano-ρ, without trailing zeros.
+fn format_rho(nanos: u64) -> String {
+    let text =
+        format!("{}.{:09}", nanos / kanon_gate::dp::NANOS_PER_RHO, nanos % kanon_gate::dp::NANOS_PER_RHO);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// A tenant's own position: per cell and statistic, the peers' released

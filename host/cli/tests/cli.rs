@@ -128,6 +128,60 @@ fn policy_files_tighten_and_a_looser_tenant_policy_is_refused() {
 }
 
 #[test]
+fn a_dp_run_releases_every_cell_with_noise_and_its_interval() {
+    let (dir, plugin) = setup();
+    let data = format!("trips={}", dir.write("trips.csv", trips_csv()).display());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--plugin", &plugin, "--data", &data, "--entity", "driver_id"];
+        args.extend_from_slice(extra);
+        kanon(&dir, &args)
+    };
+    let out = run(&["--dp-rho", "0.0244", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["policy"]["privacy"], "dp");
+    assert_eq!(json["policy"]["isolation"], "entity", "DP runs one instance per entity");
+    assert_eq!(json["dp"]["rho_nanos"], 24_400_000);
+    assert_eq!(json["suppressed"][0]["suppressed_cells"], 0);
+    let table = &json["tables"][0];
+    let cells = table["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 30);
+    // Every cell, the 28 threshold mode suppresses too, has values and
+    // intervals; a count's interval is centred on it.
+    for cell in cells {
+        let count = cell["values"][0].as_f64().unwrap();
+        let interval = &cell["intervals"][0];
+        let (lo, hi) = (interval["lo"].as_f64().unwrap(), interval["hi"].as_f64().unwrap());
+        assert!(lo < count && count < hi && (count - lo - (hi - count)).abs() < 1e-9, "{cell}");
+    }
+    assert!(table["noise_sd"][0].as_f64().unwrap() > 1.0, "{table}");
+    // Two runs draw fresh noise from the operating system.
+    let again: serde_json::Value =
+        serde_json::from_slice(&run(&["--dp-rho", "0.0244", "--json"]).stdout).unwrap();
+    assert_ne!(again["tables"], json["tables"]);
+
+    let out = run(&["--dp-rho", "0.0244"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("every cell released with noise (differential privacy: ρ = 0.0244 per release"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" ± "), "{stdout}");
+    assert!(!stdout.contains("suppressed"), "{stdout}");
+
+    // ρ must be usable; a tenant's threshold policy under a DP floor is looser.
+    let out = run(&["--dp-rho", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("`dp.rho`"), "{}", text(&out.stderr));
+    let floor = dir.write("dp-floor.toml", "privacy = \"dp\"\n").display().to_string();
+    let tenant = dir.write("threshold.toml", "privacy = \"threshold\"\n").display().to_string();
+    let out = run(&["--floor", &floor, "--tenant-policy", &tenant]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("`privacy`: threshold, which is looser"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn bad_csv_names_the_row_and_column() {
     let (dir, plugin) = setup();
     let cases = [

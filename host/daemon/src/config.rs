@@ -195,6 +195,9 @@ impl DaemonConfig {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
         kanon_gate::Policy::floor(&self.floor).map_err(|e| ConfigError::Invalid(format!("floor: {e}")))?;
+        if self.floor.privacy == Some(kanon_gate::Privacy::Dp) {
+            return Err(ConfigError::Invalid(format!("floor: {}", crate::tenants::DP_NEEDS_LEDGER)));
+        }
         Ok(())
     }
 }
@@ -236,5 +239,9 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("jobs.concurrent"));
         let loose = DaemonConfig::from_toml("kanon.toml", "[floor]\nmin_entities = 0\n").unwrap();
         assert!(loose.validate().unwrap_err().to_string().starts_with("floor"));
+        // Differential privacy needs the budget ledger, which the daemon has not.
+        let dp = DaemonConfig::from_toml("kanon.toml", "[floor]\nprivacy = \"dp\"\n").unwrap();
+        let err = dp.validate().unwrap_err().to_string();
+        assert!(err.starts_with("floor") && err.contains("privacy-budget ledger"), "{err}");
     }
 }

@@ -105,6 +105,9 @@ pub(crate) fn submit(
     let plugin = write.get(crate::store::PLUGINS, &ask.plugin)?;
     let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
+    if let Some(policy) = &ask.policy {
+        crate::tenants::refuse_dp(policy)?;
+    }
     let queued = write.count_listed(JOBS, QUEUED_JOBS_OF_TENANT, &tenant.name)?;
     if queued >= limits.queued_per_tenant {
         return Err(Error::TooMany(format!(

@@ -45,8 +45,8 @@ pub use manifest::{
     PluginColumnType, is_printable, is_printable_char,
 };
 pub use policy::{
-    Dominance, EntityBudget, EntityBudgetLayer, ExcessContributions, Isolation, Policy, PolicyError,
-    PolicyLayer,
+    Dominance, DpLayer, DpPolicy, EntityBudget, EntityBudgetLayer, ExcessContributions, Isolation, Policy,
+    PolicyError, PolicyLayer, Privacy,
 };
 pub use release::{
     AbsorbError, Gate, GateError, Release, ReleaseRecord, ReleasedCell, ReleasedTable, Scope, TOTAL_LABEL,

@@ -66,6 +66,77 @@ impl Isolation {
     }
 }
 
+/// How a release protects each entity: by rules on exact values, or by
+/// noise.
+///
+/// Variants are ordered from looser to stricter: the strictest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privacy {
+    /// Exact values, cells suppressed by the thresholds (k, dominance,
+    /// tenants) and complementary suppression.
+    #[default]
+    Threshold,
+    /// Differential privacy ([`crate::dp`]): every cell released with
+    /// discrete Gaussian noise at [`DpPolicy::rho`] per release, no rule
+    /// on exact values. Needs entity isolation, and turns it on.
+    Dp,
+}
+
+impl Privacy {
+    /// The name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Privacy::Threshold => "threshold",
+            Privacy::Dp => "dp",
+        }
+    }
+
+    fn is_threshold(&self) -> bool {
+        *self == Privacy::Threshold
+    }
+}
+
+/// The parameters of differential privacy. Stricter is smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpPolicy {
+    /// ρ of zero-concentrated DP one release spends: 0.0244 is ε = 1 at
+    /// δ = 10⁻⁶ ([`crate::dp::epsilon`]).
+    pub rho: f64,
+}
+
+impl Default for DpPolicy {
+    fn default() -> Self {
+        Self { rho: Self::DEFAULT_RHO }
+    }
+}
+
+impl DpPolicy {
+    /// ε = 1 at δ = 10⁻⁶ by CKS20's Corollary 13.
+    pub const DEFAULT_RHO: f64 = 0.0244;
+    /// The least ρ a release may be given: one nano-ρ, the ledger's unit.
+    pub const MIN_RHO: f64 = 1e-9;
+    /// The most: already ε ≈ 2 000 at δ = 10⁻⁶, no privacy left to speak of.
+    pub const MAX_RHO: f64 = 1e4;
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// ρ in whole nano-ρ, rounded up.
+    pub fn rho_nanos(&self) -> u64 {
+        (self.rho * crate::dp::NANOS_PER_RHO as f64).ceil() as u64
+    }
+}
+
+/// DP parameters as a policy layer writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpLayer {
+    pub rho: Option<f64>,
+}
+
 /// What one entity's instance may use in an entity-isolated run. Stricter
 /// is smaller, field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -191,6 +262,15 @@ pub struct Policy {
     /// (checked, and combined strictest-wins, whatever the isolation).
     #[serde(default)]
     pub entity_budget: EntityBudget,
+    /// Thresholds or differential privacy. Left out when `threshold`, so
+    /// the JSON of every threshold policy (and the request keys hashed
+    /// from it) is what it was before the field existed.
+    #[serde(default, skip_serializing_if = "Privacy::is_threshold")]
+    pub privacy: Privacy,
+    /// The parameters of `dp`, checked and combined whatever `privacy` is;
+    /// left out at their defaults.
+    #[serde(default, skip_serializing_if = "DpPolicy::is_default")]
+    pub dp: DpPolicy,
 }
 
 impl Default for Policy {
@@ -204,6 +284,8 @@ impl Default for Policy {
             max_tenant_percent: 50.0,
             isolation: Isolation::Shared,
             entity_budget: EntityBudget::default(),
+            privacy: Privacy::Threshold,
+            dp: DpPolicy::default(),
         }
     }
 }
@@ -220,6 +302,10 @@ pub struct PolicyLayer {
     pub max_tenant_percent: Option<f64>,
     pub isolation: Option<Isolation>,
     pub entity_budget: Option<EntityBudgetLayer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Privacy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpLayer>,
 }
 
 /// Why a policy was refused.
@@ -283,7 +369,32 @@ impl Policy {
                 ),
             );
         }
+        let rho = self.dp.rho;
+        if !(DpPolicy::MIN_RHO..=DpPolicy::MAX_RHO).contains(&rho) {
+            return invalid(
+                "dp.rho",
+                format!("must be {} to {}, got {rho}", DpPolicy::MIN_RHO, DpPolicy::MAX_RHO),
+            );
+        }
+        if self.privacy == Privacy::Dp && self.isolation != Isolation::Entity {
+            return invalid("isolation", "differential privacy needs `entity` isolation".into());
+        }
         Ok(())
+    }
+
+    /// The ρ of one release in nano-ρ, when the policy is differentially
+    /// private.
+    pub fn dp_rho_nanos(&self) -> Option<u64> {
+        (self.privacy == Privacy::Dp).then(|| self.dp.rho_nanos())
+    }
+
+    /// Differential privacy needs one instance per entity: a DP policy
+    /// isolates entities whatever a layer said.
+    fn isolated_if_dp(mut self) -> Policy {
+        if self.privacy == Privacy::Dp {
+            self.isolation = Isolation::Entity;
+        }
+        self
     }
 
     /// An operator's floor: the defaults with `layer` applied as written,
@@ -301,7 +412,10 @@ impl Policy {
             entity_budget: layer
                 .entity_budget
                 .map_or(default.entity_budget, |b| default.entity_budget.with(&b)),
-        };
+            privacy: layer.privacy.unwrap_or(default.privacy),
+            dp: DpPolicy { rho: layer.dp.and_then(|d| d.rho).unwrap_or(default.dp.rho) },
+        }
+        .isolated_if_dp();
         floor.validate()?;
         Ok(floor)
     }
@@ -349,6 +463,12 @@ impl Policy {
                 }
             }
         }
+        if let Some(p) = layer.privacy.filter(|&p| p < self.privacy) {
+            return looser("privacy", p.name().into(), self.privacy.name().into());
+        }
+        if let Some(rho) = layer.dp.and_then(|d| d.rho).filter(|&rho| rho > self.dp.rho) {
+            return looser("dp.rho", rho.to_string(), self.dp.rho.to_string());
+        }
         Ok(())
     }
 
@@ -378,7 +498,10 @@ impl Policy {
             entity_budget: layer
                 .entity_budget
                 .map_or(self.entity_budget, |b| self.entity_budget.tightened(&b)),
+            privacy: layer.privacy.map_or(self.privacy, |p| p.max(self.privacy)),
+            dp: DpPolicy { rho: layer.dp.and_then(|d| d.rho).map_or(self.dp.rho, |r| r.min(self.dp.rho)) },
         }
+        .isolated_if_dp()
     }
 
     /// The policy of a run: the floor, tightened by every participating
@@ -681,6 +804,51 @@ mod tests {
         assert_eq!(serde_json::from_str::<Policy>(old).unwrap(), Policy::default());
         let unknown = json.replace("\"isolation\"", "\"isolate\"");
         assert!(serde_json::from_str::<Policy>(&unknown).is_err());
+    }
+
+    #[test]
+    fn differential_privacy_is_strictest_wins_and_isolates_entities() {
+        let floor = Policy::floor(&PolicyLayer::default()).unwrap();
+        assert_eq!(floor.dp_rho_nanos(), None);
+        let dp = PolicyLayer::from_toml("job.toml", "privacy = \"dp\"\n[dp]\nrho = 0.01\n").unwrap();
+        // A job may ask for DP: it turns on entity isolation.
+        let policy = Policy::for_run(&floor, [], &dp).unwrap();
+        assert_eq!((policy.privacy, policy.isolation), (Privacy::Dp, Isolation::Entity));
+        assert_eq!(policy.dp_rho_nanos(), Some(10_000_000));
+        // ρ only shrinks: a job asking for more keeps the tenant's.
+        let more = PolicyLayer { dp: Some(DpLayer { rho: Some(0.5) }), ..PolicyLayer::default() };
+        assert_eq!(Policy::for_run(&floor, [&dp], &more).unwrap().dp.rho, 0.01);
+        // Under a DP floor, threshold, shared isolation or a larger ρ is looser.
+        let dp_floor = Policy::floor(&dp).unwrap();
+        assert_eq!(dp_floor.isolation, Isolation::Entity);
+        let looser = |text: &str| {
+            let layer = PolicyLayer::from_toml("tenant.toml", text).unwrap();
+            Policy::for_run(&dp_floor, [&layer], &PolicyLayer::default()).unwrap_err().to_string()
+        };
+        assert!(looser("privacy = \"threshold\"\n").contains("`privacy`: threshold, which is looser"));
+        assert!(looser("isolation = \"shared\"\n").contains("`isolation`: shared, which is looser"));
+        assert!(looser("[dp]\nrho = 0.02\n").contains("`dp.rho`: 0.02, which is looser"));
+        // Unusable values name their field; unknown DP fields are refused.
+        for (text, field) in [("[dp]\nrho = 0\n", "`dp.rho`"), ("[dp]\nrho = nan\n", "`dp.rho`")] {
+            let err = PolicyLayer::from_toml("t.toml", text).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        assert!(PolicyLayer::from_toml("t.toml", "[dp]\nepsilon = 1\n").is_err());
+        let shared_dp = Policy { privacy: Privacy::Dp, ..Policy::default() };
+        assert!(shared_dp.validate().unwrap_err().to_string().contains("`isolation`"));
+    }
+
+    #[test]
+    fn a_threshold_policy_serialises_as_before_privacy_existed() {
+        // Request keys hash a policy's JSON: threshold policies keep theirs.
+        let json = serde_json::to_string(&Policy::default()).unwrap();
+        assert!(!json.contains("privacy") && !json.contains("\"dp\""), "{json}");
+        let layer = serde_json::to_string(&PolicyLayer::default()).unwrap();
+        assert!(!layer.contains("privacy") && !layer.contains("\"dp\""), "{layer}");
+        let dp = Policy { privacy: Privacy::Dp, isolation: Isolation::Entity, ..Policy::default() };
+        let json = serde_json::to_string(&dp).unwrap();
+        assert!(json.contains(r#""privacy":"dp""#), "{json}");
+        assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), dp);
     }
 
     #[test]

@@ -316,7 +316,12 @@ impl Gate {
         for (t, derivation) in families.iter().flat_map(|f| &f.derived) {
             derivations[*t] = Some(derivation.clone());
         }
-        Ok(Self { policy, scope, specs: tables, shapes, families, derivations })
+        let gate = Self { policy, scope, specs: tables, shapes, families, derivations };
+        // A release that cannot be noised is refused before any data is read.
+        if let Some(rho_nanos) = gate.policy.dp_rho_nanos() {
+            gate.dp_plan(rho_nanos)?;
+        }
+        Ok(gate)
     }
 
     /// The policy the release answers to.

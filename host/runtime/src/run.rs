@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kanon_gate::{
-    Gate, Isolation, OwnPosition, Policy, Release, ReleaseHistory, ReleaseRecord, Scope, TenantIntake,
+    Gate, Isolation, OwnPosition, Policy, Privacy, Release, ReleaseHistory, ReleaseRecord, Scope,
+    TenantIntake,
 };
 use kanon_vault::{DatasetVersion, PseudonymKey};
+use rand_010::SeedableRng;
+use rand_010::rngs::{ChaCha20Rng, SysRng};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap};
@@ -343,7 +346,7 @@ impl Runtime {
             cancel: &request.cancel,
         });
         let outcome = match run.result {
-            Ok(()) => Ok(gate.release(std::slice::from_ref(&run.intake))),
+            Ok(()) => release(&gate, &run.intake),
             Err(class) => Err(RunFailure { class }),
         };
         run.stats.duration = started.elapsed();
@@ -367,6 +370,9 @@ impl Runtime {
     ) -> Result<BenchmarkReport, RunError> {
         if request.tenants.is_empty() {
             return Err(RunError::NoTenants);
+        }
+        if request.policy.privacy == Privacy::Dp {
+            return Err(RunError::DpBenchmark);
         }
         let params = plugin.manifest.check_params(&request.params)?;
         for tenant in &request.tenants {
@@ -580,4 +586,21 @@ fn classify(error: &wasmtime::Error, state: &StoreState) -> FailureClass {
         return FailureClass::Memory;
     }
     FailureClass::Trap
+}
+
+/// What the gate releases of one tenant's intake. Under a differentially
+/// private policy the noise comes from ChaCha20 seeded by the operating
+/// system, never from the run's request: a replay of the request gets the
+/// stored release, not the same noise drawn again.
+fn release(gate: &Gate, intake: &TenantIntake) -> Result<Release, RunFailure> {
+    let intakes = std::slice::from_ref(intake);
+    let Some(rho_nanos) = gate.policy().dp_rho_nanos() else {
+        return Ok(gate.release(intakes));
+    };
+    let host_error = |e: &dyn std::fmt::Display| {
+        tracing::error!("differentially private release failed: {e}");
+        RunFailure { class: FailureClass::HostError }
+    };
+    let mut rng = ChaCha20Rng::try_from_rng(&mut SysRng).map_err(|e| host_error(&e))?;
+    gate.release_dp(intakes, rho_nanos, &mut rng).map_err(|e| host_error(&e))
 }

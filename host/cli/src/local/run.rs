@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kanon_gate::{Isolation, Policy, PolicyLayer};
+use kanon_gate::{DpLayer, Isolation, Policy, PolicyLayer, Privacy};
 use kanon_runtime::{
     CancelToken, CompileLimits, CompileWorker, LoadedPlugin, RunReport, RunRequest, Runtime, RuntimeConfig,
 };
@@ -72,6 +72,12 @@ pub struct RunArgs {
     /// tighten).
     #[arg(long, value_parser = ["shared", "entity"])]
     isolation: Option<String>,
+    /// Release with differential privacy, spending this ρ (zCDP) per run:
+    /// 0.0244 is ε = 1 at δ = 1e-6. Every cell is released with noise, and
+    /// the plugin runs once per entity. Locally there is no budget ledger:
+    /// each run spends ρ again on the same people.
+    #[arg(long, value_name = "RHO")]
+    dp_rho: Option<f64>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -202,6 +208,10 @@ fn run_policy(args: &RunArgs) -> anyhow::Result<Policy> {
     }
     if args.isolation.as_deref() == Some("entity") {
         job.isolation = Some(Isolation::Entity);
+    }
+    if let Some(rho) = args.dp_rho {
+        job.privacy = Some(Privacy::Dp);
+        job.dp = Some(DpLayer { rho: Some(job.dp.and_then(|d| d.rho).map_or(rho, |j| j.min(rho))) });
     }
     Ok(Policy::for_run(&floor, [&tenant], &job)?)
 }
