@@ -128,7 +128,7 @@ fn a_dp_run_releases_every_cell_with_noise_of_the_stated_scale() {
         let request = RunRequest { policy: policy.clone(), ..request(trips(&rows), "{}") };
         let release = runtime().run(&plugin, request).unwrap().outcome.unwrap();
         let table = &release.tables[0];
-        assert_eq!(release.dp.as_ref().unwrap().rho_nanos, 24_400_000);
+        assert_eq!(release.dp.as_ref().unwrap().rho_nanos, 24_300_000);
         assert_eq!((table.cells.len(), table.suppressed_cells), (5, 0), "west and central too");
         let sd = table.noise_sd.as_ref().unwrap();
         sigma = (sd[0].unwrap(), sd[1].unwrap());

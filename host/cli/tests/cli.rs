@@ -136,12 +136,12 @@ fn a_dp_run_releases_every_cell_with_noise_and_its_interval() {
         args.extend_from_slice(extra);
         kanon(&dir, &args)
     };
-    let out = run(&["--dp-rho", "0.0244", "--json"]);
+    let out = run(&["--dp-rho", "0.0243", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["policy"]["privacy"], "dp");
     assert_eq!(json["policy"]["isolation"], "entity", "DP runs one instance per entity");
-    assert_eq!(json["dp"]["rho_nanos"], 24_400_000);
+    assert_eq!(json["dp"]["rho_nanos"], 24_300_000);
     assert_eq!(json["suppressed"][0]["suppressed_cells"], 0);
     let table = &json["tables"][0];
     let cells = table["cells"].as_array().unwrap();
@@ -157,14 +157,14 @@ fn a_dp_run_releases_every_cell_with_noise_and_its_interval() {
     assert!(table["noise_sd"][0].as_f64().unwrap() > 1.0, "{table}");
     // Two runs draw fresh noise from the operating system.
     let again: serde_json::Value =
-        serde_json::from_slice(&run(&["--dp-rho", "0.0244", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&run(&["--dp-rho", "0.0243", "--json"]).stdout).unwrap();
     assert_ne!(again["tables"], json["tables"]);
 
-    let out = run(&["--dp-rho", "0.0244"]);
+    let out = run(&["--dp-rho", "0.0243"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("every cell released with noise (differential privacy: ρ = 0.0244 per release"),
+        stdout.contains("every cell released with noise (differential privacy: ρ = 0.0243 per release"),
         "{stdout}"
     );
     assert!(stdout.contains(" ± "), "{stdout}");

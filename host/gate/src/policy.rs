@@ -101,7 +101,7 @@ impl Privacy {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpPolicy {
-    /// ρ of zero-concentrated DP one release spends: 0.0244 is ε = 1 at
+    /// ρ of zero-concentrated DP one release spends: 0.0243 is ε = 1 at
     /// δ = 10⁻⁶ ([`crate::dp::epsilon`]).
     pub rho: f64,
 }
@@ -114,7 +114,7 @@ impl Default for DpPolicy {
 
 impl DpPolicy {
     /// ε = 1 at δ = 10⁻⁶ by CKS20's Corollary 13.
-    pub const DEFAULT_RHO: f64 = 0.0244;
+    pub const DEFAULT_RHO: f64 = 0.0243;
     /// The least ρ a release may be given: one nano-ρ, the ledger's unit.
     pub const MIN_RHO: f64 = 1e-9;
     /// The most: already ε ≈ 2 000 at δ = 10⁻⁶, no privacy left to speak of.

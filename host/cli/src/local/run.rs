@@ -73,7 +73,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = ["shared", "entity"])]
     isolation: Option<String>,
     /// Release with differential privacy, spending this ρ (zCDP) per run:
-    /// 0.0244 is ε = 1 at δ = 1e-6. Every cell is released with noise, and
+    /// 0.0243 is ε = 1 at δ = 1e-6. Every cell is released with noise, and
     /// the plugin runs once per entity. Locally there is no budget ledger:
     /// each run spends ρ again on the same people.
     #[arg(long, value_name = "RHO")]
