@@ -353,19 +353,33 @@ impl Gate {
         let mut tallies = Vec::with_capacity(self.specs.len());
         let mut hidden = Vec::with_capacity(self.specs.len());
         for (t, spec) in self.specs.iter().enumerate() {
-            // A linked table is computed from its family's root, never from
-            // what the plugin contributed to it.
-            let derivation = self.derivations[t].as_ref();
-            let source = derivation.map_or(t, |d| d.root);
-            let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
             let summed = spec.summed_measures();
             let n = self.policy.dominance.n as usize;
-            let mut tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant, None);
+            let mut tally = self.tally(t, intakes, n, by_tenant, None);
             hidden.push(self.primary(spec, &summed, &tally, scope));
             tally.forget_contributors();
             tallies.push(tally);
         }
         (tallies, hidden)
+    }
+
+    /// Tally table `t` over `intakes` (its `n` largest contributors, by
+    /// tenant too if `by_tenant`; entity totals clamped if `clamp`). A
+    /// linked table is computed from its family's root, never from what the
+    /// plugin contributed to it.
+    fn tally(
+        &self,
+        t: usize,
+        intakes: &[TenantIntake],
+        n: usize,
+        by_tenant: bool,
+        clamp: Option<&[(i128, i128)]>,
+    ) -> Tally {
+        let derivation = self.derivations[t].as_ref();
+        let source = derivation.map_or(t, |d| d.root);
+        let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
+        let summed = self.specs[t].summed_measures();
+        Tally::new(&self.shapes[t], &tenants, &summed, derivation, n, by_tenant, clamp)
     }
 
     /// Complementary suppression: hide more cells until no hidden cell can
@@ -485,12 +499,9 @@ impl Gate {
     pub(crate) fn dp_exact(&self, intakes: &[TenantIntake], plan: &DpPlan) -> Vec<Vec<i128>> {
         let mut exact = Vec::with_capacity(plan.groups.len());
         for (t, spec) in self.specs.iter().enumerate() {
-            let derivation = self.derivations[t].as_ref();
-            let source = derivation.map_or(t, |d| d.root);
-            let tenants: Vec<&TableAccumulator> = intakes.iter().map(|i| &i.tables[source]).collect();
-            let summed = spec.summed_measures();
-            let clamp: Vec<(i128, i128)> = summed.iter().map(|&m| dp::fixed_bounds(spec, m)).collect();
-            let tally = Tally::new(&self.shapes[t], &tenants, &summed, derivation, 1, false, Some(&clamp));
+            let clamp: Vec<(i128, i128)> =
+                spec.summed_measures().iter().map(|&m| dp::fixed_bounds(spec, m)).collect();
+            let tally = self.tally(t, intakes, 1, false, Some(&clamp));
             for group in plan.groups.iter().filter(|g| g.table == t) {
                 exact.push(match group.quantity {
                     Quantity::Count => tally.entities.iter().map(|&e| i128::from(e)).collect(),
