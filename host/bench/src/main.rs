@@ -12,8 +12,8 @@ use clap::Parser;
 use emissions_benchmark::kernel::{self, Groups, REGIONS, Trips, UNKNOWN, VEHICLE_CLASSES};
 use kanon_datagen as datagen;
 use kanon_gate::{
-    Contributions, Dimension, Domain, Gate, Isolation, IssuedEntities, Measure, Policy, Scope, Statistic,
-    TableSpec,
+    Contributions, Dimension, Domain, Gate, Isolation, IssuedEntities, Measure, Policy, Privacy, Scope,
+    Statistic, TableSpec,
 };
 use kanon_runtime::{CancelToken, RunRequest, Runtime, RuntimeConfig};
 use kanon_vault::{
@@ -253,9 +253,10 @@ fn group_by(
 }
 
 /// Entity-isolated runs of the emissions plugin: one fresh instance per
-/// driver. Over the same trips as `group_by`, side by side with a shared run;
-/// then over `small` drivers of one trip each, where the per-entity cost is
-/// all there is.
+/// driver. Over the same trips as `group_by`, side by side with a shared run
+/// and a differentially private one (isolated too, with noise instead of
+/// suppression); then over `small` drivers of one trip each, where the
+/// per-entity cost is all there is.
 fn isolation(
     runtime: &Runtime,
     vault: &Vault,
@@ -265,9 +266,9 @@ fn isolation(
     report: &mut impl FnMut(Figure),
 ) -> anyhow::Result<()> {
     let plugin = runtime.load(kanon_bundled::EMISSIONS_BENCHMARK)?;
-    let run = |dataset: &DatasetVersion, isolation| -> anyhow::Result<kanon_runtime::RunStats> {
+    let run = |dataset: &DatasetVersion, isolation, privacy| -> anyhow::Result<kanon_runtime::RunStats> {
         let datasets: BTreeMap<String, DatasetVersion> = [("trips".to_owned(), dataset.clone())].into();
-        let policy = Policy { isolation, ..Policy::default() };
+        let policy = Policy { isolation, privacy, ..Policy::default() };
         let report = runtime.run(&plugin, local_request(datasets, "{}".into(), policy))?;
         match report.outcome {
             Ok(_) if report.stats.entities_failed == 0 => Ok(report.stats),
@@ -276,15 +277,21 @@ fn isolation(
         }
     };
     let mut stats = kanon_runtime::RunStats::default();
-    let shared = best_of(repeats, || run(trips, Isolation::Shared).map(drop))?;
+    let shared = best_of(repeats, || run(trips, Isolation::Shared, Privacy::Threshold).map(drop))?;
     let isolated = best_of(repeats, || {
-        stats = run(trips, Isolation::Entity)?;
+        stats = run(trips, Isolation::Entity, Privacy::Threshold)?;
         Ok(())
     })?;
+    let private = best_of(repeats, || run(trips, Isolation::Entity, Privacy::Dp).map(drop))?;
     report(Figure { name: "isolated_run_s", value: isolated.as_secs_f64(), unit: "s" });
     report(Figure {
         name: "isolated_vs_shared",
         value: isolated.as_secs_f64() / shared.as_secs_f64(),
+        unit: "ratio",
+    });
+    report(Figure {
+        name: "dp_vs_isolated",
+        value: private.as_secs_f64() / isolated.as_secs_f64(),
         unit: "ratio",
     });
     report(Figure {
@@ -314,7 +321,7 @@ fn isolation(
     vault.ingest("bench", "small", WriteMode::Replace, reader, "generated")?;
     let small = vault.dataset("bench", "small", None)?;
     let time = best_of(repeats, || {
-        stats = run(&small, Isolation::Entity)?;
+        stats = run(&small, Isolation::Entity, Privacy::Threshold)?;
         Ok(())
     })?;
     report(Figure {
