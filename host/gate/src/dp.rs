@@ -702,6 +702,25 @@ mod release_tests {
         assert_eq!(exact(&one)[0][0], 1, "one entity, counted once");
     }
 
+    #[test]
+    fn a_dp_gate_that_cannot_noise_its_tables_is_refused_at_setup() {
+        let mut wide = spec();
+        wide.dimensions[0].domain = Domain::Labels((0..30_000).map(|i| format!("r{i}")).collect());
+        let dp =
+            Policy { privacy: crate::Privacy::Dp, isolation: crate::Isolation::Entity, ..Policy::default() };
+        // Count and the litres sum: 60 000 values fit; a third quantity would not.
+        assert!(Gate::new(vec![wide.clone()], dp.clone(), Scope::Tenant).is_ok());
+        wide.measures.push(Measure { name: "km".into(), lower: 0.0, upper: 1.0 });
+        wide.statistics.push(Statistic::Sum("km".into()));
+        let err = Gate::new(vec![wide.clone()], dp, Scope::Tenant).unwrap_err();
+        assert_eq!(
+            err,
+            crate::GateError::Dp(DpError::TooManyValues { values: 90_000, max: MAX_NOISED_VALUES })
+        );
+        // The same tables under thresholds are fine.
+        assert!(Gate::new(vec![wide], Policy::default(), Scope::Tenant).is_ok());
+    }
+
     /// A generator that counts the bytes it hands out.
     struct Counting<R>(R, u64);
 
