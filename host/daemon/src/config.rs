@@ -195,9 +195,8 @@ impl DaemonConfig {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
         kanon_gate::Policy::floor(&self.floor).map_err(|e| ConfigError::Invalid(format!("floor: {e}")))?;
-        if self.floor.privacy == Some(kanon_gate::Privacy::Dp) {
-            return Err(ConfigError::Invalid(format!("floor: {}", crate::tenants::DP_NEEDS_LEDGER)));
-        }
+        crate::tenants::refuse_dp(&self.floor)
+            .map_err(|_| ConfigError::Invalid(format!("floor: {}", crate::tenants::DP_NEEDS_LEDGER)))?;
         Ok(())
     }
 }

@@ -601,7 +601,7 @@ mod tests {
 #[cfg(test)]
 mod release_tests {
     use super::*;
-    use crate::release::tests::spec;
+    use crate::release::tests::{add, issued, spec};
     use crate::{
         Contributions, Dimension, Domain, Gate, IssuedEntities, Measure, Policy, Scope, TenantIntake,
     };
@@ -611,15 +611,6 @@ mod release_tests {
 
     const RHO: u64 = 24_300_000; // ε = 1 at δ = 10⁻⁶
 
-    fn issued(n: u64) -> (IssuedEntities, Vec<u64>) {
-        let mut issued = IssuedEntities::new();
-        let ids: Vec<u64> = (0..n).map(|i| 0xd9_0000 + i * 7919).collect();
-        ids.iter().for_each(|&p| {
-            issued.issue(p);
-        });
-        (issued, ids)
-    }
-
     fn fuel(
         gate: &Gate,
         issued: &IssuedEntities,
@@ -628,8 +619,7 @@ mod release_tests {
         litres: &[f64],
     ) -> TenantIntake {
         let mut intake = gate.intake();
-        let batch = Contributions { entities, dimensions: &[codes], measures: &[litres] };
-        intake.contribute(0, issued, &batch).unwrap();
+        add(&mut intake, issued, entities, codes, litres).unwrap();
         intake
     }
 

@@ -742,7 +742,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn issued(n: u64) -> (IssuedEntities, Vec<u64>) {
+    pub(crate) fn issued(n: u64) -> (IssuedEntities, Vec<u64>) {
         let mut issued = IssuedEntities::new();
         let ids: Vec<u64> = (0..n).map(|i| 0x5eed_0000 + i * 7919).collect();
         ids.iter().for_each(|&p| {
@@ -758,7 +758,7 @@ pub(crate) mod tests {
         (gate, intake)
     }
 
-    fn add(
+    pub(crate) fn add(
         intake: &mut TenantIntake,
         issued: &IssuedEntities,
         entities: &[u64],
