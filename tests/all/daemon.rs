@@ -604,6 +604,9 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         | ("DELETE", "/v1/tenants/{tenant}/grants/{id}") => &[(TenantAdmin, 404)],
         // The operator passes the role check but holds no support grant.
         ("GET", "/v1/tenants/{tenant}/jobs") => &[(TenantAdmin, 200), (Operator, 403)],
+        // The same for the budget; an analyst with no live approval on the
+        // tenant is told it does not exist.
+        ("GET", "/v1/tenants/{tenant}/budget") => &[(TenantAdmin, 200), (Operator, 403), (Analyst, 404)],
         ("GET", "/v1/tenants/{tenant}/audit") | ("GET", "/v1/tenants/{tenant}/grants") => {
             &[(TenantAdmin, 200)]
         }

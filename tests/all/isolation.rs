@@ -348,28 +348,20 @@ pub(crate) fn joins_on_the_entity() {
     let loose = grant(PolicyLayer { min_entities: Some(2), ..PolicyLayer::default() });
     assert_eq!(loose.status, 422, "looser than the floor: {}", loose.text());
 
-    // Differential privacy is refused wherever a layer can ask for it,
-    // until the daemon has its budget ledger, and nothing is recorded.
+    // An approval may require differential privacy (its job then runs
+    // isolated and noised, charged to the tenant's budget), but it cannot
+    // set the budget, which is the tenant's.
     let dp = PolicyLayer { privacy: Some(Privacy::Dp), ..PolicyLayer::default() };
-    let refused = grant(dp.clone());
-    assert_eq!(refused.status, 422, "{}", refused.text());
-    assert!(refused.text().contains("privacy-budget ledger"), "{}", refused.text());
-    let err = admin.set_tenant_policy("acme", &dp).unwrap_err();
-    assert_eq!(err.status(), Some(422), "{err}");
-    assert!(err.to_string().contains("privacy-budget ledger"), "{err}");
-    assert_eq!(admin.tenant_policy("acme").unwrap(), PolicyLayer::default());
-    let err = analyst
-        .submit_job(&SubmitRequest {
-            tenant: "acme".into(),
-            plugin: plugin.hash.clone(),
-            approval: approval.id.clone(),
-            datasets: ["trips", "contracts", "factors"].map(|d| (d.to_owned(), d.to_owned())).into(),
-            params: None,
-            policy: Some(dp),
-        })
-        .unwrap_err();
-    assert_eq!(err.status(), Some(422), "{err}");
-    assert!(err.to_string().contains("privacy-budget ledger"), "{err}");
+    let dp_approval = grant(dp.clone());
+    assert_eq!(dp_approval.status, 201, "{}", dp_approval.text());
+    let dp_approval: Approval = dp_approval.json().unwrap();
+    let noised = run_under(&dp_approval, PolicyLayer::default());
+    assert_eq!((noised.policy.privacy, noised.policy.isolation), (Privacy::Dp, Isolation::Entity));
+    assert!(noised.dp.is_some() && noised.tables[0].noise_sd.is_some(), "{noised:?}");
+    let budget = r#"{"dp": {"budget_rho": 1.0}}"#;
+    let sub_budget = grant(serde_json::from_str(budget).unwrap());
+    assert_eq!(sub_budget.status, 422, "{}", sub_budget.text());
+    assert!(sub_budget.text().contains("are the tenant's"), "{}", sub_budget.text());
 }
 
 /// Every hostile fixture that passes upload, run isolated over two datasets

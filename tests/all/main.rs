@@ -6,6 +6,7 @@ mod daemon_ops;
 mod hostile;
 mod isolation;
 mod plugins;
+mod privacy;
 mod upload;
 mod vault;
 mod work;

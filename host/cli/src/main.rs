@@ -17,7 +17,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use local::{run as runner, vault as vault_cmd};
-use remote::{approvals, audit, backups, benchmarks, grants, jobs, login, plugins, results, tenants, tokens};
+use remote::{
+    approvals, audit, backups, benchmarks, budget, grants, jobs, login, plugins, results, tenants, tokens,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +79,9 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// Daemon: a job's released tables.
     Results(results::ResultsArgs),
+    /// Daemon: a tenant's privacy budget, what differentially private runs
+    /// charged and what remains.
+    Budget(budget::BudgetArgs),
     /// Daemon: show, export and verify audit logs.
     Audit(audit::AuditArgs),
     /// Daemon: support-access grants (tenant admin).
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
         Command::Approvals(args) => approvals::approvals(args),
         Command::Jobs(args) => jobs::jobs(args),
         Command::Results(args) => results::results(args),
+        Command::Budget(args) => budget::budget(args),
         Command::Audit(args) => audit::audit(args),
         Command::Grants(args) => grants::grants(args),
         Command::Backups(args) => backups::backups(args),

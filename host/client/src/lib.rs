@@ -171,6 +171,12 @@ impl Client {
         self.send("PUT", &routes::fill(routes::TENANT_POLICY, &[tenant]), policy)
     }
 
+    /// `GET /v1/tenants/{tenant}/budget` (tenant admin, operator, or an
+    /// analyst with a live approval on the tenant): its privacy budget.
+    pub fn tenant_budget(&self, tenant: &str) -> Result<Budget> {
+        self.get(&routes::fill(routes::TENANT_BUDGET, &[tenant]))
+    }
+
     /// `GET /v1/tenants/{tenant}/audit` (tenant admin): the tenant's chain.
     pub fn tenant_audit(&self, tenant: &str) -> Result<AuditExport> {
         self.get(&routes::fill(routes::TENANT_AUDIT, &[tenant]))

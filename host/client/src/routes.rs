@@ -19,6 +19,7 @@ pub const ENROL: &str = "/v1/enrol";
 pub const TOKENS: &str = "/v1/tokens";
 pub const TOKEN: &str = "/v1/tokens/{id}";
 pub const TENANT_POLICY: &str = "/v1/tenants/{tenant}/policy";
+pub const TENANT_BUDGET: &str = "/v1/tenants/{tenant}/budget";
 pub const TENANT_AUDIT: &str = "/v1/tenants/{tenant}/audit";
 pub const TENANT_GRANTS: &str = "/v1/tenants/{tenant}/grants";
 pub const TENANT_GRANT: &str = "/v1/tenants/{tenant}/grants/{id}";

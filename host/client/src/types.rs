@@ -9,6 +9,7 @@
 mod approvals;
 mod audit;
 mod benchmarks;
+mod budget;
 mod datasets;
 mod jobs;
 mod plugins;
@@ -25,6 +26,7 @@ pub use benchmarks::{
     Benchmark, BenchmarkRun, BenchmarkStats, BenchmarkVersion, BenchmarkView, DatasetMapping, NewBenchmark,
     OptIn, OptInRequest, PositionView, VersionSummary,
 };
+pub use budget::{Budget, Charge, ChargeState, rho_text};
 pub use datasets::{
     DatasetClassification, DatasetColumnType, DatasetField, DatasetSchema, DatasetVersionInfo,
 };

@@ -220,6 +220,13 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
             .map_err(Error::from)
             .and_then(|t| t.ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`"))))
             .and_then(|record| {
+                // Never released under thresholds instead, and nothing read.
+                if crate::budget::Terms::of(&app.config.floor, &record.policy)?.dp_required {
+                    return Err(Error::Unprocessable(
+                        "its policy requires differential privacy, which benchmark runs do not offer yet"
+                            .into(),
+                    ));
+                }
                 let datasets = benchmarks::mapped_datasets(app, &tenant, &plugin.manifest, &opt_in.datasets)?;
                 let secret = app.vault.pseudonym_secret(&tenant)?;
                 Ok((record, datasets, secret))

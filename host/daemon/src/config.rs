@@ -195,8 +195,6 @@ impl DaemonConfig {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
         kanon_gate::Policy::floor(&self.floor).map_err(|e| ConfigError::Invalid(format!("floor: {e}")))?;
-        crate::tenants::refuse_dp(&self.floor)
-            .map_err(|_| ConfigError::Invalid(format!("floor: {}", crate::tenants::DP_NEEDS_LEDGER)))?;
         Ok(())
     }
 }
@@ -238,9 +236,11 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("jobs.concurrent"));
         let loose = DaemonConfig::from_toml("kanon.toml", "[floor]\nmin_entities = 0\n").unwrap();
         assert!(loose.validate().unwrap_err().to_string().starts_with("floor"));
-        // Differential privacy needs the budget ledger, which the daemon has not.
+        // A DP floor is fine; a budget smaller than one release is not.
         let dp = DaemonConfig::from_toml("kanon.toml", "[floor]\nprivacy = \"dp\"\n").unwrap();
-        let err = dp.validate().unwrap_err().to_string();
-        assert!(err.starts_with("floor") && err.contains("privacy-budget ledger"), "{err}");
+        dp.validate().unwrap();
+        let tiny = "[floor]\nprivacy = \"dp\"\n[floor.dp]\nbudget_rho = 0.001\n";
+        let err = DaemonConfig::from_toml("kanon.toml", tiny).unwrap().validate().unwrap_err().to_string();
+        assert!(err.starts_with("floor") && err.contains("dp.budget_rho"), "{err}");
     }
 }

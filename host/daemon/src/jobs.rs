@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kanon_gate::{Policy, Release};
+use kanon_gate::{Gate, Policy, PolicyLayer, Release, Scope};
 use kanon_runtime::{CancelToken, FailureClass, OwnerLog, RunReport, RunRequest, RunStats};
 use serde_json::json;
 
 use crate::approvals::{self, Approval, JobAsk};
+use crate::budget::{self, ChargeState, Standing, Terms};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::sealed::{self, Sealed};
@@ -77,12 +78,15 @@ pub(crate) fn whole_seconds(elapsed: Duration) -> u64 {
     (elapsed.as_millis() as u64 + 500) / 1000
 }
 
-/// Submit a job in `write`: checks the approval and the tenant's queue.
-/// `Ok(Err(reason))`: no live approval covers it; the caller audits the
-/// refusal. A tenant that does not exist is refused alike, so the answer
-/// does not tell an analyst which tenants exist.
+/// Submit a job in `write`: checks the approval, the tenant's queue and,
+/// for a differentially private job, the tenant's privacy budget (a 409
+/// saying what is left; the run charges it, and checks again, before it
+/// reads anything). `Ok(Err(reason))`: no live approval covers it; the
+/// caller audits the refusal. A tenant that does not exist is refused
+/// alike, so the answer does not tell an analyst which tenants exist.
 pub(crate) fn submit(
     write: &mut Write<'_>,
+    floor: &PolicyLayer,
     limits: &JobLimits,
     actor: &str,
     analyst: &str,
@@ -105,8 +109,18 @@ pub(crate) fn submit(
     let plugin = write.get(crate::store::PLUGINS, &ask.plugin)?;
     let plugin = plugin.ok_or_else(|| Error::NotFound(format!("plugin `{}`", ask.plugin)))?;
     plugin.manifest.check_params(&params.to_string()).map_err(|e| Error::BadRequest(e.to_string()))?;
-    if let Some(policy) = &ask.policy {
-        crate::tenants::refuse_dp(policy)?;
+    let layer = ask.policy.clone().unwrap_or_default();
+    budget::refuse_budget_terms(&layer)?;
+    let approval_policy = write.get(APPROVALS, &ask.approval)?.map(|a| a.policy).unwrap_or_default();
+    let policy = Policy::floor(floor)
+        .and_then(|floor| Policy::for_run(&floor, [&tenant.policy, &approval_policy], &layer))
+        .map_err(|e| Error::Unprocessable(format!("the policy is refused: {e}")))?;
+    if let Some(cost) = policy.dp_rho_nanos() {
+        let now = now_ms();
+        let standing = Standing::of(&*write, &tenant.name, Terms::of(floor, &tenant.policy)?, now)?;
+        if let Some(shortfall) = standing.shortfall(&tenant.name, cost, now) {
+            return Err(Error::Conflict(shortfall.to_string()));
+        }
     }
     let queued = write.count_listed(JOBS, QUEUED_JOBS_OF_TENANT, &tenant.name)?;
     if queued >= limits.queued_per_tenant {
@@ -135,6 +149,7 @@ pub(crate) fn submit(
         versions: BTreeMap::new(),
         stats: None,
         replay_of: None,
+        rho_charged_nanos: 0,
     };
     work::enqueue(write, &job)?;
     write.audit(
@@ -219,6 +234,14 @@ impl Work for Job {
     fn finish(&self, app: &App, outcome: Outcome, elapsed: Duration) -> Result<Committed> {
         finish(app, self, outcome, elapsed)
     }
+
+    /// Its privacy charge, if it had one, stays spent: the run may have
+    /// read data before the daemon stopped under it.
+    fn on_abandon(&mut self, write: &mut Write<'_>) -> Result<(), crate::StoreError> {
+        let charged = budget::settle(write, &self.tenant, &self.id, ChargeState::Spent)?;
+        self.rho_charged_nanos = charged.unwrap_or(0);
+        Ok(())
+    }
 }
 
 /// What a run came to, before it is recorded.
@@ -285,6 +308,20 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         Err(e) => return not_run("host-error", e.to_string()),
     }
     drop(read);
+    if let Some(cost) = policy.dp_rho_nanos() {
+        // A release the gate cannot make is refused before it is charged.
+        if let Err(e) = Gate::new(plugin.manifest.outputs.clone(), policy.clone(), Scope::Tenant) {
+            return not_run("policy", e.to_string());
+        }
+        match reserve(app, job, &request, cost) {
+            Ok(Reserved::Charged) => {}
+            Ok(Reserved::Replay(of, release)) => {
+                return Outcome::Replayed { of, release: Box::new(release), versions };
+            }
+            Ok(Reserved::Short(shortfall)) => return not_run("privacy-budget", shortfall),
+            Err(e) => return not_run("host-error", e.to_string()),
+        }
+    }
     let secret = match app.vault.pseudonym_secret(&job.tenant) {
         Ok(secret) => secret,
         Err(e) => return not_run("host-error", e.to_string()),
@@ -301,6 +338,33 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         Ok(report) => Outcome::Ran { report: Box::new(report), versions, request },
         Err(e) => not_run("bad-request", e.to_string()),
     }
+}
+
+/// What came of reserving a differentially private job's charge.
+enum Reserved {
+    /// Charged, durably: the run may read data.
+    Charged,
+    /// An identical request finished meanwhile: its release, no charge.
+    Replay(String, Release),
+    /// The tenant's budget has too little left; nothing was charged.
+    Short(String),
+}
+
+/// Charge `job`'s tenant `cost` for it, unless an identical request was
+/// answered in the meantime. Returns once the charge is durable, so no
+/// crash after it can forget a run that read data.
+fn reserve(app: &App, job: &Job, request: &str, cost: u64) -> Result<Reserved> {
+    app.store.write(|w| {
+        if let Some((of, release)) = replayed(w, request)? {
+            return Ok(Reserved::Replay(of, release));
+        }
+        let tenant = crate::tenants::get(w, &job.tenant)?;
+        let terms = Terms::of(&app.config.floor, &tenant.policy)?;
+        Ok(match budget::reserve(w, terms, &job.tenant, &job.id, &job.analyst, cost, now_ms())? {
+            Ok(_) => Reserved::Charged,
+            Err(shortfall) => Reserved::Short(shortfall.to_string()),
+        })
+    })
 }
 
 /// What makes two jobs the same request: the tenant, the plugin, the params,
@@ -366,6 +430,8 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<C
         current.versions = versions;
         w.put(OWNER_LOGS, &job.id, &sealed)?;
         if current.cancel_requested {
+            current.rho_charged_nanos =
+                budget::settle(w, &job.tenant, &job.id, ChargeState::Spent)?.unwrap_or(0);
             current.state = JobState::Cancelled;
             w.put(JOBS, &job.id, &current)?;
             w.audit(&job.tenant, "daemon", "job.finish", json!({"job": job.id, "outcome": "cancelled"}))?;
@@ -385,6 +451,11 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<C
                 }
             }
         }
+        // Its charge, if it ran under DP: released with its own release,
+        // spent otherwise (it read data and released nothing of its own).
+        let released = matches!(&release, Some((_, Some(_), _)));
+        let settled = if released { ChargeState::Released } else { ChargeState::Spent };
+        current.rho_charged_nanos = budget::settle(w, &job.tenant, &job.id, settled)?.unwrap_or(0);
         current.state = state;
         current.failure = failure.clone();
         current.stats = release.as_ref().map(|(release, _, _)| JobStats {

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod backup;
 pub mod benchmark_runs;
 pub mod benchmarks;
+mod budget;
 pub mod config;
 pub mod enrolment;
 mod error;

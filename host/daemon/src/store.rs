@@ -26,6 +26,7 @@ use crate::audit::{AuditEntry, AuditHead, ChainVerifier, NextEntry};
 use crate::auth::TokenRecord;
 use crate::benchmark_runs::{BenchmarkRun, BenchmarkVersion};
 use crate::benchmarks::{Benchmark, OptIn};
+use crate::budget::Charge;
 use crate::enrolment::EnrolmentRecord;
 use crate::jobs::{Job, JobState};
 use crate::pending::Intent;
@@ -174,6 +175,9 @@ pub(crate) const ENROLMENTS: Table<EnrolmentRecord> = Table::listed("enrolments"
 pub(crate) const PENDING: Table<Intent> = Table::new("pending_changes");
 /// Work that started and has not finished: id to id.
 pub(crate) const RUNNING: Table<String> = Table::new("running");
+/// The privacy-budget ledger ([`crate::budget`]): `tenant/run` to the run's
+/// charge. Never deleted: the window is applied as charges are read.
+pub(crate) const PRIVACY_CHARGES: Table<Charge> = Table::new("privacy_charges");
 const AUDIT_HEADS: Table<AuditHead> = Table::new("audit_heads");
 
 /// Queued work (jobs, benchmark runs) in submission order: sequence number
@@ -185,7 +189,7 @@ const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit")
 const LISTINGS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("listings");
 
 /// Every keyed table, to create them all at open and copy them in a backup.
-const RECORD_TABLES: [RawTable; 20] = [
+const RECORD_TABLES: [RawTable; 21] = [
     META,
     TOKENS.raw(),
     TENANTS.raw(),
@@ -206,6 +210,7 @@ const RECORD_TABLES: [RawTable; 20] = [
     ENROLMENTS.raw(),
     PENDING.raw(),
     RUNNING.raw(),
+    PRIVACY_CHARGES.raw(),
 ];
 
 /// The listings `LISTINGS` should hold, derived from every listed table's
@@ -1063,6 +1068,7 @@ pub(crate) trait RecordRead {
     fn get<R: DeserializeOwned>(&self, table: Table<R>, key: &str) -> Result<Option<R>, StoreError>;
     fn get_as<V: DeserializeOwned, R>(&self, table: Table<R>, key: &str) -> Result<Option<V>, StoreError>;
     fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError>;
+    fn prefixed<R: DeserializeOwned>(&self, table: Table<R>, prefix: &str) -> Result<Vec<R>, StoreError>;
     fn queue(&self) -> Result<Vec<String>, StoreError>;
 }
 
@@ -1136,6 +1142,10 @@ macro_rules! record_reads {
 
             fn all<R: DeserializeOwned>(&self, table: Table<R>) -> Result<Vec<R>, StoreError> {
                 <$snapshot>::all(self, table)
+            }
+
+            fn prefixed<R: DeserializeOwned>(&self, table: Table<R>, prefix: &str) -> Result<Vec<R>, StoreError> {
+                <$snapshot>::prefixed(self, table, prefix)
             }
 
             fn queue(&self) -> Result<Vec<String>, StoreError> {

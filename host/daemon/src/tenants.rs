@@ -1,7 +1,7 @@
 //! Tenants: created by the operator, each with its own policy layer (the
 //! gate issue's tenant policy) and its own audit chain.
 
-use kanon_gate::{Policy, PolicyLayer, Privacy};
+use kanon_gate::{Policy, PolicyLayer};
 
 use crate::error::{Error, Result};
 use crate::store::{TENANTS, Write};
@@ -33,24 +33,8 @@ pub(crate) fn get(write: &Write<'_>, name: &str) -> Result<TenantRecord> {
     write.get(TENANTS, name)?.ok_or_else(|| Error::NotFound(format!("tenant `{name}`")))
 }
 
-/// Why the daemon refuses `privacy = "dp"` in any policy layer.
-pub(crate) const DP_NEEDS_LEDGER: &str = "differential privacy (`privacy = \"dp\"`) needs the privacy-budget \
-     ledger, which this daemon does not have yet; `kanon run` applies it to local files";
-
-/// Refuse a differentially private layer: without a budget ledger every
-/// job would spend ρ again, without bound, so the daemon does not claim the
-/// guarantee at all (the tenant's, the approval's and the job's layers,
-/// and the operator's floor at start).
-pub(crate) fn refuse_dp(layer: &PolicyLayer) -> Result<()> {
-    if layer.privacy == Some(Privacy::Dp) {
-        return Err(Error::Unprocessable(format!("the policy is refused: {DP_NEEDS_LEDGER}")));
-    }
-    Ok(())
-}
-
 /// Check a tenant's policy layer against the operator's floor.
 pub(crate) fn check_policy(floor: &PolicyLayer, layer: &PolicyLayer) -> Result<()> {
-    refuse_dp(layer)?;
     let floor = Policy::floor(floor).map_err(|e| Error::Internal(e.to_string()))?;
     floor.validate().map_err(|e| Error::Internal(e.to_string()))?;
     Policy::for_run(&floor, [layer], &PolicyLayer::default())

@@ -94,6 +94,13 @@ pub(crate) trait Work: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// [`ControlStore::commit`]: the lifecycle gives the slot back before
     /// it waits for the commit to be durable.
     fn finish(&self, app: &App, outcome: Self::Outcome, elapsed: Duration) -> Result<Committed>;
+    /// When the lifecycle ends running work itself, as failed (the daemon
+    /// stopped under it, or its finish could not be recorded): what the
+    /// kind records beside that end, in the same transaction, before the
+    /// record is stored.
+    fn on_abandon(&mut self, _write: &mut Write<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The accessors of [`Work`] for a record with the lifecycle's fields:
@@ -352,6 +359,7 @@ fn end_running<W: Work>(w: &mut Write<'_>, id: &str, failure: &str) -> Result<bo
     }
     record.set_state(JobState::Failed);
     record.set_failure(failure);
+    record.on_abandon(w)?;
     w.put(W::TABLE, id, &record)?;
     finished(w, &record)?;
     let chain = record.chain().to_owned();
@@ -964,6 +972,7 @@ mod tests {
             versions: BTreeMap::new(),
             stats: None,
             replay_of: None,
+            rho_charged_nanos: 0,
         }
     }
 
@@ -1026,6 +1035,43 @@ mod tests {
         assert_eq!(scheduler.running(), 1, "a second release of one id frees nothing");
         scheduler.stopping.send_replace(true);
         assert!(scheduler.claim(JOB_D, acme).is_none(), "nothing starts while stopping");
+    }
+
+    #[test]
+    fn a_privacy_charge_left_by_a_crash_stays_spent_and_is_settled_once() {
+        use crate::budget::{self, ChargeState, Standing, Terms};
+        let dir = tempfile::tempdir().unwrap();
+        let terms = Terms { budget_nanos: 100, window_days: 30, dp_required: true };
+        {
+            let store = ControlStore::open(dir.path()).unwrap();
+            store
+                .write(|w| {
+                    w.put(JOBS, JOB_RUNNING, &job(JOB_RUNNING, 1, JobState::Running))?;
+                    w.put(RUNNING, JOB_RUNNING, &JOB_RUNNING.to_owned())?;
+                    budget::reserve(w, terms, "acme", JOB_RUNNING, "ana", 40, now_ms())
+                })
+                .unwrap()
+                .unwrap();
+            // The daemon stops here, after the durable reservation and
+            // before the run's finish.
+        }
+        let store = ControlStore::open(dir.path()).unwrap();
+        assert_eq!(recover(&store).unwrap(), 1);
+        let read = store.read().unwrap();
+        let job: Job = read.get(JOBS, JOB_RUNNING).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.failure.as_deref(), job.rho_charged_nanos),
+            (JobState::Failed, Some(INTERRUPTED), 40)
+        );
+        let standing = Standing::of(&read, "acme", terms, now_ms()).unwrap();
+        assert_eq!((standing.charged_nanos, standing.remaining_nanos), (40, 60), "never refunded");
+        assert_eq!(standing.charges[0].state, ChargeState::Spent);
+        drop(read);
+        assert_eq!(recover(&store).unwrap(), 0);
+        let (chain, _) = store.read().unwrap().audit("acme").unwrap();
+        let privacy: Vec<&str> =
+            chain.iter().map(|e| e.action.as_str()).filter(|a| a.starts_with("privacy.")).collect();
+        assert_eq!(privacy, ["privacy.reserve", "privacy.settle"], "settled once");
     }
 
     #[test]

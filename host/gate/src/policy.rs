@@ -104,11 +104,23 @@ pub struct DpPolicy {
     /// ρ of zero-concentrated DP one release spends: 0.0243 is ε = 1 at
     /// δ = 10⁻⁶ ([`crate::dp::epsilon`]).
     pub rho: f64,
+    /// ρ a tenant's releases may spend together in any `window_days`: what
+    /// the daemon's ledger holds them to. The tenant's (floor and tenant
+    /// layers); a run's own layers cannot set it.
+    #[serde(default = "DpPolicy::default_budget_rho")]
+    pub budget_rho: f64,
+    /// The ledger's rolling window, in days: a charge counts for this long.
+    #[serde(default = "DpPolicy::default_window_days")]
+    pub window_days: u32,
 }
 
 impl Default for DpPolicy {
     fn default() -> Self {
-        Self { rho: Self::DEFAULT_RHO }
+        Self {
+            rho: Self::DEFAULT_RHO,
+            budget_rho: Self::DEFAULT_BUDGET_RHO,
+            window_days: Self::DEFAULT_WINDOW_DAYS,
+        }
     }
 }
 
@@ -119,14 +131,48 @@ impl DpPolicy {
     pub const MIN_RHO: f64 = 1e-9;
     /// The most: already ε ≈ 2 000 at δ = 10⁻⁶, no privacy left to speak of.
     pub const MAX_RHO: f64 = 1e4;
+    /// About twenty releases at ε = 1 a window (ε ≈ 5.7 together at
+    /// δ = 10⁻⁶): the operator's to change in the floor.
+    pub const DEFAULT_BUDGET_RHO: f64 = 0.5;
+    /// The most a window may hold: a thousand releases at the most ρ.
+    pub const MAX_BUDGET_RHO: f64 = 1e7;
+    /// A rolling month.
+    pub const DEFAULT_WINDOW_DAYS: u32 = 30;
+    /// Ten years: for a budget meant to last.
+    pub const MAX_WINDOW_DAYS: u32 = 3650;
+
+    fn default_budget_rho() -> f64 {
+        Self::DEFAULT_BUDGET_RHO
+    }
+
+    fn default_window_days() -> u32 {
+        Self::DEFAULT_WINDOW_DAYS
+    }
 
     fn is_default(&self) -> bool {
         *self == Self::default()
     }
 
-    /// ρ in whole nano-ρ, rounded up.
+    /// ρ in whole nano-ρ. Rounded to the nearest, which is exact for any ρ
+    /// written with up to nine decimals: flooring would turn 0.00013 (whose
+    /// product is 129 999.999… nano-ρ) into one nano-ρ less than written.
     pub fn rho_nanos(&self) -> u64 {
-        (self.rho * crate::dp::NANOS_PER_RHO as f64).ceil() as u64
+        (self.rho * crate::dp::NANOS_PER_RHO as f64).round() as u64
+    }
+
+    /// The window's budget in whole nano-ρ, rounded as [`Self::rho_nanos`].
+    pub fn budget_nanos(&self) -> u64 {
+        (self.budget_rho * crate::dp::NANOS_PER_RHO as f64).round() as u64
+    }
+
+    /// This with every field of `layer` that is stricter applied.
+    fn tightened(&self, layer: Option<DpLayer>) -> DpPolicy {
+        let layer = layer.unwrap_or_default();
+        DpPolicy {
+            rho: layer.rho.map_or(self.rho, |r| r.min(self.rho)),
+            budget_rho: layer.budget_rho.map_or(self.budget_rho, |b| b.min(self.budget_rho)),
+            window_days: layer.window_days.map_or(self.window_days, |d| d.max(self.window_days)),
+        }
     }
 }
 
@@ -134,7 +180,20 @@ impl DpPolicy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpLayer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rho: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_rho: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_days: Option<u32>,
+}
+
+impl DpLayer {
+    /// Whether this layer sets the tenant's budget terms, which only the
+    /// floor and a tenant may.
+    pub fn sets_budget(&self) -> bool {
+        self.budget_rho.is_some() || self.window_days.is_some()
+    }
 }
 
 /// What one entity's instance may use in an entity-isolated run. Stricter
@@ -376,6 +435,23 @@ impl Policy {
                 format!("must be {} to {}, got {rho}", DpPolicy::MIN_RHO, DpPolicy::MAX_RHO),
             );
         }
+        let budget = self.dp.budget_rho;
+        if !(rho..=DpPolicy::MAX_BUDGET_RHO).contains(&budget) {
+            return invalid(
+                "dp.budget_rho",
+                format!(
+                    "must be at least one release's `dp.rho` ({rho}) and at most {}, got {budget}",
+                    DpPolicy::MAX_BUDGET_RHO
+                ),
+            );
+        }
+        let days = self.dp.window_days;
+        if !(1..=DpPolicy::MAX_WINDOW_DAYS).contains(&days) {
+            return invalid(
+                "dp.window_days",
+                format!("must be 1 to {}, got {days}", DpPolicy::MAX_WINDOW_DAYS),
+            );
+        }
         if self.privacy == Privacy::Dp && self.isolation != Isolation::Entity {
             return invalid("isolation", "differential privacy needs `entity` isolation".into());
         }
@@ -413,7 +489,14 @@ impl Policy {
                 .entity_budget
                 .map_or(default.entity_budget, |b| default.entity_budget.with(&b)),
             privacy: layer.privacy.unwrap_or(default.privacy),
-            dp: DpPolicy { rho: layer.dp.and_then(|d| d.rho).unwrap_or(default.dp.rho) },
+            dp: {
+                let dp = layer.dp.unwrap_or_default();
+                DpPolicy {
+                    rho: dp.rho.unwrap_or(default.dp.rho),
+                    budget_rho: dp.budget_rho.unwrap_or(default.dp.budget_rho),
+                    window_days: dp.window_days.unwrap_or(default.dp.window_days),
+                }
+            },
         }
         .isolated_if_dp();
         floor.validate()?;
@@ -466,8 +549,15 @@ impl Policy {
         if let Some(p) = layer.privacy.filter(|&p| p < self.privacy) {
             return looser("privacy", p.name().into(), self.privacy.name().into());
         }
-        if let Some(rho) = layer.dp.and_then(|d| d.rho).filter(|&rho| rho > self.dp.rho) {
+        let dp = layer.dp.unwrap_or_default();
+        if let Some(rho) = dp.rho.filter(|&rho| rho > self.dp.rho) {
             return looser("dp.rho", rho.to_string(), self.dp.rho.to_string());
+        }
+        if let Some(budget) = dp.budget_rho.filter(|&b| b > self.dp.budget_rho) {
+            return looser("dp.budget_rho", budget.to_string(), self.dp.budget_rho.to_string());
+        }
+        if let Some(days) = dp.window_days.filter(|&d| d < self.dp.window_days) {
+            return looser("dp.window_days", days.to_string(), self.dp.window_days.to_string());
         }
         Ok(())
     }
@@ -499,7 +589,7 @@ impl Policy {
                 .entity_budget
                 .map_or(self.entity_budget, |b| self.entity_budget.tightened(&b)),
             privacy: layer.privacy.map_or(self.privacy, |p| p.max(self.privacy)),
-            dp: DpPolicy { rho: layer.dp.and_then(|d| d.rho).map_or(self.dp.rho, |r| r.min(self.dp.rho)) },
+            dp: self.dp.tightened(layer.dp),
         }
         .isolated_if_dp()
     }
@@ -815,8 +905,13 @@ mod tests {
         let policy = Policy::for_run(&floor, [], &dp).unwrap();
         assert_eq!((policy.privacy, policy.isolation), (Privacy::Dp, Isolation::Entity));
         assert_eq!(policy.dp_rho_nanos(), Some(10_000_000));
+        // ρ in nano-ρ is what was written, even where the double's product is not.
+        assert_eq!(DpPolicy { rho: 0.00013, ..DpPolicy::default() }.rho_nanos(), 130_000);
         // ρ only shrinks: a job asking for more keeps the tenant's.
-        let more = PolicyLayer { dp: Some(DpLayer { rho: Some(0.5) }), ..PolicyLayer::default() };
+        let more = PolicyLayer {
+            dp: Some(DpLayer { rho: Some(0.5), ..DpLayer::default() }),
+            ..PolicyLayer::default()
+        };
         assert_eq!(Policy::for_run(&floor, [&dp], &more).unwrap().dp.rho, 0.01);
         // Under a DP floor, threshold, shared isolation or a larger ρ is looser.
         let dp_floor = Policy::floor(&dp).unwrap();
@@ -828,12 +923,30 @@ mod tests {
         assert!(looser("privacy = \"threshold\"\n").contains("`privacy`: threshold, which is looser"));
         assert!(looser("isolation = \"shared\"\n").contains("`isolation`: shared, which is looser"));
         assert!(looser("[dp]\nrho = 0.02\n").contains("`dp.rho`: 0.02, which is looser"));
+        // The budget: a larger one or a shorter window is looser; a smaller
+        // one and a longer window win.
+        assert!(looser("[dp]\nbudget_rho = 0.6\n").contains("`dp.budget_rho`: 0.6, which is looser"));
+        assert!(looser("[dp]\nwindow_days = 7\n").contains("`dp.window_days`: 7, which is looser"));
+        let tighter = PolicyLayer::from_toml("t.toml", "[dp]\nbudget_rho = 0.2\nwindow_days = 90\n").unwrap();
+        let policy = Policy::for_run(&dp_floor, [&tighter], &PolicyLayer::default()).unwrap();
+        assert_eq!((policy.dp.budget_rho, policy.dp.window_days, policy.dp.rho), (0.2, 90, 0.01));
+        assert_eq!(policy.dp.budget_nanos(), 200_000_000);
+        assert!(tighter.dp.unwrap().sets_budget() && !dp.dp.unwrap().sets_budget());
         // Unusable values name their field; unknown DP fields are refused.
         for (text, field) in [("[dp]\nrho = 0\n", "`dp.rho`"), ("[dp]\nrho = nan\n", "`dp.rho`")] {
             let err = PolicyLayer::from_toml("t.toml", text).unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
         assert!(PolicyLayer::from_toml("t.toml", "[dp]\nepsilon = 1\n").is_err());
+        for (text, field) in [
+            ("[dp]\nbudget_rho = 0.01\n", "`dp.budget_rho`"),
+            ("[dp]\nwindow_days = 0\n", "`dp.window_days`"),
+            ("[dp]\nwindow_days = 3651\n", "`dp.window_days`"),
+        ] {
+            let layer = PolicyLayer::from_toml("t.toml", text).unwrap();
+            let err = Policy::floor(&layer).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
         let shared_dp = Policy { privacy: Privacy::Dp, ..Policy::default() };
         assert!(shared_dp.validate().unwrap_err().to_string().contains("`isolation`"));
     }

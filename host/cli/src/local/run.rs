@@ -211,7 +211,8 @@ fn run_policy(args: &RunArgs) -> anyhow::Result<Policy> {
     }
     if let Some(rho) = args.dp_rho {
         job.privacy = Some(Privacy::Dp);
-        job.dp = Some(DpLayer { rho: Some(job.dp.and_then(|d| d.rho).map_or(rho, |j| j.min(rho))) });
+        let dp = job.dp.unwrap_or_default();
+        job.dp = Some(DpLayer { rho: Some(dp.rho.map_or(rho, |j| j.min(rho))), ..dp });
     }
     Ok(Policy::for_run(&floor, [&tenant], &job)?)
 }

@@ -1,8 +1,8 @@
 //! The commands that talk to a daemon, one module per API module of the
 //! daemon's (`kanon_daemon::api`), all through [`kanon_client::Client`]:
 //! `login` and `enrol` (profiles), `tenants`, `tokens`, `datasets …`,
-//! `plugins`, `approvals`, `jobs`, `results`, `audit`, `grants`, `backups`,
-//! `benchmarks`.
+//! `plugins`, `approvals`, `jobs`, `results`, `budget`, `audit`, `grants`,
+//! `backups`, `benchmarks`.
 //!
 //! Exit codes (beyond main's): 3 a job failed; 4 the daemon refused the
 //! request (any 4xx; the message says why); 5 the daemon is unreachable or
@@ -12,6 +12,7 @@ pub mod approvals;
 pub mod audit;
 pub mod backups;
 pub mod benchmarks;
+pub mod budget;
 pub mod datasets;
 pub mod grants;
 pub mod jobs;

@@ -72,7 +72,7 @@ pub struct Job {
     /// Why a job failed, as its submitter may know it: `failed` when the
     /// plugin's run failed (its class is in the owner log), or a reason
     /// that no plugin influences (`not-approved`, `data-unavailable`,
-    /// `bad-request`, `policy`, `interrupted`).
+    /// `bad-request`, `policy`, `privacy-budget`, `interrupted`).
     pub failure: Option<String>,
     /// The dataset versions the run read.
     pub versions: BTreeMap<String, u64>,
@@ -82,6 +82,10 @@ pub struct Job {
     /// release, never a second run.
     #[serde(default)]
     pub replay_of: Option<String>,
+    /// ρ the run charged its tenant's privacy budget, in nano-ρ: 0 unless
+    /// it ran under differential privacy (a replay charges nothing).
+    #[serde(default)]
+    pub rho_charged_nanos: u64,
 }
 
 /// What the tenant admin (and support staff under a grant) may read of a

@@ -79,7 +79,7 @@ async fn create_approval(
         (params, None) => params.unwrap_or_else(|| json!({})),
     };
     let policy = new.policy.clone().unwrap_or_default();
-    tenants::refuse_dp(&policy)?;
+    crate::budget::refuse_budget_terms(&policy)?;
     Policy::floor(&policy)
         .and_then(|_| Policy::floor(&app.config.floor))
         .and_then(|floor| floor.check_not_looser(&policy))

@@ -47,7 +47,10 @@ async fn submit_job(
     crate::jobs::check_submit(&ask)?;
     let limits = app.config.jobs.clone();
     let (tenant, plugin, approval) = (ask.tenant.clone(), ask.plugin.clone(), ask.approval.clone());
-    let job = match app.store.write(|w| jobs::submit(w, &limits, &caller.actor(), &caller.name, ask))? {
+    let job = match app
+        .store
+        .write(|w| jobs::submit(w, &app.config.floor, &limits, &caller.actor(), &caller.name, ask))?
+    {
         Ok(job) => job,
         Err(reason) => {
             let extra = json!({"plugin": plugin, "approval": approval, "reason": reason});

@@ -76,6 +76,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("POST", routes::BACKUPS, Access::Roles(&[Operator])),
     ("GET", routes::TENANT_POLICY, Access::Roles(&[TenantAdmin])),
     ("PUT", routes::TENANT_POLICY, Access::Roles(&[TenantAdmin])),
+    ("GET", routes::TENANT_BUDGET, Access::Roles(&[TenantAdmin, Operator, Analyst])),
     ("GET", routes::TENANT_DATASETS, Access::Roles(&[TenantAdmin])),
     ("PUT", routes::TENANT_DATASET, Access::Roles(&[TenantAdmin])),
     ("DELETE", routes::TENANT_DATASET, Access::Roles(&[TenantAdmin])),

@@ -6,7 +6,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use kanon_client::{
-    CreatedTenant, Enrol, IssuedToken, NewEnrolment, NewGrant, NewTenant, NewToken, TokenInfo, routes,
+    Budget, CreatedTenant, Enrol, IssuedToken, NewEnrolment, NewGrant, NewTenant, NewToken, TokenInfo, routes,
 };
 use kanon_gate::PolicyLayer;
 use serde_json::json;
@@ -15,13 +15,17 @@ use utoipa_axum::routes;
 
 use super::extract::{JsonBody, PathArgs};
 use super::{Refusal, tenant_admin_of, write_folded_refusals};
+use crate::approvals::Approval;
 use crate::audit::{AuditExport, HOST_CHAIN};
 use crate::auth::{self, Caller, Role, TokenRecord, TokenSpec};
+use crate::budget::{Standing, Terms};
 use crate::enrolment::{self, EnrolmentCode};
 use crate::error::{Error, Result};
 use crate::grants::{MAX_GRANT_SECS, SupportGrant};
 use crate::revocation::revoke;
-use crate::store::{GRANTS, GRANTS_OF_TENANT, TENANTS, TOKENS, TOKENS_OF_TENANT};
+use crate::store::{
+    APPROVALS, APPROVALS_OF_ANALYST, GRANTS, GRANTS_OF_TENANT, TENANTS, TOKENS, TOKENS_OF_TENANT,
+};
 use crate::tenants::{self, TenantRecord, check_name};
 use crate::{App, now_ms};
 
@@ -33,6 +37,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(issue_token, list_tokens))
         .routes(routes!(revoke_token))
         .routes(routes!(get_policy, set_policy))
+        .routes(routes!(get_budget))
         .routes(routes!(tenant_audit))
         .routes(routes!(create_grant, list_grants))
         .routes(routes!(revoke_grant))
@@ -265,6 +270,40 @@ async fn set_policy(
         Ok::<_, Error>(())
     })?;
     Ok(axum::Json(policy))
+}
+
+/// The tenant's privacy budget: what differentially private runs charged
+/// in its window and what remains. The tenant admin, and operator staff
+/// under a live support grant, see every charge; an analyst with a live approval on the tenant sees the
+/// totals and its own jobs' charges, and any other analyst a 404, as for a
+/// tenant that does not exist.
+#[utoipa::path(get, path = routes::TENANT_BUDGET, tag = "tenants", security(("token" = [])),
+    params(("tenant" = String, Path)), responses((status = 200, body = Budget), (status = 404, body = super::ErrorBody)))]
+async fn get_budget(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(tenant): PathArgs<String>,
+) -> Result<axum::Json<Budget>> {
+    let unknown = || Error::NotFound(format!("tenant `{tenant}`"));
+    if caller.role != Role::Analyst {
+        support_access(&app, &caller, &tenant, "privacy budget", None)?;
+    }
+    let read = app.store.read()?;
+    if caller.role == Role::Analyst {
+        let now = now_ms();
+        let approvals: Vec<Approval> = read.listed(APPROVALS, APPROVALS_OF_ANALYST, &caller.name)?;
+        let live = |a: &Approval| a.tenant == tenant && a.revoked_ms.is_none() && now < a.expires_ms;
+        if !approvals.iter().any(live) {
+            return Err(unknown());
+        }
+    }
+    let record: TenantRecord = read.get(TENANTS, &tenant)?.ok_or_else(unknown)?;
+    let terms = Terms::of(&app.config.floor, &record.policy)?;
+    let mut budget = Standing::of(&read, &tenant, terms, now_ms())?.view(&tenant);
+    if caller.role == Role::Analyst {
+        budget.charges.retain(|c| c.by == caller.name);
+    }
+    Ok(axum::Json(budget))
 }
 
 /// The tenant's audit log, whole, with its head: verify it with

@@ -1,0 +1,69 @@
+//! `kanon budget TENANT`: a tenant's privacy budget, what differentially
+//! private runs charged in its window and what remains (tenant admin;
+//! operator staff under a support grant; an analyst with a live approval
+//! on the tenant, its own charges only).
+
+use std::process::ExitCode;
+
+use clap::Args;
+use kanon_client::{Budget, ChargeState, rho_text};
+
+use super::Connection;
+use super::output::{at, escaped, print_record, print_table};
+
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// The tenant.
+    tenant: String,
+}
+
+pub fn budget(args: BudgetArgs) -> anyhow::Result<ExitCode> {
+    let budget = args.conn.client()?.tenant_budget(&args.tenant)?;
+    if args.conn.json {
+        print_record(&budget)?;
+    } else {
+        print_budget(&budget);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_budget(budget: &Budget) {
+    let remaining = budget.remaining_nanos as f64 / 1e9;
+    println!(
+        "tenant `{}`: ρ = {} of {} left in its {}-day window (ε ≈ {:.2} at δ = 1e-6 for all of it){}",
+        escaped(&budget.tenant),
+        rho_text(budget.remaining_nanos),
+        rho_text(budget.budget_nanos),
+        budget.window_days,
+        kanon_gate::dp::epsilon(remaining, 1e-6),
+        if budget.dp_required { "; its policy requires differential privacy" } else { "" },
+    );
+    if let Some(next) = budget.next_free_ms {
+        println!("the oldest charge leaves the window at {}", at(Some(next)));
+    }
+    if budget.charges.is_empty() {
+        println!("no charges in the window");
+        return;
+    }
+    let rows = budget
+        .charges
+        .iter()
+        .map(|c| {
+            let state = match c.state {
+                ChargeState::Reserved => "reserved",
+                ChargeState::Released => "released",
+                ChargeState::Spent => "spent",
+            };
+            vec![
+                escaped(&c.run),
+                escaped(&c.by),
+                rho_text(c.rho_nanos),
+                state.into(),
+                at(Some(c.reserved_ms)),
+            ]
+        })
+        .collect();
+    print_table(&["run", "by", "rho", "state", "reserved"], rows);
+}
