@@ -20,7 +20,7 @@ use kanon_client::types::{
 };
 use kanon_client::{Client, NewTenant, NewToken, Role, UploadArgs};
 use kanon_daemon::{Daemon, DaemonConfig};
-use kanon_gate::{Isolation, PolicyLayer};
+use kanon_gate::{DpLayer, DpPolicy, Isolation, PolicyLayer, Privacy};
 use kanon_vault::KeyEncryptionKey;
 use serde_json::{Value, json};
 
@@ -286,14 +286,31 @@ fn walk(
         ));
 
         let isolated = PolicyLayer { isolation: Some(Isolation::Entity), ..PolicyLayer::default() };
+        let dp = PolicyLayer {
+            privacy: Some(Privacy::Dp),
+            dp: Some(DpLayer { rho: Some(DpPolicy::DEFAULT_RHO), ..DpLayer::default() }),
+            ..PolicyLayer::default()
+        };
         let modes = if tenant.isolated {
-            vec![("", PolicyLayer::default()), ("_isolated", isolated)]
+            vec![("", PolicyLayer::default()), ("_isolated", isolated), ("_dp", dp)]
         } else {
             vec![("", PolicyLayer::default())]
         };
         for (suffix, policy) in modes {
-            if !suffix.is_empty() {
-                say("ana: the same job with one instance per driver, each seeing only its own trips:".into());
+            match suffix {
+                "_isolated" => {
+                    say("ana: the same job with one instance per driver, each seeing only its own trips:"
+                        .into())
+                }
+                "_dp" => say(format!(
+                    "ana: the same job under differential privacy at ρ = {} (ε = 1 at δ = 10⁻⁶ by CKS20's \
+                     Corollary 13), charged to {}'s privacy budget: every cell released with noise and its \
+                     95 % interval. Sums are noised to the plugin's declared bound per driver, so a wide \
+                     bound leaves them mostly noise; counts are not:",
+                    DpPolicy::DEFAULT_RHO,
+                    tenant.name
+                )),
+                _ => {}
             }
             let id = analyst
                 .submit_job(&SubmitRequest {
@@ -324,6 +341,19 @@ fn walk(
                 releases.insert(format!("{}{suffix}", tenant.name), serde_json::to_value(&release)?);
             } else {
                 println!("{}", render::release_text(&release));
+            }
+            if release.dp.is_some() {
+                let budget = admin.tenant_budget(tenant.name)?;
+                say(format!(
+                    "{}: the job charged ρ = {}; its privacy budget has ρ = {} of {} left in its {}-day window \
+                     (`kanon budget {}`); the same request again is answered from the stored release, free\n",
+                    tenant.name,
+                    kanon_client::rho_text(done.rho_charged_nanos),
+                    kanon_client::rho_text(budget.remaining_nanos),
+                    kanon_client::rho_text(budget.budget_nanos),
+                    budget.window_days,
+                    tenant.name
+                ));
             }
         }
 

@@ -307,6 +307,10 @@ fn the_demo_walks_every_role_through_the_daemon() {
         "co2_intensity:",
         "peoplefirst: ingested 2000 rows",
         "absence:",
+        // The DP job: every cell noised, charged once to the tenant's budget.
+        "co2_intensity: every cell released with noise (differential privacy: ρ = 0.0243 per release",
+        "fleetco: the job charged ρ = 0.0243; its privacy budget has ρ = 0.4757 of 0.5 left",
+        "privacy.reserve, privacy.settle, job.finish, release",
     ] {
         assert!(stdout.contains(expected), "`{expected}` missing:\n{stdout}");
     }
@@ -342,6 +346,7 @@ fn the_demo_walks_every_role_through_the_daemon() {
     let out: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(out["jobs"]["fleetco"]["tables"][0]["cells"].is_array(), "{out}");
     assert!(out["jobs"]["peoplefirst"]["tables"][0]["cells"].is_array(), "{out}");
+    assert_eq!(out["jobs"]["fleetco_dp"]["dp"]["rho_nanos"], 24_300_000, "{out}");
     let benchmark = &out["benchmark"];
     assert_eq!(benchmark["version"]["participants"], 8, "{benchmark}");
     assert!(!benchmark["version"].to_string().contains("carrier"), "the vendor's version names no carrier");
@@ -1029,6 +1034,53 @@ mod serve {
         assert_eq!(recovered.unwrap().detail["failure"], "interrupted");
         let log = admin.raw("GET", &format!("/v1/jobs/{}/log", running.id), None).unwrap();
         assert_eq!(log.status, 404, "an interrupted run leaves no owner log: {}", log.text());
+    }
+
+    /// `kanon budget`: what a DP job charged, as the tenant admin and the
+    /// analyst see it, and the refusal of an analyst with no approval.
+    #[test]
+    fn kanon_budget_shows_what_a_dp_job_charged_and_what_remains() {
+        let dir = Dir::new();
+        let (served, operator) = Served::start(&dir, "first");
+        let (tokens, submit) =
+            daemon_setup(&served, operator.expect("the first start prints the operator token"));
+        let (admin, analyst) = (served.client(Some(&tokens.admin)), served.client(Some(&tokens.analyst)));
+        let policy = PolicyLayer::from_toml("t.toml", "privacy = \"dp\"\n[dp]\nbudget_rho = 0.1\n").unwrap();
+        admin.set_tenant_policy("acme", &policy).unwrap();
+        let job = analyst.submit_job(&submit).unwrap();
+        wait_all_final(&analyst);
+        let budget = |token: &str, json: bool| {
+            let mut args = vec!["budget", "acme"];
+            if json {
+                args.push("--json");
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_kanon"))
+                .args(&args)
+                .env("KANON_URL", &served.base)
+                .env("KANON_TOKEN", token)
+                .env_remove("KANON_PROFILE")
+                .output()
+                .unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let (code, out, err) = budget(&tokens.admin, false);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("tenant `acme`: ρ = 0.0757 of 0.1 left in its 30-day window (ε ≈ "), "{out}");
+        assert!(out.contains("its policy requires differential privacy"), "{out}");
+        let row = out.lines().find(|l| l.starts_with(&job.id)).unwrap_or_else(|| panic!("{out}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1..4], ["ana", "0.0243", "released"], "{row}");
+        let (code, json, err) = budget(&tokens.analyst, true);
+        assert_eq!(code, Some(0), "{err}");
+        let seen: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (seen["remaining_nanos"].as_u64(), seen["charges"][0]["by"].as_str()),
+            (Some(75_700_000), Some("ana"))
+        );
+        let stranger = token(&served.client(Some(&tokens.operator)), Role::Analyst, "eve", None);
+        let (code, _, err) = budget(&stranger, false);
+        assert_eq!(code, Some(4), "refused as for a tenant that does not exist: {err}");
+        assert!(err.contains("tenant `acme`"), "{err}");
     }
 
     #[test]
