@@ -1072,7 +1072,7 @@ mod serve {
         assert_eq!(cells[1..4], ["ana", "0.0243", "released"], "{row}");
         let (code, json, err) = budget(&tokens.analyst, true);
         assert_eq!(code, Some(0), "{err}");
-        let seen: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let seen: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(
             (seen["remaining_nanos"].as_u64(), seen["charges"][0]["by"].as_str()),
             (Some(75_700_000), Some("ana"))
