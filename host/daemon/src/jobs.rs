@@ -368,8 +368,9 @@ fn reserve(app: &App, job: &Job, request: &str, cost: u64) -> Result<Reserved> {
 }
 
 /// What makes two jobs the same request: the tenant, the plugin, the params,
-/// the dataset versions read and the policy the release answers to. The hash
-/// keys the stored releases.
+/// the dataset versions read and the policy the release answers to (not the
+/// budget's terms, which change no release). The hash keys the stored
+/// releases.
 fn request_key(job: &Job, versions: &BTreeMap<String, u64>, policy: &Policy) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("kanon job request v1");
     let datasets: Vec<(&String, &String, u64)> = job
@@ -383,7 +384,7 @@ fn request_key(job: &Job, versions: &BTreeMap<String, u64>, policy: &Policy) -> 
         "plugin": job.plugin,
         "params": job.params,
         "datasets": datasets,
-        "policy": policy,
+        "policy": policy.without_budget_terms(),
     });
     hasher.update(parts.to_string().as_bytes());
     hasher.finalize().to_hex().to_string()
@@ -516,4 +517,48 @@ pub(crate) fn open_log(app: &App, tenant: &str, label: &str, id: &str, stored: &
         error: Some("(the log could not be kept)".into()),
         ..JobLog::default()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use kanon_gate::{DpPolicy, Isolation, Privacy};
+
+    use super::*;
+
+    #[test]
+    fn a_request_is_the_same_whatever_the_budget_terms_and_another_under_another_rho() {
+        let job = Job {
+            id: "job_000000000000000000000001".into(),
+            seq: 1,
+            tenant: "acme".into(),
+            analyst: "ana".into(),
+            plugin: "0".repeat(64),
+            approval: format!("apr_{}", "0".repeat(24)),
+            datasets: [("trips".to_owned(), "trips".to_owned())].into(),
+            params: json!({}),
+            policy: PolicyLayer::default(),
+            state: JobState::Queued,
+            cancel_requested: false,
+            submitted_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            failure: None,
+            versions: BTreeMap::new(),
+            stats: None,
+            replay_of: None,
+            rho_charged_nanos: 0,
+        };
+        let versions = [("trips".to_owned(), 3)].into();
+        let dp = Policy { privacy: Privacy::Dp, isolation: Isolation::Entity, ..Policy::default() };
+        let key =
+            |dp: DpPolicy, policy: &Policy| request_key(&job, &versions, &Policy { dp, ..policy.clone() });
+        let base = key(DpPolicy::default(), &dp);
+        let smaller_budget = DpPolicy { budget_rho: 0.1, window_days: 90, ..DpPolicy::default() };
+        assert_eq!(key(smaller_budget, &dp), base);
+        assert_ne!(key(DpPolicy { rho: 0.01, ..DpPolicy::default() }, &dp), base);
+        // A threshold policy's key is what it was before DP existed.
+        let threshold = key(smaller_budget, &Policy::default());
+        assert_eq!(threshold, key(DpPolicy::default(), &Policy::default()));
+        assert_eq!(threshold, "91040274652b8741e1e19d0af8b2253692a4630d05a311ceb8078f120eaa85df");
+    }
 }

@@ -131,7 +131,7 @@ impl DpPolicy {
     pub const MIN_RHO: f64 = 1e-9;
     /// The most: already ε ≈ 2 000 at δ = 10⁻⁶, no privacy left to speak of.
     pub const MAX_RHO: f64 = 1e4;
-    /// About twenty releases at ε = 1 a window (ε ≈ 5.7 together at
+    /// About twenty releases at ε = 1 a window (ε ≈ 5.2 together at
     /// δ = 10⁻⁶): the operator's to change in the floor.
     pub const DEFAULT_BUDGET_RHO: f64 = 0.5;
     /// The most a window may hold: a thousand releases at the most ρ.
@@ -456,6 +456,16 @@ impl Policy {
             return invalid("isolation", "differential privacy needs `entity` isolation".into());
         }
         Ok(())
+    }
+
+    /// This policy without the budget ledger's terms (`dp.budget_rho`,
+    /// `dp.window_days`), which decide whether a run may start, not what it
+    /// releases: what identifies a request, so that a tenant changing its
+    /// budget does not make the same request run (and be charged) again.
+    pub fn without_budget_terms(&self) -> Policy {
+        let default = DpPolicy::default();
+        let dp = DpPolicy { budget_rho: default.budget_rho, window_days: default.window_days, ..self.dp };
+        Policy { dp, ..self.clone() }
     }
 
     /// The ρ of one release in nano-ρ, when the policy is differentially
