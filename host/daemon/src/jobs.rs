@@ -520,16 +520,16 @@ pub(crate) fn open_log(app: &App, tenant: &str, label: &str, id: &str, stored: &
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use kanon_gate::{DpPolicy, Isolation, Privacy};
 
     use super::*;
 
-    #[test]
-    fn a_request_is_the_same_whatever_the_budget_terms_and_another_under_another_rho() {
-        let job = Job {
-            id: "job_000000000000000000000001".into(),
-            seq: 1,
+    /// A job of `acme`'s analyst `ana` on `trips`, in `state`.
+    pub(crate) fn job(id: &str, seq: u64, state: JobState) -> Job {
+        Job {
+            id: id.into(),
+            seq,
             tenant: "acme".into(),
             analyst: "ana".into(),
             plugin: "0".repeat(64),
@@ -537,7 +537,7 @@ mod tests {
             datasets: [("trips".to_owned(), "trips".to_owned())].into(),
             params: json!({}),
             policy: PolicyLayer::default(),
-            state: JobState::Queued,
+            state,
             cancel_requested: false,
             submitted_ms: 0,
             started_ms: None,
@@ -547,7 +547,12 @@ mod tests {
             stats: None,
             replay_of: None,
             rho_charged_nanos: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_request_is_the_same_whatever_the_budget_terms_and_another_under_another_rho() {
+        let job = job("job_000000000000000000000001", 1, JobState::Queued);
         let versions = [("trips".to_owned(), 3)].into();
         let dp = Policy { privacy: Privacy::Dp, isolation: Isolation::Entity, ..Policy::default() };
         let key =

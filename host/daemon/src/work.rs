@@ -933,11 +933,8 @@ fn run<W: Work>(app: &Arc<App>, record: W, cancel: CancelToken) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use kanon_gate::PolicyLayer;
-
     use super::*;
+    use crate::jobs::tests::job;
     use crate::store::JOBS;
 
     // Ids of the shape the daemon gives (`ids::is_id`).
@@ -951,30 +948,6 @@ mod tests {
     const JOB_D: &str = "job_000000000000000000000008";
     const JOB_QUEUED: &str = "job_000000000000000000000009";
     const JOB_RUNNING: &str = "job_00000000000000000000000a";
-
-    fn job(id: &str, seq: u64, state: JobState) -> Job {
-        Job {
-            id: id.into(),
-            seq,
-            tenant: "acme".into(),
-            analyst: "ana".into(),
-            plugin: "0".repeat(64),
-            approval: format!("apr_{}", "0".repeat(24)),
-            datasets: BTreeMap::new(),
-            params: json!({}),
-            policy: PolicyLayer::default(),
-            state,
-            cancel_requested: false,
-            submitted_ms: 0,
-            started_ms: None,
-            finished_ms: None,
-            failure: None,
-            versions: BTreeMap::new(),
-            stats: None,
-            replay_of: None,
-            rho_charged_nanos: 0,
-        }
-    }
 
     fn run(id: &str, seq: u64, state: JobState) -> BenchmarkRun {
         BenchmarkRun {

@@ -953,8 +953,7 @@ mod tests {
             ("[dp]\nwindow_days = 0\n", "`dp.window_days`"),
             ("[dp]\nwindow_days = 3651\n", "`dp.window_days`"),
         ] {
-            let layer = PolicyLayer::from_toml("t.toml", text).unwrap();
-            let err = Policy::floor(&layer).unwrap_err().to_string();
+            let err = PolicyLayer::from_toml("t.toml", text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
         }
         let shared_dp = Policy { privacy: Privacy::Dp, ..Policy::default() };
