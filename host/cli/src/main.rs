@@ -99,7 +99,23 @@ enum Command {
     CompileWorker,
 }
 
+/// `kanon … | head`: `println!` panics once the reader has gone (Rust
+/// ignores SIGPIPE, and this workspace denies the unsafe code that would
+/// restore it). End as a shell expects a command whose pipe closed
+/// (128 + SIGPIPE) instead of printing a backtrace.
+fn end_quietly_on_a_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    end_quietly_on_a_closed_stdout();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KANON_LOG").unwrap_or_else(|_| "warn".into()),

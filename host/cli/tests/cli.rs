@@ -27,6 +27,24 @@ fn kanon(dir: &Dir, args: &[&str]) -> Output {
         .unwrap()
 }
 
+#[test]
+fn a_reader_that_stops_early_ends_kanon_quietly() {
+    // As `kanon manifest PLUGIN | head -0`: the pipe is closed before
+    // kanon prints.
+    let (dir, plugin) = setup();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kanon"))
+        .args(["manifest", &plugin])
+        .env("KANON_CACHE_DIR", dir.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

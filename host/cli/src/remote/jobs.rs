@@ -181,8 +181,11 @@ pub(crate) fn follow_with<T>(
         let asked = Instant::now();
         item = wait(Duration::from_secs(MAX_WAIT_SECS))?;
         // Answered at once though not ended: the daemon had no room for
-        // another wait (or is stopping). Pause rather than ask in a loop.
-        std::thread::sleep(EARLY_ANSWER_PAUSE.saturating_sub(asked.elapsed()));
+        // another wait (or is stopping). Pause rather than ask in a loop;
+        // an end is shown at once.
+        if !state(&item).is_final() {
+            std::thread::sleep(EARLY_ANSWER_PAUSE.saturating_sub(asked.elapsed()));
+        }
     }
 }
 
