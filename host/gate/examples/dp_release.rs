@@ -13,11 +13,9 @@
 
 use std::time::Instant;
 
-use kanon_gate::{Dimension, Domain, Gate, Measure, Policy, Scope, Statistic, TableSpec};
+use kanon_gate::{Dimension, Domain, Gate, Isolation, Measure, Policy, Privacy, Scope, Statistic, TableSpec};
 use rand_010::SeedableRng;
 use rand_010::rngs::{ChaCha20Rng, SysRng};
-
-const RHO_NANOS: u64 = 24_300_000;
 
 fn table(dimensions: Vec<usize>, margins: bool, statistics: Vec<Statistic>, upper: f64) -> TableSpec {
     TableSpec {
@@ -45,21 +43,19 @@ fn main() {
     let cells: usize = args.next().map_or(20_000, |a| a.parse().expect("cells"));
     let bound: f64 = args.next().map_or(2e6, |a| a.parse().expect("bound"));
     let mean: f64 = args.next().map_or(bound / 10.0, |a| a.parse().expect("mean"));
+    // ρ = 0.0243, the default: ε = 1 at δ = 10⁻⁶.
+    let dp = Policy { privacy: Privacy::Dp, isolation: Isolation::Entity, ..Policy::default() };
 
     for (name, statistic) in [("counts", Statistic::Count), ("sums", Statistic::Sum("x".into()))] {
-        let gate = Gate::new(
-            vec![table(vec![cells], false, vec![statistic], bound)],
-            Policy::default(),
-            Scope::Tenant,
-        )
-        .expect("a valid table");
+        let gate =
+            Gate::new(vec![table(vec![cells], false, vec![statistic], bound)], dp.clone(), Scope::Tenant)
+                .expect("a valid table");
         let intake = gate.intake();
         let mut best = f64::INFINITY;
         for _ in 0..3 {
             let mut rng = ChaCha20Rng::try_from_rng(&mut SysRng).expect("the OS generator");
             let started = Instant::now();
-            let release =
-                gate.release_dp(std::slice::from_ref(&intake), RHO_NANOS, &mut rng).expect("a plan");
+            let release = gate.release_dp(std::slice::from_ref(&intake), &mut rng).expect("a DP gate");
             best = best.min(started.elapsed().as_secs_f64());
             assert_eq!(release.tables[0].cells.len(), cells);
         }
@@ -74,9 +70,9 @@ fn main() {
     // margins; count, a sum and a ratio of two sums.
     let statistics =
         vec![Statistic::Count, Statistic::Sum("x".into()), Statistic::Ratio("x".into(), "y".into())];
-    let gate = Gate::new(vec![table(vec![4, 5], true, statistics, bound)], Policy::default(), Scope::Tenant)
+    let gate = Gate::new(vec![table(vec![4, 5], true, statistics, bound)], dp, Scope::Tenant)
         .expect("a valid table");
-    let plan = gate.dp_plan(RHO_NANOS).expect("a plan");
+    let plan = gate.dp_plan().expect("a DP gate");
     let eps = kanon_gate::dp::epsilon(plan.rho_spent(), 1e-6);
     println!(
         "\nemissions shape at rho = 0.0243 (epsilon {eps:.3} at delta 1e-6): W = {}, z = {:.2}",

@@ -115,6 +115,8 @@ pub enum DpError {
     TooManyValues { values: usize, max: usize },
     #[error("the noise sampler failed: {0}")]
     Sampler(String),
+    #[error("the gate's policy is not differentially private")]
+    ThresholdPolicy,
 }
 
 /// What a differentially private release says of its noise.
@@ -626,21 +628,34 @@ mod release_tests {
     /// Exact plus noise, per group and cell: what `release_dp` releases
     /// before post-processing.
     fn noisy(gate: &Gate, intakes: &[TenantIntake], rng: &mut dyn CryptoRng) -> Vec<Vec<i128>> {
-        let plan = gate.dp_plan(RHO).unwrap();
-        gate.dp_noisy(intakes, &plan, rng).unwrap()
+        gate.dp_noisy(intakes, gate.dp_plan().unwrap(), rng).unwrap()
+    }
+
+    /// A gate of `specs` under `policy` made differentially private at
+    /// the default ρ ([`RHO`]).
+    fn dp_gate(specs: Vec<TableSpec>, policy: Policy) -> Gate {
+        let policy = Policy { privacy: crate::Privacy::Dp, isolation: crate::Isolation::Entity, ..policy };
+        let gate = Gate::new(specs, policy, Scope::Tenant).unwrap();
+        assert_eq!(gate.dp_plan().unwrap().rho_nanos, RHO);
+        gate
     }
 
     #[test]
     fn a_dp_release_has_every_cell_with_its_noise_and_interval() {
         let gate = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
+        let dp = dp_gate(vec![spec()], Policy::default());
         let (issued, ids) = issued(11);
         // North 10 entities, south 1, east none: threshold mode suppresses
         // south and east.
         let codes: Vec<u32> = (0..11).map(|i| u32::from(i == 10)).collect();
-        let intake = || fuel(&gate, &issued, &ids, &codes, &[40.0; 11]);
-        let threshold = gate.release(&[intake()]);
+        let intake = |gate: &Gate| fuel(gate, &issued, &ids, &codes, &[40.0; 11]);
+        let threshold = gate.release(&[intake(&gate)]);
         assert_eq!(threshold.tables[0].suppressed_cells, 2);
-        let release = gate.release_dp(&[intake()], RHO, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+        assert_eq!(
+            gate.release_dp(&[intake(&gate)], &mut ChaCha20Rng::seed_from_u64(1)),
+            Err(DpError::ThresholdPolicy)
+        );
+        let release = dp.release_dp(&[intake(&dp)], &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
         let summary = release.dp.as_ref().unwrap();
         assert_eq!(summary.rho_nanos, RHO);
         assert!(summary.rho <= 0.0243 && summary.rho > 0.0242, "{}", summary.rho);
@@ -677,15 +692,15 @@ mod release_tests {
 
     #[test]
     fn an_entity_moves_a_sum_by_its_bound_however_many_rows_it_has() {
-        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
-        let plan = gate.dp_plan(RHO).unwrap();
+        let gate = dp_gate(vec![spec()], Policy::default());
+        let plan = gate.dp_plan().unwrap();
         let (issued, ids) = issued(2);
         // 2²³ + 2²⁰ rows of the upper bound: the accumulator's i64 words
         // wrap, the exact sum is rows × 100, the released one entity's 100.
         let rows = (1usize << 23) + (1 << 20);
         let many = fuel(&gate, &issued, &vec![ids[0]; rows], &vec![0; rows], &vec![100.0; rows]);
         let one = fuel(&gate, &issued, &ids[..1], &[0], &[100.0]);
-        let exact = |intake: &TenantIntake| gate.dp_exact(std::slice::from_ref(intake), &plan);
+        let exact = |intake: &TenantIntake| gate.dp_exact(std::slice::from_ref(intake), plan);
         assert_eq!(exact(&many), exact(&one));
         let (_, upper) = fixed_bounds(&spec(), 0);
         assert_eq!(exact(&one)[1][0], upper);
@@ -735,8 +750,8 @@ mod release_tests {
 
     #[test]
     fn the_noise_and_the_generator_use_do_not_depend_on_the_data() {
-        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
-        let plan = gate.dp_plan(RHO).unwrap();
+        let gate = dp_gate(vec![spec()], Policy::default());
+        let plan = gate.dp_plan().unwrap();
         let (issued, ids) = issued(1000);
         let empty = gate.intake();
         let rows = 200_000;
@@ -756,7 +771,7 @@ mod release_tests {
             let intakes = std::slice::from_ref(intake);
             let mut rng = Counting(ChaCha20Rng::seed_from_u64(99), 0);
             let noisy = noisy(&gate, intakes, &mut rng);
-            let exact = gate.dp_exact(intakes, &plan);
+            let exact = gate.dp_exact(intakes, plan);
             let noise: Vec<Vec<i128>> = noisy
                 .iter()
                 .zip(&exact)
@@ -846,15 +861,15 @@ mod release_tests {
             cells_per_entity in 1..4u32,
         ) {
             let policy = Policy { max_cells_per_entity: cells_per_entity, ..Policy::default() };
-            let gate = Gate::new(linked_specs(), policy, Scope::Tenant).unwrap();
-            let plan = gate.dp_plan(RHO).unwrap();
+            let gate = dp_gate(linked_specs(), policy);
+            let plan = gate.dp_plan().unwrap();
             let (issued, ids) = issued(others.len() as u64 + 1);
             let people: Vec<(u64, Rows)> = ids.iter().copied().zip(others).collect();
             let without = intake_of(&gate, &issued, &people);
             let mut all = people.clone();
             all.push((ids[ids.len() - 1], target));
             let with = intake_of(&gate, &issued, &all);
-            let (a, b) = (gate.dp_exact(&[without], &plan), gate.dp_exact(&[with], &plan));
+            let (a, b) = (gate.dp_exact(&[without], plan), gate.dp_exact(&[with], plan));
             // `coarse` got no contribution: it is derived from `fine`.
             let coarse = plan.groups.iter().position(|g| g.table == 1 && g.quantity == Quantity::Count).unwrap();
             prop_assert!(b[coarse].iter().sum::<i128>() > 0);
@@ -876,7 +891,7 @@ mod release_tests {
     /// the 95 % intervals cover the truth 95 % of the time.
     #[test]
     fn known_constants_give_the_target_away_only_up_to_the_noise() {
-        let gate = Gate::new(vec![spec()], Policy::default(), Scope::Tenant).unwrap();
+        let gate = dp_gate(vec![spec()], Policy::default());
         let (issued, ids) = issued(31);
         let mut litres = vec![0.0; 31];
         litres[30] = 73.0;
@@ -886,7 +901,7 @@ mod release_tests {
         let (mut errors, mut covered) = (Vec::with_capacity(n), 0);
         let mut sigma = 0.0;
         for seed in 0..n as u64 {
-            let release = gate.release_dp(intakes, RHO, &mut ChaCha20Rng::seed_from_u64(seed)).unwrap();
+            let release = gate.release_dp(intakes, &mut ChaCha20Rng::seed_from_u64(seed)).unwrap();
             let table = &release.tables[0];
             sigma = table.noise_sd.as_ref().unwrap()[1].unwrap();
             let cell = &table.cells[0];

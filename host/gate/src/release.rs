@@ -51,6 +51,9 @@ pub struct Gate {
     /// Per table: how the gate derives it from its family's root, if it is
     /// linked and not the root.
     derivations: Vec<Option<Derivation>>,
+    /// How a differentially private policy's release adds its noise, made
+    /// once at setup; `None` under thresholds.
+    dp: Option<DpPlan>,
 }
 
 /// Why a gate could not be set up.
@@ -311,17 +314,17 @@ impl Gate {
         policy.validate()?;
         validate_tables(&tables)?;
         let families = families(&tables)?;
-        let shapes = tables.iter().map(Shape::of).collect();
+        let shapes: Vec<Shape> = tables.iter().map(Shape::of).collect();
         let mut derivations = vec![None; tables.len()];
         for (t, derivation) in families.iter().flat_map(|f| &f.derived) {
             derivations[*t] = Some(derivation.clone());
         }
-        let gate = Self { policy, scope, specs: tables, shapes, families, derivations };
         // A release that cannot be noised is refused before any data is read.
-        if let Some(rho_nanos) = gate.policy.dp_rho_nanos() {
-            gate.dp_plan(rho_nanos)?;
-        }
-        Ok(gate)
+        let dp = policy
+            .dp_rho_nanos()
+            .map(|rho_nanos| DpPlan::new(&tables, &shapes, policy.max_cells_per_entity, rho_nanos))
+            .transpose()?;
+        Ok(Self { policy, scope, specs: tables, shapes, families, derivations, dp })
     }
 
     /// The policy the release answers to.
@@ -437,14 +440,14 @@ impl Gate {
         }
     }
 
-    /// How a differentially private release of this gate's tables at
-    /// `rho_nanos` (nano-ρ of zCDP) adds its noise: what a caller checks
-    /// before it reads any data (its cost, and whether it can be made).
-    pub fn dp_plan(&self, rho_nanos: u64) -> Result<DpPlan, DpError> {
-        DpPlan::new(&self.specs, &self.shapes, self.policy.max_cells_per_entity, rho_nanos)
+    /// How this gate's release adds its noise, when its policy is
+    /// differentially private (made at setup, so a gate that could not
+    /// noise its tables was refused before any data was read).
+    pub fn dp_plan(&self) -> Option<&DpPlan> {
+        self.dp.as_ref()
     }
 
-    /// The differentially private release of `intakes` at `rho_nanos`
+    /// The differentially private release of `intakes` at the policy's ρ
     /// ([`crate::dp`]): every cell of every table released, with discrete
     /// Gaussian noise drawn from `rng` on each count and sum, the noise's
     /// scale and 95 % intervals beside the values. No rule looks at an
@@ -457,15 +460,10 @@ impl Gate {
     /// The guarantee needs each entity's contributions to depend on its
     /// own rows only (an entity-isolated run) and `rng` to be a
     /// cryptographic generator seeded from outside the run's request.
-    pub fn release_dp(
-        &self,
-        intakes: &[TenantIntake],
-        rho_nanos: u64,
-        rng: &mut dyn CryptoRng,
-    ) -> Result<Release, DpError> {
-        let plan = self.dp_plan(rho_nanos)?;
-        let noisy = self.dp_noisy(intakes, &plan, rng)?;
-        let tables = (0..self.specs.len()).map(|t| self.released_dp(t, &plan, &noisy)).collect();
+    pub fn release_dp(&self, intakes: &[TenantIntake], rng: &mut dyn CryptoRng) -> Result<Release, DpError> {
+        let plan = self.dp.as_ref().ok_or(DpError::ThresholdPolicy)?;
+        let noisy = self.dp_noisy(intakes, plan, rng)?;
+        let tables = (0..self.specs.len()).map(|t| self.released_dp(t, plan, &noisy)).collect();
         Ok(Release { scope: self.scope, policy: self.policy.clone(), tables, dp: Some(plan.summary()) })
     }
 

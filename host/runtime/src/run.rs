@@ -594,13 +594,13 @@ fn classify(error: &wasmtime::Error, state: &StoreState) -> FailureClass {
 /// stored release, not the same noise drawn again.
 fn release(gate: &Gate, intake: &TenantIntake) -> Result<Release, RunFailure> {
     let intakes = std::slice::from_ref(intake);
-    let Some(rho_nanos) = gate.policy().dp_rho_nanos() else {
+    if gate.dp_plan().is_none() {
         return Ok(gate.release(intakes));
-    };
+    }
     let host_error = |e: &dyn std::fmt::Display| {
         tracing::error!("differentially private release failed: {e}");
         RunFailure { class: FailureClass::HostError }
     };
     let mut rng = ChaCha20Rng::try_from_rng(&mut SysRng).map_err(|e| host_error(&e))?;
-    gate.release_dp(intakes, rho_nanos, &mut rng).map_err(|e| host_error(&e))
+    gate.release_dp(intakes, &mut rng).map_err(|e| host_error(&e))
 }
