@@ -88,7 +88,12 @@ fn a_dp_job_is_charged_once_a_replay_is_free_and_an_overspend_is_refused() {
     );
     let chain = audit(&admin, "acme");
     let privacy: Vec<&str> = actions(&chain).into_iter().filter(|a| a.starts_with("privacy.")).collect();
-    assert_eq!(privacy, ["privacy.reserve", "privacy.settle", "privacy.reserve", "privacy.settle"]);
+    assert_eq!(
+        privacy,
+        ["privacy.reserve", "privacy.settle", "privacy.reserve", "privacy.settle", "privacy.refused"]
+    );
+    let refusal = chain.entries.iter().find(|e| e.action == "privacy.refused").unwrap();
+    assert_eq!(refusal.detail["rho_nanos"], 10_000_000, "{refusal:?}");
 
     // The analyst sees the totals and its own charges while its approval
     // lives; another analyst, and a tenant's admin elsewhere, do not.

@@ -81,9 +81,11 @@ pub(crate) fn whole_seconds(elapsed: Duration) -> u64 {
 /// Submit a job in `write`: checks the approval, the tenant's queue and,
 /// for a differentially private job, the tenant's privacy budget (a 409
 /// saying what is left; the run charges it, and checks again, before it
-/// reads anything). `Ok(Err(reason))`: no live approval covers it; the
-/// caller audits the refusal. A tenant that does not exist is refused
-/// alike, so the answer does not tell an analyst which tenants exist.
+/// reads anything). `Ok(Err(Refused::NotApproved(reason)))`: no live
+/// approval covers it, and the caller audits the refusal; a tenant that
+/// does not exist is refused alike, so the answer does not tell an
+/// analyst which tenants exist. `Ok(Err(Refused::Budget(why)))`: the
+/// budget cannot cover it, audited here (`privacy.refused`).
 pub(crate) fn submit(
     write: &mut Write<'_>,
     floor: &PolicyLayer,
@@ -91,7 +93,7 @@ pub(crate) fn submit(
     actor: &str,
     analyst: &str,
     ask: SubmitRequest,
-) -> Result<Result<Job, String>> {
+) -> Result<Result<Job, Refused>> {
     let tenant: Option<TenantRecord> = write.get(TENANTS, &ask.tenant)?;
     let params = ask.params.clone().unwrap_or_else(|| json!({}));
     let job_ask = JobAsk {
@@ -102,7 +104,7 @@ pub(crate) fn submit(
         params: &params,
     };
     if let Some(reason) = approvals::refusal(write, &ask.approval, &job_ask)? {
-        return Ok(Err(reason));
+        return Ok(Err(Refused::NotApproved(reason)));
     }
     // A covering approval names a tenant that exists.
     let tenant = tenant.ok_or_else(|| Error::Internal(format!("approval {} has no tenant", ask.approval)))?;
@@ -119,7 +121,11 @@ pub(crate) fn submit(
         let now = now_ms();
         let standing = Standing::of(&*write, &tenant.name, Terms::of(floor, &tenant.policy)?, now)?;
         if let Some(shortfall) = standing.shortfall(&tenant.name, cost, now) {
-            return Err(Error::Conflict(shortfall.to_string()));
+            let why = shortfall.to_string();
+            let detail =
+                json!({"plugin": ask.plugin, "approval": ask.approval, "rho_nanos": cost, "reason": why});
+            write.audit(&tenant.name, actor, "privacy.refused", detail)?;
+            return Ok(Err(Refused::Budget(why)));
         }
     }
     let queued = write.count_listed(JOBS, QUEUED_JOBS_OF_TENANT, &tenant.name)?;
@@ -159,6 +165,15 @@ pub(crate) fn submit(
         json!({"job": job.id, "plugin": job.plugin, "approval": job.approval, "datasets": job.datasets}),
     )?;
     Ok(Ok(job))
+}
+
+/// Why a job was not submitted.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// No live approval covers it.
+    NotApproved(String),
+    /// Its tenant's privacy budget cannot cover it now.
+    Budget(String),
 }
 
 /// The shapes of a submitted job's ids and names, checked before anything

@@ -22,7 +22,7 @@ use super::tenants::support_access;
 use crate::App;
 use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
-use crate::jobs::{self, Job, JobLog, JobState, SubmitRequest};
+use crate::jobs::{self, Job, JobLog, JobState, Refused, SubmitRequest};
 use crate::store::{JOBS, JOBS_OF_ANALYST, JOBS_OF_TENANT};
 
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
@@ -38,7 +38,8 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
 /// Submit a job under an approval (analyst). It waits in the tenant's
 /// queue; follow it with `GET /v1/jobs/{id}?wait=60`.
 #[utoipa::path(post, path = routes::JOBS, tag = "jobs", security(("token" = [])), request_body = SubmitRequest,
-    responses((status = 202, body = Job), (status = 403, body = super::ErrorBody), (status = 429, body = super::ErrorBody)))]
+    responses((status = 202, body = Job), (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody),
+              (status = 429, body = super::ErrorBody)))]
 async fn submit_job(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -52,11 +53,13 @@ async fn submit_job(
         .write(|w| jobs::submit(w, &app.config.floor, &limits, &caller.actor(), &caller.name, ask))?
     {
         Ok(job) => job,
-        Err(reason) => {
+        Err(Refused::NotApproved(reason)) => {
             let extra = json!({"plugin": plugin, "approval": approval, "reason": reason});
             let message = format!("no live approval covers this job: {reason}");
             return Err(Refusal::new(&tenant, "job.submit", message).with(extra).audited(&app, &caller));
         }
+        // Audited in the submit's own transaction (`privacy.refused`).
+        Err(Refused::Budget(why)) => return Err(Error::Conflict(why)),
     };
     app.scheduler.wake();
     Ok((StatusCode::ACCEPTED, axum::Json(job)))
