@@ -9,7 +9,7 @@
 //! store has one writer, so runs racing for the last of a budget are
 //! serialized: together they never overspend.
 
-use kanon_gate::{Policy, PolicyLayer};
+use kanon_gate::PolicyLayer;
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -30,9 +30,7 @@ pub(crate) struct Terms {
 
 impl Terms {
     pub(crate) fn of(floor: &PolicyLayer, tenant: &PolicyLayer) -> Result<Terms> {
-        let floor = Policy::floor(floor).map_err(|e| Error::Internal(format!("floor: {e}")))?;
-        let policy = Policy::for_run(&floor, [tenant], &PolicyLayer::default())
-            .map_err(|e| Error::Unprocessable(format!("the tenant's policy is refused: {e}")))?;
+        let policy = crate::tenants::policy_of(floor, tenant)?;
         Ok(Terms {
             budget_nanos: policy.dp.budget_nanos(),
             window_days: policy.dp.window_days,

@@ -114,8 +114,7 @@ pub(crate) fn submit(
     let layer = ask.policy.clone().unwrap_or_default();
     budget::refuse_budget_terms(&layer)?;
     let approval_policy = write.get(APPROVALS, &ask.approval)?.map(|a| a.policy).unwrap_or_default();
-    let policy = Policy::floor(floor)
-        .and_then(|floor| Policy::for_run(&floor, [&tenant.policy, &approval_policy], &layer))
+    let policy = run_policy(floor, &tenant.policy, &approval_policy, &layer)
         .map_err(|e| Error::Unprocessable(format!("the policy is refused: {e}")))?;
     if let Some(cost) = policy.dp_rho_nanos() {
         let now = now_ms();
@@ -310,9 +309,7 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         Ok(approval) => approval.map(|a| a.policy).unwrap_or_default(),
         Err(e) => return not_run("host-error", e.to_string()),
     };
-    let policy = match Policy::floor(&app.config.floor)
-        .and_then(|floor| Policy::for_run(&floor, [&tenant_policy, &approval_policy], &job.policy))
-    {
+    let policy = match run_policy(&app.config.floor, &tenant_policy, &approval_policy, &job.policy) {
         Ok(policy) => policy,
         Err(e) => return not_run("policy", e.to_string()),
     };
@@ -353,6 +350,18 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         Ok(report) => Outcome::Ran { report: Box::new(report), versions, request },
         Err(e) => not_run("bad-request", e.to_string()),
     }
+}
+
+/// The policy a job runs under: the operator's floor, tightened by its
+/// tenant's, its approval's and its own layers. Checked at submit and
+/// applied at the run.
+fn run_policy(
+    floor: &PolicyLayer,
+    tenant: &PolicyLayer,
+    approval: &PolicyLayer,
+    job: &PolicyLayer,
+) -> Result<Policy, kanon_gate::PolicyError> {
+    Policy::for_run(&Policy::floor(floor)?, [tenant, approval], job)
 }
 
 /// What came of reserving a differentially private job's charge.

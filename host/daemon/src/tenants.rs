@@ -35,9 +35,13 @@ pub(crate) fn get(write: &Write<'_>, name: &str) -> Result<TenantRecord> {
 
 /// Check a tenant's policy layer against the operator's floor.
 pub(crate) fn check_policy(floor: &PolicyLayer, layer: &PolicyLayer) -> Result<()> {
+    policy_of(floor, layer).map(|_| ())
+}
+
+/// A tenant's policy: the operator's floor tightened by its layer (a
+/// layer looser than the floor is refused).
+pub(crate) fn policy_of(floor: &PolicyLayer, layer: &PolicyLayer) -> Result<Policy> {
     let floor = Policy::floor(floor).map_err(|e| Error::Internal(e.to_string()))?;
-    floor.validate().map_err(|e| Error::Internal(e.to_string()))?;
     Policy::for_run(&floor, [layer], &PolicyLayer::default())
-        .map(|_| ())
         .map_err(|e| Error::Unprocessable(format!("the policy is refused: {e}")))
 }

@@ -274,9 +274,9 @@ async fn set_policy(
 
 /// The tenant's privacy budget: what differentially private runs charged
 /// in its window and what remains. The tenant admin, and operator staff
-/// under a live support grant, see every charge; an analyst with a live approval on the tenant sees the
-/// totals and its own jobs' charges, and any other analyst a 404, as for a
-/// tenant that does not exist.
+/// under a live support grant, see every charge; an analyst with a live
+/// approval on the tenant sees the totals and its own jobs' charges, and
+/// any other analyst a 404, as for a tenant that does not exist.
 #[utoipa::path(get, path = routes::TENANT_BUDGET, tag = "tenants", security(("token" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Budget), (status = 404, body = super::ErrorBody)))]
 async fn get_budget(
@@ -292,7 +292,7 @@ async fn get_budget(
     if caller.role == Role::Analyst {
         let now = now_ms();
         let approvals: Vec<Approval> = read.listed(APPROVALS, APPROVALS_OF_ANALYST, &caller.name)?;
-        let live = |a: &Approval| a.tenant == tenant && a.revoked_ms.is_none() && now < a.expires_ms;
+        let live = |a: &Approval| a.tenant == tenant && a.live(now);
         if !approvals.iter().any(live) {
             return Err(unknown());
         }
