@@ -9,7 +9,7 @@ use arrow_array::Array;
 use kanon_client::types::{BenchmarkRun, DatasetMapping, JobState, NewBenchmark, OptIn, OptInRequest};
 use kanon_client::{Client, UploadArgs};
 use kanon_daemon::Role;
-use kanon_gate::{PolicyLayer, Privacy};
+use kanon_gate::PolicyLayer;
 use serde_json::{Value, json};
 
 use crate::daemon::{TestDaemon, actions, audit};
@@ -406,21 +406,6 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     assert!(skipped.detail["reason"].as_str().unwrap().contains("its policy needs 50 tenants; 7 take part"));
     assert!(actions(&audit(&admins[1], "carrier-1")).contains(&"benchmark.run.start"));
 
-    // A tenant whose policy requires differential privacy is left out (and
-    // told) rather than released under thresholds: benchmark runs do not
-    // noise yet. Nothing of its data is read.
-    let dp = PolicyLayer { privacy: Some(Privacy::Dp), ..PolicyLayer::default() };
-    admins[1].set_tenant_policy("carrier-1", &dp).unwrap();
-    let without = run(&vendor, "co2");
-    assert_eq!((without.state, without.participants), (JobState::Succeeded, Some(5)), "{without:?}");
-    let told: Vec<String> = audit(&admins[1], "carrier-1")
-        .entries
-        .iter()
-        .filter(|e| e.action == "benchmark.skipped")
-        .map(|e| e.detail["reason"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(told, ["its policy requires differential privacy, which benchmark runs do not offer yet"]);
-
     // The plugin cannot be deleted under a benchmark, until it is retired:
     // then no run or opt-in follows, and its versions stay.
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 409);
@@ -429,7 +414,7 @@ fn opt_ins_are_checked_and_others_see_nothing_of_a_benchmark() {
     assert!(retired.retired_ms.is_some());
     assert_eq!(vendor.raw("POST", "/v1/benchmarks/co2/runs", None).unwrap().status, 409);
     assert_eq!(put(&admins[0], "carrier-0", json!({"trips": {"dataset": "trips"}})).status, 409);
-    assert_eq!(vendor.benchmark_versions("co2").unwrap().len(), 2);
+    assert_eq!(vendor.benchmark_versions("co2").unwrap().len(), 1);
     assert_eq!(vendor.raw("DELETE", &format!("/v1/plugins/{hash}"), None).unwrap().status, 200);
 }
 

@@ -627,7 +627,8 @@ fn expected(method: &str, path: &str, role: Role) -> u16 {
         ("POST", "/v1/benchmarks/{benchmark}/runs") | ("DELETE", "/v1/benchmarks/{benchmark}") => {
             &[(Vendor, 404)]
         }
-        ("GET", "/v1/benchmarks/{benchmark}/runs")
+        ("GET", "/v1/benchmarks/{benchmark}/budget")
+        | ("GET", "/v1/benchmarks/{benchmark}/runs")
         | ("GET", "/v1/benchmarks/{benchmark}/runs/{run}")
         | ("POST", "/v1/benchmarks/{benchmark}/runs/{run}/cancel")
         | ("GET", "/v1/benchmarks/{benchmark}/versions")

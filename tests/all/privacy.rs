@@ -1,12 +1,15 @@
 //! Differential privacy through the daemon: jobs charge their tenant's
 //! privacy budget before they read anything, a replay charges nothing,
-//! racing jobs never overspend, and the ledger is on the tenant's chain.
+//! racing jobs never overspend, and the ledger is on the tenant's chain. A
+//! benchmark version charges every tenant it reads, and leaves out a
+//! tenant whose budget cannot pay.
 
 use kanon_client::Client;
 use kanon_client::types::{ChargeState, JobState, PluginRecord, SubmitRequest};
 use kanon_daemon::Role;
 use kanon_gate::{DpLayer, PolicyLayer, Privacy};
 
+use crate::benchmarks::{carriers, join, publish, run};
 use crate::daemon::{TestDaemon, actions, approve, audit, ingest_trips, submit_of, upload_plugin, wait_for};
 
 const RHO: u64 = 24_300_000;
@@ -161,4 +164,115 @@ fn racing_dp_jobs_never_overspend_and_a_refused_one_reads_nothing() {
         assert!(log.figures.is_none(), "{log:?}");
         assert!(log.error.as_deref().is_some_and(|e| e.starts_with("privacy budget:")), "{log:?}");
     }
+}
+
+/// A carrier's policy: differential privacy at ρ `rho` (or the default),
+/// with a budget of 0.05.
+fn dp_carrier(rho: Option<f64>) -> PolicyLayer {
+    PolicyLayer {
+        privacy: Some(Privacy::Dp),
+        dp: Some(DpLayer { rho, budget_rho: Some(0.05), ..DpLayer::default() }),
+        ..PolicyLayer::default()
+    }
+}
+
+#[test]
+fn a_dp_benchmark_charges_every_tenant_it_reads_replays_free_and_leaves_out_a_short_budget() {
+    let d = TestDaemon::start();
+    let admins = carriers(&d);
+    let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
+    let (rival, _) = d.token(Role::Vendor, "rival", None, None);
+    let plugin = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
+    publish(&vendor, "co2", &plugin.hash, "");
+    for (i, admin) in admins.iter().enumerate().take(6) {
+        join(admin, i, "co2");
+    }
+    let tenant = |i: usize| format!("carrier-{i}");
+    // Two carriers require DP, with small budgets; the others do not, and
+    // are charged all the same when they take part in a DP version.
+    for i in [0, 1] {
+        admins[i].set_tenant_policy(&tenant(i), &dp_carrier(None)).unwrap();
+    }
+    let ahead = vendor.benchmark_budget("co2").unwrap();
+    assert_eq!((ahead.rho_nanos, ahead.runs_possible), (Some(RHO), Some(2)), "0.05 / 0.0243");
+    assert_eq!(rival.benchmark_budget("co2").unwrap_err().status(), Some(404));
+
+    let first = run(&vendor, "co2");
+    assert_eq!(
+        (first.state, first.participants, first.version, first.rho_charged_nanos),
+        (JobState::Succeeded, Some(6), Some(1), RHO),
+        "{first:?}"
+    );
+    let version = vendor.benchmark_version("co2", "1").unwrap();
+    assert_eq!(version.release.dp.as_ref().map(|dp| dp.rho_nanos), Some(RHO));
+    assert!(version.release.tables.iter().all(|t| t.suppressed_cells == 0 && t.held_cells == 0));
+    assert!(version.release.tables.iter().flat_map(|t| &t.cells).all(|c| c.intervals.is_some()));
+    // Each tenant's own position: the noisy peers with their intervals, no
+    // band.
+    let position = admins[2].own_position(&tenant(2), "co2", "1").unwrap().position;
+    let cells = || position.tables.iter().flat_map(|t| &t.cells);
+    assert!(cells().all(|c| c.peer_intervals.is_some() && c.bands.iter().all(Option::is_none)));
+    assert!(cells().any(|c| c.own.is_some()));
+    // Every tenant it read was charged once, on its own chain; the one
+    // not opted in was not.
+    for (i, admin) in admins.iter().enumerate() {
+        let budget = admin.tenant_budget(&tenant(i)).unwrap();
+        let charged: Vec<(&str, &str, u64, ChargeState)> =
+            budget.charges.iter().map(|c| (c.run.as_str(), c.by.as_str(), c.rho_nanos, c.state)).collect();
+        if i == 6 {
+            assert_eq!(charged, [], "not in the benchmark");
+            continue;
+        }
+        assert_eq!(charged, [(first.id.as_str(), "benchco", RHO, ChargeState::Released)], "{}", tenant(i));
+        let chain = audit(admin, &tenant(i));
+        let chain = actions(&chain);
+        assert!(chain.contains(&"privacy.reserve") && chain.contains(&"privacy.settle"), "{chain:?}");
+    }
+
+    // The same request again: the same version, nothing read or charged.
+    let again = run(&vendor, "co2");
+    assert_eq!(
+        (again.state, again.version, again.replay_of.as_deref(), again.rho_charged_nanos),
+        (JobState::Succeeded, Some(1), Some(first.id.as_str()), 0),
+        "{again:?}"
+    );
+    assert_eq!(vendor.benchmark_versions("co2").unwrap().len(), 1);
+    assert_eq!(admins[3].tenant_budget(&tenant(3)).unwrap().charges.len(), 1);
+
+    // A smaller ρ is another request, charged to all six; the DP carriers
+    // have 0.0057 left after it.
+    admins[0].set_tenant_policy(&tenant(0), &dp_carrier(Some(0.02))).unwrap();
+    let cheaper = run(&vendor, "co2");
+    assert_eq!((cheaper.version, cheaper.rho_charged_nanos), (Some(2), 20_000_000), "{cheaper:?}");
+    let left = admins[1].tenant_budget(&tenant(1)).unwrap();
+    assert_eq!(left.remaining_nanos, 5_700_000);
+    assert_eq!(vendor.benchmark_budget("co2").unwrap().runs_possible, Some(0));
+
+    // At ρ = 0.01 both DP carriers fall short: they are left out and told
+    // why, and the four left are fewer than t. Nobody is charged, and the
+    // vendor learns neither who was left out nor why.
+    admins[0].set_tenant_policy(&tenant(0), &dp_carrier(Some(0.01))).unwrap();
+    let short = run(&vendor, "co2");
+    assert_eq!(
+        (short.state, short.failure.as_deref(), short.participants, short.rho_charged_nanos),
+        (JobState::Failed, Some("too-few-tenants"), Some(4), 0),
+        "{short:?}"
+    );
+    for i in [0, 1] {
+        let chain = audit(&admins[i], &tenant(i));
+        let told: Vec<&str> = chain
+            .entries
+            .iter()
+            .filter(|e| e.action == "benchmark.skipped")
+            .map(|e| e.detail["reason"].as_str().unwrap())
+            .collect();
+        let says = format!(
+            "privacy budget: the run costs ρ = 0.01; tenant `{}` has ρ = 0.0057 of 0.05 left in its 30-day window",
+            tenant(i)
+        );
+        assert!(told.len() == 1 && told[0].starts_with(&says), "{told:?}");
+    }
+    assert_eq!(admins[4].tenant_budget(&tenant(4)).unwrap().charges.len(), 2, "charged for versions 1 and 2");
+    let seen = serde_json::to_string(&short).unwrap();
+    assert!(!seen.contains("carrier") && !seen.contains("budget"), "{seen}");
 }

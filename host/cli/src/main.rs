@@ -80,7 +80,7 @@ enum Command {
     /// Daemon: a job's released tables.
     Results(results::ResultsArgs),
     /// Daemon: a tenant's privacy budget, what differentially private runs
-    /// charged and what remains.
+    /// charged and what remains; or what a benchmark's runs charge.
     Budget(budget::BudgetArgs),
     /// Daemon: show, export and verify audit logs.
     Audit(audit::AuditArgs),

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use kanon_gate::dp::Interval;
 use kanon_gate::{OwnPosition, Release, ReleasedTable, Scope};
 use kanon_runtime::RunReport;
 use serde_json::json;
@@ -45,17 +46,7 @@ pub fn table_text(table: &ReleasedTable) -> String {
                     table.statistics.iter().zip(values.iter().zip(intervals)).enumerate()
                 {
                     let own_noise = table.noise_sd.as_ref().is_some_and(|sd| sd[s].is_some());
-                    row.push(match (interval.lo, interval.hi) {
-                        (Some(lo), Some(hi)) if own_noise => {
-                            format!("{} ± {}", number(statistic, v), number(statistic, (hi - lo) / 2.0))
-                        }
-                        (Some(lo), Some(hi)) => {
-                            let (v, lo, hi) =
-                                (number(statistic, v), number(statistic, lo), number(statistic, hi));
-                            format!("{v} [{lo}, {hi}]")
-                        }
-                        _ => format!("{} [n/e]", number(statistic, v)),
-                    });
+                    row.push(noisy(statistic, v, *interval, own_noise));
                 }
             }
             (Some(values), None) => {
@@ -72,6 +63,22 @@ pub fn table_text(table: &ReleasedTable) -> String {
         rows.push(row);
     }
     aligned(rows, table.dimensions.len())
+}
+
+/// A noisy value with its 95 % interval: `v ± w` when the noise is the
+/// value's own (`symmetric`), `v [lo, hi]` otherwise, `v [n/e]` when the
+/// interval is unbounded.
+fn noisy(statistic: &str, v: f64, interval: Interval, symmetric: bool) -> String {
+    match (interval.lo, interval.hi) {
+        (Some(lo), Some(hi)) if symmetric => {
+            format!("{} ± {}", number(statistic, v), number(statistic, (hi - lo) / 2.0))
+        }
+        (Some(lo), Some(hi)) => {
+            let (v, lo, hi) = (number(statistic, v), number(statistic, lo), number(statistic, hi));
+            format!("{v} [{lo}, {hi}]")
+        }
+        _ => format!("{} [n/e]", number(statistic, v)),
+    }
 }
 
 /// `text` with every control character other than newline and tab, and
@@ -197,10 +204,11 @@ pub fn position_text(position: &OwnPosition) -> String {
         for cell in &table.cells {
             let mut row = cell.key.clone();
             for (s, statistic) in table.statistics.iter().enumerate() {
-                let peers = match (&cell.peers, cell.held_from) {
-                    (Some(v), Some(from)) => format!("{} (v{from})", number(statistic, v[s])),
-                    (Some(v), None) => number(statistic, v[s]),
-                    (None, _) => "suppressed".into(),
+                let peers = match (&cell.peers, cell.held_from, &cell.peer_intervals) {
+                    (Some(v), Some(from), _) => format!("{} (v{from})", number(statistic, v[s])),
+                    (Some(v), None, Some(intervals)) => noisy(statistic, v[s], intervals[s], false),
+                    (Some(v), None, None) => number(statistic, v[s]),
+                    (None, _, _) => "suppressed".into(),
                 };
                 let own = cell.own.as_ref().map_or("suppressed".into(), |v| number(statistic, v[s]));
                 let band = cell.bands[s].map_or("-".into(), |b| format!("{}/{}", b.band, b.of));

@@ -177,6 +177,12 @@ impl Client {
         self.get(&routes::fill(routes::TENANT_BUDGET, &[tenant]))
     }
 
+    /// `GET /v1/benchmarks/{benchmark}/budget` (its vendor, operator): what
+    /// a run charges and how many its participants' budgets allow.
+    pub fn benchmark_budget(&self, benchmark: &str) -> Result<BenchmarkBudget> {
+        self.get(&routes::fill(routes::BENCHMARK_BUDGET, &[benchmark]))
+    }
+
     /// `GET /v1/tenants/{tenant}/audit` (tenant admin): the tenant's chain.
     pub fn tenant_audit(&self, tenant: &str) -> Result<AuditExport> {
         self.get(&routes::fill(routes::TENANT_AUDIT, &[tenant]))

@@ -51,6 +51,7 @@ pub const TENANT_JOBS: &str = "/v1/tenants/{tenant}/jobs";
 // benchmarks
 pub const BENCHMARKS: &str = "/v1/benchmarks";
 pub const BENCHMARK: &str = "/v1/benchmarks/{benchmark}";
+pub const BENCHMARK_BUDGET: &str = "/v1/benchmarks/{benchmark}/budget";
 pub const BENCHMARK_RUNS: &str = "/v1/benchmarks/{benchmark}/runs";
 pub const BENCHMARK_RUN: &str = "/v1/benchmarks/{benchmark}/runs/{run}";
 pub const BENCHMARK_RUN_CANCEL: &str = "/v1/benchmarks/{benchmark}/runs/{run}/cancel";

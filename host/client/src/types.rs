@@ -26,7 +26,7 @@ pub use benchmarks::{
     Benchmark, BenchmarkRun, BenchmarkStats, BenchmarkVersion, BenchmarkView, DatasetMapping, NewBenchmark,
     OptIn, OptInRequest, PositionView, VersionSummary,
 };
-pub use budget::{Budget, Charge, ChargeState, rho_text};
+pub use budget::{BenchmarkBudget, Budget, Charge, ChargeState, rho_text};
 pub use datasets::{
     DatasetClassification, DatasetColumnType, DatasetField, DatasetSchema, DatasetVersionInfo,
 };

@@ -10,24 +10,27 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kanon_gate::{CellHistory, Isolation, Policy, PolicyLayer, ReleaseHistory, TableHistory, TableSpec};
+use kanon_gate::{
+    CellHistory, Gate, Isolation, Policy, PolicyLayer, ReleaseHistory, Scope, TableHistory, TableSpec,
+};
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, CancelToken, TenantInput};
 use serde_json::json;
 
 use crate::audit::HOST_CHAIN;
 use crate::benchmarks::{self, Benchmark, OptIn};
+use crate::budget::{self, ChargeState, Standing, Terms};
 use crate::config::JobLimits;
 use crate::error::{Error, Result};
 use crate::jobs::{JobLog, JobState, now_to_the_second, seen_failure, whole_seconds};
 use crate::registry::PluginRecord;
 use crate::sealed::{self, Sealed};
 use crate::store::{
-    BENCHMARK_RUNS, BENCHMARKS, Committed, META_VAULT, OPT_INS, OWNER_LOGS, PLUGINS, POSITIONS,
-    RELEASE_HISTORY, Read, TENANTS, Table, Write,
+    BENCHMARK_REPLAYS, BENCHMARK_RUNS, BENCHMARKS, Committed, META_VAULT, OPT_INS, OWNER_LOGS, PLUGINS,
+    POSITIONS, RELEASE_HISTORY, Read, RecordRead, TENANTS, Table, Write,
 };
 use crate::tenants::TenantRecord;
 use crate::work::{self, SlotGroup, Work};
-use crate::{App, ControlStore};
+use crate::{App, ControlStore, now_ms};
 
 /// What every benchmark run asks of the gate beyond its participants'
 /// policies: one instance per entity, so no plugin can make one person's
@@ -38,7 +41,9 @@ fn benchmark_layer() -> PolicyLayer {
 
 // The records are the API's: the client reads these same types, and the
 // control store keeps them as their JSON.
-pub use kanon_client::types::{BenchmarkRun, BenchmarkStats, BenchmarkVersion, PositionView, VersionSummary};
+pub use kanon_client::types::{
+    BenchmarkBudget, BenchmarkRun, BenchmarkStats, BenchmarkVersion, PositionView, VersionSummary,
+};
 
 /// The meta data vault's key of a version: zero-padded, so keys sort by
 /// version.
@@ -93,6 +98,8 @@ pub(crate) fn queue(
         failure: None,
         participants: None,
         version: None,
+        replay_of: None,
+        rho_charged_nanos: 0,
         stats: None,
         cancel_requested: false,
     };
@@ -131,12 +138,32 @@ pub(crate) fn queue_due(store: &ControlStore, now: u64) -> Result<usize> {
 pub(crate) struct Participant {
     opt_in: OptIn,
     versions: BTreeMap<String, u64>,
+    /// Its own policy layer, as the run read it.
+    layer: PolicyLayer,
+    rows: u64,
 }
 
 /// What a run came to, before it is recorded.
 pub(crate) enum Outcome {
-    Ran { report: Box<BenchmarkReport>, participants: Vec<Participant>, rows: u64, version: u64 },
-    NotRun { code: &'static str, detail: String, participants: Vec<Participant> },
+    Ran {
+        report: Box<BenchmarkReport>,
+        participants: Vec<Participant>,
+        version: u64,
+        /// A differentially private run's request key, which its version
+        /// will answer.
+        request: Option<String>,
+    },
+    /// The same differentially private request was answered by `of`:
+    /// nothing was read or charged.
+    Replayed {
+        of: VersionSummary,
+        participants: Vec<Participant>,
+    },
+    NotRun {
+        code: &'static str,
+        detail: String,
+        participants: Vec<Participant>,
+    },
 }
 
 impl Work for BenchmarkRun {
@@ -154,7 +181,7 @@ impl Work for BenchmarkRun {
     }
 
     fn chain_of_unreadable(
-        _: &impl crate::store::RecordRead,
+        _: &impl RecordRead,
         _: &serde_json::Value,
     ) -> Result<Option<String>, crate::StoreError> {
         Ok(Some(HOST_CHAIN.to_owned()))
@@ -185,10 +212,19 @@ impl Work for BenchmarkRun {
     fn finish(&self, app: &App, (outcome, skipped): Self::Outcome, elapsed: Duration) -> Result<Committed> {
         finish(app, self, outcome, skipped, elapsed)
     }
+
+    /// Its privacy charges, if it had any, stay spent: the run may have
+    /// read data before the daemon stopped under it.
+    fn on_abandon(&mut self, write: &mut Write<'_>) -> Result<(), crate::StoreError> {
+        self.rho_charged_nanos = budget::settle(write, &self.id, ChargeState::Spent)?;
+        Ok(())
+    }
 }
 
 /// Run the benchmark over every tenant opted in now. A tenant whose mapped
-/// data cannot be read is left out (and told, on its chain); the others run.
+/// data cannot be read, whose own `t` asks for more tenants than take part,
+/// or whose privacy budget cannot cover a differentially private run is
+/// left out (and told, on its chain); the others run.
 fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<(String, String)>) {
     let mut skipped = Vec::new();
     let not_run = |code, detail: String, participants| Outcome::NotRun { code, detail, participants };
@@ -209,10 +245,7 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
         Ok(all) => all.into_iter().filter(OptIn::active).collect::<Vec<_>>(),
         Err(e) => return (not_run("host-error", e.to_string(), Vec::new()), skipped),
     };
-    let mut participants = Vec::new();
-    let mut inputs = Vec::new();
-    let mut layers: Vec<PolicyLayer> = Vec::new();
-    let mut rows = 0;
+    let mut taking_part = TakingPart::default();
     for opt_in in opt_ins {
         let tenant = opt_in.tenant.clone();
         let ready = read
@@ -220,60 +253,64 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
             .map_err(Error::from)
             .and_then(|t| t.ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`"))))
             .and_then(|record| {
-                // Never released under thresholds instead, and nothing read.
-                if crate::budget::Terms::of(&app.config.floor, &record.policy)?.dp_required {
-                    return Err(Error::Unprocessable(
-                        "its policy requires differential privacy, which benchmark runs do not offer yet"
-                            .into(),
-                    ));
-                }
                 let datasets = benchmarks::mapped_datasets(app, &tenant, &plugin.manifest, &opt_in.datasets)?;
                 let secret = app.vault.pseudonym_secret(&tenant)?;
                 Ok((record, datasets, secret))
             });
         match ready {
             Ok((record, datasets, secret)) => {
-                rows += datasets.values().map(|d| d.rows()).sum::<u64>();
+                let rows = datasets.values().map(|d| d.rows()).sum::<u64>();
                 let versions = datasets.iter().map(|(name, d)| (name.clone(), d.version())).collect();
-                layers.push(record.policy);
-                inputs.push(TenantInput { tenant: tenant.clone(), datasets, secret, member: opt_in.member });
-                participants.push(Participant { opt_in, versions });
+                let member = opt_in.member;
+                taking_part.inputs.push(TenantInput { tenant: tenant.clone(), datasets, secret, member });
+                taking_part.participants.push(Participant { opt_in, versions, layer: record.policy, rows });
             }
             Err(e) => skipped.push((tenant, e.to_string())),
         }
     }
-    // A tenant whose own t asks for more tenants than take part is left out
-    // (and told), rather than failing the run for everyone.
-    loop {
-        let taking_part = inputs.len() as u32;
-        let Some(i) = layers.iter().position(|l| l.min_tenants.is_some_and(|t| t > taking_part)) else {
-            break;
-        };
-        let wants = layers.remove(i).min_tenants.unwrap_or_default();
-        inputs.remove(i);
-        let left_out = participants.remove(i);
-        skipped.push((
-            left_out.opt_in.tenant,
-            format!("its policy needs {wants} tenants; {taking_part} take part"),
-        ));
-    }
-    let policy = match Policy::floor(&app.config.floor)
-        .and_then(|floor| Policy::for_run(&floor, &layers, &benchmark_layer()))
-    {
-        Ok(policy) => policy,
-        Err(e) => return (not_run("policy", e.to_string(), participants), skipped),
-    };
-    if inputs.len() < policy.min_tenants as usize {
-        let detail = format!("{} tenants take part; the policy needs {}", inputs.len(), policy.min_tenants);
-        return (not_run("too-few-tenants", detail, participants), skipped);
-    }
     let history = match history_with_siblings(&read, &benchmark, &plugin.manifest.outputs) {
         Ok(history) => history,
-        Err(e) => return (not_run("host-error", e.to_string(), participants), skipped),
+        Err(e) => return (not_run("host-error", e.to_string(), taking_part.participants), skipped),
     };
-    let version = benchmark.versions + 1;
     drop(read);
-    let request = BenchmarkRequest {
+    // Who takes part decides the policy, and under differential privacy
+    // the policy decides whose budget can pay: until both settle, each
+    // round leaves at least one tenant out.
+    let (policy, request) = loop {
+        taking_part.leave_out_for_min_tenants(&mut skipped);
+        let layers: Vec<PolicyLayer> = taking_part.participants.iter().map(|p| p.layer.clone()).collect();
+        let policy = match run_policy(&app.config.floor, &layers) {
+            Ok(policy) => policy,
+            Err(e) => return (not_run("policy", e.to_string(), taking_part.participants), skipped),
+        };
+        let count = taking_part.participants.len();
+        if count < policy.min_tenants as usize {
+            let detail = format!("{count} tenants take part; the policy needs {}", policy.min_tenants);
+            return (not_run("too-few-tenants", detail, taking_part.participants), skipped);
+        }
+        let Some(cost) = policy.dp_rho_nanos() else { break (policy, None) };
+        // A release the gate cannot make is refused before anyone is charged.
+        if let Err(e) = Gate::new(plugin.manifest.outputs.clone(), policy.clone(), Scope::Benchmark) {
+            return (not_run("policy", e.to_string(), taking_part.participants), skipped);
+        }
+        let request = request_key(&benchmark, &policy, &taking_part.participants);
+        match reserve(app, run, &benchmark, &taking_part.participants, &request, cost) {
+            Ok(Reserved::Charged) => break (policy, Some(request)),
+            Ok(Reserved::Replay(of)) => {
+                return (Outcome::Replayed { of, participants: taking_part.participants }, skipped);
+            }
+            Ok(Reserved::Short(short)) => {
+                for (i, shortfall) in short.into_iter().rev() {
+                    let tenant = taking_part.leave_out(i);
+                    skipped.push((tenant, shortfall.to_string()));
+                }
+            }
+            Err(e) => return (not_run("host-error", e.to_string(), taking_part.participants), skipped),
+        }
+    };
+    let TakingPart { participants, inputs } = taking_part;
+    let version = benchmark.versions + 1;
+    let request_to_run = BenchmarkRequest {
         run_id: run.id.clone(),
         tenants: inputs,
         params: benchmark.params.to_string(),
@@ -282,10 +319,143 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
         version,
         cancel,
     };
-    match app.runtime.run_benchmark(&plugin, request) {
-        Ok(report) => (Outcome::Ran { report: Box::new(report), participants, rows, version }, skipped),
+    match app.runtime.run_benchmark(&plugin, request_to_run) {
+        Ok(report) => (Outcome::Ran { report: Box::new(report), participants, version, request }, skipped),
         Err(e) => (not_run("bad-request", e.to_string(), participants), skipped),
     }
+}
+
+/// The tenants a run reads, and their inputs, in step.
+#[derive(Default)]
+struct TakingPart {
+    participants: Vec<Participant>,
+    inputs: Vec<TenantInput>,
+}
+
+impl TakingPart {
+    /// Leave participant `i` out; its tenant.
+    fn leave_out(&mut self, i: usize) -> String {
+        self.inputs.remove(i);
+        self.participants.remove(i).opt_in.tenant
+    }
+
+    /// Leave out every tenant whose own `t` asks for more tenants than take
+    /// part, rather than failing the run for everyone.
+    fn leave_out_for_min_tenants(&mut self, skipped: &mut Vec<(String, String)>) {
+        loop {
+            let count = self.participants.len() as u32;
+            let Some((i, wants)) = self
+                .participants
+                .iter()
+                .enumerate()
+                .find_map(|(i, p)| p.layer.min_tenants.filter(|&t| t > count).map(|t| (i, t)))
+            else {
+                return;
+            };
+            let tenant = self.leave_out(i);
+            skipped.push((tenant, format!("its policy needs {wants} tenants; {count} take part")));
+        }
+    }
+}
+
+/// The policy a benchmark run answers to: the operator's floor, tightened
+/// by every participant's layer and the benchmark's own.
+fn run_policy(floor: &PolicyLayer, layers: &[PolicyLayer]) -> Result<Policy, kanon_gate::PolicyError> {
+    Policy::for_run(&Policy::floor(floor)?, layers, &benchmark_layer())
+}
+
+/// What makes two differentially private runs the same request: the
+/// benchmark, its plugin and params, the policy (not the budget's terms),
+/// and every participant with its mapping and the data versions read. The
+/// hash keys the version that answers it.
+fn request_key(benchmark: &Benchmark, policy: &Policy, participants: &[Participant]) -> String {
+    let mut hasher = blake3::Hasher::new_derive_key("kanon benchmark request v1");
+    let mut tenants: Vec<_> =
+        participants.iter().map(|p| (p.opt_in.member, &p.opt_in.datasets, &p.versions)).collect();
+    tenants.sort_by_key(|(member, _, _)| *member);
+    // JSON of maps with sorted keys: one text per request.
+    let parts = json!({
+        "benchmark": benchmark.name,
+        "plugin": benchmark.plugin,
+        "params": benchmark.params,
+        "policy": policy.without_budget_terms(),
+        "tenants": tenants,
+    });
+    hasher.update(parts.to_string().as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// The version that answers `request`, if one does.
+fn replayed(read: &impl RecordRead, benchmark: &str, request: &str) -> Result<Option<VersionSummary>> {
+    let Some(version) = read.get(BENCHMARK_REPLAYS, request)? else { return Ok(None) };
+    let stored: Option<BenchmarkVersion> = read.get(META_VAULT, &version_key(benchmark, version))?;
+    Ok(stored.map(|v| v.summary()))
+}
+
+/// What came of reserving a differentially private run's charges.
+enum Reserved {
+    /// Every participant charged, durably: the run may read data.
+    Charged,
+    /// The same request was answered before: its version, no charge.
+    Replay(VersionSummary),
+    /// These participants' budgets have too little left; nobody was
+    /// charged.
+    Short(Vec<(usize, budget::Shortfall)>),
+}
+
+/// Charge every participant `cost` for `run`, all or none, unless the same
+/// request was answered before. Returns once the charges are durable, so no
+/// crash after it can forget a run that read data.
+fn reserve(
+    app: &App,
+    run: &BenchmarkRun,
+    benchmark: &Benchmark,
+    participants: &[Participant],
+    request: &str,
+    cost: u64,
+) -> Result<Reserved> {
+    app.store.write(|w| {
+        if let Some(of) = replayed(w, &benchmark.name, request)? {
+            return Ok(Reserved::Replay(of));
+        }
+        // The budget's terms as they are now, not as the run read them.
+        let mut terms = Vec::with_capacity(participants.len());
+        for p in participants {
+            let record = crate::tenants::get(w, &p.opt_in.tenant)?;
+            terms.push((p.opt_in.tenant.as_str(), Terms::of(&app.config.floor, &record.policy)?));
+        }
+        Ok(match budget::reserve_all(w, &terms, &run.id, &benchmark.vendor, cost, now_ms())? {
+            Ok(()) => Reserved::Charged,
+            Err(short) => Reserved::Short(short),
+        })
+    })
+}
+
+/// What a run of `benchmark` would charge each tenant opted in now, and how
+/// many such runs the tightest of their budgets allows.
+pub(crate) fn budget(app: &App, benchmark: &Benchmark) -> Result<BenchmarkBudget> {
+    let read = app.store.read()?;
+    let mut layers = Vec::new();
+    let mut terms = Vec::new();
+    for opt_in in benchmarks::opt_ins(&read, &benchmark.name)?.into_iter().filter(OptIn::active) {
+        let Some(record) = read.get::<TenantRecord>(TENANTS, &opt_in.tenant)? else { continue };
+        terms.push((opt_in.tenant, Terms::of(&app.config.floor, &record.policy)?));
+        layers.push(record.policy);
+    }
+    let policy = run_policy(&app.config.floor, &layers).map_err(|e| Error::Unprocessable(e.to_string()))?;
+    let cost = policy.dp_rho_nanos();
+    let runs_possible = match cost {
+        None => None,
+        Some(cost) => {
+            let now = now_ms();
+            let mut fewest = u64::MAX;
+            for (tenant, terms) in terms {
+                fewest = fewest.min(Standing::of(&read, &tenant, terms, now)?.remaining_nanos / cost);
+            }
+            Some(if fewest == u64::MAX { 0 } else { fewest })
+        }
+    };
+    Ok(BenchmarkBudget { benchmark: benchmark.name.clone(), rho_nanos: cost, runs_possible })
 }
 
 /// The benchmark's history, with the tenant sets its vendor's other
@@ -365,8 +535,12 @@ fn finish(
             };
             (participants, logs, positions)
         }
-        Outcome::NotRun { participants, detail, .. } => {
-            let log = JobLog { job: run.id.clone(), error: Some(detail.clone()), ..JobLog::default() };
+        Outcome::Replayed { participants, .. } | Outcome::NotRun { participants, .. } => {
+            let error = match &outcome {
+                Outcome::NotRun { detail, .. } => Some(detail.clone()),
+                _ => None,
+            };
+            let log = JobLog { job: run.id.clone(), error, ..JobLog::default() };
             let logs = participants
                 .iter()
                 .map(|p| sealed::seal(app, &p.opt_in.tenant, &log_label(&run.id), &log))
@@ -374,6 +548,7 @@ fn finish(
             (participants, logs, Vec::new())
         }
     };
+    let rows: u64 = participants.iter().map(|p| p.rows).sum();
     let run_ms = elapsed.as_millis() as u64;
     let (recorded, committed) = app.store.commit(|w| {
         let mut current: BenchmarkRun = w.get(BENCHMARK_RUNS, &run.id)?.unwrap_or_else(|| run.clone());
@@ -392,7 +567,19 @@ fn finish(
                 current.state = JobState::Cancelled;
                 None
             }
-            Outcome::Ran { report, rows, version, .. } => match &report.outcome {
+            Outcome::Replayed { of, .. } => {
+                current.state = JobState::Succeeded;
+                current.version = Some(of.version);
+                current.replay_of = Some(of.run.clone());
+                current.stats = Some(BenchmarkStats {
+                    run_secs: whole_seconds(elapsed),
+                    cells: of.cells,
+                    suppressed_cells: of.suppressed_cells,
+                    held_cells: of.held_cells,
+                });
+                None
+            }
+            Outcome::Ran { report, version, request, .. } => match &report.outcome {
                 Ok(release) => {
                     let mut benchmark = benchmarks::get(w, &run.benchmark)?;
                     if benchmark.versions + 1 != *version {
@@ -412,6 +599,9 @@ fn finish(
                     };
                     w.put(META_VAULT, &version_key(&run.benchmark, *version), &stored)?;
                     w.put(RELEASE_HISTORY, &run.benchmark, &report.history)?;
+                    if let Some(request) = request {
+                        w.put(BENCHMARK_REPLAYS, request, version)?;
+                    }
                     for (participant, position) in participants.iter().zip(&positions) {
                         let key = position_key(&run.benchmark, *version, &participant.opt_in.tenant);
                         w.put(POSITIONS, &key, position)?;
@@ -449,13 +639,18 @@ fn finish(
                 None
             }
         };
+        // Its charges, if it ran under DP: released with its own version,
+        // spent otherwise (it read data and released nothing of its own).
+        let settled = if released.is_some() { ChargeState::Released } else { ChargeState::Spent };
+        current.rho_charged_nanos = budget::settle(w, &run.id, settled)?;
         for participant in participants {
             w.audit(
                 &participant.opt_in.tenant,
                 "daemon",
                 "benchmark.run",
                 json!({"benchmark": run.benchmark, "run": run.id, "datasets": participant.opt_in.datasets,
-                       "versions": participant.versions, "outcome": current.state, "version": released}),
+                       "versions": participant.versions, "outcome": current.state,
+                       "version": released.or(current.version), "replay_of": current.replay_of}),
             )?;
         }
         w.put(BENCHMARK_RUNS, &run.id, &current)?;

@@ -13,7 +13,7 @@ use kanon_gate::PolicyLayer;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::store::{PRIVACY_CHARGES, RecordRead, StoreError, Write};
+use crate::store::{CHARGES_OF_RUN, PRIVACY_CHARGES, RecordRead, StoreError, Write};
 
 pub use kanon_client::types::{Budget, Charge, ChargeState, rho_text as rho};
 
@@ -217,30 +217,57 @@ pub(crate) fn reserve(
     Ok(Ok(charge))
 }
 
-/// Settle run `run`'s reserved charge on `tenant` as `state`, with its
-/// `privacy.settle` entry: the ρ stays charged whatever the state. Returns
-/// the charge's ρ if the run had one, reserved or settled before (a run
-/// with none was never charged).
-pub(crate) fn settle(
+/// Charge every tenant of `tenants` (with its terms) `cost` for run `run`,
+/// all or none: the charges and their entries, or every shortfall (by
+/// index) and nothing written. A benchmark run charges each tenant whose
+/// data it reads.
+pub(crate) fn reserve_all(
     write: &mut Write<'_>,
-    tenant: &str,
+    tenants: &[(&str, Terms)],
     run: &str,
-    state: ChargeState,
-) -> Result<Option<u64>, StoreError> {
-    let key = key(tenant, run);
-    let Some(mut charge) = write.get::<Charge>(PRIVACY_CHARGES, &key)? else { return Ok(None) };
-    if charge.state == ChargeState::Reserved {
+    by: &str,
+    cost: u64,
+    now: u64,
+) -> Result<Result<(), Vec<(usize, Shortfall)>>> {
+    let mut short = Vec::new();
+    for (i, &(tenant, terms)) in tenants.iter().enumerate() {
+        if let Some(shortfall) = Standing::of(&*write, tenant, terms, now)?.shortfall(tenant, cost, now) {
+            short.push((i, shortfall));
+        }
+    }
+    if !short.is_empty() {
+        return Ok(Err(short));
+    }
+    for &(tenant, terms) in tenants {
+        if let Err(shortfall) = reserve(write, terms, tenant, run, by, cost, now)? {
+            return Err(Error::Internal(format!("a checked reservation fell short: {shortfall}")));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Settle run `run`'s reserved charges (one per tenant it read) as
+/// `state`, each with its `privacy.settle` entry on its tenant's chain:
+/// the ρ stays charged whatever the state. Returns what the run charged
+/// each tenant, reserved or settled before; 0 if it was never charged.
+pub(crate) fn settle(write: &mut Write<'_>, run: &str, state: ChargeState) -> Result<u64, StoreError> {
+    let mut charged = 0;
+    for mut charge in write.listed(PRIVACY_CHARGES, CHARGES_OF_RUN, run)? {
+        charged = charged.max(charge.rho_nanos);
+        if charge.state != ChargeState::Reserved {
+            continue;
+        }
         charge.state = state;
         charge.settled_ms = Some(crate::now_ms());
-        write.put(PRIVACY_CHARGES, &key, &charge)?;
+        write.put(PRIVACY_CHARGES, &key(&charge.tenant, run), &charge)?;
         write.audit(
-            tenant,
+            &charge.tenant,
             "daemon",
             "privacy.settle",
             json!({"run": run, "state": state, "rho_nanos": charge.rho_nanos}),
         )?;
     }
-    Ok(Some(charge.rho_nanos))
+    Ok(charged)
 }
 
 #[cfg(test)]
@@ -327,11 +354,11 @@ mod tests {
         let store = ControlStore::open(dir.path()).unwrap();
         let terms = terms(COST);
         store.write(|w| reserve(w, terms, "acme", "job_a", "ana", COST, NOW)).unwrap().unwrap();
-        let settled = store.write(|w| settle(w, "acme", "job_a", ChargeState::Released)).unwrap();
-        assert_eq!(settled, Some(COST));
-        let again = store.write(|w| settle(w, "acme", "job_a", ChargeState::Spent)).unwrap();
-        assert_eq!(again, Some(COST));
-        assert_eq!(store.write(|w| settle(w, "acme", "job_none", ChargeState::Spent)).unwrap(), None);
+        let settled = store.write(|w| settle(w, "job_a", ChargeState::Released)).unwrap();
+        assert_eq!(settled, COST);
+        let again = store.write(|w| settle(w, "job_a", ChargeState::Spent)).unwrap();
+        assert_eq!(again, COST);
+        assert_eq!(store.write(|w| settle(w, "job_none", ChargeState::Spent)).unwrap(), 0);
         let read = store.read().unwrap();
         let standing = Standing::of(&read, "acme", terms, NOW).unwrap();
         assert_eq!((standing.remaining_nanos, standing.charges[0].state), (0, ChargeState::Released));

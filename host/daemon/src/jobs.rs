@@ -252,8 +252,7 @@ impl Work for Job {
     /// Its privacy charge, if it had one, stays spent: the run may have
     /// read data before the daemon stopped under it.
     fn on_abandon(&mut self, write: &mut Write<'_>) -> Result<(), crate::StoreError> {
-        let charged = budget::settle(write, &self.tenant, &self.id, ChargeState::Spent)?;
-        self.rho_charged_nanos = charged.unwrap_or(0);
+        self.rho_charged_nanos = budget::settle(write, &self.id, ChargeState::Spent)?;
         Ok(())
     }
 }
@@ -455,8 +454,7 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<C
         current.versions = versions;
         w.put(OWNER_LOGS, &job.id, &sealed)?;
         if current.cancel_requested {
-            current.rho_charged_nanos =
-                budget::settle(w, &job.tenant, &job.id, ChargeState::Spent)?.unwrap_or(0);
+            current.rho_charged_nanos = budget::settle(w, &job.id, ChargeState::Spent)?;
             current.state = JobState::Cancelled;
             w.put(JOBS, &job.id, &current)?;
             w.audit(&job.tenant, "daemon", "job.finish", json!({"job": job.id, "outcome": "cancelled"}))?;
@@ -480,7 +478,7 @@ fn finish(app: &App, job: &Job, outcome: Outcome, elapsed: Duration) -> Result<C
         // spent otherwise (it read data and released nothing of its own).
         let released = matches!(&release, Some((_, Some(_), _)));
         let settled = if released { ChargeState::Released } else { ChargeState::Spent };
-        current.rho_charged_nanos = budget::settle(w, &job.tenant, &job.id, settled)?.unwrap_or(0);
+        current.rho_charged_nanos = budget::settle(w, &job.id, settled)?;
         current.state = state;
         current.failure = failure.clone();
         current.stats = release.as_ref().map(|(release, _, _)| JobStats {

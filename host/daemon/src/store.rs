@@ -175,9 +175,14 @@ pub(crate) const ENROLMENTS: Table<EnrolmentRecord> = Table::listed("enrolments"
 pub(crate) const PENDING: Table<Intent> = Table::new("pending_changes");
 /// Work that started and has not finished: id to id.
 pub(crate) const RUNNING: Table<String> = Table::new("running");
+/// A differentially private benchmark request's key
+/// (`benchmark_runs::request_key`) to the version that answers it.
+pub(crate) const BENCHMARK_REPLAYS: Table<u64> = Table::new("benchmark_replays");
 /// The privacy-budget ledger ([`crate::budget`]): `tenant/run` to the run's
-/// charge. Never deleted: the window is applied as charges are read.
-pub(crate) const PRIVACY_CHARGES: Table<Charge> = Table::new("privacy_charges");
+/// charge, listed by run (a benchmark run charges every participant).
+/// Never deleted: the window is applied as charges are read.
+pub(crate) const CHARGES_OF_RUN: Listing<Charge> = Listing::new("charges.run", |c| Some(&c.run));
+pub(crate) const PRIVACY_CHARGES: Table<Charge> = Table::listed("privacy_charges", &[CHARGES_OF_RUN]);
 const AUDIT_HEADS: Table<AuditHead> = Table::new("audit_heads");
 
 /// Queued work (jobs, benchmark runs) in submission order: sequence number
@@ -189,7 +194,7 @@ const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit")
 const LISTINGS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("listings");
 
 /// Every keyed table, to create them all at open and copy them in a backup.
-const RECORD_TABLES: [RawTable; 21] = [
+const RECORD_TABLES: [RawTable; 22] = [
     META,
     TOKENS.raw(),
     TENANTS.raw(),
@@ -211,6 +216,7 @@ const RECORD_TABLES: [RawTable; 21] = [
     PENDING.raw(),
     RUNNING.raw(),
     PRIVACY_CHARGES.raw(),
+    BENCHMARK_REPLAYS.raw(),
 ];
 
 /// The listings `LISTINGS` should hold, derived from every listed table's
@@ -224,6 +230,7 @@ fn expected_listings(txn: &WriteTransaction) -> Result<BTreeSet<ListingKey>, Sto
     listings_of(txn, BENCHMARKS, &mut out)?;
     listings_of(txn, BENCHMARK_RUNS, &mut out)?;
     listings_of(txn, ENROLMENTS, &mut out)?;
+    listings_of(txn, PRIVACY_CHARGES, &mut out)?;
     Ok(out)
 }
 

@@ -962,6 +962,8 @@ mod tests {
             failure: None,
             participants: None,
             version: None,
+            replay_of: None,
+            rho_charged_nanos: 0,
             stats: None,
             cancel_requested: false,
         }

@@ -14,9 +14,11 @@
 //! its rank band among the cell's contributing tenants: an order, never a
 //! peer's value.
 
+use rand_010::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::accumulator::fixed_point_scales;
+use crate::dp::{DpError, Interval};
 use crate::release::{Gate, Release, ReleasedCell, Scope, TenantIntake, cell_values};
 use crate::spec::{Statistic, TableSpec};
 use crate::tally::Tally;
@@ -106,6 +108,10 @@ pub struct PositionTable {
 pub struct PositionCell {
     pub key: Vec<String>,
     pub peers: Option<Vec<f64>>,
+    /// Under differential privacy: the 95 % interval of each peer value's
+    /// noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_intervals: Option<Vec<Interval>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_from: Option<u64>,
     /// The tenant's own values, released under the tenant rules.
@@ -147,15 +153,7 @@ impl Gate {
 
         // Each tenant alone, under the tenant rules: its own values, and who
         // contributed to which cell.
-        let own: Vec<(Vec<Tally>, Release)> = intakes
-            .iter()
-            .map(|intake| {
-                let (tallies, mut hidden) = self.primary_all(std::slice::from_ref(intake), Scope::Tenant);
-                self.protect(&tallies, &mut hidden);
-                let release = self.assemble(&tallies, &hidden, Scope::Tenant);
-                (tallies, release)
-            })
-            .collect();
+        let own: Vec<(Vec<Tally>, Release)> = intakes.iter().map(|intake| self.own(intake)).collect();
         let contributors = |t: usize, cell: usize| -> Vec<u32> {
             let mut set: Vec<u32> = own
                 .iter()
@@ -257,6 +255,56 @@ impl Gate {
             .collect();
         BenchmarkRelease { release, history: next, positions }
     }
+
+    /// Release a benchmark version under differential privacy: every
+    /// intake merged into one noisy release at the policy's ρ
+    /// ([`Gate::release_dp`]), whose guarantee is per entity, whichever
+    /// tenant it belongs to. No rule decides on tenant sets, so `history`
+    /// comes back as it was (the subtraction rule is for exact releases),
+    /// and no tenant gets a band (a rank among its peers' exact values).
+    /// Each tenant's own values are its own data under the tenant rules,
+    /// as in a threshold version.
+    pub fn release_benchmark_dp(
+        &self,
+        intakes: &[TenantIntake],
+        history: &ReleaseHistory,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<BenchmarkRelease, DpError> {
+        assert_eq!(self.scope(), Scope::Benchmark, "a benchmark release needs a benchmark gate");
+        let release = self.release_dp(intakes, rng)?;
+        let positions = intakes
+            .iter()
+            .map(|intake| {
+                let (_, own) = self.own(intake);
+                let tables = release
+                    .tables
+                    .iter()
+                    .zip(&own.tables)
+                    .map(|(peers, mine)| PositionTable {
+                        name: peers.name.clone(),
+                        dimensions: peers.dimensions.clone(),
+                        statistics: peers.statistics.clone(),
+                        cells: peers
+                            .cells
+                            .iter()
+                            .zip(&mine.cells)
+                            .map(|(peer, own)| position(peer, own, vec![None; peers.statistics.len()]))
+                            .collect(),
+                    })
+                    .collect();
+                OwnPosition { tables }
+            })
+            .collect();
+        Ok(BenchmarkRelease { release, history: history.clone(), positions })
+    }
+
+    /// One tenant's own release under the tenant rules, with its tallies.
+    fn own(&self, intake: &TenantIntake) -> (Vec<Tally>, Release) {
+        let (tallies, mut hidden) = self.primary_all(std::slice::from_ref(intake), Scope::Tenant);
+        self.protect(&tallies, &mut hidden);
+        let release = self.assemble(&tallies, &hidden, Scope::Tenant);
+        (tallies, release)
+    }
 }
 
 /// The history of `spec`'s table, if it is for the same table.
@@ -323,6 +371,7 @@ fn position(peer: &ReleasedCell, own: &ReleasedCell, bands: Vec<Option<RankBand>
     PositionCell {
         key: peer.key.clone(),
         peers: peer.values.clone(),
+        peer_intervals: peer.intervals.clone(),
         held_from: peer.held_from,
         own: own.values.clone(),
         bands,
@@ -691,5 +740,54 @@ mod tests {
         assert_eq!(one.release, two.release);
         assert_eq!(one.positions[0], two.positions[0]);
         assert_ne!(one.positions[1], two.positions[1], "the peers themselves see the difference");
+    }
+
+    #[test]
+    fn a_dp_version_noises_every_cell_and_keeps_no_tenant_sets() {
+        use rand_010::SeedableRng;
+        let dp =
+            Policy { privacy: crate::Privacy::Dp, isolation: crate::Isolation::Entity, ..Policy::default() };
+        let dp = Gate::new(vec![spec()], dp, Scope::Benchmark).unwrap();
+        let threshold = gate();
+        let members = [0, 1, 2, 3, 4, 5];
+        let counts = [[12, 12, 0], [12, 3, 0], [12, 12, 0], [12, 12, 0], [12, 12, 0], [12, 12, 0]];
+        let intakes = |gate: &Gate| -> Vec<TenantIntake> {
+            members.iter().zip(&counts).map(|(&m, c)| tenant(gate, u64::from(m), c, 10.0)).collect()
+        };
+        let exact =
+            threshold.release_benchmark(&intakes(&threshold), &members, &ReleaseHistory::default(), 1);
+        let mut rng = rand_010::rngs::ChaCha20Rng::seed_from_u64(7);
+        let noisy = dp.release_benchmark_dp(&intakes(&dp), &exact.history, &mut rng).unwrap();
+
+        // Every cell, the empty east and the total too, with its interval;
+        // the history is the threshold versions' only.
+        let table = &noisy.release.tables[0];
+        assert_eq!(noisy.release.dp.as_ref().map(|d| d.rho_nanos), Some(24_300_000));
+        assert_eq!((table.cells.len(), table.suppressed_cells, table.held_cells), (4, 0, 0));
+        assert!(
+            table.cells.iter().all(|c| c.values.is_some() && c.intervals.is_some() && c.held_from.is_none())
+        );
+        assert_eq!(noisy.history, exact.history);
+        let (north, sd) =
+            (table.cells[0].values.as_ref().unwrap()[0], table.noise_sd.as_ref().unwrap()[0].unwrap());
+        assert!((north - 72.0).abs() < 6.0 * sd, "72 drivers ± noise of sd {sd}: {north}");
+
+        // Each tenant: the noisy peer values with their intervals, its own
+        // exact values under the tenant rules as in a threshold version,
+        // and no band.
+        for (mine, theirs) in noisy.positions.iter().zip(&exact.positions) {
+            for ((cell, peer), exact) in
+                mine.tables[0].cells.iter().zip(&table.cells).zip(&theirs.tables[0].cells)
+            {
+                assert_eq!((&cell.peers, &cell.peer_intervals), (&peer.values, &peer.intervals));
+                assert_eq!(cell.own, exact.own);
+                assert!(cell.bands.iter().all(Option::is_none));
+            }
+        }
+        assert_eq!(noisy.positions[1].tables[0].cells[1].own, None, "3 drivers: below its own k");
+
+        // A tenant leaving holds nothing: no rule decides on tenant sets.
+        let five = dp.release_benchmark_dp(&intakes(&dp)[..5], &exact.history, &mut rng).unwrap();
+        assert!(five.release.tables[0].cells.iter().all(|c| c.held_from.is_none() && c.values.is_some()));
     }
 }

@@ -168,8 +168,4 @@ pub enum RunError {
     Busy,
     #[error("a benchmark needs at least one tenant")]
     NoTenants,
-    /// Benchmark releases have no noise yet: a DP policy is refused rather
-    /// than released by thresholds.
-    #[error("differentially private benchmark runs are not built yet")]
-    DpBenchmark,
 }

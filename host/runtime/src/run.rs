@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kanon_gate::dp::DpError;
 use kanon_gate::{
-    Gate, Isolation, OwnPosition, Policy, Privacy, Release, ReleaseHistory, ReleaseRecord, Scope,
-    TenantIntake,
+    Gate, Isolation, OwnPosition, Policy, Release, ReleaseHistory, ReleaseRecord, Scope, TenantIntake,
 };
 use kanon_vault::{DatasetVersion, PseudonymKey};
 use rand_010::SeedableRng;
@@ -371,9 +371,6 @@ impl Runtime {
         if request.tenants.is_empty() {
             return Err(RunError::NoTenants);
         }
-        if request.policy.privacy == Privacy::Dp {
-            return Err(RunError::DpBenchmark);
-        }
         let params = plugin.manifest.check_params(&request.params)?;
         for tenant in &request.tenants {
             crate::check_data(&plugin.manifest, &tenant.datasets)?;
@@ -401,12 +398,16 @@ impl Runtime {
             tenants.push((tenant.tenant.clone(), run.owner_log, run.stats));
         }
         let members: Vec<u32> = request.tenants.iter().map(|t| t.member).collect();
-        let (outcome, positions, history) = match failure {
-            None => {
-                let version = gate.release_benchmark(&intakes, &members, &request.history, request.version);
-                (Ok(version.release), version.positions, version.history)
-            }
-            Some(failure) => (Err(failure), Vec::new(), request.history),
+        let version = match failure {
+            None if gate.dp_plan().is_some() => dp_rng()
+                .and_then(|mut rng| gate.release_benchmark_dp(&intakes, &request.history, &mut rng))
+                .map_err(|e| host_error(&e)),
+            None => Ok(gate.release_benchmark(&intakes, &members, &request.history, request.version)),
+            Some(failure) => Err(failure),
+        };
+        let (outcome, positions, history) = match version {
+            Ok(version) => (Ok(version.release), version.positions, version.history),
+            Err(failure) => (Err(failure), Vec::new(), request.history),
         };
         Ok(BenchmarkReport {
             run_id: request.run_id,
@@ -597,10 +598,18 @@ fn release(gate: &Gate, intake: &TenantIntake) -> Result<Release, RunFailure> {
     if gate.dp_plan().is_none() {
         return Ok(gate.release(intakes));
     }
-    let host_error = |e: &dyn std::fmt::Display| {
-        tracing::error!("differentially private release failed: {e}");
-        RunFailure { class: FailureClass::HostError }
-    };
-    let mut rng = ChaCha20Rng::try_from_rng(&mut SysRng).map_err(|e| host_error(&e))?;
-    gate.release_dp(intakes, &mut rng).map_err(|e| host_error(&e))
+    dp_rng().and_then(|mut rng| gate.release_dp(intakes, &mut rng)).map_err(|e| host_error(&e))
+}
+
+/// The noise's generator: ChaCha20 seeded from the operating system, never
+/// from anything of the request.
+fn dp_rng() -> Result<ChaCha20Rng, DpError> {
+    ChaCha20Rng::try_from_rng(&mut SysRng).map_err(|e| DpError::Sampler(e.to_string()))
+}
+
+/// A differentially private release that failed: the host's fault, never
+/// the plugin's, and logged for the operator.
+fn host_error(e: &DpError) -> RunFailure {
+    tracing::error!("differentially private release failed: {e}");
+    RunFailure { class: FailureClass::HostError }
 }

@@ -262,7 +262,7 @@ pub fn benchmarks(args: BenchmarksArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-const RUN_HEADER: [&str; 7] = ["id", "state", "failure", "tenants", "version", "submitted", "by"];
+const RUN_HEADER: [&str; 8] = ["id", "state", "failure", "tenants", "version", "rho", "submitted", "by"];
 
 const OPT_IN_HEADER: [&str; 4] = ["benchmark", "tenant", "datasets", "since"];
 
@@ -272,7 +272,11 @@ fn run_row(run: &BenchmarkRun) -> Vec<String> {
         run.state.name().into(),
         escaped_or_dash(run.failure.as_deref()),
         or_dash(run.participants),
-        or_dash(run.version),
+        match (run.version, &run.replay_of) {
+            (Some(version), Some(_)) => format!("{version} (replay)"),
+            (version, _) => or_dash(version),
+        },
+        if run.rho_charged_nanos == 0 { "-".into() } else { kanon_client::rho_text(run.rho_charged_nanos) },
         at(Some(run.submitted_ms)),
         escaped(&run.trigger),
     ]

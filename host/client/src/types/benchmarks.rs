@@ -124,8 +124,17 @@ pub struct BenchmarkRun {
     pub failure: Option<String>,
     /// Tenants whose data the run read.
     pub participants: Option<usize>,
-    /// The version it released.
+    /// The version it released, or the one that answers it.
     pub version: Option<u64>,
+    /// Set when the same differentially private request (plugin, params,
+    /// policy, tenants and their data versions) was answered before: the
+    /// run that released `version`. Nothing was read or charged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
+    /// ρ the run charged each tenant whose data it read, in nano-ρ: 0 under
+    /// thresholds and for a replay.
+    #[serde(default)]
+    pub rho_charged_nanos: u64,
     pub stats: Option<BenchmarkStats>,
     /// Set when a cancel arrived while it ran: nothing it made is released.
     #[serde(default)]

@@ -57,6 +57,21 @@ pub struct Budget {
     pub charges: Vec<Charge>,
 }
 
+/// What a benchmark's next run would charge, and how many runs its
+/// participants' budgets allow: for its vendor, who sees no tenant's own
+/// budget, only the smallest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BenchmarkBudget {
+    pub benchmark: String,
+    /// ρ a run charges each tenant whose data it reads, in nano-ρ; `None`
+    /// when the tenants opted in now run under thresholds (no charge).
+    pub rho_nanos: Option<u64>,
+    /// How many such runs the tightest budget of the tenants opted in now
+    /// allows in its window, if the run is differentially private. A tenant
+    /// whose budget falls short is left out of a run, not the run refused.
+    pub runs_possible: Option<u64>,
+}
+
 /// Nano-ρ as ρ, exactly, without trailing zeros: `24300000` is `0.0243`.
 pub fn rho_text(nanos: u64) -> String {
     let text = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);

@@ -22,7 +22,7 @@ use crate::App;
 use crate::auth::{Caller, Role};
 use kanon_client::types::BenchmarkView;
 
-use crate::benchmark_runs::{self, BenchmarkRun, PositionView, VersionSummary};
+use crate::benchmark_runs::{self, BenchmarkBudget, BenchmarkRun, PositionView, VersionSummary};
 use crate::benchmarks::{self, Benchmark, NewBenchmark, OptIn, OptInRequest};
 use crate::error::{Error, Result};
 use crate::jobs::JobLog;
@@ -33,6 +33,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(publish_benchmark, list_benchmarks))
         .routes(routes!(show_benchmark, retire_benchmark))
+        .routes(routes!(benchmark_budget))
         .routes(routes!(queue_run, list_runs))
         .routes(routes!(show_run))
         .routes(routes!(cancel_run))
@@ -109,6 +110,22 @@ async fn show_benchmark(
 ) -> Result<axum::Json<BenchmarkView>> {
     let benchmark = visible(&app, &caller, &name)?;
     Ok(axum::Json(view(&app, &caller, benchmark)?))
+}
+
+/// What a run of the benchmark charges each tenant it reads under
+/// differential privacy, and how many runs the tightest budget of the
+/// tenants opted in now allows (its vendor, operator). No tenant's own
+/// budget is shown; the smallest one shows through `runs_possible`.
+#[utoipa::path(get, path = routes::BENCHMARK_BUDGET, tag = "benchmarks", security(("token" = [])),
+    params(("benchmark" = String, Path)),
+    responses((status = 200, body = BenchmarkBudget), (status = 404, body = super::ErrorBody)))]
+async fn benchmark_budget(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    PathArgs(name): PathArgs<String>,
+) -> Result<axum::Json<BenchmarkBudget>> {
+    let benchmark = visible(&app, &caller, &name)?;
+    Ok(axum::Json(benchmark_runs::budget(&app, &benchmark)?))
 }
 
 /// Retire a benchmark (its vendor): no more runs or opt-ins, its schedule

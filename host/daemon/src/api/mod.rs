@@ -103,6 +103,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", routes::BENCHMARKS, Access::Roles(&[Vendor, TenantAdmin, Operator])),
     ("GET", routes::BENCHMARK, Access::Roles(&[Vendor, TenantAdmin, Operator])),
     ("DELETE", routes::BENCHMARK, Access::Roles(&[Vendor])),
+    ("GET", routes::BENCHMARK_BUDGET, Access::Roles(&[Vendor, Operator])),
     ("POST", routes::BENCHMARK_RUNS, Access::Roles(&[Vendor])),
     ("GET", routes::BENCHMARK_RUNS, Access::Roles(&[Vendor, Operator])),
     ("GET", routes::BENCHMARK_RUN, Access::Roles(&[Vendor, Operator])),
