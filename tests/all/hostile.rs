@@ -12,7 +12,8 @@ use kanon_tests::{
 
 // The attacks on entity isolation are tested in `isolation`.
 use crate::isolation::{
-    cancels_pairs, joins_on_the_entity, moves_data_across_entities, spells_with_counts, traps_for_one_entity,
+    cancels_pairs, differences_by_params, joins_on_the_entity, moves_data_across_entities,
+    spells_with_counts, traps_for_one_entity,
 };
 
 // A fixture without a test below fails to compile here.

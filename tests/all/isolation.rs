@@ -209,6 +209,53 @@ pub(crate) fn cancels_pairs() {
     assert_eq!(isolated["north"].as_ref().unwrap()[1], 42.0 + 20.0 * 7.0, "each contributes its own fuel");
 }
 
+/// Differencing by params: two runs whose params leave out only the
+/// target. Under thresholds both exact releases pass k and dominance, and
+/// isolation does not help (each instance decides on its own rows), so
+/// their difference is the target's exact fuel. Under differential privacy
+/// each release draws its own noise: over 60 pairs the attacker's estimate
+/// errs by about 0 on average with the spread of σ√2 (chi-square bounds at
+/// p = 10⁻⁶), never by 0. (Through the daemon each release is another
+/// request, charged to the tenant's budget.)
+#[test]
+pub(crate) fn differences_by_params() {
+    let plugin = load_path(kanon_fixtures::DIFFERENCES_BY_PARAMS).unwrap();
+    // 36 drivers, 12 in north; driver 36 (north) alone has more than 100
+    // litres: 300 + 150.
+    let rows = fleet(36, |d| if d == 36 { 300.0 } else { 10.0 + f64::from(d) });
+    let target = 450.0;
+    let north_sum = |policy: &Policy, above: &str| {
+        let params = format!(r#"{{"leave_out_above": "{above}"}}"#);
+        let request = RunRequest { policy: policy.clone(), ..request(trips(&rows), &params) };
+        let release = runtime().run(&plugin, request).unwrap().outcome.unwrap();
+        let sd = release.tables[0].noise_sd.as_ref().and_then(|sd| sd[1]);
+        (release.tables[0].cells[0].values.as_ref().map(|v| v[1]), sd)
+    };
+    let exact = Policy { isolation: Isolation::Entity, ..Policy::default() };
+    let (all, _) = north_sum(&exact, "inf");
+    let (without, _) = north_sum(&exact, "100");
+    assert_eq!(all.unwrap() - without.unwrap(), target, "exact releases give the target away");
+
+    let layer = PolicyLayer { privacy: Some(Privacy::Dp), ..PolicyLayer::default() };
+    let dp = Policy::for_run(&Policy::default(), [], &layer).unwrap();
+    const PAIRS: usize = 60;
+    let mut errors = Vec::with_capacity(PAIRS);
+    let mut sigma = 0.0;
+    for _ in 0..PAIRS {
+        let ((all, sd), (without, _)) = (north_sum(&dp, "inf"), north_sum(&dp, "100"));
+        sigma = sd.expect("a DP release states its σ");
+        errors.push(all.unwrap() - without.unwrap() - target);
+    }
+    let spread = sigma * 2f64.sqrt();
+    let mean = errors.iter().sum::<f64>() / PAIRS as f64;
+    assert!(mean.abs() <= 5.0 * spread / (PAIRS as f64).sqrt(), "mean error {mean} at σ√2 = {spread}");
+    assert!(errors.iter().all(|e| *e != 0.0 && *e != -target), "{errors:?}");
+    let chi2: f64 = errors.iter().map(|e| (e / spread).powi(2)).sum();
+    let df = PAIRS as f64;
+    let quantile = |z: f64| df * (1.0 - 2.0 / (9.0 * df) + z * (2.0 / (9.0 * df)).sqrt()).powi(3);
+    assert!((quantile(-4.89)..=quantile(4.89)).contains(&chi2), "χ² {chi2:.1} on {df} df");
+}
+
 /// One driver's instance traps: that driver is left out, and the release is
 /// the one of a run without its rows. A shared run fails whole.
 #[test]
@@ -377,6 +424,7 @@ fn every_hostile_fixture_isolated_leaves_the_other_entities_cells_alone() {
         kanon_fixtures::CANCELS_PAIRS,
         kanon_fixtures::CARRIES_STATE,
         kanon_fixtures::CODE_OUTSIDE_DOMAIN,
+        kanon_fixtures::DIFFERENCES_BY_PARAMS,
         kanon_fixtures::ERROR_WITH_DATA,
         kanon_fixtures::FLIPS_A_COIN,
         kanon_fixtures::FLOODS_HOST,
@@ -443,6 +491,7 @@ fn every_hostile_fixture_under_dp_releases_every_value_with_the_stated_noise() {
     let fixtures = [
         kanon_fixtures::CANCELS_PAIRS,
         kanon_fixtures::CARRIES_STATE,
+        kanon_fixtures::DIFFERENCES_BY_PARAMS,
         kanon_fixtures::FLIPS_A_COIN,
         kanon_fixtures::MOVES_DATA_ACROSS_ENTITIES,
         kanon_fixtures::PADS_WITH_ZEROS,

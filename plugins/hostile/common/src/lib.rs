@@ -70,11 +70,29 @@ pub fn first_trip() -> Result<(u64, f64), Error> {
 }
 
 /// Declare a fixture: `$name` implements the attack in `$body`, under the
-/// common manifest or the one given.
+/// common manifest or the one given, with its params (as text) when the
+/// body is written `|params| ...`.
 #[macro_export]
 macro_rules! fixture {
     ($name:literal, $body:expr) => {
         $crate::fixture!($name, manifest = $crate::manifest($name), $body);
+    };
+    ($name:literal, manifest = $manifest:expr, |$params:ident| $body:expr) => {
+        struct Fixture;
+
+        impl kanon_guest::Plugin for Fixture {
+            type Params = std::collections::BTreeMap<String, String>;
+
+            fn manifest() -> kanon_guest::Manifest {
+                $manifest
+            }
+
+            fn run($params: Self::Params) -> Result<(), kanon_guest::Error> {
+                $body
+            }
+        }
+
+        kanon_guest::export_plugin!(Fixture);
     };
     ($name:literal, manifest = $manifest:expr, $body:expr) => {
         struct Fixture;
