@@ -1307,6 +1307,41 @@ mod serve {
         let versions: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(versions[1]["held_cells"], 30, "{versions}");
 
+        // One tenant requires differential privacy: the next version is
+        // noised, every tenant it reads pays, and the same run again is the
+        // same version, free.
+        let (_, out, _) = cli(&vendor, &["budget", "--benchmark", "co2"]);
+        assert!(out.contains("its tenants run under thresholds"), "{out}");
+        let dp = PolicyLayer::from_toml("t.toml", "privacy = \"dp\"\n").unwrap();
+        served.client(Some(&admins[0])).set_tenant_policy("carrier-0", &dp).unwrap();
+        let (code, out, err) = cli(&vendor, &["budget", "--benchmark", "co2"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("a run charges ρ = 0.0243 to each tenant it reads")
+                && out.contains("allows 20 more"),
+            "{out}"
+        );
+        let (code, out, err) = cli(&vendor, &["benchmarks", "run", "co2", "--wait"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("co2 version 3 (5 tenants)") && out.contains("every cell released with noise"),
+            "{out}"
+        );
+        let (code, out, err) = cli(&admins[0], &["benchmarks", "position", "co2", "--tenant", "carrier-0"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains(" [") && out.contains("peers count"), "peers with their intervals: {out}");
+        let (code, _, err) = cli(&vendor, &["benchmarks", "run", "co2", "--wait"]);
+        assert_eq!(code, Some(0), "{err}");
+        let (_, out, _) = cli(&vendor, &["benchmarks", "runs", "co2"]);
+        let replayed = out.lines().filter(|l| l.contains("3 (replay)")).count();
+        let charged = out.lines().filter(|l| l.contains(" 0.0243 ")).count();
+        assert_eq!((replayed, charged), (1, 1), "{out}");
+        let (_, out, _) = cli(&vendor, &["budget", "--benchmark", "co2"]);
+        assert!(out.contains("allows 19 more"), "the replay charged nothing: {out}");
+        let (code, out, err) = cli(&admins[1], &["budget", "carrier-1"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.lines().any(|l| l.contains("benchco") && l.contains("0.0243 ")), "{out}");
+
         let (code, _, _) = cli(&vendor, &["benchmarks", "retire", "co2"]);
         assert_eq!(code, Some(0));
         let (code, _, err) = cli(&vendor, &["benchmarks", "run", "co2"]);

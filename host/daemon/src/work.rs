@@ -1013,7 +1013,7 @@ mod tests {
     }
 
     #[test]
-    fn a_privacy_charge_left_by_a_crash_stays_spent_and_is_settled_once() {
+    fn privacy_charges_left_by_a_crash_stay_spent_and_are_settled_once() {
         use crate::budget::{self, ChargeState, Standing, Terms};
         let dir = tempfile::tempdir().unwrap();
         let terms = Terms { budget_nanos: 100, window_days: 30, dp_required: true };
@@ -1023,30 +1023,44 @@ mod tests {
                 .write(|w| {
                     w.put(JOBS, JOB_RUNNING, &job(JOB_RUNNING, 1, JobState::Running))?;
                     w.put(RUNNING, JOB_RUNNING, &JOB_RUNNING.to_owned())?;
-                    budget::reserve(w, terms, "acme", JOB_RUNNING, "ana", 40, now_ms())
+                    budget::reserve(w, terms, "acme", JOB_RUNNING, "ana", 40, now_ms())?.unwrap();
+                    // A benchmark run charged two tenants.
+                    let going = run(RUN_RUNNING, 2, JobState::Running);
+                    w.put(BenchmarkRun::TABLE, &going.id, &going)?;
+                    w.put(RUNNING, RUN_RUNNING, &RUN_RUNNING.to_owned())?;
+                    let both = [("acme", terms), ("beta", terms)];
+                    budget::reserve_all(w, &both, RUN_RUNNING, "benchco", 30, now_ms())?.unwrap();
+                    Ok::<_, Error>(())
                 })
-                .unwrap()
                 .unwrap();
-            // The daemon stops here, after the durable reservation and
-            // before the run's finish.
+            // The daemon stops here, after the durable reservations and
+            // before the runs' finish.
         }
         let store = ControlStore::open(dir.path()).unwrap();
-        assert_eq!(recover(&store).unwrap(), 1);
+        assert_eq!(recover(&store).unwrap(), 2);
         let read = store.read().unwrap();
         let job: Job = read.get(JOBS, JOB_RUNNING).unwrap().unwrap();
         assert_eq!(
             (job.state, job.failure.as_deref(), job.rho_charged_nanos),
             (JobState::Failed, Some(INTERRUPTED), 40)
         );
-        let standing = Standing::of(&read, "acme", terms, now_ms()).unwrap();
-        assert_eq!((standing.charged_nanos, standing.remaining_nanos), (40, 60), "never refunded");
-        assert_eq!(standing.charges[0].state, ChargeState::Spent);
+        let ended: BenchmarkRun = read.get(BenchmarkRun::TABLE, RUN_RUNNING).unwrap().unwrap();
+        assert_eq!(
+            (ended.state, ended.failure.as_deref(), ended.rho_charged_nanos),
+            (JobState::Failed, Some(INTERRUPTED), 30)
+        );
+        for (tenant, charged) in [("acme", 70), ("beta", 30)] {
+            let standing = Standing::of(&read, tenant, terms, now_ms()).unwrap();
+            assert_eq!(standing.charged_nanos, charged, "{tenant}: never refunded");
+            assert!(standing.charges.iter().all(|c| c.state == ChargeState::Spent), "{tenant}");
+        }
         drop(read);
         assert_eq!(recover(&store).unwrap(), 0);
         let (chain, _) = store.read().unwrap().audit("acme").unwrap();
         let privacy: Vec<&str> =
             chain.iter().map(|e| e.action.as_str()).filter(|a| a.starts_with("privacy.")).collect();
-        assert_eq!(privacy, ["privacy.reserve", "privacy.settle"], "settled once");
+        let settled_once = ["privacy.reserve", "privacy.reserve", "privacy.settle", "privacy.settle"];
+        assert_eq!(privacy, settled_once);
     }
 
     #[test]
