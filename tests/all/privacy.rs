@@ -110,6 +110,38 @@ fn a_dp_job_is_charged_once_a_replay_is_free_and_an_overspend_is_refused() {
     assert_eq!(d.operator.tenant_budget("acme").unwrap_err().status(), Some(403));
 }
 
+/// A dataset deleted and uploaded anew starts again at version 1: its
+/// other data is another request, run and charged, never answered with the
+/// release of the deleted data.
+#[test]
+fn data_uploaded_anew_under_an_old_version_number_is_another_request() {
+    let d = TestDaemon::start();
+    let (analyst, _) = d.token(Role::Analyst, "ana", None, None);
+    let (admin, ask) = dp_tenant(&d, "acme", 0.5, &analyst);
+    let first = wait_for(&analyst, &analyst.submit_job(&ask).unwrap().id);
+    assert_eq!(first.state, JobState::Succeeded, "{first:?}");
+    admin.revoke_approval("acme", &ask.approval).unwrap();
+    admin.delete_dataset("acme", "trips").unwrap();
+    let csv = kanon_client::UploadArgs {
+        format: "csv".into(),
+        entity: Some("driver_id".into()),
+        ..kanon_client::UploadArgs::default()
+    };
+    let again =
+        admin.ingest("acme", "trips", &csv, std::io::Cursor::new(kanon_tests::fleet_csv(60, 1.0))).unwrap();
+    assert_eq!(again.version, 1, "the number comes again");
+    let plugin = analyst.plugin(&ask.plugin).unwrap();
+    let ask = submit_of("acme", &plugin, &approve(&admin, "acme", &plugin, "ana"));
+    let second = wait_for(&analyst, &analyst.submit_job(&ask).unwrap().id);
+    assert_eq!(
+        (second.state, second.replay_of.as_deref(), second.rho_charged_nanos),
+        (JobState::Succeeded, None, RHO),
+        "{second:?}"
+    );
+    assert_eq!(second.versions, first.versions);
+    assert_ne!(analyst.job_results(&second.id).unwrap(), analyst.job_results(&first.id).unwrap());
+}
+
 #[test]
 fn racing_dp_jobs_never_overspend_and_a_refused_one_reads_nothing() {
     let d = TestDaemon::start_with(tempfile::tempdir().unwrap(), |config| {

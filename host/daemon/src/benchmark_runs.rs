@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kanon_gate::{
-    CellHistory, Gate, Isolation, Policy, PolicyLayer, ReleaseHistory, Scope, TableHistory, TableSpec,
+    CellHistory, Gate, Isolation, Policy, PolicyLayer, Privacy, ReleaseHistory, Scope, TableHistory,
+    TableSpec,
 };
 use kanon_runtime::{BenchmarkReport, BenchmarkRequest, CancelToken, TenantInput};
 use serde_json::json;
@@ -138,6 +139,9 @@ pub(crate) fn queue_due(store: &ControlStore, now: u64) -> Result<usize> {
 pub(crate) struct Participant {
     opt_in: OptIn,
     versions: BTreeMap<String, u64>,
+    /// The content hash of each dataset version read: what a request is
+    /// (a version number comes again after a dataset is deleted).
+    contents: BTreeMap<String, String>,
     /// Its own policy layer, as the run read it.
     layer: PolicyLayer,
     rows: u64,
@@ -261,9 +265,12 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
             Ok((record, datasets, secret)) => {
                 let rows = datasets.values().map(|d| d.rows()).sum::<u64>();
                 let versions = datasets.iter().map(|(name, d)| (name.clone(), d.version())).collect();
+                let contents =
+                    datasets.iter().map(|(name, d)| (name.clone(), d.info().content_hash)).collect();
                 let member = opt_in.member;
                 taking_part.inputs.push(TenantInput { tenant: tenant.clone(), datasets, secret, member });
-                taking_part.participants.push(Participant { opt_in, versions, layer: record.policy, rows });
+                let layer = record.policy;
+                taking_part.participants.push(Participant { opt_in, versions, contents, layer, rows });
             }
             Err(e) => skipped.push((tenant, e.to_string())),
         }
@@ -293,13 +300,26 @@ fn execute(app: &App, run: &BenchmarkRun, cancel: CancelToken) -> (Outcome, Vec<
         if let Err(e) = Gate::new(plugin.manifest.outputs.clone(), policy.clone(), Scope::Benchmark) {
             return (not_run("policy", e.to_string(), taking_part.participants), skipped);
         }
+        // Cancelled before its charge: nobody pays for a run that never ran.
+        if cancel.is_cancelled() {
+            return (
+                not_run("interrupted", "cancelled before it started".into(), taking_part.participants),
+                skipped,
+            );
+        }
         let request = request_key(&benchmark, &policy, &taking_part.participants);
         match reserve(app, run, &benchmark, &taking_part.participants, &request, cost) {
             Ok(Reserved::Charged) => break (policy, Some(request)),
             Ok(Reserved::Replay(of)) => {
                 return (Outcome::Replayed { of, participants: taking_part.participants }, skipped);
             }
-            Ok(Reserved::Short(short)) => {
+            Ok(Reserved::Short(mut short)) => {
+                // Leaving out a tenant that asks for DP may make this a
+                // threshold run, which charges nobody: those go first.
+                let asks = |i: usize| taking_part.participants[i].layer.privacy == Some(Privacy::Dp);
+                if short.iter().any(|&(i, _)| asks(i)) {
+                    short.retain(|&(i, _)| asks(i));
+                }
                 for (i, shortfall) in short.into_iter().rev() {
                     let tenant = taking_part.leave_out(i);
                     skipped.push((tenant, shortfall.to_string()));
@@ -366,12 +386,12 @@ fn run_policy(floor: &PolicyLayer, layers: &[PolicyLayer]) -> Result<Policy, kan
 
 /// What makes two differentially private runs the same request: the
 /// benchmark, its plugin and params, the policy (not the budget's terms),
-/// and every participant with its mapping and the data versions read. The
-/// hash keys the version that answers it.
+/// and every participant with its mapping and the content of the data
+/// versions read. The hash keys the version that answers it.
 fn request_key(benchmark: &Benchmark, policy: &Policy, participants: &[Participant]) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("kanon benchmark request v1");
     let mut tenants: Vec<_> =
-        participants.iter().map(|p| (p.opt_in.member, &p.opt_in.datasets, &p.versions)).collect();
+        participants.iter().map(|p| (p.opt_in.member, &p.opt_in.datasets, &p.contents)).collect();
     tenants.sort_by_key(|(member, _, _)| *member);
     // JSON of maps with sorted keys: one text per request.
     let parts = json!({
@@ -442,9 +462,14 @@ pub(crate) fn budget(app: &App, benchmark: &Benchmark) -> Result<BenchmarkBudget
         terms.push((opt_in.tenant, Terms::of(&app.config.floor, &record.policy)?));
         layers.push(record.policy);
     }
-    let policy = run_policy(&app.config.floor, &layers).map_err(|e| Error::Unprocessable(e.to_string()))?;
+    // The error would quote a tenant's policy to the vendor.
+    let policy = run_policy(&app.config.floor, &layers)
+        .map_err(|_| Error::Unprocessable("the policies of the tenants opted in do not combine".into()))?;
     let cost = policy.dp_rho_nanos();
     let runs_possible = match cost {
+        // Fewer than t tenants: no run would go ahead, and one tenant's
+        // budget would show through the smallest.
+        Some(_) if terms.len() < policy.min_tenants as usize => None,
         None => None,
         Some(cost) => {
             let now = now_ms();

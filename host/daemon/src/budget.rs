@@ -248,13 +248,16 @@ pub(crate) fn reserve_all(
 
 /// Settle run `run`'s reserved charges (one per tenant it read) as
 /// `state`, each with its `privacy.settle` entry on its tenant's chain:
-/// the ρ stays charged whatever the state. Returns what the run charged
-/// each tenant, reserved or settled before; 0 if it was never charged.
+/// the ρ stays charged whatever the state. A charge on a tenant whose
+/// chain takes no entries (it did not verify) stays `reserved`, which
+/// counts the same, rather than keep the run from ending. Returns what the
+/// run charged each tenant, reserved or settled before; 0 if it was never
+/// charged.
 pub(crate) fn settle(write: &mut Write<'_>, run: &str, state: ChargeState) -> Result<u64, StoreError> {
     let mut charged = 0;
     for mut charge in write.listed(PRIVACY_CHARGES, CHARGES_OF_RUN, run)? {
         charged = charged.max(charge.rho_nanos);
-        if charge.state != ChargeState::Reserved {
+        if charge.state != ChargeState::Reserved || write.chain_broken(&charge.tenant) {
             continue;
         }
         charge.state = state;

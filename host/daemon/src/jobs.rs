@@ -285,10 +285,12 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
     };
     let mut datasets = BTreeMap::new();
     let mut versions = BTreeMap::new();
+    let mut contents = BTreeMap::new();
     for (name, dataset) in &job.datasets {
         match app.vault.dataset(&job.tenant, dataset, None) {
             Ok(version) => {
                 versions.insert(name.clone(), version.version());
+                contents.insert(name.clone(), version.info().content_hash);
                 datasets.insert(name.clone(), version);
             }
             Err(e) => return not_run("data-unavailable", e.to_string()),
@@ -312,7 +314,7 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         Ok(policy) => policy,
         Err(e) => return not_run("policy", e.to_string()),
     };
-    let request = request_key(job, &versions, &policy);
+    let request = request_key(job, &contents, &policy);
     match replayed(&read, &request) {
         Ok(Some((of, release))) => return Outcome::Replayed { of, release: Box::new(release), versions },
         Ok(None) => {}
@@ -323,6 +325,10 @@ fn execute(app: &App, job: &Job, cancel: CancelToken) -> Outcome {
         // A release the gate cannot make is refused before it is charged.
         if let Err(e) = Gate::new(plugin.manifest.outputs.clone(), policy.clone(), Scope::Tenant) {
             return not_run("policy", e.to_string());
+        }
+        // Cancelled before its charge: nobody pays for a run that never ran.
+        if cancel.is_cancelled() {
+            return not_run("interrupted", "cancelled before it started".into());
         }
         match reserve(app, job, &request, cost) {
             Ok(Reserved::Charged) => {}
@@ -391,16 +397,15 @@ fn reserve(app: &App, job: &Job, request: &str, cost: u64) -> Result<Reserved> {
 }
 
 /// What makes two jobs the same request: the tenant, the plugin, the params,
-/// the dataset versions read and the policy the release answers to (not the
+/// the content of the dataset versions read (a number comes again after a
+/// dataset is deleted and uploaded anew; its content hash does not unless
+/// the data is the same) and the policy the release answers to (not the
 /// budget's terms, which change no release). The hash keys the stored
 /// releases.
-fn request_key(job: &Job, versions: &BTreeMap<String, u64>, policy: &Policy) -> String {
-    let mut hasher = blake3::Hasher::new_derive_key("kanon job request v1");
-    let datasets: Vec<(&String, &String, u64)> = job
-        .datasets
-        .iter()
-        .map(|(name, dataset)| (name, dataset, versions.get(name).copied().unwrap_or(0)))
-        .collect();
+fn request_key(job: &Job, contents: &BTreeMap<String, String>, policy: &Policy) -> String {
+    let mut hasher = blake3::Hasher::new_derive_key("kanon job request v2");
+    let datasets: Vec<(&String, &String, Option<&String>)> =
+        job.datasets.iter().map(|(name, dataset)| (name, dataset, contents.get(name))).collect();
     // JSON of maps with sorted keys: one text per request.
     let parts = json!({
         "tenant": job.tenant,
@@ -573,19 +578,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_request_is_the_same_whatever_the_budget_terms_and_another_under_another_rho() {
+    fn a_request_is_the_same_whatever_the_budget_terms_and_another_under_another_rho_or_data() {
         let job = job("job_000000000000000000000001", 1, JobState::Queued);
-        let versions = [("trips".to_owned(), 3)].into();
+        let contents = [("trips".to_owned(), "c0ffee".to_owned())].into();
         let dp = Policy { privacy: Privacy::Dp, isolation: Isolation::Entity, ..Policy::default() };
         let key =
-            |dp: DpPolicy, policy: &Policy| request_key(&job, &versions, &Policy { dp, ..policy.clone() });
+            |dp: DpPolicy, policy: &Policy| request_key(&job, &contents, &Policy { dp, ..policy.clone() });
         let base = key(DpPolicy::default(), &dp);
         let smaller_budget = DpPolicy { budget_rho: 0.1, window_days: 90, ..DpPolicy::default() };
         assert_eq!(key(smaller_budget, &dp), base);
         assert_ne!(key(DpPolicy { rho: 0.01, ..DpPolicy::default() }, &dp), base);
-        // A threshold policy's key is what it was before DP existed.
+        // DP's fields leave a threshold policy's key alone.
         let threshold = key(smaller_budget, &Policy::default());
         assert_eq!(threshold, key(DpPolicy::default(), &Policy::default()));
-        assert_eq!(threshold, "91040274652b8741e1e19d0af8b2253692a4630d05a311ceb8078f120eaa85df");
+        assert_eq!(threshold, "c7995e42210242b43d56fa934845de5e7f1ead1cff69f68cf9d515815d974d70");
+        // Other data under the same dataset name is another request.
+        let other = [("trips".to_owned(), "decaf".to_owned())].into();
+        assert_ne!(request_key(&job, &other, &Policy::default()), threshold);
     }
 }

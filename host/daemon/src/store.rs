@@ -851,7 +851,7 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
         .map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: e.to_string() })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("daemon records serialize")
 }
 

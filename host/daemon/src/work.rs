@@ -1034,10 +1034,14 @@ mod tests {
                 })
                 .unwrap();
             // The daemon stops here, after the durable reservations and
-            // before the runs' finish.
+            // before the runs' finish; meanwhile beta's chain is edited.
+            let mut entry = store.read().unwrap().audit("beta").unwrap().0[0].clone();
+            entry.detail = json!({"run": "forged"});
+            store.write(|w| w.raw_audit_insert("beta", 1, &crate::store::encode(&entry))).unwrap();
         }
         let store = ControlStore::open(dir.path()).unwrap();
-        assert_eq!(recover(&store).unwrap(), 2);
+        assert_eq!(store.verify_chains().unwrap().keys().collect::<Vec<_>>(), ["beta"]);
+        assert_eq!(recover(&store).unwrap(), 2, "a broken chain keeps no run from ending");
         let read = store.read().unwrap();
         let job: Job = read.get(JOBS, JOB_RUNNING).unwrap().unwrap();
         assert_eq!(
@@ -1049,10 +1053,14 @@ mod tests {
             (ended.state, ended.failure.as_deref(), ended.rho_charged_nanos),
             (JobState::Failed, Some(INTERRUPTED), 30)
         );
-        for (tenant, charged) in [("acme", 70), ("beta", 30)] {
+        // Settled where the chain takes the entry; reserved, which counts
+        // the same, where it does not.
+        for (tenant, charged, state) in
+            [("acme", 70, ChargeState::Spent), ("beta", 30, ChargeState::Reserved)]
+        {
             let standing = Standing::of(&read, tenant, terms, now_ms()).unwrap();
             assert_eq!(standing.charged_nanos, charged, "{tenant}: never refunded");
-            assert!(standing.charges.iter().all(|c| c.state == ChargeState::Spent), "{tenant}");
+            assert!(standing.charges.iter().all(|c| c.state == state), "{tenant}");
         }
         drop(read);
         assert_eq!(recover(&store).unwrap(), 0);

@@ -67,8 +67,9 @@ pub struct BenchmarkBudget {
     /// when the tenants opted in now run under thresholds (no charge).
     pub rho_nanos: Option<u64>,
     /// How many such runs the tightest budget of the tenants opted in now
-    /// allows in its window, if the run is differentially private. A tenant
-    /// whose budget falls short is left out of a run, not the run refused.
+    /// allows in its window, if the run is differentially private and at
+    /// least t tenants are opted in. A tenant whose budget falls short is
+    /// left out of a run, not the run refused.
     pub runs_possible: Option<u64>,
 }
 
