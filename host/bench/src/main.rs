@@ -329,6 +329,42 @@ fn isolation(
         value: stats.entities_run as f64 / time.as_secs_f64(),
         unit: "entities/s",
     });
+
+    // A benchmark run over five tenants of that size, isolated: under
+    // thresholds (benchmark rules, subtraction rule, positions with bands)
+    // and under DP (one noisy release, positions without bands).
+    let benchmark = |privacy| -> anyhow::Result<()> {
+        let tenants = (0..5)
+            .map(|member| kanon_runtime::TenantInput {
+                tenant: format!("tenant-{member}"),
+                datasets: [("trips".to_owned(), small.clone())].into(),
+                secret: rand::random(),
+                member,
+            })
+            .collect();
+        let policy = Policy { isolation: Isolation::Entity, privacy, ..Policy::default() };
+        let request = kanon_runtime::BenchmarkRequest {
+            run_id: "bench".into(),
+            tenants,
+            params: "{}".into(),
+            policy,
+            history: Default::default(),
+            version: 1,
+            cancel: CancelToken::new(),
+        };
+        match runtime.run_benchmark(&plugin, request)?.outcome {
+            Ok(_) => Ok(()),
+            Err(failure) => bail!("{failure}"),
+        }
+    };
+    let threshold = best_of(repeats, || benchmark(Privacy::Threshold))?;
+    let private = best_of(repeats, || benchmark(Privacy::Dp))?;
+    report(Figure { name: "benchmark_5_tenants_s", value: threshold.as_secs_f64(), unit: "s" });
+    report(Figure {
+        name: "benchmark_dp_vs_threshold",
+        value: private.as_secs_f64() / threshold.as_secs_f64(),
+        unit: "ratio",
+    });
     Ok(())
 }
 
