@@ -104,6 +104,9 @@ fn a_dp_job_is_charged_once_a_replay_is_free_and_an_overspend_is_refused() {
     assert_eq!((seen.remaining_nanos, seen.charges.len()), (5_700_000, 2));
     let (stranger, _) = d.token(Role::Analyst, "eve", None, None);
     assert_eq!(stranger.tenant_budget("acme").unwrap_err().status(), Some(404));
+    let refused = audit(&admin, "acme");
+    let refused = refused.entries.iter().find(|e| e.action == "access.refused").expect("on the chain");
+    assert!(refused.actor.contains(" eve ") && refused.detail["what"] == "privacy budget", "{refused:?}");
     let other_admin = d.tenant("other");
     assert_eq!(other_admin.tenant_budget("acme").unwrap_err().status(), Some(403));
     // The operator, without a support grant, is refused as for job lists.
@@ -212,7 +215,7 @@ fn dp_carrier(rho: Option<f64>) -> PolicyLayer {
 fn a_dp_benchmark_charges_every_tenant_it_reads_replays_free_and_leaves_out_a_short_budget() {
     let d = TestDaemon::start();
     let admins = carriers(&d);
-    let (vendor, _) = d.token(Role::Vendor, "benchco", None, None);
+    let (vendor, vendor_token) = d.token(Role::Vendor, "benchco", None, None);
     let (rival, _) = d.token(Role::Vendor, "rival", None, None);
     let plugin = vendor.upload_plugin(kanon_bundled::EMISSIONS_BENCHMARK).unwrap();
     publish(&vendor, "co2", &plugin.hash, "");
@@ -307,4 +310,12 @@ fn a_dp_benchmark_charges_every_tenant_it_reads_replays_free_and_leaves_out_a_sh
     assert_eq!(admins[4].tenant_budget(&tenant(4)).unwrap().charges.len(), 2, "charged for versions 1 and 2");
     let seen = serde_json::to_string(&short).unwrap();
     assert!(!seen.contains("carrier") && !seen.contains("budget"), "{seen}");
+
+    // An analyst holding the vendor's old name sees none of the
+    // benchmark's charges: only its own jobs'.
+    d.operator.revoke_token(&vendor_token).unwrap();
+    let (namesake, _) = d.token(Role::Analyst, "benchco", None, None);
+    approve(&admins[3], &tenant(3), &plugin, "benchco");
+    let seen = namesake.tenant_budget(&tenant(3)).unwrap();
+    assert_eq!((seen.charged_nanos, seen.charges.len()), (RHO + 20_000_000, 0), "{seen:?}");
 }

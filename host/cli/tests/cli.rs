@@ -1083,7 +1083,10 @@ mod serve {
         };
         let (code, out, err) = budget(&tokens.admin, false);
         assert_eq!(code, Some(0), "{err}");
-        assert!(out.contains("tenant `acme`: ρ = 0.0757 of 0.1 left in its 30-day window (ε ≈ "), "{out}");
+        assert!(
+            out.contains("tenant `acme`: ρ = 0.0757 of 0.1 left in its 30-day window (what is left is ε ≈ "),
+            "{out}"
+        );
         assert!(out.contains("its policy requires differential privacy"), "{out}");
         let row = out.lines().find(|l| l.starts_with(&job.id)).unwrap_or_else(|| panic!("{out}"));
         let cells: Vec<&str> = row.split_whitespace().collect();

@@ -63,7 +63,7 @@ fn print_benchmark_budget(budget: &BenchmarkBudget) {
 fn print_budget(budget: &Budget) {
     let remaining = budget.remaining_nanos as f64 / 1e9;
     println!(
-        "tenant `{}`: ρ = {} of {} left in its {}-day window (ε ≈ {:.2} at δ = 1e-6 for all of it){}",
+        "tenant `{}`: ρ = {} of {} left in its {}-day window (what is left is ε ≈ {:.2} at δ = 1e-6){}",
         escaped(&budget.tenant),
         rho_text(budget.remaining_nanos),
         rho_text(budget.budget_nanos),
