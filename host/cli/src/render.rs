@@ -153,7 +153,7 @@ pub fn release_text(release: &Release) -> String {
                 "\n{}: every cell released with noise (differential privacy: ρ = {} per release, \
                  ε = {epsilon:.2} at δ = 1e-6; one instance per entity; 95 % intervals)\n",
                 table.name,
-                format_rho(dp.rho_nanos),
+                kanon_client::rho_text(dp.rho_nanos),
             ));
             out.push_str(&table_text(table));
         }
@@ -181,13 +181,6 @@ pub fn release_text(release: &Release) -> String {
         out.push_str(&table_text(table));
     }
     out
-}
-
-/// ρ from whole nano-ρ, without trailing zeros.
-fn format_rho(nanos: u64) -> String {
-    let text =
-        format!("{}.{:09}", nanos / kanon_gate::dp::NANOS_PER_RHO, nanos % kanon_gate::dp::NANOS_PER_RHO);
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// A tenant's own position: per cell and statistic, the peers' released

@@ -535,6 +535,11 @@ fn finish(
     skipped: Vec<(String, String)>,
     elapsed: Duration,
 ) -> Result<Committed> {
+    // A log of a run no instance ran, for each participant.
+    let plain_logs = |participants: &[Participant], error: Option<String>| -> Vec<Sealed> {
+        let log = JobLog { job: run.id.clone(), error, ..JobLog::default() };
+        participants.iter().map(|p| sealed::seal(app, &p.opt_in.tenant, &log_label(&run.id), &log)).collect()
+    };
     // Seal what is each tenant's before the transaction: sealing reads the
     // vault.
     let (participants, logs, positions) = match &outcome {
@@ -560,17 +565,9 @@ fn finish(
             };
             (participants, logs, positions)
         }
-        Outcome::Replayed { participants, .. } | Outcome::NotRun { participants, .. } => {
-            let error = match &outcome {
-                Outcome::NotRun { detail, .. } => Some(detail.clone()),
-                _ => None,
-            };
-            let log = JobLog { job: run.id.clone(), error, ..JobLog::default() };
-            let logs = participants
-                .iter()
-                .map(|p| sealed::seal(app, &p.opt_in.tenant, &log_label(&run.id), &log))
-                .collect();
-            (participants, logs, Vec::new())
+        Outcome::Replayed { participants, .. } => (participants, plain_logs(participants, None), Vec::new()),
+        Outcome::NotRun { participants, detail, .. } => {
+            (participants, plain_logs(participants, Some(detail.clone())), Vec::new())
         }
     };
     let rows: u64 = participants.iter().map(|p| p.rows).sum();
@@ -596,12 +593,7 @@ fn finish(
                 current.state = JobState::Succeeded;
                 current.version = Some(of.version);
                 current.replay_of = Some(of.run.clone());
-                current.stats = Some(BenchmarkStats {
-                    run_secs: whole_seconds(elapsed),
-                    cells: of.cells,
-                    suppressed_cells: of.suppressed_cells,
-                    held_cells: of.held_cells,
-                });
+                current.stats = Some(stats_of(of, elapsed));
                 None
             }
             Outcome::Ran { report, version, request, .. } => match &report.outcome {
@@ -634,12 +626,7 @@ fn finish(
                     let summary = stored.summary();
                     current.state = JobState::Succeeded;
                     current.version = Some(*version);
-                    current.stats = Some(BenchmarkStats {
-                        run_secs: whole_seconds(elapsed),
-                        cells: summary.cells,
-                        suppressed_cells: summary.suppressed_cells,
-                        held_cells: summary.held_cells,
-                    });
+                    current.stats = Some(stats_of(&summary, elapsed));
                     let peak_memory = report.tenants.iter().map(|(_, _, stats)| stats.peak_memory_bytes).max();
                     w.audit(
                         HOST_CHAIN,
@@ -689,6 +676,17 @@ fn finish(
     })?;
     app.metrics.job_finished(recorded.name(), Some((elapsed, None, 0)));
     Ok(committed)
+}
+
+/// What the vendor sees of a run that released, or replayed, the version
+/// `summary` sums up.
+fn stats_of(summary: &VersionSummary, elapsed: Duration) -> BenchmarkStats {
+    BenchmarkStats {
+        run_secs: whole_seconds(elapsed),
+        cells: summary.cells,
+        suppressed_cells: summary.suppressed_cells,
+        held_cells: summary.held_cells,
+    }
 }
 
 /// A version from the meta data vault; `None` for the latest.

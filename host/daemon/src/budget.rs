@@ -193,6 +193,20 @@ pub(crate) fn reserve(
     if let Some(shortfall) = standing.shortfall(tenant, cost, now) {
         return Ok(Err(shortfall));
     }
+    charge(write, &standing, tenant, run, by, cost, now).map(Ok)
+}
+
+/// Write the charge of `cost` on `tenant`, whose `standing` covers it, and
+/// its `privacy.reserve` entry.
+fn charge(
+    write: &mut Write<'_>,
+    standing: &Standing,
+    tenant: &str,
+    run: &str,
+    by: &str,
+    cost: u64,
+    now: u64,
+) -> Result<Charge> {
     let key = key(tenant, run);
     if write.get::<Charge>(PRIVACY_CHARGES, &key)?.is_some() {
         return Err(Error::Internal(format!("run `{run}` was charged already")));
@@ -212,9 +226,9 @@ pub(crate) fn reserve(
         "daemon",
         "privacy.reserve",
         json!({"run": run, "by": by, "rho_nanos": cost,
-               "remaining_nanos": standing.remaining_nanos - cost, "window_days": terms.window_days}),
+               "remaining_nanos": standing.remaining_nanos - cost, "window_days": standing.terms.window_days}),
     )?;
-    Ok(Ok(charge))
+    Ok(charge)
 }
 
 /// Charge every tenant of `tenants` (with its terms) `cost` for run `run`,
@@ -229,19 +243,20 @@ pub(crate) fn reserve_all(
     cost: u64,
     now: u64,
 ) -> Result<Result<(), Vec<(usize, Shortfall)>>> {
+    let mut standings = Vec::with_capacity(tenants.len());
     let mut short = Vec::new();
     for (i, &(tenant, terms)) in tenants.iter().enumerate() {
-        if let Some(shortfall) = Standing::of(&*write, tenant, terms, now)?.shortfall(tenant, cost, now) {
+        let standing = Standing::of(&*write, tenant, terms, now)?;
+        if let Some(shortfall) = standing.shortfall(tenant, cost, now) {
             short.push((i, shortfall));
         }
+        standings.push(standing);
     }
     if !short.is_empty() {
         return Ok(Err(short));
     }
-    for &(tenant, terms) in tenants {
-        if let Err(shortfall) = reserve(write, terms, tenant, run, by, cost, now)? {
-            return Err(Error::Internal(format!("a checked reservation fell short: {shortfall}")));
-        }
+    for (&(tenant, _), standing) in tenants.iter().zip(&standings) {
+        charge(write, standing, tenant, run, by, cost, now)?;
     }
     Ok(Ok(()))
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accumulator::fixed_point_scales;
 use crate::dp::{DpError, Interval};
-use crate::release::{Gate, Release, ReleasedCell, Scope, TenantIntake, cell_values};
+use crate::release::{Gate, Release, ReleasedCell, ReleasedTable, Scope, TenantIntake, cell_values};
 use crate::spec::{Statistic, TableSpec};
 use crate::tally::Tally;
 
@@ -100,6 +100,18 @@ pub struct PositionTable {
     pub dimensions: Vec<String>,
     pub statistics: Vec<String>,
     pub cells: Vec<PositionCell>,
+}
+
+impl PositionTable {
+    /// A tenant's view of the released table `peers`, cell by cell.
+    fn beside(peers: &ReleasedTable, cells: Vec<PositionCell>) -> Self {
+        PositionTable {
+            name: peers.name.clone(),
+            dimensions: peers.dimensions.clone(),
+            statistics: peers.statistics.clone(),
+            cells,
+        }
+    }
 }
 
 /// One cell of a tenant's view: the released peer aggregate (as the vendor
@@ -242,12 +254,7 @@ impl Gate {
                                 position_cell(spec, &others, (i, members[i]), cell, peer, own, given)
                             })
                             .collect();
-                        PositionTable {
-                            name: peers.name.clone(),
-                            dimensions: peers.dimensions.clone(),
-                            statistics: peers.statistics.clone(),
-                            cells,
-                        }
+                        PositionTable::beside(peers, cells)
                     })
                     .collect();
                 OwnPosition { tables }
@@ -280,16 +287,13 @@ impl Gate {
                     .tables
                     .iter()
                     .zip(&own.tables)
-                    .map(|(peers, mine)| PositionTable {
-                        name: peers.name.clone(),
-                        dimensions: peers.dimensions.clone(),
-                        statistics: peers.statistics.clone(),
-                        cells: peers
-                            .cells
-                            .iter()
-                            .zip(&mine.cells)
-                            .map(|(peer, own)| position(peer, own, vec![None; peers.statistics.len()]))
-                            .collect(),
+                    .map(|(peers, mine)| {
+                        let no_bands = || vec![None; peers.statistics.len()];
+                        let cells = peers.cells.iter().zip(&mine.cells);
+                        PositionTable::beside(
+                            peers,
+                            cells.map(|(peer, own)| position(peer, own, no_bands())).collect(),
+                        )
                     })
                     .collect();
                 OwnPosition { tables }
